@@ -1,0 +1,134 @@
+"""Typed messages exchanged between the pipeline stages.
+
+Flow: the driver turns dataset rows into ``PromptItem``s, a rollout worker turns
+each into a group of ``Sample``s (a ``RolloutResult``), the judge pool turns
+those into ``ScoredSample``s (a ``ScoreResult``), and the driver packs the scored
+groups of one step into a ``TrainBatch`` for the learner.
+
+Everything here is plain data (lists, not tensors) so that it pickles cheaply
+through Ray and can be built by hand in tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class PromptItem:
+    """One prompt of the dataset, ready to generate from.
+
+    Invariant: ``prompt_token_ids`` is the chat-formatted, tokenised form of
+    ``prompt_text`` (with the generation prompt appended); ``prompt_text`` is the
+    raw user text a judge sees.
+    """
+
+    prompt_id: str
+    row: int
+    prompt_text: str
+    prompt_token_ids: list[int]
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One completion of one prompt.
+
+    Invariants: ``len(sampling_logprobs) == len(completion_token_ids)``;
+    ``sampling_logprobs[t]`` is the log-probability, under the temperature-scaled
+    distribution of policy ``policy_version``, of ``completion_token_ids[t]``.
+    ``truncated`` is True when generation stopped at the token limit, not at EOS.
+    Samples share a ``group_id`` exactly when they were generated for the same
+    prompt in the same request (the group whose rewards form the baseline);
+    ``group_index`` is the position within the group.
+    """
+
+    prompt: PromptItem
+    group_id: str
+    group_index: int
+    completion_text: str
+    completion_token_ids: list[int]
+    sampling_logprobs: list[float]
+    policy_version: int
+    truncated: bool
+
+
+@dataclass(frozen=True)
+class RolloutResult:
+    """The groups a rollout worker generated for one call.
+
+    Invariant: ``samples`` holds ``group_size`` consecutive samples per prompt, in
+    the order the prompts were given.
+    """
+
+    batch_index: int
+    samples: list[Sample]
+    generate_s: float
+    worker_id: int
+
+
+@dataclass(frozen=True)
+class ScoredSample:
+    """A sample with its reward.
+
+    Invariant: exactly one of ``reward`` and ``reward_error`` is None. An
+    unscored sample (``reward is None``) is never trained on and never enters a
+    group baseline; it is kept for logging so that nothing is lost.
+    """
+
+    sample: Sample
+    reward: float | None
+    reward_error: str | None
+    terms: dict[str, float | None] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """The judge pool's answer for one ``RolloutResult``."""
+
+    batch_index: int
+    scored: list[ScoredSample]
+    generate_s: float
+    judge_s: float
+    judge_requests: int
+    judge_failures: int
+
+
+@dataclass(frozen=True)
+class TrainBatch:
+    """Everything the learner needs for one gradient step.
+
+    Invariants: all lists have one entry per trained sequence; ``advantages``
+    were computed from scored samples only; ``policy_versions[i] <= step`` and
+    ``step - policy_versions[i] <= max_staleness``.
+    """
+
+    step: int
+    prompt_token_ids: list[list[int]]
+    completion_token_ids: list[list[int]]
+    sampling_logprobs: list[list[float]]
+    advantages: list[float]
+    policy_versions: list[int]
+
+    def __len__(self) -> int:
+        return len(self.advantages)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What one learner step reports back."""
+
+    step: int
+    policy_version: int
+    metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class WeightsUpdate:
+    """A versioned full set of policy weights, as numpy arrays keyed by name.
+
+    Invariant: ``version`` equals the number of learner steps taken to make them.
+    """
+
+    version: int
+    tensors: dict[str, object]
+    export_s: float

@@ -1,0 +1,166 @@
+"""Loading the policy model and tokenizer, including the built-in tiny model.
+
+``model.path = "builtin:tiny-qwen"`` builds a small Qwen2-architecture model with
+a byte-level BPE tokenizer trained on the fly (no network), saves it under
+``model.cache_dir`` keyed by its settings, and loads it from there afterwards.
+Any other path is handed to ``transformers`` (a hub name or a local directory).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+BUILTIN_TINY = "builtin:tiny-qwen"
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+class TinyModelConfig(BaseModel):
+    """Shape of the built-in tiny model (used when model.path is builtin:tiny-qwen)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    vocab_size: int = Field(default=1024, ge=300, description="BPE vocabulary size to train (256 byte tokens plus merges).")
+    hidden_size: int = Field(default=64, ge=32, description="Hidden size.")
+    num_layers: int = Field(default=2, ge=1, description="Transformer layers.")
+    num_heads: int = Field(default=2, ge=1, description="Attention heads; head_dim = hidden_size / num_heads must be >= 32 for vLLM.")
+    num_kv_heads: int = Field(default=1, ge=1, description="Key/value heads (grouped-query attention).")
+    intermediate_size: int = Field(default=128, ge=8, description="MLP width.")
+    seed: int = Field(default=0, description="Seed of the random initialisation.")
+
+
+class ModelConfig(BaseModel):
+    """Which policy model to fine-tune."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: str = Field(default=BUILTIN_TINY, description="Hugging Face model name or local directory, or builtin:tiny-qwen for the CPU default.")
+    cache_dir: str = Field(default=".cache/relay", description="Where the built-in tiny model is built and cached.")
+    dtype: Literal["float32", "bfloat16"] = Field(default="float32", description="Parameter dtype of policy and rollout models.")
+    tiny: TinyModelConfig = Field(default_factory=TinyModelConfig, description="Shape of the built-in tiny model.")
+
+
+# A small built-in corpus that shapes the tiny tokenizer's merges; byte-level BPE
+# still encodes any text.
+_CORPUS_WORDS = (
+    "business company service services provider local family organic custom specialty "
+    "manufacturer store shop studio agency consulting bakery coffee restaurant farm "
+    "clinic dental fitness gym yoga software cloud data analytics security design "
+    "marketing media music recording records country artists film photo travel tours "
+    "hotel rental property homes real estate construction roofing plumbing electric "
+    "solar energy green eco electric buses transport logistics trucking delivery "
+    "auto repair garage car wash pet dog grooming veterinary kids toys books print "
+    "wedding events catering wine brewery craft beer tea juice bike outdoor gear "
+    "chemical chemicals pipes fittings leather tannery exotic furniture jewelry fashion "
+    "clothing apparel boutique salon beauty spa health care senior home nursing legal "
+    "law firm accounting tax insurance finance bank credit school tutoring academy "
+    "training learning language city downtown metropolitan coastal mountain valley "
+    "texas nashville tennessee gulf coast region serving clients customers premium "
+    "quality affordable fast friendly trusted expert professional innovative modern "
+    "domain name answer blocked request inappropriate illegal criminal the and for of "
+    "with in a an to that our your best top pro hub lab works co net com io app dev"
+).split()
+
+
+def tiny_model_dir(model: ModelConfig) -> Path:
+    """Cache directory of the tiny model: one per distinct shape."""
+    key = hashlib.sha256(json.dumps(model.tiny.model_dump(), sort_keys=True).encode()).hexdigest()[:12]
+    return Path(model.cache_dir) / f"tiny-qwen-{key}"
+
+
+def _train_tokenizer(vocab_size: int):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    lines = [" ".join(_CORPUS_WORDS)] + [f"{a}{b}.com {a}-{b}.io {a} {b}" for a in _CORPUS_WORDS[:80] for b in _CORPUS_WORDS[80:160]]
+    tok.train_from_iterator(lines, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        padding_side="left",
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
+def build_tiny_model(model: ModelConfig) -> Path:
+    """Build (once) and cache the tiny model; return its directory.
+
+    Writes to a temporary directory and renames it into place, so concurrent
+    builders never see a half-written model.
+    """
+    target = tiny_model_dir(model)
+    if (target / "config.json").exists():
+        return target
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    t = model.tiny
+    if t.hidden_size % t.num_heads or t.num_heads % t.num_kv_heads:
+        raise ValueError("model.tiny: hidden_size must divide by num_heads, and num_heads by num_kv_heads")
+    tokenizer = _train_tokenizer(t.vocab_size)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=t.hidden_size,
+        intermediate_size=t.intermediate_size,
+        num_hidden_layers=t.num_layers,
+        num_attention_heads=t.num_heads,
+        num_key_value_heads=t.num_kv_heads,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.convert_tokens_to_ids("<|im_start|>"),
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(t.seed)
+    net = Qwen2ForCausalLM(config)
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    net.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    try:
+        tmp.rename(target)
+    except OSError:  # another process won the race; its copy is identical
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_model_path(model: ModelConfig) -> str:
+    """The path transformers should load: the tiny model's cache dir or ``model.path``."""
+    return str(build_tiny_model(model)) if model.path == BUILTIN_TINY else model.path
+
+
+def load_tokenizer(path: str):
+    """Tokenizer with left padding (for batched generation) and a pad token."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path, padding_side="left")
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_causal_lm(path: str, dtype: str) -> torch.nn.Module:
+    """The causal LM in train-ready form (eager attention, fixed dtype)."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), attn_implementation="eager")
