@@ -1,0 +1,110 @@
+"""Prompt datasets: load, validate every row up front, tokenise, and serve in epochs."""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from actors.messages import PromptItem
+
+log = logging.getLogger(__name__)
+
+_LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You suggest one domain name for the business the user describes. Answer with the domain "
+    "name only, for example bakerybrothers.com. If the business is illegal or harmful, answer Blocked."
+)
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be used: missing file, bad row."""
+
+
+class DataConfig(BaseModel):
+    """The prompt dataset and how prompts are shown to the policy."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: str = Field(default="configs/data/business_descriptions.jsonl", description="A local .jsonl/.json/.csv/.parquet file, or a Hugging Face dataset name.")
+    split: str = Field(default="train", description="Split to load for hub datasets.")
+    prompt_field: str = Field(default="description", description="Row field holding the prompt text (what the judge sees as the request).")
+    id_field: str | None = Field(default="id", description="Row field with a stable id; the row number when absent or null.")
+    system_prompt: str | None = Field(default=DEFAULT_SYSTEM_PROMPT, description="System message shown to the policy before each prompt (null for none).")
+    max_prompt_tokens: int = Field(default=256, ge=1, description="Rows whose formatted prompt is longer are skipped (counted and logged).")
+    shuffle: bool = Field(default=True, description="Shuffle the prompts each epoch.")
+
+
+def _load_rows(data: DataConfig) -> tuple[list[dict], str]:
+    """Rows as dicts, and a name for them in messages."""
+    suffix = Path(data.path).suffix.lower()
+    if suffix in _LOCAL_FORMATS:
+        if not Path(data.path).is_file():
+            raise DatasetError(f"data.path: file {data.path} does not exist")
+        import datasets
+
+        ds = datasets.load_dataset(_LOCAL_FORMATS[suffix], data_files=data.path, split="train")
+    elif Path(data.path).exists():
+        raise DatasetError(f"data.path: {data.path} is not a .jsonl, .json, .csv or .parquet file")
+    else:
+        import datasets
+
+        ds = datasets.load_dataset(data.path, split=data.split)
+    return [dict(r) for r in ds], data.path
+
+
+def load_prompts(data: DataConfig, tokenizer) -> list[PromptItem]:
+    """Every usable row as a ``PromptItem``; a row without a prompt is an error.
+
+    Rows too long for ``data.max_prompt_tokens`` are skipped, counted and logged.
+    """
+    rows, name = _load_rows(data)
+    if not rows:
+        raise DatasetError(f"data.path: {name} has no rows")
+    items, too_long = [], 0
+    for i, row in enumerate(rows):
+        text = row.get(data.prompt_field)
+        if not isinstance(text, str) or not text.strip():
+            raise DatasetError(f"data: row {i} of {name} has no usable '{data.prompt_field}' field "
+                               f"(got {type(text).__name__}); fields present: {sorted(row)}")
+        messages = ([{"role": "system", "content": data.system_prompt}] if data.system_prompt else [])
+        messages.append({"role": "user", "content": text})
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        token_ids = tokenizer(ids, add_special_tokens=False)["input_ids"]
+        if len(token_ids) > data.max_prompt_tokens:
+            too_long += 1
+            continue
+        row_id = row.get(data.id_field) if data.id_field else None
+        items.append(PromptItem(str(row_id if row_id is not None else i), i, text, token_ids))
+    if too_long:
+        log.warning("data: skipped %d of %d rows longer than data.max_prompt_tokens=%d",
+                    too_long, len(rows), data.max_prompt_tokens)
+    if not items:
+        raise DatasetError(f"data: every row of {name} is longer than data.max_prompt_tokens={data.max_prompt_tokens}")
+    return items
+
+
+class PromptSource:
+    """Serves prompts in epochs (reshuffled each epoch when asked). Never runs dry."""
+
+    def __init__(self, items: list[PromptItem], shuffle: bool, seed: int) -> None:
+        self.items = items
+        self.shuffle = shuffle
+        self._rng = random.Random(seed)
+        self._order: list[int] = []
+        self.epoch = -1
+
+    def take(self, k: int) -> list[PromptItem]:
+        out = []
+        for _ in range(k):
+            if not self._order:
+                self._order = list(range(len(self.items)))
+                if self.shuffle:
+                    self._rng.shuffle(self._order)
+                self._order.reverse()
+                self.epoch += 1
+            out.append(self.items[self._order.pop()])
+        return out

@@ -1,0 +1,66 @@
+"""Start and stop the development stand-in judge server for a run.
+
+The server (``scripts/judge_server.py``) scores by a transparent heuristic; it
+stands in for a real judge model on machines without one. It listens on
+127.0.0.1 only and requires the run's API key, which is generated per run
+(unless the variable named by ``judge.api_key_env`` is already set).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from rewards.config import JudgeConfig
+
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+_READY = "JUDGE_SERVER_READY port="
+
+
+class LocalJudgeError(RuntimeError):
+    """The local judge server did not start."""
+
+
+@contextlib.contextmanager
+def local_judge_server(judge: JudgeConfig, log_path: Path, start_timeout_s: float = 30.0) -> Iterator[str]:
+    """Run the stand-in judge for the duration of the block; yields its base URL.
+
+    The server's stderr goes to ``log_path``; its stdout carries only the ready line.
+    """
+    if not os.environ.get(judge.api_key_env):
+        os.environ[judge.api_key_env] = secrets.token_urlsafe(24)
+    cmd = [sys.executable, "-m", "scripts.judge_server", "--host", "127.0.0.1", "--port", "0",
+           "--latency-s", str(judge.local_server.latency_s), "--api-key-env", judge.api_key_env]
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_file = log_path.open("w")
+    proc = subprocess.Popen(cmd, cwd=_REPO_ROOT, stdout=subprocess.PIPE, stderr=log_file, text=True)
+    try:
+        port = _wait_ready(proc, start_timeout_s, log_path)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log_file.close()
+
+
+def _wait_ready(proc: subprocess.Popen, timeout_s: float, log_path: Path) -> int:
+    import selectors
+
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    if sel.select(timeout_s):
+        line = proc.stdout.readline()
+        if line.startswith(_READY):
+            return int(line[len(_READY):].split()[0])
+    proc.kill()
+    proc.wait(timeout=10)
+    err = log_path.read_text()[-500:].strip()
+    raise LocalJudgeError(f"local judge server did not start: {err or 'no output'} (log: {log_path})")

@@ -1,0 +1,112 @@
+"""Run outputs: config.yaml, metrics.jsonl, samples.jsonl, the console line and wandb.
+
+Every sample generated is written to samples.jsonl, scored or not, so nothing
+is lost; an unscored sample has ``reward: null`` and its ``reward_error``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from actors.messages import ScoredSample
+from ray_jobs.config import WandbConfig
+
+log = logging.getLogger(__name__)
+
+
+def _wandb_mode(cfg: WandbConfig) -> str:
+    if cfg.mode != "auto":
+        return cfg.mode
+    return "online" if os.environ.get("WANDB_API_KEY") else "offline"
+
+
+class RunRecorder:
+    """Writes one run's outputs under ``directory``.
+
+    Invariant: ``metrics.jsonl`` gets exactly one line per learner step and
+    ``samples.jsonl`` one line per generated sample, in step order.
+    """
+
+    def __init__(self, directory: Path, config: dict, wandb_cfg: WandbConfig, run_name: str, total_steps: int) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        self._metrics = (directory / "metrics.jsonl").open("w")
+        self._samples = (directory / "samples.jsonl").open("w")
+        self.total_steps = total_steps
+        self.wandb_cfg = wandb_cfg
+        self._wandb = self._start_wandb(config, run_name)
+
+    def _start_wandb(self, config: dict, run_name: str):
+        mode = _wandb_mode(self.wandb_cfg)
+        if mode == "disabled":
+            return None
+        import wandb
+
+        wdir = self.directory / "wandb"
+        wdir.mkdir(exist_ok=True)
+        for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_CONFIG_DIR"):
+            os.environ.setdefault(var, str(wdir.resolve()))  # keep wandb out of $HOME
+        os.environ.setdefault("WANDB_SILENT", "true")
+        return wandb.init(project=self.wandb_cfg.project, name=run_name, config=config, mode=mode,
+                          dir=str(wdir), settings=wandb.Settings(console="off"))
+
+    def record_step(self, step: int, metrics: dict[str, float], scored: list[ScoredSample],
+                    advantages: list[float | None]) -> None:
+        """Append the step's metrics and samples, print the console line, log to wandb."""
+        row = {"step": step, **metrics}
+        self._metrics.write(json.dumps(row) + "\n")
+        self._metrics.flush()
+        for s, adv in zip(scored, advantages):
+            self._samples.write(json.dumps(_sample_row(step, s, adv)) + "\n")
+        self._samples.flush()
+        print(_console_line(step, self.total_steps, metrics), flush=True)
+        if self._wandb is not None:
+            payload: dict[str, Any] = dict(metrics)
+            if step % self.wandb_cfg.table_every == 0 or step == self.total_steps - 1:
+                payload["completions"] = self._table(step, scored, advantages)
+            self._wandb.log(payload, step=step)
+
+    def _table(self, step: int, scored: list[ScoredSample], advantages: list[float | None]):
+        import wandb
+
+        table = wandb.Table(columns=["step", "prompt", "completion", "reward", "reward_error", "advantage", "policy_version"])
+        for s, adv in list(zip(scored, advantages))[: self.wandb_cfg.table_rows]:
+            table.add_data(step, s.sample.prompt.prompt_text, s.sample.completion_text, s.reward,
+                           s.reward_error, adv, s.sample.policy_version)
+        return table
+
+    def close(self) -> None:
+        self._metrics.close()
+        self._samples.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+
+
+def _sample_row(step: int, s: ScoredSample, advantage: float | None) -> dict[str, Any]:
+    return {
+        "step": step,
+        "prompt_id": s.sample.prompt.prompt_id,
+        "group_id": s.sample.group_id,
+        "prompt": s.sample.prompt.prompt_text,
+        "completion": s.sample.completion_text,
+        "reward": s.reward,
+        "reward_error": s.reward_error,
+        "terms": s.terms,
+        "advantage": advantage,
+        "policy_version": s.sample.policy_version,
+        "truncated": s.sample.truncated,
+    }
+
+
+def _console_line(step: int, total: int, m: dict[str, float]) -> str:
+    return (f"step {step + 1:>4}/{total} | reward {m['reward/mean']:.3f} ± {m['reward/std']:.3f} "
+            f"| loss {m.get('loss', float('nan')):+.4f} | staleness {m['staleness/mean']:.1f}/{m['staleness/max']:.0f} "
+            f"| {m['throughput/samples_per_s']:.1f} samples/s | judge {m['judge/requests']:.0f} req "
+            f"{m['judge/failures']:.0f} failed | {m['time/step_s']:.2f} s")

@@ -1,0 +1,155 @@
+"""Asynchronous RL training driver.
+
+    python -m ray_jobs.train [--config FILE] [a.b=value ...]
+
+Starts local Ray, or joins the cluster named by ``RAY_ADDRESS`` (which
+``ray job submit`` sets). Every check that can fail on bad input (config,
+dataset, API key, judge endpoint) runs before any actor starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from pydantic import SecretStr
+
+from actors.models import load_tokenizer, resolve_model_path
+from ray_jobs.config import ConfigError, ExperimentConfig, load_config, redacted
+from ray_jobs.data import DatasetError, PromptSource, load_prompts
+from ray_jobs.local_judge import LocalJudgeError, local_judge_server
+from ray_jobs.pipeline import assemble_batch, may_launch
+from ray_jobs.tracking import RunRecorder
+from rewards.judge import JudgeReward, JudgeUnreachableError, MissingApiKeyError, resolve_api_key
+
+log = logging.getLogger("relay.train")
+
+PREFLIGHT_ERRORS = (ConfigError, DatasetError, MissingApiKeyError, JudgeUnreachableError, LocalJudgeError)
+
+
+def train_loop(stages, cfg: ExperimentConfig, source: PromptSource, recorder: RunRecorder) -> None:
+    """Rollout, judging and learning of different batches overlap.
+
+    Batch ``b`` is trained at learner version ``b``. It is launched as soon as
+    admission control allows (weights >= b - k published), so up to k + 1
+    batches are generating or being judged while the learner works; the
+    ``inflight`` queue is bounded by that. Every sample carries its policy
+    version, and staleness = step - version <= k by construction.
+    """
+    k, steps, per_step = cfg.pipeline.max_staleness, cfg.run.steps, cfg.pipeline.prompts_per_step
+    inflight: dict[int, list] = {}  # batch index -> ScoreResult refs; at most k + 1 entries
+    launched, last = 0, time.perf_counter()
+    for step in range(steps):
+        while launched < steps and may_launch(launched, stages.version, k):
+            inflight[launched] = stages.launch_batch(launched, source.take(per_step))
+            launched += 1
+        batch = assemble_batch(step, _get(inflight.pop(step)), cfg.algorithm)
+        trained = stages.train(batch.train)  # the driver waits on the learner only
+        stages.publish_weights()  # queued behind in-flight rollouts; they keep going
+        now = time.perf_counter()
+        metrics = {**batch.metrics, **trained.metrics, "policy_version": float(trained.policy_version),
+                   "time/step_s": now - last, "time/weight_sync_s": stages.completed_sync_seconds(),
+                   "throughput/samples_per_s": batch.metrics["samples/generated"] / (now - last)}
+        recorder.record_step(step, metrics, batch.scored, batch.advantages)
+        last = now
+
+
+def _get(refs: list):
+    import ray
+
+    return ray.get(refs)
+
+
+def preflight(cfg: ExperimentConfig) -> tuple[list, object]:
+    """Dataset and model checks that need no judge: prompts and the tokenizer."""
+    model_path = resolve_model_path(cfg.model)
+    tokenizer = load_tokenizer(model_path)
+    prompts = load_prompts(cfg.data, tokenizer)
+    return prompts, tokenizer
+
+
+@contextlib.contextmanager
+def judge_endpoint(cfg: ExperimentConfig, run_dir: Path) -> Iterator[tuple[ExperimentConfig, SecretStr]]:
+    """The judge to use: the stand-in server when no base_url is set; the key is
+    read from ``judge.api_key_env``; the endpoint is checked before training."""
+    with contextlib.ExitStack() as stack:
+        if cfg.judge.uses_local_server:
+            url = stack.enter_context(local_judge_server(cfg.judge, run_dir / "judge_server.log"))
+            judge = cfg.judge.model_copy(update={"base_url": url, "local_server": cfg.judge.local_server.model_copy(update={"enabled": True})})
+            cfg = cfg.model_copy(update={"judge": judge})
+        key = resolve_api_key(cfg.judge, os.environ)
+        if cfg.judge.check_endpoint:
+            import asyncio
+
+            asyncio.run(JudgeReward(cfg.judge, key).check_endpoint())
+        yield cfg, key
+
+
+def _start_ray(cfg: ExperimentConfig) -> bool:
+    """Join RAY_ADDRESS's cluster or start local Ray; True if we started it."""
+    import ray
+
+    repo_root = str(Path(__file__).resolve().parents[1])
+    env = {"env_vars": {"PYTHONPATH": repo_root + os.pathsep + os.environ.get("PYTHONPATH", "")}}
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=True)  # under `ray job submit` the working dir is already shipped
+        return False
+    need = cfg.rollout.num_workers * cfg.rollout.num_cpus_per_worker + cfg.learner.num_cpus
+    ray.init(num_cpus=max(os.cpu_count() or 1, int(need + 0.999)), include_dashboard=False,
+             runtime_env=env, log_to_driver=True)
+    return True
+
+
+def run(cfg: ExperimentConfig) -> Path:
+    """One training run end to end; returns the run directory."""
+    import ray
+
+    run_dir = cfg.run.directory
+    prompts, tokenizer = preflight(cfg)
+    with judge_endpoint(cfg, run_dir) as (cfg, key):
+        # Absolute model path, so actors find it whatever their working directory.
+        abs_path = Path(resolve_model_path(cfg.model))
+        if abs_path.exists():
+            cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": str(abs_path.resolve())})})
+        started = _start_ray(cfg)
+        recorder = RunRecorder(run_dir, redacted(cfg), cfg.wandb, cfg.run.name, cfg.run.steps)
+        try:
+            from ray_jobs.stages import Stages
+
+            stages = Stages(cfg, key)
+            train_loop(stages, cfg, PromptSource(prompts, cfg.data.shuffle, cfg.run.seed), recorder)
+            if cfg.run.save_final:
+                stages.save(str((run_dir / "final").resolve()))
+                tokenizer.save_pretrained(run_dir / "final")
+            log.info("judge totals: %s", stages.judge_stats())
+        finally:
+            recorder.close()
+            if started:
+                ray.shutdown()
+    return run_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ray_jobs.train", description="Asynchronous RL fine-tuning with an LLM judge.")
+    parser.add_argument("--config", help="YAML experiment config (default: the embedded CPU default)")
+    parser.add_argument("overrides", nargs="*", help="overrides such as run.steps=10 pipeline.max_staleness=0")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_config(args.config, args.overrides)
+        run_dir = run(cfg)
+    except PREFLIGHT_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"run finished: {run_dir}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
