@@ -1,0 +1,43 @@
+"""Errors of the reward layer.
+
+A reward term that cannot produce a score raises ``RewardError`` with a short,
+stable ``cause`` string (``judge_timeout``, ``judge_http_500``, ...), suitable
+for counting failures by cause. A failed term means "no score", never 0.
+
+No message built here or by the callers may contain an API key.
+"""
+
+from __future__ import annotations
+
+
+class RewardError(Exception):
+    """A reward term could not score one sample.
+
+    ``cause`` is a short machine-friendly token (no spaces, no secrets);
+    ``detail`` is an optional human-readable explanation for logs.
+    """
+
+    def __init__(self, cause: str, detail: str = "") -> None:
+        self.cause = cause
+        self.detail = detail
+        super().__init__(f"{cause}: {detail}" if detail else cause)
+
+
+class JudgeError(RewardError):
+    """The judge could not score one sample.
+
+    ``requests`` is how many HTTP requests were sent to the judge while trying
+    (0 when the failure happened before any request was sent).
+    """
+
+    def __init__(self, cause: str, detail: str = "", *, requests: int = 1) -> None:
+        super().__init__(cause, detail)
+        self.requests = requests
+
+
+class MissingApiKeyError(RuntimeError):
+    """The environment variable that should hold the judge API key is unset or empty."""
+
+
+class JudgeUnreachableError(RuntimeError):
+    """The judge endpoint did not answer the start-up check."""

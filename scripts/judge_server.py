@@ -1,0 +1,601 @@
+"""Development stand-in judge: an OpenAI-compatible HTTP server that scores
+domain-name answers by a transparent heuristic.
+
+This is NOT a real judge. It exists so that the whole pipeline (prompt format,
+HTTP client, concurrency, failure handling, training) can run offline and
+deterministically. Endpoints (HTTP/1.1 keep-alive, JSON bodies with
+Content-Length):
+
+* ``GET /v1/models`` lists one model (``--model``).
+* ``POST /v1/chat/completions`` reads the *last user message*, takes the
+  business description between ``<<<REQUEST`` / ``REQUEST>>>`` and the candidate
+  between ``<<<CANDIDATE`` / ``CANDIDATE>>>`` (the fences of
+  ``rewards/judge.py``), reads the rubric's criterion names from the system
+  message (lines matching ``rewards.judge.CRITERION_LINE_RE``), and answers a
+  standard chat completion whose ``choices[0].message.content`` is the JSON
+  verdict ``{"<criterion>": {"reason": ..., "score": ...}}`` plus ``usage``
+  (token counts approximated as whitespace-separated words). Bad requests get
+  400 with a JSON error body; unknown paths 404.
+
+Heuristic (all scores are floats in [0, 10], rounded to 2 decimals). The
+candidate is stripped; its *name* is the text before a trailing ``.<tld>``
+(``<tld>`` = 2 to 6 ASCII letters), or the whole text if there is none.
+
+* relevance: the description's content words (ASCII letter runs of length >= 4,
+  lower-cased, not stopwords, de-duplicated). A word whose first 4 letters
+  occur in the lower-cased candidate counts 1 hit; else one whose first 3
+  letters occur counts 0.3. Score = ``10 * min(1, hits / 2)``. A description
+  without content words gives a neutral 5.
+* memorability: ``share`` = fraction of the name's characters that are
+  lower-case ASCII letters; ``vowel`` = fraction of those letters in "aeiouy";
+  ``pronounceable = 1 - min(1, |vowel - 0.4| / 0.4)``. Score =
+  ``7*share + 1*share*pronounceable + 2*[tld in com/net/org/io/co/ai/app/dev]
+  - 0.5*digits - 1*spaces - 0.5*hyphens - 1*(runs of 2+ punctuation marks)
+  - 1*non-ASCII characters``, clipped to [0, 10]. An empty name scores 0.
+* length: with L = len(name): 10 for 6 <= L <= 15, ``10*L/6`` below 6,
+  ``10*(40-L)/25`` above 15 (0 from 40 on).
+* any other criterion name: the mean of the three scores above (a documented
+  fallback so that any rubric gets an answer).
+
+Faults, for tests (deterministic per candidate, so a given sample always fails
+or always succeeds): with ``--fail-rate F`` a request whose candidate has
+``fault_bucket(candidate, "fail") < F`` gets ``--fail-status`` (default 500)
+and a JSON error body; otherwise, with ``--malformed-rate M``, one whose
+``fault_bucket(candidate, "malformed") < M`` gets a 200 completion whose
+content is not JSON. ``--latency-s`` sleeps before answering each completion.
+
+Auth: with ``--api-key-env NAME`` and NAME set (non-empty), every request must
+carry ``Authorization: Bearer <value>``, else 401. The key is never printed.
+
+Run: ``python -m scripts.judge_server --port 0`` prints one line
+``JUDGE_SERVER_READY port=<port>`` (flushed) once listening, then serves until
+SIGINT/SIGTERM. Tests use ``JudgeServer`` in-process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import hmac
+import json
+import logging
+import os
+import re
+import signal
+import socket
+import string
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import FrameType
+
+from pydantic import SecretStr
+
+from rewards.judge import (
+    CANDIDATE_CLOSE,
+    CANDIDATE_OPEN,
+    CRITERION_LINE_RE,
+    REQUEST_CLOSE,
+    REQUEST_OPEN,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "relay-heuristic-judge"
+KNOWN_CRITERIA = ("relevance", "memorability", "length")
+GOOD_TLDS = frozenset({"com", "net", "org", "io", "co", "ai", "app", "dev"})
+MAX_BODY_BYTES = 1 << 20
+STOPWORDS = frozenset(
+    """
+    about above after again also among an and another any are around based been before
+    being below between both business but by can company could does doing down during each
+    every few find first for from further have having help helps here into just like local
+    made make makes many more most much need needs offer offers offering only other our out
+    over own provide provides providing same service services should some such than that
+    their them then there these they this those through under until very want wants was
+    we were what when where which while who whom will with within without would you your
+    name domain website site please looking
+    """.split()
+)
+_FAIL_SALT = "fail"
+_MALFORMED_SALT = "malformed"
+_MALFORMED_CONTENT = "I am sorry, I cannot produce a verdict in JSON today."
+
+
+# --------------------------------------------------------------------------
+# Heuristic (pure)
+# --------------------------------------------------------------------------
+
+
+def split_name(candidate: str) -> tuple[str, str | None]:
+    """``(name, tld)`` of a stripped candidate; tld is None without a ``.xx`` suffix."""
+    text = candidate.strip()
+    match = re.search(r"\.([A-Za-z]{2,6})$", text)
+    if match is None:
+        return text, None
+    return text[: match.start()], match.group(1).lower()
+
+
+def content_words(description: str) -> list[str]:
+    """Distinct lower-case ASCII words of length >= 4 that are not stopwords, in order."""
+    words = re.findall(r"[a-z]+", description.lower())
+    return list(dict.fromkeys(w for w in words if len(w) >= 4 and w not in STOPWORDS))
+
+
+def relevance_score(description: str, candidate: str) -> tuple[float, str]:
+    """See the module docstring; returns (score, reason)."""
+    words = content_words(description)
+    if not words:
+        return 5.0, "the request has no content words; neutral score"
+    text = candidate.lower()
+    full = sum(1 for w in words if w[:4] in text)
+    partial = sum(1 for w in words if w[:4] not in text and w[:3] in text)
+    hits = full + 0.3 * partial
+    score = 10.0 * min(1.0, hits / 2.0)
+    return score, f"{full} of {len(words)} content words matched, {partial} partially"
+
+
+def memorability_score(candidate: str) -> tuple[float, str]:
+    """See the module docstring; returns (score, reason)."""
+    name, tld = split_name(candidate)
+    if not name:
+        return 0.0, "empty name"
+    letters = [c for c in name if "a" <= c <= "z"]
+    share = len(letters) / len(name)
+    vowel = sum(1 for c in letters if c in "aeiouy") / max(1, len(letters))
+    pronounceable = 1.0 - min(1.0, abs(vowel - 0.4) / 0.4)
+    bonus = 2.0 if tld in GOOD_TLDS else 0.0
+    digits = sum(c.isdigit() for c in name)
+    spaces = sum(c.isspace() for c in name)
+    hyphens = name.count("-")
+    punct_runs = len(re.findall("[" + re.escape(string.punctuation) + "]{2,}", name))
+    non_ascii = sum(1 for c in name if ord(c) > 127)
+    penalty = 0.5 * digits + 1.0 * spaces + 0.5 * hyphens + 1.0 * punct_runs + 1.0 * non_ascii
+    score = min(10.0, max(0.0, 7.0 * share + share * pronounceable + bonus - penalty))
+    reason = (f"{share:.0%} lower-case letters, tld {tld or 'none'}, "
+              f"{digits} digits, {spaces} spaces, {hyphens} hyphens")
+    return score, reason
+
+
+def length_score(candidate: str) -> tuple[float, str]:
+    """See the module docstring; returns (score, reason)."""
+    name, _ = split_name(candidate)
+    n = len(name)
+    if n < 6:
+        score = 10.0 * n / 6.0
+    elif n <= 15:
+        score = 10.0
+    else:
+        score = 10.0 * max(0.0, (40.0 - n) / 25.0)
+    return score, f"name has {n} characters"
+
+
+def heuristic_verdict(description: str, candidate: str, criteria: list[str]) -> dict[str, dict[str, object]]:
+    """The verdict object for ``criteria`` (the three known ones if empty)."""
+    known = {
+        "relevance": relevance_score(description, candidate),
+        "memorability": memorability_score(candidate),
+        "length": length_score(candidate),
+    }
+    fallback = sum(score for score, _ in known.values()) / len(known)
+    verdict: dict[str, dict[str, object]] = {}
+    for name in criteria or list(KNOWN_CRITERIA):
+        score, reason = known.get(name.lower(), (fallback, "fallback: mean of the known criteria"))
+        verdict[name] = {"reason": reason, "score": round(score, 2)}
+    return verdict
+
+
+def fault_bucket(candidate: str, salt: str) -> float:
+    """A deterministic number in [0, 1) from the candidate text (and a salt)."""
+    digest = hashlib.sha256(f"{salt}\0{candidate}".encode("utf-8", "surrogatepass")).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def injects_failure(candidate: str, fail_rate: float) -> bool:
+    """Whether a server with ``--fail-rate fail_rate`` fails this candidate."""
+    return fault_bucket(candidate, _FAIL_SALT) < fail_rate
+
+
+def injects_malformed(candidate: str, malformed_rate: float) -> bool:
+    """Whether a server with ``--malformed-rate`` answers this candidate with non-JSON
+    content (only checked for candidates that do not fail)."""
+    return fault_bucket(candidate, _MALFORMED_SALT) < malformed_rate
+
+
+# --------------------------------------------------------------------------
+# Request parsing (pure)
+# --------------------------------------------------------------------------
+
+
+class BadRequest(ValueError):
+    """The request cannot be judged; the message goes back in a 400 body."""
+
+
+@dataclass(frozen=True)
+class JudgeRequest:
+    """What the server needs from one chat-completion request."""
+
+    model: str
+    description: str
+    candidate: str
+    criteria: list[str]
+
+
+def _message_text(message: dict[str, object]) -> str:
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content parts: [{"type": "text", "text": ...}]
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    raise BadRequest("message content must be a string or a list of text parts")
+
+
+def _fenced(text: str, opening: str, closing: str) -> str:
+    match = re.search(
+        rf"^{re.escape(opening)}\n(.*?)\n{re.escape(closing)}$", text, re.DOTALL | re.MULTILINE
+    )
+    if match is None:
+        raise BadRequest(f"the last user message has no {opening} ... {closing} block")
+    return match.group(1)
+
+
+def parse_judge_request(body: object) -> JudgeRequest:
+    """Extract description, candidate and criterion names; BadRequest if impossible."""
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+        raise BadRequest("'messages' must be a list of message objects")
+    users = [m for m in messages if m.get("role") == "user"]
+    if not users:
+        raise BadRequest("'messages' has no user message")
+    user_text = _message_text(users[-1])
+    system_text = "\n".join(_message_text(m) for m in messages if m.get("role") == "system")
+    criteria = [json.loads(m.group(1)) for m in CRITERION_LINE_RE.finditer(system_text)]
+    model = body.get("model")
+    return JudgeRequest(
+        model=model if isinstance(model, str) and model else DEFAULT_MODEL,
+        description=_fenced(user_text, REQUEST_OPEN, REQUEST_CLOSE),
+        candidate=_fenced(user_text, CANDIDATE_OPEN, CANDIDATE_CLOSE),
+        criteria=criteria,
+    )
+
+
+def chat_completion(model: str, content: str, prompt_words: int) -> dict[str, object]:
+    """A standard chat-completion response body."""
+    completion_words = len(content.split())
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": content},
+            "finish_reason": "stop",
+            "logprobs": None,
+        }],
+        "usage": {
+            "prompt_tokens": prompt_words,
+            "completion_tokens": completion_words,
+            "total_tokens": prompt_words + completion_words,
+        },
+    }
+
+
+def error_body(message: str, kind: str, code: str | None = None) -> dict[str, object]:
+    """An OpenAI-style error body."""
+    return {"error": {"message": message, "type": kind, "code": code}}
+
+
+# --------------------------------------------------------------------------
+# HTTP server
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Behaviour of one server; ``api_key`` None means no auth."""
+
+    model: str = DEFAULT_MODEL
+    latency_s: float = 0.0
+    api_key: SecretStr | None = None
+    fail_rate: float = 0.0
+    fail_status: int = 500
+    malformed_rate: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.latency_s < 0:
+            raise ValueError("latency_s must be >= 0")
+        for name in ("fail_rate", "malformed_rate"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1]")
+        if not 400 <= self.fail_status <= 599:
+            raise ValueError("fail_status must be an HTTP error status (400-599)")
+        if self.api_key is not None and not self.api_key.get_secret_value():
+            raise ValueError("api_key must not be empty (pass None for no auth)")
+
+
+class _Server(ThreadingHTTPServer):
+    """Threading server that remembers open connections so ``stop`` can close them."""
+
+    daemon_threads = True
+    request_queue_size = 256  # listen backlog: many clients connect at once
+
+    def __init__(self, address: tuple[str, int], settings: ServerSettings) -> None:
+        super().__init__(address, _Handler)
+        self.settings = settings
+        self.completions_served = 0
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        self._lock = threading.Lock()
+        self._connections: set[socket.socket] = set()
+
+    def process_request(self, request, client_address) -> None:  # type: ignore[override]
+        with self._lock:
+            self._connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request) -> None:  # type: ignore[override]
+        with self._lock:
+            self._connections.discard(request)
+        super().shutdown_request(request)
+
+    def handle_error(self, request, client_address) -> None:  # type: ignore[override]
+        # A client that hangs up (e.g. after its own timeout) is routine.
+        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError, TimeoutError)):
+            logger.debug("client %s went away", client_address)
+            return
+        logger.exception("error while serving %s", client_address)
+
+    def begin_completion(self) -> None:
+        with self._lock:
+            self.completions_served += 1
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+
+    def end_completion(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
+
+    def close_connections(self) -> None:
+        with self._lock:
+            connections = list(self._connections)
+        for conn in connections:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """One connection; serves requests until the client closes or idles out."""
+
+    protocol_version = "HTTP/1.1"
+    timeout = 120  # seconds an idle keep-alive connection is kept
+    server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        # Headers and body are written separately: without this, Nagle's
+        # algorithm and the client's delayed ACK add ~40 ms to every reply.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib name
+        logger.debug("%s - " + format, self.address_string(), *args)
+
+    def do_GET(self) -> None:  # noqa: N802 - stdlib name
+        if self._read_body() is None or not self._authorised():
+            return
+        if self._path() != "/v1/models":
+            self._send_json(404, error_body(f"no route GET {self._path()}", "not_found"))
+            return
+        model = {"id": self.server.settings.model, "object": "model", "created": 0, "owned_by": "relay"}
+        self._send_json(200, {"object": "list", "data": [model]})
+
+    def do_POST(self) -> None:  # noqa: N802 - stdlib name
+        raw = self._read_body()
+        if raw is None or not self._authorised():
+            return
+        if self._path() != "/v1/chat/completions":
+            self._send_json(404, error_body(f"no route POST {self._path()}", "not_found"))
+            return
+        try:
+            request = parse_judge_request(json.loads(raw.decode("utf-8")))
+        except (BadRequest, UnicodeDecodeError, json.JSONDecodeError) as err:
+            self._send_json(400, error_body(f"bad request: {err}", "invalid_request_error"))
+            return
+        self._answer(request, prompt_words=len(raw.split()))
+
+    def _answer(self, request: JudgeRequest, prompt_words: int) -> None:
+        settings = self.server.settings
+        self.server.begin_completion()
+        try:
+            if settings.latency_s > 0:
+                time.sleep(settings.latency_s)
+        finally:
+            self.server.end_completion()
+        if injects_failure(request.candidate, settings.fail_rate):
+            self._send_json(settings.fail_status, error_body("injected failure", "server_error"))
+            return
+        if injects_malformed(request.candidate, settings.malformed_rate):
+            content = _MALFORMED_CONTENT
+        else:
+            verdict = heuristic_verdict(request.description, request.candidate, request.criteria)
+            content = json.dumps(verdict)
+        self._send_json(200, chat_completion(request.model, content, prompt_words))
+
+    def _path(self) -> str:
+        return self.path.split("?", 1)[0].rstrip("/") or "/"
+
+    def _read_body(self) -> bytes | None:
+        """The request body (b"" if none); None after answering an error."""
+        if self.headers.get("Transfer-Encoding"):
+            self.close_connection = True
+            self._send_json(411, error_body("chunked bodies are not supported", "invalid_request_error"))
+            return None
+        length_header = self.headers.get("Content-Length")
+        if length_header is None:
+            if self.command == "POST":
+                self.close_connection = True
+                self._send_json(411, error_body("Content-Length required", "invalid_request_error"))
+                return None
+            return b""
+        try:
+            length = int(length_header)
+        except ValueError:
+            length = -1
+        if not 0 <= length <= MAX_BODY_BYTES:
+            self.close_connection = True
+            self._send_json(400, error_body("bad Content-Length", "invalid_request_error"))
+            return None
+        return self.rfile.read(length)
+
+    def _authorised(self) -> bool:
+        key = self.server.settings.api_key
+        if key is None:
+            return True
+        expected = f"Bearer {key.get_secret_value()}".encode()
+        given = self.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+        if hmac.compare_digest(given, expected):
+            return True
+        self._send_json(401, error_body("missing or invalid API key", "invalid_request_error",
+                                        "invalid_api_key"))
+        return False
+
+    def _send_json(self, status: int, body: dict[str, object]) -> None:
+        data = json.dumps(body).encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(data)
+
+
+class JudgeServer:
+    """The heuristic judge server, runnable in-process (``start``/``stop`` or ``with``).
+
+    Invariant: between ``start`` and ``stop`` it listens on ``host:port``
+    (``port`` is the real port, also when 0 was asked for).
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, settings: ServerSettings | None = None) -> None:
+        self._host, self._requested_port = host, port
+        self.settings = settings or ServerSettings()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    def __repr__(self) -> str:
+        state = f"port={self._server.server_address[1]}" if self._server else "stopped"
+        return f"JudgeServer(host={self._host!r}, {state})"
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("the judge server is not started")
+        return int(self._server.server_address[1])
+
+    @property
+    def base_url(self) -> str:
+        """``http://<host>:<port>/v1``, the OpenAI client's base_url."""
+        return f"http://{self._host}:{self.port}/v1"
+
+    @property
+    def completions_served(self) -> int:
+        """Chat-completion requests accepted so far (after auth and parsing)."""
+        return self._server.completions_served if self._server else 0
+
+    @property
+    def peak_in_flight(self) -> int:
+        """Most chat-completion requests being answered at once so far."""
+        return self._server.peak_in_flight if self._server else 0
+
+    def start(self) -> "JudgeServer":
+        if self._server is not None:
+            raise RuntimeError("the judge server is already started")
+        self._server = _Server((self._host, self._requested_port), self.settings)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+            name="judge-server", daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        server.close_connections()
+        server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> "JudgeServer":
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+# --------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--latency-s", type=float, default=0.0, help="sleep before each completion")
+    parser.add_argument("--api-key-env", default=None,
+                        help="require 'Authorization: Bearer $NAME' when NAME is set")
+    parser.add_argument("--fail-rate", type=float, default=0.0)
+    parser.add_argument("--fail-status", type=int, default=500)
+    parser.add_argument("--malformed-rate", type=float, default=0.0)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    key_value = os.environ.get(args.api_key_env, "") if args.api_key_env else ""
+    try:
+        settings = ServerSettings(
+            model=args.model, latency_s=args.latency_s,
+            api_key=SecretStr(key_value) if key_value else None,
+            fail_rate=args.fail_rate, fail_status=args.fail_status,
+            malformed_rate=args.malformed_rate,
+        )
+    except ValueError as err:
+        raise SystemExit(f"judge_server: {err}") from None
+    stop = threading.Event()
+
+    def _on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    server = JudgeServer(args.host, args.port, settings).start()
+    if settings.api_key:
+        auth = f"required (${args.api_key_env})"
+    elif args.api_key_env:
+        auth = f"none (${args.api_key_env} is not set)"
+    else:
+        auth = "none"
+    print(f"JUDGE_SERVER_READY port={server.port}", flush=True)
+    print(f"judge_server: serving {server.base_url}, auth {auth}", file=sys.stderr, flush=True)
+    try:
+        stop.wait()
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,130 @@
+"""JudgePool against the in-process heuristic judge server (no Ray)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+
+import pytest
+from pydantic import SecretStr
+
+from actors.judge_pool import JudgePool
+from actors.messages import PromptItem, RolloutResult, Sample, ScoreResult
+from rewards.config import JudgeConfig, RewardConfig, RewardTermConfig
+from rewards.errors import JudgeUnreachableError
+from scripts.judge_server import JudgeServer, ServerSettings, injects_failure
+
+SECRET = "sk-pool-test-SHOULD-NOT-APPEAR-99"
+DESCRIPTION = "A bakery in Portland that sells sourdough bread and vegan pastries."
+
+
+def rollout(completions: list[str], group_size: int = 4) -> RolloutResult:
+    samples = []
+    for i, text in enumerate(completions):
+        prompt = PromptItem(prompt_id=f"p{i // group_size}", row=i // group_size,
+                            prompt_text=DESCRIPTION, prompt_token_ids=[1, 2, 3])
+        samples.append(Sample(prompt=prompt, group_id=f"g{i // group_size}", group_index=i % group_size,
+                              completion_text=text,
+                              completion_token_ids=[5, 6], sampling_logprobs=[-0.1, -0.2],
+                              policy_version=0, truncated=False))
+    return RolloutResult(batch_index=7, samples=samples, generate_s=1.5, worker_id=0)
+
+
+def pool(base_url: str, key: str = "k", terms: list[tuple[str, float]] | None = None,
+         **judge_overrides: object) -> JudgePool:
+    reward = RewardConfig(terms=[RewardTermConfig(name=n, weight=w) for n, w in (terms or [("judge", 1.0)])])
+    return JudgePool(JudgeConfig(base_url=base_url, **judge_overrides), reward, SecretStr(key))
+
+
+def score_once(judge_pool: JudgePool, result: RolloutResult) -> ScoreResult:
+    """Score in a fresh event loop, then close the pool's client."""
+
+    async def run() -> ScoreResult:
+        try:
+            return await judge_pool.score(result)
+        finally:
+            await judge_pool.close()
+
+    return asyncio.run(run())
+
+
+NAMES = [f"portlandbake{i}.com" for i in range(16)]
+
+
+def test_all_samples_scored_in_order() -> None:
+    with JudgeServer() as srv:
+        judge_pool = pool(srv.base_url, terms=[("judge", 1.0), ("domain_format", 0.5)])
+        result = score_once(judge_pool, rollout(NAMES + ["Blocked"]))
+    assert [s.sample.completion_text for s in result.scored] == NAMES + ["Blocked"]
+    assert result.batch_index == 7 and result.generate_s == 1.5 and result.judge_s >= 0
+    assert result.judge_requests == 17 and result.judge_failures == 0
+    for scored in result.scored:
+        assert scored.reward is not None and scored.reward_error is None
+        terms = scored.terms
+        assert scored.reward == pytest.approx(terms["judge"] + 0.5 * terms["domain_format"])
+        assert set(terms) == {"judge", "domain_format", "judge/relevance", "judge/memorability", "judge/length"}
+    assert result.scored[-1].terms["domain_format"] == 0.0
+    assert judge_pool.stats() == {"samples": 17, "scored": 17, "unscored": 0, "judge_requests": 17,
+                                  "judge_failures": 0, "failures_by_cause": {}}
+
+
+def test_failed_samples_are_unscored_never_zero(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    expected_failed = {n for n in NAMES if injects_failure(n, 0.4)}
+    assert 0 < len(expected_failed) < len(NAMES)
+    with JudgeServer(settings=ServerSettings(fail_rate=0.4, api_key=SecretStr(SECRET))) as srv:
+        judge_pool = pool(srv.base_url, key=SECRET)
+        result = score_once(judge_pool, rollout(NAMES))
+    for scored in result.scored:
+        if scored.sample.completion_text in expected_failed:
+            assert scored.reward is None and scored.reward_error == "judge_http_500"
+            assert scored.terms == {"judge": None}
+        else:
+            assert scored.reward is not None and scored.reward > 0 and scored.reward_error is None
+    assert result.judge_requests == len(NAMES)
+    assert result.judge_failures == len(expected_failed)
+    stats = judge_pool.stats()
+    assert stats["failures_by_cause"] == {"judge_http_500": len(expected_failed)}
+    assert stats["unscored"] == stats["judge_failures"] == len(expected_failed)
+    warnings = [r for r in caplog.records if r.name == "actors.judge_pool" and r.levelno == logging.WARNING]
+    assert len(warnings) == len(expected_failed)
+    assert "prompt_id=p" in warnings[0].getMessage() and "cause=judge_http_500" in warnings[0].getMessage()
+    assert SECRET not in caplog.text
+
+
+def test_timeouts_are_unscored_and_counted() -> None:
+    with JudgeServer(settings=ServerSettings(latency_s=2.0)) as srv:
+        judge_pool = pool(srv.base_url, timeout_s=0.2)
+        result = score_once(judge_pool, rollout(NAMES[:4]))
+    assert [s.reward for s in result.scored] == [None] * 4
+    assert {s.reward_error for s in result.scored} == {"judge_timeout"}
+    assert result.judge_failures == 4 and judge_pool.stats()["failures_by_cause"] == {"judge_timeout": 4}
+
+
+def test_rule_failure_is_not_a_judge_failure() -> None:
+    with JudgeServer(settings=ServerSettings(fail_rate=1.0)) as srv:
+        judge_pool = pool(srv.base_url, terms=[("judge", 0.0), ("domain_format", 1.0)])
+        result = score_once(judge_pool, rollout(NAMES[:2]))
+    # The zero-weight judge failed, but the weighted rule scored every sample.
+    assert [s.reward for s in result.scored] == [1.0, 1.0]
+    assert result.judge_requests == 2 and result.judge_failures == 0
+
+
+def test_empty_rollout() -> None:
+    result = score_once(pool("http://127.0.0.1:9/v1"), rollout([]))
+    assert result.scored == [] and result.judge_requests == 0 and result.judge_failures == 0
+
+
+def test_check() -> None:
+    with JudgeServer() as srv:
+        asyncio.run(pool(srv.base_url).check())
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    try:
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+        with pytest.raises(JudgeUnreachableError, match=f"judge endpoint {url} is unreachable") as info:
+            asyncio.run(pool(url, key=SECRET).check())
+        assert SECRET not in str(info.value)
+    finally:
+        sock.close()

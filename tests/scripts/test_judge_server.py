@@ -1,0 +1,234 @@
+"""The development judge server: heuristic, HTTP surface, auth, faults, CLI."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from rewards.config import JudgeConfig
+from rewards.judge import build_judge_messages
+from scripts.judge_server import (
+    JudgeServer,
+    ServerSettings,
+    heuristic_verdict,
+    injects_failure,
+    length_score,
+    memorability_score,
+    relevance_score,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SECRET = "sk-server-test-NEVER-PRINT-77"
+DESCRIPTION = "A country music bar in Nashville with live bands every night."
+RUBRIC = JudgeConfig(base_url="http://unused/v1").criteria
+CRITERIA = [c.name for c in RUBRIC]
+
+
+def total(candidate: str) -> float:
+    verdict = heuristic_verdict(DESCRIPTION, candidate, CRITERIA)
+    weights = {c.name: c.weight for c in RUBRIC}
+    return sum(weights[k] * float(v["score"]) for k, v in verdict.items())
+
+
+# ---------------------------------------------------------------- heuristic
+
+
+def test_relevant_short_com_beats_junk() -> None:
+    good = total("nashvillecountry.com")
+    for junk in ("qxzvbnmkl", "xq7#@!zz 99", "", "The answer is 42!!!", "zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz"):
+        assert good > total(junk) + 2.0, junk
+
+
+def test_scores_are_graded_floats_in_range() -> None:
+    candidates = ["nashvillecountry.com", "nashvillebar.net", "countrytunes.io", "nash.com", "bars-4-u.co",
+                  "honky tonk", "Nashville Live Music Bar.com", "qqq", "musicnashvillebarlivebandsnightly.org",
+                  "ñandú.com", "country..music", "nas.com", "livebands"]
+    seen: set[float] = set()
+    for candidate in candidates:
+        for entry in heuristic_verdict(DESCRIPTION, candidate, CRITERIA).values():
+            score = entry["score"]
+            assert isinstance(score, float) and 0.0 <= score <= 10.0
+            assert isinstance(entry["reason"], str) and entry["reason"]
+            seen.add(score)
+    assert len(seen - {0.0, 10.0}) >= 8  # graded, not just pass/fail
+
+
+def test_relevance_gives_partial_credit() -> None:
+    full, _ = relevance_score(DESCRIPTION, "nashvillecountry.com")  # nash, coun
+    one, _ = relevance_score(DESCRIPTION, "nashtunes.com")  # nash
+    prefix3, _ = relevance_score(DESCRIPTION, "nasxx.com")  # 'nas' only
+    none, _ = relevance_score(DESCRIPTION, "qqqq.com")
+    assert full == 10.0 and one == 5.0 and prefix3 == pytest.approx(1.5) and none == 0.0
+    assert relevance_score("the and of", "x.com")[0] == 5.0  # no content words: neutral
+
+
+@pytest.mark.parametrize(("length", "expected"), [(0, 0.0), (3, 5.0), (6, 10.0), (15, 10.0), (28, 4.8), (40, 0.0), (60, 0.0)])
+def test_length_score(length: int, expected: float) -> None:
+    assert length_score("a" * length + ".com")[0] == pytest.approx(expected)
+
+
+def test_memorability_penalties_and_tld_bonus() -> None:
+    base = memorability_score("nashvillecountry.com")[0]
+    assert base > memorability_score("nashvillecountry")[0]  # tld bonus
+    assert base > memorability_score("nashvillecountry.xyz")[0]
+    for worse in ("nashville2country.com", "nashville-country.com", "nashville country.com",
+                  "nashville--country.com", "nashvillecöuntry.com", "NashvilleCountry.com"):
+        assert memorability_score(worse)[0] < base, worse
+    assert memorability_score(".com")[0] == 0.0
+
+
+def test_unknown_criteria_get_the_mean_of_the_known_ones() -> None:
+    verdict = heuristic_verdict(DESCRIPTION, "nashvillebar.com", ["relevance", "memorability", "length", "Vibe"])
+    known = [float(verdict[k]["score"]) for k in CRITERIA]
+    assert verdict["Vibe"]["score"] == pytest.approx(sum(known) / 3, abs=0.01)
+
+
+# ---------------------------------------------------------------- HTTP
+
+
+@pytest.fixture
+def server() -> Iterator[JudgeServer]:
+    with JudgeServer() as srv:
+        yield srv
+
+
+Connect = Callable[[int], http.client.HTTPConnection]
+
+
+@pytest.fixture
+def connect() -> Iterator[Connect]:
+    """Opens client connections to 127.0.0.1 and closes them after the test."""
+    opened: list[http.client.HTTPConnection] = []
+
+    def open_connection(port: int) -> http.client.HTTPConnection:
+        opened.append(http.client.HTTPConnection("127.0.0.1", port, timeout=5))
+        return opened[-1]
+
+    yield open_connection
+    for conn in opened:
+        conn.close()
+
+
+def request_body(candidate: str) -> dict[str, object]:
+    return {"model": "m", "messages": build_judge_messages(RUBRIC, DESCRIPTION, candidate),
+            "temperature": 0, "response_format": {"type": "json_object"}}
+
+
+def call(conn: http.client.HTTPConnection, method: str, url: str, body: object = None,
+         headers: dict[str, str] | None = None) -> tuple[int, dict[str, object]]:
+    data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+    conn.request(method, url, body=data, headers={"Content-Type": "application/json", **(headers or {})})
+    response = conn.getresponse()
+    return response.status, json.loads(response.read())
+
+
+def test_models_and_completion_on_one_keep_alive_connection(server: JudgeServer, connect: Connect) -> None:
+    conn = connect(server.port)
+    status, models = call(conn, "GET", "/v1/models")
+    assert status == 200 and models["data"][0]["id"] == "relay-heuristic-judge"
+    for candidate in ("nashvillecountry.com", "qqq"):
+        status, body = call(conn, "POST", "/v1/chat/completions", request_body(candidate))
+        assert status == 200 and body["object"] == "chat.completion"
+        verdict = json.loads(body["choices"][0]["message"]["content"])
+        assert verdict == heuristic_verdict(DESCRIPTION, candidate, CRITERIA)
+        assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + body["usage"]["completion_tokens"]
+    assert server.completions_served == 2
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "fragment"),
+    [
+        (b"{not json", 400, "bad request"),
+        ([1, 2], 400, "JSON object"),
+        ({"messages": "hi"}, 400, "'messages' must be a list"),
+        ({"messages": [{"role": "system", "content": "x"}]}, 400, "no user message"),
+        ({"messages": [{"role": "user", "content": "rate nashville.com"}]}, 400, "<<<REQUEST"),
+    ],
+)
+def test_bad_requests_get_a_json_400(
+    server: JudgeServer, connect: Connect, body: object, status: int, fragment: str
+) -> None:
+    conn = connect(server.port)
+    got, error = call(conn, "POST", "/v1/chat/completions", body)
+    assert got == status and fragment in error["error"]["message"]
+
+
+def test_unknown_path_is_404(server: JudgeServer, connect: Connect) -> None:
+    conn = connect(server.port)
+    assert call(conn, "GET", "/v1/nothing")[0] == 404
+    assert call(conn, "POST", "/v1/completions", request_body("x.com"))[0] == 404
+
+
+def test_auth_required_when_a_key_is_set(connect: Connect) -> None:
+    with JudgeServer(settings=ServerSettings(api_key=SecretStr(SECRET))) as srv:
+        conn = connect(srv.port)
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": SECRET}):
+            status, error = call(conn, "POST", "/v1/chat/completions", request_body("x.com"), headers)
+            assert status == 401 and SECRET not in json.dumps(error)
+            assert call(conn, "GET", "/v1/models", headers=headers)[0] == 401
+        ok = {"Authorization": f"Bearer {SECRET}"}
+        assert call(conn, "POST", "/v1/chat/completions", request_body("x.com"), ok)[0] == 200
+        assert SECRET not in repr(srv) and SECRET not in repr(srv.settings)
+
+
+def test_fail_rate_is_deterministic_per_candidate(connect: Connect) -> None:
+    candidates = [f"name{i}.com" for i in range(24)]
+    expected = {c for c in candidates if injects_failure(c, 0.5)}
+    assert 0 < len(expected) < len(candidates)
+    with JudgeServer(settings=ServerSettings(fail_rate=0.5, fail_status=503)) as srv:
+        conn = connect(srv.port)
+        for _ in range(2):
+            failed = set()
+            for candidate in candidates:
+                status, body = call(conn, "POST", "/v1/chat/completions", request_body(candidate))
+                if status != 200:
+                    assert status == 503 and body["error"]["message"] == "injected failure"
+                    failed.add(candidate)
+            assert failed == expected
+
+
+def test_malformed_rate_returns_non_json_content(connect: Connect) -> None:
+    with JudgeServer(settings=ServerSettings(malformed_rate=1.0)) as srv:
+        conn = connect(srv.port)
+        status, body = call(conn, "POST", "/v1/chat/completions", request_body("x.com"))
+    assert status == 200
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(body["choices"][0]["message"]["content"])
+
+
+@pytest.mark.parametrize("settings", [dict(fail_rate=1.5), dict(fail_status=200), dict(latency_s=-1),
+                                      dict(api_key=SecretStr(""))])
+def test_bad_settings_are_rejected(settings: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        ServerSettings(**settings)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def test_cli_prints_ready_and_requires_the_key_from_env(connect: Connect) -> None:
+    env = {**os.environ, "JUDGE_TEST_KEY": SECRET, "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scripts.judge_server", "--port", "0", "--api-key-env", "JUDGE_TEST_KEY"],
+        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        line = proc.stdout.readline().strip()  # type: ignore[union-attr]
+        assert line.startswith("JUDGE_SERVER_READY port=")
+        port = int(line.split("=", 1)[1])
+        conn = connect(port)
+        assert call(conn, "GET", "/v1/models")[0] == 401
+        assert call(conn, "GET", "/v1/models", headers={"Authorization": f"Bearer {SECRET}"})[0] == 200
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0
+    assert SECRET not in out and SECRET not in err and "JUDGE_TEST_KEY" in err
