@@ -179,7 +179,7 @@ class Learner:
             loss, stats = policy_loss(self.backend.model, tensors, self.algorithm, self.temperature)
             share = (rows.stop - rows.start) / total  # sequence-mean losses: weight by share
             self.backend.backward(loss * share)
-            for key, value in {"loss": float(loss), **stats}.items():
+            for key, value in {"loss": float(loss.detach()), **stats}.items():
                 sums[key] = sums.get(key, 0.0) + value * share
         grad_norm = self.backend.step()
         self.version += 1

@@ -69,7 +69,7 @@ def load_prompts(data: DataConfig, tokenizer) -> list[PromptItem]:
         text = row.get(data.prompt_field)
         if not isinstance(text, str) or not text.strip():
             raise DatasetError(f"data: row {i} of {name} has no usable '{data.prompt_field}' field "
-                               f"(got {type(text).__name__}); fields present: {sorted(row)}")
+                               f"(got {type(text).__name__}); fields with values: {sorted(k for k, v in row.items() if v is not None)}")
         messages = ([{"role": "system", "content": data.system_prompt}] if data.system_prompt else [])
         messages.append({"role": "user", "content": text})
         ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)

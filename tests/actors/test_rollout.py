@@ -1,0 +1,67 @@
+import pytest
+import torch
+
+from actors.learner import collate
+from actors.messages import PromptItem, TrainBatch, WeightsUpdate
+from actors.models import load_causal_lm, resolve_model_path
+from actors.rollout import RolloutConfig, RolloutWorker
+from actors.weight_sync import ObjectStoreWeightSync
+from algorithms.logprobs import token_logprobs
+
+
+@pytest.fixture(scope="module")
+def worker(tiny_model_config):
+    return RolloutWorker(RolloutConfig(group_size=3, max_new_tokens=8, temperature=0.7), tiny_model_config)
+
+
+def _prompts(tok) -> list[PromptItem]:
+    texts = ["A bakery in Austin", "A law firm advising small businesses on contracts"]
+    out = []
+    for i, t in enumerate(texts):
+        ids = tok(tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True, tokenize=False))["input_ids"]
+        out.append(PromptItem(f"p{i}", i, t, ids))
+    return out
+
+
+def test_groups_shapes_and_versions(worker, tiny_tokenizer) -> None:
+    prompts = _prompts(tiny_tokenizer)
+    result = worker.generate(batch_index=5, call_index=1, prompts=prompts)
+    assert len(result.samples) == 6
+    assert [s.group_id for s in result.samples] == ["b5c1p0"] * 3 + ["b5c1p1"] * 3
+    assert [s.prompt.prompt_id for s in result.samples] == ["p0"] * 3 + ["p1"] * 3
+    for s in result.samples:
+        assert len(s.completion_token_ids) == len(s.sampling_logprobs) <= 8
+        assert s.policy_version == worker.version
+        eos = tiny_tokenizer.eos_token_id
+        assert s.truncated == (s.completion_token_ids[-1] != eos)
+        assert eos not in s.completion_token_ids[:-1]  # cut at the first EOS
+
+
+def test_sampling_logprobs_match_learner_recomputation(worker, tiny_tokenizer) -> None:
+    """The learner's log-probs of the sampled tokens equal the rollout's (same weights, temperature)."""
+    result = worker.generate(0, 0, _prompts(tiny_tokenizer))
+    s = result.samples
+    batch = TrainBatch(0, [x.prompt.prompt_token_ids for x in s], [x.completion_token_ids for x in s],
+                       [x.sampling_logprobs for x in s], [0.0] * len(s), [0] * len(s))
+    t = collate(batch, slice(0, len(s)))
+    with torch.no_grad():
+        logits = worker.backend.model(input_ids=t["input_ids"], attention_mask=t["attention_mask"]).logits
+    lp = token_logprobs(logits[:, :-1], t["input_ids"][:, 1:], 0.7)
+    m = t["completion_mask"].bool()
+    assert torch.allclose(lp[m], t["old_logprobs"][m], atol=1e-4)
+
+
+def test_weight_update_changes_version_and_refuses_old(tiny_model_config, tiny_tokenizer) -> None:
+    w = RolloutWorker(RolloutConfig(group_size=2, max_new_tokens=4), tiny_model_config)
+    other = load_causal_lm(resolve_model_path(tiny_model_config), "float32")
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.01)
+    update = ObjectStoreWeightSync().export(other.state_dict(), version=1)
+    assert w.update_weights(update) >= 0.0
+    assert w.version == 1
+    for (name, a), b in zip(w.backend.model.state_dict().items(), other.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert all(s.policy_version == 1 for s in w.generate(0, 0, _prompts(tiny_tokenizer)).samples)
+    with pytest.raises(ValueError, match="not newer"):
+        w.update_weights(WeightsUpdate(version=1, tensors={}, export_s=0.0))

@@ -1,0 +1,78 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ray_jobs.config import ConfigError, ExperimentConfig, apply_override, load_config, redacted
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("path", sorted((REPO_ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path: Path) -> None:
+    cfg = load_config(path)
+    assert isinstance(cfg, ExperimentConfig)
+
+
+def test_cpu_default_file_matches_embedded_defaults() -> None:
+    assert load_config(REPO_ROOT / "configs" / "cpu_default.yaml") == load_config(None)
+
+
+def test_required_keys_exist_with_their_meaning() -> None:
+    cfg = load_config(None, ["run.output_dir=/tmp/x", "run.steps=7", "pipeline.max_staleness=0",
+                             "judge.base_url=http://127.0.0.1:9/v1", "judge.model=m",
+                             "judge.api_key_env=MY_KEY", "judge.timeout_s=3.5"])
+    assert cfg.run.directory == Path("/tmp/x")
+    assert (cfg.run.steps, cfg.pipeline.max_staleness) == (7, 0)
+    assert (cfg.judge.base_url, cfg.judge.model, cfg.judge.api_key_env, cfg.judge.timeout_s) == (
+        "http://127.0.0.1:9/v1", "m", "MY_KEY", 3.5)
+    assert not cfg.judge.uses_local_server
+
+
+def test_unknown_key_names_key_and_nearest() -> None:
+    with pytest.raises(ConfigError, match=r"unknown config key 'pipeline.max_stalenes'; did you mean 'pipeline.max_staleness'"):
+        load_config(None, ["pipeline.max_stalenes=1"])
+    with pytest.raises(ConfigError, match=r"unknown config key 'nonsense'$"):
+        load_config(None, ["nonsense=1"])
+
+
+def test_unknown_key_inside_list_items(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text(yaml.safe_dump({"reward": {"terms": [{"name": "judge", "wieght": 1}]}}))
+    with pytest.raises(ConfigError, match=r"reward.terms\[0\].wieght'; did you mean 'reward.terms\[0\].weight'"):
+        load_config(f)
+
+
+def test_invalid_value_is_one_line() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["run.steps=0"])
+    assert "run.steps" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_override_values_parse_as_yaml() -> None:
+    raw: dict = {}
+    apply_override(raw, "a.b=3")
+    apply_override(raw, "a.c=[x, y]")
+    apply_override(raw, "d=true")
+    assert raw == {"a": {"b": 3, "c": ["x", "y"]}, "d": True}
+    with pytest.raises(ConfigError):
+        apply_override(raw, "no_equals_sign")
+
+
+def test_missing_config_file() -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config("/nonexistent/x.yaml")
+
+
+def test_redaction_masks_secret_values_but_not_env_names() -> None:
+    cfg = load_config(None)
+    data = redacted(cfg)
+    assert data["judge"]["api_key_env"] == "RELAY_JUDGE_API_KEY"
+    data2 = {"x": {"api_key": "sk-live"}}
+    from ray_jobs import config as config_module
+
+    class Fake:
+        def model_dump(self, mode):
+            return data2
+
+    assert config_module.redacted(Fake())["x"]["api_key"] == "***"
