@@ -1,0 +1,205 @@
+"""DeepSpeed learner backend: the model and AdamW inside a ZeRO-2/3 engine.
+
+Honours the ``LearnerBackend`` contract of ``actors/learner.py``: the caller
+runs ``backward`` once per micro-batch (each loss already scaled by its share
+of the batch) and then one ``step``. The number of micro-batches may differ
+from step to step, so DeepSpeed's own accumulation counter (a fixed
+``gradient_accumulation_steps``) cannot mark the boundary. Instead the engine
+runs with ``managed_gradient_accumulation: false`` (DeepSpeed >= 0.19): every
+``engine.backward`` only accumulates (ZeRO-2/3 reduce and partition each
+micro-batch's gradients into the running sum) and every ``engine.step`` is the
+boundary (finalise, clip, update, zero). ``gradient_accumulation_steps`` stays
+1 and ``backward`` passes ``scale_wrt_gas=False``, so DeepSpeed never rescales
+the caller's loss.
+
+Distributed setup: one process is one rank. Without launcher variables the
+backend makes a one-process group (RANK=0, WORLD_SIZE=1, a free local port);
+with ``WORLD_SIZE > 1`` every variable must be set by whoever starts the ranks
+(e.g. Ray actors). Every rank must call every method, in the same order: under
+ZeRO-3, ``full_state_dict`` and ``save_pretrained`` are collective.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from actors.learner import LearnerConfig, apply_lora
+from actors.models import load_causal_lm
+from actors.weight_sync import merged_state_dict
+
+logger = logging.getLogger(__name__)
+
+_DIST_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+_NEVER_PRINT = 2**31 - 1  # steps_per_print: DeepSpeed's progress log stays silent
+
+
+def deepspeed_config(learner: LearnerConfig, dtype: str) -> dict[str, Any]:
+    """The DeepSpeed config dict for ``learner`` (pure; no DeepSpeed import).
+
+    Invariants: one micro-batch per rank and ``gradient_accumulation_steps = 1``
+    with ``managed_gradient_accumulation = false`` (the caller owns
+    accumulation; see the module docstring); AdamW is torch's (no op to
+    compile); ``gradient_clipping`` is ``learner.max_grad_norm``; bf16 mixed
+    precision (fp32 master weights in the optimiser) iff ``dtype ==
+    "bfloat16"``.
+    """
+    if dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"deepspeed backend supports dtype float32 or bfloat16, got {dtype!r}")
+    return {
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": 1,
+        "managed_gradient_accumulation": False,
+        "zero_optimization": {"stage": learner.zero_stage},
+        "optimizer": {
+            "type": "AdamW",
+            "params": {
+                "torch_adam": True,
+                "lr": learner.lr,
+                "betas": list(learner.betas),
+                "weight_decay": learner.weight_decay,
+            },
+        },
+        "gradient_clipping": learner.max_grad_norm,
+        "bf16": {"enabled": dtype == "bfloat16"},
+        "steps_per_print": _NEVER_PRINT,
+        "wall_clock_breakdown": False,
+    }
+
+
+def _free_port() -> int:
+    """A TCP port that was free on 127.0.0.1 a moment ago (bound to port 0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def ensure_distributed_env() -> None:
+    """Fill in the torch.distributed variables for a one-process group.
+
+    Values already set are kept. With ``WORLD_SIZE`` unset or 1 the missing
+    ones default to RANK=0, LOCAL_RANK=0, WORLD_SIZE=1, MASTER_ADDR=127.0.0.1
+    and a free MASTER_PORT. With ``WORLD_SIZE > 1`` nothing is guessed (each
+    rank would pick a different port): all five must be set.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        missing = [name for name in _DIST_VARS if name not in os.environ]
+        if missing:
+            raise RuntimeError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} but {', '.join(missing)} not set; "
+                               "the launcher of a multi-rank learner must set all of " + ", ".join(_DIST_VARS))
+        return
+    if os.environ.get("RANK", "0") != "0":
+        raise RuntimeError(f"RANK={os.environ['RANK']} with WORLD_SIZE=1; set WORLD_SIZE for a multi-rank learner")
+    defaults = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}
+    for name, value in defaults.items():
+        os.environ.setdefault(name, value)
+    if "MASTER_PORT" not in os.environ:
+        os.environ["MASTER_PORT"] = str(_free_port())
+
+
+def init_distributed() -> None:
+    """Join (or create) the process group: nccl with CUDA, gloo on CPU.
+
+    Idempotent: a group that already exists in this process is reused.
+    """
+    import deepspeed
+
+    ensure_distributed_env()
+    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+
+
+class DeepSpeedLearnerBackend:
+    """A DeepSpeed ZeRO engine over the policy (LoRA adapters optional).
+
+    Invariants: ``model`` is the engine (forward through it so ZeRO-3 gathers
+    parameters and DeepSpeed's backward hooks run); only parameters with
+    ``requires_grad`` (the adapters, with LoRA) are in the optimiser; between
+    two ``step`` calls gradients only accumulate.
+    """
+
+    def __init__(self, model_path: str, dtype: str, learner: LearnerConfig) -> None:
+        import deepspeed
+
+        config = deepspeed_config(learner, dtype)
+        init_distributed()
+        module = load_causal_lm(model_path, dtype)
+        if learner.lora.enabled:
+            module = apply_lora(module, learner.lora)
+        params = [p for p in module.parameters() if p.requires_grad]
+        engine, _, _, _ = deepspeed.initialize(model=module, model_parameters=params, config=config)
+        self.engine = engine
+        self.model: torch.nn.Module = engine
+        self.zero_stage = learner.zero_stage
+        self._pending_backwards = 0
+
+    @property
+    def module(self) -> torch.nn.Module:
+        """The wrapped Hugging Face (or peft) model; its parameters are partitioned under ZeRO-3."""
+        return self.engine.module
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Accumulate the gradients of ``loss`` (already scaled by the caller)."""
+        self.engine.backward(loss, scale_wrt_gas=False)
+        self._pending_backwards += 1
+
+    def step(self) -> float:
+        """Clip, update and zero the gradients; return the pre-clip global norm.
+
+        The norm is NaN only if DeepSpeed computed none (never with this
+        config: ``zero_optimization.compute_grad_norm`` stays on). A non-finite
+        gradient norm makes DeepSpeed skip the update (weights unchanged) and
+        report ``inf``; this is logged as a warning.
+        """
+        if self._pending_backwards == 0:
+            raise RuntimeError("step() without a backward(): there are no gradients to apply")
+        self.engine.step()
+        self._pending_backwards = 0
+        norm = self.engine.get_global_grad_norm()
+        if not self.engine.was_step_applied():
+            logger.warning("DeepSpeed skipped the optimiser step: non-finite gradient norm %s", norm)
+        return float("nan") if norm is None else float(norm)
+
+    @contextlib.contextmanager
+    def _full_parameters(self) -> Iterator[None]:
+        """Within the block every parameter holds its full data (a collective under ZeRO-3).
+
+        Changes made inside the block are discarded on exit under ZeRO-3
+        (``modifier_rank=None``); callers only read.
+        """
+        if self.zero_stage != 3:
+            yield
+            return
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(self.module.parameters()), modifier_rank=None):
+            yield
+
+    def _is_rank_zero(self) -> bool:
+        return self.engine.global_rank == 0
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """Full weights with plain Hugging Face names (LoRA merged), as CPU clones.
+
+        Collective: every rank must call it. Rank 0 gets the weights; other
+        ranks get an empty dict (they take part in the gather only).
+        """
+        with self._full_parameters():
+            if not self._is_rank_zero():
+                return {}
+            state = merged_state_dict(self.module)
+        return {name: tensor.cpu() for name, tensor in state.items()}
+
+    def save_pretrained(self, path: str) -> None:
+        """Save in Hugging Face format (the adapter only, with LoRA); rank 0 writes.
+
+        Collective under ZeRO-3: every rank must call it.
+        """
+        with self._full_parameters():
+            if self._is_rank_zero():
+                self.module.save_pretrained(path)
