@@ -10,6 +10,7 @@ merged into the exported copy, never into the training model.
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Protocol
 
 import numpy as np
@@ -29,27 +30,32 @@ class WeightSync(Protocol):
 
 
 def merged_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Full weights with plain Hugging Face names, LoRA adapters merged in.
+    """Full weights with plain Hugging Face names, on the CPU, LoRA adapters merged in.
 
-    For a peft model the adapters are merged, the weights copied out, and the
-    merge undone, so training continues on unmerged LoRA weights.
+    For a peft model each adapted weight is exported as ``W + delta`` computed
+    on the side (``get_delta_weight``); the training model is never modified, so
+    repeated exports cannot drift its frozen base weights (which in-place
+    merge/unmerge would do in bf16).
     """
-    try:
-        from peft import PeftModel
-    except ImportError:  # pragma: no cover - peft is a dependency
-        PeftModel = ()  # type: ignore[assignment]
+    from peft import PeftModel
+    from peft.tuners.lora import LoraLayer
+
     if not isinstance(model, PeftModel):
-        return {k: v.detach().clone() for k, v in model.state_dict().items()}
-    model.merge_adapter()
-    try:
-        out: dict[str, torch.Tensor] = {}
-        for name, tensor in model.get_base_model().state_dict().items():
-            if "lora_" in name:
-                continue
-            out[name.replace(".base_layer.", ".")] = tensor.detach().clone()
-        return out
-    finally:
-        model.unmerge_adapter()
+        return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    base = model.get_base_model()
+    deltas: dict[str, torch.Tensor] = {}
+    for name, module in base.named_modules():
+        if isinstance(module, LoraLayer):
+            delta = sum(module.get_delta_weight(a) for a in module.active_adapters)
+            deltas[f"{name}.weight"] = delta.detach()
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in base.state_dict().items():
+        if "lora_" in name:
+            continue
+        plain = name.replace(".base_layer.", ".")
+        merged = tensor.detach() + deltas[plain].to(tensor.dtype) if plain in deltas else tensor.detach()
+        out[plain] = merged.to("cpu", copy=True)
+    return out
 
 
 class ObjectStoreWeightSync:
@@ -74,7 +80,9 @@ class ObjectStoreWeightSync:
             if name.endswith(_BF16_SUFFIX):
                 state[name[: -len(_BF16_SUFFIX)]] = torch.from_numpy(arr.copy()).view(torch.bfloat16)
             else:
-                state[name] = torch.from_numpy(arr)  # load_state_dict copies; no write to shared memory
+                with warnings.catch_warnings():  # read-only object-store memory: load_state_dict copies, never writes
+                    warnings.simplefilter("ignore", UserWarning)
+                    state[name] = torch.from_numpy(arr)
         missing, unexpected = model.load_state_dict(state, strict=False)
         missing = [m for m in missing if not m.endswith("lm_head.weight")]  # tied to the embeddings
         if missing or unexpected:

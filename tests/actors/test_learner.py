@@ -101,3 +101,17 @@ def test_bf16_weights_travel_through_numpy(tiny_model_config) -> None:
     sync.apply(update, target)
     for (name, a), b in zip(net.state_dict().items(), target.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_lora_export_never_modifies_the_training_model(tiny_model_config) -> None:
+    """Exports compute W + delta on the side; in bf16 an in-place merge/unmerge would drift W."""
+    from actors.models import ModelConfig
+
+    cfg = ModelConfig(cache_dir=tiny_model_config.cache_dir, dtype="bfloat16")
+    learner = Learner(LearnerConfig(lr=5e-2, lora=LoraConfig(enabled=True, r=4, alpha=8)), cfg, AlgorithmConfig(), 1.0)
+    learner.train(_batch())
+    before = {k: v.clone() for k, v in learner.backend.model.state_dict().items()}
+    for _ in range(3):
+        learner.export_weights()
+    after = learner.backend.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
