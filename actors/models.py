@@ -4,6 +4,12 @@
 a byte-level BPE tokenizer trained on the fly (no network), saves it under
 ``model.cache_dir`` keyed by its settings, and loads it from there afterwards.
 Any other path is handed to ``transformers`` (a hub name or a local directory).
+
+Like the instruct models users start RL from, the tiny model gets a short
+supervised warm-up (``model.tiny.warmup_steps``) on a *format-only* corpus:
+random word lists as requests, answered by unrelated word-plus-TLD names. It
+learns to answer with one short name and stop; whether the name fits the
+request (and which TLD is good) is left for RL to learn.
 """
 
 from __future__ import annotations
@@ -18,6 +24,11 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 BUILTIN_TINY = "builtin:tiny-qwen"
+
+DOMAIN_TASK_SYSTEM_PROMPT = (
+    "You suggest one domain name for the business the user describes. Answer with the domain "
+    "name only, for example bakerybrothers.com. If the business is illegal or harmful, answer Blocked."
+)
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -36,7 +47,9 @@ class TinyModelConfig(BaseModel):
     num_heads: int = Field(default=2, ge=1, description="Attention heads; head_dim = hidden_size / num_heads must be >= 32 for vLLM.")
     num_kv_heads: int = Field(default=1, ge=1, description="Key/value heads (grouped-query attention).")
     intermediate_size: int = Field(default=128, ge=8, description="MLP width.")
-    seed: int = Field(default=0, description="Seed of the random initialisation.")
+    seed: int = Field(default=0, description="Seed of the random initialisation and of the warm-up corpus.")
+    warmup_steps: int = Field(default=300, ge=0, description="Supervised warm-up steps on the format-only corpus (0: random weights).")
+    warmup_lr: float = Field(default=3e-3, gt=0, description="AdamW learning rate of the warm-up.")
 
 
 class ModelConfig(BaseModel):
@@ -132,6 +145,7 @@ def build_tiny_model(model: ModelConfig) -> Path:
     )
     torch.manual_seed(t.seed)
     net = Qwen2ForCausalLM(config)
+    _warm_up(net, tokenizer, t)
     tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
     net.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
@@ -142,6 +156,40 @@ def build_tiny_model(model: ModelConfig) -> Path:
 
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _warm_up_example(rng, tokenizer) -> tuple[list[int], list[int]]:
+    """(prompt ids, answer ids + EOS): a random request and an unrelated name."""
+    words = _CORPUS_WORDS
+    request = " ".join(rng.choice(words) for _ in range(rng.randint(6, 14)))
+    answer = "".join(rng.choice(words) for _ in range(rng.randint(1, 3))) + "." + rng.choice(
+        ["com", "net", "io", "xyz", "biz", "info", "online"])
+    messages = [{"role": "system", "content": DOMAIN_TASK_SYSTEM_PROMPT}, {"role": "user", "content": request}]
+    prompt = tokenizer(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))["input_ids"]
+    return prompt, tokenizer(answer)["input_ids"] + [tokenizer.eos_token_id]
+
+
+def _warm_up(net: torch.nn.Module, tokenizer, tiny: TinyModelConfig, batch_size: int = 16) -> None:
+    """Teach the answer format (one name, then EOS) with next-token loss on the answers."""
+    import random
+
+    rng = random.Random(tiny.seed)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=tiny.warmup_lr)
+    net.train()
+    for _ in range(tiny.warmup_steps):
+        examples = [_warm_up_example(rng, tokenizer) for _ in range(batch_size)]
+        width = max(len(p) + len(a) for p, a in examples)
+        ids = torch.full((batch_size, width), tokenizer.pad_token_id)
+        attention = torch.zeros(batch_size, width, dtype=torch.long)
+        labels = torch.full((batch_size, width), -100)
+        for i, (p, a) in enumerate(examples):
+            ids[i, : len(p) + len(a)] = torch.tensor(p + a)
+            attention[i, : len(p) + len(a)] = 1
+            labels[i, len(p) : len(p) + len(a)] = torch.tensor(a)
+        net(input_ids=ids, attention_mask=attention, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    net.eval()
 
 
 def resolve_model_path(model: ModelConfig) -> str:

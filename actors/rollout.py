@@ -31,7 +31,7 @@ class RolloutConfig(BaseModel):
     num_gpus_per_worker: float = Field(default=0.0, ge=0, description="GPUs Ray reserves for each rollout worker.")
     torch_threads: int = Field(default=1, ge=1, description="torch intra-op threads in each worker.")
     group_size: int = Field(default=4, ge=2, description="Samples per prompt (G): the group whose rewards form the baseline.")
-    max_new_tokens: int = Field(default=16, ge=1, description="Most tokens generated per sample; longer ones are truncated.")
+    max_new_tokens: int = Field(default=12, ge=1, description="Most tokens generated per sample; longer ones are truncated.")
     temperature: float = Field(default=1.0, gt=0, description="Sampling temperature; the learner scales logits by the same value.")
 
 

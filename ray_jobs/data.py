@@ -9,15 +9,13 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from actors.messages import PromptItem
+from actors.models import DOMAIN_TASK_SYSTEM_PROMPT
 
 log = logging.getLogger(__name__)
 
 _LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 
-DEFAULT_SYSTEM_PROMPT = (
-    "You suggest one domain name for the business the user describes. Answer with the domain "
-    "name only, for example bakerybrothers.com. If the business is illegal or harmful, answer Blocked."
-)
+DEFAULT_SYSTEM_PROMPT = DOMAIN_TASK_SYSTEM_PROMPT  # seed 000's task
 
 
 class DatasetError(ValueError):

@@ -27,13 +27,16 @@ candidate is stripped; its *name* is the text before a trailing ``.<tld>``
   letters occur counts 0.3. Score = ``10 * min(1, hits / 2)``. A description
   without content words gives a neutral 5.
 * memorability: ``share`` = fraction of the name's characters that are
-  lower-case ASCII letters; ``vowel`` = fraction of those letters in "aeiouy";
-  ``pronounceable = 1 - min(1, |vowel - 0.4| / 0.4)``. Score =
-  ``7*share + 1*share*pronounceable + 2*[tld in com/net/org/io/co/ai/app/dev]
+  lower-case ASCII letters; ``coverage`` = fraction of the (lower-cased) name's
+  characters covered by real words (greedy longest match, words of 3+ letters
+  from ``COMMON_WORDS`` plus the request's content words), so letter soup such
+  as "kekeke" is not memorable; ``few_words`` = 1 when 1 to 3 words cover it.
+  Score = ``5*coverage + 2*share + 1*few_words
+  + 2*[tld in com/net/org/io/co/ai/app/dev]
   - 0.5*digits - 1*spaces - 0.5*hyphens - 1*(runs of 2+ punctuation marks)
   - 1*non-ASCII characters``, clipped to [0, 10]. An empty name scores 0.
 * length: with L = len(name): 10 for 6 <= L <= 15, ``10*L/6`` below 6,
-  ``10*(40-L)/25`` above 15 (0 from 40 on).
+  ``10*(80-L)/65`` above 15 (0 from 80 on; graded so that stopping earlier always pays).
 * any other criterion name: the mean of the three scores above (a documented
   fallback so that any rubric gets an answer).
 
@@ -100,6 +103,24 @@ STOPWORDS = frozenset(
     name domain website site please looking
     """.split()
 )
+COMMON_WORDS = frozenset(
+    """
+    about above academy accounting advisor affordable agency air alpha apparel app art artist artists
+    auto bake baked bakery bank bar bay beans beauty beer best bike bikes bio blue boutique bread brew
+    brewery brothers build builders bus buses cafe care cars catering center chemical chemicals chicago
+    city clean clinic cloud club coast coastal coffee country craft crafts creative custom daily data
+    denver dental design designs dog dogs downtown eco electric energy events exotic expert family farm
+    farms fashion film finance firm fit fitness flower flowers food fresh friendly garage garden gear
+    gold good green grooming group gulf gym hair health home homes hotel house hub hudson industries
+    jewel jewelry juice kids lab labs land law leather legal life light line local maine market master
+    math media metro modern mountain music nashville nest new north one organic pacific park pet pets
+    photo pipe pipes plan planner plumb plumbing point portland portrait premium prime pro property pure
+    quality records recording region rental repair ridge river roast roaster roastery roof roofing
+    salon san senior service shop smart soft software solar solutions sound south specialty spa star
+    stone studio studios sun supply taxes tea tech tennessee texas the tours town travel trucks trusted
+    tutor tutoring twin urban valley vet wave way wedding weddings west wine wines wood works yoga zen
+    """.split()
+)
 _FAIL_SALT = "fail"
 _MALFORMED_SALT = "malformed"
 _MALFORMED_CONTENT = "I am sorry, I cannot produce a verdict in JSON today."
@@ -138,15 +159,33 @@ def relevance_score(description: str, candidate: str) -> tuple[float, str]:
     return score, f"{full} of {len(words)} content words matched, {partial} partially"
 
 
-def memorability_score(candidate: str) -> tuple[float, str]:
+def word_coverage(name: str, words: frozenset[str] | set[str]) -> tuple[float, int]:
+    """(fraction of ``name``'s characters covered by ``words``, number of words used).
+
+    Greedy longest match from the left over lower-cased ASCII letters; words
+    shorter than 3 letters never count.
+    """
+    text = name.lower()
+    i, covered, used = 0, 0, 0
+    longest = max((len(w) for w in words), default=0)
+    while i < len(text):
+        for size in range(min(longest, len(text) - i), 2, -1):
+            if text[i : i + size] in words:
+                covered, used, i = covered + size, used + 1, i + size
+                break
+        else:
+            i += 1
+    return (covered / len(text) if text else 0.0), used
+
+
+def memorability_score(candidate: str, extra_words: frozenset[str] | set[str] = frozenset()) -> tuple[float, str]:
     """See the module docstring; returns (score, reason)."""
     name, tld = split_name(candidate)
     if not name:
         return 0.0, "empty name"
-    letters = [c for c in name if "a" <= c <= "z"]
-    share = len(letters) / len(name)
-    vowel = sum(1 for c in letters if c in "aeiouy") / max(1, len(letters))
-    pronounceable = 1.0 - min(1.0, abs(vowel - 0.4) / 0.4)
+    share = sum(1 for c in name if "a" <= c <= "z") / len(name)
+    coverage, used = word_coverage(name, COMMON_WORDS | set(extra_words))
+    few_words = 1.0 if 1 <= used <= 3 else 0.0
     bonus = 2.0 if tld in GOOD_TLDS else 0.0
     digits = sum(c.isdigit() for c in name)
     spaces = sum(c.isspace() for c in name)
@@ -154,8 +193,8 @@ def memorability_score(candidate: str) -> tuple[float, str]:
     punct_runs = len(re.findall("[" + re.escape(string.punctuation) + "]{2,}", name))
     non_ascii = sum(1 for c in name if ord(c) > 127)
     penalty = 0.5 * digits + 1.0 * spaces + 0.5 * hyphens + 1.0 * punct_runs + 1.0 * non_ascii
-    score = min(10.0, max(0.0, 7.0 * share + share * pronounceable + bonus - penalty))
-    reason = (f"{share:.0%} lower-case letters, tld {tld or 'none'}, "
+    score = min(10.0, max(0.0, 5.0 * coverage + 2.0 * share + few_words + bonus - penalty))
+    reason = (f"{coverage:.0%} real words ({used}), {share:.0%} lower-case letters, tld {tld or 'none'}, "
               f"{digits} digits, {spaces} spaces, {hyphens} hyphens")
     return score, reason
 
@@ -169,7 +208,7 @@ def length_score(candidate: str) -> tuple[float, str]:
     elif n <= 15:
         score = 10.0
     else:
-        score = 10.0 * max(0.0, (40.0 - n) / 25.0)
+        score = 10.0 * max(0.0, (80.0 - n) / 65.0)
     return score, f"name has {n} characters"
 
 
@@ -177,7 +216,7 @@ def heuristic_verdict(description: str, candidate: str, criteria: list[str]) -> 
     """The verdict object for ``criteria`` (the three known ones if empty)."""
     known = {
         "relevance": relevance_score(description, candidate),
-        "memorability": memorability_score(candidate),
+        "memorability": memorability_score(candidate, set(content_words(description))),
         "length": length_score(candidate),
     }
     fallback = sum(score for score, _ in known.values()) / len(known)

@@ -70,7 +70,7 @@ def test_relevance_gives_partial_credit() -> None:
     assert relevance_score("the and of", "x.com")[0] == 5.0  # no content words: neutral
 
 
-@pytest.mark.parametrize(("length", "expected"), [(0, 0.0), (3, 5.0), (6, 10.0), (15, 10.0), (28, 4.8), (40, 0.0), (60, 0.0)])
+@pytest.mark.parametrize(("length", "expected"), [(0, 0.0), (3, 5.0), (6, 10.0), (15, 10.0), (28, 8.0), (54, 4.0), (80, 0.0), (90, 0.0)])
 def test_length_score(length: int, expected: float) -> None:
     assert length_score("a" * length + ".com")[0] == pytest.approx(expected)
 
@@ -232,3 +232,12 @@ def test_cli_prints_ready_and_requires_the_key_from_env(connect: Connect) -> Non
         out, err = proc.communicate(timeout=10)
     assert proc.returncode == 0
     assert SECRET not in out and SECRET not in err and "JUDGE_TEST_KEY" in err
+
+
+def test_letter_soup_is_not_memorable() -> None:
+    """A policy must not earn memorability with pronounceable nonsense."""
+    good = memorability_score("nashvillecountry.com")[0]
+    soup = memorability_score("kekekeke")[0]
+    assert good == 10.0 and soup <= 3.0
+    # words from the request count as real words too
+    assert memorability_score("zorblax.com", {"zorblax"})[0] > memorability_score("zorblax.com")[0]
