@@ -35,7 +35,9 @@ def local_judge_server(judge: JudgeConfig, log_path: Path, start_timeout_s: floa
     if not os.environ.get(judge.api_key_env):
         os.environ[judge.api_key_env] = secrets.token_urlsafe(24)
     cmd = [sys.executable, "-m", "scripts.judge_server", "--host", "127.0.0.1", "--port", "0",
-           "--latency-s", str(judge.local_server.latency_s), "--api-key-env", judge.api_key_env]
+           "--latency-s", str(judge.local_server.latency_s), "--api-key-env", judge.api_key_env,
+           "--fail-rate", str(judge.local_server.fail_rate), "--fail-status", str(judge.local_server.fail_status),
+           "--malformed-rate", str(judge.local_server.malformed_rate)]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log_file = log_path.open("w")
     proc = subprocess.Popen(cmd, cwd=_REPO_ROOT, stdout=subprocess.PIPE, stderr=log_file, text=True)

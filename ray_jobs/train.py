@@ -101,7 +101,7 @@ def _start_ray(cfg: ExperimentConfig) -> bool:
         ray.init(log_to_driver=True)  # under `ray job submit` the working dir is already shipped
         return False
     need = cfg.rollout.num_workers * cfg.rollout.num_cpus_per_worker + cfg.learner.num_cpus
-    ray.init(num_cpus=max(os.cpu_count() or 1, int(need + 0.999)), include_dashboard=False,
+    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(need + 0.999)), include_dashboard=False,
              runtime_env=env, log_to_driver=True)
     return True
 

@@ -35,6 +35,9 @@ class LocalJudgeServerConfig(BaseModel):
 
     enabled: bool | None = Field(default=None, description="Start the heuristic judge server on 127.0.0.1 for this run and stop it at the end (judge.base_url then points at it). Default (null): only when judge.base_url is unset.")
     latency_s: float = Field(default=0.0, ge=0, description="Added latency of each judge reply, in seconds (to simulate a remote judge).")
+    fail_rate: float = Field(default=0.0, ge=0, le=1, description="Fault injection for tests: share of candidates answered with HTTP fail_status (deterministic per candidate text).")
+    fail_status: int = Field(default=500, ge=400, le=599, description="HTTP status of injected failures.")
+    malformed_rate: float = Field(default=0.0, ge=0, le=1, description="Fault injection for tests: share of candidates answered with non-JSON content.")
 
 
 class JudgeConfig(BaseModel):
