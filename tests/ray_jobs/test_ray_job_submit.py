@@ -1,0 +1,59 @@
+"""The same training command runs as a Ray job on a head started by the test."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ray_head():
+    """A one-node Ray head on 127.0.0.1 with token auth off (see README: Ray 2.60 auth).
+
+    Its temp dir is short: Ray's Unix socket paths must stay under ~107 characters.
+    """
+    temp_dir = tempfile.mkdtemp(prefix="rayh", dir="/tmp")
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    dashboard = _free_port()
+    start = [str(BIN / "ray"), "start", "--head", "--num-cpus=2", f"--port={_free_port()}",
+             "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--disable-usage-stats",
+             f"--temp-dir={temp_dir}"]
+    subprocess.run(start, env=env, check=True, capture_output=True, timeout=120)
+    try:
+        yield f"http://127.0.0.1:{dashboard}", env
+    finally:
+        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_training_job_through_ray_job_submit(ray_head, tmp_path: Path, tiny_model_config) -> None:
+    address, env = ray_head
+    out = tmp_path / "run"
+    cmd = [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO_ROOT), "--",
+           "python", "-m", "ray_jobs.train", "run.steps=2", f"run.output_dir={out}",
+           f"model.cache_dir={tiny_model_config.cache_dir}", "wandb.mode=disabled"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "run finished" in proc.stdout
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [0, 1]
