@@ -64,6 +64,7 @@ class LearnerBackend(Protocol):
     """
 
     model: torch.nn.Module
+    device: torch.device
 
     def backward(self, loss: torch.Tensor) -> None: ...
 
@@ -175,7 +176,7 @@ class Learner:
         sums: dict[str, float] = {}
         for lo in range(0, total, mb):
             rows = slice(lo, min(lo + mb, total))
-            tensors = collate(batch, rows)
+            tensors = {k: v.to(self.backend.device) for k, v in collate(batch, rows).items()}
             loss, stats = policy_loss(self.backend.model, tensors, self.algorithm, self.temperature)
             share = (rows.stop - rows.start) / total  # sequence-mean losses: weight by share
             self.backend.backward(loss * share)

@@ -135,6 +135,7 @@ class DeepSpeedLearnerBackend:
         engine, _, _, _ = deepspeed.initialize(model=module, model_parameters=params, config=config)
         self.engine = engine
         self.model: torch.nn.Module = engine
+        self.device = engine.device
         self.zero_stage = learner.zero_stage
         self._pending_backwards = 0
 

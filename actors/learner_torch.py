@@ -5,15 +5,17 @@ from __future__ import annotations
 import torch
 
 from actors.learner import LearnerConfig, apply_lora
-from actors.models import load_causal_lm
+from actors.models import default_device, load_causal_lm
 from actors.weight_sync import merged_state_dict
 
 
 class TorchLearnerBackend:
-    """AdamW on one device; gradients accumulate until ``step``."""
+    """AdamW on one device (the GPU Ray granted, else the CPU); gradients
+    accumulate until ``step``."""
 
     def __init__(self, model_path: str, dtype: str, learner: LearnerConfig) -> None:
-        model = load_causal_lm(model_path, dtype)
+        self.device = default_device()
+        model = load_causal_lm(model_path, dtype).to(self.device)
         if learner.lora.enabled:
             model = apply_lora(model, learner.lora)
         self.model = model

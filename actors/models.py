@@ -197,6 +197,11 @@ def resolve_model_path(model: ModelConfig) -> str:
     return str(build_tiny_model(model)) if model.path == BUILTIN_TINY else model.path
 
 
+def default_device() -> torch.device:
+    """The GPU Ray granted this process (CUDA_VISIBLE_DEVICES), else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def load_tokenizer(path: str):
     """Tokenizer with left padding (for batched generation) and a pad token."""
     from transformers import AutoTokenizer

@@ -15,7 +15,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from actors.messages import PromptItem, RolloutResult, Sample, WeightsUpdate
-from actors.models import ModelConfig, load_causal_lm, load_tokenizer, resolve_model_path
+from actors.models import ModelConfig, default_device, load_causal_lm, load_tokenizer, resolve_model_path
 from actors.weight_sync import ObjectStoreWeightSync
 from algorithms.logprobs import token_logprobs
 
@@ -61,7 +61,8 @@ class GenerationBackend(Protocol):
 
 
 class HFGenerationBackend:
-    """Sampling with ``transformers`` ``generate``, pure temperature sampling.
+    """Sampling with ``transformers`` ``generate`` on the GPU Ray granted (else
+    the CPU), pure temperature sampling.
 
     No top-k/top-p, so the recorded log-probs are exactly those of the
     temperature-scaled distribution the learner computes.
@@ -69,7 +70,8 @@ class HFGenerationBackend:
 
     def __init__(self, model_path: str, dtype: str, max_new_tokens: int, temperature: float) -> None:
         self.tokenizer = load_tokenizer(model_path)
-        self.model = load_causal_lm(model_path, dtype).eval()
+        self.device = default_device()
+        self.model = load_causal_lm(model_path, dtype).to(self.device).eval()
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
         self.eos_id = self.tokenizer.eos_token_id
@@ -85,15 +87,16 @@ class HFGenerationBackend:
             ids[i, width - len(p):] = torch.tensor(p)
             mask[i, width - len(p):] = 1
         out = self.model.generate(
-            input_ids=ids.repeat_interleave(n, dim=0),
-            attention_mask=mask.repeat_interleave(n, dim=0),
+            input_ids=ids.repeat_interleave(n, dim=0).to(self.device),
+            attention_mask=mask.repeat_interleave(n, dim=0).to(self.device),
             do_sample=True, temperature=self.temperature, top_k=0, top_p=1.0,
             max_new_tokens=self.max_new_tokens, eos_token_id=self.eos_id, pad_token_id=self.pad_id,
             output_logits=True, return_dict_in_generate=True,
         )
         new_tokens = out.sequences[:, width:]
         logits = torch.stack(out.logits, dim=1)  # (B*n, T, V), raw (unprocessed) logits
-        logps = token_logprobs(logits, new_tokens, self.temperature)
+        logps = token_logprobs(logits, new_tokens, self.temperature).cpu()
+        new_tokens = new_tokens.cpu()
         return [self._trim(new_tokens[r], logps[r]) for r in range(new_tokens.shape[0])]
 
     def _trim(self, tokens: torch.Tensor, logps: torch.Tensor) -> GeneratedSequence:
