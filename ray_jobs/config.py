@@ -24,7 +24,7 @@ from algorithms.config import AlgorithmConfig
 from ray_jobs.data import DataConfig
 from rewards.config import JudgeConfig, RewardConfig
 
-_SECRET_WORDS = ("api_key", "apikey", "token", "secret", "password")
+_SECRET_NAMES = ("api_key", "apikey", "access_key", "token", "secret", "password")
 
 
 class ConfigError(ValueError):
@@ -171,7 +171,7 @@ def redacted(config: ExperimentConfig) -> dict:
         if isinstance(node, list):
             return [scrub(v, key) for v in node]
         lowered = key.lower()
-        if node and any(w in lowered for w in _SECRET_WORDS) and not lowered.endswith("_env"):
+        if node and any(lowered == w or lowered.endswith("_" + w) for w in _SECRET_NAMES):
             return "***"
         return node
 

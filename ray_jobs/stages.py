@@ -42,7 +42,7 @@ class Stages:
         self.cfg = cfg
         self.rollouts = [
             ray.remote(RolloutWorker)
-            .options(num_cpus=ro.num_cpus_per_worker, num_gpus=ro.num_gpus_per_worker, name=None)
+            .options(num_cpus=ro.num_cpus_per_worker, num_gpus=ro.num_gpus_per_worker)
             .remote(ro, cfg.model, worker_id=w, seed=cfg.run.seed)
             for w in range(ro.num_workers)
         ]

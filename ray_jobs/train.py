@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import ray
 from pydantic import SecretStr
 
 from actors.models import load_tokenizer, resolve_model_path
@@ -30,7 +31,14 @@ from rewards.judge import JudgeReward, JudgeUnreachableError, MissingApiKeyError
 
 log = logging.getLogger("relay.train")
 
-PREFLIGHT_ERRORS = (ConfigError, DatasetError, MissingApiKeyError, JudgeUnreachableError, LocalJudgeError)
+
+
+class ClusterResourcesError(RuntimeError):
+    """The Ray cluster cannot place the actors this config asks for."""
+
+
+PREFLIGHT_ERRORS = (ConfigError, DatasetError, MissingApiKeyError, JudgeUnreachableError, LocalJudgeError,
+                    ClusterResourcesError)
 
 
 def train_loop(stages, cfg: ExperimentConfig, source: PromptSource, recorder: RunRecorder) -> None:
@@ -49,7 +57,7 @@ def train_loop(stages, cfg: ExperimentConfig, source: PromptSource, recorder: Ru
         while launched < steps and may_launch(launched, stages.version, k):
             inflight[launched] = stages.launch_batch(launched, source.take(per_step))
             launched += 1
-        batch = assemble_batch(step, _get(inflight.pop(step)), cfg.algorithm)
+        batch = assemble_batch(step, ray.get(inflight.pop(step)), cfg.algorithm)
         trained = stages.train(batch.train)  # the driver waits on the learner only
         stages.publish_weights()  # queued behind in-flight rollouts; they keep going
         now = time.perf_counter()
@@ -58,12 +66,6 @@ def train_loop(stages, cfg: ExperimentConfig, source: PromptSource, recorder: Ru
                    "throughput/samples_per_s": batch.metrics["samples/generated"] / (now - last)}
         recorder.record_step(step, metrics, batch.scored, batch.advantages)
         last = now
-
-
-def _get(refs: list):
-    import ray
-
-    return ray.get(refs)
 
 
 def preflight(cfg: ExperimentConfig) -> tuple[list, object]:
@@ -81,8 +83,7 @@ def judge_endpoint(cfg: ExperimentConfig, run_dir: Path) -> Iterator[tuple[Exper
     with contextlib.ExitStack() as stack:
         if cfg.judge.uses_local_server:
             url = stack.enter_context(local_judge_server(cfg.judge, run_dir / "judge_server.log"))
-            judge = cfg.judge.model_copy(update={"base_url": url, "local_server": cfg.judge.local_server.model_copy(update={"enabled": True})})
-            cfg = cfg.model_copy(update={"judge": judge})
+            cfg = cfg.model_copy(update={"judge": cfg.judge.model_copy(update={"base_url": url})})
         key = resolve_api_key(cfg.judge, os.environ)
         if cfg.judge.check_endpoint:
             import asyncio
@@ -91,47 +92,62 @@ def judge_endpoint(cfg: ExperimentConfig, run_dir: Path) -> Iterator[tuple[Exper
         yield cfg, key
 
 
-def _start_ray(cfg: ExperimentConfig) -> bool:
-    """Join RAY_ADDRESS's cluster or start local Ray; True if we started it."""
-    import ray
+@contextlib.contextmanager
+def ray_session(cfg: ExperimentConfig) -> Iterator[None]:
+    """Join RAY_ADDRESS's cluster or start a private local Ray, and leave it at the end.
 
-    repo_root = str(Path(__file__).resolve().parents[1])
-    env = {"env_vars": {"PYTHONPATH": repo_root + os.pathsep + os.environ.get("PYTHONPATH", "")}}
+    Fails early, instead of waiting forever, when the cluster has fewer CPUs or
+    GPUs than the rollout workers and the learner reserve.
+    """
+    ro, lr = cfg.rollout, cfg.learner
+    cpus = ro.num_workers * ro.num_cpus_per_worker + lr.num_cpus
+    gpus = ro.num_workers * ro.num_gpus_per_worker + lr.num_gpus
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=True)  # under `ray job submit` the working dir is already shipped
-        return False
-    need = cfg.rollout.num_workers * cfg.rollout.num_cpus_per_worker + cfg.learner.num_cpus
-    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(need + 0.999)), include_dashboard=False,
-             runtime_env=env, log_to_driver=True)
-    return True
+    else:
+        repo_root = str(Path(__file__).resolve().parents[1])
+        env = {"env_vars": {"PYTHONPATH": repo_root + os.pathsep + os.environ.get("PYTHONPATH", "")}}
+        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(cpus + 0.999)), include_dashboard=False,
+                 runtime_env=env, log_to_driver=True)
+    try:
+        have = ray.cluster_resources()
+        if have.get("CPU", 0) < cpus or have.get("GPU", 0) < gpus:
+            raise ClusterResourcesError(
+                f"the Ray cluster has {have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs; this config "
+                f"reserves {cpus:g} CPUs and {gpus:g} GPUs (rollout.num_workers, rollout.num_*_per_worker, "
+                "learner.num_cpus, learner.num_gpus)")
+        yield
+    finally:
+        ray.shutdown()  # stops a local instance; only disconnects from a cluster
+
+
+def _with_absolute_model_path(cfg: ExperimentConfig) -> ExperimentConfig:
+    """Actors may run in another working directory: give them an absolute model path."""
+    path = Path(resolve_model_path(cfg.model))
+    if not path.exists():  # a hub name
+        return cfg
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": str(path.resolve())})})
 
 
 def run(cfg: ExperimentConfig) -> Path:
     """One training run end to end; returns the run directory."""
-    import ray
+    from ray_jobs.stages import Stages
 
     run_dir = cfg.run.directory
+    recorded = redacted(cfg)  # as the user wrote it, before run-time substitutions
     prompts, tokenizer = preflight(cfg)
-    with judge_endpoint(cfg, run_dir) as (cfg, key):
-        # Absolute model path, so actors find it whatever their working directory.
-        abs_path = Path(resolve_model_path(cfg.model))
-        if abs_path.exists():
-            cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": str(abs_path.resolve())})})
-        started = _start_ray(cfg)
-        recorder = RunRecorder(run_dir, redacted(cfg), cfg.wandb, cfg.run.name, cfg.run.steps)
-        try:
-            from ray_jobs.stages import Stages
-
-            stages = Stages(cfg, key)
-            train_loop(stages, cfg, PromptSource(prompts, cfg.data.shuffle, cfg.run.seed), recorder)
-            if cfg.run.save_final:
-                stages.save(str((run_dir / "final").resolve()))
-                tokenizer.save_pretrained(run_dir / "final")
-            log.info("judge totals: %s", stages.judge_stats())
-        finally:
-            recorder.close()
-            if started:
-                ray.shutdown()
+    with contextlib.ExitStack() as stack:
+        cfg, key = stack.enter_context(judge_endpoint(cfg, run_dir))
+        cfg = _with_absolute_model_path(cfg)
+        stack.enter_context(ray_session(cfg))
+        recorder = stack.enter_context(contextlib.closing(
+            RunRecorder(run_dir, recorded, cfg.wandb, cfg.run.name, cfg.run.steps)))
+        stages = Stages(cfg, key)
+        train_loop(stages, cfg, PromptSource(prompts, cfg.data.shuffle, cfg.run.seed), recorder)
+        if cfg.run.save_final:
+            stages.save(str((run_dir / "final").resolve()))
+            tokenizer.save_pretrained(run_dir / "final")
+        log.info("judge totals: %s", stages.judge_stats())
     return run_dir
 
 

@@ -68,11 +68,12 @@ def test_redaction_masks_secret_values_but_not_env_names() -> None:
     cfg = load_config(None)
     data = redacted(cfg)
     assert data["judge"]["api_key_env"] == "RELAY_JUDGE_API_KEY"
-    data2 = {"x": {"api_key": "sk-live"}}
+    assert data["data"]["max_prompt_tokens"] == 256 and data["rollout"]["max_new_tokens"] == 12
+    data2 = {"x": {"api_key": "sk-live", "auth_token": "t", "max_tokens": 5}}
     from ray_jobs import config as config_module
 
     class Fake:
         def model_dump(self, mode):
             return data2
 
-    assert config_module.redacted(Fake())["x"]["api_key"] == "***"
+    assert config_module.redacted(Fake())["x"] == {"api_key": "***", "auth_token": "***", "max_tokens": 5}

@@ -59,3 +59,17 @@ def test_judge_endpoint_unreachable(capsys, base, monkeypatch) -> None:
                                        "judge.timeout_s=2"])
     assert line.startswith("error: judge endpoint http://127.0.0.1:9/v1 is unreachable")
     assert "sk-secret-value-123" not in line
+
+
+def test_config_yaml_records_the_users_config(tmp_path: Path, tiny_model_config, monkeypatch) -> None:
+    """config.yaml is the config as given (no per-run judge URL, no resolved model path), and reloads."""
+    from ray_jobs.config import load_config
+    from ray_jobs.train import run
+
+    monkeypatch.setenv("RELAY_JUDGE_API_KEY", "sk-test-record")
+    out = tmp_path / "run"
+    run(load_config(None, [f"model.cache_dir={tiny_model_config.cache_dir}", f"run.output_dir={out}",
+                           "wandb.mode=disabled", "run.steps=1", "run.save_final=false"]))
+    recorded = (out / "config.yaml").read_text()
+    assert "base_url: null" in recorded and "path: builtin:tiny-qwen" in recorded
+    assert load_config(out / "config.yaml").run.steps == 1
