@@ -1,9 +1,10 @@
 """The judge pool: turns a rollout worker's ``RolloutResult`` into a ``ScoreResult``.
 
-A plain class, wrapped elsewhere with ``ray.remote`` as an async actor (this
-module does not import Ray). All samples of one call are scored concurrently;
-the judge's own semaphore (``judge.max_concurrency``) bounds the requests in
-flight, also across concurrent ``score`` calls on the same actor.
+A plain class, wrapped elsewhere with ``ray.remote`` as ONE async actor (this
+module does not import Ray), so every rollout call's scoring runs on one
+event loop and shares one ``JudgeReward``: its per-endpoint limits
+(concurrency, requests/min, tokens/min), circuit breakers, verdict cache and
+in-flight gauge apply across all concurrent ``score`` calls.
 """
 
 from __future__ import annotations
@@ -12,45 +13,51 @@ import asyncio
 import logging
 import time
 from collections import Counter
+from collections.abc import Mapping
 
 from pydantic import SecretStr
 
 from actors.messages import RolloutResult, Sample, ScoredSample, ScoreResult
 from rewards.composer import JUDGE_TERM, RewardComposer, ScoredParts
 from rewards.config import JudgeConfig, RewardConfig
+from rewards.metrics import JudgeTrace, call_metrics
 
 __all__ = ["JudgePool"]
 
 logger = logging.getLogger(__name__)
 
 CRITERION_KEY_PREFIX = f"{JUDGE_TERM}/"
-"""Per-criterion judge scores (0–10) appear in ``ScoredSample.terms`` as
-``judge/<criterion>``, next to the term values, for logging."""
+"""Per-criterion judge scores (0–10) and the request check's flags (0/1:
+``judge/inappropriate``, ``judge/blocked``) appear in ``ScoredSample.terms``
+as ``judge/<name>``, next to the term values, for logging."""
 
 
 class JudgePool:
     """Scores rollout results with the configured reward terms.
 
     Invariants: ``score`` returns one ``ScoredSample`` per input sample, in
-    input order; a sample whose reward could not be computed has
-    ``reward=None`` and a cause in ``reward_error`` (never 0); the cumulative
-    counters only grow. The API key stays inside the judge client.
+    input order, each scored exactly once; a sample whose reward could not be
+    computed has ``reward=None`` and a cause in ``reward_error`` (never 0);
+    the cumulative counters only grow. The API keys stay inside the judge
+    client. ``api_key`` is the first endpoint's key or a mapping of variable
+    names to keys (other endpoints' keys are read from the environment).
     """
 
-    def __init__(self, judge: JudgeConfig, reward: RewardConfig, api_key: SecretStr) -> None:
+    def __init__(self, judge: JudgeConfig, reward: RewardConfig,
+                 api_key: SecretStr | Mapping[str, SecretStr]) -> None:
         self._composer = RewardComposer(reward, judge, api_key)
         self._judge_weighted = any(t.name == JUDGE_TERM and t.weight != 0 for t in reward.terms)
-        self._samples = 0
-        self._unscored = 0
-        self._judge_requests = 0
-        self._judge_failures = 0
+        self._counts: Counter[str] = Counter()
         self._failures_by_cause: Counter[str] = Counter()
+        judge_reward = self._composer.judge
+        if judge_reward is not None:
+            logger.info("judge: %r", judge_reward)
 
     def __repr__(self) -> str:
         return f"JudgePool({self._composer!r})"
 
     async def check(self) -> None:
-        """Check the judge endpoint once (``JudgeUnreachableError`` on failure)."""
+        """Check the judge endpoints once (``JudgeUnreachableError`` on failure)."""
         await self._composer.check_endpoint()
 
     async def score(self, result: RolloutResult) -> ScoreResult:
@@ -58,37 +65,51 @@ class JudgePool:
 
         ``judge_s`` is the wall time of this call, ``judge_requests`` the HTTP
         requests sent to the judge, ``judge_failures`` the samples left
-        unscored because the (weighted) judge failed.
+        unscored because the (weighted) judge failed, ``judge_metrics`` the
+        call's judge and per-term metrics (``rewards/metrics.py``).
         """
         started = time.perf_counter()
-        parts = await asyncio.gather(
-            *(self._composer.score(s.prompt.prompt_text, s.completion_text) for s in result.samples)
-        )
-        scored: list[ScoredSample] = []
-        requests = failures = 0
-        for sample, part in zip(result.samples, parts):
-            scored.append(self._record(sample, part))
-            requests += part.judge_requests
-            failures += int(self._is_judge_failure(part))
-        self._judge_requests += requests
-        self._judge_failures += failures
+        judge = self._composer.judge
+        gauge = judge.client.gauge if judge is not None else None
+        with (gauge.watch() if gauge is not None else _NoWatch()) as watch:
+            parts = await asyncio.gather(
+                *(self._composer.score(s.prompt.prompt_text, s.completion_text) for s in result.samples)
+            )
+        scored = [self._record(sample, part) for sample, part in zip(result.samples, parts)]
+        failures = [p.judge_error for p in parts if self._is_judge_failure(p)]
+        requests = sum(p.judge_requests for p in parts)
+        self._counts["judge_requests"] += requests
+        self._counts["judge_failures"] += len(failures)
         return ScoreResult(
             batch_index=result.batch_index,
             scored=scored,
             generate_s=result.generate_s,
             judge_s=time.perf_counter() - started,
             judge_requests=requests,
-            judge_failures=failures,
+            judge_failures=len(failures),
+            judge_metrics=self._metrics(parts, failures, watch.peak),
         )
+
+    def _metrics(self, parts: list[ScoredParts], failures: list[str | None], peak: int) -> dict[str, float]:
+        traces = [p.judge_trace for p in parts if p.judge_trace is not None]
+        metrics = call_metrics(traces, [c or "unknown" for c in failures], peak) if self._composer.judge else {}
+        for name in self._composer.term_names:
+            metrics[f"term/{name}/failures"] = float(sum(p.terms.get(name) is None for p in parts))
+            metrics[f"term/{name}/time_s"] = sum(p.term_seconds.get(name, 0.0) for p in parts)
+        return metrics
 
     def _is_judge_failure(self, part: ScoredParts) -> bool:
         return part.reward is None and part.judge_error is not None and self._judge_weighted
 
     def _record(self, sample: Sample, part: ScoredParts) -> ScoredSample:
         """Count and log one sample's outcome; build its ``ScoredSample``."""
-        self._samples += 1
+        self._counts["samples"] += 1
+        trace = part.judge_trace or JudgeTrace()
+        self._counts["judge_retries"] += sum(trace.retries.values())
+        self._counts["judge_cache_hits"] += int(trace.cache_hit)
+        self._counts["judge_rule_gated"] += int(trace.gated is not None)
         if part.reward is None:
-            self._unscored += 1
+            self._counts["unscored"] += 1
             cause = part.error or "unknown"
             self._failures_by_cause[cause] += 1
             logger.warning(
@@ -97,19 +118,39 @@ class JudgePool:
             )
         terms: dict[str, float | None] = dict(part.terms)
         terms.update({f"{CRITERION_KEY_PREFIX}{k}": v for k, v in part.criteria.items()})
+        terms.update({f"{CRITERION_KEY_PREFIX}{k}": v for k, v in part.judge_flags.items()})
         return ScoredSample(sample=sample, reward=part.reward, reward_error=part.error, terms=terms)
 
     def stats(self) -> dict[str, object]:
         """Cumulative counters since construction (plain data, safe to log)."""
-        return {
-            "samples": self._samples,
-            "scored": self._samples - self._unscored,
-            "unscored": self._unscored,
-            "judge_requests": self._judge_requests,
-            "judge_failures": self._judge_failures,
+        samples, unscored = self._counts["samples"], self._counts["unscored"]
+        stats: dict[str, object] = {
+            "samples": samples,
+            "scored": samples - unscored,
+            "unscored": unscored,
+            "judge_requests": self._counts["judge_requests"],
+            "judge_failures": self._counts["judge_failures"],
+            "judge_retries": self._counts["judge_retries"],
+            "judge_cache_hits": self._counts["judge_cache_hits"],
+            "judge_rule_gated": self._counts["judge_rule_gated"],
             "failures_by_cause": dict(self._failures_by_cause),
         }
+        if self._composer.judge is not None:
+            stats["circuit_opened"] = self._composer.judge.stats()["circuit_opened"]
+        return stats
 
     async def close(self) -> None:
-        """Release the judge's HTTP client."""
+        """Release the judge's HTTP clients and disk cache."""
         await self._composer.aclose()
+
+
+class _NoWatch:
+    """Stands in for ``InflightGauge.watch()`` without a judge term."""
+
+    peak = 0
+
+    def __enter__(self) -> "_NoWatch":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None

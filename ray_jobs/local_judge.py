@@ -16,7 +16,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from rewards.config import JudgeConfig
+from rewards.config import JudgeConfig, LocalJudgeServerConfig
 
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 _READY = "JUDGE_SERVER_READY port="
@@ -24,6 +24,21 @@ _READY = "JUDGE_SERVER_READY port="
 
 class LocalJudgeError(RuntimeError):
     """The local judge server did not start."""
+
+
+def server_arguments(server: LocalJudgeServerConfig) -> list[str]:
+    """The ``scripts.judge_server`` options for ``judge.local_server`` (latency and faults)."""
+    args = ["--latency-s", str(server.latency_s), "--latency-jitter-s", str(server.latency_jitter_s),
+            "--latency-sigma", str(server.latency_sigma),
+            "--fail-rate", str(server.fail_rate), "--fail-status", str(server.fail_status),
+            "--malformed-rate", str(server.malformed_rate),
+            "--status-rate", ",".join(f"{status}={rate}" for status, rate in sorted(server.status_rates.items())),
+            "--hang-rate", str(server.hang_rate), "--hang-s", str(server.hang_s),
+            "--empty-rate", str(server.empty_rate), "--flaky-malformed-rate", str(server.flaky_malformed_rate),
+            "--seed", str(server.seed)]
+    if server.retry_after_s is not None:
+        args += ["--retry-after-s", str(server.retry_after_s)]
+    return args
 
 
 @contextlib.contextmanager
@@ -35,9 +50,7 @@ def local_judge_server(judge: JudgeConfig, log_path: Path, start_timeout_s: floa
     if not os.environ.get(judge.api_key_env):
         os.environ[judge.api_key_env] = secrets.token_urlsafe(24)
     cmd = [sys.executable, "-m", "scripts.judge_server", "--host", "127.0.0.1", "--port", "0",
-           "--latency-s", str(judge.local_server.latency_s), "--api-key-env", judge.api_key_env,
-           "--fail-rate", str(judge.local_server.fail_rate), "--fail-status", str(judge.local_server.fail_status),
-           "--malformed-rate", str(judge.local_server.malformed_rate)]
+           "--api-key-env", judge.api_key_env, "--model", judge.model, *server_arguments(judge.local_server)]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log_file = log_path.open("w")
     proc = subprocess.Popen(cmd, cwd=_REPO_ROOT, stdout=subprocess.PIPE, stderr=log_file, text=True)

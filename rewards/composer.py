@@ -6,6 +6,9 @@ rule from ``rewards.rules.RULE_TERMS``) or by a dotted path
 sync or async (sync user functions run in a worker thread via
 ``asyncio.to_thread``; the built-in rules are cheap and run inline).
 
+Sync user functions never block the event loop (the judge pool's requests keep
+flowing while they run); the default executor bounds how many run at once.
+
 ``RewardComposer.score`` evaluates all terms of one sample concurrently. The
 total is ``sum(weight * value)`` over the terms with a non-zero weight; if any
 of those fails (raises ``RewardError``, returns None, returns a non-number or a
@@ -18,10 +21,12 @@ evaluated and reported in ``terms`` (for monitoring) but cannot unscore a sample
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib
 import inspect
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -30,6 +35,7 @@ from pydantic import SecretStr
 from rewards.config import JudgeConfig, RewardConfig, RewardTermConfig
 from rewards.errors import JudgeError, RewardError
 from rewards.judge import JudgeReward
+from rewards.metrics import JudgeTrace
 from rewards.rules import RULE_TERMS
 
 __all__ = [
@@ -57,7 +63,10 @@ class ScoredParts:
     one entry per configured term (None where that term failed); ``criteria``
     holds the judge's 0–10 scores when the judge gave a verdict (else empty);
     ``judge_requests`` counts the HTTP requests sent to the judge;
-    ``judge_error`` is the judge term's cause when the judge failed.
+    ``judge_error`` is the judge term's cause when the judge failed;
+    ``judge_flags`` the request check as 0/1 (``inappropriate``, ``blocked``);
+    ``judge_trace`` what judging took (None without a judge term);
+    ``term_seconds`` the time each term took.
     """
 
     reward: float | None
@@ -66,6 +75,9 @@ class ScoredParts:
     criteria: dict[str, float] = field(default_factory=dict)
     judge_requests: int = 0
     judge_error: str | None = None
+    judge_flags: dict[str, float] = field(default_factory=dict)
+    judge_trace: JudgeTrace | None = field(default=None, compare=False)
+    term_seconds: dict[str, float] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True)
@@ -76,20 +88,27 @@ class _Outcome:
     error: str | None
     criteria: dict[str, float] = field(default_factory=dict)
     judge_requests: int = 0
+    flags: dict[str, float] = field(default_factory=dict)
+    trace: JudgeTrace | None = None
+    seconds: float = 0.0
 
 
 class _JudgeTerm:
-    """The LLM-judge term (value in [0, 1])."""
+    """The LLM-judge term (value in [Rubric.min_reward, Rubric.max_reward])."""
 
     def __init__(self, name: str, weight: float, judge: JudgeReward) -> None:
         self.name, self.weight, self.judge = name, weight, judge
 
     async def evaluate(self, prompt: str, completion: str) -> _Outcome:
+        started = time.perf_counter()
         try:
             verdict = await self.judge.score(prompt, completion)
         except JudgeError as err:
-            return _Outcome(None, err.cause, judge_requests=err.requests)
-        return _Outcome(verdict.score, None, verdict.criteria, verdict.requests)
+            trace = err.trace if isinstance(err.trace, JudgeTrace) else None
+            return _Outcome(None, err.cause, judge_requests=err.requests, trace=trace,
+                            seconds=time.perf_counter() - started)
+        return _Outcome(verdict.score, None, verdict.criteria, verdict.requests, verdict.flags, verdict.trace,
+                        time.perf_counter() - started)
 
 
 class _FunctionTerm:
@@ -100,6 +119,11 @@ class _FunctionTerm:
         self.is_async = _is_async_callable(fn)
 
     async def evaluate(self, prompt: str, completion: str) -> _Outcome:
+        started = time.perf_counter()
+        outcome = await self._evaluate(prompt, completion)
+        return dataclasses.replace(outcome, seconds=time.perf_counter() - started)
+
+    async def _evaluate(self, prompt: str, completion: str) -> _Outcome:
         try:
             if self.is_async:
                 value = await self.fn(prompt, completion)  # type: ignore[misc]
@@ -217,19 +241,17 @@ class RewardComposer:
         outcomes = await asyncio.gather(
             *(t.evaluate(prompt_text, completion_text) for t in self._terms)
         )
+        judge = next((o for t, o in zip(self._terms, outcomes) if isinstance(t, _JudgeTerm)), _Outcome(None, None))
+        extra = dict(criteria=judge.criteria, judge_requests=judge.judge_requests, judge_error=judge.error,
+                     judge_flags=judge.flags, judge_trace=judge.trace,
+                     term_seconds={t.name: o.seconds for t, o in zip(self._terms, outcomes)})
         terms = {t.name: o.value for t, o in zip(self._terms, outcomes)}
-        criteria: dict[str, float] = {}
-        judge_requests, judge_error = 0, None
-        for term, outcome in zip(self._terms, outcomes):
-            if isinstance(term, _JudgeTerm):
-                criteria, judge_requests, judge_error = (
-                    outcome.criteria, outcome.judge_requests, outcome.error)
         weighted = [(t, o) for t, o in zip(self._terms, outcomes) if t.weight != 0]
         failed = [o.error for _, o in weighted if o.error is not None]
         if failed:
-            return ScoredParts(None, failed[0], terms, criteria, judge_requests, judge_error)
+            return ScoredParts(None, failed[0], terms, **extra)
         total = sum(t.weight * o.value for t, o in weighted)  # type: ignore[operator]
-        return ScoredParts(float(total), None, terms, criteria, judge_requests, judge_error)
+        return ScoredParts(float(total), None, terms, **extra)
 
     async def check_endpoint(self) -> None:
         """Check the judge endpoint (no-op without a ``judge`` term)."""

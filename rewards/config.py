@@ -1,9 +1,26 @@
-"""Configs of the reward layer: the LLM judge, its local stand-in server, and the
-weighted composition of reward terms."""
+"""Configs of the reward layer: the LLM judge (endpoints, limits, retries,
+circuit breaker, rubric, cache), its local stand-in server, and the weighted
+composition of reward terms."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+
+if TYPE_CHECKING:  # rewards.rubric imports this module
+    from rewards.rubric import Rubric
+
+__all__ = [
+    "CircuitBreakerConfig",
+    "CriterionConfig",
+    "EndpointConfig",
+    "JudgeConfig",
+    "LocalJudgeServerConfig",
+    "RetryConfig",
+    "RewardConfig",
+    "RewardTermConfig",
+]
 
 
 class CriterionConfig(BaseModel):
@@ -16,63 +33,168 @@ class CriterionConfig(BaseModel):
     description: str = Field(description="What the judge is asked to assess, shown in the judge prompt.")
 
 
-def _seed_rubric() -> list[CriterionConfig]:
-    # Seed 000: relevance 40 %, memorability 40 %, length 20 %.
-    return [
-        CriterionConfig(name="relevance", weight=0.4,
-                        description="How well the domain name reflects the business described."),
-        CriterionConfig(name="memorability", weight=0.4,
-                        description="How easy the name is to remember, say and type: short words, no digits or stray symbols."),
-        CriterionConfig(name="length", weight=0.2,
-                        description="Whether the name has a good length: about 6 to 15 characters before the TLD."),
-    ]
+class EndpointConfig(BaseModel):
+    """One OpenAI-compatible endpoint serving the judge (``judge.endpoints``).
+
+    Unset fields inherit the judge-level value of the same name. Limits are
+    per endpoint: every request of the pool to this endpoint shares them.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    base_url: str = Field(description="Base URL of the OpenAI-compatible API, e.g. https://api.cerebras.ai/v1.")
+    model: str | None = Field(default=None, description="Judge model served here (default: judge.model).")
+    api_key_env: str | None = Field(default=None, description="Environment variable holding this endpoint's key (default: judge.api_key_env).")
+    max_concurrency: int | None = Field(default=None, ge=1, description="Most requests in flight to this endpoint (default: judge.max_concurrency).")
+    requests_per_minute: float | None = Field(default=None, gt=0, description="Request rate limit of this endpoint (default: judge.requests_per_minute).")
+    tokens_per_minute: float | None = Field(default=None, gt=0, description="Token rate limit of this endpoint (default: judge.tokens_per_minute).")
+
+
+class RetryConfig(BaseModel):
+    """Retries of judge requests that failed in transit.
+
+    Only timeouts, connection errors and HTTP 408/409/429/5xx are retried,
+    after an exponential backoff with jitter, or after the server's
+    ``Retry-After`` when that is longer.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_attempts: int = Field(default=4, ge=1, description="Most requests per sample for transport failures (1 = no retry); malformed-reply retries (judge.malformed_retries) come on top.")
+    initial_backoff_s: float = Field(default=0.5, ge=0, description="Backoff before the first retry, in seconds.")
+    backoff_multiplier: float = Field(default=2.0, ge=1, description="Each further retry waits this many times longer.")
+    max_backoff_s: float = Field(default=10.0, ge=0, description="Longest computed backoff, in seconds (a longer Retry-After is still honoured, within the deadline).")
+    jitter: float = Field(default=0.5, ge=0, le=1, description="Random share taken off each backoff: the wait is uniform in [(1 - jitter) * b, b].")
+    deadline_s: float = Field(default=120.0, gt=0, description="Most seconds one sample may spend from its first request to its last reply, backoff included; a retry that cannot start before it is not made.")
+
+
+class CircuitBreakerConfig(BaseModel):
+    """A circuit breaker per endpoint.
+
+    Timeouts, connection errors and HTTP 502/503/504 count as failures; a
+    successful reply resets the count. After ``failure_threshold`` consecutive
+    failures the endpoint gets no requests for ``cooldown_s``; then one probe
+    request is let through: success closes the circuit, failure re-opens it.
+    HTTP 429 (throttling, handled by Retry-After), 500 (often specific to one
+    input), other 4xx and malformed replies neither count nor reset.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    failure_threshold: int = Field(default=5, ge=1, description="Consecutive failures that open an endpoint's circuit.")
+    cooldown_s: float = Field(default=10.0, ge=0, description="Seconds an open circuit waits before letting one probe request through.")
+
+
+def _default_status_rates() -> dict[int, float]:
+    return {}
 
 
 class LocalJudgeServerConfig(BaseModel):
-    """The development stand-in judge (scripts/judge_server.py) the driver can start."""
+    """The development stand-in judge (scripts/judge_server.py) the driver can start.
+
+    Two kinds of injected faults: *persistent* ones (``fail_rate``,
+    ``malformed_rate``) hit the same candidates on every request, so those
+    samples stay unscored; *transient* ones (``status_rates``, ``hang_rate``,
+    ``empty_rate``, ``flaky_malformed_rate``) are drawn per (request, attempt
+    number) from ``seed``, so a retry can succeed. All are reproducible.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    enabled: bool | None = Field(default=None, description="Start the heuristic judge server on 127.0.0.1 for this run and stop it at the end (judge.base_url then points at it). Default (null): only when judge.base_url is unset.")
-    latency_s: float = Field(default=0.0, ge=0, description="Added latency of each judge reply, in seconds (to simulate a remote judge).")
-    fail_rate: float = Field(default=0.0, ge=0, le=1, description="Fault injection for tests: share of candidates answered with HTTP fail_status (deterministic per candidate text).")
-    fail_status: int = Field(default=500, ge=400, le=599, description="HTTP status of injected failures.")
-    malformed_rate: float = Field(default=0.0, ge=0, le=1, description="Fault injection for tests: share of candidates answered with non-JSON content.")
+    enabled: bool | None = Field(default=None, description="Start the heuristic judge server on 127.0.0.1 for this run and stop it at the end (judge.base_url then points at it). Default (null): only when judge.base_url and judge.endpoints are unset.")
+    latency_s: float = Field(default=0.0, ge=0, description="Mean added latency of each judge reply, in seconds (to simulate a remote judge).")
+    latency_jitter_s: float = Field(default=0.0, ge=0, description="Latency is uniform in latency_s +/- this (clipped at 0); exclusive with latency_sigma.")
+    latency_sigma: float = Field(default=0.0, ge=0, description="Log-normal latency with mean latency_s and this sigma of the underlying normal (0: off); exclusive with latency_jitter_s.")
+    fail_rate: float = Field(default=0.0, ge=0, le=1, description="Persistent fault: share of candidates always answered with HTTP fail_status (deterministic per candidate text).")
+    fail_status: int = Field(default=500, ge=400, le=599, description="HTTP status of persistent failures.")
+    malformed_rate: float = Field(default=0.0, ge=0, le=1, description="Persistent fault: share of candidates always answered with non-JSON content.")
+    status_rates: dict[int, float] = Field(default_factory=_default_status_rates, description="Transient faults: HTTP status -> share of requests answered with it, e.g. {429: 0.05, 503: 0.05}.")
+    retry_after_s: float | None = Field(default=None, ge=0, description="Retry-After (seconds) sent with injected 429 and 503 answers (null: no header).")
+    hang_rate: float = Field(default=0.0, ge=0, le=1, description="Transient fault: share of requests never answered (the server holds them for hang_s, past any sane timeout).")
+    hang_s: float = Field(default=30.0, gt=0, description="How long a hung request is held before the server drops the connection.")
+    empty_rate: float = Field(default=0.0, ge=0, le=1, description="Transient fault: share of requests answered with empty content.")
+    flaky_malformed_rate: float = Field(default=0.0, ge=0, le=1, description="Transient fault: share of requests answered with non-JSON content.")
+    seed: int = Field(default=0, description="Seed of the transient faults and latency draws.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "LocalJudgeServerConfig":
+        for status, rate in self.status_rates.items():
+            if not 400 <= status <= 599 or not 0 <= rate <= 1:
+                raise ValueError(f"judge.local_server.status_rates: {status}={rate} needs a 4xx/5xx status and a rate in [0, 1]")
+        transient = sum(self.status_rates.values()) + self.hang_rate + self.empty_rate + self.flaky_malformed_rate
+        if transient > 1:
+            raise ValueError("judge.local_server: the transient fault rates add up to more than 1")
+        if self.latency_jitter_s > 0 and self.latency_sigma > 0:
+            raise ValueError("judge.local_server: set latency_jitter_s or latency_sigma, not both")
+        return self
 
 
 class JudgeConfig(BaseModel):
-    """An LLM judge behind an OpenAI-compatible chat-completions endpoint."""
+    """An LLM judge behind one or more OpenAI-compatible chat-completions endpoints."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    base_url: str | None = Field(default=None, description="Base URL of the OpenAI-compatible API, e.g. https://api.cerebras.ai/v1. Unset (null): the run starts the local stand-in judge server.")
+    base_url: str | None = Field(default=None, description="Base URL of the OpenAI-compatible API, e.g. https://api.cerebras.ai/v1 (the one-endpoint form; see endpoints). Unset with no endpoints: the run starts the local stand-in judge server.")
+    endpoints: list[EndpointConfig] = Field(default_factory=list, description="Several endpoints serving the judge, balanced by fewest outstanding requests, each with its own limits and circuit breaker (instead of base_url).")
     model: str = Field(default="relay-heuristic-judge", description="Judge model name sent with each request.")
     api_key_env: str = Field(default="RELAY_JUDGE_API_KEY", description="Name of the environment variable that holds the API key (the key itself never goes in a config).")
     timeout_s: float = Field(default=30.0, gt=0, description="Timeout of one judge request, in seconds.")
-    max_concurrency: int = Field(default=32, ge=1, description="Most judge requests in flight at once.")
+    max_concurrency: int = Field(default=32, ge=1, description="Most judge requests in flight at once, per endpoint.")
+    requests_per_minute: float | None = Field(default=None, gt=0, description="Request rate limit per endpoint (token bucket; null: none).")
+    tokens_per_minute: float | None = Field(default=None, gt=0, description="Token rate limit per endpoint (null: none). A request is charged len(prompt)/4 + max_tokens up front, corrected by the reply's usage.")
+    burst_s: float = Field(default=1.0, gt=0, description="The rate buckets hold this many seconds of their rate: the largest burst above the steady rate.")
+    retry: RetryConfig = Field(default_factory=RetryConfig, description="Retries of failed requests (timeouts, connection errors, HTTP 408/409/429/5xx).")
+    circuit_breaker: CircuitBreakerConfig = Field(default_factory=CircuitBreakerConfig, description="Circuit breaker per endpoint.")
     temperature: float = Field(default=0.0, ge=0, description="Judge sampling temperature (0 for repeatable verdicts).")
     max_tokens: int = Field(default=512, ge=1, description="Most tokens the judge may write per verdict.")
+    response_format: Literal["json_schema", "json_object", "none"] = Field(default="json_schema", description="json_schema: ask for the verdict's exact JSON schema; json_object: JSON mode; none: no response_format (providers without either; replies are then parsed tolerantly).")
+    malformed_retries: int = Field(default=1, ge=0, description="Times a sample is asked again after an empty, malformed or invalid verdict before it is left unscored.")
+    rubric: str = Field(default="seed000", description="Rubric: a name under rewards/rubrics/ (seed000) or a path to a rubric YAML file.")
+    criteria: list[CriterionConfig] | None = Field(default=None, description="Override of the rubric's criteria (null: the rubric's own). The rubric's template and request check stay; the cache key changes.")
     strip_think: bool = Field(default=True, description="Remove <think>...</think> from the completion before judging.")
-    check_endpoint: bool = Field(default=True, description="Before training, check that the endpoint answers GET /models; fail early if not.")
-    criteria: list[CriterionConfig] = Field(default_factory=_seed_rubric, description="The weighted rubric (default: seed 000's relevance/memorability/length).")
+    rule_gate: bool = Field(default=True, description="Score empty or degenerate answers by rule (the rubric's minimum) without calling the judge; see rewards/gate.py.")
+    max_candidate_chars: int = Field(default=4000, ge=16, description="Longer candidates are cut to this many characters (with a marker) inside the candidate block.")
+    cache_size: int = Field(default=10000, ge=0, description="Verdicts kept in memory (LRU); 0 disables the memory cache.")
+    cache_path: str | None = Field(default=None, description="SQLite file that keeps verdicts across runs (null: none), e.g. for evaluation reruns.")
+    check_endpoint: bool = Field(default=True, description="Before training, check that every endpoint answers GET /models; fail early if not.")
     local_server: LocalJudgeServerConfig = Field(default_factory=LocalJudgeServerConfig, description="Development stand-in judge server.")
+
+    _rubric: object = PrivateAttr(default=None)  # (rubric, criteria, Rubric) resolved at validation
 
     @model_validator(mode="after")
     def _check(self) -> "JudgeConfig":
-        if not self.criteria:
-            raise ValueError("judge.criteria must name at least one criterion")
-        if sum(c.weight for c in self.criteria) <= 0:
+        if self.base_url is not None and self.endpoints:
+            raise ValueError("set either judge.base_url or judge.endpoints, not both")
+        if self.criteria is not None and not self.criteria:
+            raise ValueError("judge.criteria must name at least one criterion (or be null for the rubric's)")
+        if self.criteria is not None and sum(c.weight for c in self.criteria) <= 0:
             raise ValueError("judge.criteria weights must not all be 0")
-        if self.base_url is None and self.local_server.enabled is False:
-            raise ValueError("judge.base_url is required when judge.local_server.enabled=false")
-        if self.base_url is not None and self.local_server.enabled:
-            raise ValueError("set either judge.base_url (a remote judge) or judge.local_server.enabled=true, not both")
+        remote = self.base_url is not None or bool(self.endpoints)
+        if not remote and self.local_server.enabled is False:
+            raise ValueError("judge.base_url (or judge.endpoints) is required when judge.local_server.enabled=false")
+        if remote and self.local_server.enabled:
+            raise ValueError("set either a remote judge (judge.base_url / judge.endpoints) or judge.local_server.enabled=true, not both")
+        self.rubric_spec()  # loads the rubric now: a bad rubric fails early
         return self
 
     @property
     def uses_local_server(self) -> bool:
         """True when this run starts the stand-in judge server itself."""
-        return self.base_url is None
+        return self.base_url is None and not self.endpoints
+
+    def rubric_spec(self) -> "Rubric":
+        """The effective rubric (the rubric file with the ``criteria`` override applied).
+
+        Loaded at validation and kept with the config (it travels to Ray actors
+        with it); reloaded if ``rubric`` or ``criteria`` changed since (model_copy).
+        """
+        from rewards.rubric import resolve_rubric
+
+        cached = self._rubric
+        if not (isinstance(cached, tuple) and cached[0] == self.rubric and cached[1] == self.criteria):
+            cached = (self.rubric, self.criteria, resolve_rubric(self.rubric, self.criteria))
+            self._rubric = cached
+        return cached[2]
 
 
 class RewardTermConfig(BaseModel):

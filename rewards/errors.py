@@ -27,12 +27,14 @@ class JudgeError(RewardError):
     """The judge could not score one sample.
 
     ``requests`` is how many HTTP requests were sent to the judge while trying
-    (0 when the failure happened before any request was sent).
+    (0 when the failure happened before any request was sent); ``trace`` (a
+    ``rewards.metrics.JudgeTrace``, when known) holds the retries and latencies.
     """
 
-    def __init__(self, cause: str, detail: str = "", *, requests: int = 1) -> None:
+    def __init__(self, cause: str, detail: str = "", *, requests: int = 1, trace: object | None = None) -> None:
         super().__init__(cause, detail)
         self.requests = requests
+        self.trace = trace
 
 
 class MissingApiKeyError(RuntimeError):

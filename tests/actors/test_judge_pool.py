@@ -11,8 +11,9 @@ from pydantic import SecretStr
 
 from actors.judge_pool import JudgePool
 from actors.messages import PromptItem, RolloutResult, Sample, ScoreResult
-from rewards.config import JudgeConfig, RewardConfig, RewardTermConfig
+from rewards.config import JudgeConfig, RetryConfig, RewardConfig, RewardTermConfig
 from rewards.errors import JudgeUnreachableError
+from rewards.metrics import aggregate_judge_metrics
 from scripts.judge_server import JudgeServer, ServerSettings, injects_failure
 
 SECRET = "sk-pool-test-SHOULD-NOT-APPEAR-99"
@@ -34,6 +35,7 @@ def rollout(completions: list[str], group_size: int = 4) -> RolloutResult:
 def pool(base_url: str, key: str = "k", terms: list[tuple[str, float]] | None = None,
          **judge_overrides: object) -> JudgePool:
     reward = RewardConfig(terms=[RewardTermConfig(name=n, weight=w) for n, w in (terms or [("judge", 1.0)])])
+    judge_overrides = {"retry": RetryConfig(max_attempts=2, initial_backoff_s=0.01), **judge_overrides}
     return JudgePool(JudgeConfig(base_url=base_url, **judge_overrides), reward, SecretStr(key))
 
 
@@ -63,10 +65,22 @@ def test_all_samples_scored_in_order() -> None:
         assert scored.reward is not None and scored.reward_error is None
         terms = scored.terms
         assert scored.reward == pytest.approx(terms["judge"] + 0.5 * terms["domain_format"])
-        assert set(terms) == {"judge", "domain_format", "judge/relevance", "judge/memorability", "judge/length"}
+        assert set(terms) == {"judge", "domain_format", "judge/relevance", "judge/memorability", "judge/length",
+                              "judge/inappropriate", "judge/blocked"}
     assert result.scored[-1].terms["domain_format"] == 0.0
-    assert judge_pool.stats() == {"samples": 17, "scored": 17, "unscored": 0, "judge_requests": 17,
-                                  "judge_failures": 0, "failures_by_cause": {}}
+    assert result.scored[-1].terms["judge/blocked"] == 1.0 and result.scored[-1].terms["judge"] == -0.5
+    stats = judge_pool.stats()
+    assert {k: stats[k] for k in ("samples", "scored", "unscored", "judge_requests", "judge_failures",
+                                  "judge_retries", "failures_by_cause")} == {
+        "samples": 17, "scored": 17, "unscored": 0, "judge_requests": 17, "judge_failures": 0,
+        "judge_retries": 0, "failures_by_cause": {}}
+    metrics = result.judge_metrics
+    assert metrics["judge/retries"] == 0 and metrics["judge/cache_hits"] == 0 and metrics["judge/rule_gated"] == 0
+    assert 1 <= metrics["judge/inflight"] <= 17
+    assert metrics["term/judge/failures"] == 0 and metrics["term/domain_format/failures"] == 0
+    assert metrics["term/judge/time_s"] > 0
+    step = aggregate_judge_metrics([metrics])
+    assert 0 < step["judge/latency_p50_s"] <= step["judge/latency_p95_s"]
 
 
 def test_failed_samples_are_unscored_never_zero(caplog: pytest.LogCaptureFixture) -> None:
@@ -82,8 +96,10 @@ def test_failed_samples_are_unscored_never_zero(caplog: pytest.LogCaptureFixture
             assert scored.terms == {"judge": None}
         else:
             assert scored.reward is not None and scored.reward > 0 and scored.reward_error is None
-    assert result.judge_requests == len(NAMES)
+    assert result.judge_requests == len(NAMES) + len(expected_failed)  # each failure was retried once
     assert result.judge_failures == len(expected_failed)
+    assert result.judge_metrics["judge/failures/judge_http_500"] == len(expected_failed)
+    assert result.judge_metrics["judge/retries/judge_http_500"] == len(expected_failed)
     stats = judge_pool.stats()
     assert stats["failures_by_cause"] == {"judge_http_500": len(expected_failed)}
     assert stats["unscored"] == stats["judge_failures"] == len(expected_failed)
@@ -100,6 +116,7 @@ def test_timeouts_are_unscored_and_counted() -> None:
     assert [s.reward for s in result.scored] == [None] * 4
     assert {s.reward_error for s in result.scored} == {"judge_timeout"}
     assert result.judge_failures == 4 and judge_pool.stats()["failures_by_cause"] == {"judge_timeout": 4}
+    assert result.judge_metrics["judge/failures/judge_timeout"] == 4
 
 
 def test_rule_failure_is_not_a_judge_failure() -> None:
@@ -108,7 +125,8 @@ def test_rule_failure_is_not_a_judge_failure() -> None:
         result = score_once(judge_pool, rollout(NAMES[:2]))
     # The zero-weight judge failed, but the weighted rule scored every sample.
     assert [s.reward for s in result.scored] == [1.0, 1.0]
-    assert result.judge_requests == 2 and result.judge_failures == 0
+    assert result.judge_requests == 4 and result.judge_failures == 0
+    assert result.judge_metrics["term/judge/failures"] == 2 and "judge/failures/judge_http_500" not in result.judge_metrics
 
 
 def test_empty_rollout() -> None:
@@ -128,3 +146,37 @@ def test_check() -> None:
         assert SECRET not in str(info.value)
     finally:
         sock.close()
+
+
+def test_concurrent_calls_share_the_limits_and_every_sample_is_scored_once() -> None:
+    with JudgeServer(settings=ServerSettings(latency_s=0.02, status_rates={429: 0.2}, retry_after_s=0.01)) as srv:
+        judge_pool = pool(srv.base_url, max_concurrency=3, retry=RetryConfig(max_attempts=6, initial_backoff_s=0.01))
+        calls = [rollout([f"{i}-{n}" for n in NAMES]) for i in range(4)]
+
+        async def run() -> list[ScoreResult]:
+            try:
+                return await asyncio.gather(*(judge_pool.score(c) for c in calls))
+            finally:
+                await judge_pool.close()
+
+        results = asyncio.run(run())
+        assert srv.peak_in_flight <= 3
+        served = srv.completions_served
+    texts = [s.sample.completion_text for r in results for s in r.scored]
+    assert sorted(texts) == sorted(f"{i}-{n}" for i in range(4) for n in NAMES)  # none lost, none twice
+    assert sum(r.judge_requests for r in results) == served  # every request accounted for
+    step = aggregate_judge_metrics(r.judge_metrics for r in results)
+    assert step["judge/retries/judge_http_429"] > 0 and step["judge/inflight"] <= 3
+    assert judge_pool.stats()["samples"] == 4 * len(NAMES)
+
+
+def test_gated_and_cached_samples_are_counted() -> None:
+    with JudgeServer() as srv:
+        judge_pool = pool(srv.base_url)
+        result = score_once(judge_pool, rollout(["bread.com", "bread.com", "", "Thought process:"], group_size=4))
+    assert [s.reward is not None for s in result.scored] == [True] * 4
+    assert result.scored[2].reward == result.scored[3].reward == -0.5
+    assert result.judge_requests == 1
+    metrics = result.judge_metrics
+    assert metrics["judge/cache_hits"] == 1 and metrics["judge/rule_gated"] == 2
+    assert metrics["judge/rule_gated/empty"] == 1 and metrics["judge/rule_gated/judge_bait"] == 1

@@ -51,6 +51,18 @@ def string_term(prompt: str, completion: str) -> str:
 
 
 NOT_CALLABLE = 3
+LOOP_IS_FREE = threading.Event()
+
+
+def waits_for_the_loop(prompt: str, completion: str) -> float | None:
+    """Returns 1 only if an async term could run on the event loop meanwhile."""
+    return 1.0 if LOOP_IS_FREE.wait(timeout=10) else None
+
+
+async def frees_the_loop(prompt: str, completion: str) -> float:
+    await asyncio.sleep(0)
+    LOOP_IS_FREE.set()
+    return 0.0
 
 
 def path(function: str) -> str:
@@ -125,6 +137,14 @@ def test_sync_user_function_runs_in_a_worker_thread() -> None:
     assert THREADS_SEEN and THREADS_SEEN[0] != threading.main_thread().name
 
 
+def test_a_blocking_sync_function_does_not_block_the_event_loop() -> None:
+    LOOP_IS_FREE.clear()
+    parts = score(composer((path("waits_for_the_loop"), 1.0), (path("frees_the_loop"), 1.0)))
+    assert parts.reward == 1.0 and parts.error is None
+    assert set(parts.term_seconds) == {path("waits_for_the_loop"), path("frees_the_loop")}
+    assert all(t >= 0 for t in parts.term_seconds.values())
+
+
 def test_async_user_function() -> None:
     parts = score(composer((path("async_term"), 2.0), ("domain_format", 1.0)))
     assert parts.reward == pytest.approx(2.0 * 0.25 + 1.0)
@@ -163,7 +183,8 @@ def test_judge_and_rule_combined_by_hand() -> None:
         parts = score(comp)
     verdict = heuristic_verdict(DESCRIPTION, "nashvillecountry.com", ["relevance", "memorability", "length"])
     criteria = {k: v["score"] for k, v in verdict.items()}
-    judge_value = weighted_score(criteria, judge.criteria)
+    assert parts.judge_flags == {"inappropriate": 0.0, "blocked": 0.0}
+    judge_value = weighted_score(criteria, judge.rubric_spec().criteria)
     assert parts.criteria == criteria
     assert parts.terms == {"judge": pytest.approx(judge_value), "domain_format": 1.0}
     assert parts.reward == pytest.approx(0.8 * judge_value + 0.2 * 1.0)
@@ -172,10 +193,11 @@ def test_judge_and_rule_combined_by_hand() -> None:
 
 def test_judge_failure_is_no_score_never_zero() -> None:
     with JudgeServer(settings=ServerSettings(fail_rate=1.0)) as srv:
-        comp = composer(("judge", 1.0), ("domain_format", 1.0),
-                        judge=JudgeConfig(base_url=srv.base_url), key=SecretStr("k"))
+        judge = JudgeConfig(base_url=srv.base_url, retry={"max_attempts": 2, "initial_backoff_s": 0.01})
+        comp = composer(("judge", 1.0), ("domain_format", 1.0), judge=judge, key=SecretStr("k"))
         parts = score(comp)
     assert parts.reward is None
     assert parts.error == parts.judge_error == "judge_http_500"
     assert parts.terms == {"judge": None, "domain_format": 1.0}
-    assert parts.criteria == {} and parts.judge_requests == 1
+    assert parts.criteria == {} and parts.judge_requests == 2
+    assert dict(parts.judge_trace.retries) == {"judge_http_500": 1}

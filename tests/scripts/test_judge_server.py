@@ -13,22 +13,31 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from rewards.config import JudgeConfig
+from rewards.config import LocalJudgeServerConfig
 from rewards.judge import build_judge_messages
+from rewards.rubric import load_rubric
+from ray_jobs.local_judge import server_arguments
 from scripts.judge_server import (
     JudgeServer,
     ServerSettings,
+    _parse_args,
     heuristic_verdict,
     injects_failure,
+    is_blocked,
+    is_inappropriate,
     length_score,
     memorability_score,
+    parse_status_rates,
     relevance_score,
+    reply_latency,
+    transient_fault,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SECRET = "sk-server-test-NEVER-PRINT-77"
 DESCRIPTION = "A country music bar in Nashville with live bands every night."
-RUBRIC = JudgeConfig(base_url="http://unused/v1").criteria
+SEED = load_rubric("seed000")
+RUBRIC = SEED.criteria
 CRITERIA = [c.name for c in RUBRIC]
 
 
@@ -241,3 +250,138 @@ def test_letter_soup_is_not_memorable() -> None:
     assert good == 10.0 and soup <= 3.0
     # words from the request count as real words too
     assert memorability_score("zorblax.com", {"zorblax"})[0] > memorability_score("zorblax.com")[0]
+
+
+# ---------------------------------------------------------------- request check
+
+
+def test_bad_request_keywords_match_the_toy_datasets_flags() -> None:
+    rows = [json.loads(line) for line in (REPO_ROOT / "configs/data/business_descriptions.jsonl").read_text().splitlines()]
+    assert sum(r["inappropriate"] for r in rows) >= 10
+    assert [is_inappropriate(r["description"]) for r in rows] == [r["inappropriate"] for r in rows]
+
+
+@pytest.mark.parametrize(("candidate", "blocked"), [("Blocked", True), (" blocked.", True), ("**Blocked**", True),
+                                                   ("BLOCKED - harmful", True), ("blockedname.com", False),
+                                                   ("nashville.com", False), ("Not blocked", False)])
+def test_blocked_detection(candidate: str, blocked: bool) -> None:
+    assert is_blocked(candidate) is blocked
+
+
+def test_verdict_has_the_request_check_when_the_rubric_asks(server: JudgeServer, connect: Connect) -> None:
+    conn = connect(server.port)
+    bad = "A marketplace for stolen credit card numbers"
+    body = {"model": "m", "messages": build_judge_messages(SEED, bad, "Blocked")}
+    status, reply = call(conn, "POST", "/v1/chat/completions", body)
+    verdict = json.loads(reply["choices"][0]["message"]["content"])
+    assert status == 200 and list(verdict)[0] == "request_check"
+    assert verdict["request_check"]["inappropriate"] is True and verdict["request_check"]["blocked"] is True
+    assert set(verdict) == {"request_check", *CRITERIA}
+
+
+# ---------------------------------------------------------------- transient faults and latency
+
+
+def post_until_ok(conn: http.client.HTTPConnection, candidate: str, limit: int = 50) -> list[int]:
+    statuses = []
+    for _ in range(limit):
+        status, _ = call(conn, "POST", "/v1/chat/completions", request_body(candidate))
+        statuses.append(status)
+        if status == 200:
+            break
+    return statuses
+
+
+def test_transient_faults_are_reproducible_and_clear_on_retry(connect: Connect) -> None:
+    settings = ServerSettings(status_rates={429: 0.3, 503: 0.3}, seed=7)
+    runs = []
+    for _ in range(2):
+        with JudgeServer(settings=settings) as srv:
+            conn = connect(srv.port)
+            runs.append([post_until_ok(conn, f"name{i}.com") for i in range(20)])
+    assert runs[0] == runs[1]  # same seed, same faults
+    assert all(r[-1] == 200 for r in runs[0])  # every request eventually succeeds
+    assert any(len(r) > 1 for r in runs[0]) and set(sum(runs[0], [])) == {200, 429, 503}
+    with JudgeServer(settings=ServerSettings(status_rates={429: 0.3, 503: 0.3}, seed=8)) as srv:
+        conn = connect(srv.port)
+        assert [post_until_ok(conn, f"name{i}.com") for i in range(20)] != runs[0]
+
+
+def test_fault_rates_are_about_right() -> None:
+    settings = ServerSettings(status_rates={429: 0.1, 500: 0.05}, hang_rate=0.05, empty_rate=0.1, seed=1)
+    faults = [transient_fault(settings, "d", f"c{i}", 1) for i in range(4000)]
+    shares = {k: faults.count(k) / len(faults) for k in ("status:429", "status:500", "hang", "empty", None)}
+    expected = {"status:429": 0.1, "status:500": 0.05, "hang": 0.05, "empty": 0.1, None: 0.7}
+    for kind, share in expected.items():
+        assert abs(shares[kind] - share) < 0.03, kind
+
+
+def test_retry_after_is_sent_on_429_and_503_only(connect: Connect) -> None:
+    for status, header in ((429, "0.5"), (503, "0.5"), (500, None)):
+        with JudgeServer(settings=ServerSettings(status_rates={status: 1.0}, retry_after_s=0.5)) as srv:
+            conn = connect(srv.port)
+            conn.request("POST", "/v1/chat/completions", body=json.dumps(request_body("x.com")).encode(),
+                         headers={"Content-Type": "application/json"})
+            response = conn.getresponse()
+            response.read()
+            assert response.status == status and response.getheader("Retry-After") == header
+
+
+def test_empty_and_flaky_malformed_content(connect: Connect) -> None:
+    for settings, check in ((ServerSettings(empty_rate=1.0), lambda c: c == ""),
+                            (ServerSettings(flaky_malformed_rate=1.0), lambda c: c and not c.startswith("{"))):
+        with JudgeServer(settings=settings) as srv:
+            status, body = call(connect(srv.port), "POST", "/v1/chat/completions", request_body("x.com"))
+        assert status == 200 and check(body["choices"][0]["message"]["content"])
+
+
+def test_hung_requests_time_out_and_are_released_on_stop() -> None:
+    with JudgeServer(settings=ServerSettings(hang_rate=1.0, hang_s=60)) as srv:
+        conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=0.3)
+        with pytest.raises(TimeoutError):
+            call(conn, "POST", "/v1/chat/completions", request_body("x.com"))
+        conn.close()
+        assert srv.faults == {"hang": 1}
+    # leaving the block stopped the server although a request still hung
+
+
+def test_latency_draws() -> None:
+    fixed = ServerSettings(latency_s=0.2)
+    assert reply_latency(fixed, "d", "c", 1) == 0.2
+    uniform = ServerSettings(latency_s=0.2, latency_jitter_s=0.1, seed=3)
+    draws = [reply_latency(uniform, "d", f"c{i}", 1) for i in range(2000)]
+    assert min(draws) >= 0.1 and max(draws) <= 0.3 and abs(sum(draws) / len(draws) - 0.2) < 0.01
+    lognormal = ServerSettings(latency_s=0.2, latency_sigma=0.5, seed=3)
+    draws = [reply_latency(lognormal, "d", f"c{i}", 1) for i in range(4000)]
+    assert abs(sum(draws) / len(draws) - 0.2) < 0.01 and max(draws) > 0.4  # mean kept, long tail
+    assert reply_latency(lognormal, "d", "c1", 1) == reply_latency(lognormal, "d", "c1", 1)
+    assert reply_latency(lognormal, "d", "c1", 1) != reply_latency(lognormal, "d", "c1", 2)
+
+
+def test_parse_status_rates() -> None:
+    assert parse_status_rates("429=0.05, 503=0.1") == {429: 0.05, 503: 0.1}
+    assert parse_status_rates("") == {}
+    with pytest.raises(ValueError):
+        parse_status_rates("429")
+
+
+@pytest.mark.parametrize("settings", [dict(status_rates={200: 0.1}), dict(status_rates={429: 0.6}, hang_rate=0.5),
+                                      dict(latency_jitter_s=0.1, latency_sigma=0.1), dict(hang_s=0),
+                                      dict(empty_rate=2.0), dict(retry_after_s=-1)])
+def test_bad_fault_settings_are_rejected(settings: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        ServerSettings(**settings)  # type: ignore[arg-type]
+
+
+def test_local_server_config_reaches_the_cli() -> None:
+    config = LocalJudgeServerConfig(latency_s=0.1, latency_sigma=0.4, fail_rate=0.1, fail_status=502,
+                                    malformed_rate=0.05, status_rates={429: 0.05, 503: 0.05}, retry_after_s=0.2,
+                                    hang_rate=0.02, hang_s=5, empty_rate=0.03, flaky_malformed_rate=0.04, seed=9)
+    args = _parse_args(server_arguments(config))
+    assert (args.latency_s, args.latency_sigma, args.fail_rate, args.fail_status, args.malformed_rate) == (
+        0.1, 0.4, 0.1, 502, 0.05)
+    assert parse_status_rates(args.status_rate) == {429: 0.05, 503: 0.05}
+    assert (args.retry_after_s, args.hang_rate, args.hang_s, args.empty_rate, args.flaky_malformed_rate, args.seed) == (
+        0.2, 0.02, 5.0, 0.03, 0.04, 9)
+    with pytest.raises(ValueError, match="transient fault rates"):
+        LocalJudgeServerConfig(status_rates={429: 0.7}, hang_rate=0.5)

@@ -1,0 +1,167 @@
+"""Judge metrics: what scoring one sample took (``JudgeTrace``), the judge's
+in-flight gauge, and the per-call / per-step aggregation of
+``ScoreResult.judge_metrics``.
+
+Per rollout call, the judge pool reports a flat ``dict[str, float]``; per
+step, ``aggregate_judge_metrics`` combines the calls' dicts:
+
+* summed: ``judge/retries`` and ``judge/retries/<cause>`` (requests sent
+  again after a failure, by the failure's cause, malformed replies included),
+  ``judge/failures/<cause>`` (samples left unscored because the weighted
+  judge failed, by final cause; ``judge/failures`` itself comes from
+  ``ScoreResult.judge_failures``), ``judge/cache_hits`` (verdicts served from
+  the cache or shared with an identical request in flight),
+  ``judge/rule_gated`` and ``judge/rule_gated/<reason>``, and
+  ``term/<name>/failures`` / ``term/<name>/time_s`` (per reward term:
+  samples it failed on, seconds spent in it summed over samples);
+* maximum: ``judge/inflight``, the **peak** number of judge HTTP requests in
+  flight (whole pool, all endpoints) while the call was being scored;
+* histogram: ``judge/_latency_hist/<bucket>`` counts of request latencies
+  (seconds from sending a request to its reply or failure, every attempt;
+  log-spaced buckets ``LATENCY_BUCKETS_PER_DOUBLING`` per doubling from
+  ``LATENCY_BASE_S``) become ``judge/latency_p50_s`` and
+  ``judge/latency_p95_s`` (nearest rank, bucket geometric midpoint: within
+  about 2 % of the exact value); absent when no request was sent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+__all__ = [
+    "HIST_PREFIX",
+    "InflightGauge",
+    "JudgeTrace",
+    "aggregate_judge_metrics",
+    "latency_bucket",
+    "latency_histogram",
+    "percentile_from_histogram",
+]
+
+HIST_PREFIX = "judge/_latency_hist/"
+MAX_KEYS = frozenset({"judge/inflight"})
+LATENCY_BASE_S = 1e-4
+LATENCY_BUCKETS_PER_DOUBLING = 16
+
+
+@dataclass
+class JudgeTrace:
+    """What scoring one sample took. ``requests`` counts HTTP requests sent;
+    ``retries`` the requests sent again, by the cause of the failure before;
+    ``latencies_s`` one entry per request; ``cache_hit`` and ``gated`` (a
+    ``rewards.gate`` reason) mark samples that sent no request."""
+
+    requests: int = 0
+    retries: Counter[str] = field(default_factory=Counter)
+    latencies_s: list[float] = field(default_factory=list)
+    cache_hit: bool = False
+    gated: str | None = None
+    transport_failures: int = 0
+    deadline: float | None = None
+
+
+class _Watch:
+    def __init__(self, peak: int) -> None:
+        self.peak = peak
+
+
+class InflightGauge:
+    """Requests in flight now, and the peak seen by each open ``watch``."""
+
+    def __init__(self) -> None:
+        self.current = 0
+        self._watches: list[_Watch] = []
+
+    def inc(self) -> None:
+        self.current += 1
+        for watch in self._watches:
+            watch.peak = max(watch.peak, self.current)
+
+    def dec(self) -> None:
+        self.current -= 1
+
+    @contextlib.contextmanager
+    def watch(self) -> Iterator[_Watch]:
+        """Track the peak of ``current`` while the block runs (starting from now)."""
+        watch = _Watch(self.current)
+        self._watches.append(watch)
+        try:
+            yield watch
+        finally:
+            self._watches.remove(watch)
+
+
+def latency_bucket(seconds: float) -> int:
+    """The histogram bucket of a latency (bucket 0 holds everything below ``LATENCY_BASE_S``)."""
+    if seconds <= LATENCY_BASE_S:
+        return 0
+    return 1 + int(math.floor(math.log2(seconds / LATENCY_BASE_S) * LATENCY_BUCKETS_PER_DOUBLING))
+
+
+def _bucket_midpoint(bucket: int) -> float:
+    if bucket <= 0:
+        return LATENCY_BASE_S
+    return LATENCY_BASE_S * 2.0 ** ((bucket - 0.5) / LATENCY_BUCKETS_PER_DOUBLING)
+
+
+def latency_histogram(latencies: Iterable[float]) -> dict[str, float]:
+    """``{HIST_PREFIX + bucket: count}`` of ``latencies``."""
+    counts = Counter(latency_bucket(s) for s in latencies)
+    return {f"{HIST_PREFIX}{b}": float(n) for b, n in counts.items()}
+
+
+def percentile_from_histogram(counts: Mapping[int, float], q: float) -> float:
+    """Nearest-rank ``q``-quantile (0 < q <= 1) of a bucket histogram, as the bucket's midpoint."""
+    total = sum(counts.values())
+    if total <= 0:
+        raise ValueError("empty histogram")
+    rank = max(1.0, math.ceil(q * total))
+    seen = 0.0
+    for bucket in sorted(counts):
+        seen += counts[bucket]
+        if seen >= rank:
+            return _bucket_midpoint(bucket)
+    return _bucket_midpoint(max(counts))
+
+
+def call_metrics(traces: Sequence[JudgeTrace], failure_causes: Iterable[str], peak_inflight: int) -> dict[str, float]:
+    """The judge part of one call's ``judge_metrics`` (see the module docstring)."""
+    retries: Counter[str] = Counter()
+    gated: Counter[str] = Counter()
+    for trace in traces:
+        retries.update(trace.retries)
+        if trace.gated:
+            gated[trace.gated] += 1
+    metrics: dict[str, float] = {
+        "judge/retries": float(sum(retries.values())),
+        "judge/cache_hits": float(sum(t.cache_hit for t in traces)),
+        "judge/rule_gated": float(sum(gated.values())),
+        "judge/inflight": float(peak_inflight),
+    }
+    metrics.update({f"judge/retries/{c}": float(n) for c, n in retries.items()})
+    metrics.update({f"judge/rule_gated/{r}": float(n) for r, n in gated.items()})
+    metrics.update({f"judge/failures/{c}": float(n) for c, n in Counter(failure_causes).items()})
+    metrics.update(latency_histogram(s for t in traces for s in t.latencies_s))
+    return metrics
+
+
+def aggregate_judge_metrics(per_call: Iterable[Mapping[str, float]]) -> dict[str, float]:
+    """One step's judge metrics from its calls' ``judge_metrics`` (module docstring)."""
+    out: dict[str, float] = {}
+    hist: Counter[int] = Counter()
+    for metrics in per_call:
+        for key, value in metrics.items():
+            if key.startswith(HIST_PREFIX):
+                hist[int(key[len(HIST_PREFIX):])] += value
+            elif key in MAX_KEYS:
+                out[key] = max(out.get(key, value), value)
+            else:
+                out[key] = out.get(key, 0.0) + value
+    if hist:
+        out["judge/latency_p50_s"] = percentile_from_histogram(hist, 0.50)
+        out["judge/latency_p95_s"] = percentile_from_histogram(hist, 0.95)
+    return out
