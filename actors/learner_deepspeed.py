@@ -16,7 +16,17 @@ Distributed setup: one process is one rank. Without launcher variables the
 backend makes a one-process group (RANK=0, WORLD_SIZE=1, a free local port);
 with ``WORLD_SIZE > 1`` every variable must be set by whoever starts the ranks
 (e.g. Ray actors). Every rank must call every method, in the same order: under
-ZeRO-3, ``full_state_dict`` and ``save_pretrained`` are collective.
+ZeRO-3, ``full_state_dict``, ``save_pretrained`` and ``reference_logits`` are
+collective.
+
+Reference policy (``reference=True``, for the KL term): with LoRA it is the
+engine's own model with the adapters disabled (peft's ``disable_adapter``), so
+no second copy exists. Without LoRA it is a separate frozen module with no
+optimiser: under ZeRO-2 a plain copy on the engine's device (ZeRO-2 does not
+partition parameters, so neither does this); under ZeRO-3 a second DeepSpeed
+engine with the same stage-3 config minus the optimiser, so its parameters are
+partitioned across ranks like the policy's and gathered layer by layer in the
+forward. Its cost is one more model's worth of (partitioned) parameters.
 """
 
 from __future__ import annotations
@@ -123,7 +133,7 @@ class DeepSpeedLearnerBackend:
     two ``step`` calls gradients only accumulate.
     """
 
-    def __init__(self, model_path: str, dtype: str, learner: LearnerConfig) -> None:
+    def __init__(self, model_path: str, dtype: str, learner: LearnerConfig, reference: bool = False) -> None:
         import deepspeed
 
         config = deepspeed_config(learner, dtype)
@@ -137,7 +147,24 @@ class DeepSpeedLearnerBackend:
         self.model: torch.nn.Module = engine
         self.device = engine.device
         self.zero_stage = learner.zero_stage
+        self.lora = learner.lora.enabled
+        self.has_reference = reference
+        self.reference: torch.nn.Module | None = None
+        if reference and not self.lora:
+            self.reference = self._frozen_reference(model_path, dtype, config)
         self._pending_backwards = 0
+
+    def _frozen_reference(self, model_path: str, dtype: str, config: dict[str, Any]) -> torch.nn.Module:
+        """The initial policy, frozen: a plain copy (ZeRO-2) or an optimiser-less ZeRO-3 engine."""
+        import deepspeed
+
+        module = load_causal_lm(model_path, dtype).eval().requires_grad_(False)
+        if self.zero_stage != 3:
+            return module.to(self.device)
+        ref_config = {k: v for k, v in config.items() if k not in ("optimizer", "gradient_clipping")}
+        engine, _, _, _ = deepspeed.initialize(model=module, config=ref_config)
+        engine.eval()
+        return engine
 
     @property
     def module(self) -> torch.nn.Module:
@@ -183,6 +210,16 @@ class DeepSpeedLearnerBackend:
 
     def _is_rank_zero(self) -> bool:
         return self.engine.global_rank == 0
+
+    @torch.no_grad()
+    def reference_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Logits of the frozen reference. Collective under ZeRO-3 (the forward gathers)."""
+        if not self.has_reference:
+            raise RuntimeError("no reference policy: the backend was built without one (algorithm.beta = 0)")
+        if self.lora:
+            with self.module.disable_adapter():
+                return self.engine(input_ids=input_ids, attention_mask=attention_mask).logits
+        return self.reference(input_ids=input_ids, attention_mask=attention_mask).logits
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """Full weights with plain Hugging Face names (LoRA merged), as CPU clones.

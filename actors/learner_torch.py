@@ -1,4 +1,4 @@
-"""Plain-torch learner backend: the model and AdamW in one process."""
+"""Plain-torch learner backend: the model, AdamW and the optional frozen reference in one process."""
 
 from __future__ import annotations
 
@@ -11,14 +11,25 @@ from actors.weight_sync import merged_state_dict
 
 class TorchLearnerBackend:
     """AdamW on one device (the GPU Ray granted, else the CPU); gradients
-    accumulate until ``step``."""
+    accumulate until ``step``.
 
-    def __init__(self, model_path: str, dtype: str, learner: LearnerConfig) -> None:
+    Reference policy (``reference=True``): with LoRA it is the policy itself with
+    its adapters disabled (peft's ``disable_adapter``), so no second copy is
+    loaded; otherwise a frozen copy of the initial weights (eval mode, no
+    gradients, not in the optimiser). Without ``reference`` nothing is loaded.
+    """
+
+    def __init__(self, model_path: str, dtype: str, learner: LearnerConfig, reference: bool = False) -> None:
         self.device = default_device()
         model = load_causal_lm(model_path, dtype).to(self.device)
         if learner.lora.enabled:
             model = apply_lora(model, learner.lora)
         self.model = model
+        self.lora = learner.lora.enabled
+        self.has_reference = reference
+        self.reference: torch.nn.Module | None = None
+        if reference and not self.lora:
+            self.reference = load_causal_lm(model_path, dtype).to(self.device).eval().requires_grad_(False)
         self.max_grad_norm = learner.max_grad_norm
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=learner.lr, betas=learner.betas,
@@ -33,6 +44,15 @@ class TorchLearnerBackend:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return float(norm)
+
+    @torch.no_grad()
+    def reference_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if not self.has_reference:
+            raise RuntimeError("no reference policy: the backend was built without one (algorithm.beta = 0)")
+        if self.lora:
+            with self.model.disable_adapter():
+                return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        return self.reference(input_ids=input_ids, attention_mask=attention_mask).logits
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         return merged_state_dict(self.model)

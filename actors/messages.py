@@ -83,7 +83,13 @@ class ScoredSample:
 
 @dataclass(frozen=True)
 class ScoreResult:
-    """The judge pool's answer for one ``RolloutResult``."""
+    """The judge pool's answer for one ``RolloutResult``.
+
+    ``judge_metrics`` holds the call's judge health metrics (retries,
+    failures by cause, cache hits, rule-gated samples, peak requests in
+    flight, a latency histogram), combined per step by
+    ``rewards.metrics.aggregate_judge_metrics``.
+    """
 
     batch_index: int
     scored: list[ScoredSample]
@@ -91,6 +97,7 @@ class ScoreResult:
     judge_s: float
     judge_requests: int
     judge_failures: int
+    judge_metrics: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -99,7 +106,11 @@ class TrainBatch:
 
     Invariants: all lists have one entry per trained sequence; ``advantages``
     were computed from scored samples only; ``policy_versions[i] <= step`` and
-    ``step - policy_versions[i] <= max_staleness``.
+    ``step - policy_versions[i] <= max_staleness``. ``rewards`` (the shaped
+    scalar reward each advantage was computed from) and ``group_ids`` (equal
+    exactly for samples of the same group) are either empty or one per
+    sequence; the learner needs them only to re-estimate advantages itself
+    (KL folded into the reward).
     """
 
     step: int
@@ -108,6 +119,8 @@ class TrainBatch:
     sampling_logprobs: list[list[float]]
     advantages: list[float]
     policy_versions: list[int]
+    rewards: list[float] = field(default_factory=list)
+    group_ids: list[int] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.advantages)

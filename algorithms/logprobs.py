@@ -27,3 +27,24 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None
     total = (values * mask).sum() if dim is None else (values * mask).sum(dim)
     count = mask.sum() if dim is None else mask.sum(dim)
     return total / count.clamp(min=1.0)
+
+
+def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Entropy (nats) of each position's temperature-scaled next-token distribution.
+
+    Shapes: logits (B, T, V) -> (B, T). Same scaling as ``token_logprobs``, so it
+    is the entropy of the distribution the rollout sampled from.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def sequence_logprobs(logprobs: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sequence summed log-probability and length (number of mask-1 tokens).
+
+    Shapes: (B, T), (B, T) -> (B,), (B,). Padding contributes nothing.
+    """
+    keep = mask.bool()
+    return torch.where(keep, logprobs, torch.zeros_like(logprobs)).sum(-1), keep.to(logprobs.dtype).sum(-1)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from actors.learner import LearnerConfig
 from actors.models import ModelConfig
@@ -83,6 +83,18 @@ class ExperimentConfig(BaseModel):
     learner: LearnerConfig = Field(default_factory=LearnerConfig, description="Policy learner.")
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig, description="Overlap and staleness.")
     wandb: WandbConfig = Field(default_factory=WandbConfig, description="wandb monitoring.")
+
+    @model_validator(mode="after")
+    def _algorithm_fits_rollout(self) -> "ExperimentConfig":
+        """Algorithm settings that depend on other sections, checked before anything starts."""
+        algo, limit = self.algorithm.settings, self.rollout.max_new_tokens
+        if algo.overlong_buffer_tokens(limit) > limit:
+            raise ValueError(f"algorithm.overlong_buffer ({algo.overlong_buffer}) exceeds rollout.max_new_tokens ({limit})")
+        per_step = self.pipeline.prompts_per_step * self.rollout.group_size
+        if algo.num_minibatches > per_step:
+            raise ValueError(f"algorithm.num_minibatches ({algo.num_minibatches}) exceeds the samples per step "
+                             f"(pipeline.prompts_per_step x rollout.group_size = {per_step})")
+        return self
 
 
 def _model_class(annotation: Any) -> type[BaseModel] | None:

@@ -6,6 +6,7 @@ the results it collects, and the tests call them by hand.
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections import Counter
 from dataclasses import dataclass
@@ -13,8 +14,9 @@ from dataclasses import dataclass
 import torch
 
 from actors.messages import ScoredSample, ScoreResult, TrainBatch
-from algorithms.advantages import group_normalized_advantages
-from algorithms.config import AlgorithmConfig
+from algorithms.advantages import group_has_signal, sequence_advantages, whiten
+from algorithms.config import AlgorithmConfig, AlgorithmSettings
+from algorithms.shaping import soft_overlong_penalty
 
 
 def may_launch(batch_index: int, published_version: int, max_staleness: int) -> bool:
@@ -49,8 +51,9 @@ class LeastLoadedRouter:
 class AssembledBatch:
     """A step's train batch plus everything the step logs.
 
-    ``advantages`` has one entry per scored sample, aligned with ``scored``
-    (None for unscored samples, which are not in ``train``).
+    ``advantages`` has one entry per generated sample, aligned with ``scored``:
+    the advantage of each sample in ``train``, None for every other (unscored,
+    in a group dropped by dynamic sampling, or truncated under overlong filtering).
     """
 
     train: TrainBatch
@@ -59,36 +62,132 @@ class AssembledBatch:
     metrics: dict[str, float]
 
 
-def assemble_batch(step: int, results: list[ScoreResult], algorithm: AlgorithmConfig) -> AssembledBatch:
+def shaped_rewards(scored: list[ScoredSample], algorithm: AlgorithmSettings,
+                   max_new_tokens: int | None) -> list[float | None]:
+    """Each sample's reward plus DAPO's soft overlong penalty (None stays None).
+
+    The penalty is added here, at batch assembly, not by the reward terms: it
+    depends on the rollout's length limit, not on the judge.
+    """
+    buffer = algorithm.overlong_buffer_tokens(max_new_tokens) if max_new_tokens else 0
+    if not buffer:
+        return [s.reward for s in scored]
+    lengths = torch.tensor([len(s.sample.completion_token_ids) for s in scored])
+    penalty = soft_overlong_penalty(lengths, max_new_tokens, buffer, algorithm.overlong_penalty_factor).tolist()
+    return [None if s.reward is None else s.reward + p for s, p in zip(scored, penalty)]
+
+
+def signal_groups(scored: list[ScoredSample], rewards: list[float | None]) -> tuple[list[str], list[str]]:
+    """(groups with reward variance, all groups with a scored sample), in order of appearance.
+
+    A group whose scored rewards are all equal, or that has one scored sample,
+    gives no learning signal under a group baseline.
+    """
+    usable = [i for i, r in enumerate(rewards) if r is not None]
+    order = list(dict.fromkeys(scored[i].sample.group_id for i in usable))
+    if not usable:
+        return [], order
+    number = {gid: g for g, gid in enumerate(order)}
+    signal = group_has_signal(torch.tensor([float(rewards[i]) for i in usable]),
+                              torch.tensor([number[scored[i].sample.group_id] for i in usable]))
+    with_signal = dict.fromkeys(scored[i].sample.group_id for i, ok in zip(usable, signal.tolist()) if ok)
+    return list(with_signal), order
+
+
+def refill_size(missing: int, kept: int, seen: int, limit: int) -> int:
+    """Prompts to ask for in a dynamic-sampling refill round: ``missing`` groups
+    scaled by the share of groups kept so far (``seen / kept``), at least
+    ``missing`` and at most ``limit`` (one step's prompts)."""
+    if missing <= 0:
+        return 0
+    estimate = math.ceil(missing * seen / kept) if kept else limit
+    return max(missing, min(estimate, limit))
+
+
+def assemble_batch(step: int, results: list[ScoreResult], algorithm: AlgorithmConfig,
+                   max_new_tokens: int | None = None, target_groups: int | None = None) -> AssembledBatch:
     """Turn a step's judged groups into a ``TrainBatch``.
 
     Unscored samples are left out of their group's baseline and out of the loss
-    (and counted); they are never treated as reward 0. Raises ``ValueError`` if
-    no sample of the step was scored.
+    (and counted); they are never treated as reward 0. Rewards get the soft
+    overlong penalty when configured (``max_new_tokens`` is the rollout limit).
+    With dynamic sampling, groups without reward variance are dropped and at
+    most ``target_groups`` groups are kept (in order of appearance). With
+    overlong filtering, truncated samples stay in their group's baseline but
+    leave the loss. Raises ``ValueError`` if no sample of the step was scored,
+    or if nothing is left to train on.
     """
+    settings = algorithm.settings
     scored = [s for r in results for s in r.scored]
-    usable = [i for i, s in enumerate(scored) if s.reward is not None]
+    rewards = shaped_rewards(scored, settings, max_new_tokens)
+    usable = [i for i, r in enumerate(rewards) if r is not None]
     if not usable:
         causes = Counter(s.reward_error for s in scored)
         raise ValueError(f"step {step}: none of {len(scored)} samples was scored ({dict(causes)}); "
                          "check the judge endpoint and reward functions")
-    group_number = {gid: g for g, gid in enumerate(dict.fromkeys(scored[i].sample.group_id for i in usable))}
-    groups = torch.tensor([group_number[scored[i].sample.group_id] for i in usable])
-    rewards = torch.tensor([float(scored[i].reward) for i in usable])
-    adv = group_normalized_advantages(rewards, groups, scale=algorithm.scale_rewards).tolist()
+    with_signal, groups = signal_groups(scored, rewards)
+    kept = with_signal[:target_groups] if settings.dynamic_sampling else groups
+    if not kept:
+        raise ValueError(f"step {step}: dynamic sampling found no group with differing rewards among "
+                         f"{len(groups)} groups (algorithm.max_refill_rounds={settings.max_refill_rounds})")
+    number = {gid: g for g, gid in enumerate(kept)}
+    members = [i for i in usable if scored[i].sample.group_id in number]
+    adv = _advantages(members, scored, rewards, number, settings)
+    trained = [(i, a) for i, a in zip(members, adv) if not (settings.overlong_filtering and scored[i].sample.truncated)]
+    if not trained:
+        raise ValueError(f"step {step}: every kept sample was truncated at the token limit and "
+                         "algorithm.overlong_filtering leaves them out of the loss; raise rollout.max_new_tokens")
     per_sample: list[float | None] = [None] * len(scored)
-    for i, a in zip(usable, adv):
+    for i, a in trained:
         per_sample[i] = a
-    samples = [scored[i].sample for i in usable]
+    samples = [scored[i].sample for i, _ in trained]
     train = TrainBatch(
         step=step,
         prompt_token_ids=[s.prompt.prompt_token_ids for s in samples],
         completion_token_ids=[s.completion_token_ids for s in samples],
         sampling_logprobs=[s.sampling_logprobs for s in samples],
-        advantages=adv,
+        advantages=[a for _, a in trained],
         policy_versions=[s.policy_version for s in samples],
+        rewards=[float(rewards[i]) for i, _ in trained],
+        group_ids=[number[scored[i].sample.group_id] for i, _ in trained],
     )
-    return AssembledBatch(train, scored, per_sample, _batch_metrics(step, scored, train, results))
+    metrics = _batch_metrics(step, scored, train, results)
+    shaping = bool(max_new_tokens and settings.overlong_buffer_tokens(max_new_tokens))
+    metrics.update(_sampling_metrics(scored, rewards, groups, with_signal, kept, settings, shaping))
+    return AssembledBatch(train, scored, per_sample, metrics)
+
+
+def _advantages(members: list[int], scored: list[ScoredSample], rewards: list[float | None],
+                number: dict[str, int], settings: AlgorithmSettings) -> list[float]:
+    """The configured estimator over the kept groups; whitened over tokens (each
+    sequence weighted by its length) for REINFORCE++."""
+    r = torch.tensor([float(rewards[i]) for i in members])
+    g = torch.tensor([number[scored[i].sample.group_id] for i in members])
+    adv = sequence_advantages(r, g, settings.baseline, settings.scale_rewards)
+    if settings.whiten_advantages:
+        lengths = torch.tensor([len(scored[i].sample.completion_token_ids) for i in members])
+        mask = torch.arange(int(lengths.max())) < lengths.unsqueeze(-1)
+        adv = whiten(adv.unsqueeze(-1).expand(mask.shape), mask)[:, 0]
+    return adv.tolist()
+
+
+def _sampling_metrics(scored: list[ScoredSample], rewards: list[float | None], groups: list[str],
+                      with_signal: list[str], kept: list[str], settings: AlgorithmSettings,
+                      shaping: bool) -> dict[str, float]:
+    """Groups without signal, dynamic-sampling drops, overlong shaping and filtering."""
+    metrics = {"reward/frac_zero_std": 1.0 - len(with_signal) / len(groups)}
+    if settings.dynamic_sampling:
+        metrics["dynamic_sampling/dropped_groups"] = float(len(groups) - len(with_signal))
+        metrics["dynamic_sampling/surplus_groups"] = float(len(with_signal) - len(kept))
+        metrics["dynamic_sampling/kept_groups"] = float(len(kept))
+    if shaping:
+        metrics["reward/overlong_penalty"] = statistics.fmean(r - s.reward for s, r in zip(scored, rewards)
+                                                              if r is not None)
+    if settings.overlong_filtering:
+        keep = set(kept)
+        metrics["samples/overlong_filtered"] = float(sum(
+            1 for s, r in zip(scored, rewards) if r is not None and s.sample.group_id in keep and s.sample.truncated))
+    return metrics
 
 
 def _batch_metrics(step: int, scored: list[ScoredSample], train: TrainBatch, results: list[ScoreResult]) -> dict[str, float]:
@@ -106,6 +205,8 @@ def _batch_metrics(step: int, scored: list[ScoredSample], train: TrainBatch, res
         "time/generate_s": sum(r.generate_s for r in results),
         "time/judge_s": sum(r.judge_s for r in results),
         "completion/length_mean": statistics.fmean(lengths),
+        "completion/length_max": float(max(lengths)),
+        "completion/length_min": float(min(lengths)),
         "completion/truncated_frac": sum(s.sample.truncated for s in scored) / len(scored),
         "samples/generated": float(len(scored)),
         "samples/trained": float(len(train)),
@@ -114,4 +215,15 @@ def _batch_metrics(step: int, scored: list[ScoredSample], train: TrainBatch, res
         values = [s.terms[name] for s in scored if s.terms.get(name) is not None]
         if values:
             metrics[f"reward/{name}"] = statistics.fmean(values)
+    metrics.update(_judge_metrics(results))
     return metrics
+
+
+def _judge_metrics(results: list[ScoreResult]) -> dict[str, float]:
+    """The step's judge health metrics, combined from its calls' ``judge_metrics``:
+    ``judge/latency_p50_s``/``_p95_s``, ``judge/retries[/<cause>]``,
+    ``judge/failures/<cause>``, ``judge/cache_hits``, ``judge/rule_gated``,
+    ``judge/inflight`` (peak) and ``term/<name>/...`` (see ``rewards/metrics.py``)."""
+    from rewards.metrics import aggregate_judge_metrics  # the judge's own metric rules
+
+    return aggregate_judge_metrics(r.judge_metrics for r in results)

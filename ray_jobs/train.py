@@ -27,7 +27,8 @@ from ray_jobs.data import DatasetError, PromptSource, load_prompts
 from ray_jobs.local_judge import LocalJudgeError, local_judge_server
 from ray_jobs.pipeline import assemble_batch, may_launch
 from ray_jobs.tracking import RunRecorder
-from rewards.judge import JudgeReward, JudgeUnreachableError, MissingApiKeyError, resolve_api_key
+from rewards.endpoints import resolve_api_keys
+from rewards.judge import JudgeReward, JudgeUnreachableError, MissingApiKeyError
 
 log = logging.getLogger("relay.train")
 
@@ -48,7 +49,9 @@ def train_loop(stages, cfg: ExperimentConfig, source: PromptSource, recorder: Ru
     admission control allows (weights >= b - k published), so up to k + 1
     batches are generating or being judged while the learner works; the
     ``inflight`` queue is bounded by that. Every sample carries its policy
-    version, and staleness = step - version <= k by construction.
+    version, and staleness = step - version <= k by construction. With dynamic
+    sampling, ``stages.collect`` refills a step from new prompts generated with
+    the newest weights (staleness 0), so refills never raise staleness.
     """
     k, steps, per_step = cfg.pipeline.max_staleness, cfg.run.steps, cfg.pipeline.prompts_per_step
     inflight: dict[int, list] = {}  # batch index -> ScoreResult refs; at most k + 1 entries
@@ -57,11 +60,12 @@ def train_loop(stages, cfg: ExperimentConfig, source: PromptSource, recorder: Ru
         while launched < steps and may_launch(launched, stages.version, k):
             inflight[launched] = stages.launch_batch(launched, source.take(per_step))
             launched += 1
-        batch = assemble_batch(step, ray.get(inflight.pop(step)), cfg.algorithm)
+        results, refill = stages.collect(step, inflight.pop(step), source)  # dynamic sampling refills here
+        batch = assemble_batch(step, results, cfg.algorithm, cfg.rollout.max_new_tokens, per_step)
         trained = stages.train(batch.train)  # the driver waits on the learner only
         stages.publish_weights()  # queued behind in-flight rollouts; they keep going
         now = time.perf_counter()
-        metrics = {**batch.metrics, **trained.metrics, "policy_version": float(trained.policy_version),
+        metrics = {**batch.metrics, **refill, **trained.metrics, "policy_version": float(trained.policy_version),
                    "time/step_s": now - last, "time/weight_sync_s": stages.completed_sync_seconds(),
                    "throughput/samples_per_s": batch.metrics["samples/generated"] / (now - last)}
         recorder.record_step(step, metrics, batch.scored, batch.advantages)
@@ -77,19 +81,21 @@ def preflight(cfg: ExperimentConfig) -> tuple[list, object]:
 
 
 @contextlib.contextmanager
-def judge_endpoint(cfg: ExperimentConfig, run_dir: Path) -> Iterator[tuple[ExperimentConfig, SecretStr]]:
-    """The judge to use: the stand-in server when no base_url is set; the key is
-    read from ``judge.api_key_env``; the endpoint is checked before training."""
+def judge_endpoint(cfg: ExperimentConfig, run_dir: Path) -> Iterator[tuple[ExperimentConfig, dict[str, SecretStr]]]:
+    """The judge to use: the stand-in server when no base_url is set; every
+    endpoint's key is read here, in the driver's environment (``judge.api_key_env``
+    and ``judge.endpoints[*].api_key_env``), and handed to the judge actor, so the
+    actors need no keys in their own environment; endpoints are checked before training."""
     with contextlib.ExitStack() as stack:
         if cfg.judge.uses_local_server:
             url = stack.enter_context(local_judge_server(cfg.judge, run_dir / "judge_server.log"))
             cfg = cfg.model_copy(update={"judge": cfg.judge.model_copy(update={"base_url": url})})
-        key = resolve_api_key(cfg.judge, os.environ)
+        keys = resolve_api_keys(cfg.judge)
         if cfg.judge.check_endpoint:
             import asyncio
 
-            asyncio.run(JudgeReward(cfg.judge, key).check_endpoint())
-        yield cfg, key
+            asyncio.run(JudgeReward(cfg.judge, keys).check_endpoint())
+        yield cfg, keys
 
 
 @contextlib.contextmanager
@@ -137,12 +143,13 @@ def run(cfg: ExperimentConfig) -> Path:
     recorded = redacted(cfg)  # as the user wrote it, before run-time substitutions
     prompts, tokenizer = preflight(cfg)
     with contextlib.ExitStack() as stack:
-        cfg, key = stack.enter_context(judge_endpoint(cfg, run_dir))
+        cfg, keys = stack.enter_context(judge_endpoint(cfg, run_dir))
         cfg = _with_absolute_model_path(cfg)
         stack.enter_context(ray_session(cfg))
         recorder = stack.enter_context(contextlib.closing(
             RunRecorder(run_dir, recorded, cfg.wandb, cfg.run.name, cfg.run.steps)))
-        stages = Stages(cfg, key)
+        log.info("algorithm (preset filled in): %s", cfg.algorithm.settings)
+        stages = Stages(cfg, keys)
         train_loop(stages, cfg, PromptSource(prompts, cfg.data.shuffle, cfg.run.seed), recorder)
         if cfg.run.save_final:
             stages.save(str((run_dir / "final").resolve()))

@@ -8,6 +8,7 @@ from actors.messages import TrainBatch
 from actors.models import load_causal_lm, resolve_model_path
 from actors.weight_sync import ObjectStoreWeightSync
 from algorithms.config import AlgorithmConfig
+from algorithms.logprobs import token_logprobs
 
 
 def _batch(step: int = 0) -> TrainBatch:
@@ -42,16 +43,20 @@ def test_train_step_updates_weights_and_version(tiny_model_config) -> None:
         learner.train(_batch(0))
 
 
-def test_micro_batches_give_the_same_gradient(tiny_model_config) -> None:
-    """Accumulating two micro-batches equals one full batch (sequence-mean loss).
+@pytest.mark.parametrize("aggregation", ["sequence_mean", "token_mean", "sequence_sum", "constant"])
+def test_micro_batches_give_the_same_gradient(tiny_model_config, aggregation: str) -> None:
+    """Accumulating two micro-batches equals one full batch, for every loss aggregation
+    (each micro-batch loss is normalised by the whole minibatch's totals).
 
     Gradients are compared, not post-Adam weights: Adam's first step is about
     lr * sign(g), which turns float noise in near-zero gradients into lr-sized
     differences.
     """
     grads = []
+    algorithm = AlgorithmConfig(loss_aggregation=aggregation)
     for micro in (2, 1):
-        learner = Learner(LearnerConfig(lr=1e-2, micro_batch_size=micro), tiny_model_config, AlgorithmConfig(), 1.0)
+        learner = Learner(LearnerConfig(lr=1e-2, micro_batch_size=micro), tiny_model_config, algorithm, 1.0,
+                          max_new_tokens=12)
         step = learner.backend.step
         learner.backend.step = lambda step=step, m=learner.backend.model: (
             grads.append({n: p.grad.clone() for n, p in m.named_parameters()}), step())[1]
@@ -115,3 +120,114 @@ def test_lora_export_never_modifies_the_training_model(tiny_model_config) -> Non
         learner.export_weights()
     after = learner.backend.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def _rich_batch(step: int = 0) -> TrainBatch:
+    """Four sequences of different lengths in two groups, with rewards and group ids."""
+    return TrainBatch(
+        step=step,
+        prompt_token_ids=[[1, 10, 11], [1, 12], [1, 13, 14, 15], [1, 16]],
+        completion_token_ids=[[20, 21, 2], [22], [23, 24], [25, 26, 27, 2]],
+        sampling_logprobs=[[-6.9] * 3, [-6.9], [-6.9] * 2, [-6.9] * 4],
+        advantages=[1.0, -1.0, 0.5, -0.5],
+        policy_versions=[step] * 4,
+        rewards=[1.0, 0.0, 0.8, 0.2],
+        group_ids=[0, 0, 1, 1],
+    )
+
+
+def _initial_logprobs(tiny_model_config, batch: TrainBatch) -> list[torch.Tensor]:
+    model = load_causal_lm(resolve_model_path(tiny_model_config), "float32")
+    t = collate(batch, slice(0, len(batch)))
+    with torch.no_grad():
+        logps = token_logprobs(model(input_ids=t["input_ids"], attention_mask=t["attention_mask"]).logits[:, :-1],
+                               t["input_ids"][:, 1:])
+    keep = t["completion_mask"].bool()
+    return [logps[i][keep[i]] for i in range(len(batch))]
+
+
+def test_no_reference_is_loaded_when_beta_is_zero(tiny_model_config) -> None:
+    learner = Learner(LearnerConfig(), tiny_model_config, AlgorithmConfig(), 1.0)
+    assert learner.backend.reference is None and not learner.backend.has_reference
+    with pytest.raises(RuntimeError, match="no reference"):
+        learner.backend.reference_logits(torch.tensor([[1, 2]]), torch.ones(1, 2, dtype=torch.long))
+
+
+def test_full_finetuning_reference_is_a_frozen_copy_of_the_initial_policy(tiny_model_config) -> None:
+    learner = Learner(LearnerConfig(lr=1e-2), tiny_model_config, AlgorithmConfig(beta=0.1), 1.0)
+    ref = learner.backend.reference
+    assert ref is not None and not any(p.requires_grad for p in ref.parameters())
+    result = learner.train(_batch())
+    assert result.metrics["kl"] == pytest.approx(0.0, abs=1e-6)  # policy == reference before the first update
+    # after the step the policy moved; the reference did not
+    initial = _initial_logprobs(tiny_model_config, _batch())
+    prepared = learner._no_grad_logprobs(_batch(1), proximal=True, reference=True)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(prepared["ref_logprobs"], initial))
+    assert not all(torch.allclose(a, b, atol=1e-6) for a, b in zip(prepared["proximal_logprobs"], initial))
+    assert learner.train(_batch(1)).metrics["kl"] > 0
+
+
+def test_lora_reference_is_the_base_model_with_adapters_disabled(tiny_model_config) -> None:
+    learner = Learner(LearnerConfig(lr=5e-2, lora=LoraConfig(enabled=True, r=4, alpha=8)), tiny_model_config,
+                      AlgorithmConfig(beta=0.1), 1.0)
+    assert learner.backend.reference is None  # no second copy of the model
+    learner.train(_batch())
+    learner.train(_batch(1))  # the adapters now change the policy
+    initial = _initial_logprobs(tiny_model_config, _batch())
+    prepared = learner._no_grad_logprobs(_batch(2), proximal=True, reference=True)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(prepared["ref_logprobs"], initial))
+    assert not all(torch.allclose(a, b, atol=1e-5) for a, b in zip(prepared["proximal_logprobs"], initial))
+
+
+def test_minibatches_and_iterations_count_optimizer_steps(tiny_model_config) -> None:
+    # gspo: 4 minibatches of the 4 sequences; 2 iterations -> 8 optimiser steps, one version.
+    learner = Learner(LearnerConfig(lr=1e-3), tiny_model_config, AlgorithmConfig(name="gspo", num_iterations=2), 1.0)
+    result = learner.train(_rich_batch())
+    assert result.metrics["optim/steps"] == 8 and result.policy_version == learner.version == 1
+    # a 2-sequence batch cannot make 4 minibatches: 2 steps
+    learner2 = Learner(LearnerConfig(lr=1e-3), tiny_model_config, AlgorithmConfig(name="gspo"), 1.0)
+    assert learner2.train(_batch()).metrics["optim/steps"] == 2
+
+
+def test_proximal_policy_is_the_pre_update_policy(tiny_model_config) -> None:
+    # num_iterations 2: proximal log-probs are recomputed once, before any update; the first
+    # pass's ratio pi/pi_prox is then 1, so nothing is clipped in it.
+    learner = Learner(LearnerConfig(lr=1e-3), tiny_model_config, AlgorithmConfig(num_iterations=2), 1.0)
+    prepared = learner._prepare(_rich_batch())
+    initial = _initial_logprobs(tiny_model_config, _rich_batch())
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(prepared["proximal_logprobs"], initial))
+    result = learner.train(_rich_batch())
+    assert result.metrics["optim/steps"] == 2
+    # behaviour log-probs (-6.9) are far from the learner's: the mismatch statistics show it
+    assert result.metrics["is/ratio_mean"] > 1.5 and result.metrics["logprob_gap/mean_abs"] > 0.5
+
+
+def test_rollout_correction_caps_the_importance_weight(tiny_model_config) -> None:
+    learner = Learner(LearnerConfig(lr=1e-3), tiny_model_config,
+                      AlgorithmConfig(rollout_correction="truncate", rollout_correction_cap=2.0), 1.0)
+    metrics = learner.train(_rich_batch()).metrics
+    # sampling log-probs of -6.9 put pi_prox / pi_behav above the cap on some tokens
+    assert 0 < metrics["is/clipped_frac"] < 1 and metrics["is/ratio_max"] > 2.0
+    assert math.isfinite(metrics["loss"])
+
+
+def test_kl_in_reward_reestimates_advantages(tiny_model_config) -> None:
+    learner = Learner(LearnerConfig(lr=1e-3), tiny_model_config, AlgorithmConfig(name="rloo"), 1.0)
+    prepared = learner._prepare(_rich_batch())
+    adv = prepared["advantages"]
+    assert [len(a) for a in adv] == [3, 1, 2, 4]  # per token
+    # k1 = behaviour - ref per token; with beta 0.05 the first token's advantage is the RLOO
+    # advantage of the penalised sequence totals r_i - 0.05 * sum_t kl_t (group of two: r_i - r_j).
+    ref = prepared["ref_logprobs"]
+    totals = [r - 0.05 * float((torch.full_like(lp, -6.9) - lp).sum()) for r, lp in zip(_rich_batch().rewards, ref)]
+    assert float(adv[0][0]) == pytest.approx(totals[0] - totals[1], abs=1e-5)
+    assert float(adv[3][0]) == pytest.approx(totals[3] - totals[2], abs=1e-5)
+    assert math.isfinite(learner.train(_rich_batch()).metrics["kl"])
+    bare = TrainBatch(**{**_rich_batch(1).__dict__, "rewards": [], "group_ids": []})
+    with pytest.raises(ValueError, match="rewards and group_ids"):
+        learner.train(bare)
+
+
+def test_constant_aggregation_needs_the_length_limit(tiny_model_config) -> None:
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        Learner(LearnerConfig(), tiny_model_config, AlgorithmConfig(name="dr_grpo"), 1.0)

@@ -16,6 +16,7 @@ reported gradient norm do not.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import shutil
@@ -273,3 +274,40 @@ def test_step_without_backward_is_an_error(model_config: ModelConfig) -> None:
     learner = _learner(model_config, "deepspeed", micro_batch_size=8)
     with pytest.raises(RuntimeError, match="without a backward"):
         learner.backend.step()
+
+
+def _with_rewards(batch: TrainBatch) -> TrainBatch:
+    """The batch with rewards (its advantages) and groups of two, for the KL-in-reward path."""
+    return dataclasses.replace(batch, rewards=list(batch.advantages), group_ids=[i // 2 for i in range(len(batch))])
+
+
+@pytest.mark.parametrize(
+    ("zero_stage", "lora", "knobs"),
+    [(2, False, {}), (3, False, {}), (3, True, {}), (2, False, {"name": "rloo"}),
+     (3, False, {"num_iterations": 2, "rollout_correction": "truncate"})],
+    ids=["zero2-kl-loss", "zero3-kl-loss", "zero3-lora-kl-loss", "zero2-kl-reward", "zero3-proximal-2-iterations"],
+)
+def test_deepspeed_reference_and_kl_match_torch(model_config: ModelConfig, batches: list[TrainBatch],
+                                                zero_stage: int, lora: bool, knobs: dict) -> None:
+    """With beta > 0 the frozen reference (a separate frozen module, an optimiser-less ZeRO-3
+    engine, or the LoRA model with adapters disabled) gives the torch backend's KL, loss and
+    weights; so do the proximal log-probs recomputed through the engine for several iterations."""
+    algorithm = AlgorithmConfig(**{"beta": 0.1, **knobs})
+    data = [_with_rewards(b) for b in batches]
+
+    def learner(backend: str) -> Learner:
+        config = LearnerConfig(backend=backend, zero_stage=zero_stage, lr=1e-3, micro_batch_size=2,
+                               lora=LoraConfig(enabled=lora))
+        return Learner(config, model_config, algorithm, temperature=1.0)
+
+    deepspeed_learner = learner("deepspeed")
+    assert (deepspeed_learner.backend.reference is None) == lora  # LoRA: no second copy
+    got, want = _run(deepspeed_learner, data), _run(learner("torch"), data)
+    if algorithm.settings.num_iterations == 1:  # (a second pass sees the updated policy)
+        assert got[0].result.metrics["kl"] == pytest.approx(0.0, abs=1e-6)  # policy == reference at first
+    assert got[1].result.metrics["kl"] != 0  # k1 (rloo) may be negative
+    for step, (g, w) in enumerate(zip(got, want)):
+        assert g.result.metrics["optim/steps"] == w.result.metrics["optim/steps"] == algorithm.settings.num_iterations
+        for key in ("loss", "kl", "is/ratio_mean"):
+            assert g.result.metrics[key] == pytest.approx(w.result.metrics[key], rel=1e-4, abs=1e-7), (step, key)
+        assert _max_abs_diff(g.weights, w.weights) < WEIGHT_ATOL, f"step {step}"
