@@ -37,6 +37,12 @@ class Sample:
     ``sampling_logprobs[t]`` is the log-probability, under the temperature-scaled
     distribution of policy ``policy_version``, of ``completion_token_ids[t]``.
     ``truncated`` is True when generation stopped at the token limit, not at EOS.
+    ``policy_version`` is the version that generated the first token (a lower
+    bound, used for staleness); ``final_policy_version`` is set only when the
+    weights changed while the sample was generated (vLLM updates in flight) and
+    is then the version that generated its last token, so the sample's tokens
+    come from versions in ``[policy_version, final_policy_version]`` and each
+    ``sampling_logprobs[t]`` is that of the version that sampled token t.
     Samples share a ``group_id`` exactly when they were generated for the same
     prompt in the same request (the group whose rewards form the baseline);
     ``group_index`` is the position within the group.
@@ -50,6 +56,7 @@ class Sample:
     sampling_logprobs: list[float]
     policy_version: int
     truncated: bool
+    final_policy_version: int | None = None
 
 
 @dataclass(frozen=True)
@@ -137,11 +144,24 @@ class TrainResult:
 
 @dataclass(frozen=True)
 class WeightsUpdate:
-    """A versioned full set of policy weights, as numpy arrays keyed by name.
+    """A versioned set of policy weights, as numpy arrays keyed by name.
 
-    Invariant: ``version`` equals the number of learner steps taken to make them.
+    Two kinds: full weights with plain Hugging Face names (LoRA merged in), when
+    ``adapter_config`` is None; or only a LoRA adapter, with peft's names
+    (``base_model.model....lora_A.weight``) and ``adapter_config`` the peft
+    ``LoraConfig`` as a JSON-able dict, applied on top of the rollout's base weights.
+    Invariant: ``version`` equals the number of learner batches trained to make them.
     """
 
     version: int
     tensors: dict[str, object]
     export_s: float
+    adapter_config: dict | None = None
+
+    @property
+    def is_adapter(self) -> bool:
+        return self.adapter_config is not None
+
+    @property
+    def nbytes(self) -> int:
+        return sum(int(getattr(t, "nbytes", 0)) for t in self.tensors.values())

@@ -1,3 +1,5 @@
+import asyncio
+
 import pytest
 import torch
 
@@ -25,7 +27,7 @@ def _prompts(tok) -> list[PromptItem]:
 
 def test_groups_shapes_and_versions(worker, tiny_tokenizer) -> None:
     prompts = _prompts(tiny_tokenizer)
-    result = worker.generate(batch_index=5, call_index=1, prompts=prompts)
+    result = asyncio.run(worker.generate(batch_index=5, call_index=1, prompts=prompts))
     assert len(result.samples) == 6
     assert [s.group_id for s in result.samples] == ["b5c1p0"] * 3 + ["b5c1p1"] * 3
     assert [s.prompt.prompt_id for s in result.samples] == ["p0"] * 3 + ["p1"] * 3
@@ -39,7 +41,7 @@ def test_groups_shapes_and_versions(worker, tiny_tokenizer) -> None:
 
 def test_sampling_logprobs_match_learner_recomputation(worker, tiny_tokenizer) -> None:
     """The learner's log-probs of the sampled tokens equal the rollout's (same weights, temperature)."""
-    result = worker.generate(0, 0, _prompts(tiny_tokenizer))
+    result = asyncio.run(worker.generate(0, 0, _prompts(tiny_tokenizer)))
     s = result.samples
     batch = TrainBatch(0, [x.prompt.prompt_token_ids for x in s], [x.completion_token_ids for x in s],
                        [x.sampling_logprobs for x in s], [0.0] * len(s), [0] * len(s))
@@ -58,10 +60,74 @@ def test_weight_update_changes_version_and_refuses_old(tiny_model_config, tiny_t
         for p in other.parameters():
             p.add_(0.01)
     update = ObjectStoreWeightSync().export(other.state_dict(), version=1)
-    assert w.update_weights(update) >= 0.0
+    assert asyncio.run(w.update_weights(update)) >= 0.0
     assert w.version == 1
     for (name, a), b in zip(w.backend.model.state_dict().items(), other.state_dict().values()):
         assert torch.equal(a, b), name
-    assert all(s.policy_version == 1 for s in w.generate(0, 0, _prompts(tiny_tokenizer)).samples)
+    assert all(s.policy_version == 1 for s in asyncio.run(w.generate(0, 0, _prompts(tiny_tokenizer))).samples)
     with pytest.raises(ValueError, match="not newer"):
-        w.update_weights(WeightsUpdate(version=1, tensors={}, export_s=0.0))
+        asyncio.run(w.update_weights(WeightsUpdate(version=1, tensors={}, export_s=0.0)))
+
+
+def test_lora_adapter_update_matches_merged_model(tiny_model_config, tiny_tokenizer) -> None:
+    """Adapter-only sync: the HF rollout wraps its base with the adapter and then
+    samples exactly as the merged policy would."""
+    from actors.learner import LoraConfig, apply_lora
+    from actors.weight_sync import adapter_state_dict, merged_state_dict
+
+    lora = LoraConfig(enabled=True, r=4, alpha=8, target_modules=["q_proj", "v_proj", "up_proj"])
+    policy = apply_lora(load_causal_lm(resolve_model_path(tiny_model_config), "float32"), lora)
+    w = RolloutWorker(RolloutConfig(group_size=2, max_new_tokens=6, temperature=0.7), tiny_model_config)
+    merged = load_causal_lm(resolve_model_path(tiny_model_config), "float32").eval()
+    for version in (1, 2):
+        torch.manual_seed(version)
+        with torch.no_grad():
+            for name, p in policy.named_parameters():
+                if "lora_" in name:
+                    p.copy_(0.2 * torch.randn_like(p))
+        update = ObjectStoreWeightSync().export_adapter(*adapter_state_dict(policy), version=version)
+        asyncio.run(w.update_weights(update))
+        merged.load_state_dict(merged_state_dict(policy), strict=False)
+        samples = asyncio.run(w.generate(0, 0, _prompts(tiny_tokenizer))).samples
+        assert {s.policy_version for s in samples} == {version}
+        batch = TrainBatch(0, [x.prompt.prompt_token_ids for x in samples], [x.completion_token_ids for x in samples],
+                           [x.sampling_logprobs for x in samples], [0.0] * len(samples), [0] * len(samples))
+        t = collate(batch, slice(0, len(samples)))
+        with torch.no_grad():
+            logits = merged(input_ids=t["input_ids"], attention_mask=t["attention_mask"]).logits
+        lp = token_logprobs(logits[:, :-1], t["input_ids"][:, 1:], 0.7)
+        m = t["completion_mask"].bool()
+        assert torch.allclose(lp[m], t["old_logprobs"][m], atol=1e-4)
+
+
+def test_weights_by_broadcast(tiny_model_config) -> None:
+    """The collective transport (gloo here, NCCL on GPUs) delivers every tensor exactly."""
+    import socket
+    import threading
+
+    from actors.weight_broadcast import bucket_plan, broadcast_buckets, join_group
+    from actors.weight_sync import merged_state_dict
+
+    w = RolloutWorker(RolloutConfig(group_size=2, max_new_tokens=4), tiny_model_config)
+    source = load_causal_lm(resolve_model_path(tiny_model_config), "float32")
+    with torch.no_grad():
+        for p in source.parameters():
+            p.mul_(1.5)
+    state = merged_state_dict(source)
+    plan = bucket_plan(state, bucket_bytes=64 * 1024)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    def receiver() -> None:
+        asyncio.run(w.join_weight_group("127.0.0.1", port, 1, 2, "gloo"))
+        asyncio.run(w.receive_weights(plan, 1))
+
+    thread = threading.Thread(target=receiver)
+    thread.start()
+    group = join_group("127.0.0.1", port, 0, 2, "gloo", torch.device("cpu"))
+    broadcast_buckets(group, state, plan, torch.device("cpu"))
+    thread.join(timeout=60)
+    assert w.version == 1
+    for name, value in w.backend.model.state_dict().items():
+        assert torch.equal(value, state[name]), name

@@ -1,5 +1,7 @@
 """On a GPU: the rollout and the learner run on CUDA and agree on log-probs."""
 
+import asyncio
+
 import pytest
 import torch
 
@@ -16,7 +18,7 @@ def test_generate_then_train_on_cuda(tiny_model_config, tiny_tokenizer) -> None:
     assert worker.backend.device.type == "cuda"
     text = tiny_tokenizer.apply_chat_template([{"role": "user", "content": "A bakery"}], add_generation_prompt=True, tokenize=False)
     prompt = PromptItem("p", 0, "A bakery", tiny_tokenizer(text)["input_ids"])
-    samples = worker.generate(0, 0, [prompt]).samples
+    samples = asyncio.run(worker.generate(0, 0, [prompt])).samples
     learner = Learner(LearnerConfig(), tiny_model_config, AlgorithmConfig(), temperature=1.0)
     assert learner.backend.device.type == "cuda"
     batch = TrainBatch(0, [s.prompt.prompt_token_ids for s in samples], [s.completion_token_ids for s in samples],

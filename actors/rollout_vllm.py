@@ -1,0 +1,185 @@
+"""vLLM generation backend: vLLM's async engine inside the rollout worker's Ray actor.
+
+Token ids in, token ids and log-probs out. Each prompt is one request for its
+``n`` samples, so a group stays on one engine and shares the prompt's KV
+blocks (prefix caching). Sampling is pure temperature sampling and the engine
+returns the *processed* log-probs (``logprobs_mode="processed_logprobs"``:
+after temperature scaling), which is exactly the learner's
+``token_logprobs(logits, tokens, temperature)``.
+
+Weight updates, while requests are in flight:
+
+- full weights: pause the scheduler keeping the in-flight requests
+  (``mode="keep"``), load the new weights in place (``actors/vllm_worker.py``),
+  reset the prefix cache including the paused requests' blocks, so no KV
+  computed with the old weights is reused, bump the version, resume. A paused
+  request continues with the new weights; its sample records both versions.
+- a LoRA adapter: register it as a new adapter (id = version + 1) and send new
+  requests to it. Requests in flight finish on the adapter they started with
+  (vLLM's prefix cache is keyed by adapter, so nothing needs resetting); an old
+  adapter is removed once its last request finishes.
+
+Invariant: ``version`` only increases; a request started at version v records
+``first_version = v``, the lower bound used for staleness.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import shutil
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from actors.messages import WeightsUpdate
+from actors.weight_sync import stage_update
+
+log = logging.getLogger(__name__)
+
+
+class VLLMConfig(BaseModel):
+    """vLLM engine options (``rollout.backend: vllm``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tensor_parallel_size: int = Field(default=1, ge=1, description="GPUs per engine (tensor parallelism); each engine gets a placement group of this many GPU bundles.")
+    gpu_memory_utilization: float = Field(default=0.5, gt=0, le=1, description="Fraction of each GPU vLLM may use (weights + KV cache); leave room for a learner on the same GPU.")
+    max_model_len: int = Field(default=1024, ge=16, description="Longest prompt + completion, in tokens.")
+    max_num_seqs: int = Field(default=256, ge=1, description="Most sequences the engine schedules at once.")
+    enable_prefix_caching: bool = Field(default=True, description="Reuse the KV blocks of a prompt across its group's samples and across requests.")
+    enforce_eager: bool = Field(default=False, description="Disable CUDA graphs (always on for CPU engines).")
+    cpu_kvcache_gib: int = Field(default=1, ge=1, description="KV-cache size in GiB on CPU engines (VLLM_CPU_KVCACHE_SPACE).")
+    max_loras: int = Field(default=4, ge=1, description="Adapter versions an engine holds at once with LoRA adapter sync (in-flight requests keep theirs).")
+    staging_dir: str = Field(default="/dev/shm", description="Where weight updates are staged as files for the engine (shared memory skips the disk).")
+
+
+class VLLMGenerationBackend:
+    """One ``AsyncLLM`` engine; see the module docstring for the update protocol."""
+
+    def __init__(self, model_path: str, dtype: str, max_new_tokens: int, temperature: float,
+                 config: VLLMConfig, seed: int, torch_threads: int, lora_rank: int | None = None) -> None:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        from actors.models import load_tokenizer
+
+        on_cpu = not torch.cuda.is_available()
+        if on_cpu:
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.cpu_kvcache_gib))
+            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")  # Ray already placed this process
+            os.environ.setdefault("OMP_NUM_THREADS", str(torch_threads))
+        args = AsyncEngineArgs(
+            model=model_path, dtype=dtype, seed=seed, max_model_len=config.max_model_len,
+            max_num_seqs=config.max_num_seqs, enable_prefix_caching=config.enable_prefix_caching,
+            enforce_eager=config.enforce_eager or on_cpu, gpu_memory_utilization=config.gpu_memory_utilization,
+            tensor_parallel_size=config.tensor_parallel_size,
+            distributed_executor_backend="ray" if config.tensor_parallel_size > 1 else None,
+            logprobs_mode="processed_logprobs", worker_extension_cls="actors.vllm_worker.RelayWorkerExtension",
+            enable_lora=lora_rank is not None, max_lora_rank=lora_rank or 16, max_loras=config.max_loras,
+            disable_log_stats=True,
+        )
+        self.engine = AsyncLLM.from_engine_args(args)
+        self.tokenizer = load_tokenizer(model_path)
+        self.eos_id = self.tokenizer.eos_token_id
+        self.max_new_tokens = max_new_tokens
+        self.temperature = temperature
+        self.version = 0
+        self._staging = Path(tempfile.mkdtemp(prefix="relay-weights-", dir=config.staging_dir))
+        self._request_ids = itertools.count()
+        self._adapter = None  # the LoRARequest new requests use; None = base weights
+        self._adapter_users: Counter[int] = Counter()  # adapter id -> requests in flight on it
+        self._retired: dict[int, Path] = {}  # replaced adapters still used by a request
+
+    async def generate(self, prompts: list[list[int]], n: int) -> list:
+        """``n`` samples per prompt, grouped like ``GenerationBackend.generate``."""
+        groups = await asyncio.gather(*(self._request(p, n) for p in prompts))
+        return [seq for group in groups for seq in group]
+
+    async def _request(self, prompt: list[int], n: int) -> list:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        from actors.rollout import GeneratedSequence
+
+        params = SamplingParams(n=n, temperature=self.temperature, top_p=1.0, top_k=0, max_tokens=self.max_new_tokens,
+                                logprobs=0, stop_token_ids=[self.eos_id], detokenize=False,
+                                output_kind=RequestOutputKind.FINAL_ONLY)
+        first, adapter = self.version, self._adapter
+        if adapter is not None:
+            self._adapter_users[adapter.lora_int_id] += 1
+        completions = {}  # sample index -> its final output (vLLM reports the n samples as each finishes)
+        try:
+            async for out in self.engine.generate(TokensPrompt(prompt_token_ids=prompt), params,
+                                                  request_id=f"r{next(self._request_ids)}", lora_request=adapter):
+                completions.update({c.index: c for c in out.outputs if c.finish_reason is not None})
+        finally:
+            if adapter is not None:
+                self._release_adapter(adapter.lora_int_id)
+        if sorted(completions) != list(range(n)):
+            raise RuntimeError(f"vLLM returned samples {sorted(completions)} of {n} for a request")
+        last = first if adapter is not None else self.version  # an adapter request never changes weights
+        return [GeneratedSequence(list(c.token_ids), [c.logprobs[t][tok].logprob for t, tok in enumerate(c.token_ids)],
+                                  truncated=c.finish_reason == "length", first_version=first, last_version=last)
+                for c in (completions[i] for i in range(n))]
+
+    async def load_weights(self, update: WeightsUpdate) -> None:
+        """Apply ``update`` while generation continues (module docstring)."""
+        staged = await asyncio.to_thread(stage_update, update, self._staging / f"v{update.version}")
+        if update.is_adapter:
+            await self._add_adapter(update.version, staged)
+            return
+        await self.engine.pause_generation(mode="keep", clear_cache=False)
+        try:
+            await self.engine.collective_rpc("relay_load_weights", args=(str(staged),))
+            self.version = update.version
+            if not await self.engine.reset_prefix_cache(reset_running_requests=True):
+                raise RuntimeError(f"vLLM could not reset its prefix cache after loading v{update.version}")
+        finally:
+            await self.engine.resume_generation()
+            shutil.rmtree(staged.parent, ignore_errors=True)
+
+    async def _add_adapter(self, version: int, directory: Path) -> None:
+        from vllm.lora.request import LoRARequest
+
+        adapter = LoRARequest(f"policy-v{version}", version + 1, str(directory))
+        if not await self.engine.add_lora(adapter):
+            raise RuntimeError(f"vLLM refused LoRA adapter v{version}")
+        previous, self._adapter, self.version = self._adapter, adapter, version
+        if previous is not None:
+            self._retired[previous.lora_int_id] = Path(previous.lora_path)
+            self._release_adapter(previous.lora_int_id, requests=0)
+
+    def _release_adapter(self, adapter_id: int, requests: int = 1) -> None:
+        """One request on ``adapter_id`` finished; a retired adapter with none left is removed."""
+        self._adapter_users[adapter_id] -= requests
+        if self._adapter_users[adapter_id] <= 0 and adapter_id in self._retired:
+            del self._adapter_users[adapter_id]
+            shutil.rmtree(self._retired.pop(adapter_id), ignore_errors=True)
+            asyncio.get_running_loop().create_task(self.engine.remove_lora(adapter_id))
+
+    async def join_weight_group(self, host: str, port: int, rank: int, world_size: int, backend: str) -> None:
+        await self.engine.collective_rpc("relay_join_weight_group", args=(host, port, rank, world_size, backend))
+
+    async def receive_weights(self, plan: list, version: int) -> None:
+        """Receive a broadcast of full weights (``actors/weight_broadcast.py``), paused like ``load_weights``."""
+        await self.engine.pause_generation(mode="keep", clear_cache=False)
+        try:
+            await self.engine.collective_rpc("relay_receive_weights", args=(plan,))
+            self.version = version
+            await self.engine.reset_prefix_cache(reset_running_requests=True)
+        finally:
+            await self.engine.resume_generation()
+
+    def decode(self, token_ids: list[int]) -> str:
+        return self.tokenizer.decode(token_ids, skip_special_tokens=True)
+
+    def close(self) -> None:
+        self.engine.shutdown()
+        shutil.rmtree(self._staging, ignore_errors=True)

@@ -1,0 +1,96 @@
+"""Weight sync over a process group: the learner's rank 0 broadcasts to every engine.
+
+The group is made for the purpose (``join_group``): learner rank 0 is rank 0
+and rollout engine ``i`` is rank ``i + 1``. It is a standalone torch process
+group on its own TCP store, so it never touches the learner's DeepSpeed group or
+vLLM's own tensor-parallel group. Backend ``nccl`` on GPUs (device-to-device,
+no host copy), ``gloo`` on CPUs, which is how the CPU tests exercise this
+exact code.
+
+Weights travel in buckets: tensors of one dtype are concatenated into flat
+buffers of at most ``bucket_bytes`` and each buffer is one broadcast, so a
+model costs a handful of collectives instead of one per tensor. Both sides
+agree on the layout beforehand (``bucket_plan``): the plan is built once from
+names, dtypes and shapes and sent to the engines with each sync.
+
+Invariant: sender and receivers walk the same plan in the same order; a
+receiver yields each bucket's tensors as views of a fresh buffer, so the
+caller may keep or load them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+# (name, dtype, shape) per tensor; a plan is a list of buckets.
+TensorSpec = tuple[str, str, list[int]]
+Plan = list[list[TensorSpec]]
+
+_DTYPES = {str(d).removeprefix("torch."): d for d in (torch.float32, torch.bfloat16, torch.float16, torch.float64)}
+
+
+def bucket_plan(tensors: dict[str, torch.Tensor], bucket_bytes: int) -> Plan:
+    """Group tensors into buckets of one dtype and at most ``bucket_bytes``
+    (a single larger tensor gets a bucket of its own), in the dict's order."""
+    plan: Plan = []
+    current: list[TensorSpec] = []
+    size, dtype = 0, None
+    for name, t in tensors.items():
+        nbytes = t.numel() * t.element_size()
+        if current and (t.dtype != dtype or size + nbytes > bucket_bytes):
+            plan.append(current)
+            current, size = [], 0
+        current.append((name, str(t.dtype).removeprefix("torch."), list(t.shape)))
+        size, dtype = size + nbytes, t.dtype
+    if current:
+        plan.append(current)
+    return plan
+
+
+def join_group(host: str, port: int, rank: int, world_size: int, backend: str,
+               device: torch.device, timeout_s: float = 600.0) -> dist.Backend:
+    """A standalone process group of ``world_size`` ranks rendezvousing at
+    ``host:port`` (rank 0 hosts the TCP store). Blocks until every rank joined."""
+    store = dist.TCPStore(host, port, world_size, is_master=rank == 0, timeout=timedelta(seconds=timeout_s))
+    if backend == "gloo":
+        return dist.ProcessGroupGloo(store, rank, world_size, timedelta(seconds=timeout_s))
+    if backend == "nccl":
+        options = dist.ProcessGroupNCCL.Options()
+        options._timeout = timedelta(seconds=timeout_s)
+        torch.cuda.set_device(device)
+        return dist.ProcessGroupNCCL(store, rank, world_size, options)
+    raise ValueError(f"weight broadcast backend must be gloo or nccl, got {backend!r}")
+
+
+def broadcast_buckets(group: dist.Backend, tensors: dict[str, torch.Tensor], plan: Plan,
+                      device: torch.device) -> int:
+    """Rank 0's side: send ``tensors`` bucket by bucket as laid out by ``plan``;
+    returns the bytes sent (per receiver)."""
+    sent = 0
+    for bucket in plan:
+        flat = torch.cat([tensors[name].detach().reshape(-1).to(device) for name, _, _ in bucket])
+        group.broadcast(flat, 0).wait()
+        sent += flat.numel() * flat.element_size()
+    return sent
+
+
+def receive_buckets(group: dist.Backend, plan: Plan, device: torch.device) -> Iterator[list[tuple[str, torch.Tensor]]]:
+    """A receiver's side: one list of ``(name, tensor)`` per bucket, in plan order."""
+    for bucket in plan:
+        dtype = _DTYPES[bucket[0][1]]
+        sizes = [_numel(shape) for _, _, shape in bucket]
+        flat = torch.empty(sum(sizes), dtype=dtype, device=device)
+        group.broadcast(flat, 0).wait()
+        parts = flat.split(sizes)
+        yield [(name, part.view(shape)) for (name, _, shape), part in zip(bucket, parts)]
+
+
+def _numel(shape: list[int]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
