@@ -32,21 +32,49 @@ TRL's vLLM importance-sampling correction is the same with one rollout
 version). With ``num_iterations > 1`` and ``rollout_correction = none`` the
 behaviour/proximal mismatch (staleness, engine differences) is left
 uncorrected: use that on-policy (``pipeline.max_staleness = 0``) only.
+
+Data parallelism (``learner.world_size > 1``, DeepSpeed only). Every rank gets
+the same full ``TrainBatch`` and takes the same optimiser steps; rank ``r``
+forwards and backwards only ``shard(rows, r, world_size)``, a contiguous share
+of each minibatch's rows, in the micro-batches ``micro_batch_plan`` gives it:
+
+* Gradient: each micro-batch loss is still normalised by the GLOBAL minibatch
+  ``LossTotals`` and multiplied by ``world_size`` before ``backward``; DeepSpeed
+  averages gradients over ranks, so the applied gradient is the sum of the
+  ranks' parts, i.e. the single-process minibatch gradient.
+* Collectives: ZeRO reduces gradients in every ``backward`` and ZeRO-3 gathers
+  parameters in every forward, so every rank must run the same number of each.
+  ``micro_batch_plan`` pads a rank's list with *padding* micro-batches (the
+  minibatch's first row again, loss times 0, statistics ignored) up to the
+  count of the largest share, which every rank computes alike from the row
+  count alone. The no-gradient log-probs (proximal, reference) are sharded the
+  same way over the whole batch and then summed across ranks into every rank's
+  copy (each token has one owner, the others add zeros: exact).
+* Metrics: after each optimiser step one ``all_reduce`` on the default process
+  group sums the row-weighted statistics and the loss parts and takes the max
+  of ``*_max`` keys, so every rank (rank 0 included) reports what one process
+  would with the same micro-batches; ``grad_norm`` is DeepSpeed's global norm.
+  Statistics that are per-micro-batch means (clip fractions, entropy) are
+  weighted by rows, as in one process, so they equal the single-process values
+  exactly when the micro-batch boundaries coincide (e.g. each share a multiple
+  of ``micro_batch_size``), and otherwise differ only in that weighting.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.nn.utils.rnn import pad_sequence
 
 from actors.messages import TrainBatch, TrainResult, WeightsUpdate
 from actors.models import ModelConfig, resolve_model_path
+from actors.weight_broadcast import Plan, broadcast_buckets, bucket_plan, join_group
 from actors.weight_sync import ObjectStoreWeightSync
 from algorithms.advantages import token_advantages
 from algorithms.config import AlgorithmConfig, AlgorithmSettings
@@ -72,21 +100,46 @@ class LoraConfig(BaseModel):
 
 
 class LearnerConfig(BaseModel):
-    """Policy learner: backend, optimiser, precision."""
+    """Policy learner: backend, optimiser, precision, and how many data-parallel ranks.
+
+    Invariants (checked at construction): ``world_size > 1`` needs the deepspeed
+    backend, a non-empty per-rank reservation (the placement group's bundles
+    cannot be empty) and 0 or 1 GPU per rank (NCCL cannot run two ranks on one
+    GPU; a rank uses one); ``offload_optimizer`` needs the deepspeed backend.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    backend: Literal["torch", "deepspeed"] = Field(default="torch", description="torch: plain AdamW in one process; deepspeed: a DeepSpeed ZeRO engine.")
+    backend: Literal["torch", "deepspeed"] = Field(default="torch", description="torch: plain AdamW in one process; deepspeed: a DeepSpeed ZeRO engine (one or several ranks).")
     zero_stage: Literal[2, 3] = Field(default=2, description="DeepSpeed ZeRO stage (deepspeed backend only).")
+    world_size: int = Field(default=1, ge=1, description="Data-parallel learner ranks (one Ray actor each, placed by a placement group); more than 1 needs backend deepspeed. Every rank trains on its share of each minibatch; the result equals one rank's.")
     lr: float = Field(default=1e-3, gt=0, description="AdamW learning rate (1e-3 suits the built-in tiny model; real 0.5B-4B policies want about 1e-6).")
     weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
     betas: tuple[float, float] = Field(default=(0.9, 0.999), description="AdamW betas.")
     max_grad_norm: float = Field(default=1.0, gt=0, description="Gradient clipping norm.")
-    micro_batch_size: int = Field(default=64, ge=1, description="Sequences per forward/backward; larger batches accumulate gradients.")
-    torch_threads: int = Field(default=1, ge=1, description="torch intra-op threads in the learner process.")
-    num_cpus: float = Field(default=1.0, ge=0, description="CPUs Ray reserves for the learner.")
-    num_gpus: float = Field(default=0.0, ge=0, description="GPUs Ray reserves for the learner.")
+    micro_batch_size: int = Field(default=64, ge=1, description="Sequences per forward/backward on each rank; larger shares accumulate gradients.")
+    gradient_checkpointing: bool = Field(default=False, description="Activation checkpointing on the Hugging Face model: recompute each layer's activations in the backward pass (less memory, about one more forward of compute). Both backends.")
+    offload_optimizer: bool = Field(default=False, description="Keep the ZeRO optimiser state (fp32 master weights, Adam moments) and its update on the CPU (deepspeed backend only; torch's AdamW, no compiled op).")
+    torch_threads: int = Field(default=1, ge=1, description="torch intra-op threads in each learner process.")
+    num_cpus: float = Field(default=1.0, ge=0, description="CPUs Ray reserves per learner rank (world_size times this in all).")
+    num_gpus: float = Field(default=0.0, ge=0, description="GPUs Ray reserves per learner rank (world_size times this in all); with world_size > 1, 0 or 1.")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(default="PACK", description="Ray placement-group strategy for the ranks' bundles (world_size > 1): PACK fills few nodes, SPREAD spreads over nodes; STRICT_ variants fail instead of falling back.")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA adapters.")
+
+    @model_validator(mode="after")
+    def _check_parallelism(self) -> LearnerConfig:
+        if self.world_size > 1 and self.backend != "deepspeed":
+            raise ValueError(f"learner.world_size={self.world_size} needs learner.backend=deepspeed "
+                             f"(the {self.backend} backend runs one process)")
+        if self.offload_optimizer and self.backend != "deepspeed":
+            raise ValueError("learner.offload_optimizer needs learner.backend=deepspeed (it offloads ZeRO's optimiser state)")
+        if self.world_size > 1 and self.num_cpus == 0 and self.num_gpus == 0:
+            raise ValueError("learner.world_size > 1 needs learner.num_cpus or learner.num_gpus > 0 per rank "
+                             "(a placement-group bundle cannot be empty)")
+        if self.world_size > 1 and self.num_gpus not in (0, 1):
+            raise ValueError(f"learner.num_gpus={self.num_gpus:g} with world_size > 1: a rank uses 0 or 1 GPU "
+                             "(NCCL cannot run two ranks on one GPU; for more GPUs raise world_size)")
+        return self
 
 
 class LearnerBackend(Protocol):
@@ -100,6 +153,8 @@ class LearnerBackend(Protocol):
 
     model: torch.nn.Module
     device: torch.device
+    rank: int  # this process's rank in the data-parallel group (0 for one process)
+    world_size: int  # ranks in the group (1 for one process)
 
     def backward(self, loss: torch.Tensor) -> None: ...
 
@@ -111,6 +166,10 @@ class LearnerBackend(Protocol):
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """Full weights with Hugging Face names (LoRA merged), for weight sync."""
+        ...
+
+    def adapter_state_dict(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """The LoRA adapter's weights (peft names) and its peft config, for adapter-only sync."""
         ...
 
     def save_pretrained(self, path: str) -> None:
@@ -236,6 +295,24 @@ def apply_lora(model: torch.nn.Module, lora: LoraConfig) -> torch.nn.Module:
     return get_peft_model(model, peft_cfg)
 
 
+def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
+    """Activation checkpointing on a Hugging Face ``model``, in place (call before LoRA wrapping).
+
+    Non-reentrant checkpointing: gradients reach the parameters even when a
+    checkpointed layer's inputs need none (a frozen base model under LoRA); the
+    KV cache, useless in training, is turned off. Active in train mode only.
+    """
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+
+
+def prepare_policy(model: torch.nn.Module, learner: LearnerConfig) -> torch.nn.Module:
+    """The loaded policy made trainable as ``learner`` says: checkpointing, then LoRA adapters."""
+    if learner.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    return apply_lora(model, learner.lora) if learner.lora.enabled else model
+
+
 def build_backend(learner: LearnerConfig, model: ModelConfig, reference: bool = False) -> LearnerBackend:
     """The configured backend, with the model loaded (and LoRA applied), and the
     frozen reference policy when ``reference`` (none is loaded otherwise)."""
@@ -262,6 +339,72 @@ def _chunks(rows: slice, size: int) -> list[slice]:
     return [slice(lo, min(lo + size, rows.stop)) for lo in range(rows.start, rows.stop, size)]
 
 
+def shard(rows: slice, rank: int, world_size: int) -> slice:
+    """Rank ``rank``'s contiguous share of ``rows``: ``n * r // world_size`` to ``n * (r + 1) // world_size``.
+
+    The shares of ranks 0..world_size-1 are in order, disjoint, cover ``rows``
+    and differ in size by at most one (some are empty when ``n < world_size``).
+    """
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in a group of {world_size}")
+    n = rows.stop - rows.start
+    return slice(rows.start + n * rank // world_size, rows.start + n * (rank + 1) // world_size)
+
+
+@dataclass(frozen=True)
+class MicroBatch:
+    """One forward (and, in training, one backward) on one rank.
+
+    A ``padding`` micro-batch repeats a real row only so that this rank makes
+    the same collective calls as the others: its loss is multiplied by 0, its
+    statistics and log-probs are ignored.
+    """
+
+    rows: slice
+    padding: bool = False
+
+
+def micro_batch_plan(rows: slice, rank: int, world_size: int, micro_batch_size: int) -> list[MicroBatch]:
+    """This rank's micro-batches for ``rows``: its ``shard`` in chunks of ``micro_batch_size``, then padding.
+
+    Invariants: every rank's plan has the same length, the chunk count of the
+    largest share, ``ceil(ceil(n / world_size) / micro_batch_size)``, which
+    depends on the row count only; the real micro-batches of all ranks, in rank
+    order, are the rows in order, each exactly once; padding repeats the first
+    row of ``rows``. With ``world_size == 1`` the plan is ``rows`` in chunks,
+    with no padding.
+    """
+    n = rows.stop - rows.start
+    if n <= 0:
+        raise ValueError(f"no rows to plan: {rows}")
+    real = [MicroBatch(chunk) for chunk in _chunks(shard(rows, rank, world_size), micro_batch_size)]
+    largest_share = -(-n // world_size)
+    count = -(-largest_share // micro_batch_size)
+    return real + [MicroBatch(slice(rows.start, rows.start + 1), padding=True)] * (count - len(real))
+
+
+def _accumulate(record: dict[str, float], stats: dict[str, float], share: float, padding: bool) -> None:
+    """Fold one micro-batch's statistics into ``record``, in place.
+
+    ``*_max`` keys by max, the others weighted by ``share`` (the micro-batch's
+    rows over the minibatch's). A padding micro-batch adds its keys with no
+    weight (0, or -inf for maxima), so that every rank holds the same keys.
+    """
+    for key, value in stats.items():
+        if key.endswith("_max"):
+            record[key] = max(record.get(key, -math.inf), -math.inf if padding else value)
+        else:
+            record[key] = record.get(key, 0.0) + (0.0 if padding else value * share)
+
+
+def _all_reduce(values: torch.Tensor, op: torch.distributed.ReduceOp, device: torch.device) -> torch.Tensor:
+    """``values`` reduced over the default process group, back on the CPU (sent from ``device``:
+    NCCL only reduces CUDA tensors)."""
+    on_device = values.to(device)
+    torch.distributed.all_reduce(on_device, op=op)
+    return on_device.cpu()
+
+
 def _mean_metrics(records: list[dict[str, float]]) -> dict[str, float]:
     """Per-optimiser-step metrics to one value each: the max for ``*_max`` keys, else the mean."""
     keys = dict.fromkeys(k for r in records for k in r)
@@ -275,6 +418,14 @@ class Learner:
     ``num_iterations * num_minibatches`` optimiser steps); ``train`` accepts only
     the batch for step ``version`` (so no batch is trained twice or skipped). A
     reference policy is loaded iff ``algorithm.beta > 0``.
+
+    Several ranks (``learner.world_size > 1``; one ``Learner`` per process, the
+    backend's process group of exactly ``world_size`` ranks): every rank is
+    given the same calls with the same arguments, in the same order (``train``,
+    ``export_weights``, ``save`` are collective); every rank makes the same
+    number of forwards, backwards and reductions per call (``micro_batch_plan``);
+    every rank returns the same ``TrainResult``; only rank 0's
+    ``export_weights`` holds weights (the others' are empty).
     """
 
     def __init__(self, learner: LearnerConfig, model: ModelConfig, algorithm: AlgorithmConfig,
@@ -290,10 +441,18 @@ class Learner:
         self.max_new_tokens = max_new_tokens
         self.version = 0
         self.backend = build_backend(learner, model, reference=self.settings.needs_reference)
+        self.rank, self.world_size = self.backend.rank, self.backend.world_size
+        if self.world_size != learner.world_size:
+            raise RuntimeError(f"learner.world_size={learner.world_size} but the backend's process group has "
+                               f"{self.world_size} ranks")
         self._sync = ObjectStoreWeightSync()
 
     def train(self, batch: TrainBatch) -> TrainResult:
-        """``num_iterations`` passes of ``num_minibatches`` optimiser steps over ``batch``."""
+        """``num_iterations`` passes of ``num_minibatches`` optimiser steps over ``batch``.
+
+        With several ranks every rank gets the same full ``batch`` and trains
+        on its shares of it; the result is the same on every rank.
+        """
         if batch.step != self.version:
             raise ValueError(f"learner is at version {self.version} but got the batch for step {batch.step}")
         if len(batch) == 0:
@@ -311,20 +470,45 @@ class Learner:
         return TrainResult(step=batch.step, policy_version=self.version, metrics=metrics)
 
     def _optimizer_step(self, batch: TrainBatch, rows: slice, per_token: PerToken) -> dict[str, float]:
-        """One optimiser step on minibatch ``rows``, accumulated over micro-batches."""
+        """One optimiser step on minibatch ``rows`` (this rank's share), accumulated over micro-batches.
+
+        Each micro-batch loss is normalised by the whole minibatch's totals and
+        multiplied by ``world_size`` (DeepSpeed averages gradients over ranks),
+        a padding one by 0, so the applied gradient is the minibatch loss's.
+        Returns the minibatch's metrics, combined over ranks.
+        """
         totals = LossTotals(rows.stop - rows.start, sum(len(c) for c in batch.completion_token_ids[rows]),
                             self.max_new_tokens)
-        sums: dict[str, float] = {"loss": 0.0}
-        for micro in _chunks(rows, self.config.micro_batch_size):
-            tensors = {k: v.to(self.backend.device) for k, v in collate(batch, micro, per_token).items()}
+        record: dict[str, float] = {"loss": 0.0}
+        for micro in micro_batch_plan(rows, self.rank, self.world_size, self.config.micro_batch_size):
+            tensors = {k: v.to(self.backend.device) for k, v in collate(batch, micro.rows, per_token).items()}
             loss, stats = policy_loss(self.backend.model, tensors, self.settings, self.temperature, totals)
-            self.backend.backward(loss)
-            sums["loss"] += float(loss.detach())  # normalised by the minibatch totals: the parts add up
-            share = (micro.stop - micro.start) / totals.sequences
-            for key, value in stats.items():
-                sums[key] = max(sums.get(key, value), value) if key.endswith("_max") else sums.get(key, 0.0) + value * share
-        sums["grad_norm"] = self.backend.step()
-        return sums
+            scale = 0.0 if micro.padding else float(self.world_size)
+            self.backend.backward(loss if scale == 1.0 else loss * scale)
+            if not micro.padding:
+                record["loss"] += float(loss.detach())  # normalised by the minibatch totals: the parts add up
+            _accumulate(record, stats, (micro.rows.stop - micro.rows.start) / totals.sequences, micro.padding)
+        record = self._combine_over_ranks(record)
+        record["grad_norm"] = self.backend.step()  # DeepSpeed's is global: the same on every rank
+        return record
+
+    def _combine_over_ranks(self, record: dict[str, float]) -> dict[str, float]:
+        """``record`` summed over ranks (``*_max`` keys: their max); unchanged with one rank.
+
+        Every rank holds the same keys (``_accumulate`` adds padding
+        micro-batches' keys too, and the statistics' keys depend on the settings
+        only), so the values line up when sent in sorted key order.
+        """
+        if self.world_size == 1:
+            return record
+        combined: dict[str, float] = {}
+        keys = sorted(record)
+        for op, names in ((torch.distributed.ReduceOp.SUM, [k for k in keys if not k.endswith("_max")]),
+                          (torch.distributed.ReduceOp.MAX, [k for k in keys if k.endswith("_max")])):
+            if names:
+                values = torch.tensor([record[k] for k in names], dtype=torch.float64)
+                combined.update(zip(names, _all_reduce(values, op, self.backend.device).tolist()))
+        return {key: combined[key] for key in record}
 
     def _prepare(self, batch: TrainBatch) -> PerToken:
         """Proximal and reference log-probs and per-token advantages, as the settings need them."""
@@ -338,20 +522,46 @@ class Learner:
 
     @torch.no_grad()
     def _no_grad_logprobs(self, batch: TrainBatch, proximal: bool, reference: bool) -> PerToken:
-        """Per-sequence completion log-probs of the current (pre-update) policy and of the reference."""
+        """Per-sequence completion log-probs of the current (pre-update) policy and of the reference.
+
+        Every rank returns them for all rows of ``batch``; it computes only its
+        ``shard`` of the rows (with padding forwards, see ``micro_batch_plan``)
+        and gets the others' through ``_share_rows``.
+        """
         out: PerToken = {name: [] for name, on in (("proximal_logprobs", proximal), ("ref_logprobs", reference)) if on}
         if not out:
             return out
-        for rows in _chunks(slice(0, len(batch)), self.config.micro_batch_size):
-            t = {k: v.to(self.backend.device) for k, v in collate(batch, rows).items()}
+        everything = slice(0, len(batch))
+        for micro in micro_batch_plan(everything, self.rank, self.world_size, self.config.micro_batch_size):
+            t = {k: v.to(self.backend.device) for k, v in collate(batch, micro.rows).items()}
             keep, targets = t["completion_mask"].bool(), t["input_ids"][:, 1:]
             forwards = {"proximal_logprobs": lambda: self.backend.model(input_ids=t["input_ids"],
                                                                          attention_mask=t["attention_mask"]).logits,
                         "ref_logprobs": lambda: self.backend.reference_logits(t["input_ids"], t["attention_mask"])}
             for name in out:
                 logps = token_logprobs(forwards[name]()[:, :-1], targets, self.temperature)
-                out[name].extend(logps[i][keep[i]].cpu() for i in range(len(keep)))
-        return out
+                if not micro.padding:
+                    out[name].extend(logps[i][keep[i]].cpu() for i in range(len(keep)))
+        return self._share_rows(batch, shard(everything, self.rank, self.world_size), out)
+
+    def _share_rows(self, batch: TrainBatch, mine: slice, local: PerToken) -> PerToken:
+        """All ranks' rows on every rank, from ``local`` holding rows ``mine`` (unchanged with one rank).
+
+        One flat buffer over every completion token of the batch: each rank
+        writes its rows' values, zeros elsewhere, and the buffers are summed
+        over ranks. Every token has exactly one writer, so each value arrives
+        unchanged (x + 0 == x), in float32.
+        """
+        if self.world_size == 1:
+            return local
+        lengths = [len(c) for c in batch.completion_token_ids]
+        start = sum(lengths[: mine.start])
+        flat = torch.zeros(len(local), sum(lengths))
+        for j, values in enumerate(local.values()):
+            if values:
+                flat[j, start : start + sum(lengths[mine])] = torch.cat(values).float()
+        summed = _all_reduce(flat, torch.distributed.ReduceOp.SUM, self.backend.device)
+        return {name: list(summed[j].split(lengths)) for j, name in enumerate(local)}
 
     def _kl_reward_advantages(self, batch: TrainBatch, ref_logprobs: list[torch.Tensor]) -> list[torch.Tensor]:
         """Per-token advantages with ``-beta * KL(behaviour || reference)`` folded into the reward."""
@@ -366,9 +576,33 @@ class Learner:
                                s.baseline, s.scale_rewards, s.whiten_advantages)
         return [adv[i, :n] for i, n in enumerate(lengths)]
 
-    def export_weights(self) -> WeightsUpdate:
-        """Full (merged) weights at the current version, for the rollout workers."""
+    def export_weights(self, adapter_only: bool = False) -> WeightsUpdate:
+        """Weights at the current version for the rollout workers: full (LoRA
+        merged into the copy) or, with ``adapter_only``, the LoRA adapter alone.
+        Collective (every rank calls it); ranks other than 0 return an empty update."""
+        if adapter_only:
+            if not self.config.lora.enabled:
+                raise ValueError("adapter-only weight sync needs learner.lora.enabled")
+            return self._sync.export_adapter(*self.backend.adapter_state_dict(), version=self.version)
         return self._sync.export(self.backend.full_state_dict(), self.version)
+
+    def weight_plan(self, bucket_bytes: int) -> Plan:
+        """The bucket layout of every broadcast (names, dtypes and shapes never change).
+        Collective; rank 0's plan is the one that counts."""
+        state = self.backend.full_state_dict()
+        return bucket_plan(state, bucket_bytes) if state else []
+
+    def join_weight_group(self, host: str, port: int, world_size: int, backend: str) -> None:
+        """Rank 0 only: host the weight-broadcast group as its rank 0 (the sender)."""
+        self._broadcast_group = join_group(host, port, 0, world_size, backend, self.backend.device)
+
+    def broadcast_weights(self, plan: Plan) -> int:
+        """Send the current full weights to every engine in the group; returns the bytes sent.
+        Collective (the ZeRO-3 gather): every rank calls it, rank 0 sends."""
+        state = self.backend.full_state_dict()
+        if self.backend.rank != 0:
+            return 0
+        return broadcast_buckets(self._broadcast_group, state, plan, self.backend.device)
 
     def save(self, path: str) -> None:
         """Save the final policy in Hugging Face format."""

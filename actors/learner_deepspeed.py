@@ -15,9 +15,20 @@ the caller's loss.
 Distributed setup: one process is one rank. Without launcher variables the
 backend makes a one-process group (RANK=0, WORLD_SIZE=1, a free local port);
 with ``WORLD_SIZE > 1`` every variable must be set by whoever starts the ranks
-(e.g. Ray actors). Every rank must call every method, in the same order: under
-ZeRO-3, ``full_state_dict``, ``save_pretrained`` and ``reference_logits`` are
-collective.
+(``ray_jobs/learner_group.py``), and ``WORLD_SIZE`` must equal
+``learner.world_size``. The group is NCCL with CUDA, else gloo. DeepSpeed
+selects the device ``cuda:LOCAL_RANK``. Every rank must call every method, in
+the same order: ``backward`` (gradient reduction) and ``step`` always are
+collective; under ZeRO-3 so are every forward, ``full_state_dict``,
+``save_pretrained`` and ``reference_logits``.
+
+Optimiser offload (``learner.offload_optimizer``): ZeRO keeps the fp32 master
+weights and the Adam moments on the CPU and runs the update there. The
+optimiser stays torch's AdamW (``torch_adam``), which needs
+``zero_force_ds_cpu_optimizer: false``: DeepSpeed otherwise insists on its
+CPUAdam, a C++ op compiled on first use (about 40 s and 2 GB of RAM). On GPU
+that CPUAdam is several times faster for big models; torch's AdamW is exact
+and needs no compiler.
 
 Reference policy (``reference=True``, for the KL term): with LoRA it is the
 engine's own model with the adapters disabled (peft's ``disable_adapter``), so
@@ -40,9 +51,9 @@ from typing import Any
 
 import torch
 
-from actors.learner import LearnerConfig, apply_lora
+from actors.learner import LearnerConfig, prepare_policy
 from actors.models import load_causal_lm
-from actors.weight_sync import merged_state_dict
+from actors.weight_sync import adapter_state_dict, merged_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -56,17 +67,23 @@ def deepspeed_config(learner: LearnerConfig, dtype: str) -> dict[str, Any]:
     Invariants: one micro-batch per rank and ``gradient_accumulation_steps = 1``
     with ``managed_gradient_accumulation = false`` (the caller owns
     accumulation; see the module docstring); AdamW is torch's (no op to
-    compile); ``gradient_clipping`` is ``learner.max_grad_norm``; bf16 mixed
-    precision (fp32 master weights in the optimiser) iff ``dtype ==
-    "bfloat16"``.
+    compile), also with ``offload_optimizer`` (state and update on the CPU);
+    ``gradient_clipping`` is ``learner.max_grad_norm``; bf16 mixed precision
+    (fp32 master weights in the optimiser) iff ``dtype == "bfloat16"``.
     """
     if dtype not in ("float32", "bfloat16"):
         raise ValueError(f"deepspeed backend supports dtype float32 or bfloat16, got {dtype!r}")
+    zero: dict[str, Any] = {"stage": learner.zero_stage}
+    offload: dict[str, Any] = {}
+    if learner.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu"}
+        offload["zero_force_ds_cpu_optimizer"] = False  # keep torch's AdamW: no op to compile
     return {
         "train_micro_batch_size_per_gpu": 1,
         "gradient_accumulation_steps": 1,
         "managed_gradient_accumulation": False,
-        "zero_optimization": {"stage": learner.zero_stage},
+        "zero_optimization": zero,
+        **offload,
         "optimizer": {
             "type": "AdamW",
             "params": {
@@ -113,13 +130,22 @@ def ensure_distributed_env() -> None:
         os.environ["MASTER_PORT"] = str(_free_port())
 
 
-def init_distributed() -> None:
-    """Join (or create) the process group: nccl with CUDA, gloo on CPU.
+def check_world_size(world_size: int) -> None:
+    """Fail early unless the launcher's ``WORLD_SIZE`` (1 when unset) is ``learner.world_size``."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != world_size:
+        raise RuntimeError(f"learner.world_size={world_size} but this process was started with WORLD_SIZE={launched}; "
+                           "start multi-rank learners through ray_jobs.learner_group.LearnerGroup")
+
+
+def init_distributed(world_size: int = 1) -> None:
+    """Join (or create) the process group of ``world_size`` ranks: nccl with CUDA, gloo on CPU.
 
     Idempotent: a group that already exists in this process is reused.
     """
     import deepspeed
 
+    check_world_size(world_size)
     ensure_distributed_env()
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
 
@@ -130,22 +156,24 @@ class DeepSpeedLearnerBackend:
     Invariants: ``model`` is the engine (forward through it so ZeRO-3 gathers
     parameters and DeepSpeed's backward hooks run); only parameters with
     ``requires_grad`` (the adapters, with LoRA) are in the optimiser; between
-    two ``step`` calls gradients only accumulate.
+    two ``step`` calls gradients only accumulate, summed over this rank's
+    backwards and averaged over ranks; ``rank``/``world_size`` are the default
+    process group's, and ``world_size == learner.world_size``.
     """
 
     def __init__(self, model_path: str, dtype: str, learner: LearnerConfig, reference: bool = False) -> None:
         import deepspeed
 
         config = deepspeed_config(learner, dtype)
-        init_distributed()
-        module = load_causal_lm(model_path, dtype)
-        if learner.lora.enabled:
-            module = apply_lora(module, learner.lora)
+        init_distributed(learner.world_size)
+        module = prepare_policy(load_causal_lm(model_path, dtype), learner)
         params = [p for p in module.parameters() if p.requires_grad]
         engine, _, _, _ = deepspeed.initialize(model=module, model_parameters=params, config=config)
         self.engine = engine
         self.model: torch.nn.Module = engine
         self.device = engine.device
+        self.rank = int(torch.distributed.get_rank())
+        self.world_size = int(torch.distributed.get_world_size())
         self.zero_stage = learner.zero_stage
         self.lora = learner.lora.enabled
         self.has_reference = reference
@@ -209,7 +237,7 @@ class DeepSpeedLearnerBackend:
             yield
 
     def _is_rank_zero(self) -> bool:
-        return self.engine.global_rank == 0
+        return self.rank == 0
 
     @torch.no_grad()
     def reference_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -232,6 +260,14 @@ class DeepSpeedLearnerBackend:
                 return {}
             state = merged_state_dict(self.module)
         return {name: tensor.cpu() for name, tensor in state.items()}
+
+    def adapter_state_dict(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """The LoRA adapter (peft names, CPU clones) and its config; collective like
+        ``full_state_dict`` (rank 0 gets them, other ranks ``({}, {})``)."""
+        with self._full_parameters():
+            if not self._is_rank_zero():
+                return {}, {}
+            return adapter_state_dict(self.module)
 
     def save_pretrained(self, path: str) -> None:
         """Save in Hugging Face format (the adapter only, with LoRA); rank 0 writes.

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import torch
 
-from actors.learner import LearnerConfig, apply_lora
+from actors.learner import LearnerConfig, prepare_policy
 from actors.models import default_device, load_causal_lm
-from actors.weight_sync import merged_state_dict
+from actors.weight_sync import adapter_state_dict, merged_state_dict
 
 
 class TorchLearnerBackend:
     """AdamW on one device (the GPU Ray granted, else the CPU); gradients
-    accumulate until ``step``.
+    accumulate until ``step``. One process: ``rank`` 0 of ``world_size`` 1.
+    Activation checkpointing when ``learner.gradient_checkpointing``.
 
     Reference policy (``reference=True``): with LoRA it is the policy itself with
     its adapters disabled (peft's ``disable_adapter``), so no second copy is
@@ -21,9 +22,8 @@ class TorchLearnerBackend:
 
     def __init__(self, model_path: str, dtype: str, learner: LearnerConfig, reference: bool = False) -> None:
         self.device = default_device()
-        model = load_causal_lm(model_path, dtype).to(self.device)
-        if learner.lora.enabled:
-            model = apply_lora(model, learner.lora)
+        self.rank, self.world_size = 0, 1
+        model = prepare_policy(load_causal_lm(model_path, dtype).to(self.device), learner)
         self.model = model
         self.lora = learner.lora.enabled
         self.has_reference = reference
@@ -56,6 +56,9 @@ class TorchLearnerBackend:
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         return merged_state_dict(self.model)
+
+    def adapter_state_dict(self) -> tuple[dict[str, torch.Tensor], dict]:
+        return adapter_state_dict(self.model)
 
     def save_pretrained(self, path: str) -> None:
         self.model.save_pretrained(path)

@@ -231,3 +231,93 @@ def test_kl_in_reward_reestimates_advantages(tiny_model_config) -> None:
 def test_constant_aggregation_needs_the_length_limit(tiny_model_config) -> None:
     with pytest.raises(ValueError, match="max_new_tokens"):
         Learner(LearnerConfig(), tiny_model_config, AlgorithmConfig(name="dr_grpo"), 1.0)
+
+
+def test_shards_and_micro_batch_plans_by_hand() -> None:
+    from actors.learner import MicroBatch, micro_batch_plan, shard
+
+    # 5 rows (10..14) over 2 ranks: bounds 10 + 5*k//2 = 10, 12, 15 -> shares of 2 and 3 rows.
+    assert [shard(slice(10, 15), r, 2) for r in range(2)] == [slice(10, 12), slice(12, 15)]
+    # micro_batch_size 2: the larger share needs ceil(3 / 2) = 2 micro-batches, so rank 0
+    # (one real chunk) adds one padding micro-batch, a repeat of the minibatch's first row.
+    assert micro_batch_plan(slice(10, 15), 0, 2, 2) == [MicroBatch(slice(10, 12)), MicroBatch(slice(10, 11), True)]
+    assert micro_batch_plan(slice(10, 15), 1, 2, 2) == [MicroBatch(slice(12, 14)), MicroBatch(slice(14, 15))]
+    # 5 rows over 3 ranks: bounds 0, 1, 3, 5; micro_batch_size 1 -> 2 micro-batches each.
+    assert [len(micro_batch_plan(slice(0, 5), r, 3, 1)) for r in range(3)] == [2, 2, 2]
+    assert micro_batch_plan(slice(0, 5), 0, 3, 1) == [MicroBatch(slice(0, 1)), MicroBatch(slice(0, 1), True)]
+    # one row over 2 ranks: bounds 0, 0, 1 -> rank 0 only pads, rank 1 trains the row.
+    assert micro_batch_plan(slice(0, 1), 0, 2, 4) == [MicroBatch(slice(0, 1), True)]
+    assert micro_batch_plan(slice(0, 1), 1, 2, 4) == [MicroBatch(slice(0, 1))]
+    # one rank: plain chunks, no padding (the single-process plan).
+    assert micro_batch_plan(slice(3, 8), 0, 1, 2) == [MicroBatch(slice(3, 5)), MicroBatch(slice(5, 7)),
+                                                      MicroBatch(slice(7, 8))]
+    with pytest.raises(ValueError, match="rank 2 is not in a group of 2"):
+        micro_batch_plan(slice(0, 4), 2, 2, 1)
+    with pytest.raises(ValueError, match="no rows"):
+        micro_batch_plan(slice(4, 4), 0, 2, 1)
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3, 4])
+@pytest.mark.parametrize("micro_batch_size", [1, 2, 3, 64])
+def test_micro_batch_plans_cover_every_row_once_with_equal_lengths(world_size: int, micro_batch_size: int) -> None:
+    from actors.learner import micro_batch_plan
+
+    for start, n in [(0, 1), (0, 2), (3, 5), (7, 9), (0, 64), (5, 65)]:
+        rows = slice(start, start + n)
+        plans = [micro_batch_plan(rows, r, world_size, micro_batch_size) for r in range(world_size)]
+        assert len({len(p) for p in plans}) == 1  # the same number of forwards/backwards on every rank
+        real = [i for p in plans for m in p if not m.padding for i in range(m.rows.start, m.rows.stop)]
+        assert real == list(range(rows.start, rows.stop))  # in rank order: every row once, in order
+        assert all(m.rows == slice(start, start + 1) for p in plans for m in p if m.padding)
+        assert all(m.rows.stop - m.rows.start <= micro_batch_size for p in plans for m in p)
+        shares = [sum(m.rows.stop - m.rows.start for m in p if not m.padding) for p in plans]
+        assert max(shares) - min(shares) <= 1
+
+
+def test_learner_config_rejects_bad_parallelism() -> None:
+    with pytest.raises(ValueError, match="learner.world_size=2 needs learner.backend=deepspeed"):
+        LearnerConfig(world_size=2, backend="torch")
+    with pytest.raises(ValueError, match="offload_optimizer needs learner.backend=deepspeed"):
+        LearnerConfig(offload_optimizer=True)
+    with pytest.raises(ValueError, match="bundle cannot be empty"):
+        LearnerConfig(world_size=2, backend="deepspeed", num_cpus=0)
+    with pytest.raises(ValueError, match="two ranks on one GPU"):
+        LearnerConfig(world_size=2, backend="deepspeed", num_gpus=0.5)
+    with pytest.raises(ValueError, match="greater than or equal to 1"):
+        LearnerConfig(world_size=0)
+    ok = LearnerConfig(world_size=2, backend="deepspeed", num_gpus=1, placement_strategy="STRICT_SPREAD")
+    assert ok.world_size == 2 and ok.placement_strategy == "STRICT_SPREAD"
+    assert LearnerConfig(num_cpus=0).world_size == 1  # one rank may reserve nothing, as before
+
+
+def _count_forwards(monkeypatch: pytest.MonkeyPatch, module: torch.nn.Module) -> list[int]:
+    """A one-element counter of ``module``'s forward calls (recomputations included)."""
+    calls = [0]
+    forward = module.forward
+
+    def counting(*args, **kwargs):
+        calls[0] += 1
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(module, "forward", counting)
+    return calls
+
+
+def test_gradient_checkpointing_recomputes_and_gives_the_same_gradients(tiny_model_config, monkeypatch) -> None:
+    """Activation checkpointing changes memory, not math: the same gradients, with every
+    decoder layer run twice per micro-batch (forward, then recomputed in the backward)."""
+    grads, forwards = [], []
+    for checkpointing in (False, True):
+        learner = Learner(LearnerConfig(micro_batch_size=1, gradient_checkpointing=checkpointing),
+                          tiny_model_config, AlgorithmConfig(), 1.0)
+        model = learner.backend.model
+        assert model.is_gradient_checkpointing == checkpointing
+        calls = _count_forwards(monkeypatch, model.model.layers[0].mlp)
+        step = learner.backend.step
+        learner.backend.step = lambda step=step, m=model: (
+            grads.append({n: p.grad.clone() for n, p in m.named_parameters()}), step())[1]
+        learner.train(_batch())
+        forwards.append(calls[0])
+    assert forwards == [2, 4]  # two micro-batches of one row; checkpointing recomputes each
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], rtol=1e-5, atol=1e-7), name

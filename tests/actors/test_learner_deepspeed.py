@@ -311,3 +311,47 @@ def test_deepspeed_reference_and_kl_match_torch(model_config: ModelConfig, batch
         for key in ("loss", "kl", "is/ratio_mean"):
             assert g.result.metrics[key] == pytest.approx(w.result.metrics[key], rel=1e-4, abs=1e-7), (step, key)
         assert _max_abs_diff(g.weights, w.weights) < WEIGHT_ATOL, f"step {step}"
+
+
+def test_deepspeed_config_offloads_the_optimizer_with_torch_adamw() -> None:
+    cfg = deepspeed_config(LearnerConfig(backend="deepspeed", zero_stage=3, offload_optimizer=True), "float32")
+    assert cfg["zero_optimization"] == {"stage": 3, "offload_optimizer": {"device": "cpu"}}
+    assert cfg["optimizer"]["params"]["torch_adam"] is True
+    assert cfg["zero_force_ds_cpu_optimizer"] is False  # else DeepSpeed demands its compiled CPUAdam
+    assert "zero_force_ds_cpu_optimizer" not in deepspeed_config(LearnerConfig(backend="deepspeed"), "float32")
+
+
+def test_world_size_must_match_the_launch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A multi-rank config in a process nobody launched as a rank fails before loading anything
+    (the model path does not exist: loading it would raise OSError instead)."""
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    config = LearnerConfig(backend="deepspeed", world_size=2)
+    never_loaded = ModelConfig(path=str(tmp_path / "never-loaded"))
+    with pytest.raises(RuntimeError, match="learner.world_size=2 but this process was started with WORLD_SIZE=1"):
+        Learner(config, never_loaded, AlgorithmConfig(), temperature=1.0)
+
+
+@pytest.mark.parametrize(
+    ("zero_stage", "offload", "checkpointing"),
+    [(2, True, False), (3, True, True), (3, False, True)],
+    ids=["zero2-offload", "zero3-offload-checkpointing", "zero3-checkpointing"],
+)
+def test_offload_and_checkpointing_match_torch(model_config: ModelConfig, batches: list[TrainBatch],
+                                              torch_reference: Reference, zero_stage: int, offload: bool,
+                                              checkpointing: bool) -> None:
+    """Optimiser offload (torch's AdamW on the CPU-held state) and activation checkpointing
+    change where state lives and what is recomputed, not the steps."""
+    config = LearnerConfig(backend="deepspeed", zero_stage=zero_stage, lr=1e-3, micro_batch_size=2,
+                           offload_optimizer=offload, gradient_checkpointing=checkpointing)
+    learner = Learner(config, model_config, AlgorithmConfig(), temperature=1.0)
+    engine = learner.backend.engine
+    assert engine.zero_cpu_offload() is offload
+    offloading = engine.optimizer.cpu_offload if zero_stage == 2 else engine.optimizer.offload_optimizer
+    assert offloading is offload  # the ZeRO optimiser took its offload path
+    assert learner.backend.module.is_gradient_checkpointing is checkpointing
+    assert isinstance(engine.optimizer.optimizer, torch.optim.AdamW)  # not DeepSpeed's compiled CPUAdam
+    steps = _run(learner, batches)
+    for step, (got, want) in enumerate(zip(steps, torch_reference(2, False))):
+        assert got.result.metrics["loss"] == pytest.approx(want.result.metrics["loss"], rel=1e-5, abs=1e-7)
+        assert got.result.metrics["grad_norm"] == pytest.approx(want.result.metrics["grad_norm"], rel=NORM_RTOL)
+        assert _max_abs_diff(got.weights, want.weights) < WEIGHT_ATOL, f"step {step}"
