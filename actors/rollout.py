@@ -6,12 +6,13 @@ actor). It owns one generation backend (``hf``: transformers ``generate``;
 policy version of its weights; every sample is stamped with the version(s)
 that generated it.
 
-Ordering: calls start in the order they were sent. A weight update holds the
-worker's update lock, and a generation first waits for that lock, so a
-generation sent after an update always starts on the updated weights. The HF
-backend computes without yielding to the event loop, so with it every call
-runs to completion in order; the vLLM backend overlaps generations and
-applies updates to requests in flight.
+Ordering: Ray does not promise that an async actor starts calls in the order
+they were sent (an update whose weights are still being fetched can start
+after a later generation). So the driver names the version a generation needs
+(``min_version``, the newest it has sent) and the worker waits for it; updates
+are applied one at a time, in version order. The HF backend computes without
+yielding to the event loop, so its calls never overlap; the vLLM backend
+overlaps generations and applies updates to requests in flight.
 """
 
 from __future__ import annotations
@@ -196,19 +197,22 @@ class RolloutWorker:
         self.worker_id = worker_id
         self.backend: GenerationBackend = build_generation_backend(rollout, model, seed * 1000 + worker_id, lora_rank)
         self._update_lock = asyncio.Lock()
+        self._new_version = asyncio.Condition()
 
     @property
     def version(self) -> int:
         return self.backend.version
 
-    async def generate(self, batch_index: int, call_index: int, prompts: list[PromptItem]) -> RolloutResult:
-        """``group_size`` samples for each prompt, at the current version.
+    async def generate(self, batch_index: int, call_index: int, prompts: list[PromptItem],
+                       min_version: int = 0) -> RolloutResult:
+        """``group_size`` samples for each prompt, started once the worker holds
+        weights of version ``>= min_version``.
 
         Group ids are ``b<batch>c<call>p<position>``: unique per (call, prompt)
         even when a prompt repeats.
         """
-        async with self._update_lock:  # an update sent before this call finishes first
-            pass
+        async with self._new_version:
+            await self._new_version.wait_for(lambda: self.version >= min_version)
         start = time.perf_counter()
         n = self.config.group_size
         seqs = await self.backend.generate([p.prompt_token_ids for p in prompts], n)
@@ -235,6 +239,7 @@ class RolloutWorker:
                 raise ValueError(f"weight update v{update.version} is not newer than v{self.version}")
             start = time.perf_counter()
             await self.backend.load_weights(update)
+            await self._announce()
             return time.perf_counter() - start
 
     async def join_weight_group(self, host: str, port: int, rank: int, world_size: int, backend: str) -> None:
@@ -248,7 +253,12 @@ class RolloutWorker:
                 raise ValueError(f"weight broadcast v{version} is not newer than v{self.version}")
             start = time.perf_counter()
             await self.backend.receive_weights(plan, version)
+            await self._announce()
             return time.perf_counter() - start
+
+    async def _announce(self) -> None:
+        async with self._new_version:
+            self._new_version.notify_all()
 
     def close(self) -> None:
         """Shut the engine down (vLLM: its engine process)."""

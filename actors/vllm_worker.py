@@ -68,15 +68,17 @@ class RelayWorkerExtension:
         """Receive one broadcast of full weights, bucket by bucket, and load them.
 
         ``plan`` is the sender's bucket layout (name, dtype, shape per tensor);
-        returns the number of tensors loaded.
+        returns the number of tensors loaded. The buckets stream into a single
+        ``load_weights`` call (one bucket in memory at a time): vLLM checks per
+        call that a tied alias (``lm_head.weight``) comes with its canonical
+        weight (``model.embed_tokens.weight``), and a plan puts them in
+        different buckets whenever it has more than one.
         """
         from actors.weight_broadcast import receive_buckets
 
-        count = 0
-        for named in receive_buckets(self._relay_group, plan, self._relay_device()):
-            self.model_runner.model.load_weights(weights=named)
-            count += len(named)
-        return count
+        buckets = receive_buckets(self._relay_group, plan, self._relay_device())
+        self.model_runner.model.load_weights(weights=(named for bucket in buckets for named in bucket))
+        return sum(len(bucket) for bucket in plan)
 
     def _relay_device(self) -> torch.device:
         return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")

@@ -57,6 +57,17 @@ class PipelineConfig(BaseModel):
     prompts_per_call: int = Field(default=4, ge=1, description="Prompts per rollout call; each call's samples go to the judge as soon as it returns.")
 
 
+class WeightSyncConfig(BaseModel):
+    """How the learner's weights reach the rollout engines after each step."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    payload: Literal["auto", "full", "lora_adapter"] = Field(default="auto", description="What is shipped: full (merged) weights, or only the LoRA adapter (the engines keep the base weights and load each adapter as a new version; never merged). auto: lora_adapter when learner.lora.enabled, else full.")
+    transport: Literal["object_store", "broadcast"] = Field(default="object_store", description="object_store: a versioned update passed by reference through Ray's object store (CPU, small models, adapters). broadcast: learner rank 0 broadcasts full weights in buckets over a process group made for the purpose (NCCL on GPU, gloo on CPU); meant for vLLM engines, which take it mid-generation.")
+    backend: Literal["auto", "gloo", "nccl"] = Field(default="auto", description="Process-group backend of the broadcast transport; auto: nccl when the learner has GPUs, else gloo.")
+    bucket_mb: int = Field(default=256, ge=1, description="Broadcast bucket size in MB: tensors of one dtype are packed into flat buffers of at most this size, one collective each.")
+
+
 class WandbConfig(BaseModel):
     """Weights & Biases monitoring."""
 
@@ -82,6 +93,7 @@ class ExperimentConfig(BaseModel):
     algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig, description="Policy-optimisation algorithm.")
     learner: LearnerConfig = Field(default_factory=LearnerConfig, description="Policy learner.")
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig, description="Overlap and staleness.")
+    weight_sync: WeightSyncConfig = Field(default_factory=WeightSyncConfig, description="Learner-to-rollout weight sync.")
     wandb: WandbConfig = Field(default_factory=WandbConfig, description="wandb monitoring.")
 
     @model_validator(mode="after")
@@ -95,6 +107,25 @@ class ExperimentConfig(BaseModel):
             raise ValueError(f"algorithm.num_minibatches ({algo.num_minibatches}) exceeds the samples per step "
                              f"(pipeline.prompts_per_step x rollout.group_size = {per_step})")
         return self
+
+    @model_validator(mode="after")
+    def _weight_sync_fits(self) -> "ExperimentConfig":
+        """Weight-sync choices that depend on the learner and rollout sections."""
+        ws, lora = self.weight_sync, self.learner.lora
+        if ws.payload == "lora_adapter" and not lora.enabled:
+            raise ValueError("weight_sync.payload 'lora_adapter' needs learner.lora.enabled: true")
+        if ws.transport == "broadcast" and self.adapter_sync:
+            raise ValueError("weight_sync.transport 'broadcast' ships full weights; with LoRA set weight_sync.payload: full "
+                             "or use transport object_store for adapters")
+        tp, gpus = self.rollout.vllm.tensor_parallel_size, self.rollout.num_gpus_per_worker
+        if self.rollout.backend == "vllm" and tp > 1 and gpus != tp:
+            raise ValueError(f"rollout.vllm.tensor_parallel_size {tp} needs rollout.num_gpus_per_worker: {tp} (got {gpus:g})")
+        return self
+
+    @property
+    def adapter_sync(self) -> bool:
+        """True when only LoRA adapters travel to the rollout engines."""
+        return self.weight_sync.payload == "lora_adapter" or (self.weight_sync.payload == "auto" and self.learner.lora.enabled)
 
 
 def _model_class(annotation: Any) -> type[BaseModel] | None:

@@ -28,23 +28,24 @@ def may_launch(batch_index: int, published_version: int, max_staleness: int) -> 
 
 
 class LeastLoadedRouter:
-    """Chooses the rollout worker with the fewest outstanding calls (lowest id on ties).
+    """Chooses the rollout worker with the fewest outstanding requests (prompts;
+    each prompt is one engine request for its whole group), lowest id on ties.
 
-    Invariant: ``outstanding[w]`` = calls sent to worker ``w`` minus calls it finished.
+    Invariant: ``outstanding[w]`` = requests sent to worker ``w`` minus requests it finished.
     """
 
     def __init__(self, num_workers: int) -> None:
         self.outstanding = [0] * num_workers
 
-    def pick(self) -> int:
+    def pick(self, requests: int = 1) -> int:
         worker = min(range(len(self.outstanding)), key=lambda w: (self.outstanding[w], w))
-        self.outstanding[worker] += 1
+        self.outstanding[worker] += requests
         return worker
 
-    def finished(self, worker: int) -> None:
-        if self.outstanding[worker] <= 0:
-            raise ValueError(f"worker {worker} has no outstanding call")
-        self.outstanding[worker] -= 1
+    def finished(self, worker: int, requests: int = 1) -> None:
+        if self.outstanding[worker] < requests:
+            raise ValueError(f"worker {worker} has {self.outstanding[worker]} outstanding requests, not {requests}")
+        self.outstanding[worker] -= requests
 
 
 @dataclass(frozen=True)
@@ -210,6 +211,7 @@ def _batch_metrics(step: int, scored: list[ScoredSample], train: TrainBatch, res
         "completion/truncated_frac": sum(s.sample.truncated for s in scored) / len(scored),
         "samples/generated": float(len(scored)),
         "samples/trained": float(len(train)),
+        "samples/spanning_versions": float(sum(s.sample.final_policy_version is not None for s in scored)),
     }
     for name in sorted({t for s in scored for t in s.terms}):
         values = [s.terms[name] for s in scored if s.terms.get(name) is not None]

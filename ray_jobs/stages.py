@@ -1,9 +1,12 @@
-"""The Ray edge: the plain classes become actors here, and nowhere else.
+"""The Ray edge: the plain classes become actors here (the learner's ranks in
+``ray_jobs/learner_group.py``), and nowhere else.
 
-``Stages`` owns the rollout workers, the judge pool and the learner, and the
-few calls the driver makes on them. Rollout results flow to the judge pool by
-object reference (Ray resolves them when the rollout finishes), so the driver
-never waits on generation or judging except when it needs a step's batch.
+``Stages`` owns the rollout workers, the judge pool and the learner group, and
+the few calls the driver makes on them. Rollout results flow to the judge pool
+by object reference (Ray resolves them when the rollout finishes), so the
+driver never waits on generation or judging except when it needs a step's
+batch. Rollout workers are async actors: with vLLM, an engine serves several
+calls at once and takes weight updates while they run.
 """
 
 from __future__ import annotations
@@ -14,13 +17,15 @@ from dataclasses import dataclass, field
 
 import ray
 from pydantic import SecretStr
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors.judge_pool import JudgePool
-from actors.learner import Learner
 from actors.messages import PromptItem, ScoreResult, TrainBatch, TrainResult
 from actors.rollout import RolloutWorker
 from ray_jobs.config import ExperimentConfig
 from ray_jobs.data import PromptSource
+from ray_jobs.learner_group import LearnerGroup
 from ray_jobs.pipeline import LeastLoadedRouter, refill_size, shaped_rewards, signal_groups
 
 log = logging.getLogger(__name__)
@@ -34,44 +39,73 @@ class _PendingSync:
 
 
 class Stages:
-    """Rollout workers + judge pool + learner as Ray actors.
+    """Rollout workers + judge pool + learner group as Ray actors.
 
-    Invariant: ``version`` is the newest policy version published to every
-    rollout worker (updates are queued behind calls already sent, so each
-    worker switches between, never during, generations).
+    Invariant: ``version`` is the newest policy version sent to every rollout
+    worker. A generation sent after an update starts on the updated weights
+    (``RolloutWorker``); with HF a worker switches between generations, with
+    vLLM also during them (each sample records the versions it spans).
     """
 
     def __init__(self, cfg: ExperimentConfig, api_keys: dict[str, SecretStr]) -> None:
         ro, lr = cfg.rollout, cfg.learner
         self.cfg = cfg
-        self.rollouts = [
-            ray.remote(RolloutWorker)
-            .options(num_cpus=ro.num_cpus_per_worker, num_gpus=ro.num_gpus_per_worker)
-            .remote(ro, cfg.model, worker_id=w, seed=cfg.run.seed)
-            for w in range(ro.num_workers)
-        ]
+        self._engine_groups: list = []
+        lora_rank = lr.lora.r if cfg.adapter_sync else None
+        self.rollouts = [self._start_rollout(w, lora_rank) for w in range(ro.num_workers)]
         self.judge = ray.remote(JudgePool).options(num_cpus=0, max_concurrency=1000).remote(cfg.judge, cfg.reward, api_keys)
-        self.learner = ray.remote(Learner).options(num_cpus=lr.num_cpus, num_gpus=lr.num_gpus).remote(
-            lr, cfg.model, cfg.algorithm, ro.temperature, seed=cfg.run.seed, max_new_tokens=ro.max_new_tokens)
+        self.learner = LearnerGroup(lr, cfg.model, cfg.algorithm, ro.temperature, seed=cfg.run.seed,
+                                    max_new_tokens=ro.max_new_tokens)
         self.router = LeastLoadedRouter(len(self.rollouts))
-        self._generating: dict[ray.ObjectRef, int] = {}
+        self._generating: dict[ray.ObjectRef, tuple[int, int]] = {}  # call -> (worker, prompts)
         self._syncs: list[_PendingSync] = []
         self.last_sync_s = 0.0
         self.version = 0
+        self._plan = self._join_broadcast() if cfg.weight_sync.transport == "broadcast" else None
+
+    def _start_rollout(self, worker_id: int, lora_rank: int | None) -> ray.actor.ActorHandle:
+        """One rollout worker actor. A vLLM engine with tensor parallelism gets a
+        placement group of one GPU bundle per shard; vLLM's Ray executor starts
+        its shard workers inside it (the worker itself reserves no GPU)."""
+        ro = self.cfg.rollout
+        options: dict = {"num_cpus": ro.num_cpus_per_worker, "num_gpus": ro.num_gpus_per_worker, "max_concurrency": 1000}
+        if ro.backend == "vllm" and ro.vllm.tensor_parallel_size > 1:
+            group = placement_group([{"GPU": 1, "CPU": 1}] * ro.vllm.tensor_parallel_size, strategy="PACK")
+            ray.get(group.ready(), timeout=300)
+            self._engine_groups.append(group)
+            options.update(num_gpus=0, scheduling_strategy=PlacementGroupSchedulingStrategy(
+                group, placement_group_bundle_index=0, placement_group_capture_child_tasks=True))
+        return ray.remote(RolloutWorker).options(**options).remote(ro, self.cfg.model, worker_id=worker_id,
+                                                                   seed=self.cfg.run.seed, lora_rank=lora_rank)
+
+    def _join_broadcast(self) -> list:
+        """Form the weight-broadcast group (learner rank 0 = rank 0, worker i = rank i + 1)
+        and return the bucket plan every sync follows."""
+        ws = self.cfg.weight_sync
+        backend = ws.backend if ws.backend != "auto" else ("nccl" if self.cfg.learner.num_gpus > 0 else "gloo")
+        host, port = self.learner.broadcast_address()
+        world = 1 + len(self.rollouts)
+        joins = [w.join_weight_group.remote(host, port, i + 1, world, backend) for i, w in enumerate(self.rollouts)]
+        self.learner.join_weight_group(host, port, world, backend)
+        ray.get(joins)
+        return self.learner.weight_plan(ws.bucket_mb * 2**20)
 
     def launch_batch(self, batch_index: int, prompts: list[PromptItem], first_call: int = 0) -> list[ray.ObjectRef]:
         """Send a batch's prompts to the rollout workers in calls of
         ``pipeline.prompts_per_call``; each call's result goes straight to the
-        judge pool. Returns the ScoreResult references. Calls are numbered from
+        judge pool. Each call starts on weights of at least the newest version
+        sent (``self.version``), which is what admission control counted on.
+        Returns the ScoreResult references. Calls are numbered from
         ``first_call`` (refills of a batch continue its numbering, so group ids
         stay unique)."""
         self._reap_finished_calls()
         per_call = self.cfg.pipeline.prompts_per_call
         scores = []
         for call, lo in enumerate(range(0, len(prompts), per_call), start=first_call):
-            worker = self.router.pick()
-            generated = self.rollouts[worker].generate.remote(batch_index, call, prompts[lo : lo + per_call])
-            self._generating[generated] = worker
+            chunk = prompts[lo : lo + per_call]
+            worker = self.router.pick(len(chunk))
+            generated = self.rollouts[worker].generate.remote(batch_index, call, chunk, self.version)
+            self._generating[generated] = (worker, len(chunk))
             scores.append(self.judge.score.remote(generated))
         return scores
 
@@ -80,7 +114,7 @@ class Stages:
             return
         done, _ = ray.wait(list(self._generating), num_returns=len(self._generating), timeout=0)
         for ref in done:
-            self.router.finished(self._generating.pop(ref))
+            self.router.finished(*self._generating.pop(ref))
 
     def collect(self, step: int, refs: list[ray.ObjectRef], source: PromptSource) -> tuple[list[ScoreResult], dict[str, float]]:
         """Wait for a step's judged calls; with dynamic sampling, refill until the step
@@ -113,21 +147,27 @@ class Stages:
                          "dynamic_sampling/exhausted": float(len(kept) < target)}
 
     def train(self, batch: TrainBatch) -> TrainResult:
-        return ray.get(self.learner.train.remote(batch))
+        return self.learner.train(batch)
 
     def publish_weights(self) -> None:
-        """Export the learner's weights once and queue them on every rollout worker.
+        """Send the learner's new weights to every rollout worker.
 
-        Does not wait for the workers: they load the update after the
-        generations already queued on them.
+        Object store: export once (full weights or the LoRA adapter), then hand
+        every worker the reference, without waiting for the loads. Broadcast:
+        the workers are told to receive and the learner sends; this returns
+        when the learner has sent the last bucket.
         """
         start = time.perf_counter()
-        update = self.learner.export_weights.remote()
-        ray.wait([update], fetch_local=False)
-        sync = _PendingSync(self.version + 1, time.perf_counter() - start)
-        sync.loads = [w.update_weights.remote(update) for w in self.rollouts]
-        self._syncs.append(sync)
-        self.version += 1
+        version = self.version + 1
+        if self._plan is not None:
+            loads = [w.receive_weights.remote(self._plan, version) for w in self.rollouts]
+            self.learner.broadcast_weights(self._plan)
+        else:
+            update = self.learner.export_weights(adapter_only=self.cfg.adapter_sync)
+            ray.wait([update], fetch_local=False)
+            loads = [w.update_weights.remote(update) for w in self.rollouts]
+        self._syncs.append(_PendingSync(version, time.perf_counter() - start, loads))
+        self.version = version
 
     def completed_sync_seconds(self) -> float:
         """Export time plus the slowest worker's load time of the newest sync
@@ -142,12 +182,19 @@ class Stages:
         return self.last_sync_s
 
     def save(self, path: str) -> None:
-        ray.get(self.learner.save.remote(path))
+        self.learner.save(path)
 
     def judge_stats(self) -> dict:
         return ray.get(self.judge.stats.remote())
 
     def close(self) -> None:
-        """Stop this run's actors (a driver that runs several trainings in one Ray session)."""
-        for actor in [*self.rollouts, self.judge, self.learner]:
+        """Stop this run's actors (a driver that runs several trainings in one Ray session).
+
+        Rollout workers first shut their engines down (vLLM runs its engine in
+        a child process), then every actor is killed."""
+        ray.wait([w.close.remote() for w in self.rollouts], num_returns=len(self.rollouts), timeout=60)
+        for actor in [*self.rollouts, self.judge]:
             ray.kill(actor)
+        self.learner.kill()
+        for group in self._engine_groups:
+            remove_placement_group(group)

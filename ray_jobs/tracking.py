@@ -101,6 +101,7 @@ def _sample_row(step: int, s: ScoredSample, advantage: float | None) -> dict[str
         "terms": s.terms,
         "advantage": advantage,
         "policy_version": s.sample.policy_version,
+        "final_policy_version": s.sample.final_policy_version,
         "truncated": s.sample.truncated,
     }
 

@@ -24,6 +24,7 @@ from pydantic import SecretStr
 from actors.models import load_tokenizer, resolve_model_path
 from ray_jobs.config import ConfigError, ExperimentConfig, load_config, redacted
 from ray_jobs.data import DatasetError, PromptSource, load_prompts
+from ray_jobs.learner_group import LearnerPlacementError
 from ray_jobs.local_judge import LocalJudgeError, local_judge_server
 from ray_jobs.pipeline import assemble_batch, may_launch
 from ray_jobs.tracking import RunRecorder
@@ -39,7 +40,7 @@ class ClusterResourcesError(RuntimeError):
 
 
 PREFLIGHT_ERRORS = (ConfigError, DatasetError, MissingApiKeyError, JudgeUnreachableError, LocalJudgeError,
-                    ClusterResourcesError)
+                    ClusterResourcesError, LearnerPlacementError)
 
 
 def train_loop(stages, cfg: ExperimentConfig, source: PromptSource, recorder: RunRecorder) -> None:
@@ -105,9 +106,13 @@ def ray_session(cfg: ExperimentConfig) -> Iterator[None]:
     Fails early, instead of waiting forever, when the cluster has fewer CPUs or
     GPUs than the rollout workers and the learner reserve.
     """
-    ro, lr = cfg.rollout, cfg.learner
-    cpus = ro.num_workers * ro.num_cpus_per_worker + lr.num_cpus
-    gpus = ro.num_workers * ro.num_gpus_per_worker + lr.num_gpus
+    from ray_jobs.learner_group import LearnerGroup
+
+    ro = cfg.rollout
+    learner_cpus, learner_gpus = LearnerGroup.resources(cfg.learner)
+    engine_cpus = ro.vllm.tensor_parallel_size if ro.backend == "vllm" and ro.vllm.tensor_parallel_size > 1 else 0
+    cpus = ro.num_workers * (ro.num_cpus_per_worker + engine_cpus) + learner_cpus
+    gpus = ro.num_workers * ro.num_gpus_per_worker + learner_gpus
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=True)  # under `ray job submit` the working dir is already shipped
     else:
@@ -121,7 +126,7 @@ def ray_session(cfg: ExperimentConfig) -> Iterator[None]:
             raise ClusterResourcesError(
                 f"the Ray cluster has {have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs; this config "
                 f"reserves {cpus:g} CPUs and {gpus:g} GPUs (rollout.num_workers, rollout.num_*_per_worker, "
-                "learner.num_cpus, learner.num_gpus)")
+                "rollout.vllm.tensor_parallel_size, learner.world_size, learner.num_cpus, learner.num_gpus)")
         yield
     finally:
         ray.shutdown()  # stops a local instance; only disconnects from a cluster

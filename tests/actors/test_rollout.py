@@ -131,3 +131,22 @@ def test_weights_by_broadcast(tiny_model_config) -> None:
     assert w.version == 1
     for name, value in w.backend.model.state_dict().items():
         assert torch.equal(value, state[name]), name
+
+
+def test_generation_waits_for_the_version_it_needs(tiny_model_config, tiny_tokenizer) -> None:
+    """An update may start after a later generation (Ray's async actors do not order
+    calls); a generation that needs version 1 waits for it instead of sampling v0."""
+    w = RolloutWorker(RolloutConfig(group_size=2, max_new_tokens=4), tiny_model_config)
+    other = load_causal_lm(resolve_model_path(tiny_model_config), "float32")
+    update = ObjectStoreWeightSync().export(other.state_dict(), version=1)
+
+    async def scenario():
+        waiting = asyncio.create_task(w.generate(0, 0, _prompts(tiny_tokenizer), min_version=1))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not waiting.done()  # still at v0: it must not sample
+        await w.update_weights(update)
+        return await waiting
+
+    samples = asyncio.run(scenario()).samples
+    assert {s.policy_version for s in samples} == {1}

@@ -36,6 +36,19 @@ def test_router_balances_outstanding_calls() -> None:
         LeastLoadedRouter(1).finished(0)
 
 
+def test_router_weighs_calls_by_requests() -> None:
+    router = LeastLoadedRouter(2)
+    assert router.pick(4) == 0  # outstanding [4, 0]
+    assert router.pick(1) == 1  # [4, 1]
+    assert router.pick(2) == 1  # [4, 3]
+    assert router.pick(1) == 1  # 3 < 4 -> [4, 4]
+    assert router.pick(1) == 0  # tie -> lowest id -> [5, 4]
+    router.finished(0, 4)  # [1, 4]
+    assert router.pick(1) == 0
+    with pytest.raises(ValueError, match="outstanding"):
+        router.finished(1, 5)
+
+
 def test_unscored_sample_is_excluded_from_baseline_and_loss() -> None:
     # Group g: rewards 1.0, 0.0 and one unscored. If the unscored sample counted as 0,
     # the mean would be 1/3; excluded, the mean is 0.5 and the advantages are +-1.
