@@ -11,14 +11,18 @@ they were sent (an update whose weights are still being fetched can start
 after a later generation). So the driver names the version a generation needs
 (``min_version``, the newest it has sent) and the worker waits for it; updates
 are applied one at a time, in version order. The HF backend computes without
-yielding to the event loop, so its calls never overlap; the vLLM backend
-overlaps generations and applies updates to requests in flight.
+yielding to the event loop, so its calls never overlap, and an update to
+version u first lets every generation that asked for less than u finish: each
+generation then runs on exactly the newest version sent before it, as with a
+queue, and seeded runs repeat exactly. The vLLM backend overlaps generations
+and applies updates to requests in flight.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -64,10 +68,12 @@ class GeneratedSequence:
 class GenerationBackend(Protocol):
     """What a rollout worker needs from an inference engine.
 
-    ``version`` is the policy version of the weights new requests use.
+    ``version`` is the policy version of the weights new requests use;
+    ``updates_in_flight`` says whether weights may change under a running generation.
     """
 
     version: int
+    updates_in_flight: bool
 
     async def generate(self, prompts: list[list[int]], n: int) -> list[GeneratedSequence]:
         """``n`` samples per prompt, grouped: prompt i's samples at [i*n, (i+1)*n)."""
@@ -111,6 +117,7 @@ class HFGenerationBackend:
         self.eos_id = self.tokenizer.eos_token_id
         self.pad_id = self.tokenizer.pad_token_id
         self.version = 0
+        self.updates_in_flight = False
         self._sync = ObjectStoreWeightSync()
         self._group = None
 
@@ -197,7 +204,8 @@ class RolloutWorker:
         self.worker_id = worker_id
         self.backend: GenerationBackend = build_generation_backend(rollout, model, seed * 1000 + worker_id, lora_rank)
         self._update_lock = asyncio.Lock()
-        self._new_version = asyncio.Condition()
+        self._changed = asyncio.Condition()  # notified when the version changes or a generation ends
+        self._asked: Counter[int] = Counter()  # min_version -> generations asked for it and not finished
 
     @property
     def version(self) -> int:
@@ -211,11 +219,16 @@ class RolloutWorker:
         Group ids are ``b<batch>c<call>p<position>``: unique per (call, prompt)
         even when a prompt repeats.
         """
-        async with self._new_version:
-            await self._new_version.wait_for(lambda: self.version >= min_version)
-        start = time.perf_counter()
-        n = self.config.group_size
-        seqs = await self.backend.generate([p.prompt_token_ids for p in prompts], n)
+        self._asked[min_version] += 1
+        try:
+            async with self._changed:
+                await self._changed.wait_for(lambda: self.version >= min_version)
+            start = time.perf_counter()
+            n = self.config.group_size
+            seqs = await self.backend.generate([p.prompt_token_ids for p in prompts], n)
+        finally:
+            self._asked[min_version] -= 1
+            await self._announce()
         samples = [
             Sample(
                 prompt=prompts[i // n],
@@ -237,6 +250,7 @@ class RolloutWorker:
         async with self._update_lock:
             if update.version <= self.version:
                 raise ValueError(f"weight update v{update.version} is not newer than v{self.version}")
+            await self._let_older_generations_finish(update.version)
             start = time.perf_counter()
             await self.backend.load_weights(update)
             await self._announce()
@@ -251,14 +265,23 @@ class RolloutWorker:
         async with self._update_lock:
             if version <= self.version:
                 raise ValueError(f"weight broadcast v{version} is not newer than v{self.version}")
+            await self._let_older_generations_finish(version)
             start = time.perf_counter()
             await self.backend.receive_weights(plan, version)
             await self._announce()
             return time.perf_counter() - start
 
+    async def _let_older_generations_finish(self, version: int) -> None:
+        """Backends that cannot update under a running generation (HF) first finish
+        every generation that asked for a version below ``version``."""
+        if self.backend.updates_in_flight:
+            return
+        async with self._changed:
+            await self._changed.wait_for(lambda: not any(n for v, n in self._asked.items() if v < version))
+
     async def _announce(self) -> None:
-        async with self._new_version:
-            self._new_version.notify_all()
+        async with self._changed:
+            self._changed.notify_all()
 
     def close(self) -> None:
         """Shut the engine down (vLLM: its engine process)."""

@@ -90,6 +90,7 @@ class VLLMGenerationBackend:
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
         self.version = 0
+        self.updates_in_flight = True
         self._staging = Path(tempfile.mkdtemp(prefix="relay-weights-", dir=config.staging_dir))
         self._request_ids = itertools.count()
         self._adapter = None  # the LoRARequest new requests use; None = base weights

@@ -150,3 +150,22 @@ def test_generation_waits_for_the_version_it_needs(tiny_model_config, tiny_token
 
     samples = asyncio.run(scenario()).samples
     assert {s.policy_version for s in samples} == {1}
+
+
+def test_hf_update_waits_for_generations_that_asked_for_older_weights(tiny_model_config, tiny_tokenizer) -> None:
+    """Queue semantics for HF: a generation waiting for v1 runs on v1 even when the
+    update to v2 arrives before it wakes up."""
+    w = RolloutWorker(RolloutConfig(group_size=2, max_new_tokens=4), tiny_model_config)
+    state = load_causal_lm(resolve_model_path(tiny_model_config), "float32").state_dict()
+    v1, v2 = (ObjectStoreWeightSync().export(state, version=v) for v in (1, 2))
+
+    async def scenario():
+        waiting = asyncio.create_task(w.generate(0, 0, _prompts(tiny_tokenizer), min_version=1))
+        await asyncio.sleep(0)
+        updates = [asyncio.create_task(w.update_weights(u)) for u in (v1, v2)]
+        result = await waiting
+        await asyncio.gather(*updates)
+        return result
+
+    result = asyncio.run(scenario())
+    assert {s.policy_version for s in result.samples} == {1} and w.version == 2
