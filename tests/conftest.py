@@ -30,3 +30,37 @@ def tiny_tokenizer(tiny_model_config):
     from actors.models import load_tokenizer, resolve_model_path
 
     return load_tokenizer(resolve_model_path(tiny_model_config))
+
+
+def random_train_batch(step: int, n: int, model, seed: int, noise: float = 0.0):
+    """``n`` random sequences of mixed lengths whose sampling log-probs are
+    ``model``'s own (plus Gaussian ``noise``, to make the clip and IS terms work)."""
+    import torch
+
+    from actors.learner import collate
+    from actors.messages import TrainBatch
+    from algorithms.logprobs import token_logprobs
+
+    gen = torch.Generator().manual_seed(seed)
+    prompts = [torch.randint(3, 1000, (int(torch.randint(1, 5, (1,), generator=gen)),), generator=gen).tolist()
+               for _ in range(n)]
+    completions = [torch.randint(3, 1000, (int(torch.randint(1, 6, (1,), generator=gen)),), generator=gen).tolist()
+                   for _ in range(n)]
+    draft = TrainBatch(step=step, prompt_token_ids=prompts, completion_token_ids=completions,
+                       sampling_logprobs=[[0.0] * len(c) for c in completions],
+                       advantages=torch.randn(n, generator=gen).tolist(), policy_versions=[step] * n)
+    t = collate(draft, slice(0, n))
+    with torch.no_grad():
+        logits = model(input_ids=t["input_ids"], attention_mask=t["attention_mask"]).logits
+    logps = token_logprobs(logits[:, :-1], t["input_ids"][:, 1:])
+    if noise:
+        logps = logps + noise * torch.randn(logps.shape, generator=gen)
+    sampling = [logps[i][t["completion_mask"][i].bool()].tolist() for i in range(n)]
+    return TrainBatch(step=step, prompt_token_ids=prompts, completion_token_ids=completions,
+                      sampling_logprobs=sampling, advantages=draft.advantages, policy_versions=draft.policy_versions)
+
+
+@pytest.fixture(scope="session")
+def make_train_batch():
+    """``random_train_batch`` as a fixture (test modules cannot import conftest)."""
+    return random_train_batch

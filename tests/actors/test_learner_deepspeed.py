@@ -35,7 +35,7 @@ if shutil.which("ninja") is None:  # DeepSpeed compiles its comm op with the ven
 import torch  # noqa: E402
 
 from actors import learner_deepspeed  # noqa: E402
-from actors.learner import Learner, LearnerConfig, LoraConfig, collate  # noqa: E402
+from actors.learner import Learner, LearnerConfig, LoraConfig  # noqa: E402
 from actors.learner_deepspeed import (  # noqa: E402
     DeepSpeedLearnerBackend,
     deepspeed_config,
@@ -45,7 +45,6 @@ from actors.messages import TrainBatch, TrainResult  # noqa: E402
 from actors.models import ModelConfig, load_causal_lm, resolve_model_path  # noqa: E402
 from actors.weight_sync import merged_state_dict  # noqa: E402
 from algorithms.config import AlgorithmConfig  # noqa: E402
-from algorithms.logprobs import token_logprobs  # noqa: E402
 
 _DIST_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 WEIGHT_ATOL = 1e-5
@@ -87,30 +86,11 @@ def model_path(model_config: ModelConfig) -> str:
     return resolve_model_path(model_config)
 
 
-def _batch(step: int, n: int, model: torch.nn.Module) -> TrainBatch:
-    """``n`` random sequences of mixed lengths, with sampling log-probs from ``model``."""
-    gen = torch.Generator().manual_seed(step)
-    prompts = [torch.randint(3, 1000, (int(torch.randint(1, 5, (1,), generator=gen)),), generator=gen).tolist()
-               for _ in range(n)]
-    completions = [torch.randint(3, 1000, (int(torch.randint(1, 6, (1,), generator=gen)),), generator=gen).tolist()
-                   for _ in range(n)]
-    draft = TrainBatch(step=step, prompt_token_ids=prompts, completion_token_ids=completions,
-                       sampling_logprobs=[[0.0] * len(c) for c in completions],
-                       advantages=torch.randn(n, generator=gen).tolist(), policy_versions=[step] * n)
-    t = collate(draft, slice(0, n))
-    with torch.no_grad():
-        logits = model(input_ids=t["input_ids"], attention_mask=t["attention_mask"]).logits
-    logps = token_logprobs(logits[:, :-1], t["input_ids"][:, 1:])
-    sampling = [logps[i][t["completion_mask"][i].bool()].tolist() for i in range(n)]
-    return TrainBatch(step=step, prompt_token_ids=prompts, completion_token_ids=completions,
-                      sampling_logprobs=sampling, advantages=draft.advantages, policy_versions=draft.policy_versions)
-
-
 @pytest.fixture(scope="module")
-def batches(model_path: str) -> list[TrainBatch]:
+def batches(model_path: str, make_train_batch) -> list[TrainBatch]:
     """Two steps' batches of 4 and 5 sequences, sampled (log-probs) from the initial model."""
     model = load_causal_lm(model_path, "float32")
-    return [_batch(0, 4, model), _batch(1, 5, model)]
+    return [make_train_batch(0, 4, model, seed=0), make_train_batch(1, 5, model, seed=1)]
 
 
 def _learner(model_config: ModelConfig, backend: str, micro_batch_size: int, lora: bool = False,

@@ -47,11 +47,10 @@ if shutil.which("ninja") is None:  # DeepSpeed compiles its comm op with the ven
 import ray  # noqa: E402
 import torch  # noqa: E402
 
-from actors.learner import Learner, LearnerConfig, collate  # noqa: E402
+from actors.learner import Learner, LearnerConfig  # noqa: E402
 from actors.messages import TrainBatch, TrainResult  # noqa: E402
 from actors.models import ModelConfig, TinyModelConfig, load_causal_lm, resolve_model_path  # noqa: E402
 from algorithms.config import AlgorithmConfig  # noqa: E402
-from algorithms.logprobs import token_logprobs  # noqa: E402
 from ray_jobs.learner_group import LearnerGroup, LearnerPlacementError, local_ranks, rank_env  # noqa: E402
 
 ALGORITHM = AlgorithmConfig(beta=0.1, num_minibatches=2, rollout_correction="truncate", epsilon=0.02, epsilon_high=0.02)
@@ -92,30 +91,10 @@ def model_config(tmp_path_factory: pytest.TempPathFactory) -> ModelConfig:
     return config
 
 
-def _batch(step: int, n: int, model: torch.nn.Module) -> TrainBatch:
-    """``n`` random sequences of mixed lengths; sampling log-probs are ``model``'s plus noise."""
-    gen = torch.Generator().manual_seed(100 + step)
-    prompts = [torch.randint(3, 1000, (int(torch.randint(1, 5, (1,), generator=gen)),), generator=gen).tolist()
-               for _ in range(n)]
-    completions = [torch.randint(3, 1000, (int(torch.randint(1, 6, (1,), generator=gen)),), generator=gen).tolist()
-                   for _ in range(n)]
-    draft = TrainBatch(step=step, prompt_token_ids=prompts, completion_token_ids=completions,
-                       sampling_logprobs=[[0.0] * len(c) for c in completions],
-                       advantages=torch.randn(n, generator=gen).tolist(), policy_versions=[step] * n)
-    t = collate(draft, slice(0, n))
-    with torch.no_grad():
-        logits = model(input_ids=t["input_ids"], attention_mask=t["attention_mask"]).logits
-    logps = token_logprobs(logits[:, :-1], t["input_ids"][:, 1:])
-    noisy = logps + 0.5 * torch.randn(logps.shape, generator=gen)
-    sampling = [noisy[i][t["completion_mask"][i].bool()].tolist() for i in range(n)]
-    return TrainBatch(step=step, prompt_token_ids=prompts, completion_token_ids=completions,
-                      sampling_logprobs=sampling, advantages=draft.advantages, policy_versions=draft.policy_versions)
-
-
 @pytest.fixture(scope="module")
-def batches(model_config: ModelConfig) -> list[TrainBatch]:
+def batches(model_config: ModelConfig, make_train_batch) -> list[TrainBatch]:
     model = load_causal_lm(resolve_model_path(model_config), "float32")
-    return [_batch(0, 9, model), _batch(1, 9, model)]
+    return [make_train_batch(s, 9, model, seed=100 + s, noise=0.5) for s in (0, 1)]
 
 
 def _config(**changes: object) -> LearnerConfig:
