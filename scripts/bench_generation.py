@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from scripts.bench_models import MODELS, ForeignLoad, machine, median, model_config, vllm_available
+from scripts.bench_models import MODELS, ForeignLoad, machine, median, model_config, percent, vllm_available
 
 DATA = Path(__file__).resolve().parents[1] / "configs" / "data" / "business_descriptions.jsonl"
 
@@ -98,12 +98,8 @@ def table(summary: list[dict]) -> str:
     for s in summary:
         lines.append(f"| {s['model']} | {s['dtype']} | {s['backend']} | {s['prompts']} x {s['group']} | {s['max_new_tokens']} "
                      f"| {s['startup_s']:.1f} | {s['warmup_wall_s']:.3f} ({s['warmup_tokens_per_s']:.0f}) "
-                     f"| {s['tokens']:.0f} ({s['truncated']:.0f}/{s['samples']}) | {s['wall_s']:.3f} | {s['tokens_per_s']:.0f} | {_percent(s['others_cpu_max'])} |")
+                     f"| {s['tokens']:.0f} ({s['truncated']:.0f}/{s['samples']}) | {s['wall_s']:.3f} | {s['tokens_per_s']:.0f} | {percent(s['others_cpu_max'])} |")
     return "\n".join(lines)
-
-
-def _percent(share: float | None) -> str:
-    return "-" if share is None else f"{share:.0%}"
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -147,6 +147,11 @@ def vllm_available() -> bool:
     return True
 
 
+def percent(share: float | None) -> str:
+    """A CPU share for the tables ("-" when it was not measured)."""
+    return "-" if share is None else f"{share:.0%}"
+
+
 def median(values: list[float]) -> float:
     s = sorted(values)
     mid = len(s) // 2

@@ -55,7 +55,7 @@ from pathlib import Path
 import ray
 import torch
 
-from scripts.bench_models import MODELS, ForeignLoad, machine, median, model_config, vllm_available
+from scripts.bench_models import MODELS, ForeignLoad, machine, median, model_config, percent, vllm_available
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 LORA_RANK = 16
@@ -275,12 +275,8 @@ def table(summary: list[dict]) -> str:
         stage = f"{s['stage_s']:.3f}" if "stage_s" in s else "-"
         lines.append(f"| {s['model']} | {s['dtype']} | {s['backend']} | {s['case']} | {s['bytes'] / 1e6:.2f} "
                      f"| {s['param_bytes'] / 1e6:.2f} | {s['tensors']} | {s['export_s']:.3f} | {middle:.3f} "
-                     f"| {s['load_s']:.3f} | {stage} | {s['e2e_s']:.3f} | {s['e2e_first_s']:.3f} | {_percent(s['others_cpu_max'])} |")
+                     f"| {s['load_s']:.3f} | {stage} | {s['e2e_s']:.3f} | {s['e2e_first_s']:.3f} | {percent(s['others_cpu_max'])} |")
     return "\n".join(lines)
-
-
-def _percent(share: float | None) -> str:
-    return "-" if share is None else f"{share:.0%}"
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -64,3 +64,25 @@ def random_train_batch(step: int, n: int, model, seed: int, noise: float = 0.0):
 def make_train_batch():
     """``random_train_batch`` as a fixture (test modules cannot import conftest)."""
     return random_train_batch
+
+
+def random_adapter_update(policy, version: int):
+    """Give a peft ``policy`` random LoRA weights (seeded by ``version``) and return
+    its adapter-only ``WeightsUpdate`` and the merged full weights it stands for."""
+    import torch
+
+    from actors.weight_sync import ObjectStoreWeightSync, adapter_state_dict, merged_state_dict
+
+    torch.manual_seed(version)
+    with torch.no_grad():
+        for name, p in policy.named_parameters():
+            if "lora_" in name:
+                p.copy_(0.2 * torch.randn_like(p))
+    update = ObjectStoreWeightSync().export_adapter(*adapter_state_dict(policy), version=version)
+    return update, merged_state_dict(policy)
+
+
+@pytest.fixture(scope="session")
+def make_adapter_update():
+    """``random_adapter_update`` as a fixture."""
+    return random_adapter_update

@@ -69,25 +69,19 @@ def test_weight_update_changes_version_and_refuses_old(tiny_model_config, tiny_t
         asyncio.run(w.update_weights(WeightsUpdate(version=1, tensors={}, export_s=0.0)))
 
 
-def test_lora_adapter_update_matches_merged_model(tiny_model_config, tiny_tokenizer) -> None:
+def test_lora_adapter_update_matches_merged_model(tiny_model_config, tiny_tokenizer, make_adapter_update) -> None:
     """Adapter-only sync: the HF rollout wraps its base with the adapter and then
     samples exactly as the merged policy would."""
     from actors.learner import LoraConfig, apply_lora
-    from actors.weight_sync import adapter_state_dict, merged_state_dict
 
     lora = LoraConfig(enabled=True, r=4, alpha=8, target_modules=["q_proj", "v_proj", "up_proj"])
     policy = apply_lora(load_causal_lm(resolve_model_path(tiny_model_config), "float32"), lora)
     w = RolloutWorker(RolloutConfig(group_size=2, max_new_tokens=6, temperature=0.7), tiny_model_config)
     merged = load_causal_lm(resolve_model_path(tiny_model_config), "float32").eval()
     for version in (1, 2):
-        torch.manual_seed(version)
-        with torch.no_grad():
-            for name, p in policy.named_parameters():
-                if "lora_" in name:
-                    p.copy_(0.2 * torch.randn_like(p))
-        update = ObjectStoreWeightSync().export_adapter(*adapter_state_dict(policy), version=version)
+        update, merged_weights = make_adapter_update(policy, version)
         asyncio.run(w.update_weights(update))
-        merged.load_state_dict(merged_state_dict(policy), strict=False)
+        merged.load_state_dict(merged_weights, strict=False)
         samples = asyncio.run(w.generate(0, 0, _prompts(tiny_tokenizer))).samples
         assert {s.policy_version for s in samples} == {version}
         batch = TrainBatch(0, [x.prompt.prompt_token_ids for x in samples], [x.completion_token_ids for x in samples],

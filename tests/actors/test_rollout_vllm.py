@@ -17,7 +17,7 @@ from actors.learner import apply_lora, LoraConfig  # noqa: E402
 from actors.messages import PromptItem  # noqa: E402
 from actors.models import load_causal_lm, resolve_model_path  # noqa: E402
 from actors.rollout import RolloutConfig, RolloutWorker  # noqa: E402
-from actors.weight_sync import ObjectStoreWeightSync, adapter_state_dict, merged_state_dict  # noqa: E402
+from actors.weight_sync import ObjectStoreWeightSync, merged_state_dict  # noqa: E402
 from algorithms.logprobs import token_logprobs  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -118,7 +118,7 @@ def test_matches_learner_before_and_after_full_sync(worker, loop, tiny_model_con
     _check_against(model, worker, loop, tiny_tokenizer)
 
 
-def test_lora_adapter_sync_matches_merged_model(loop, tiny_model_config, tiny_tokenizer) -> None:
+def test_lora_adapter_sync_matches_merged_model(loop, tiny_model_config, tiny_tokenizer, make_adapter_update) -> None:
     lora = LoraConfig(enabled=True, r=8, alpha=16,
                       target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
     policy = apply_lora(load_causal_lm(resolve_model_path(tiny_model_config), "float32"), lora).eval()
@@ -126,15 +126,10 @@ def test_lora_adapter_sync_matches_merged_model(loop, tiny_model_config, tiny_to
     try:
         merged = load_causal_lm(resolve_model_path(tiny_model_config), "float32").eval()
         for version in (1, 2):  # a second adapter version replaces the first
-            torch.manual_seed(version)
-            with torch.no_grad():
-                for name, p in policy.named_parameters():
-                    if "lora_" in name:
-                        p.copy_(0.2 * torch.randn_like(p))
-            update = ObjectStoreWeightSync().export_adapter(*adapter_state_dict(policy), version=version)
+            update, merged_weights = make_adapter_update(policy, version)
             assert update.is_adapter and all("lora_" in k for k in update.tensors)
             loop.run_until_complete(worker.update_weights(update))
-            merged.load_state_dict(merged_state_dict(policy), strict=False)
+            merged.load_state_dict(merged_weights, strict=False)
             _check_against(merged, worker, loop, tiny_tokenizer)
             samples = loop.run_until_complete(worker.generate(0, 0, _prompts(tiny_tokenizer))).samples
             assert {s.policy_version for s in samples} == {version}
