@@ -41,19 +41,35 @@ class WeightSync(Protocol):
     def apply(self, update: WeightsUpdate, model: torch.nn.Module) -> None: ...
 
 
+def _without_aliases(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` minus every entry that shares its storage with an earlier one
+    (a tied ``lm_head.weight`` is the embedding under a second name)."""
+    seen: set[tuple[int, int]] = set()
+    out = {}
+    for name, tensor in state.items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+        if tensor.numel() and key in seen:
+            continue
+        seen.add(key)
+        out[name] = tensor
+    return out
+
+
 def merged_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Full weights with plain Hugging Face names, on the CPU, LoRA adapters merged in.
 
-    For a peft model each adapted weight is exported as ``W + delta`` computed
-    on the side (``get_delta_weight``); the training model is never modified, so
-    repeated exports cannot drift its frozen base weights (which in-place
-    merge/unmerge would do in bf16).
+    Tied weights travel once, under their first name (the embedding, not
+    ``lm_head.weight``); the receivers tie them again. For a peft model each
+    adapted weight is exported as ``W + delta`` computed on the side
+    (``get_delta_weight``); the training model is never modified, so repeated
+    exports cannot drift its frozen base weights (which in-place merge/unmerge
+    would do in bf16).
     """
     from peft import PeftModel
     from peft.tuners.lora import LoraLayer
 
     if not isinstance(model, PeftModel):
-        return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        return {k: v.detach().to("cpu", copy=True) for k, v in _without_aliases(model.state_dict()).items()}
     base = model.get_base_model()
     deltas: dict[str, torch.Tensor] = {}
     for name, module in base.named_modules():
@@ -61,7 +77,7 @@ def merged_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
             delta = sum(module.get_delta_weight(a) for a in module.active_adapters)
             deltas[f"{name}.weight"] = delta.detach()
     out: dict[str, torch.Tensor] = {}
-    for name, tensor in base.state_dict().items():
+    for name, tensor in _without_aliases(base.state_dict()).items():
         if "lora_" in name:
             continue
         plain = name.replace(".base_layer.", ".")

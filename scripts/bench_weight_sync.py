@@ -31,8 +31,8 @@ backend. Per model (``scripts/bench_models.py``; the 0.5B-shaped one in
 
 ``bytes`` is what one sync ships (``WeightsUpdate.nbytes``, or the bytes
 broadcast); ``state_bytes`` is the sum of the exported tensors' sizes (equal
-by construction) and ``param_bytes`` the model's unique parameters (less when
-tied embeddings are exported under both names). ``others_cpu`` is the share
+by construction) and ``param_bytes`` the model's unique parameters (equal for
+full syncs: tied weights travel once). ``others_cpu`` is the share
 of the machine's CPU that processes outside the benchmark used during a sync
 (``ForeignLoad``; not measured for syncs under a second): numbers taken
 while it is high are inflated. Prints a markdown table with medians (and the
