@@ -33,7 +33,7 @@ from actors.messages import PromptItem, RolloutResult, Sample, WeightsUpdate
 from actors.models import ModelConfig, default_device, load_causal_lm, load_tokenizer, resolve_model_path
 from actors.rollout_vllm import VLLMConfig
 from actors.weight_broadcast import Plan, join_group, receive_buckets
-from actors.weight_sync import ObjectStoreWeightSync
+from actors.weight_sync import ObjectStoreWeightSync, load_full_state
 from algorithms.logprobs import token_logprobs
 
 
@@ -161,9 +161,7 @@ class HFGenerationBackend:
 
     async def receive_weights(self, plan: Plan, version: int) -> None:
         state = dict(named for bucket in receive_buckets(self._group, plan, self.device) for named in bucket)
-        missing, unexpected = self.model.load_state_dict(state, strict=False)
-        if [m for m in missing if not m.endswith("lm_head.weight")] or unexpected:
-            raise ValueError(f"broadcast v{version} does not match the rollout model: {missing[:5]}, {unexpected[:5]}")
+        load_full_state(self.model, state, f"weight broadcast v{version}")
         self.version = version
 
     def decode(self, token_ids: list[int]) -> str:

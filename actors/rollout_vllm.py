@@ -136,15 +136,22 @@ class VLLMGenerationBackend:
         if update.is_adapter:
             await self._add_adapter(update.version, staged)
             return
+        try:
+            await self._load_paused("relay_load_weights", (str(staged),), update.version)
+        finally:
+            shutil.rmtree(staged.parent, ignore_errors=True)
+
+    async def _load_paused(self, method: str, args: tuple, version: int) -> None:
+        """Pause keeping in-flight requests, run the worker's loader ``method``, mark
+        ``version``, reset the prefix cache (paused requests' blocks included), resume."""
         await self.engine.pause_generation(mode="keep", clear_cache=False)
         try:
-            await self.engine.collective_rpc("relay_load_weights", args=(str(staged),))
-            self.version = update.version
+            await self.engine.collective_rpc(method, args=args)
+            self.version = version
             if not await self.engine.reset_prefix_cache(reset_running_requests=True):
-                raise RuntimeError(f"vLLM could not reset its prefix cache after loading v{update.version}")
+                raise RuntimeError(f"vLLM could not reset its prefix cache after loading v{version}")
         finally:
             await self.engine.resume_generation()
-            shutil.rmtree(staged.parent, ignore_errors=True)
 
     async def _add_adapter(self, version: int, directory: Path) -> None:
         from vllm.lora.request import LoRARequest
@@ -170,13 +177,7 @@ class VLLMGenerationBackend:
 
     async def receive_weights(self, plan: list, version: int) -> None:
         """Receive a broadcast of full weights (``actors/weight_broadcast.py``), paused like ``load_weights``."""
-        await self.engine.pause_generation(mode="keep", clear_cache=False)
-        try:
-            await self.engine.collective_rpc("relay_receive_weights", args=(plan,))
-            self.version = version
-            await self.engine.reset_prefix_cache(reset_running_requests=True)
-        finally:
-            await self.engine.resume_generation()
+        await self._load_paused("relay_receive_weights", (plan,), version)
 
     def decode(self, token_ids: list[int]) -> str:
         return self.tokenizer.decode(token_ids, skip_special_tokens=True)

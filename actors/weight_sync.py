@@ -131,6 +131,15 @@ def stage_update(update: WeightsUpdate, directory: Path) -> Path:
     return directory
 
 
+def load_full_state(model: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    """Load full weights into ``model`` in place; every parameter must be present,
+    except a tied ``lm_head.weight`` (it is the embedding, sent once)."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [m for m in missing if not m.endswith("lm_head.weight")]
+    if missing or unexpected:
+        raise ValueError(f"{what} does not match the rollout model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
 def _to_numpy(state_dict: dict[str, torch.Tensor]) -> dict[str, object]:
     tensors: dict[str, object] = {}
     for name, t in state_dict.items():
@@ -165,12 +174,7 @@ class ObjectStoreWeightSync:
         """
         if update.is_adapter:
             return self._apply_adapter(update, model)
-        state = update_tensors(update)
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        missing = [m for m in missing if not m.endswith("lm_head.weight")]  # tied to the embeddings
-        if missing or unexpected:
-            raise ValueError(f"weight update v{update.version} does not match the rollout model: "
-                             f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+        load_full_state(model, update_tensors(update), f"weight update v{update.version}")
         return model
 
     @staticmethod
