@@ -189,25 +189,42 @@ def test_minibatches_and_iterations_count_optimizer_steps(tiny_model_config) -> 
     assert learner2.train(_batch()).metrics["optim/steps"] == 2
 
 
+def _shifted_batch(tiny_model_config, shifts: list[list[float]]) -> TrainBatch:
+    """``_rich_batch`` whose behaviour log-probs are the initial model's own minus
+    ``shifts`` (one per completion token): pi_prox / pi_behav = exp(shift) on each
+    token, whatever weights this machine's warm-up produced."""
+    batch = _rich_batch()
+    initial = _initial_logprobs(tiny_model_config, batch)
+    behaviour = [(lp - torch.tensor(d)).tolist() for lp, d in zip(initial, shifts)]
+    return TrainBatch(**{**batch.__dict__, "sampling_logprobs": behaviour})
+
+
 def test_proximal_policy_is_the_pre_update_policy(tiny_model_config) -> None:
     # num_iterations 2: proximal log-probs are recomputed once, before any update; the first
     # pass's ratio pi/pi_prox is then 1, so nothing is clipped in it.
     learner = Learner(LearnerConfig(lr=1e-3), tiny_model_config, AlgorithmConfig(num_iterations=2), 1.0)
-    prepared = learner._prepare(_rich_batch())
-    initial = _initial_logprobs(tiny_model_config, _rich_batch())
+    batch = _shifted_batch(tiny_model_config, [[1.0] * 3, [1.0], [1.0] * 2, [1.0] * 4])
+    prepared = learner._prepare(batch)
+    initial = _initial_logprobs(tiny_model_config, batch)
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(prepared["proximal_logprobs"], initial))
-    result = learner.train(_rich_batch())
+    result = learner.train(batch)
     assert result.metrics["optim/steps"] == 2
-    # behaviour log-probs (-6.9) are far from the learner's: the mismatch statistics show it
-    assert result.metrics["is/ratio_mean"] > 1.5 and result.metrics["logprob_gap/mean_abs"] > 0.5
+    # The behaviour policy lies exactly 1 nat below the proximal one on every token, in both
+    # passes (the proximal policy stays the pre-update one): pi_prox / pi_behav = e.
+    assert result.metrics["is/ratio_mean"] == pytest.approx(math.e, rel=1e-4)
+    # pass 1's gap is exactly 1 (pass 2's adds the first update's change, of either sign)
+    assert result.metrics["logprob_gap/mean_abs"] > 0.5
 
 
 def test_rollout_correction_caps_the_importance_weight(tiny_model_config) -> None:
     learner = Learner(LearnerConfig(lr=1e-3), tiny_model_config,
                       AlgorithmConfig(rollout_correction="truncate", rollout_correction_cap=2.0), 1.0)
-    metrics = learner.train(_rich_batch()).metrics
-    # sampling log-probs of -6.9 put pi_prox / pi_behav above the cap on some tokens
-    assert 0 < metrics["is/clipped_frac"] < 1 and metrics["is/ratio_max"] > 2.0
+    # 4 of the 10 tokens have pi_prox / pi_behav = e^1.5 (above the cap of 2), 6 have e^0.2
+    shifts = [[1.5, 0.2, 0.2], [1.5], [0.2, 0.2], [1.5, 0.2, 0.2, 1.5]]
+    metrics = learner.train(_shifted_batch(tiny_model_config, shifts)).metrics
+    assert metrics["is/clipped_frac"] == pytest.approx(0.4, abs=1e-6)
+    assert metrics["is/ratio_max"] == pytest.approx(math.exp(1.5), rel=1e-4)
+    assert metrics["is/ratio_mean"] == pytest.approx(0.4 * math.exp(1.5) + 0.6 * math.exp(0.2), rel=1e-4)
     assert math.isfinite(metrics["loss"])
 
 
