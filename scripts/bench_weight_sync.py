@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         model_config(m, args.cache_dir, args.dtype)  # build missing models before Ray starts
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         rows = [r for m in models for r in bench_model(m, args)]
     finally:

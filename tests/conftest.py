@@ -13,6 +13,30 @@ CACHE = REPO_ROOT / ".cache"
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(CACHE / "torch_extensions"))
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tests start their own local Ray (address="local"); a cluster address from the caller's shell
+# would send them to a cluster they did not start.
+os.environ.pop("RAY_ADDRESS", None)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def stale_ray_cluster_file():
+    """The whole suite runs as on a machine where a Ray head once ran and died: a
+    ``ray_current_cluster`` file naming a dead address. A bare ``ray.init()`` would try
+    to join it and fail; every test must start its Ray with ``address="local"``.
+    A file that is already there (a real cluster's) is left alone."""
+    from ray._common.utils import get_ray_address_file
+
+    path = Path(get_ray_address_file(None))
+    if path.exists():
+        yield path
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("127.0.0.1:9")  # the discard port: nothing answers there
+    try:
+        yield path
+    finally:
+        if path.exists() and path.read_text() == "127.0.0.1:9":
+            path.unlink()
 
 
 @pytest.fixture(scope="session")

@@ -78,7 +78,7 @@ def test_rank_env_and_reserved_resources() -> None:
 def local_ray() -> Iterator[None]:
     env = {"TORCH_EXTENSIONS_DIR": os.environ["TORCH_EXTENSIONS_DIR"], "PATH": os.environ["PATH"],
            "RELAY_TEST_JOB_ENV": "kept"}  # only in the job's runtime env: must survive the ranks' own env_vars
-    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": env})
+    ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env={"env_vars": env})
     yield
     ray.shutdown()
 
