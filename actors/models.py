@@ -85,9 +85,15 @@ _CORPUS_WORDS = (
 ).split()
 
 
+TINY_RECIPE_VERSION = 1
+"""Bumped whenever the tiny model's build (tokenizer corpus, initialisation, warm-up)
+changes, so that a cache built by older code is never picked up as if it were current."""
+
+
 def tiny_model_dir(model: ModelConfig) -> Path:
-    """Cache directory of the tiny model: one per distinct shape."""
-    key = hashlib.sha256(json.dumps(model.tiny.model_dump(), sort_keys=True).encode()).hexdigest()[:12]
+    """Cache directory of the tiny model: one per distinct shape and build recipe."""
+    settings = {**model.tiny.model_dump(), "recipe": TINY_RECIPE_VERSION}
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     return Path(model.cache_dir) / f"tiny-qwen-{key}"
 
 
