@@ -50,6 +50,8 @@ class RolloutConfig(BaseModel):
     group_size: int = Field(default=4, ge=2, description="Samples per prompt (G): the group whose rewards form the baseline.")
     max_new_tokens: int = Field(default=12, ge=1, description="Most tokens generated per sample; longer ones are truncated.")
     temperature: float = Field(default=1.0, gt=0, description="Sampling temperature; the learner scales logits by the same value.")
+    call_timeout_s: float = Field(default=300.0, gt=0, description="A rollout call not finished after this many seconds counts as hung: its worker is restarted and its calls are sent again.")
+    resources: dict[str, float] = Field(default_factory=dict, description="Custom Ray resources each rollout worker reserves (e.g. {rollout_node: 1} to place workers on nodes that advertise it).")
     vllm: VLLMConfig = Field(default_factory=VLLMConfig, description="vLLM engine options (backend vllm only).")
 
 
@@ -183,6 +185,25 @@ def build_generation_backend(rollout: RolloutConfig, model: ModelConfig, seed: i
                                  seed, rollout.torch_threads, lora_rank)
 
 
+RESTORE_GRACE_S = 10.0
+"""How long a restarted worker waits for the driver to send it the current weights
+before it reports ``WeightsMissing`` (the driver then sends them and the call again)."""
+
+
+class WeightsMissing(RuntimeError):
+    """A restarted worker was asked for a version it does not hold and was given no weights."""
+
+
+def _restarted_by_ray() -> bool:
+    """True inside a Ray actor that Ray restarted (its constructor ran again, its state is gone)."""
+    try:
+        import ray
+
+        return ray.is_initialized() and bool(ray.get_runtime_context().was_current_actor_reconstructed)
+    except Exception:  # not in a Ray actor (plain use, tests)
+        return False
+
+
 class RolloutWorker:
     """Generates groups of samples, stamped with the policy versions that made them.
 
@@ -192,6 +213,12 @@ class RolloutWorker:
     while it was generated, the version that generated its last.
     ``lora_rank`` (the learner's adapter rank) is needed by vLLM engines only,
     when the learner syncs LoRA adapters instead of full weights.
+
+    Restarts: a worker Ray restarted starts again from ``model.path`` (version 0).
+    The driver sends it the current weights (``restore_weights``); until they
+    arrive a generation asking for a newer version waits, and after
+    ``RESTORE_GRACE_S`` without them raises ``WeightsMissing`` so the driver
+    learns of the restart even when no call was lost with the old process.
     """
 
     def __init__(self, rollout: RolloutConfig, model: ModelConfig, worker_id: int = 0, seed: int = 0,
@@ -204,6 +231,8 @@ class RolloutWorker:
         self._update_lock = asyncio.Lock()
         self._changed = asyncio.Condition()  # notified when the version changes or a generation ends
         self._asked: Counter[int] = Counter()  # min_version -> generations asked for it and not finished
+        self.restarted = _restarted_by_ray()
+        self._restored = False
 
     @property
     def version(self) -> int:
@@ -219,8 +248,7 @@ class RolloutWorker:
         """
         self._asked[min_version] += 1
         try:
-            async with self._changed:
-                await self._changed.wait_for(lambda: self.version >= min_version)
+            await self._wait_for_version(min_version)
             start = time.perf_counter()
             n = self.config.group_size
             seqs = await self.backend.generate([p.prompt_token_ids for p in prompts], n)
@@ -242,6 +270,32 @@ class RolloutWorker:
             for i, s in enumerate(seqs)
         ]
         return RolloutResult(batch_index, samples, time.perf_counter() - start, self.worker_id)
+
+    async def _wait_for_version(self, min_version: int) -> None:
+        async with self._changed:
+            if not (self.restarted and not self._restored and self.version < min_version):
+                await self._changed.wait_for(lambda: self.version >= min_version)
+                return
+            try:
+                await asyncio.wait_for(self._changed.wait_for(lambda: self.version >= min_version), RESTORE_GRACE_S)
+            except asyncio.TimeoutError:
+                raise WeightsMissing(f"rollout worker {self.worker_id} was restarted and holds v{self.version}; "
+                                     f"v{min_version} was asked for") from None
+
+    async def restore_weights(self, update: WeightsUpdate) -> float:
+        """Weights for a restarted worker (or a resumed run): applied if newer than the
+        worker's, else ignored (the driver may send them more than once)."""
+        self._restored = True
+        if update.version <= self.version:
+            return 0.0
+        return await self.update_weights(update)
+
+    def rng_state(self) -> list[int]:
+        """The torch RNG state that HF sampling draws from (bytes as ints, JSON-able)."""
+        return torch.get_rng_state().tolist()
+
+    def set_rng_state(self, state: list[int]) -> None:
+        torch.set_rng_state(torch.tensor(state, dtype=torch.uint8))
 
     async def update_weights(self, update: WeightsUpdate) -> float:
         """Apply newer weights; returns the seconds it took. Older versions are refused."""

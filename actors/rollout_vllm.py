@@ -59,6 +59,15 @@ class VLLMConfig(BaseModel):
     staging_dir: str = Field(default="/dev/shm", description="Where weight updates are staged as files for the engine (shared memory skips the disk).")
 
 
+def exit_dead_engine(exc: BaseException) -> None:
+    """End this process (Ray restarts the actor): a dead vLLM engine is never recovered in place."""
+    import logging
+    import os
+
+    logging.getLogger(__name__).error("vLLM engine died (%s): exiting so that Ray restarts this rollout worker", exc)
+    os._exit(1)
+
+
 class VLLMGenerationBackend:
     """One ``AsyncLLM`` engine; see the module docstring for the update protocol."""
 
@@ -98,8 +107,19 @@ class VLLMGenerationBackend:
         self._retired: dict[int, Path] = {}  # replaced adapters still used by a request
 
     async def generate(self, prompts: list[list[int]], n: int) -> list:
-        """``n`` samples per prompt, grouped like ``GenerationBackend.generate``."""
-        groups = await asyncio.gather(*(self._request(p, n) for p in prompts))
+        """``n`` samples per prompt, grouped like ``GenerationBackend.generate``.
+
+        A dead engine (its process crashed) cannot come back inside this actor, and
+        an exception would leave the actor alive and useless: the process exits,
+        so that Ray restarts the actor with a new engine (the driver then sends
+        the calls again, see ``ray_jobs/stages.py``).
+        """
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        try:
+            groups = await asyncio.gather(*(self._request(p, n) for p in prompts))
+        except EngineDeadError as exc:
+            exit_dead_engine(exc)
         return [seq for group in groups for seq in group]
 
     async def _request(self, prompt: list[int], n: int) -> list:

@@ -13,7 +13,7 @@ from actors.models import DOMAIN_TASK_SYSTEM_PROMPT
 
 log = logging.getLogger(__name__)
 
-_LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 
 DEFAULT_SYSTEM_PROMPT = DOMAIN_TASK_SYSTEM_PROMPT  # seed 000's task
 
@@ -39,12 +39,12 @@ class DataConfig(BaseModel):
 def _load_rows(data: DataConfig) -> tuple[list[dict], str]:
     """Rows as dicts, and a name for them in messages."""
     suffix = Path(data.path).suffix.lower()
-    if suffix in _LOCAL_FORMATS:
+    if suffix in LOCAL_FORMATS:
         if not Path(data.path).is_file():
             raise DatasetError(f"data.path: file {data.path} does not exist")
         import datasets
 
-        ds = datasets.load_dataset(_LOCAL_FORMATS[suffix], data_files=data.path, split="train")
+        ds = datasets.load_dataset(LOCAL_FORMATS[suffix], data_files=data.path, split="train")
     elif Path(data.path).exists():
         raise DatasetError(f"data.path: {data.path} is not a .jsonl, .json, .csv or .parquet file")
     else:
@@ -86,7 +86,12 @@ def load_prompts(data: DataConfig, tokenizer) -> list[PromptItem]:
 
 
 class PromptSource:
-    """Serves prompts in epochs (reshuffled each epoch when asked). Never runs dry."""
+    """Serves prompts in epochs (reshuffled each epoch when asked). Never runs dry.
+
+    Invariant: within an epoch every item is served exactly once; ``state_dict``
+    captures the epoch, the rest of its order and the shuffling RNG, so a source
+    restored with ``load_state_dict`` serves exactly what this one would next.
+    """
 
     def __init__(self, items: list[PromptItem], shuffle: bool, seed: int) -> None:
         self.items = items
@@ -106,3 +111,18 @@ class PromptSource:
                 self.epoch += 1
             out.append(self.items[self._order.pop()])
         return out
+
+    def state_dict(self) -> dict:
+        """JSON-able: epoch, the rest of this epoch's order (positions in ``items``), RNG state."""
+        version, internal, gauss = self._rng.getstate()
+        return {"epoch": self.epoch, "order": list(self._order), "rng": [version, list(internal), gauss],
+                "items": len(self.items)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["items"] != len(self.items):
+            raise DatasetError(f"data: the checkpoint's prompt source had {state['items']} prompts, this dataset "
+                               f"has {len(self.items)}; resume with the dataset the run started with")
+        version, internal, gauss = state["rng"]
+        self._rng.setstate((version, tuple(internal), gauss))
+        self._order = list(state["order"])
+        self.epoch = state["epoch"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import ray
@@ -25,8 +26,12 @@ from actors.messages import PromptItem, ScoreResult, TrainBatch, TrainResult
 from actors.rollout import RolloutWorker
 from ray_jobs.config import ExperimentConfig
 from ray_jobs.data import PromptSource
+from ray_jobs.faults import (FaultCounters, LearnerDied, RolloutCall, RunFaultError, StopRequested, check_started,
+                             failed, is_actor_fault)
 from ray_jobs.learner_group import LearnerGroup
 from ray_jobs.pipeline import LeastLoadedRouter, refill_size, shaped_rewards, signal_groups
+
+ACTOR_START_TIMEOUT_S = 600.0  # model loading and vLLM engine start
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +50,11 @@ class Stages:
     worker. A generation sent after an update starts on the updated weights
     (``RolloutWorker``); with HF a worker switches between generations, with
     vLLM also during them (each sample records the versions it spans).
+
+    Faults (``ray_jobs/faults.py``): rollout workers and the judge pool are
+    restartable actors; a call lost with one is sent again (``collect``); a
+    rollout call running past ``rollout.call_timeout_s`` gets its worker
+    restarted. A dead learner rank raises ``LearnerDied``.
     """
 
     def __init__(self, cfg: ExperimentConfig, api_keys: dict[str, SecretStr]) -> None:
@@ -52,15 +62,24 @@ class Stages:
         self.cfg = cfg
         self._engine_groups: list = []
         lora_rank = lr.lora.r if cfg.adapter_sync else None
+        restarts = cfg.pipeline.max_actor_restarts
         self.rollouts = [self._start_rollout(w, lora_rank) for w in range(ro.num_workers)]
-        self.judge = ray.remote(JudgePool).options(num_cpus=0, max_concurrency=1000).remote(cfg.judge, cfg.reward, api_keys)
+        self.judge = ray.remote(JudgePool).options(num_cpus=0, max_concurrency=1000, max_restarts=restarts,
+                                                   max_task_retries=0).remote(cfg.judge, cfg.reward, api_keys)
         self.learner = LearnerGroup(lr, cfg.model, cfg.algorithm, ro.temperature, seed=cfg.run.seed,
-                                    max_new_tokens=ro.max_new_tokens)
+                                    max_new_tokens=ro.max_new_tokens, total_steps=cfg.run.steps)
+        check_started({**{f"rollout worker {w}": a for w, a in enumerate(self.rollouts)}, "judge pool": self.judge,
+                       **{f"learner rank {r}": a for r, a in enumerate(self.learner.ranks)}}, ACTOR_START_TIMEOUT_S)
         self.router = LeastLoadedRouter(len(self.rollouts))
         self._generating: dict[ray.ObjectRef, tuple[int, int]] = {}  # call -> (worker, prompts)
         self._syncs: list[_PendingSync] = []
         self.last_sync_s = 0.0
         self.version = 0
+        self.faults = FaultCounters()
+        self._worker_epochs = [0] * len(self.rollouts)  # restarts seen per worker
+        self._judge_epoch = 0
+        self._killed: set[tuple[int, int]] = set()  # (worker, epoch) restarted for a hung call
+        self._latest_update: ray.ObjectRef | None = None  # what a restarted worker is sent (object store)
         self._plan = self._join_broadcast() if cfg.weight_sync.transport == "broadcast" else None
 
     def _start_rollout(self, worker_id: int, lora_rank: int | None) -> ray.actor.ActorHandle:
@@ -68,7 +87,9 @@ class Stages:
         placement group of one GPU bundle per shard; vLLM's Ray executor starts
         its shard workers inside it (the worker itself reserves no GPU)."""
         ro = self.cfg.rollout
-        options: dict = {"num_cpus": ro.num_cpus_per_worker, "num_gpus": ro.num_gpus_per_worker, "max_concurrency": 1000}
+        options: dict = {"num_cpus": ro.num_cpus_per_worker, "num_gpus": ro.num_gpus_per_worker, "max_concurrency": 1000,
+                         "resources": dict(ro.resources), "max_restarts": self.cfg.pipeline.max_actor_restarts,
+                         "max_task_retries": 0}
         if ro.backend == "vllm" and ro.vllm.tensor_parallel_size > 1:
             group = placement_group([{"GPU": 1, "CPU": 1}] * ro.vllm.tensor_parallel_size, strategy="PACK")
             ray.get(group.ready(), timeout=300)
@@ -90,24 +111,24 @@ class Stages:
         ray.get(joins)
         return self.learner.weight_plan(ws.bucket_mb * 2**20)
 
-    def launch_batch(self, batch_index: int, prompts: list[PromptItem], first_call: int = 0) -> list[ray.ObjectRef]:
+    def launch_batch(self, batch_index: int, prompts: list[PromptItem], first_call: int = 0) -> list[RolloutCall]:
         """Send a batch's prompts to the rollout workers in calls of
         ``pipeline.prompts_per_call``; each call's result goes straight to the
         judge pool. Each call starts on weights of at least the newest version
         sent (``self.version``), which is what admission control counted on.
-        Returns the ScoreResult references. Calls are numbered from
-        ``first_call`` (refills of a batch continue its numbering, so group ids
-        stay unique)."""
+        Returns the calls. Calls are numbered from ``first_call`` (refills of a
+        batch continue its numbering, so group ids stay unique)."""
         self._reap_finished_calls()
         per_call = self.cfg.pipeline.prompts_per_call
-        scores = []
-        for call, lo in enumerate(range(0, len(prompts), per_call), start=first_call):
-            chunk = prompts[lo : lo + per_call]
-            worker = self.router.pick(len(chunk))
-            generated = self.rollouts[worker].generate.remote(batch_index, call, chunk, self.version)
-            self._generating[generated] = (worker, len(chunk))
-            scores.append(self.judge.score.remote(generated))
-        return scores
+        return [self._send(batch_index, call, prompts[lo : lo + per_call])
+                for call, lo in enumerate(range(0, len(prompts), per_call), start=first_call)]
+
+    def _send(self, batch_index: int, call: int, chunk: list[PromptItem], resends: int = 0) -> RolloutCall:
+        worker = self.router.pick(len(chunk))
+        generated = self.rollouts[worker].generate.remote(batch_index, call, chunk, self.version)
+        self._generating[generated] = (worker, len(chunk))
+        return RolloutCall(batch_index, call, chunk, worker, self._worker_epochs[worker], generated,
+                           self.judge.score.remote(generated), resends=resends, judge_epoch=self._judge_epoch)
 
     def _reap_finished_calls(self) -> None:
         if not self._generating:
@@ -116,7 +137,8 @@ class Stages:
         for ref in done:
             self.router.finished(*self._generating.pop(ref))
 
-    def collect(self, step: int, refs: list[ray.ObjectRef], source: PromptSource) -> tuple[list[ScoreResult], dict[str, float]]:
+    def collect(self, step: int, calls: list[RolloutCall], source: PromptSource,
+                stop: Callable[[], bool] = lambda: False) -> tuple[list[ScoreResult], dict[str, float]]:
         """Wait for a step's judged calls; with dynamic sampling, refill until the step
         has ``pipeline.prompts_per_step`` groups with reward variance.
 
@@ -125,9 +147,11 @@ class Stages:
         published), so refills can only lower the step's staleness. After
         ``algorithm.max_refill_rounds`` rounds the step goes on with what it has
         (``dynamic_sampling/exhausted`` = 1); ``assemble_batch`` fails if that is nothing.
+        ``stop()`` is polled while the step's own calls are awaited (never during
+        refills, whose prompts are already taken): ``StopRequested`` when it says so.
         Returns the results and the ``dynamic_sampling/*`` refill metrics.
         """
-        results: list[ScoreResult] = ray.get(refs)
+        results = self.wait(calls, stop)
         algo, target = self.cfg.algorithm.settings, self.cfg.pipeline.prompts_per_step
         if not algo.dynamic_sampling:
             return results, {}
@@ -138,7 +162,7 @@ class Stages:
             if len(kept) >= target or rounds == algo.max_refill_rounds:
                 break
             n = refill_size(target - len(kept), len(kept), len(seen), target)
-            results += ray.get(self.launch_batch(step, source.take(n), first_call=len(results)))
+            results += self.wait(self.launch_batch(step, source.take(n), first_call=len(results)))
             rounds, prompts = rounds + 1, prompts + n
         if len(kept) < target:
             log.warning("step %d: dynamic sampling exhausted %d refill rounds with %d of %d groups", step, rounds,
@@ -146,8 +170,96 @@ class Stages:
         return results, {"dynamic_sampling/refill_rounds": float(rounds), "dynamic_sampling/refill_prompts": float(prompts),
                          "dynamic_sampling/exhausted": float(len(kept) < target)}
 
+    def wait(self, calls: list[RolloutCall], stop: Callable[[], bool] = lambda: False) -> list[ScoreResult]:
+        """The calls' ScoreResults, in call order, recovering from actor faults on the way.
+
+        A call whose worker or judge died (or whose restarted worker lacked its weights)
+        is sent again; a call past ``rollout.call_timeout_s`` gets its worker restarted
+        (its calls then fail and are sent again). ``calls`` is updated in place, so a
+        caller interrupted by ``StopRequested`` still holds every call's prompts.
+        """
+        results: dict[int, ScoreResult] = {}
+        while len(results) < len(calls):
+            if stop():
+                raise StopRequested()
+            pending = {c.scored: i for i, c in enumerate(calls) if i not in results}
+            done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0.5, fetch_local=True)
+            for ref in done:
+                i = pending[ref]
+                try:
+                    results[i] = ray.get(ref)
+                except Exception as exc:  # noqa: BLE001 - classified below
+                    if not is_actor_fault(exc):
+                        raise
+                    calls[i] = self._recover(calls[i], exc)
+            self._restart_hung(calls[i] for i in pending.values() if i not in results)
+        return [results[i] for i in range(len(calls))]
+
+    def _recover(self, call: RolloutCall, exc: BaseException) -> RolloutCall:
+        """Send ``call`` again after a fault: the whole call if generation failed, else only its scoring."""
+        limit = self.cfg.pipeline.max_actor_restarts + 1
+        if call.resends >= limit:
+            raise RunFaultError(f"batch {call.batch_index} call {call.call_index} failed {call.resends + 1} times "
+                                f"(last: {type(exc).__name__}); the actors are not recovering "
+                                f"(pipeline.max_actor_restarts={limit - 1})")
+        self.faults.add("calls_resent")
+        gen_error = failed(call.generated)
+        if gen_error is None:  # the judge pool died: score the same generation again
+            if call.judge_epoch == self._judge_epoch:
+                self._judge_epoch += 1
+                self.faults.add("judge_restarts")
+            log.warning("judge pool lost batch %d call %d (%s); scoring it again", call.batch_index, call.call_index,
+                        type(exc).__name__)
+            return RolloutCall(call.batch_index, call.call_index, call.prompts, call.worker, call.epoch,
+                               call.generated, self.judge.score.remote(call.generated), resends=call.resends + 1,
+                               judge_epoch=self._judge_epoch)
+        self._note_worker_restart(call.worker, call.epoch, gen_error)
+        log.warning("rollout worker %d lost batch %d call %d (%s); sending it again", call.worker, call.batch_index,
+                    call.call_index, type(gen_error).__name__)
+        return self._send(call.batch_index, call.call_index, call.prompts, resends=call.resends + 1)
+
+    def _note_worker_restart(self, worker: int, epoch: int, cause: BaseException) -> None:
+        """First fault seen of ``worker`` in ``epoch``: count the restart and send it the current weights."""
+        if epoch != self._worker_epochs[worker]:
+            return
+        self._worker_epochs[worker] += 1
+        self.faults.add("rollout_restarts")
+        if self.version == 0:
+            return
+        if self._latest_update is None:
+            raise RunFaultError(f"rollout worker {worker} was restarted ({type(cause).__name__}) but "
+                                "weight_sync.transport=broadcast cannot admit a restarted engine to its group; "
+                                "re-run the same command to resume from the newest checkpoint")
+        self.rollouts[worker].restore_weights.remote(self._latest_update)
+
+    def _restart_hung(self, calls: Iterable[RolloutCall]) -> None:
+        """Kill (Ray restarts) the worker of any call whose generation is past ``rollout.call_timeout_s``."""
+        limit = self.cfg.rollout.call_timeout_s
+        for call in calls:
+            if time.monotonic() - call.sent_at <= limit or (call.worker, call.epoch) in self._killed:
+                continue
+            ready, _ = ray.wait([call.generated], timeout=0, fetch_local=False)
+            if not ready and call.epoch == self._worker_epochs[call.worker]:
+                log.warning("rollout worker %d: batch %d call %d still running after %g s; restarting it",
+                            call.worker, call.batch_index, call.call_index, limit)
+                ray.kill(self.rollouts[call.worker], no_restart=False)  # its calls fail, and are sent again
+                self._killed.add((call.worker, call.epoch))
+
     def train(self, batch: TrainBatch) -> TrainResult:
-        return self.learner.train(batch)
+        """One learner step; ``LearnerDied`` (naming the rank) if a rank died."""
+        try:
+            return self.learner.train(batch)
+        except ray.exceptions.RayActorError as exc:
+            raise LearnerDied(f"learner {self._dead_rank()} died during step {batch.step} "
+                              f"({type(exc).__name__})") from None
+
+    def _dead_rank(self) -> str:
+        for rank, actor in enumerate(self.learner.ranks):
+            try:
+                ray.get(actor.__ray_ready__.remote(), timeout=10)
+            except Exception:  # noqa: BLE001 - any failure marks the rank
+                return f"rank {rank}"
+        return "a rank"
 
     def publish_weights(self) -> None:
         """Send the learner's new weights to every rollout worker.
@@ -166,8 +278,37 @@ class Stages:
             update = self.learner.export_weights(adapter_only=self.cfg.adapter_sync)
             ray.wait([update], fetch_local=False)
             loads = [w.update_weights.remote(update) for w in self.rollouts]
+            self._latest_update = update
         self._syncs.append(_PendingSync(version, time.perf_counter() - start, loads))
         self.version = version
+
+    def restore(self, version: int) -> None:
+        """After the learner loaded a checkpoint of ``version``: give every rollout worker
+        those weights and wait until they hold them (a resumed run's first batches need them)."""
+        if self._plan is not None:
+            loads = [w.receive_weights.remote(self._plan, version) for w in self.rollouts]
+            self.learner.broadcast_weights(self._plan)
+        else:
+            update = self.learner.export_weights(adapter_only=self.cfg.adapter_sync)
+            loads = [w.restore_weights.remote(update) for w in self.rollouts]
+            self._latest_update = update
+        ray.get(loads)
+        self.version = version
+
+    def rollout_rng_states(self) -> list[list[int]]:
+        return ray.get([w.rng_state.remote() for w in self.rollouts])
+
+    def set_rollout_rng_states(self, states: list[list[int]]) -> None:
+        """Restore the workers' sampling RNGs (skipped when the worker count changed)."""
+        if len(states) == len(self.rollouts):
+            ray.get([w.set_rng_state.remote(s) for w, s in zip(self.rollouts, states)])
+
+    def save_checkpoint(self, directory: str) -> dict[str, float]:
+        """The learner's training state under ``directory/learner`` and the policy, in
+        Hugging Face format, under ``directory/policy`` (collective over the ranks)."""
+        info = self.learner.save_checkpoint(f"{directory}/learner")
+        self.learner.save(f"{directory}/policy")
+        return info
 
     def completed_sync_seconds(self) -> float:
         """Export time plus the slowest worker's load time of the newest sync
@@ -177,9 +318,21 @@ class Stages:
             done, _ = ray.wait(sync.loads, num_returns=len(sync.loads), timeout=0)
             if len(done) < len(sync.loads):
                 break
-            self.last_sync_s = sync.export_s + max(ray.get(sync.loads))
+            self.last_sync_s = sync.export_s + max(self._load_times(sync.loads), default=0.0)
             self._syncs.pop(0)
         return self.last_sync_s
+
+    @staticmethod
+    def _load_times(loads: list[ray.ObjectRef]) -> list[float]:
+        """The loads' durations, leaving out those lost with a worker that died (it gets the weights again)."""
+        times = []
+        for ref in loads:
+            try:
+                times.append(ray.get(ref))
+            except Exception as exc:  # noqa: BLE001 - classified
+                if not is_actor_fault(exc):
+                    raise
+        return times
 
     def save(self, path: str) -> None:
         self.learner.save(path)
@@ -194,7 +347,7 @@ class Stages:
         a child process), then every actor is killed."""
         ray.wait([w.close.remote() for w in self.rollouts], num_returns=len(self.rollouts), timeout=60)
         for actor in [*self.rollouts, self.judge]:
-            ray.kill(actor)
+            ray.kill(actor, no_restart=True)
         self.learner.kill()
         for group in self._engine_groups:
             remove_placement_group(group)

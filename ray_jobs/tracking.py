@@ -30,18 +30,36 @@ class RunRecorder:
     """Writes one run's outputs under ``directory``.
 
     Invariant: ``metrics.jsonl`` gets exactly one line per learner step and
-    ``samples.jsonl`` one line per generated sample, in step order.
+    ``samples.jsonl`` one line per generated sample, in step order. A run that
+    resumes at ``start_step`` first drops the lines of steps ``>= start_step``
+    (written after its checkpoint, before the crash) and then appends, so every
+    step appears exactly once; wandb continues the run ``wandb_id``.
     """
 
-    def __init__(self, directory: Path, config: dict, wandb_cfg: WandbConfig, run_name: str, total_steps: int) -> None:
+    def __init__(self, directory: Path, config: dict, wandb_cfg: WandbConfig, run_name: str, total_steps: int,
+                 start_step: int = 0, wandb_id: str | None = None) -> None:
+        from ray_jobs.lifecycle import truncate_jsonl
+
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-        self._metrics = (directory / "metrics.jsonl").open("w")
-        self._samples = (directory / "samples.jsonl").open("w")
+        tmp = directory / "config.yaml.tmp"
+        tmp.write_text(yaml.safe_dump(config, sort_keys=False))
+        os.replace(tmp, directory / "config.yaml")
+        dropped = {name: truncate_jsonl(directory / name, start_step) for name in ("metrics.jsonl", "samples.jsonl")}
+        if any(dropped.values()):
+            log.info("resuming at step %d: dropped lines written after the checkpoint %s", start_step, dropped)
+        self._metrics = (directory / "metrics.jsonl").open("a")
+        self._samples = (directory / "samples.jsonl").open("a")
         self.total_steps = total_steps
         self.wandb_cfg = wandb_cfg
+        self.wandb_id = wandb_id or _new_wandb_id()
         self._wandb = self._start_wandb(config, run_name)
+
+    def sync(self) -> None:
+        """Flush and fsync both files (before a checkpoint is written)."""
+        for f in (self._metrics, self._samples):
+            f.flush()
+            os.fsync(f.fileno())
 
     def _start_wandb(self, config: dict, run_name: str):
         mode = _wandb_mode(self.wandb_cfg)
@@ -54,8 +72,8 @@ class RunRecorder:
         for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_CONFIG_DIR"):
             os.environ.setdefault(var, str(wdir.resolve()))  # keep wandb out of $HOME
         os.environ.setdefault("WANDB_SILENT", "true")
-        return wandb.init(project=self.wandb_cfg.project, name=run_name, config=config, mode=mode,
-                          dir=str(wdir), settings=wandb.Settings(console="off"))
+        return wandb.init(project=self.wandb_cfg.project, name=run_name, config=config, mode=mode, id=self.wandb_id,
+                          resume="allow", dir=str(wdir), settings=wandb.Settings(console="off"))
 
     def record_step(self, step: int, metrics: dict[str, float], scored: list[ScoredSample],
                     advantages: list[float | None]) -> None:
@@ -89,6 +107,12 @@ class RunRecorder:
             self._wandb.finish()
 
 
+def _new_wandb_id() -> str:
+    import secrets
+
+    return secrets.token_hex(4)
+
+
 def _sample_row(step: int, s: ScoredSample, advantage: float | None) -> dict[str, Any]:
     return {
         "step": step,
@@ -110,4 +134,12 @@ def _console_line(step: int, total: int, m: dict[str, float]) -> str:
     return (f"step {step + 1:>4}/{total} | reward {m['reward/mean']:.3f} ± {m['reward/std']:.3f} "
             f"| loss {m.get('loss', float('nan')):+.4f} | staleness {m['staleness/mean']:.1f}/{m['staleness/max']:.0f} "
             f"| {m['throughput/samples_per_s']:.1f} samples/s | judge {m['judge/requests']:.0f} req "
-            f"{m['judge/failures']:.0f} failed | {m['time/step_s']:.2f} s")
+            f"{m['judge/failures']:.0f} failed | {m['time/step_s']:.2f} s{_faults(m)}")
+
+
+def _faults(m: dict[str, float]) -> str:
+    """The cumulative fault counters, when any fault happened."""
+    names = ("rollout_restarts", "judge_restarts", "calls_resent")
+    if not any(m.get(f"faults/{n}") for n in names):
+        return ""
+    return " | faults: " + ", ".join(f"{n} {m.get(f'faults/{n}', 0):.0f}" for n in names)

