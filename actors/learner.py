@@ -72,6 +72,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.nn.utils.rnn import pad_sequence
 
+from actors import learner_state
 from actors.messages import TrainBatch, TrainResult, WeightsUpdate
 from actors.models import ModelConfig, resolve_model_path
 from actors.weight_broadcast import Plan, broadcast_buckets, bucket_plan, join_group
@@ -125,6 +126,16 @@ class LearnerConfig(BaseModel):
     num_gpus: float = Field(default=0.0, ge=0, description="GPUs Ray reserves per learner rank (world_size times this in all); with world_size > 1, 0 or 1.")
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(default="PACK", description="Ray placement-group strategy for the ranks' bundles (world_size > 1): PACK fills few nodes, SPREAD spreads over nodes; STRICT_ variants fail instead of falling back.")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA adapters.")
+    lr_scheduler: Literal["constant", "linear", "cosine"] = Field(default="constant", description="Learning-rate schedule over the run's optimiser steps (run.steps x num_iterations x num_minibatches), after the warm-up: constant, linear decay to 0, or cosine decay to 0 (transformers' get_scheduler).")
+    warmup_steps: int = Field(default=0, ge=0, description="Optimiser steps of linear warm-up from lr 0 (the first step has lr 0, as in transformers); at most one of warmup_steps and warmup_ratio may be set.")
+    warmup_ratio: float = Field(default=0.0, ge=0, lt=1, description="Warm-up as a fraction of the run's optimiser steps (rounded up); instead of warmup_steps.")
+
+    @model_validator(mode="after")
+    def _check_schedule(self) -> LearnerConfig:
+        if self.warmup_steps > 0 and self.warmup_ratio > 0:
+            raise ValueError(f"learner.warmup_steps={self.warmup_steps} and learner.warmup_ratio={self.warmup_ratio:g} "
+                             "are both set; set one of them")
+        return self
 
     @model_validator(mode="after")
     def _check_parallelism(self) -> LearnerConfig:
@@ -159,6 +170,19 @@ class LearnerBackend(Protocol):
     def backward(self, loss: torch.Tensor) -> None: ...
 
     def step(self) -> float: ...
+
+    def learning_rate(self) -> float:
+        """The learning rate the next ``step`` applies (the LR scheduler steps once per ``step``)."""
+        ...
+
+    def save_checkpoint(self, path: str, extra: dict) -> None:
+        """Write the trainable weights, optimiser and LR-scheduler state, and ``extra``, under ``path``.
+        Collective (every rank writes its part)."""
+        ...
+
+    def load_checkpoint(self, path: str) -> dict:
+        """Restore what ``save_checkpoint`` wrote into this (freshly built) backend; return ``extra``."""
+        ...
 
     def reference_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Logits of the frozen reference policy, without gradient (LoRA: adapters disabled)."""
@@ -313,17 +337,19 @@ def prepare_policy(model: torch.nn.Module, learner: LearnerConfig) -> torch.nn.M
     return apply_lora(model, learner.lora) if learner.lora.enabled else model
 
 
-def build_backend(learner: LearnerConfig, model: ModelConfig, reference: bool = False) -> LearnerBackend:
-    """The configured backend, with the model loaded (and LoRA applied), and the
-    frozen reference policy when ``reference`` (none is loaded otherwise)."""
+def build_backend(learner: LearnerConfig, model: ModelConfig, reference: bool = False,
+                  lr_horizon: int | None = None) -> LearnerBackend:
+    """The configured backend, with the model loaded (and LoRA applied), the
+    frozen reference policy when ``reference`` (none is loaded otherwise), and
+    the LR schedule over ``lr_horizon`` optimiser steps (``actors/learner_state.py``)."""
     path = resolve_model_path(model)
     if learner.backend == "torch":
         from actors.learner_torch import TorchLearnerBackend
 
-        return TorchLearnerBackend(path, model.dtype, learner, reference=reference)
+        return TorchLearnerBackend(path, model.dtype, learner, reference=reference, lr_horizon=lr_horizon)
     from actors.learner_deepspeed import DeepSpeedLearnerBackend
 
-    return DeepSpeedLearnerBackend(path, model.dtype, learner, reference=reference)
+    return DeepSpeedLearnerBackend(path, model.dtype, learner, reference=reference, lr_horizon=lr_horizon)
 
 
 def _slices(rows: slice, parts: int) -> list[slice]:
@@ -426,10 +452,16 @@ class Learner:
     number of forwards, backwards and reductions per call (``micro_batch_plan``);
     every rank returns the same ``TrainResult``; only rank 0's
     ``export_weights`` holds weights (the others' are empty).
+
+    LR schedule: ``total_steps`` is the run's number of batches (``run.steps``);
+    the schedule spans ``total_steps * num_iterations * num_minibatches``
+    optimiser steps and is stepped once per optimiser step. Without
+    ``total_steps`` only the constant schedule without warm-up is allowed.
     """
 
     def __init__(self, learner: LearnerConfig, model: ModelConfig, algorithm: AlgorithmConfig,
-                 temperature: float, seed: int = 0, max_new_tokens: int | None = None) -> None:
+                 temperature: float, seed: int = 0, max_new_tokens: int | None = None,
+                 total_steps: int | None = None) -> None:
         torch.set_num_threads(learner.torch_threads)
         torch.manual_seed(seed)
         self.config = learner
@@ -440,12 +472,18 @@ class Learner:
         self.temperature = temperature
         self.max_new_tokens = max_new_tokens
         self.version = 0
-        self.backend = build_backend(learner, model, reference=self.settings.needs_reference)
+        horizon = learner_state.optimizer_step_horizon(learner.lr_scheduler, learner.warmup_steps, learner.warmup_ratio,
+                                                       total_steps, self.settings.num_iterations,
+                                                       self.settings.num_minibatches)
+        self.backend = build_backend(learner, model, reference=self.settings.needs_reference, lr_horizon=horizon)
         self.rank, self.world_size = self.backend.rank, self.backend.world_size
         if self.world_size != learner.world_size:
             raise RuntimeError(f"learner.world_size={learner.world_size} but the backend's process group has "
                                f"{self.world_size} ranks")
         self._sync = ObjectStoreWeightSync()
+        lora = learner.lora.model_dump(include={"r", "alpha", "target_modules"}) if learner.lora.enabled else None
+        self._layout = learner_state.checkpoint_layout(learner.backend, learner.zero_stage, learner.world_size,
+                                                       model.dtype, lora)
 
     def train(self, batch: TrainBatch) -> TrainResult:
         """``num_iterations`` passes of ``num_minibatches`` optimiser steps over ``batch``.
@@ -489,6 +527,7 @@ class Learner:
                 record["loss"] += float(loss.detach())  # normalised by the minibatch totals: the parts add up
             _accumulate(record, stats, (micro.rows.stop - micro.rows.start) / totals.sequences, micro.padding)
         record = self._combine_over_ranks(record)
+        record["lr"] = self.backend.learning_rate()
         record["grad_norm"] = self.backend.step()  # DeepSpeed's is global: the same on every rank
         return record
 
@@ -607,3 +646,35 @@ class Learner:
     def save(self, path: str) -> None:
         """Save the final policy in Hugging Face format."""
         self.backend.save_pretrained(path)
+
+    def save_checkpoint(self, path: str) -> dict[str, float]:
+        """Everything needed to continue training exactly, under directory ``path`` (collective).
+
+        Trainable weights, optimiser and LR-scheduler state (the backend's
+        files), every rank's torch RNG state and ``version``; then rank 0's
+        manifest (``actors/learner_state.py``: its presence marks a complete
+        checkpoint). Not saved: the frozen reference, which construction
+        rebuilds. Returns the same ``{"bytes", "seconds"}`` on every rank: the
+        directory's size as rank 0 counts it, and the slowest rank's wall time.
+        """
+        start = time.perf_counter()
+        learner_state.begin_save(path, self.rank)
+        extra = {"version": self.version, "rng": learner_state.every_rank_rng_state(self.world_size)}
+        self.backend.save_checkpoint(path, extra)  # returns once every rank's files are written
+        size = learner_state.commit_save(path, self._layout, self.version) if self.rank == 0 else 0
+        size, seconds = learner_state.max_over_ranks((float(size), time.perf_counter() - start), self.backend.device,
+                                                     self.world_size)
+        return {"bytes": size, "seconds": seconds}
+
+    def load_checkpoint(self, path: str) -> int:
+        """Restore a ``save_checkpoint`` of a learner with this layout into this one; the restored version.
+
+        Collective. The next ``train`` then equals the one the saved learner
+        would have run. A missing or incomplete checkpoint, or one of another
+        backend, ZeRO stage, world size, dtype or LoRA shape: ``ValueError``.
+        """
+        learner_state.read_manifest(path, self._layout)
+        extra = self.backend.load_checkpoint(path)
+        learner_state.set_rng_state(extra["rng"][self.rank])
+        self.version = int(extra["version"])
+        return self.version

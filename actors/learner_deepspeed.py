@@ -38,6 +38,20 @@ partition parameters, so neither does this); under ZeRO-3 a second DeepSpeed
 engine with the same stage-3 config minus the optimiser, so its parameters are
 partitioned across ranks like the policy's and gathered layer by layer in the
 forward. Its cost is one more model's worth of (partitioned) parameters.
+
+LR schedule and checkpoints: the scheduler (``actors/learner_state.py``) is
+given to ``deepspeed.initialize`` as a callable on the optimiser, so the
+engine steps it once per applied ``engine.step`` (not after a step skipped
+for a non-finite norm) and saves and loads it with its checkpoint.
+``save_checkpoint`` is DeepSpeed's own sharded ``engine.save_checkpoint``
+under tag ``CHECKPOINT_TAG``: ``latest``, ``zero_to_fp32.py`` and in
+``deepspeed/`` the model states (ZeRO-2: ``mp_rank_00_model_states.pt`` from
+rank 0; ZeRO-3: ``zero_pp_rank_<r>_mp_rank_00_model_states.pt`` from every
+rank) and every rank's ``[bf16_]zero_pp_rank_<r>_mp_rank_00_optim_states.pt``
+(its fp32 master partition and Adam moments). The caller's ``extra`` rides
+in the model states as ``client_state["relay"]``. With LoRA the frozen base
+weights are left out (``exclude_frozen_parameters``; the fresh engine has
+them) and the module loads non-strictly.
 """
 
 from __future__ import annotations
@@ -52,6 +66,7 @@ from typing import Any
 import torch
 
 from actors.learner import LearnerConfig, prepare_policy
+from actors.learner_state import build_lr_scheduler
 from actors.models import load_causal_lm
 from actors.weight_sync import adapter_state_dict, merged_state_dict
 
@@ -59,6 +74,7 @@ logger = logging.getLogger(__name__)
 
 _DIST_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 _NEVER_PRINT = 2**31 - 1  # steps_per_print: DeepSpeed's progress log stays silent
+CHECKPOINT_TAG = "deepspeed"  # one checkpoint per directory: a fixed tag
 
 
 def deepspeed_config(learner: LearnerConfig, dtype: str) -> dict[str, Any]:
@@ -161,14 +177,21 @@ class DeepSpeedLearnerBackend:
     process group's, and ``world_size == learner.world_size``.
     """
 
-    def __init__(self, model_path: str, dtype: str, learner: LearnerConfig, reference: bool = False) -> None:
+    def __init__(self, model_path: str, dtype: str, learner: LearnerConfig, reference: bool = False,
+                 lr_horizon: int | None = None) -> None:
         import deepspeed
 
         config = deepspeed_config(learner, dtype)
         init_distributed(learner.world_size)
         module = prepare_policy(load_causal_lm(model_path, dtype), learner)
         params = [p for p in module.parameters() if p.requires_grad]
-        engine, _, _, _ = deepspeed.initialize(model=module, model_parameters=params, config=config)
+
+        def scheduler(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+            return build_lr_scheduler(optimizer, learner.lr_scheduler, learner.warmup_steps, learner.warmup_ratio,
+                                      lr_horizon)
+
+        engine, _, _, _ = deepspeed.initialize(model=module, model_parameters=params, config=config,
+                                               lr_scheduler=scheduler)
         self.engine = engine
         self.model: torch.nn.Module = engine
         self.device = engine.device
@@ -220,6 +243,22 @@ class DeepSpeedLearnerBackend:
         if not self.engine.was_step_applied():
             logger.warning("DeepSpeed skipped the optimiser step: non-finite gradient norm %s", norm)
         return float("nan") if norm is None else float(norm)
+
+    def learning_rate(self) -> float:
+        return float(self.engine.get_lr()[0])
+
+    def save_checkpoint(self, path: str, extra: dict) -> None:
+        """DeepSpeed's sharded checkpoint (collective: every rank writes its shard; ends in a barrier)."""
+        self.engine.save_checkpoint(path, tag=CHECKPOINT_TAG, client_state={"relay": extra},
+                                    exclude_frozen_parameters=self.lora)
+
+    def load_checkpoint(self, path: str) -> dict:
+        """Collective; needs the pristine engine of a fresh backend (ZeRO-3 cannot reload in place)."""
+        loaded, client_state = self.engine.load_checkpoint(path, tag=CHECKPOINT_TAG, load_module_strict=not self.lora,
+                                                           load_optimizer_states=True, load_lr_scheduler_states=True)
+        if loaded is None or "relay" not in (client_state or {}):
+            raise ValueError(f"{path} holds no DeepSpeed learner checkpoint under tag {CHECKPOINT_TAG!r}")
+        return client_state["relay"]
 
     @contextlib.contextmanager
     def _full_parameters(self) -> Iterator[None]:

@@ -1,12 +1,26 @@
-"""Plain-torch learner backend: the model, AdamW and the optional frozen reference in one process."""
+"""Plain-torch learner backend: the model, AdamW and the optional frozen reference in one process.
+
+Checkpoint files (``save_checkpoint``; ``Learner`` adds the manifest):
+``trainable.safetensors`` (the parameters with ``requires_grad``, by their
+``named_parameters`` names: the full model once per tied tensor, or only the
+LoRA adapter's ``lora_A``/``lora_B``), ``optimizer.pt`` (AdamW's
+``state_dict``) and ``trainer_state.pt`` (the LR scheduler's ``state_dict``
+and the caller's ``extra``: version, RNG). Loading copies the same tensors
+back bit for bit, so training resumes bit-exactly.
+"""
 
 from __future__ import annotations
+
+import os
 
 import torch
 
 from actors.learner import LearnerConfig, prepare_policy
+from actors.learner_state import build_lr_scheduler
 from actors.models import default_device, load_causal_lm
 from actors.weight_sync import adapter_state_dict, merged_state_dict
+
+WEIGHTS, OPTIMIZER, STATE = "trainable.safetensors", "optimizer.pt", "trainer_state.pt"
 
 
 class TorchLearnerBackend:
@@ -20,7 +34,8 @@ class TorchLearnerBackend:
     gradients, not in the optimiser). Without ``reference`` nothing is loaded.
     """
 
-    def __init__(self, model_path: str, dtype: str, learner: LearnerConfig, reference: bool = False) -> None:
+    def __init__(self, model_path: str, dtype: str, learner: LearnerConfig, reference: bool = False,
+                 lr_horizon: int | None = None) -> None:
         self.device = default_device()
         self.rank, self.world_size = 0, 1
         model = prepare_policy(load_causal_lm(model_path, dtype).to(self.device), learner)
@@ -34,6 +49,8 @@ class TorchLearnerBackend:
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=learner.lr, betas=learner.betas,
                                            weight_decay=learner.weight_decay)
+        self.lr_scheduler = build_lr_scheduler(self.optimizer, learner.lr_scheduler, learner.warmup_steps,
+                                               learner.warmup_ratio, lr_horizon)
 
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
@@ -42,8 +59,42 @@ class TorchLearnerBackend:
         params = [p for p in self.model.parameters() if p.requires_grad]
         norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
         self.optimizer.step()
+        self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return float(norm)
+
+    def learning_rate(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def _trainable(self) -> dict[str, torch.nn.Parameter]:
+        return {name: p for name, p in self.model.named_parameters() if p.requires_grad}
+
+    def save_checkpoint(self, path: str, extra: dict) -> None:
+        from safetensors.torch import save_file
+
+        save_file({name: p.detach().contiguous() for name, p in self._trainable().items()}, os.path.join(path, WEIGHTS))
+        torch.save(self.optimizer.state_dict(), os.path.join(path, OPTIMIZER))
+        torch.save({"lr_scheduler": self.lr_scheduler.state_dict(), "extra": extra}, os.path.join(path, STATE))
+
+    @torch.no_grad()
+    def load_checkpoint(self, path: str) -> dict:
+        """Weights, then optimiser (its param groups carry the lr), then scheduler; ``ValueError`` if the
+        saved tensors are not exactly this model's trainable ones (names, shapes, dtypes)."""
+        from safetensors.torch import load_file
+
+        saved, params = load_file(os.path.join(path, WEIGHTS), device=str(self.device)), self._trainable()
+        wrong = sorted(set(saved) ^ set(params)) + sorted(
+            n for n in set(saved) & set(params) if (saved[n].shape, saved[n].dtype) != (params[n].shape, params[n].dtype))
+        if wrong:
+            raise ValueError(f"checkpoint {path} holds other trainable weights than this model: {len(wrong)} differ "
+                             f"(first: {wrong[0]})")
+        for name, p in params.items():
+            p.copy_(saved[name])
+        self.optimizer.load_state_dict(torch.load(os.path.join(path, OPTIMIZER), map_location=self.device,
+                                                  weights_only=True))
+        state = torch.load(os.path.join(path, STATE), weights_only=True)
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        return state["extra"]
 
     @torch.no_grad()
     def reference_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

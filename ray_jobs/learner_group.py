@@ -115,10 +115,11 @@ class LearnerGroup:
 
     def __init__(self, learner: LearnerConfig, model: ModelConfig, algorithm: AlgorithmConfig, temperature: float,
                  seed: int, max_new_tokens: int | None,
-                 placement_timeout_s: float = DEFAULT_PLACEMENT_TIMEOUT_S) -> None:
+                 placement_timeout_s: float = DEFAULT_PLACEMENT_TIMEOUT_S, *, total_steps: int | None = None) -> None:
+        """``total_steps``: the run's learner batches (``run.steps``), the LR schedule's horizon; every rank gets it."""
         self.config = learner
         self.placement_group: PlacementGroup | None = None
-        args = (learner, model, algorithm, temperature, seed, max_new_tokens)
+        args = (learner, model, algorithm, temperature, seed, max_new_tokens, total_steps)
         actor = ray.remote(Learner)
         if learner.world_size == 1:
             self.ranks = [actor.options(num_cpus=learner.num_cpus, num_gpus=learner.num_gpus).remote(*args)]
@@ -215,6 +216,18 @@ class LearnerGroup:
     def save(self, path: str) -> None:
         """Save the policy in Hugging Face format (rank 0 writes; every rank takes part)."""
         _get_all(self._on_all("save", path))
+
+    def save_checkpoint(self, path: str) -> dict[str, float]:
+        """``Learner.save_checkpoint`` on every rank (each writes its shard); ``{"bytes", "seconds"}``,
+        the same on every rank (rank 0's byte count, the slowest rank's time)."""
+        return _get_all(self._on_all("save_checkpoint", path))[0]
+
+    def load_checkpoint(self, path: str) -> int:
+        """``Learner.load_checkpoint`` on every rank of a freshly started group; the restored version."""
+        versions = set(_get_all(self._on_all("load_checkpoint", path)))
+        if len(versions) != 1:
+            raise RuntimeError(f"learner ranks restored different versions {sorted(versions)} from {path}")
+        return versions.pop()
 
     def kill(self) -> None:
         """Stop every rank and release the placement group."""
