@@ -78,6 +78,8 @@ CASES = {
     "deepspeed-zero2": Case(LearnerConfig(backend="deepspeed", zero_stage=2, micro_batch_size=2)),
     "deepspeed-zero3-lora-linear": Case(LearnerConfig(backend="deepspeed", zero_stage=3, micro_batch_size=2, lora=LORA,
                                                       lr_scheduler="linear", warmup_ratio=0.25), total_steps=4),
+    "deepspeed-zero3-offload": Case(LearnerConfig(backend="deepspeed", zero_stage=3, micro_batch_size=2,
+                                                  offload_optimizer=True)),
 }
 TORCH_FILES = {MANIFEST, "trainable.safetensors", "optimizer.pt", "trainer_state.pt"}
 
