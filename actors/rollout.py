@@ -190,6 +190,10 @@ RESTORE_GRACE_S = 10.0
 before it reports ``WeightsMissing`` (the driver then sends them and the call again)."""
 
 
+ORDER_WAIT_S = 2.0
+"""How long a call waits for the call sent before it (``seq - 1``) to start."""
+
+
 class WeightsMissing(RuntimeError):
     """A restarted worker was asked for a version it does not hold and was given no weights."""
 
@@ -232,6 +236,7 @@ class RolloutWorker:
         self._changed = asyncio.Condition()  # notified when the version changes or a generation ends
         self._asked: Counter[int] = Counter()  # min_version -> generations asked for it and not finished
         self.restarted = _restarted_by_ray()
+        self._started: set[int] = set()  # seq of calls that started generating (the two newest are kept)
         self._restored = False
 
     @property
@@ -239,16 +244,24 @@ class RolloutWorker:
         return self.backend.version
 
     async def generate(self, batch_index: int, call_index: int, prompts: list[PromptItem],
-                       min_version: int = 0) -> RolloutResult:
+                       min_version: int = 0, seq: int | None = None) -> RolloutResult:
         """``group_size`` samples for each prompt, started once the worker holds
         weights of version ``>= min_version``.
 
+        ``seq`` numbers the calls the driver sent to this worker: a call starts
+        only after call ``seq - 1`` started (or ``ORDER_WAIT_S`` passed: that
+        call was lost with a previous incarnation), so that sampling draws from
+        the RNG in send order and seeded runs repeat exactly.
         Group ids are ``b<batch>c<call>p<position>``: unique per (call, prompt)
         even when a prompt repeats.
         """
         self._asked[min_version] += 1
         try:
+            await self._wait_for_turn(seq)
             await self._wait_for_version(min_version)
+            if seq is not None:
+                self._started.add(seq)
+                await self._announce()
             start = time.perf_counter()
             n = self.config.group_size
             seqs = await self.backend.generate([p.prompt_token_ids for p in prompts], n)
@@ -270,6 +283,16 @@ class RolloutWorker:
             for i, s in enumerate(seqs)
         ]
         return RolloutResult(batch_index, samples, time.perf_counter() - start, self.worker_id)
+
+    async def _wait_for_turn(self, seq: int | None) -> None:
+        if not seq:
+            return
+        async with self._changed:
+            try:
+                await asyncio.wait_for(self._changed.wait_for(lambda: seq - 1 in self._started), ORDER_WAIT_S)
+            except asyncio.TimeoutError:
+                pass
+        self._started.discard(seq - 2)
 
     async def _wait_for_version(self, min_version: int) -> None:
         async with self._changed:

@@ -30,17 +30,22 @@ class GracefulStop:
     The first signal sets ``requested`` (the loop stops launching rollouts, writes
     a checkpoint at the last completed step and exits); a second one raises
     ``KeyboardInterrupt`` at once. Installed only in the main thread (signals
-    are delivered there); elsewhere it is inert. ``restore`` puts the previous
-    handlers back.
+    are delivered there); elsewhere it is inert. ``install`` again after
+    ``ray.init``, which puts its own SIGTERM handler in place; ``restore`` puts
+    the handlers from before the first ``install`` back.
     """
 
     def __init__(self) -> None:
         self.requested = False
         self.signum: int | None = None
         self._previous: dict[int, Any] = {}
+        self.install()
+
+    def install(self) -> None:
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGINT, signal.SIGTERM):
-                self._previous[signum] = signal.signal(signum, self._handle)
+                previous = signal.signal(signum, self._handle)
+                self._previous.setdefault(signum, previous)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.requested:

@@ -77,6 +77,7 @@ class Stages:
         self.version = 0
         self.faults = FaultCounters()
         self._worker_epochs = [0] * len(self.rollouts)  # restarts seen per worker
+        self._seqs = [0] * len(self.rollouts)  # next call number per worker (RolloutWorker.generate's seq)
         self._judge_epoch = 0
         self._killed: set[tuple[int, int]] = set()  # (worker, epoch) restarted for a hung call
         self._latest_update: ray.ObjectRef | None = None  # what a restarted worker is sent (object store)
@@ -125,7 +126,8 @@ class Stages:
 
     def _send(self, batch_index: int, call: int, chunk: list[PromptItem], resends: int = 0) -> RolloutCall:
         worker = self.router.pick(len(chunk))
-        generated = self.rollouts[worker].generate.remote(batch_index, call, chunk, self.version)
+        seq, self._seqs[worker] = self._seqs[worker], self._seqs[worker] + 1
+        generated = self.rollouts[worker].generate.remote(batch_index, call, chunk, self.version, seq)
         self._generating[generated] = (worker, len(chunk))
         return RolloutCall(batch_index, call, chunk, worker, self._worker_epochs[worker], generated,
                            self.judge.score.remote(generated), resends=resends, judge_epoch=self._judge_epoch)

@@ -189,6 +189,7 @@ def run(cfg: ExperimentConfig) -> Path:
             cfg, keys = stack.enter_context(judge_endpoint(cfg, run_dir))
             cfg = _with_absolute_model_path(cfg)
             stack.enter_context(ray_session(cfg))
+            stop.install()  # ray.init replaced our SIGTERM handler with its own
             for attempt in range(cfg.run.max_learner_restarts + 1):
                 try:
                     _train(cfg, keys, run_dir, recorded, plan.checkpoint, prompts, tokenizer, stop)
