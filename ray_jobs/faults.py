@@ -1,7 +1,7 @@
 """What the driver does when a Ray actor dies, hangs or never starts.
 
-The bookkeeping is plain (``RolloutCall``, ``FaultCounters``, ``restart_epoch``);
-``ray_jobs/stages.py`` applies it. Recovery rules:
+The bookkeeping is plain (``RolloutCall``, ``FaultCounters``); ``ray_jobs/stages.py``
+applies it. Recovery rules:
 
 * Every rollout call is a ``RolloutCall`` record: its batch, call index and
   prompts, the worker it went to (and that worker's *epoch*: how many restarts
@@ -10,10 +10,11 @@ The bookkeeping is plain (``RolloutCall``, ``FaultCounters``, ``restart_epoch``)
   been fetched, so a call whose worker or judge died is never lost: it is sent
   again for the same prompts, batch and call index (the group ids stay the
   same, so nothing is duplicated: the lost call produced nothing).
-* The first failure seen of a worker in its current epoch counts one restart
-  (``faults/rollout_restarts``) and makes the driver send it the current weights;
-  later failures of calls from the same epoch are only resent. Likewise for the
-  judge pool (``faults/judge_restarts``). Every resend counts in ``faults/calls_resent``.
+* Before resending, the driver waits until the actor answers again and compares
+  its process id with the last one seen: a new process is a restart, counted once
+  (``faults/rollout_restarts``, ``faults/judge_restarts``) however many calls were
+  lost with the old one; a restarted rollout worker is sent the current weights.
+  Every resend counts in ``faults/calls_resent``.
 * A call resent more than ``max_resends`` times ends the run (a worker that dies
   every time it is restarted is not recovering).
 """
@@ -58,7 +59,6 @@ class RolloutCall:
     scored: ray.ObjectRef
     sent_at: float = field(default_factory=time.monotonic)
     resends: int = 0
-    judge_epoch: int = 0
 
 
 @dataclass

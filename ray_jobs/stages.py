@@ -32,8 +32,16 @@ from ray_jobs.learner_group import LearnerGroup
 from ray_jobs.pipeline import LeastLoadedRouter, refill_size, shaped_rewards, signal_groups
 
 ACTOR_START_TIMEOUT_S = 600.0  # model loading and vLLM engine start
+JUDGE_POOL_NAME = "relay-judge-pool"  # + a per-Stages suffix: ray.util.list_named_actors() finds it
 
 log = logging.getLogger(__name__)
+
+
+def _pid(_actor: object) -> int:
+    """Run inside an actor (``__ray_call__``): its process id, new after every restart."""
+    import os
+
+    return os.getpid()
 
 
 @dataclass
@@ -65,11 +73,14 @@ class Stages:
         restarts = cfg.pipeline.max_actor_restarts
         self.rollouts = [self._start_rollout(w, lora_rank) for w in range(ro.num_workers)]
         self.judge = ray.remote(JudgePool).options(num_cpus=0, max_concurrency=1000, max_restarts=restarts,
-                                                   max_task_retries=0).remote(cfg.judge, cfg.reward, api_keys)
+                                                   max_task_retries=0, name=f"{JUDGE_POOL_NAME}-{id(self):x}",
+                                                   ).remote(cfg.judge, cfg.reward, api_keys)
         self.learner = LearnerGroup(lr, cfg.model, cfg.algorithm, ro.temperature, seed=cfg.run.seed,
                                     max_new_tokens=ro.max_new_tokens, total_steps=cfg.run.steps)
         check_started({**{f"rollout worker {w}": a for w, a in enumerate(self.rollouts)}, "judge pool": self.judge,
                        **{f"learner rank {r}": a for r, a in enumerate(self.learner.ranks)}}, ACTOR_START_TIMEOUT_S)
+        self._pids = dict(zip([f"rollout worker {w}" for w in range(len(self.rollouts))] + ["judge pool"],
+                              ray.get([a.__ray_call__.remote(_pid) for a in [*self.rollouts, self.judge]])))
         self.router = LeastLoadedRouter(len(self.rollouts))
         self._generating: dict[ray.ObjectRef, tuple[int, int]] = {}  # call -> (worker, prompts)
         self._syncs: list[_PendingSync] = []
@@ -78,7 +89,6 @@ class Stages:
         self.faults = FaultCounters()
         self._worker_epochs = [0] * len(self.rollouts)  # restarts seen per worker
         self._seqs = [0] * len(self.rollouts)  # next call number per worker (RolloutWorker.generate's seq)
-        self._judge_epoch = 0
         self._killed: set[tuple[int, int]] = set()  # (worker, epoch) restarted for a hung call
         self._latest_update: ray.ObjectRef | None = None  # what a restarted worker is sent (object store)
         self._plan = self._join_broadcast() if cfg.weight_sync.transport == "broadcast" else None
@@ -130,7 +140,7 @@ class Stages:
         generated = self.rollouts[worker].generate.remote(batch_index, call, chunk, self.version, seq)
         self._generating[generated] = (worker, len(chunk))
         return RolloutCall(batch_index, call, chunk, worker, self._worker_epochs[worker], generated,
-                           self.judge.score.remote(generated), resends=resends, judge_epoch=self._judge_epoch)
+                           self.judge.score.remote(generated), resends=resends)
 
     def _reap_finished_calls(self) -> None:
         if not self._generating:
@@ -198,32 +208,58 @@ class Stages:
         return [results[i] for i in range(len(calls))]
 
     def _recover(self, call: RolloutCall, exc: BaseException) -> RolloutCall:
-        """Send ``call`` again after a fault: the whole call if generation failed, else only its scoring."""
+        """Send ``call`` again after a fault: the whole call if generation failed, else only its scoring.
+
+        First waits until the actor answers again; if it is a new process (Ray
+        restarted it) the restart is counted, and a rollout worker is sent the
+        current weights. Several calls lost with one process count one restart.
+        """
         limit = self.cfg.pipeline.max_actor_restarts + 1
+        gen_error = failed(call.generated)
+        cause = gen_error if gen_error is not None else exc
         if call.resends >= limit:
             raise RunFaultError(f"batch {call.batch_index} call {call.call_index} failed {call.resends + 1} times "
-                                f"(last: {type(exc).__name__}); the actors are not recovering "
+                                f"(last: {type(cause).__name__}); the actors are not recovering "
                                 f"(pipeline.max_actor_restarts={limit - 1})")
         self.faults.add("calls_resent")
-        gen_error = failed(call.generated)
         if gen_error is None:  # the judge pool died: score the same generation again
-            if call.judge_epoch == self._judge_epoch:
-                self._judge_epoch += 1
+            if self._restarted("judge pool", self.judge):
                 self.faults.add("judge_restarts")
             log.warning("judge pool lost batch %d call %d (%s); scoring it again", call.batch_index, call.call_index,
                         type(exc).__name__)
             return RolloutCall(call.batch_index, call.call_index, call.prompts, call.worker, call.epoch,
-                               call.generated, self.judge.score.remote(call.generated), resends=call.resends + 1,
-                               judge_epoch=self._judge_epoch)
-        self._note_worker_restart(call.worker, call.epoch, gen_error)
+                               call.generated, self.judge.score.remote(call.generated), resends=call.resends + 1)
+        if self._restarted(f"rollout worker {call.worker}", self.rollouts[call.worker]):
+            self._on_worker_restart(call.worker, gen_error)
         log.warning("rollout worker %d lost batch %d call %d (%s); sending it again", call.worker, call.batch_index,
                     call.call_index, type(gen_error).__name__)
         return self._send(call.batch_index, call.call_index, call.prompts, resends=call.resends + 1)
 
-    def _note_worker_restart(self, worker: int, epoch: int, cause: BaseException) -> None:
-        """First fault seen of ``worker`` in ``epoch``: count the restart and send it the current weights."""
-        if epoch != self._worker_epochs[worker]:
-            return
+    def _restarted(self, name: str, actor: ray.actor.ActorHandle) -> bool:
+        """Wait until ``actor`` answers; True if it is another process than last seen (restarted).
+
+        While Ray restarts it, calls fail at once with ``ActorUnavailableError``: ask again."""
+        from ray.exceptions import ActorUnavailableError
+
+        deadline = time.monotonic() + ACTOR_START_TIMEOUT_S
+        while True:
+            try:
+                pid = ray.get(actor.__ray_call__.remote(_pid), timeout=max(1.0, deadline - time.monotonic()))
+                break
+            except ActorUnavailableError:
+                if time.monotonic() > deadline:
+                    raise RunFaultError(f"{name} did not come back within {ACTOR_START_TIMEOUT_S:g} s") from None
+                time.sleep(0.25)
+            except Exception as exc:  # noqa: BLE001 - dead for good, or not back in time
+                raise RunFaultError(f"{name} died and did not come back ({type(exc).__name__}; "
+                                    f"pipeline.max_actor_restarts={self.cfg.pipeline.max_actor_restarts}); re-run "
+                                    "the same command to resume from the newest checkpoint") from None
+        changed = self._pids.get(name) not in (None, pid)
+        self._pids[name] = pid
+        return changed
+
+    def _on_worker_restart(self, worker: int, cause: BaseException) -> None:
+        """A worker came back as a new process: count it and send it the current weights."""
         self._worker_epochs[worker] += 1
         self.faults.add("rollout_restarts")
         if self.version == 0:
