@@ -33,6 +33,7 @@ from ray_jobs.pipeline import LeastLoadedRouter, refill_size, shaped_rewards, si
 
 ACTOR_START_TIMEOUT_S = 600.0  # model loading and vLLM engine start
 JUDGE_POOL_NAME = "relay-judge-pool"  # + a per-Stages suffix: ray.util.list_named_actors() finds it
+ROLLOUT_WORKER_NAME = "relay-rollout"  # + "-<worker>-" + the same suffix
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,7 @@ class Stages:
             self._engine_groups.append(group)
             options.update(num_gpus=0, scheduling_strategy=PlacementGroupSchedulingStrategy(
                 group, placement_group_bundle_index=0, placement_group_capture_child_tasks=True))
+        options["name"] = f"{ROLLOUT_WORKER_NAME}-{worker_id}-{id(self):x}"
         return ray.remote(RolloutWorker).options(**options).remote(ro, self.cfg.model, worker_id=worker_id,
                                                                    seed=self.cfg.run.seed, lora_rank=lora_rank)
 

@@ -90,3 +90,46 @@ def test_vllm_rollout_worker_sigkill(tmp_path: Path, tiny_model_config, monkeypa
     metrics = _run_with_faults(tmp_path / "run", tiny_model_config.cache_dir, 8, [(3, kill_rollout_worker)],
                                "rollout.backend=vllm")
     assert metrics[-1]["faults/rollout_restarts"] == 1 and metrics[-1]["faults/calls_resent"] >= 1
+
+
+def kill_learner() -> None:
+    pids = _processes("ray::Learner")
+    assert pids, "no learner process to kill"
+    os.kill(pids[0], signal.SIGKILL)
+
+
+def test_learner_death_restarts_the_group_from_the_newest_checkpoint(tmp_path: Path, tiny_model_config,
+                                                                      monkeypatch) -> None:
+    monkeypatch.setenv("RELAY_JUDGE_API_KEY", "sk-test")
+    out = tmp_path / "run"
+    _run_with_faults(out, tiny_model_config.cache_dir, 10, [(5, kill_learner)], "run.checkpoint_every=3")
+    # the steps after step-3's checkpoint were trained again by the new group, and logged once
+
+
+def test_learner_death_without_restarts_names_the_rank_and_checkpoint(tmp_path: Path, tiny_model_config,
+                                                                      monkeypatch) -> None:
+    from ray_jobs.faults import RunFaultError
+
+    monkeypatch.setenv("RELAY_JUDGE_API_KEY", "sk-test")
+    with pytest.raises(RunFaultError, match=r"learner rank 0 died during step \d+.*newest checkpoint: .*step-3"):
+        _run_with_faults(tmp_path / "run", tiny_model_config.cache_dir, 10, [(5, kill_learner)],
+                         "run.checkpoint_every=3", "run.max_learner_restarts=0")
+
+
+def test_an_actor_failing_in_its_constructor_is_a_one_line_error(tmp_path: Path, tiny_model_config, capsys,
+                                                                 monkeypatch) -> None:
+    """A model directory whose tokenizer loads (the driver's preflight) but whose weights are
+    broken: the rollout worker dies in its constructor, named with the cause, exit code 2."""
+    import shutil
+
+    from actors.models import resolve_model_path
+    from ray_jobs.train import main
+
+    monkeypatch.setenv("RELAY_JUDGE_API_KEY", "sk-test")
+    broken = tmp_path / "broken-model"
+    shutil.copytree(resolve_model_path(tiny_model_config), broken)
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    rc = main([f"run.output_dir={tmp_path / 'run'}", f"model.path={broken}", "wandb.mode=disabled", "run.steps=2"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert err[-1].startswith("error: rollout worker 0 failed to start: ") and "safetensors" in err[-1].lower(), err[-1]
