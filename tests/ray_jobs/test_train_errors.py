@@ -79,3 +79,57 @@ def test_config_yaml_records_the_users_config(tmp_path: Path, tiny_model_config,
     recorded = (out / "config.yaml").read_text()
     assert "base_url: null" in recorded and "path: builtin:tiny-qwen" in recorded
     assert load_config(out / "config.yaml").run.steps == 1
+
+
+def test_hub_model_name_that_cannot_be_reached(capsys, base, monkeypatch) -> None:
+    """No hub here (or a typo): one line, at once, instead of transformers' retries and traceback."""
+    import ray_jobs.hub as hub
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("Name or service not known")
+
+    monkeypatch.setattr("huggingface_hub.HfApi.repo_info", unreachable)
+    line = _error_line(capsys, base + ["model.path=Qwen/Qwen2.5-0.5B-Instruct"])
+    assert line == ("error: model.path: 'Qwen/Qwen2.5-0.5B-Instruct' is not a local path and the Hugging Face hub "
+                    "cannot be reached (ConnectionError); check the network, or point model.path at a local copy")
+    assert hub.HUB_TIMEOUT_S <= 10
+
+
+def test_hub_dataset_name_that_does_not_exist(capsys, base, monkeypatch) -> None:
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    def missing(*args, **kwargs):
+        raise RepositoryNotFoundError.__new__(RepositoryNotFoundError)  # what a 404 from the hub raises
+
+    monkeypatch.setattr("huggingface_hub.HfApi.repo_info", missing)
+    line = _error_line(capsys, base + ["data.path=someone/no-such-dataset"])
+    assert line.startswith("error: data.path: 'someone/no-such-dataset' is not a local path and the Hugging Face "
+                           "hub has no dataset of that name")
+
+
+def test_a_run_directory_in_use_or_with_unresumable_outputs(capsys, base, tmp_path: Path) -> None:
+    from ray_jobs.lifecycle import RunLock
+
+    lock = RunLock(tmp_path / "run")  # another job holds it
+    line = _error_line(capsys, base)
+    assert line.startswith(f"error: run directory {tmp_path / 'run'} is in use by a running job (pid ")
+    lock.release()
+    (tmp_path / "run" / "metrics.jsonl").write_text('{"step": 0}\n')  # a run that left no checkpoint
+    line = _error_line(capsys, base)
+    assert "holds outputs of a run that wrote no checkpoint" in line
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == '{"step": 0}\n'  # untouched
+
+
+def test_a_second_run_into_a_finished_directory_changes_nothing(tmp_path: Path, tiny_model_config, monkeypatch,
+                                                                capsys) -> None:
+    monkeypatch.setenv("RELAY_JUDGE_API_KEY", "sk-test-twice")
+    argv = [f"model.cache_dir={tiny_model_config.cache_dir}", f"run.output_dir={tmp_path / 'run'}",
+            "wandb.mode=disabled", "run.steps=2"]
+    assert main(argv) == 0
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*") if p.is_file() and p.name != ".lock"}
+    assert main(argv) == 0
+    assert "run already finished" in capsys.readouterr().out
+    after = {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*") if p.is_file() and p.name != ".lock"}
+    assert after == before  # nothing rewritten
+    assert main(argv + ["run.resume=never"]) == 2
+    assert "already holds a run and run.resume=never" in capsys.readouterr().err
