@@ -71,7 +71,9 @@ class RunControl:
     ``inflight`` (its calls' prompts are saved, not its samples).
     """
 
-    def __init__(self, run: RunConfig, run_dir: Path, config: dict, stop: GracefulStop, wandb_id: str | None) -> None:
+    def __init__(self, run: RunConfig, run_dir: Path, config: dict, stop: GracefulStop, wandb_id: str | None,
+                 tokenizer: Any) -> None:
+        self.tokenizer = tokenizer  # saved beside the policy, so that a checkpoint serves as it is
         self.run = run
         self.run_dir = run_dir
         self.config = config
@@ -93,8 +95,11 @@ class RunControl:
             next_step=steps_done, source=source.state_dict(),
             inflight_rows={b: [p.row for c in calls for p in c.prompts] for b, calls in sorted(inflight.items())},
             rollout_rng=stages.rollout_rng_states(), counters=stages.faults.metrics(), wandb_id=self.wandb_id)
-        self.newest, seconds = write_checkpoint(self.run_dir, steps_done, self.config, state,
-                                                lambda tmp: stages.save_checkpoint(str(tmp.resolve())),
+        def fill(tmp: Path) -> None:
+            stages.save_checkpoint(str(tmp.resolve()))
+            self.tokenizer.save_pretrained(tmp / "policy")
+
+        self.newest, seconds = write_checkpoint(self.run_dir, steps_done, self.config, state, fill,
                                                 self.run.keep_checkpoints)
         log.info("checkpoint step-%d written in %.2f s (%.1f MB)", steps_done, seconds,
                  directory_bytes(self.newest.path) / 1e6)

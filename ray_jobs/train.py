@@ -220,7 +220,7 @@ def _train(cfg: ExperimentConfig, keys: dict[str, SecretStr], run_dir: Path, rec
     with contextlib.ExitStack() as stack:
         recorder = stack.enter_context(contextlib.closing(RunRecorder(
             run_dir, recorded, cfg.wandb, cfg.run.name, cfg.run.steps, start, state.wandb_id if state else None)))
-        control = RunControl(cfg.run, run_dir, recorded, stop, recorder.wandb_id)
+        control = RunControl(cfg.run, run_dir, recorded, stop, recorder.wandb_id, tokenizer)
         log.info("algorithm (preset filled in): %s", cfg.algorithm.settings)
         stages = Stages(cfg, keys)
         stack.callback(stages.close)
@@ -235,7 +235,6 @@ def _train(cfg: ExperimentConfig, keys: dict[str, SecretStr], run_dir: Path, rec
         final = control.checkpoint(stages, recorder, cfg.run.steps, inflight, source)
         if cfg.run.save_final:
             publish_final(final, run_dir)
-            tokenizer.save_pretrained(run_dir / "final")
         log.info("judge totals: %s", stages.judge_stats())
 
 
@@ -259,7 +258,6 @@ def _already_finished(cfg: ExperimentConfig, run_dir: Path, checkpoint: Checkpoi
     assert checkpoint is not None
     if cfg.run.save_final and not (run_dir / "final").exists():
         publish_final(checkpoint, run_dir)
-        load_tokenizer(str(checkpoint.policy_dir)).save_pretrained(run_dir / "final")
     print(f"run already finished: {run_dir} has its checkpoint of step {checkpoint.step} of {cfg.run.steps}; "
           "nothing to do (raise run.steps to train further)", flush=True)
     return run_dir

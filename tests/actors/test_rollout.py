@@ -166,3 +166,46 @@ def test_hf_update_waits_for_generations_that_asked_for_older_weights(tiny_model
 
     result = asyncio.run(scenario())
     assert {s.policy_version for s in result.samples} == {1} and w.version == 2
+
+
+def test_calls_start_in_send_order_whatever_order_they_arrive(tiny_model_config, tiny_tokenizer) -> None:
+    """Ray may start an async actor's calls out of order; ``seq`` restores the send order,
+    so two workers seeded alike sample the same whichever call arrives first."""
+    prompts = _prompts(tiny_tokenizer)
+
+    async def both(first_seq: int) -> dict[int, list[str]]:
+        w = RolloutWorker(RolloutConfig(group_size=2, max_new_tokens=6), tiny_model_config, seed=7)
+        calls = {seq: w.generate(0, seq, prompts[seq:seq + 1], 0, seq) for seq in (first_seq, 1 - first_seq)}
+        results = await asyncio.gather(*calls.values())  # started in dict order: seq first_seq first
+        return {seq: [s.completion_text for s in r.samples] for seq, r in zip(calls, results)}
+
+    assert asyncio.run(both(1)) == asyncio.run(both(0))
+
+
+def test_a_restarted_worker_waits_for_its_weights_then_reports_them_missing(tiny_model_config, tiny_tokenizer,
+                                                                           monkeypatch) -> None:
+    import actors.rollout as rollout
+
+    monkeypatch.setattr(rollout, "RESTORE_GRACE_S", 0.2)
+    w = RolloutWorker(RolloutConfig(group_size=2, max_new_tokens=4), tiny_model_config)
+    w.restarted = True  # as Ray's restart of the actor leaves it: version 0, no weights sent yet
+    update = ObjectStoreWeightSync().export(w.backend.model.state_dict(), version=3)
+
+    async def restore_then_generate():
+        with pytest.raises(rollout.WeightsMissing, match="was restarted and holds v0; v3 was asked for"):
+            await w.generate(0, 0, _prompts(tiny_tokenizer), min_version=3)
+        generation = asyncio.create_task(w.generate(0, 1, _prompts(tiny_tokenizer), min_version=3))
+        await asyncio.sleep(0.05)
+        await w.restore_weights(update)
+        assert await w.restore_weights(update) == 0.0  # sent twice: the second is ignored
+        return await generation
+
+    assert all(s.policy_version == 3 for s in asyncio.run(restore_then_generate()).samples)
+
+
+def test_rng_state_round_trip(tiny_model_config) -> None:
+    w = RolloutWorker(RolloutConfig(group_size=2, max_new_tokens=4), tiny_model_config)
+    state = w.rng_state()
+    first = torch.rand(3)
+    w.set_rng_state(state)
+    assert torch.equal(torch.rand(3), first)
