@@ -3,8 +3,11 @@
 ``Learner`` is a plain class (Ray wraps it at the edge). It owns a
 ``LearnerBackend`` (plain torch or DeepSpeed) that holds the model, the
 optimiser and, when the KL term is on, the frozen reference policy; the loss is
-composed here, identically for every backend and every algorithm, from the
-pure functions in ``algorithms/`` (``policy_loss`` is the one place that does it).
+composed identically for every backend and every algorithm, from the pure
+functions in ``algorithms/`` (``actors/objectives.py``: ``compose_loss`` is the
+one place that does it). The config and backend contract live in
+``actors/learner_config.py``, the row shares and reductions of several ranks in
+``actors/data_parallel.py``; this module re-exports their public names.
 
 One ``train`` call, in ``AlgorithmSettings`` terms:
 
@@ -62,279 +65,29 @@ of each minibatch's rows, in the micro-batches ``micro_batch_plan`` gives it:
 
 from __future__ import annotations
 
-import math
-import statistics
 import time
-from dataclasses import dataclass
-from typing import Literal, Protocol
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.nn.utils.rnn import pad_sequence
 
 from actors import learner_state
+from actors.data_parallel import (MicroBatch, _accumulate, _all_reduce, _chunks, _mean_metrics, _slices,
+                                  micro_batch_plan, shard)
+from actors.learner_config import (LearnerBackend, LearnerConfig, LoraConfig, apply_lora,
+                                   enable_gradient_checkpointing, prepare_policy)
 from actors.messages import TrainBatch, TrainResult, WeightsUpdate
 from actors.models import ModelConfig, resolve_model_path
+from actors.objectives import LossTotals, PerToken, collate, compose_loss, policy_loss
 from actors.weight_broadcast import Plan, broadcast_buckets, bucket_plan, join_group
 from actors.weight_sync import ObjectStoreWeightSync
 from algorithms.advantages import token_advantages
-from algorithms.config import AlgorithmConfig, AlgorithmSettings
-from algorithms.importance import rollout_correction_weights
+from algorithms.config import AlgorithmConfig
 from algorithms.kl import kl_estimate
-from algorithms.logprobs import masked_mean, token_entropy, token_logprobs
-from algorithms.losses import aggregate_loss, clip_stats, clipped_surrogate, importance_log_ratio
+from algorithms.logprobs import token_logprobs
 
-
-class LoraConfig(BaseModel):
-    """Optional LoRA adapters (peft) instead of full fine-tuning."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    enabled: bool = Field(default=False, description="Train LoRA adapters instead of all weights.")
-    r: int = Field(default=16, ge=1, description="LoRA rank.")
-    alpha: int = Field(default=32, ge=1, description="LoRA alpha (scale = alpha / r).")
-    dropout: float = Field(default=0.0, ge=0, lt=1, description="Dropout on the LoRA path.")
-    target_modules: list[str] = Field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
-        description="Module names that get adapters.",
-    )
-
-
-class LearnerConfig(BaseModel):
-    """Policy learner: backend, optimiser, precision, and how many data-parallel ranks.
-
-    Invariants (checked at construction): ``world_size > 1`` needs the deepspeed
-    backend, a non-empty per-rank reservation (the placement group's bundles
-    cannot be empty) and 0 or 1 GPU per rank (NCCL cannot run two ranks on one
-    GPU; a rank uses one); ``offload_optimizer`` needs the deepspeed backend.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    backend: Literal["torch", "deepspeed"] = Field(default="torch", description="torch: plain AdamW in one process; deepspeed: a DeepSpeed ZeRO engine (one or several ranks).")
-    zero_stage: Literal[2, 3] = Field(default=2, description="DeepSpeed ZeRO stage (deepspeed backend only).")
-    world_size: int = Field(default=1, ge=1, description="Data-parallel learner ranks (one Ray actor each, placed by a placement group); more than 1 needs backend deepspeed. Every rank trains on its share of each minibatch; the result equals one rank's.")
-    lr: float = Field(default=1e-3, gt=0, description="AdamW learning rate (1e-3 suits the built-in tiny model; real 0.5B-4B policies want about 1e-6).")
-    weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
-    betas: tuple[float, float] = Field(default=(0.9, 0.999), description="AdamW betas.")
-    max_grad_norm: float = Field(default=1.0, gt=0, description="Gradient clipping norm.")
-    micro_batch_size: int = Field(default=64, ge=1, description="Sequences per forward/backward on each rank; larger shares accumulate gradients.")
-    gradient_checkpointing: bool = Field(default=False, description="Activation checkpointing on the Hugging Face model: recompute each layer's activations in the backward pass (less memory, about one more forward of compute). Both backends.")
-    offload_optimizer: bool = Field(default=False, description="Keep the ZeRO optimiser state (fp32 master weights, Adam moments) and its update on the CPU (deepspeed backend only; torch's AdamW, no compiled op).")
-    torch_threads: int = Field(default=1, ge=1, description="torch intra-op threads in each learner process.")
-    num_cpus: float = Field(default=1.0, ge=0, description="CPUs Ray reserves per learner rank (world_size times this in all).")
-    num_gpus: float = Field(default=0.0, ge=0, description="GPUs Ray reserves per learner rank (world_size times this in all); with world_size > 1, 0 or 1.")
-    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(default="PACK", description="Ray placement-group strategy for the ranks' bundles (world_size > 1): PACK fills few nodes, SPREAD spreads over nodes; STRICT_ variants fail instead of falling back.")
-    lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA adapters.")
-    lr_scheduler: Literal["constant", "linear", "cosine"] = Field(default="constant", description="Learning-rate schedule over the run's optimiser steps (run.steps x num_iterations x num_minibatches), after the warm-up: constant, linear decay to 0, or cosine decay to 0 (transformers' get_scheduler).")
-    warmup_steps: int = Field(default=0, ge=0, description="Optimiser steps of linear warm-up from lr 0 (the first step has lr 0, as in transformers); at most one of warmup_steps and warmup_ratio may be set.")
-    warmup_ratio: float = Field(default=0.0, ge=0, lt=1, description="Warm-up as a fraction of the run's optimiser steps (rounded up); instead of warmup_steps.")
-
-    @model_validator(mode="after")
-    def _check_schedule(self) -> LearnerConfig:
-        if self.warmup_steps > 0 and self.warmup_ratio > 0:
-            raise ValueError(f"learner.warmup_steps={self.warmup_steps} and learner.warmup_ratio={self.warmup_ratio:g} "
-                             "are both set; set one of them")
-        return self
-
-    @model_validator(mode="after")
-    def _check_parallelism(self) -> LearnerConfig:
-        if self.world_size > 1 and self.backend != "deepspeed":
-            raise ValueError(f"learner.world_size={self.world_size} needs learner.backend=deepspeed "
-                             f"(the {self.backend} backend runs one process)")
-        if self.offload_optimizer and self.backend != "deepspeed":
-            raise ValueError("learner.offload_optimizer needs learner.backend=deepspeed (it offloads ZeRO's optimiser state)")
-        if self.world_size > 1 and self.num_cpus == 0 and self.num_gpus == 0:
-            raise ValueError("learner.world_size > 1 needs learner.num_cpus or learner.num_gpus > 0 per rank "
-                             "(a placement-group bundle cannot be empty)")
-        if self.world_size > 1 and self.num_gpus not in (0, 1):
-            raise ValueError(f"learner.num_gpus={self.num_gpus:g} with world_size > 1: a rank uses 0 or 1 GPU "
-                             "(NCCL cannot run two ranks on one GPU; for more GPUs raise world_size)")
-        return self
-
-
-class LearnerBackend(Protocol):
-    """Holds the trainable model, its optimiser and the optional frozen reference.
-
-    Contract: ``backward`` may be called several times (one per micro-batch)
-    before one ``step``; ``step`` clips, updates, zeroes the gradients and
-    returns the pre-clip gradient norm. ``reference_logits`` is available iff
-    the backend was built with ``reference=True``.
-    """
-
-    model: torch.nn.Module
-    device: torch.device
-    rank: int  # this process's rank in the data-parallel group (0 for one process)
-    world_size: int  # ranks in the group (1 for one process)
-
-    def backward(self, loss: torch.Tensor) -> None: ...
-
-    def step(self) -> float: ...
-
-    def learning_rate(self) -> float:
-        """The learning rate the next ``step`` applies (the LR scheduler steps once per ``step``)."""
-        ...
-
-    def save_checkpoint(self, path: str, extra: dict) -> None:
-        """Write the trainable weights, optimiser and LR-scheduler state, and ``extra``, under ``path``.
-        Collective (every rank writes its part)."""
-        ...
-
-    def load_checkpoint(self, path: str) -> dict:
-        """Restore what ``save_checkpoint`` wrote into this (freshly built) backend; return ``extra``."""
-        ...
-
-    def reference_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Logits of the frozen reference policy, without gradient (LoRA: adapters disabled)."""
-        ...
-
-    def full_state_dict(self) -> dict[str, torch.Tensor]:
-        """Full weights with Hugging Face names (LoRA merged), for weight sync."""
-        ...
-
-    def adapter_state_dict(self) -> tuple[dict[str, torch.Tensor], dict]:
-        """The LoRA adapter's weights (peft names) and its peft config, for adapter-only sync."""
-        ...
-
-    def save_pretrained(self, path: str) -> None:
-        """The policy in Hugging Face format (the adapter only, with LoRA)."""
-        ...
-
-
-PerToken = dict[str, list[torch.Tensor]]  # name -> one 1-D tensor per sequence, over its completion tokens
-
-
-@dataclass(frozen=True)
-class LossTotals:
-    """A minibatch's totals, by which every one of its micro-batch losses is normalised."""
-
-    sequences: int
-    tokens: int
-    max_length: int | None = None
-
-
-def collate(batch: TrainBatch, rows: slice, per_token: PerToken | None = None) -> dict[str, torch.Tensor]:
-    """Right-padded tensors for sequences ``rows`` of the batch.
-
-    ``input_ids`` is prompt + completion; ``completion_mask[b, t]`` is 1 where
-    ``input_ids[b, t + 1]`` is a completion token, so that logits[:, t] predict
-    it; ``old_logprobs`` (the behaviour policy's, as sampled) and every
-    ``per_token`` entry are aligned the same way. ``advantages`` is (n,) from the
-    batch, unless ``per_token`` holds per-token ``advantages``, which replace it.
-    """
-    per_token = per_token or {}
-    prompts = batch.prompt_token_ids[rows]
-    completions = batch.completion_token_ids[rows]
-    width = max(len(p) + len(c) for p, c in zip(prompts, completions))
-    n = len(prompts)
-    input_ids = torch.zeros(n, width, dtype=torch.long)
-    attention = torch.zeros(n, width, dtype=torch.long)
-    mask = torch.zeros(n, width - 1)
-    aligned = {name: torch.zeros(n, width - 1) for name in ("old_logprobs", *per_token)}
-    sources = {"old_logprobs": batch.sampling_logprobs[rows], **{k: v[rows] for k, v in per_token.items()}}
-    for i, (p, c) in enumerate(zip(prompts, completions)):
-        seq = p + c
-        input_ids[i, : len(seq)] = torch.tensor(seq)
-        attention[i, : len(seq)] = 1
-        mask[i, len(p) - 1 : len(seq) - 1] = 1
-        for name, values in sources.items():
-            aligned[name][i, len(p) - 1 : len(seq) - 1] = torch.as_tensor(values[i], dtype=torch.float32)
-    return {
-        "input_ids": input_ids,
-        "attention_mask": attention,
-        "completion_mask": mask,
-        "advantages": torch.tensor(batch.advantages[rows], dtype=torch.float32),
-        **aligned,
-    }
-
-
-def policy_loss(
-    model: torch.nn.Module,
-    tensors: dict[str, torch.Tensor],
-    algorithm: AlgorithmConfig | AlgorithmSettings,
-    temperature: float,
-    totals: LossTotals | None = None,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """Forward pass and the configured policy loss for one micro-batch.
-
-    ``tensors`` come from ``collate`` (with ``proximal_logprobs`` /
-    ``ref_logprobs`` when prepared); ``totals`` default to this micro-batch's own.
-    """
-    s = algorithm.settings if isinstance(algorithm, AlgorithmConfig) else algorithm
-    logits = model(input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"]).logits[:, :-1]
-    logps = token_logprobs(logits, tensors["input_ids"][:, 1:], temperature)
-    loss, stats = compose_loss(logps, tensors, s, totals)
-    with torch.no_grad():
-        stats["entropy"] = float(masked_mean(token_entropy(logits, temperature), tensors["completion_mask"]))
-    return loss, stats
-
-
-def compose_loss(
-    logps: torch.Tensor,
-    tensors: dict[str, torch.Tensor],
-    s: AlgorithmSettings,
-    totals: LossTotals | None = None,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """The one place the pure functions are composed into the policy loss.
-
-    From the current log-probs ``logps`` (B, T) and the ``collate`` tensors:
-    importance ratio at the configured level against the clip's old policy
-    (behaviour, or proximal when ``uses_proximal``), PPO-clip surrogate,
-    rollout-correction weight ``pi_prox / pi_behav`` (when on), ``beta * KL``
-    (when the KL is a loss term), aggregation by the minibatch ``totals``.
-    Missing ``proximal_logprobs`` means "the current policy before this update":
-    ``logps`` detached.
-    """
-    mask = tensors["completion_mask"]
-    behaviour = tensors["old_logprobs"]
-    proximal = tensors.get("proximal_logprobs", logps.detach())
-    old = proximal if s.uses_proximal else behaviour
-    surrogate = clipped_surrogate(importance_log_ratio(logps, old, mask, s.importance_sampling_level),
-                                  tensors["advantages"], s.epsilon, s.epsilon_high)
-    per_token = surrogate.per_token
-    mode = "truncate" if s.rollout_correction == "none" else s.rollout_correction  # none: statistics only
-    weights, is_stats = rollout_correction_weights(proximal, behaviour, mask, s.rollout_correction_level, mode,
-                                                   s.rollout_correction_cap)
-    if s.rollout_correction != "none":
-        per_token = per_token * weights
-    stats = {**clip_stats(surrogate, mask), **is_stats}
-    if s.needs_reference:
-        kl = kl_estimate(logps, tensors["ref_logprobs"], s.kl_estimator)
-        if s.kl_penalty == "loss":
-            per_token = per_token + s.beta * kl
-        stats["kl"] = float(masked_mean(kl.detach(), mask))
-    totals = totals or LossTotals(len(mask), int(mask.sum()))
-    loss = aggregate_loss(per_token, mask, s.loss_aggregation, totals.sequences, totals.tokens, totals.max_length)
-    stats["logprob_gap/mean_abs"] = float(masked_mean((logps.detach() - behaviour).abs(), mask))
-    return loss, stats
-
-
-def apply_lora(model: torch.nn.Module, lora: LoraConfig) -> torch.nn.Module:
-    """Wrap ``model`` with trainable LoRA adapters (base weights frozen)."""
-    from peft import LoraConfig as PeftLoraConfig
-    from peft import get_peft_model
-
-    peft_cfg = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                              target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
-    return get_peft_model(model, peft_cfg)
-
-
-def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
-    """Activation checkpointing on a Hugging Face ``model``, in place (call before LoRA wrapping).
-
-    Non-reentrant checkpointing: gradients reach the parameters even when a
-    checkpointed layer's inputs need none (a frozen base model under LoRA); the
-    KV cache, useless in training, is turned off. Active in train mode only.
-    """
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.config.use_cache = False
-
-
-def prepare_policy(model: torch.nn.Module, learner: LearnerConfig) -> torch.nn.Module:
-    """The loaded policy made trainable as ``learner`` says: checkpointing, then LoRA adapters."""
-    if learner.gradient_checkpointing:
-        enable_gradient_checkpointing(model)
-    return apply_lora(model, learner.lora) if learner.lora.enabled else model
+__all__ = ["Learner", "LearnerBackend", "LearnerConfig", "LoraConfig", "LossTotals", "MicroBatch", "PerToken",
+           "apply_lora", "build_backend", "collate", "compose_loss", "enable_gradient_checkpointing",
+           "micro_batch_plan", "policy_loss", "prepare_policy", "shard"]
 
 
 def build_backend(learner: LearnerConfig, model: ModelConfig, reference: bool = False,
@@ -350,91 +103,6 @@ def build_backend(learner: LearnerConfig, model: ModelConfig, reference: bool = 
     from actors.learner_deepspeed import DeepSpeedLearnerBackend
 
     return DeepSpeedLearnerBackend(path, model.dtype, learner, reference=reference, lr_horizon=lr_horizon)
-
-
-def _slices(rows: slice, parts: int) -> list[slice]:
-    """``rows`` cut into at most ``parts`` contiguous, non-empty slices of near-equal size."""
-    n = rows.stop - rows.start
-    parts = max(1, min(parts, n))
-    bounds = [rows.start + (n * k) // parts for k in range(parts + 1)]
-    return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
-
-
-def _chunks(rows: slice, size: int) -> list[slice]:
-    """``rows`` cut into consecutive slices of ``size`` sequences (the last may be shorter)."""
-    return [slice(lo, min(lo + size, rows.stop)) for lo in range(rows.start, rows.stop, size)]
-
-
-def shard(rows: slice, rank: int, world_size: int) -> slice:
-    """Rank ``rank``'s contiguous share of ``rows``: ``n * r // world_size`` to ``n * (r + 1) // world_size``.
-
-    The shares of ranks 0..world_size-1 are in order, disjoint, cover ``rows``
-    and differ in size by at most one (some are empty when ``n < world_size``).
-    """
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} is not in a group of {world_size}")
-    n = rows.stop - rows.start
-    return slice(rows.start + n * rank // world_size, rows.start + n * (rank + 1) // world_size)
-
-
-@dataclass(frozen=True)
-class MicroBatch:
-    """One forward (and, in training, one backward) on one rank.
-
-    A ``padding`` micro-batch repeats a real row only so that this rank makes
-    the same collective calls as the others: its loss is multiplied by 0, its
-    statistics and log-probs are ignored.
-    """
-
-    rows: slice
-    padding: bool = False
-
-
-def micro_batch_plan(rows: slice, rank: int, world_size: int, micro_batch_size: int) -> list[MicroBatch]:
-    """This rank's micro-batches for ``rows``: its ``shard`` in chunks of ``micro_batch_size``, then padding.
-
-    Invariants: every rank's plan has the same length, the chunk count of the
-    largest share, ``ceil(ceil(n / world_size) / micro_batch_size)``, which
-    depends on the row count only; the real micro-batches of all ranks, in rank
-    order, are the rows in order, each exactly once; padding repeats the first
-    row of ``rows``. With ``world_size == 1`` the plan is ``rows`` in chunks,
-    with no padding.
-    """
-    n = rows.stop - rows.start
-    if n <= 0:
-        raise ValueError(f"no rows to plan: {rows}")
-    real = [MicroBatch(chunk) for chunk in _chunks(shard(rows, rank, world_size), micro_batch_size)]
-    largest_share = -(-n // world_size)
-    count = -(-largest_share // micro_batch_size)
-    return real + [MicroBatch(slice(rows.start, rows.start + 1), padding=True)] * (count - len(real))
-
-
-def _accumulate(record: dict[str, float], stats: dict[str, float], share: float, padding: bool) -> None:
-    """Fold one micro-batch's statistics into ``record``, in place.
-
-    ``*_max`` keys by max, the others weighted by ``share`` (the micro-batch's
-    rows over the minibatch's). A padding micro-batch adds its keys with no
-    weight (0, or -inf for maxima), so that every rank holds the same keys.
-    """
-    for key, value in stats.items():
-        if key.endswith("_max"):
-            record[key] = max(record.get(key, -math.inf), -math.inf if padding else value)
-        else:
-            record[key] = record.get(key, 0.0) + (0.0 if padding else value * share)
-
-
-def _all_reduce(values: torch.Tensor, op: torch.distributed.ReduceOp, device: torch.device) -> torch.Tensor:
-    """``values`` reduced over the default process group, back on the CPU (sent from ``device``:
-    NCCL only reduces CUDA tensors)."""
-    on_device = values.to(device)
-    torch.distributed.all_reduce(on_device, op=op)
-    return on_device.cpu()
-
-
-def _mean_metrics(records: list[dict[str, float]]) -> dict[str, float]:
-    """Per-optimiser-step metrics to one value each: the max for ``*_max`` keys, else the mean."""
-    keys = dict.fromkeys(k for r in records for k in r)
-    return {k: (max if k.endswith("_max") else statistics.fmean)([r[k] for r in records if k in r]) for k in keys}
 
 
 class Learner:

@@ -1,6 +1,6 @@
 """DeepSpeed learner backend: the model and AdamW inside a ZeRO-2/3 engine.
 
-Honours the ``LearnerBackend`` contract of ``actors/learner.py``: the caller
+Honours the ``LearnerBackend`` contract of ``actors/learner_config.py``: the caller
 runs ``backward`` once per micro-batch (each loss already scaled by its share
 of the batch) and then one ``step``. The number of micro-batches may differ
 from step to step, so DeepSpeed's own accumulation counter (a fixed
@@ -65,7 +65,7 @@ from typing import Any
 
 import torch
 
-from actors.learner import LearnerConfig, prepare_policy
+from actors.learner_config import LearnerConfig, prepare_policy
 from actors.learner_state import build_lr_scheduler
 from actors.models import load_causal_lm
 from actors.weight_sync import adapter_state_dict, merged_state_dict

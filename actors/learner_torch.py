@@ -15,7 +15,7 @@ import os
 
 import torch
 
-from actors.learner import LearnerConfig, prepare_policy
+from actors.learner_config import LearnerConfig, prepare_policy
 from actors.learner_state import build_lr_scheduler
 from actors.models import default_device, load_causal_lm
 from actors.weight_sync import adapter_state_dict, merged_state_dict
