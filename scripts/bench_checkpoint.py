@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import shutil
 import sys
 import tempfile
@@ -48,7 +47,7 @@ from actors.messages import TrainBatch
 from actors.models import ModelConfig
 from algorithms.config import AlgorithmConfig
 from algorithms.logprobs import token_logprobs
-from scripts.bench_models import MODELS, ForeignLoad, machine, median, model_config, percent
+from scripts.bench_models import MODELS, ForeignLoad, median, model_config, percent, report
 
 MODES = ("full", "lora")
 LORA = LoraConfig(enabled=True, r=16, alpha=32,
@@ -187,10 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     rows = [bench(m, mode, args) for m in models for mode in modes]
     summary = summarise(rows)
-    print(table(summary))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"machine": machine(), "args": vars(args), "summary": summary, "rows": rows}, f, indent=1)
+    report(table(summary), args.out, args, summary, rows)
     return 0
 
 

@@ -24,12 +24,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
 import sys
 import time
 from pathlib import Path
 
-from scripts.bench_models import MODELS, ForeignLoad, machine, median, model_config, percent, vllm_available
+from scripts.bench_models import MODELS, ForeignLoad, median, model_config, percent, vllm_available, report
 
 DATA = Path(__file__).resolve().parents[1] / "configs" / "data" / "business_descriptions.jsonl"
 
@@ -130,10 +129,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = asyncio.run(run_all())
     summary = summarise(rows)
-    print(table(summary))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"machine": machine(), "args": vars(args), "summary": summary, "rows": rows}, f, indent=1)
+    report(table(summary), args.out, args, summary, rows)
     return 0
 
 

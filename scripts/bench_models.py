@@ -68,6 +68,17 @@ def model_config(name: str, cache_dir: str, dtype: str) -> ModelConfig:
     raise ValueError(f"unknown model {name!r}; choose from {MODELS}")
 
 
+def report(table_text: str, out: str | None, args: object, summary: object, rows: list) -> None:
+    """Print a benchmark's Markdown table; with ``out``, also write the JSON record
+    (machine facts, arguments, summary and every repeat)."""
+    import json
+
+    print(table_text)
+    if out:
+        with open(out, "w") as f:
+            json.dump({"machine": machine(), "args": vars(args), "summary": summary, "rows": rows}, f, indent=1)
+
+
 def machine() -> dict:
     """What the numbers were measured on."""
     import importlib.metadata as md

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import shutil
 import socket
 import sys
@@ -55,7 +54,7 @@ from pathlib import Path
 import ray
 import torch
 
-from scripts.bench_models import MODELS, ForeignLoad, machine, median, model_config, percent, vllm_available
+from scripts.bench_models import MODELS, ForeignLoad, median, model_config, percent, vllm_available, report
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 LORA_RANK = 16
@@ -314,10 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         if started:
             ray.shutdown()
     summary = summarise(rows)
-    print(table(summary))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"machine": machine(), "args": vars(args), "summary": summary, "rows": rows}, f, indent=1)
+    report(table(summary), args.out, args, summary, rows)
     return 0
 
 
