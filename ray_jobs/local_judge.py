@@ -53,8 +53,8 @@ def local_judge_server(judge: JudgeConfig, log_path: Path, start_timeout_s: floa
            "--api-key-env", judge.api_key_env, "--model", judge.model, *server_arguments(judge.local_server)]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log_file = log_path.open("w")
-    proc = subprocess.Popen(cmd, cwd=_REPO_ROOT, stdout=subprocess.PIPE, stderr=log_file, text=True,
-                            preexec_fn=_die_with_parent)
+    cmd += ["--parent-pid", str(os.getpid())]  # it exits if the driver dies without stopping it
+    proc = subprocess.Popen(cmd, cwd=_REPO_ROOT, stdout=subprocess.PIPE, stderr=log_file, text=True)
     try:
         port = _wait_ready(proc, start_timeout_s, log_path)
         yield f"http://127.0.0.1:{port}/v1"
@@ -65,18 +65,6 @@ def local_judge_server(judge: JudgeConfig, log_path: Path, start_timeout_s: floa
         except subprocess.TimeoutExpired:
             proc.kill()
         log_file.close()
-
-
-def _die_with_parent() -> None:
-    """In the server's process, before exec: ask Linux to SIGTERM it when the driver dies,
-    however the driver dies (a SIGKILLed driver runs no cleanup). A no-op elsewhere."""
-    import ctypes
-    import signal
-
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 def _wait_ready(proc: subprocess.Popen, timeout_s: float, log_path: Path) -> int:

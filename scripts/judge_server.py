@@ -784,7 +784,21 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--empty-rate", type=float, default=0.0, help="transient: empty content")
     parser.add_argument("--flaky-malformed-rate", type=float, default=0.0, help="transient: non-JSON content")
     parser.add_argument("--seed", type=int, default=0, help="seed of transient faults and latency draws")
+    parser.add_argument("--parent-pid", type=int, default=None,
+                        help="exit when this process (the training driver) is gone, however it ended")
     return parser.parse_args(argv)
+
+
+def watch_parent(parent_pid: int, stop: threading.Event, every_s: float = 1.0) -> None:
+    """Set ``stop`` once ``parent_pid`` is no longer this process's parent (it died: a
+    SIGKILLed driver runs no cleanup, and the server must not outlive it)."""
+
+    def poll() -> None:
+        while not stop.wait(every_s):
+            if os.getppid() != parent_pid:
+                stop.set()
+
+    threading.Thread(target=poll, name="parent-watch", daemon=True).start()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -808,6 +822,8 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
+    if args.parent_pid is not None:
+        watch_parent(args.parent_pid, stop)
     server = JudgeServer(args.host, args.port, settings).start()
     if settings.api_key:
         auth = f"required (${args.api_key_env})"

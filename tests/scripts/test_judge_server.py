@@ -385,3 +385,17 @@ def test_local_server_config_reaches_the_cli() -> None:
         0.2, 0.02, 5.0, 0.03, 0.04, 9)
     with pytest.raises(ValueError, match="transient fault rates"):
         LocalJudgeServerConfig(status_rates={429: 0.7}, hang_rate=0.5)
+
+
+def test_watch_parent_stops_the_server_when_its_parent_is_gone() -> None:
+    import os
+    import threading
+
+    from scripts.judge_server import watch_parent
+
+    alive, gone = threading.Event(), threading.Event()
+    watch_parent(os.getppid(), alive, every_s=0.02)  # our real parent: still there
+    watch_parent(2**22 + 12345, gone, every_s=0.02)  # not our parent: as after the driver died
+    assert gone.wait(5)
+    assert not alive.wait(0.2)
+    alive.set()  # ends its watcher
