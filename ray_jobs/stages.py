@@ -90,6 +90,7 @@ class Stages:
         self.faults = FaultCounters()
         self._worker_epochs = [0] * len(self.rollouts)  # restarts seen per worker
         self._seqs = [0] * len(self.rollouts)  # next call number per worker (RolloutWorker.generate's seq)
+        self._progress_at = [time.monotonic()] * len(self.rollouts)  # when each worker last finished a call
         self._killed: set[tuple[int, int]] = set()  # (worker, epoch) restarted for a hung call
         self._latest_update: ray.ObjectRef | None = None  # what a restarted worker is sent (object store)
         self._plan = self._join_broadcast() if cfg.weight_sync.transport == "broadcast" else None
@@ -147,9 +148,11 @@ class Stages:
     def _reap_finished_calls(self) -> None:
         if not self._generating:
             return
-        done, _ = ray.wait(list(self._generating), num_returns=len(self._generating), timeout=0)
+        done, _ = ray.wait(list(self._generating), num_returns=len(self._generating), timeout=0, fetch_local=False)
         for ref in done:
-            self.router.finished(*self._generating.pop(ref))
+            worker, prompts = self._generating.pop(ref)
+            self.router.finished(worker, prompts)
+            self._progress_at[worker] = time.monotonic()
 
     def collect(self, step: int, calls: list[RolloutCall], source: PromptSource,
                 stop: Callable[[], bool] = lambda: False) -> tuple[list[ScoreResult], dict[str, float]]:
@@ -273,10 +276,14 @@ class Stages:
         self.rollouts[worker].restore_weights.remote(self._latest_update)
 
     def _restart_hung(self, calls: Iterable[RolloutCall]) -> None:
-        """Kill (Ray restarts) the worker of any call whose generation is past ``rollout.call_timeout_s``."""
+        """Kill (Ray restarts) the worker of a call that is not done while its worker has
+        finished nothing for ``rollout.call_timeout_s`` since the call was sent (calls
+        queued behind others on a busy worker are not hung)."""
         limit = self.cfg.rollout.call_timeout_s
+        self._reap_finished_calls()
         for call in calls:
-            if time.monotonic() - call.sent_at <= limit or (call.worker, call.epoch) in self._killed:
+            quiet = time.monotonic() - max(call.sent_at, self._progress_at[call.worker])
+            if quiet <= limit or (call.worker, call.epoch) in self._killed:
                 continue
             ready, _ = ray.wait([call.generated], timeout=0, fetch_local=False)
             if not ready and call.epoch == self._worker_epochs[call.worker]:

@@ -133,3 +133,18 @@ def test_an_actor_failing_in_its_constructor_is_a_one_line_error(tmp_path: Path,
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2
     assert err[-1].startswith("error: rollout worker 0 failed to start: ") and "safetensors" in err[-1].lower(), err[-1]
+
+
+def stop_rollout_worker() -> None:
+    """SIGSTOP: the process is alive but makes no progress, as a hung engine."""
+    pids = _processes("ray::RolloutWorker")
+    assert pids, "no rollout worker process to stop"
+    os.kill(pids[0], signal.SIGSTOP)
+
+
+def test_a_hung_rollout_worker_is_restarted_after_the_call_timeout(tmp_path: Path, tiny_model_config,
+                                                                   monkeypatch) -> None:
+    monkeypatch.setenv("RELAY_JUDGE_API_KEY", "sk-test")
+    metrics = _run_with_faults(tmp_path / "run", tiny_model_config.cache_dir, 8, [(3, stop_rollout_worker)],
+                               "rollout.call_timeout_s=4")
+    assert metrics[-1]["faults/rollout_restarts"] == 1 and metrics[-1]["faults/calls_resent"] >= 1
