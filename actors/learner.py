@@ -78,6 +78,8 @@ from actors.learner_config import (LearnerBackend, LearnerConfig, LoraConfig, ap
 from actors.messages import TrainBatch, TrainResult, WeightsUpdate
 from actors.models import ModelConfig, resolve_model_path
 from actors.objectives import LossTotals, PerToken, collate, compose_loss, policy_loss
+from actors.sequence_objectives import SequenceObjective
+from actors.sequence_training import SequenceTraining
 from actors.weight_broadcast import Plan, broadcast_buckets, bucket_plan, join_group
 from actors.weight_sync import ObjectStoreWeightSync
 from algorithms.advantages import token_advantages
@@ -105,7 +107,7 @@ def build_backend(learner: LearnerConfig, model: ModelConfig, reference: bool = 
     return DeepSpeedLearnerBackend(path, model.dtype, learner, reference=reference, lr_horizon=lr_horizon)
 
 
-class Learner:
+class Learner(SequenceTraining):
     """Takes the optimiser steps for each rollout batch and publishes versioned weights.
 
     Invariants: ``version`` equals the number of batches trained (each takes
@@ -125,25 +127,33 @@ class Learner:
     the schedule spans ``total_steps * num_iterations * num_minibatches``
     optimiser steps and is stepped once per optimiser step. Without
     ``total_steps`` only the constant schedule without warm-up is allowed.
+
+    Offline objectives (``objective``: SFT, SimPO, DPO; ``actors/sequence_training.py``):
+    ``train_sequences`` takes one optimiser step per ``SequenceBatch`` (the
+    schedule spans ``total_steps`` steps), ``evaluate_sequences`` and
+    ``score_sequences`` make none; the reference is loaded iff the objective
+    needs one (DPO), and ``algorithm`` is then unused.
     """
 
     def __init__(self, learner: LearnerConfig, model: ModelConfig, algorithm: AlgorithmConfig,
                  temperature: float, seed: int = 0, max_new_tokens: int | None = None,
-                 total_steps: int | None = None) -> None:
+                 total_steps: int | None = None, objective: SequenceObjective | None = None) -> None:
         torch.set_num_threads(learner.torch_threads)
         torch.manual_seed(seed)
         self.config = learner
         self.algorithm = algorithm
         self.settings = algorithm.settings
+        self.objective = objective
         if self.settings.loss_aggregation == "constant" and not max_new_tokens:
             raise ValueError("algorithm.loss_aggregation 'constant' needs max_new_tokens (rollout.max_new_tokens)")
         self.temperature = temperature
         self.max_new_tokens = max_new_tokens
         self.version = 0
+        per_batch = (1, 1) if objective else (self.settings.num_iterations, self.settings.num_minibatches)
         horizon = learner_state.optimizer_step_horizon(learner.lr_scheduler, learner.warmup_steps, learner.warmup_ratio,
-                                                       total_steps, self.settings.num_iterations,
-                                                       self.settings.num_minibatches)
-        self.backend = build_backend(learner, model, reference=self.settings.needs_reference, lr_horizon=horizon)
+                                                       total_steps, *per_batch)
+        reference = objective.needs_reference if objective else self.settings.needs_reference
+        self.backend = build_backend(learner, model, reference=reference, lr_horizon=horizon)
         self.rank, self.world_size = self.backend.rank, self.backend.world_size
         if self.world_size != learner.world_size:
             raise RuntimeError(f"learner.world_size={learner.world_size} but the backend's process group has "

@@ -165,3 +165,35 @@ class WeightsUpdate:
     @property
     def nbytes(self) -> int:
         return sum(int(getattr(t, "nbytes", 0)) for t in self.tensors.values())
+
+
+@dataclass(frozen=True)
+class SequenceBatch:
+    """Whole token sequences with a per-token loss mask, for supervised and preference objectives.
+
+    Invariants: ``len(loss_masks[i]) == len(input_ids[i])``; ``loss_masks[i][t]``
+    is 1 where token ``t`` is a training target (0 for prompt tokens; position 0
+    is never a target, nothing predicts it). With ``pairs`` the rows come two by
+    two, row ``2k`` the chosen and row ``2k + 1`` the rejected completion of
+    pair ``k`` (same prompt), and a *unit* is a pair; otherwise a unit is a row.
+    ``step`` is the learner version this batch trains (ignored by scoring and
+    evaluation).
+    """
+
+    step: int
+    input_ids: list[list[int]]
+    loss_masks: list[list[int]]
+    pairs: bool = False
+
+    def __len__(self) -> int:
+        """Units: pairs with ``pairs``, else rows."""
+        return len(self.input_ids) // 2 if self.pairs else len(self.input_ids)
+
+    def rows(self, units: slice) -> slice:
+        """The rows of ``units``."""
+        per = 2 if self.pairs else 1
+        return slice(units.start * per, units.stop * per)
+
+    def target_tokens(self, units: slice) -> int:
+        """Training-target tokens in ``units``."""
+        return sum(sum(mask) for mask in self.loss_masks[self.rows(units)])

@@ -45,8 +45,9 @@ from ray.util.placement_group import PlacementGroup, placement_group, remove_pla
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors.learner import Learner, LearnerConfig
-from actors.messages import TrainBatch, TrainResult
+from actors.messages import SequenceBatch, TrainBatch, TrainResult
 from actors.models import ModelConfig
+from actors.sequence_objectives import SequenceObjective
 from algorithms.config import AlgorithmConfig
 
 DEFAULT_PLACEMENT_TIMEOUT_S = 120.0
@@ -115,11 +116,13 @@ class LearnerGroup:
 
     def __init__(self, learner: LearnerConfig, model: ModelConfig, algorithm: AlgorithmConfig, temperature: float,
                  seed: int, max_new_tokens: int | None,
-                 placement_timeout_s: float = DEFAULT_PLACEMENT_TIMEOUT_S, *, total_steps: int | None = None) -> None:
-        """``total_steps``: the run's learner batches (``run.steps``), the LR schedule's horizon; every rank gets it."""
+                 placement_timeout_s: float = DEFAULT_PLACEMENT_TIMEOUT_S, *, total_steps: int | None = None,
+                 objective: SequenceObjective | None = None) -> None:
+        """``total_steps``: the run's learner batches (``run.steps``), the LR schedule's horizon; every rank gets it.
+        ``objective``: the offline objective (SFT, SimPO, DPO) of ``train_sequences``, if any."""
         self.config = learner
         self.placement_group: PlacementGroup | None = None
-        args = (learner, model, algorithm, temperature, seed, max_new_tokens, total_steps)
+        args = (learner, model, algorithm, temperature, seed, max_new_tokens, total_steps, objective)
         actor = ray.remote(Learner)
         if learner.world_size == 1:
             self.ranks = [actor.options(num_cpus=learner.num_cpus, num_gpus=learner.num_gpus).remote(*args)]
@@ -186,6 +189,21 @@ class LearnerGroup:
         if len(versions) != 1:
             raise RuntimeError(f"learner ranks diverged: policy versions {sorted(versions)} after step {batch.step}")
         return results[0]
+
+    def train_sequences(self, batch: SequenceBatch) -> TrainResult:
+        """One optimiser step of the offline objective on every rank; rank 0's result."""
+        results = _get_all(self._on_all("train_sequences", ray.put(batch)))
+        if len({result.policy_version for result in results}) != 1:
+            raise RuntimeError(f"learner ranks diverged after step {batch.step}")
+        return results[0]
+
+    def evaluate_sequences(self, batch: SequenceBatch) -> dict[str, float]:
+        """The offline objective's ``eval/`` metrics over ``batch`` (collective; rank 0's)."""
+        return _get_all(self._on_all("evaluate_sequences", ray.put(batch)))[0]
+
+    def score_sequences(self, batch: SequenceBatch, adapter: bool = True) -> list[dict[str, float]]:
+        """Per row: summed and length-normalised target log-probs under the policy (collective; rank 0's)."""
+        return _get_all(self._on_all("score_sequences", ray.put(batch), adapter=adapter))[0]
 
     def export_weights(self, **options: Any) -> ray.ObjectRef:
         """Rank 0's ``Learner.export_weights(**options)`` (a ``WeightsUpdate``), by reference;

@@ -1,0 +1,103 @@
+"""Preference training (SimPO or DPO) on the learner group.
+
+    python -m ray_jobs.preference [--config FILE] [a.b=value ...]
+
+The same learner, backends, LoRA, run directory, checkpoints and resume as
+``ray_jobs.train`` and ``ray_jobs.sft``; pairs in TRL's preference formats
+(``ray_jobs/sequence_data.py``). ``algorithm.name`` picks the preset: SimPO
+(beta 2.0, gamma 1.0: seed 003's, which are within the paper's ranges; no
+reference model) or DPO (beta 0.1, the paper's; the reference is a frozen copy
+of the initial policy, or the same model with its adapters disabled under
+LoRA). Metrics per step and, on the validation pairs, under ``eval/``:
+``rewards/accuracy``, ``rewards/margin``, ``rewards/chosen``,
+``rewards/rejected``, ``logps/chosen``, ``logps/rejected`` (summed over the
+completion) and ``loss``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from actors.learner_config import LearnerConfig
+from actors.models import ModelConfig, load_tokenizer, resolve_model_path
+from actors.sequence_objectives import SequenceObjective
+from ray_jobs.config import WandbConfig, redacted
+from ray_jobs.offline import run_offline
+from ray_jobs.offline_config import OfflineRunConfig, ScheduleConfig
+from ray_jobs.sequence_data import PreferenceDataConfig, load_sequences
+from ray_jobs.sft import check_sources, job_main
+
+PRESETS: dict[str, dict[str, float]] = {"simpo": {"beta": 2.0, "gamma": 1.0}, "dpo": {"beta": 0.1, "gamma": 0.0}}
+
+
+class PreferenceAlgorithmConfig(BaseModel):
+    """The preference objective: a preset by name, every constant overridable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: Literal["simpo", "dpo"] = Field(default="simpo", description="simpo: length-normalised rewards and a target margin, no reference; dpo: sigmoid DPO against a frozen reference.")
+    beta: float | None = Field(default=None, gt=0, description="Reward scale beta. Preset: 2.0 for simpo (seed 003), 0.1 for dpo (the DPO paper).")
+    gamma: float | None = Field(default=None, ge=0, description="SimPO target reward margin gamma (simpo only). Preset: 1.0 (seed 003).")
+
+    @property
+    def objective(self) -> SequenceObjective:
+        """The learner's objective with the preset filled in."""
+        preset = PRESETS[self.name]
+        return SequenceObjective(name=self.name, beta=self.beta if self.beta is not None else preset["beta"],
+                                 gamma=self.gamma if self.gamma is not None else preset["gamma"])
+
+
+class PreferenceRunConfig(OfflineRunConfig):
+    """The run as a whole (named for the preference CPU default)."""
+
+    name: str = Field(default="cpu-simpo", description="Run name; the run directory defaults to runs/<name>.")
+
+
+class PreferenceScheduleConfig(ScheduleConfig):
+    """The schedule with the preference CPU default's values."""
+
+    batch_size: int = Field(default=8, ge=1, description="Pairs per optimiser step: the effective batch (seed 003: 8). Each rank's share is split into micro-batches of learner.micro_batch_size pairs, whose gradients accumulate.")
+    epochs: float = Field(default=4.0, gt=0, description="Passes over the training pairs when run.steps is None (steps = ceil(epochs x pairs / batch_size)).")
+
+
+class PreferenceLearnerConfig(LearnerConfig):
+    """The learner with the preference CPU default's optimiser settings (the built-in tiny model)."""
+
+    lr: float = Field(default=2e-3, gt=0, description="AdamW learning rate (2e-3 suits the built-in tiny model; seed 003 uses 5e-6 with LoRA on Qwen3-1.7B).")
+    lr_scheduler: Literal["constant", "linear", "cosine"] = Field(default="cosine", description="Learning-rate schedule over the run's optimiser steps, after the warm-up.")
+    warmup_ratio: float = Field(default=0.1, ge=0, lt=1, description="Warm-up as a fraction of the run's optimiser steps (rounded up); instead of warmup_steps.")
+
+
+class PreferenceConfig(BaseModel):
+    """Everything one preference run needs; the defaults are the CPU default (tiny model, toy pairs, SimPO)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    run: PreferenceRunConfig = Field(default_factory=PreferenceRunConfig, description="The run as a whole.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="Policy model (a hub name, a local directory such as a previous run's final/, or builtin:tiny-qwen).")
+    data: PreferenceDataConfig = Field(default_factory=PreferenceDataConfig, description="Preference pairs and the validation split.")
+    algorithm: PreferenceAlgorithmConfig = Field(default_factory=PreferenceAlgorithmConfig, description="SimPO or DPO and its constants.")
+    schedule: PreferenceScheduleConfig = Field(default_factory=PreferenceScheduleConfig, description="Pairs per optimiser step (the effective batch), epochs, validation.")
+    learner: PreferenceLearnerConfig = Field(default_factory=PreferenceLearnerConfig, description="Policy learner (backend, ranks, optimiser, LR schedule, LoRA); learner.micro_batch_size counts pairs.")
+    wandb: WandbConfig = Field(default_factory=WandbConfig, description="wandb monitoring.")
+
+
+def run(cfg: PreferenceConfig) -> Path:
+    """One preference run end to end; returns the run directory."""
+    check_sources(cfg.model, cfg.data)
+    tokenizer = load_tokenizer(resolve_model_path(cfg.model))
+    data = load_sequences(cfg.data, tokenizer, cfg.run.seed)
+    return run_offline(cfg, redacted(cfg), data, cfg.algorithm.objective, tokenizer)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return job_main("python -m ray_jobs.preference", "SimPO or DPO preference training on the learner group.",
+                    PreferenceConfig, run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

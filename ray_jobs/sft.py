@@ -1,0 +1,107 @@
+"""Supervised fine-tuning on the learner group.
+
+    python -m ray_jobs.sft [--config FILE] [a.b=value ...]
+
+The same learner, backends (torch, or DeepSpeed ZeRO-2/3 over
+``learner.world_size`` ranks), LoRA, run directory, checkpoints and resume as
+``ray_jobs.train``; data in TRL's SFT formats (``ray_jobs/sequence_data.py``).
+The final policy (or adapter) in ``<run dir>/final`` serves as ``model.path``
+of a later RL, SFT or preference run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from actors.learner_config import LearnerConfig
+from actors.models import ModelConfig, load_tokenizer, resolve_model_path
+from actors.sequence_objectives import SequenceObjective
+from ray_jobs.config import ConfigError, WandbConfig, redacted
+from ray_jobs.data import LOCAL_FORMATS, DatasetError
+from ray_jobs.faults import StopRequested
+from ray_jobs.hub import HubNameError, check_hub_name
+from ray_jobs.learner_group import LearnerPlacementError
+from ray_jobs.lifecycle import RunDirectoryError
+from ray_jobs.offline import run_offline
+from ray_jobs.offline_config import OfflineRunConfig, ScheduleConfig, load_job_config
+from ray_jobs.sequence_data import SequenceDataConfig, SftDataConfig, load_sequences
+
+JOB_ERRORS = (ConfigError, DatasetError, HubNameError, LearnerPlacementError, RunDirectoryError)
+
+
+class SftScheduleConfig(ScheduleConfig):
+    """The schedule with the SFT CPU default's values."""
+
+    batch_size: int = Field(default=16, ge=1, description="Rows per optimiser step: the effective batch. Each rank's share is split into micro-batches of learner.micro_batch_size rows, whose gradients accumulate.")
+    epochs: float = Field(default=4.0, gt=0, description="Passes over the training rows when run.steps is None (steps = ceil(epochs x rows / batch_size)).")
+    eval_every: int = Field(default=5, ge=0, description="Validate every this many optimiser steps, and always after the last; 0: only after the last.")
+
+
+class SftLearnerConfig(LearnerConfig):
+    """The learner with the SFT CPU default's optimiser settings (the built-in tiny model)."""
+
+    lr: float = Field(default=1e-2, gt=0, description="AdamW learning rate (1e-2 suits the built-in tiny model; real 1-4B policies want about 1e-5 full, 1e-4 LoRA).")
+    lr_scheduler: Literal["constant", "linear", "cosine"] = Field(default="cosine", description="Learning-rate schedule over the run's optimiser steps, after the warm-up.")
+    warmup_ratio: float = Field(default=0.1, ge=0, lt=1, description="Warm-up as a fraction of the run's optimiser steps (rounded up); instead of warmup_steps.")
+
+
+class SftConfig(BaseModel):
+    """Everything one SFT run needs; the defaults are the CPU default (the built-in tiny model, toy data)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    run: OfflineRunConfig = Field(default_factory=OfflineRunConfig, description="The run as a whole.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="Policy model (a hub name, a local directory such as a previous run's final/, or builtin:tiny-qwen).")
+    data: SftDataConfig = Field(default_factory=SftDataConfig, description="SFT rows and the validation split.")
+    schedule: SftScheduleConfig = Field(default_factory=SftScheduleConfig, description="Batch size, epochs, validation.")
+    learner: SftLearnerConfig = Field(default_factory=SftLearnerConfig, description="Policy learner (backend, ranks, optimiser, LR schedule, LoRA).")
+    wandb: WandbConfig = Field(default_factory=WandbConfig, description="wandb monitoring.")
+
+
+def check_sources(model: ModelConfig, data: SequenceDataConfig) -> None:
+    """One-line errors for hub names that cannot be reached, before anything loads."""
+    check_hub_name(model.path, "model", "model.path")
+    for path, key in ((data.path, "data.path"), (data.eval_path, "data.eval_path")):
+        if path is not None and Path(path).suffix.lower() not in LOCAL_FORMATS:
+            check_hub_name(path, "dataset", key)
+
+
+def run(cfg: SftConfig) -> Path:
+    """One SFT run end to end; returns the run directory."""
+    check_sources(cfg.model, cfg.data)
+    tokenizer = load_tokenizer(resolve_model_path(cfg.model))
+    data = load_sequences(cfg.data, tokenizer, cfg.run.seed)
+    return run_offline(cfg, redacted(cfg), data, SequenceObjective(name="sft"), tokenizer)
+
+
+def job_main(prog: str, description: str, config_class: type[BaseModel], run_job, argv: list[str] | None) -> int:
+    """Parse ``--config FILE a.b=value ...``, run, and map bad input to ``error: ...`` and exit code 2."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--config", help="YAML config (default: the embedded CPU default)")
+    parser.add_argument("overrides", nargs="*", help="overrides such as run.steps=10 learner.lr=1e-4")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_job_config(config_class, args.config, args.overrides)
+        run_job(cfg)
+    except JOB_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except StopRequested:
+        print(f"stopped: checkpoint written; re-run the same command to resume ({cfg.run.directory})", flush=True)
+        return 143
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return job_main("python -m ray_jobs.sft", "Supervised fine-tuning on the learner group.", SftConfig, run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
