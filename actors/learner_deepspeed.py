@@ -77,8 +77,15 @@ _NEVER_PRINT = 2**31 - 1  # steps_per_print: DeepSpeed's progress log stays sile
 CHECKPOINT_TAG = "deepspeed"  # one checkpoint per directory: a fixed tag
 
 
-def deepspeed_config(learner: LearnerConfig, dtype: str) -> dict[str, Any]:
+ZERO_BUCKET_ELEMENTS = 500_000_000  # DeepSpeed's default reduce/all-gather bucket (2 GB of fp32)
+
+
+def deepspeed_config(learner: LearnerConfig, dtype: str, num_params: int | None = None) -> dict[str, Any]:
     """The DeepSpeed config dict for ``learner`` (pure; no DeepSpeed import).
+
+    ``num_params`` (the model's parameter count) caps ZeRO's communication buckets
+    at the model's size: DeepSpeed allocates each bucket whole (2 GB of fp32 by
+    default), which for a model smaller than that is memory reserved for nothing.
 
     Invariants: one micro-batch per rank and ``gradient_accumulation_steps = 1``
     with ``managed_gradient_accumulation = false`` (the caller owns
@@ -90,6 +97,10 @@ def deepspeed_config(learner: LearnerConfig, dtype: str) -> dict[str, Any]:
     if dtype not in ("float32", "bfloat16"):
         raise ValueError(f"deepspeed backend supports dtype float32 or bfloat16, got {dtype!r}")
     zero: dict[str, Any] = {"stage": learner.zero_stage}
+    if num_params is not None and num_params < ZERO_BUCKET_ELEMENTS:
+        bucket = max(num_params, 1)
+        zero.update({"reduce_bucket_size": bucket, "allgather_bucket_size": bucket} if learner.zero_stage == 2
+                    else {"reduce_bucket_size": bucket, "stage3_prefetch_bucket_size": bucket})
     offload: dict[str, Any] = {}
     if learner.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu"}
@@ -181,9 +192,9 @@ class DeepSpeedLearnerBackend:
                  lr_horizon: int | None = None) -> None:
         import deepspeed
 
-        config = deepspeed_config(learner, dtype)
         init_distributed(learner.world_size)
         module = prepare_policy(load_causal_lm(model_path, dtype), learner)
+        config = deepspeed_config(learner, dtype, sum(p.numel() for p in module.parameters()))
         params = [p for p in module.parameters() if p.requires_grad]
 
         def scheduler(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:

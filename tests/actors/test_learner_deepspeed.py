@@ -169,6 +169,12 @@ def test_deepspeed_config_maps_learner_settings() -> None:
     assert deepspeed_config(LearnerConfig(), "float32")["zero_optimization"] == {"stage": 2}
     with pytest.raises(ValueError, match="float16"):
         deepspeed_config(learner, "float16")
+    # buckets no bigger than the model: DeepSpeed allocates each whole (2 GB of fp32 by default)
+    assert deepspeed_config(LearnerConfig(), "float32", num_params=1000)["zero_optimization"] == {
+        "stage": 2, "reduce_bucket_size": 1000, "allgather_bucket_size": 1000}
+    assert deepspeed_config(learner, "float32", num_params=1000)["zero_optimization"] == {
+        "stage": 3, "reduce_bucket_size": 1000, "stage3_prefetch_bucket_size": 1000}
+    assert deepspeed_config(learner, "float32", num_params=10**9)["zero_optimization"] == {"stage": 3}
 
 
 def test_ensure_distributed_env_fills_a_one_process_group(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -244,8 +250,8 @@ def zero3_partitions_everything(monkeypatch: pytest.MonkeyPatch) -> None:
     persistent parameters stay materialised between steps; threshold 0 partitions them all,
     as a real model's large tensors are, so that reading full weights needs the gather."""
 
-    def config(learner_config: LearnerConfig, dtype: str) -> dict:
-        cfg = deepspeed_config(learner_config, dtype)
+    def config(learner_config: LearnerConfig, dtype: str, num_params: int | None = None) -> dict:
+        cfg = deepspeed_config(learner_config, dtype, num_params)
         cfg["zero_optimization"]["stage3_param_persistence_threshold"] = 0
         return cfg
 
