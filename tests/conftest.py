@@ -56,6 +56,24 @@ def tiny_tokenizer(tiny_model_config):
     return load_tokenizer(resolve_model_path(tiny_model_config))
 
 
+@pytest.fixture
+def zero3_partitions_everything(monkeypatch):
+    """Every tiny-model tensor is below ZeRO-3's persistence threshold (1e5 elements), and
+    persistent parameters stay materialised between steps; threshold 0 partitions them all,
+    as a real model's large tensors are, so that reading full weights needs the gather and a
+    checkpoint holds real partitions."""
+    from actors import learner_deepspeed
+
+    original = learner_deepspeed.deepspeed_config
+
+    def config(learner_config, dtype: str, num_params: int | None = None) -> dict:
+        cfg = original(learner_config, dtype, num_params)
+        cfg["zero_optimization"]["stage3_param_persistence_threshold"] = 0
+        return cfg
+
+    monkeypatch.setattr(learner_deepspeed, "deepspeed_config", config)
+
+
 def random_train_batch(step: int, n: int, model, seed: int, noise: float = 0.0):
     """``n`` random sequences of mixed lengths whose sampling log-probs are
     ``model``'s own (plus Gaussian ``noise``, to make the clip and IS terms work)."""

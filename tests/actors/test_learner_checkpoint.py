@@ -47,7 +47,6 @@ if shutil.which("ninja") is None:  # DeepSpeed compiles its comm op with the ven
 import torch  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 
-from actors import learner_deepspeed  # noqa: E402
 from actors.learner import Learner, LearnerConfig, LoraConfig  # noqa: E402
 from actors.learner_state import MANIFEST, directory_bytes  # noqa: E402
 from actors.messages import TrainBatch, TrainResult  # noqa: E402
@@ -95,20 +94,6 @@ def _restore_dist_env() -> Iterator[None]:
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
-
-
-@pytest.fixture
-def zero3_partitions_everything(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tiny-model tensors are below ZeRO-3's persistence threshold; 0 partitions them all,
-    so the checkpoint holds real partitions, as with a real model."""
-    original = learner_deepspeed.deepspeed_config
-
-    def config(learner_config: LearnerConfig, dtype: str) -> dict:
-        cfg = original(learner_config, dtype)
-        cfg["zero_optimization"]["stage3_param_persistence_threshold"] = 0
-        return cfg
-
-    monkeypatch.setattr(learner_deepspeed, "deepspeed_config", config)
 
 
 @pytest.fixture(scope="module")

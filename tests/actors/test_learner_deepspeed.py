@@ -34,7 +34,6 @@ if shutil.which("ninja") is None:  # DeepSpeed compiles its comm op with the ven
 
 import torch  # noqa: E402
 
-from actors import learner_deepspeed  # noqa: E402
 from actors.learner import Learner, LearnerConfig, LoraConfig  # noqa: E402
 from actors.learner_deepspeed import (  # noqa: E402
     DeepSpeedLearnerBackend,
@@ -242,20 +241,6 @@ def test_tolerances_catch_broken_variants(model_config: ModelConfig, batches: li
     failed = _mismatches(_run(learner, batches), want)
     expected = "weights" if broken == "missed-micro-batch" else "grad_norm"
     assert any(expected in check for check in failed), failed
-
-
-@pytest.fixture
-def zero3_partitions_everything(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every tiny-model tensor is below ZeRO-3's persistence threshold (1e5 elements), and
-    persistent parameters stay materialised between steps; threshold 0 partitions them all,
-    as a real model's large tensors are, so that reading full weights needs the gather."""
-
-    def config(learner_config: LearnerConfig, dtype: str, num_params: int | None = None) -> dict:
-        cfg = deepspeed_config(learner_config, dtype, num_params)
-        cfg["zero_optimization"]["stage3_param_persistence_threshold"] = 0
-        return cfg
-
-    monkeypatch.setattr(learner_deepspeed, "deepspeed_config", config)
 
 
 def _partitioned(module: torch.nn.Module) -> bool:
