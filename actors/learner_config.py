@@ -154,7 +154,21 @@ def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
 
 
 def prepare_policy(model: torch.nn.Module, learner: LearnerConfig) -> torch.nn.Module:
-    """The loaded policy made trainable as ``learner`` says: checkpointing, then LoRA adapters."""
+    """The loaded policy made trainable as ``learner`` says: checkpointing, then LoRA adapters.
+
+    A model that already carries a trainable LoRA adapter (loaded from an adapter
+    directory with ``model.adapter=continue``) keeps training it; that needs
+    ``learner.lora.enabled``, and no second adapter is added.
+    """
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):
+        if not learner.lora.enabled:
+            raise ValueError("model.adapter=continue trains the adapter of model.path: set learner.lora.enabled=true "
+                             "(or model.adapter=merge to train the merged weights)")
+        if learner.gradient_checkpointing:
+            enable_gradient_checkpointing(model.get_base_model())
+        return model
     if learner.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     return apply_lora(model, learner.lora) if learner.lora.enabled else model

@@ -61,6 +61,7 @@ class ModelConfig(BaseModel):
     cache_dir: str = Field(default=".cache/relay", description="Where the built-in tiny model is built and cached.")
     dtype: Literal["float32", "bfloat16"] = Field(default="float32", description="Parameter dtype of policy and rollout models.")
     tiny: TinyModelConfig = Field(default_factory=TinyModelConfig, description="Shape of the built-in tiny model.")
+    adapter: Literal["merge", "continue"] = Field(default="merge", description="When path is a LoRA adapter directory (a LoRA run's final/ or a checkpoint's policy/: its adapter_config.json names the base): merge loads the base, merges the adapter into it once (cached under cache_dir) and trains from the merged weights (with learner.lora.enabled a new adapter on top); continue keeps training that adapter (needs learner.lora.enabled; its r/alpha/target modules come from the adapter; for the offline jobs, and for RL only with the learner's own weights synced, not with vLLM).")
 
 
 # A small built-in corpus that shapes the tiny tokenizer's merges; byte-level BPE
@@ -198,9 +199,68 @@ def _warm_up(net: torch.nn.Module, tokenizer, tiny: TinyModelConfig, batch_size:
     net.eval()
 
 
+class AdapterBaseError(ValueError):
+    """A LoRA adapter directory whose base model cannot be found."""
+
+
+def adapter_base(path: str) -> str | None:
+    """The base model named in ``path/adapter_config.json``, or None when ``path`` is not a LoRA adapter.
+
+    A base that is neither a local directory nor a hub name reachable in this
+    environment's cache or network is an ``AdapterBaseError`` (one line).
+    """
+    config = Path(path) / "adapter_config.json"
+    if not config.is_file():
+        return None
+    base = json.loads(config.read_text()).get("base_model_name_or_path")
+    if not base:
+        raise AdapterBaseError(f"model.path {path} is a LoRA adapter whose adapter_config.json names no base model "
+                               "(base_model_name_or_path)")
+    looks_local = base.startswith(("/", ".", "~")) or base.count("/") != 1
+    if looks_local and not (Path(base) / "config.json").is_file():
+        raise AdapterBaseError(f"model.path {path} is a LoRA adapter whose base model {base} cannot be found "
+                               "(adapter_config.json base_model_name_or_path); put the base there or edit that field")
+    return base
+
+
+def merged_adapter_dir(model: ModelConfig, adapter_path: str, base: str) -> Path:
+    """Base + adapter merged into full weights (with the adapter's tokenizer, else the base's), built once.
+
+    Cached under ``model.cache_dir`` by a hash of the adapter's files, written
+    to a temporary directory and renamed into place (concurrent builders agree).
+    """
+    digest = hashlib.sha256()
+    for f in sorted(Path(adapter_path).iterdir()):
+        if f.is_file():
+            digest.update(f.name.encode() + f.read_bytes())
+    target = Path(model.cache_dir) / f"merged-{digest.hexdigest()[:12]}"
+    if (target / "config.json").exists():
+        return target
+    from peft import PeftModel
+
+    merged = PeftModel.from_pretrained(_load_plain(base, model.dtype), adapter_path).merge_and_unload()
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    merged.save_pretrained(tmp)
+    tokenizer_source = adapter_path if (Path(adapter_path) / "tokenizer_config.json").is_file() else base
+    load_tokenizer(tokenizer_source).save_pretrained(tmp)
+    try:
+        tmp.rename(target)
+    except OSError:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
 def resolve_model_path(model: ModelConfig) -> str:
-    """The path transformers should load: the tiny model's cache dir or ``model.path``."""
-    return str(build_tiny_model(model)) if model.path == BUILTIN_TINY else model.path
+    """The path transformers should load: the tiny model's cache dir, a merged adapter's
+    (``model.adapter=merge``), or ``model.path`` (an adapter directory itself with ``continue``)."""
+    if model.path == BUILTIN_TINY:
+        return str(build_tiny_model(model))
+    base = adapter_base(model.path)
+    if base is not None and model.adapter == "merge":
+        return str(merged_adapter_dir(model, model.path, base))
+    return model.path
 
 
 def default_device() -> torch.device:
@@ -209,9 +269,13 @@ def default_device() -> torch.device:
 
 
 def load_tokenizer(path: str):
-    """Tokenizer with left padding (for batched generation) and a pad token."""
+    """Tokenizer with left padding (for batched generation) and a pad token; an adapter directory
+    without tokenizer files gives its base model's."""
     from transformers import AutoTokenizer
 
+    base = adapter_base(path)
+    if base is not None and not (Path(path) / "tokenizer_config.json").is_file():
+        path = base
     tok = AutoTokenizer.from_pretrained(path, padding_side="left")
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -219,7 +283,17 @@ def load_tokenizer(path: str):
 
 
 def load_causal_lm(path: str, dtype: str) -> torch.nn.Module:
-    """The causal LM in train-ready form (eager attention, fixed dtype)."""
+    """The causal LM in train-ready form (eager attention, fixed dtype). A LoRA adapter directory
+    (``model.adapter=continue``) gives its base with the adapter loaded trainable (a peft model)."""
+    base = adapter_base(path)
+    if base is None:
+        return _load_plain(path, dtype)
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(_load_plain(base, dtype), path, is_trainable=True)
+
+
+def _load_plain(path: str, dtype: str) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), attn_implementation="eager")

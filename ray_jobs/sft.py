@@ -20,7 +20,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from actors.learner_config import LearnerConfig
-from actors.models import ModelConfig, load_tokenizer, resolve_model_path
+from actors.models import AdapterBaseError, ModelConfig, adapter_base, load_tokenizer, resolve_model_path
 from actors.sequence_objectives import SequenceObjective
 from ray_jobs.config import ConfigError, WandbConfig, redacted
 from ray_jobs.data import LOCAL_FORMATS, DatasetError
@@ -32,7 +32,7 @@ from ray_jobs.offline import run_offline
 from ray_jobs.offline_config import OfflineRunConfig, ScheduleConfig, load_job_config
 from ray_jobs.sequence_data import SequenceDataConfig, SftDataConfig, load_sequences
 
-JOB_ERRORS = (ConfigError, DatasetError, HubNameError, LearnerPlacementError, RunDirectoryError)
+JOB_ERRORS = (AdapterBaseError, ConfigError, DatasetError, HubNameError, LearnerPlacementError, RunDirectoryError)
 
 
 class SftScheduleConfig(ScheduleConfig):
@@ -65,8 +65,11 @@ class SftConfig(BaseModel):
 
 
 def check_sources(model: ModelConfig, data: SequenceDataConfig) -> None:
-    """One-line errors for hub names that cannot be reached, before anything loads."""
+    """One-line errors for hub names that cannot be reached (an adapter's base included), before anything loads."""
     check_hub_name(model.path, "model", "model.path")
+    base = adapter_base(model.path) if model.path and not model.path.startswith("builtin:") else None
+    if base is not None:
+        check_hub_name(base, "model", f"model.path's adapter base ({model.path}/adapter_config.json)")
     for path, key in ((data.path, "data.path"), (data.eval_path, "data.eval_path")):
         if path is not None and Path(path).suffix.lower() not in LOCAL_FORMATS:
             check_hub_name(path, "dataset", key)
