@@ -1,0 +1,80 @@
+"""The offline jobs' configs: every shipped one loads, defaults, overrides and one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ray_jobs import preference, sft
+from ray_jobs.config import ConfigError
+from ray_jobs.offline_config import ScheduleConfig, load_job_config
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+JOBS = {"ray_jobs.sft": sft.SftConfig, "ray_jobs.preference": preference.PreferenceConfig}
+
+
+def _offline_configs() -> list[tuple[Path, type]]:
+    """Shipped configs whose first line is the command of an offline job."""
+    found = []
+    for path in sorted((REPO_ROOT / "configs").glob("*.yaml")):
+        first = path.read_text().splitlines()[0]
+        found += [(path, cls) for job, cls in JOBS.items() if f"python -m {job} " in first]
+    return found
+
+
+def test_the_recipes_are_shipped() -> None:
+    names = {p.name for p, _ in _offline_configs()}
+    assert {"cpu_sft_then_grpo_1_sft.yaml", "cpu_simpo_critic.yaml", "gpu_qwen3_1.7b_sft_then_grpo_1_sft.yaml",
+            "gpu_qwen3_1.7b_simpo_critic.yaml"} <= names
+
+
+@pytest.mark.parametrize("path, cls", _offline_configs(), ids=lambda x: getattr(x, "name", ""))
+def test_every_shipped_offline_config_loads(path: Path, cls: type) -> None:
+    assert isinstance(load_job_config(cls, path), cls)
+
+
+def test_cpu_recipes_are_the_embedded_defaults_under_another_name() -> None:
+    recipe = load_job_config(sft.SftConfig, REPO_ROOT / "configs" / "cpu_sft_then_grpo_1_sft.yaml")
+    assert recipe.model_dump(exclude={"run"}) == sft.SftConfig().model_dump(exclude={"run"})
+    critic = load_job_config(preference.PreferenceConfig, REPO_ROOT / "configs" / "cpu_simpo_critic.yaml")
+    default = preference.PreferenceConfig()
+    assert critic.model_dump(exclude={"run", "algorithm"}) == default.model_dump(exclude={"run", "algorithm"})
+    assert critic.algorithm.objective == default.algorithm.objective  # the recipe spells out the preset
+
+
+def test_seed_003_hyperparameters() -> None:
+    cfg = load_job_config(preference.PreferenceConfig, REPO_ROOT / "configs" / "gpu_qwen3_1.7b_simpo_critic.yaml")
+    objective = cfg.algorithm.objective
+    assert (objective.name, objective.beta, objective.gamma) == ("simpo", 2.0, 1.0)
+    assert (cfg.learner.lr, cfg.learner.lr_scheduler, cfg.learner.warmup_ratio) == (5e-6, "cosine", 0.1)
+    assert (cfg.schedule.epochs, cfg.schedule.batch_size, cfg.data.max_length, cfg.data.max_prompt_length) == (8, 8, 2048, 1536)
+    assert (cfg.learner.lora.r, cfg.learner.lora.alpha, len(cfg.learner.lora.target_modules)) == (16, 32, 7)
+
+
+def test_presets_and_overrides() -> None:
+    dpo = load_job_config(preference.PreferenceConfig, None, ["algorithm.name=dpo"]).algorithm.objective
+    assert (dpo.beta, dpo.needs_reference) == (0.1, True)
+    tuned = load_job_config(preference.PreferenceConfig, None, ["algorithm.beta=2.5", "algorithm.gamma=0.5"])
+    assert (tuned.algorithm.objective.beta, tuned.algorithm.objective.gamma) == (2.5, 0.5)
+    assert load_job_config(sft.SftConfig, None, ["learner.backend=deepspeed"]).learner.lr == 1e-2  # job default kept
+
+
+def test_steps_from_epochs() -> None:
+    assert ScheduleConfig(batch_size=8, epochs=2).total_steps(None, 20) == 5  # ceil(40 / 8)
+    assert ScheduleConfig(batch_size=8, epochs=2).total_steps(3, 20) == 3
+
+
+def test_unknown_key_names_the_nearest() -> None:
+    with pytest.raises(ConfigError, match="unknown config key 'schedule.epoch'; did you mean 'schedule.epochs'"):
+        load_job_config(sft.SftConfig, None, ["schedule.epoch=3"])
+
+
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path: Path, capsys) -> None:
+    assert sft.main([f"data.path={tmp_path / 'missing.jsonl'}", f"run.output_dir={tmp_path / 'a'}"]) == 2
+    assert capsys.readouterr().err.strip().count("\n") == 0
+    bad = tmp_path / "pairs.jsonl"
+    bad.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n{"prompt": "p", "chosen": "a"}\n')
+    assert preference.main([f"data.path={bad}", "data.eval_fraction=0", f"run.output_dir={tmp_path / 'b'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # before it: the datasets library's progress bar
+    assert err.startswith("error: data: row 1 of") and "'chosen' and 'rejected'" in err
