@@ -17,6 +17,7 @@ checkpoint of step ``N`` holds the learner after ``N`` optimiser steps.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import time
@@ -45,8 +46,7 @@ class OfflineRecorder(RunRecorder):
     """``RunRecorder`` for jobs without samples: one metrics line per optimiser step and a short console line."""
 
     def record(self, step: int, metrics: dict[str, float]) -> None:
-        import json
-
+        """Append the step's metrics line, print the console line, log to wandb."""
         self._metrics.write(json.dumps({"step": step, **metrics}) + "\n")
         self._metrics.flush()
         evals = " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k in ("eval/loss", "eval/rewards/accuracy"))
