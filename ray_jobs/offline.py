@@ -4,7 +4,7 @@
 judge: the run directory lock, ``plan_resume``, checkpoints (``learner/``,
 ``policy/`` with the tokenizer, ``driver.json`` whose ``source`` is the
 training-row sampler), ``final/``, ``config.yaml``, ``metrics.jsonl`` (one
-line per optimiser step) and wandb. A job (``ray_jobs/sft.py``,
+line per optimiser step), wandb and the command line (``job_main``: ``error: ...``, exit code 2, for bad input). A job (``ray_jobs/sft.py``,
 ``ray_jobs/preference.py``) brings its config, its tokenised ``SequenceData``
 and its ``SequenceObjective``; everything else is here.
 
@@ -16,10 +16,12 @@ checkpoint of step ``N`` holds the learner after ``N`` optimiser steps.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,18 +30,24 @@ from typing import Any
 import ray
 
 from actors.learner_config import LearnerConfig
-from actors.models import ModelConfig, resolve_model_path
+from actors.models import AdapterBaseError, ModelConfig, adapter_base, resolve_model_path
 from actors.sequence_objectives import SequenceObjective
 from algorithms.config import AlgorithmConfig
+from ray_jobs.config import ConfigError
 from ray_jobs.control import GracefulStop
-from ray_jobs.data import PromptSource
+from ray_jobs.data import LOCAL_FORMATS, DatasetError, PromptSource
 from ray_jobs.faults import StopRequested
-from ray_jobs.lifecycle import (Checkpoint, DriverState, RunLock, directory_bytes, plan_resume, publish_final,
-                                write_checkpoint)
-from ray_jobs.sequence_data import SequenceData, to_batch
+from ray_jobs.hub import HubNameError, check_hub_name
+from ray_jobs.learner_group import LearnerPlacementError
+from ray_jobs.lifecycle import (Checkpoint, DriverState, RunDirectoryError, RunLock, directory_bytes, plan_resume,
+                                publish_final, write_checkpoint)
+from ray_jobs.offline_config import load_job_config
+from ray_jobs.sequence_data import SequenceData, SequenceDataConfig, to_batch
 from ray_jobs.tracking import RunRecorder
 
 log = logging.getLogger("relay.offline")
+
+JOB_ERRORS = (AdapterBaseError, ConfigError, DatasetError, HubNameError, LearnerPlacementError, RunDirectoryError)
 
 
 class OfflineRecorder(RunRecorder):
@@ -185,3 +193,33 @@ def run_offline(cfg: Any, recorded: dict, data: SequenceData, objective: Sequenc
         lock.release()
     print(f"run finished: {run_dir}", flush=True)
     return run_dir
+
+
+def check_sources(model: ModelConfig, data: SequenceDataConfig) -> None:
+    """One-line errors for hub names that cannot be reached (an adapter's base included), before anything loads."""
+    check_hub_name(model.path, "model", "model.path")
+    base = adapter_base(model.path) if model.path and not model.path.startswith("builtin:") else None
+    if base is not None:
+        check_hub_name(base, "model", f"model.path's adapter base ({model.path}/adapter_config.json)")
+    for path, key in ((data.path, "data.path"), (data.eval_path, "data.eval_path")):
+        if path is not None and Path(path).suffix.lower() not in LOCAL_FORMATS:
+            check_hub_name(path, "dataset", key)
+
+
+def job_main(prog: str, description: str, config_class: type[BaseModel], run_job, argv: list[str] | None) -> int:
+    """Parse ``--config FILE a.b=value ...``, run, and map bad input to ``error: ...`` and exit code 2."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--config", help="YAML config (default: the embedded CPU default)")
+    parser.add_argument("overrides", nargs="*", help="overrides such as run.steps=10 learner.lr=1e-4")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_job_config(config_class, args.config, args.overrides)
+        run_job(cfg)
+    except JOB_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except StopRequested:
+        print(f"stopped: checkpoint written; re-run the same command to resume ({cfg.run.directory})", flush=True)
+        return 143
+    return 0

@@ -26,10 +26,9 @@ from actors.learner_config import LearnerConfig
 from actors.models import ModelConfig, load_tokenizer, resolve_model_path
 from actors.sequence_objectives import SequenceObjective
 from ray_jobs.config import WandbConfig, redacted
-from ray_jobs.offline import run_offline
+from ray_jobs.offline import check_sources, job_main, run_offline
 from ray_jobs.offline_config import OfflineRunConfig, ScheduleConfig
 from ray_jobs.sequence_data import PreferenceDataConfig, load_sequences
-from ray_jobs.sft import check_sources, job_main
 
 PRESETS: dict[str, dict[str, float]] = {"simpo": {"beta": 2.0, "gamma": 1.0}, "dpo": {"beta": 0.1, "gamma": 0.0}}
 

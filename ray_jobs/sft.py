@@ -11,8 +11,6 @@ of a later RL, SFT or preference run.
 
 from __future__ import annotations
 
-import argparse
-import logging
 import sys
 from pathlib import Path
 from typing import Literal
@@ -20,20 +18,12 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from actors.learner_config import LearnerConfig
-from actors.models import AdapterBaseError, ModelConfig, adapter_base, load_tokenizer, resolve_model_path
+from actors.models import ModelConfig, load_tokenizer, resolve_model_path
 from actors.sequence_objectives import SequenceObjective
-from ray_jobs.config import ConfigError, WandbConfig, redacted
-from ray_jobs.data import LOCAL_FORMATS, DatasetError
-from ray_jobs.faults import StopRequested
-from ray_jobs.hub import HubNameError, check_hub_name
-from ray_jobs.learner_group import LearnerPlacementError
-from ray_jobs.lifecycle import RunDirectoryError
-from ray_jobs.offline import run_offline
-from ray_jobs.offline_config import OfflineRunConfig, ScheduleConfig, load_job_config
-from ray_jobs.sequence_data import SequenceDataConfig, SftDataConfig, load_sequences
-
-JOB_ERRORS = (AdapterBaseError, ConfigError, DatasetError, HubNameError, LearnerPlacementError, RunDirectoryError)
-
+from ray_jobs.config import WandbConfig, redacted
+from ray_jobs.offline import check_sources, job_main, run_offline
+from ray_jobs.offline_config import OfflineRunConfig, ScheduleConfig
+from ray_jobs.sequence_data import SftDataConfig, load_sequences
 
 class SftScheduleConfig(ScheduleConfig):
     """The schedule with the SFT CPU default's values."""
@@ -64,42 +54,12 @@ class SftConfig(BaseModel):
     wandb: WandbConfig = Field(default_factory=WandbConfig, description="wandb monitoring.")
 
 
-def check_sources(model: ModelConfig, data: SequenceDataConfig) -> None:
-    """One-line errors for hub names that cannot be reached (an adapter's base included), before anything loads."""
-    check_hub_name(model.path, "model", "model.path")
-    base = adapter_base(model.path) if model.path and not model.path.startswith("builtin:") else None
-    if base is not None:
-        check_hub_name(base, "model", f"model.path's adapter base ({model.path}/adapter_config.json)")
-    for path, key in ((data.path, "data.path"), (data.eval_path, "data.eval_path")):
-        if path is not None and Path(path).suffix.lower() not in LOCAL_FORMATS:
-            check_hub_name(path, "dataset", key)
-
-
 def run(cfg: SftConfig) -> Path:
     """One SFT run end to end; returns the run directory."""
     check_sources(cfg.model, cfg.data)
     tokenizer = load_tokenizer(resolve_model_path(cfg.model))
     data = load_sequences(cfg.data, tokenizer, cfg.run.seed)
     return run_offline(cfg, redacted(cfg), data, SequenceObjective(name="sft"), tokenizer)
-
-
-def job_main(prog: str, description: str, config_class: type[BaseModel], run_job, argv: list[str] | None) -> int:
-    """Parse ``--config FILE a.b=value ...``, run, and map bad input to ``error: ...`` and exit code 2."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("--config", help="YAML config (default: the embedded CPU default)")
-    parser.add_argument("overrides", nargs="*", help="overrides such as run.steps=10 learner.lr=1e-4")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = load_job_config(config_class, args.config, args.overrides)
-        run_job(cfg)
-    except JOB_ERRORS as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except StopRequested:
-        print(f"stopped: checkpoint written; re-run the same command to resume ({cfg.run.directory})", flush=True)
-        return 143
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
