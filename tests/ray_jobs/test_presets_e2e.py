@@ -19,6 +19,7 @@ import pytest
 
 from algorithms.presets import PRESETS
 from ray_jobs.config import ExperimentConfig, load_config, redacted
+from ray_jobs.control import GracefulStop, RunControl
 from ray_jobs.data import PromptSource
 from ray_jobs.tracking import RunRecorder
 from ray_jobs.train import judge_endpoint, preflight, ray_session, train_loop
@@ -52,15 +53,15 @@ def session(tiny_model_config, tmp_path_factory: pytest.TempPathFactory) -> Iter
     """One Ray instance and one local judge for every preset."""
     cfg = load_config(None, [f"model.cache_dir={tiny_model_config.cache_dir}", "wandb.mode=disabled",
                              f"run.steps={STEPS}", "run.save_final=false", "pipeline.max_staleness=1"])
-    prompts, _ = preflight(cfg)
+    prompts, tokenizer = preflight(cfg)
     with judge_endpoint(cfg, tmp_path_factory.mktemp("judge")) as (cfg, key), ray_session(cfg):
-        yield cfg, key, prompts
+        yield cfg, key, prompts, tokenizer
 
 
 def _train(session: tuple, preset: str, out: Path) -> list[dict]:
     from ray_jobs.stages import Stages
 
-    base, key, prompts = session
+    base, key, prompts, tokenizer = session
     raw = base.model_dump()
     raw["algorithm"] = {"name": preset}
     raw["run"]["output_dir"] = str(out)
@@ -70,7 +71,11 @@ def _train(session: tuple, preset: str, out: Path) -> list[dict]:
     stages = Stages(cfg, key)
     try:
         with contextlib.closing(RunRecorder(out, redacted(cfg), cfg.wandb, cfg.run.name, cfg.run.steps)) as rec:
-            train_loop(stages, cfg, PromptSource(prompts, cfg.data.shuffle, cfg.run.seed), rec)
+            control = RunControl(cfg.run, out, redacted(cfg), GracefulStop(), rec.wandb_id, tokenizer)
+            try:
+                train_loop(stages, cfg, PromptSource(prompts, cfg.data.shuffle, cfg.run.seed), rec, control, 0, {})
+            finally:
+                control.stop.restore()
     finally:
         stages.close()
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
