@@ -185,8 +185,13 @@ def apply_override(raw: dict, override: str) -> None:
         raise ConfigError(f"override '{override}': value is not valid YAML ({exc.__class__.__name__})") from None
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
-    """Defaults <- YAML file <- overrides, validated; errors are one-line ``ConfigError``s."""
+ConfigModel = typing.TypeVar("ConfigModel", bound=BaseModel)
+
+
+def load_validated(model: type[ConfigModel], path: str | Path | None = None,
+                   overrides: list[str] | tuple[str, ...] = ()) -> ConfigModel:
+    """Defaults <- YAML file <- ``a.b=value`` overrides, validated as ``model`` (any job's
+    config); errors are one-line ``ConfigError``s."""
     raw: dict = {}
     if path is not None:
         if not Path(path).is_file():
@@ -197,13 +202,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         raw = loaded
     for override in overrides:
         apply_override(raw, override)
-    check_keys(raw, ExperimentConfig)
+    check_keys(raw, model)
     try:
-        return ExperimentConfig.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "config"
         raise ConfigError(f"invalid config value at '{where}': {first['msg']}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+    """The training job's config: defaults <- YAML file <- overrides (``load_validated``)."""
+    return load_validated(ExperimentConfig, path, overrides)
 
 
 def redacted(config: ExperimentConfig) -> dict:

@@ -10,10 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TypeVar
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from ray_jobs.config import ConfigError, RunConfig, apply_override, check_keys
+from ray_jobs.config import RunConfig, load_validated
 
 Job = TypeVar("Job", bound=BaseModel)
 
@@ -43,20 +42,4 @@ class ScheduleConfig(BaseModel):
 
 def load_job_config(model: type[Job], path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Job:
     """Defaults <- YAML file <- ``a.b=value`` overrides, validated as ``model``; errors are one-line ``ConfigError``s."""
-    raw: dict = {}
-    if path is not None:
-        if not Path(path).is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        loaded = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of sections")
-        raw = loaded
-    for override in overrides:
-        apply_override(raw, override)
-    check_keys(raw, model)
-    try:
-        return model.model_validate(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "config"
-        raise ConfigError(f"invalid config value at '{where}': {first['msg']}") from None
+    return load_validated(model, path, overrides)
