@@ -121,3 +121,18 @@ def test_first_signal_asks_to_stop_second_stops_at_once() -> None:
     finally:
         stop.restore()
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_resumed_recorder_continues_the_same_wandb_run(tmp_path: Path) -> None:
+    from ray_jobs.config import WandbConfig
+    from ray_jobs.tracking import RunRecorder
+
+    first = RunRecorder(tmp_path, {"run": {}}, WandbConfig(mode="offline"), "x", 4)
+    first.close()
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"step": s}) + "\n" for s in range(3)))
+    again = RunRecorder(tmp_path, {"run": {}}, WandbConfig(mode="offline"), "x", 4, start_step=2,
+                        wandb_id=first.wandb_id)
+    again.close()
+    runs = sorted(p.name for p in (tmp_path / "wandb").rglob("offline-run-*") if p.is_dir())
+    assert len(runs) == 2 and all(name.endswith(f"-{first.wandb_id}") for name in runs)
+    assert [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [0, 1]
