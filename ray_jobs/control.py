@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -18,7 +20,7 @@ from typing import Any
 from actors.messages import PromptItem
 from ray_jobs.config import RunConfig
 from ray_jobs.data import PromptSource
-from ray_jobs.faults import RolloutCall
+from ray_jobs.faults import RolloutCall, RunFaultError, StopRequested
 from ray_jobs.lifecycle import Checkpoint, DriverState, directory_bytes, write_checkpoint
 
 log = logging.getLogger("relay.train")
@@ -111,3 +113,29 @@ def relaunch_inflight(stages, state: DriverState, items: list[PromptItem]) -> di
     (in the same order, so they get the same group ids), on the checkpoint's weights."""
     by_row = {item.row: item for item in items}
     return {b: stages.launch_batch(b, [by_row[r] for r in rows]) for b, rows in sorted(state.inflight_rows.items())}
+
+
+def command_exit_code(load: Callable[[], Any], job: Callable[[Any], object],
+                      bad_input: tuple[type[BaseException], ...]) -> int:
+    """Load a job's config and run it, as a command: bad input is ``error: ...`` and exit code 2,
+    a fault the run cannot recover from exit code 1, a graceful stop 143 (checkpoint written),
+    a second signal 130; each with one line saying how to go on."""
+    cfg = None
+    try:
+        cfg = load()
+        job(cfg)
+    except bad_input as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except RunFaultError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except StopRequested:
+        print(f"stopped: checkpoint written; re-run the same command to resume ({cfg.run.directory})", flush=True)
+        return 143
+    except KeyboardInterrupt:
+        where = f" ({cfg.run.directory})" if cfg is not None else ""
+        print(f"stopped at once; re-run the same command to resume from the newest checkpoint{where}",
+              file=sys.stderr, flush=True)
+        return 130
+    return 0

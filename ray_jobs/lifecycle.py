@@ -27,7 +27,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -328,9 +328,3 @@ def truncate_jsonl(path: Path, next_step: int) -> int:
     _write_synced(tmp, "".join(line + "\n" for line in kept))
     os.replace(tmp, path)
     return dropped
-
-
-def iter_jsonl(path: Path) -> Iterator[dict]:
-    with path.open() as f:
-        for line in f:
-            yield json.loads(line)

@@ -21,7 +21,6 @@ import contextlib
 import json
 import logging
 import os
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,7 +34,7 @@ from actors.models import AdapterBaseError, ModelConfig, adapter_base, resolve_m
 from actors.sequence_objectives import SequenceObjective
 from algorithms.config import AlgorithmConfig
 from ray_jobs.config import ConfigError
-from ray_jobs.control import GracefulStop
+from ray_jobs.control import GracefulStop, command_exit_code
 from ray_jobs.data import LOCAL_FORMATS, DatasetError, PromptSource
 from ray_jobs.faults import StopRequested
 from ray_jobs.hub import HubNameError, check_hub_name
@@ -214,13 +213,5 @@ def job_main(prog: str, description: str, config_class: type[BaseModel], run_job
     parser.add_argument("overrides", nargs="*", help="overrides such as run.steps=10 learner.lr=1e-4")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = load_job_config(config_class, args.config, args.overrides)
-        run_job(cfg)
-    except JOB_ERRORS as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except StopRequested:
-        print(f"stopped: checkpoint written; re-run the same command to resume ({cfg.run.directory})", flush=True)
-        return 143
-    return 0
+    return command_exit_code(lambda: load_job_config(config_class, args.config, args.overrides), run_job,
+                             JOB_ERRORS)

@@ -23,7 +23,7 @@ from pydantic import SecretStr
 
 from actors.models import AdapterBaseError, load_tokenizer, resolve_model_path
 from ray_jobs.config import ConfigError, ExperimentConfig, load_config, redacted
-from ray_jobs.control import GracefulStop, RunControl, relaunch_inflight
+from ray_jobs.control import GracefulStop, RunControl, command_exit_code, relaunch_inflight
 from ray_jobs.data import LOCAL_FORMATS, DatasetError, PromptSource, load_prompts
 from ray_jobs.faults import ActorStartError, LearnerDied, RolloutCall, RunFaultError, StopRequested
 from ray_jobs.hub import HubNameError, check_hub_name
@@ -270,23 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="overrides such as run.steps=10 pipeline.max_staleness=0")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = load_config(args.config, args.overrides)
-        run(cfg)
-    except PREFLIGHT_ERRORS as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except RunFaultError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except StopRequested:
-        print(f"stopped: checkpoint written; re-run the same command to resume ({cfg.run.directory})", flush=True)
-        return 143
-    except KeyboardInterrupt:
-        print(f"stopped at once; re-run the same command to resume from the newest checkpoint "
-              f"({cfg.run.directory})", file=sys.stderr, flush=True)
-        return 130
-    return 0
+    return command_exit_code(lambda: load_config(args.config, args.overrides), run, PREFLIGHT_ERRORS)
 
 
 if __name__ == "__main__":

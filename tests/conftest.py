@@ -56,6 +56,22 @@ def tiny_tokenizer(tiny_model_config):
     return load_tokenizer(resolve_model_path(tiny_model_config))
 
 
+DIST_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+@pytest.fixture(scope="module")
+def restore_dist_env():
+    """DeepSpeed sets this process's torch.distributed variables for its one-process group;
+    later tests (Ray actors inherit the environment) must not see this process's MASTER_PORT."""
+    saved = {name: os.environ.get(name) for name in DIST_VARS}
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 @pytest.fixture
 def zero3_partitions_everything(monkeypatch):
     """Every tiny-model tensor is below ZeRO-3's persistence threshold (1e5 elements), and

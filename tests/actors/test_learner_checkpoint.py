@@ -33,7 +33,6 @@ import math
 import os
 import shutil
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,7 +52,6 @@ from actors.messages import TrainBatch, TrainResult  # noqa: E402
 from actors.models import ModelConfig, load_causal_lm, resolve_model_path  # noqa: E402
 from algorithms.config import AlgorithmConfig  # noqa: E402
 
-_DIST_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 DEEPSPEED_ATOL = 1e-6  # see the module docstring
 STEPS_BEFORE_SAVE = 2
 STEPS_AFTER_SAVE = 2
@@ -84,16 +82,8 @@ TORCH_FILES = {MANIFEST, "trainable.safetensors", "optimizer.pt", "trainer_state
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _restore_dist_env() -> Iterator[None]:
-    """DeepSpeed sets this process's torch.distributed variables; later tests (Ray actors
-    inherit the environment) must not see them."""
-    saved = {name: os.environ.get(name) for name in _DIST_VARS}
-    yield
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
+def _restore_dist_env(restore_dist_env) -> None:
+    """Every test here runs inside ``restore_dist_env`` (conftest)."""
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ import math
 import os
 import shutil
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,17 +74,8 @@ Reference = Callable[[int, bool], list[StepRecord]]  # (micro_batch_size, lora) 
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _restore_dist_env() -> Iterator[None]:
-    """The backend sets the torch.distributed variables of its one-process group;
-    later tests in this session (e.g. Ray actors, which inherit the environment)
-    must not see this process's MASTER_PORT."""
-    saved = {name: os.environ.get(name) for name in _DIST_VARS}
-    yield
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
+def _restore_dist_env(restore_dist_env) -> None:
+    """Every test here runs inside ``restore_dist_env`` (conftest)."""
 
 
 @pytest.fixture(scope="module")

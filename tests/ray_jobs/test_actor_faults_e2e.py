@@ -38,10 +38,15 @@ def _processes(title: str) -> list[int]:
     return found
 
 
+def _signal_first(title: str, signum: int) -> None:
+    """Send ``signum`` to the first process titled ``title`` (there must be one)."""
+    pids = _processes(title)
+    assert pids, f"no {title} process"
+    os.kill(pids[0], signum)
+
+
 def kill_rollout_worker() -> None:
-    pids = _processes("ray::RolloutWorker")
-    assert pids, "no rollout worker process to kill"
-    os.kill(pids[0], signal.SIGKILL)
+    _signal_first("ray::RolloutWorker", signal.SIGKILL)
 
 
 def kill_judge_pool() -> None:
@@ -93,9 +98,7 @@ def test_vllm_rollout_worker_sigkill(tmp_path: Path, tiny_model_config, monkeypa
 
 
 def kill_learner() -> None:
-    pids = _processes("ray::Learner")
-    assert pids, "no learner process to kill"
-    os.kill(pids[0], signal.SIGKILL)
+    _signal_first("ray::Learner", signal.SIGKILL)
 
 
 def test_learner_death_restarts_the_group_from_the_newest_checkpoint(tmp_path: Path, tiny_model_config,
@@ -137,9 +140,7 @@ def test_an_actor_failing_in_its_constructor_is_a_one_line_error(tmp_path: Path,
 
 def stop_rollout_worker() -> None:
     """SIGSTOP: the process is alive but makes no progress, as a hung engine."""
-    pids = _processes("ray::RolloutWorker")
-    assert pids, "no rollout worker process to stop"
-    os.kill(pids[0], signal.SIGSTOP)
+    _signal_first("ray::RolloutWorker", signal.SIGSTOP)
 
 
 def test_a_hung_rollout_worker_is_restarted_after_the_call_timeout(tmp_path: Path, tiny_model_config,
