@@ -80,3 +80,24 @@ def _wait_ready(proc: subprocess.Popen, timeout_s: float, log_path: Path) -> int
     proc.wait(timeout=10)
     err = log_path.read_text()[-500:].strip()
     raise LocalJudgeError(f"local judge server did not start: {err or 'no output'} (log: {log_path})")
+
+
+@contextlib.contextmanager
+def judge_for_run(judge: JudgeConfig, run_dir: Path) -> Iterator[tuple[JudgeConfig, dict]]:
+    """The judge a run uses, and its endpoints' keys: the stand-in server (started here, for the
+    block) when no endpoint is configured. Every key is read here, in the driver's environment,
+    and handed to the judge actor; the endpoints are checked before anything else starts
+    (``judge.check_endpoint``)."""
+    import asyncio
+
+    from rewards.endpoints import resolve_api_keys
+    from rewards.judge import JudgeReward
+
+    with contextlib.ExitStack() as stack:
+        if judge.uses_local_server:
+            url = stack.enter_context(local_judge_server(judge, run_dir / "judge_server.log"))
+            judge = judge.model_copy(update={"base_url": url})
+        keys = resolve_api_keys(judge)
+        if judge.check_endpoint:
+            asyncio.run(JudgeReward(judge, keys).check_endpoint())
+        yield judge, keys

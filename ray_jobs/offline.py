@@ -29,7 +29,6 @@ from typing import Any
 import ray
 from pydantic import BaseModel
 
-from actors.learner_config import LearnerConfig
 from actors.models import AdapterBaseError, ModelConfig, adapter_base, resolve_model_path
 from actors.sequence_objectives import SequenceObjective
 from algorithms.config import AlgorithmConfig
@@ -38,7 +37,7 @@ from ray_jobs.control import GracefulStop, command_exit_code
 from ray_jobs.data import LOCAL_FORMATS, DatasetError, PromptSource
 from ray_jobs.faults import StopRequested
 from ray_jobs.hub import HubNameError, check_hub_name
-from ray_jobs.learner_group import LearnerPlacementError
+from ray_jobs.learner_group import LearnerGroup, LearnerPlacementError
 from ray_jobs.lifecycle import (Checkpoint, DriverState, RunDirectoryError, RunLock, directory_bytes, plan_resume,
                                 publish_final, write_checkpoint)
 from ray_jobs.offline_config import load_job_config
@@ -65,11 +64,10 @@ class OfflineRecorder(RunRecorder):
 
 
 @contextlib.contextmanager
-def ray_session(learner: LearnerConfig) -> Iterator[None]:
-    """Join ``RAY_ADDRESS``'s cluster, or start a private local Ray big enough for the learner group;
-    a Ray this process already joined (tests, notebooks) is used as it is and left running."""
-    from ray_jobs.learner_group import LearnerGroup
-
+def ray_session(cpus: float) -> Iterator[None]:
+    """Join ``RAY_ADDRESS``'s cluster, or start a private local Ray with at least ``cpus`` CPUs
+    (what the job's actors reserve); a Ray this process already joined (tests, notebooks) is
+    used as it is and left running."""
     if ray.is_initialized():
         yield
         return
@@ -78,7 +76,6 @@ def ray_session(learner: LearnerConfig) -> Iterator[None]:
     else:
         repo_root = str(Path(__file__).resolve().parents[1])
         env = {"env_vars": {"PYTHONPATH": repo_root + os.pathsep + os.environ.get("PYTHONPATH", "")}}
-        cpus, _ = LearnerGroup.resources(learner)
         ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(cpus + 0.999)), include_dashboard=False,
                  runtime_env=env, log_to_driver=True)
     try:
@@ -124,8 +121,6 @@ class OfflineRun:
 
     def train(self, checkpoint: Checkpoint | None) -> None:
         """Start the learner group, restore ``checkpoint`` (or write step 0's), train, publish ``final/``."""
-        from ray_jobs.learner_group import LearnerGroup
-
         cfg = self.cfg
         state = checkpoint.driver_state() if checkpoint else None
         start = state.next_step if state else 0
@@ -185,7 +180,7 @@ def run_offline(cfg: Any, recorded: dict, data: SequenceData, objective: Sequenc
             print(f"run already finished: {run_dir} has its checkpoint of step {plan.checkpoint.step}; nothing to do",
                   flush=True)
             return run_dir
-        with ray_session(cfg.learner):
+        with ray_session(LearnerGroup.resources(cfg.learner)[0]):
             stop.install()
             OfflineRun(cfg, recorded, data, objective, tokenizer, steps, stop).train(plan.checkpoint)
     finally:
@@ -206,12 +201,14 @@ def check_sources(model: ModelConfig, data: SequenceDataConfig) -> None:
             check_hub_name(path, "dataset", key)
 
 
-def job_main(prog: str, description: str, config_class: type[BaseModel], run_job, argv: list[str] | None) -> int:
-    """Parse ``--config FILE a.b=value ...``, run, and map bad input to ``error: ...`` and exit code 2."""
+def job_main(prog: str, description: str, config_class: type[BaseModel], run_job, argv: list[str] | None,
+             errors: tuple[type[BaseException], ...] = JOB_ERRORS, load=None) -> int:
+    """Parse ``--config FILE a.b=value ...``, run, and map bad input (``errors``) to ``error: ...`` and
+    exit code 2; ``load(path, overrides)`` replaces the plain config loader."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--config", help="YAML config (default: the embedded CPU default)")
     parser.add_argument("overrides", nargs="*", help="overrides such as run.steps=10 learner.lr=1e-4")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return command_exit_code(lambda: load_job_config(config_class, args.config, args.overrides), run_job,
-                             JOB_ERRORS)
+    loader = load or (lambda path, overrides: load_job_config(config_class, path, overrides))
+    return command_exit_code(lambda: loader(args.config, args.overrides), run_job, errors)

@@ -26,6 +26,23 @@ def _wandb_mode(cfg: WandbConfig) -> str:
     return "online" if os.environ.get("WANDB_API_KEY") else "offline"
 
 
+def start_wandb(directory: Path, cfg: WandbConfig, config: dict, run_name: str, run_id: str | None):
+    """A wandb run for a job's run directory (its files under ``<directory>/wandb``, console capture off),
+    continuing the run ``run_id`` when given; None when ``wandb.mode`` is disabled."""
+    mode = _wandb_mode(cfg)
+    if mode == "disabled":
+        return None
+    import wandb
+
+    wdir = directory / "wandb"
+    wdir.mkdir(parents=True, exist_ok=True)
+    for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_CONFIG_DIR"):
+        os.environ.setdefault(var, str(wdir.resolve()))  # keep wandb out of $HOME
+    os.environ.setdefault("WANDB_SILENT", "true")
+    return wandb.init(project=cfg.project, name=run_name, config=config, mode=mode, id=run_id,
+                      resume="allow", dir=str(wdir), settings=wandb.Settings(console="off"))
+
+
 class RunRecorder:
     """Writes one run's outputs under ``directory``.
 
@@ -62,18 +79,7 @@ class RunRecorder:
             os.fsync(f.fileno())
 
     def _start_wandb(self, config: dict, run_name: str):
-        mode = _wandb_mode(self.wandb_cfg)
-        if mode == "disabled":
-            return None
-        import wandb
-
-        wdir = self.directory / "wandb"
-        wdir.mkdir(exist_ok=True)
-        for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_CONFIG_DIR"):
-            os.environ.setdefault(var, str(wdir.resolve()))  # keep wandb out of $HOME
-        os.environ.setdefault("WANDB_SILENT", "true")
-        return wandb.init(project=self.wandb_cfg.project, name=run_name, config=config, mode=mode, id=self.wandb_id,
-                          resume="allow", dir=str(wdir), settings=wandb.Settings(console="off"))
+        return start_wandb(self.directory, self.wandb_cfg, config, run_name, self.wandb_id)
 
     def record_step(self, step: int, metrics: dict[str, float], scored: list[ScoredSample],
                     advantages: list[float | None]) -> None:
