@@ -47,9 +47,9 @@ class RolloutConfig(BaseModel):
     num_cpus_per_worker: float = Field(default=1.0, ge=0, description="CPUs Ray reserves for each rollout worker.")
     num_gpus_per_worker: float = Field(default=0.0, ge=0, description="GPUs Ray reserves for each rollout worker.")
     torch_threads: int = Field(default=1, ge=1, description="torch intra-op threads in each worker.")
-    group_size: int = Field(default=4, ge=2, description="Samples per prompt (G): the group whose rewards form the baseline.")
+    group_size: int = Field(default=4, ge=1, description="Samples per prompt (G): the group whose rewards form the baseline. RL training needs at least 2 (checked by the experiment config); 1 is for evaluation.")
     max_new_tokens: int = Field(default=12, ge=1, description="Most tokens generated per sample; longer ones are truncated.")
-    temperature: float = Field(default=1.0, gt=0, description="Sampling temperature; the learner scales logits by the same value.")
+    temperature: float = Field(default=1.0, ge=0, description="Sampling temperature; the learner scales logits by the same value. 0 means greedy decoding (evaluation only: RL training needs a temperature above 0, checked by the experiment config).")
     call_timeout_s: float = Field(default=300.0, gt=0, description="A rollout call not finished after this many seconds counts as hung: its worker is restarted and its calls are sent again.")
     resources: dict[str, float] = Field(default_factory=dict, description="Custom Ray resources each rollout worker reserves (e.g. {rollout_node: 1} to place workers on nodes that advertise it).")
     vllm: VLLMConfig = Field(default_factory=VLLMConfig, description="vLLM engine options (backend vllm only).")
@@ -77,8 +77,15 @@ class GenerationBackend(Protocol):
     version: int
     updates_in_flight: bool
 
-    async def generate(self, prompts: list[list[int]], n: int) -> list[GeneratedSequence]:
-        """``n`` samples per prompt, grouped: prompt i's samples at [i*n, (i+1)*n)."""
+    async def generate(self, prompts: list[list[int]], n: int, temperature: float | None = None,
+                       seed: int | None = None) -> list[GeneratedSequence]:
+        """``n`` samples per prompt, grouped: prompt i's samples at [i*n, (i+1)*n).
+
+        ``temperature`` overrides the backend's for this call (None: the backend's);
+        0 is greedy decoding, whose recorded log-probs are those of the untempered
+        distribution (temperature 1). ``seed`` (None: the backend's own RNG) samples
+        from a private generator seeded with it and leaves the backend's RNG as it was.
+        """
         ...
 
     async def load_weights(self, update: WeightsUpdate) -> None:
@@ -104,10 +111,12 @@ class GenerationBackend(Protocol):
 
 class HFGenerationBackend:
     """Sampling with ``transformers`` ``generate`` on the GPU Ray granted (else
-    the CPU), pure temperature sampling.
+    the CPU), pure temperature sampling, or greedy decoding at temperature 0.
 
     No top-k/top-p, so the recorded log-probs are exactly those of the
-    temperature-scaled distribution the learner computes.
+    temperature-scaled distribution the learner computes. Greedy decoding
+    (``do_sample=False``) draws no random numbers; its recorded log-probs are
+    those of the untempered distribution (``token_logprobs`` at temperature 1).
     """
 
     def __init__(self, model_path: str, dtype: str, max_new_tokens: int, temperature: float) -> None:
@@ -123,27 +132,36 @@ class HFGenerationBackend:
         self._sync = ObjectStoreWeightSync()
         self._group = None
 
-    async def generate(self, prompts: list[list[int]], n: int) -> list[GeneratedSequence]:
-        return self._generate(prompts, n)  # blocking on purpose: calls run one at a time, in order
+    async def generate(self, prompts: list[list[int]], n: int, temperature: float | None = None,
+                       seed: int | None = None) -> list[GeneratedSequence]:
+        temperature = self.temperature if temperature is None else temperature
+        if seed is None or temperature == 0:  # greedy decoding draws nothing
+            return self._generate(prompts, n, temperature)  # blocking on purpose: calls run one at a time, in order
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):  # no await inside: nothing else draws meanwhile
+            torch.manual_seed(seed)
+            return self._generate(prompts, n, temperature)
 
     @torch.no_grad()
-    def _generate(self, prompts: list[list[int]], n: int) -> list[GeneratedSequence]:
+    def _generate(self, prompts: list[list[int]], n: int, temperature: float) -> list[GeneratedSequence]:
         width = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
         for i, p in enumerate(prompts):  # left padding
             ids[i, width - len(p):] = torch.tensor(p)
             mask[i, width - len(p):] = 1
+        greedy = temperature == 0
+        sampling = {"do_sample": False} if greedy else {"do_sample": True, "temperature": temperature, "top_k": 0,
+                                                         "top_p": 1.0}
         out = self.model.generate(
             input_ids=ids.repeat_interleave(n, dim=0).to(self.device),
-            attention_mask=mask.repeat_interleave(n, dim=0).to(self.device),
-            do_sample=True, temperature=self.temperature, top_k=0, top_p=1.0,
+            attention_mask=mask.repeat_interleave(n, dim=0).to(self.device), **sampling,
             max_new_tokens=self.max_new_tokens, eos_token_id=self.eos_id, pad_token_id=self.pad_id,
             output_logits=True, return_dict_in_generate=True,
         )
         new_tokens = out.sequences[:, width:]
         logits = torch.stack(out.logits, dim=1)  # (B*n, T, V), raw (unprocessed) logits
-        logps = token_logprobs(logits, new_tokens, self.temperature).cpu()
+        logps = token_logprobs(logits, new_tokens, 1.0 if greedy else temperature).cpu()
         new_tokens = new_tokens.cpu()
         return [self._trim(new_tokens[r], logps[r]) for r in range(new_tokens.shape[0])]
 
@@ -244,17 +262,27 @@ class RolloutWorker:
         return self.backend.version
 
     async def generate(self, batch_index: int, call_index: int, prompts: list[PromptItem],
-                       min_version: int = 0, seq: int | None = None) -> RolloutResult:
-        """``group_size`` samples for each prompt, started once the worker holds
-        weights of version ``>= min_version``.
+                       min_version: int = 0, seq: int | None = None, n: int | None = None,
+                       temperature: float | None = None, seed: int | None = None) -> RolloutResult:
+        """``n`` samples (default ``rollout.group_size``) for each prompt at
+        ``temperature`` (default ``rollout.temperature``; 0: greedy decoding, every
+        sample the argmax continuation, its log-probs at temperature 1), started
+        once the worker holds weights of version ``>= min_version``.
 
         ``seq`` numbers the calls the driver sent to this worker: a call starts
         only after call ``seq - 1`` started (or ``ORDER_WAIT_S`` passed: that
         call was lost with a previous incarnation), so that sampling draws from
-        the RNG in send order and seeded runs repeat exactly.
+        the RNG in send order and seeded runs repeat exactly. A call outside that
+        order (``seq=None``, e.g. an evaluation) leaves the training calls' draws
+        unchanged when it draws nothing: greedy, or ``seed`` given (a private
+        generator seeded with it; the worker's RNG is left as it was; HF only,
+        vLLM seeds the request).
         Group ids are ``b<batch>c<call>p<position>``: unique per (call, prompt)
         even when a prompt repeats.
         """
+        n = self.config.group_size if n is None else n
+        if n < 1 or (temperature is not None and temperature < 0):
+            raise ValueError(f"generate: n must be >= 1 and temperature >= 0 (got n={n}, temperature={temperature})")
         self._asked[min_version] += 1
         try:
             await self._wait_for_turn(seq)
@@ -263,8 +291,7 @@ class RolloutWorker:
                 self._started.add(seq)
                 await self._announce()
             start = time.perf_counter()
-            n = self.config.group_size
-            seqs = await self.backend.generate([p.prompt_token_ids for p in prompts], n)
+            seqs = await self.backend.generate([p.prompt_token_ids for p in prompts], n, temperature, seed)
         finally:
             self._asked[min_version] -= 1
             await self._announce()

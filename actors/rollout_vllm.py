@@ -5,7 +5,9 @@ Token ids in, token ids and log-probs out. Each prompt is one request for its
 blocks (prefix caching). Sampling is pure temperature sampling and the engine
 returns the *processed* log-probs (``logprobs_mode="processed_logprobs"``:
 after temperature scaling), which is exactly the learner's
-``token_logprobs(logits, tokens, temperature)``.
+``token_logprobs(logits, tokens, temperature)``. A call may override the
+temperature (per-request ``SamplingParams``); at 0 decoding is greedy and the
+engine's processed log-probs are the untempered ones (temperature 1).
 
 Weight updates, while requests are in flight:
 
@@ -106,8 +108,12 @@ class VLLMGenerationBackend:
         self._adapter_users: Counter[int] = Counter()  # adapter id -> requests in flight on it
         self._retired: dict[int, Path] = {}  # replaced adapters still used by a request
 
-    async def generate(self, prompts: list[list[int]], n: int) -> list:
-        """``n`` samples per prompt, grouped like ``GenerationBackend.generate``.
+    async def generate(self, prompts: list[list[int]], n: int, temperature: float | None = None,
+                       seed: int | None = None) -> list:
+        """``n`` samples per prompt, grouped like ``GenerationBackend.generate``, at
+        ``temperature`` (None: the backend's; 0: greedy, whose processed log-probs are
+        then the untempered ones) with per-request ``SamplingParams`` (``seed``: a
+        per-request generator, the engine's own RNG untouched).
 
         A dead engine (its process crashed) cannot come back inside this actor, and
         an exception would leave the actor alive and useless: the process exits,
@@ -117,20 +123,26 @@ class VLLMGenerationBackend:
         from vllm.v1.engine.exceptions import EngineDeadError
 
         try:
-            groups = await asyncio.gather(*(self._request(p, n) for p in prompts))
+            temperature = self.temperature if temperature is None else temperature
+            groups = await asyncio.gather(*(self._request(p, n, temperature, None if seed is None else seed + i)
+                                            for i, p in enumerate(prompts)))
         except EngineDeadError as exc:
             exit_dead_engine(exc)
         return [seq for group in groups for seq in group]
 
-    async def _request(self, prompt: list[int], n: int) -> list:
+    async def _request(self, prompt: list[int], n: int, temperature: float, seed: int | None) -> list:
+        """One engine request for a prompt's ``n`` samples. vLLM refuses ``n > 1`` when
+        greedy: a greedy request asks for one sample and repeats it (all ``n`` are equal)."""
+        if temperature == 0 and n > 1:
+            return (await self._request(prompt, 1, temperature, seed)) * n
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
         from vllm.sampling_params import RequestOutputKind
 
         from actors.rollout import GeneratedSequence
 
-        params = SamplingParams(n=n, temperature=self.temperature, top_p=1.0, top_k=0, max_tokens=self.max_new_tokens,
-                                logprobs=0, stop_token_ids=[self.eos_id], detokenize=False,
+        params = SamplingParams(n=n, temperature=temperature, top_p=1.0, top_k=0, max_tokens=self.max_new_tokens,
+                                logprobs=0, stop_token_ids=[self.eos_id], detokenize=False, seed=seed,
                                 output_kind=RequestOutputKind.FINAL_ONLY)
         first, adapter = self.version, self._adapter
         if adapter is not None:

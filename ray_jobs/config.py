@@ -102,6 +102,18 @@ class ExperimentConfig(BaseModel):
     wandb: WandbConfig = Field(default_factory=WandbConfig, description="wandb monitoring.")
 
     @model_validator(mode="after")
+    def _rollout_fits_training(self) -> "ExperimentConfig":
+        """RL sampling needs a group (the baseline) and a temperature the learner can divide logits by;
+        the rollout section alone also allows the evaluation settings (1 sample, greedy)."""
+        if self.rollout.group_size < 2:
+            raise ValueError(f"rollout.group_size must be at least 2 for RL training (got {self.rollout.group_size}): "
+                             "group advantages need a group")
+        if self.rollout.temperature == 0:
+            raise ValueError("rollout.temperature must be above 0 for RL training (the learner divides logits by it); "
+                             "greedy decoding is for evaluation (eval.temperature)")
+        return self
+
+    @model_validator(mode="after")
     def _algorithm_fits_rollout(self) -> "ExperimentConfig":
         """Algorithm settings that depend on other sections, checked before anything starts."""
         algo, limit = self.algorithm.settings, self.rollout.max_new_tokens

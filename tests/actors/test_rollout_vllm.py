@@ -105,6 +105,26 @@ def test_groups_versions_and_eos(worker, loop, tiny_tokenizer) -> None:
         assert eos not in s.completion_token_ids[:-1]
 
 
+def test_greedy_override_is_argmax_decoding(worker, loop, tiny_model_config, tiny_tokenizer) -> None:
+    """temperature=0 for one call (per-request SamplingParams): every one of the n samples is the
+    argmax continuation (cut after EOS), with the untempered log-probs; n=1 works too."""
+    model = load_causal_lm(resolve_model_path(tiny_model_config), "float32").eval()
+    assert worker.version == 0  # the module's worker still holds the initial weights here
+    eos = tiny_tokenizer.eos_token_id
+    for n in (1, 2):
+        samples = loop.run_until_complete(worker.generate(0, n, _prompts(tiny_tokenizer), n=n, temperature=0.0)).samples
+        assert len(samples) == 2 * n
+        for s in samples:
+            reference = _greedy_hf(model, s.prompt.prompt_token_ids, 8)
+            cut = reference.index(eos) + 1 if eos in reference else len(reference)
+            assert s.completion_token_ids == reference[:cut]
+            ids = torch.tensor([s.prompt.prompt_token_ids + s.completion_token_ids])
+            with torch.no_grad():
+                logits = model(input_ids=ids).logits[:, len(s.prompt.prompt_token_ids) - 1 : -1]
+            expected = token_logprobs(logits, torch.tensor([s.completion_token_ids]), 1.0)[0]
+            assert torch.allclose(torch.tensor(s.sampling_logprobs), expected, atol=1e-4)
+
+
 def test_matches_learner_before_and_after_full_sync(worker, loop, tiny_model_config, tiny_tokenizer) -> None:
     model = load_causal_lm(resolve_model_path(tiny_model_config), "float32").eval()
     _check_against(model, worker, loop, tiny_tokenizer)
