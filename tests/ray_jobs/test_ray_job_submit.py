@@ -1,4 +1,4 @@
-"""The same training command runs as a Ray job on a head started by the test."""
+"""The same training and evaluation commands run as Ray jobs on a head started by the test."""
 
 from __future__ import annotations
 
@@ -46,14 +46,27 @@ def ray_head():
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def test_training_job_through_ray_job_submit(ray_head, tmp_path: Path, tiny_model_config) -> None:
-    address, env = ray_head
-    out = tmp_path / "run"
+def _submit(address: str, env: dict, *job: str) -> str:
     cmd = [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO_ROOT), "--",
-           "python", "-m", "ray_jobs.train", "run.steps=2", f"run.output_dir={out}",
-           f"model.cache_dir={tiny_model_config.cache_dir}", "wandb.mode=disabled"]
+           "python", "-m", *job]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "run finished" in proc.stdout
+    return proc.stdout
+
+
+def test_training_then_evaluation_through_ray_job_submit(ray_head, tmp_path: Path, tiny_model_config) -> None:
+    address, env = ray_head
+    out, evaluation = tmp_path / "run", tmp_path / "eval"
+    common = [f"model.cache_dir={tiny_model_config.cache_dir}", "wandb.mode=disabled"]
+    stdout = _submit(address, env, "ray_jobs.train", "run.steps=2", f"run.output_dir={out}", *common)
+    assert "run finished" in stdout
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [0, 1]
+
+    stdout = _submit(address, env, "ray_jobs.evaluate", f"run.output_dir={evaluation}", "data.max_items=6",
+                     "statistics.resamples=200", f"conditions={{base: {{}}, trained: {{policy: {out / 'final'}}}}}",
+                     *common)
+    assert "evaluation finished" in stdout and "trained vs base" in stdout
+    results = json.loads((evaluation / "results.json").read_text())
+    assert list(results["conditions"]) == ["base", "trained"]
+    assert results["conditions"]["trained"]["n"] + results["conditions"]["trained"]["n_missing"] == 6

@@ -1,0 +1,158 @@
+"""Running one evaluation condition on the rollout workers, a critic and the judge pool.
+
+Per condition the held-out items are cut into chunks of ``run.items_per_call``
+(fixed positions in item order). Each chunk is one rollout call (k samples per
+item at the condition's temperature, seeded by ``chunk_seed`` so a resumed run
+samples exactly what the uninterrupted one would), then the selection rule,
+then one judge-pool call for the completions that are scored. Every rollout
+worker holds one call at a time; judging a chunk overlaps generating the next.
+
+Selection (``select``): ``single`` scores the one completion; ``critic`` scores
+every candidate with the critic learner (``beta`` x mean token log-prob under
+the critic, ``Learner.score_sequences``) and judges the best; ``judge`` judges
+all k and keeps the best judge score (an unscored candidate never wins, and an
+item whose candidates are all unscored is unscored, never 0).
+
+Cost accounting (seed 003's): one forward pass per generated candidate plus one
+batched critic pass per item, so best-of-4 with a critic costs 5.0 passes and
+best-of-4 by the judge 4.0 passes plus 4 judge calls.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+
+from actors.messages import PromptItem, RolloutResult, ScoreResult, SequenceBatch
+from actors.rollout import RolloutWorker
+from ray_jobs.eval_config import ConditionConfig, EvaluateConfig
+from ray_jobs.eval_report import ItemResult
+from ray_jobs.sequence_data import encode_prompt_completion
+
+log = logging.getLogger("relay.evaluate")
+
+
+@dataclass(frozen=True)
+class HeldOutItem:
+    """One held-out item as a condition's policy sees it (``prompt`` tokenised with its template)."""
+
+    prompt: PromptItem
+    messages: list[dict]
+    label: bool | None
+    stratum: str | None
+
+
+def chunk_seed(seed: int, condition: str, chunk: int) -> int:
+    """The sampling seed of one chunk: fixed by (run seed, condition name, chunk index)."""
+    digest = hashlib.sha256(f"{seed}/{condition}/{chunk}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def best_index(scores: list[float | None]) -> int | None:
+    """Index of the highest score (the first on ties); None when nothing was scored."""
+    scored = [(s, -i) for i, s in enumerate(scores) if s is not None]
+    return -max(scored)[1] if scored else None
+
+
+def critic_batch(tokenizer: Any, items: list[HeldOutItem], candidates: list[list[str]]) -> SequenceBatch:
+    """Every (item, candidate) as a critic row: the item's conversation, then the candidate as the
+    assistant turn; the loss mask covers the candidate's tokens (as SimPO/SFT training masked them)."""
+    ids, masks = [], []
+    for item, texts in zip(items, candidates):
+        for text in texts:
+            full, start = encode_prompt_completion(tokenizer, item.messages, [{"role": "assistant", "content": text}])
+            ids.append(full)
+            masks.append([0] * start + [1] * (len(full) - start))
+    return SequenceBatch(0, ids, masks)
+
+
+class ConditionRun:
+    """One condition's chunks through generation, selection and judging (``results`` yields them in order)."""
+
+    def __init__(self, name: str, cond: ConditionConfig, cfg: EvaluateConfig, workers: list, judge: Any,
+                 critic: Any | None, critic_tokenizer: Any | None) -> None:
+        self.name, self.cond, self.cfg = name, cond, cfg
+        self.workers, self.judge, self.critic, self.critic_tokenizer = workers, judge, critic, critic_tokenizer
+
+    def results(self, chunks: list[tuple[int, list[HeldOutItem]]],
+                stop: Callable[[], bool]) -> Iterator[list[ItemResult]]:
+        """Each chunk's item results, in chunk order, at most one rollout call per worker in flight."""
+        pending: list[tuple[int, list[HeldOutItem], ray.ObjectRef, int]] = []
+        todo = list(chunks)
+        while todo or pending:
+            while todo and len(pending) < len(self.workers) and not stop():
+                index, items = todo.pop(0)
+                worker = next(w for w in range(len(self.workers)) if w not in {p[3] for p in pending})
+                call = self.workers[worker].generate.remote(
+                    index, 0, [i.prompt for i in items], n=self.cond.k, temperature=self.cond.temperature,
+                    seed=chunk_seed(self.cfg.run.seed, self.name, index))
+                pending.append((index, items, call, worker))
+            if not pending:
+                return
+            index, items, call, _ = pending.pop(0)
+            yield self._finish(items, ray.get(call))
+
+    def _finish(self, items: list[HeldOutItem], generated: RolloutResult) -> list[ItemResult]:
+        critic_scores, started = None, time.perf_counter()
+        if self.cond.critic is not None:
+            k, texts = self.cond.k, [s.completion_text for s in generated.samples]
+            rows = self.critic.score_sequences(critic_batch(self.critic_tokenizer, items, [
+                texts[i * k:(i + 1) * k] for i in range(len(items))]), adapter=self.cond.critic.adapter)
+            critic_scores = [self.cond.critic.beta * r["logp_mean"] for r in rows]
+        return finish_chunk(self.name, self.cond, items, generated, critic_scores,
+                            lambda result: ray.get(self.judge.score.remote(result)), time.perf_counter() - started)
+
+
+def finish_chunk(name: str, cond: ConditionConfig, items: list[HeldOutItem], generated: RolloutResult,
+                 critic_scores: list[float] | None, judge: Callable[[RolloutResult], ScoreResult],
+                 critic_s: float) -> list[ItemResult]:
+    """Select each item's completion (``critic_scores``: one per candidate, for ``select: critic``),
+    judge, and build the chunk's item results. ``judge`` scores a ``RolloutResult`` (the judge pool).
+    An item's ``seconds`` is its share of the chunk's generation, critic (``critic_s``) and judge time."""
+    k = cond.k
+    groups = [generated.samples[i * k:(i + 1) * k] for i in range(len(items))]
+    if cond.select == "judge":
+        answer = judge(generated)
+        judged = answer.scored
+        chosen = [best_index([s.reward for s in judged[i * k:(i + 1) * k]]) for i in range(len(items))]
+        picks = [judged[i * k + (0 if c is None else c)] for i, c in enumerate(chosen)]
+        calls = k
+    else:
+        if cond.select == "critic":
+            assert critic_scores is not None and len(critic_scores) == len(generated.samples)
+            chosen = [best_index(critic_scores[i * k:(i + 1) * k]) for i in range(len(items))]
+        else:
+            chosen = [0] * len(items)
+        picked = RolloutResult(generated.batch_index, [g[0 if c is None else c] for g, c in zip(groups, chosen)],
+                               generated.generate_s, generated.worker_id)
+        answer = judge(picked)
+        picks, calls = answer.scored, 1
+    seconds = (generated.generate_s + critic_s + answer.judge_s) / len(items)
+    passes = float(k + (1 if cond.select == "critic" else 0))  # k generations + one batched critic pass
+    results = []
+    for item, group, c, scored in zip(items, groups, chosen, picks):
+        unscored = c is None or scored.reward is None
+        error = f"no candidate was scored (first: {scored.reward_error})" if c is None else scored.reward_error
+        results.append(ItemResult(
+            condition=name, item_id=item.prompt.prompt_id, prompt=item.prompt.prompt_text, stratum=item.stratum,
+            label=item.label, candidates=[s.completion_text for s in group], selected=c,
+            score=None if unscored else scored.reward,
+            error=error if unscored else None,
+            blocked=None if unscored else scored.terms.get("judge/blocked"), forward_passes=passes,
+            generated_tokens=sum(len(s.completion_token_ids) for s in group), judge_calls=calls, seconds=seconds))
+    return results
+
+def start_workers(cfg: EvaluateConfig, policy_path: str, count: int) -> list:
+    """``count`` rollout worker actors generating with ``policy_path`` (their sampling comes per call)."""
+    model = cfg.model.model_copy(update={"path": policy_path, "adapter": "merge"})
+    ro = cfg.rollout
+    actor = ray.remote(RolloutWorker).options(num_cpus=ro.num_cpus_per_worker, num_gpus=ro.num_gpus_per_worker,
+                                              resources=dict(ro.resources), max_concurrency=1000)
+    return [actor.remote(ro, model, worker_id=w, seed=cfg.run.seed) for w in range(count)]
+
