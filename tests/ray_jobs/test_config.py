@@ -11,7 +11,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 def _training_configs() -> list[Path]:
     """Shipped configs of ``ray_jobs.train``: those whose first line does not name an offline job
     (``tests/ray_jobs/test_offline_config.py`` loads those)."""
-    offline = ("ray_jobs.sft", "ray_jobs.preference")
+    offline = ("ray_jobs.sft", "ray_jobs.preference", "ray_jobs.evaluate")
     return [p for p in sorted((REPO_ROOT / "configs").glob("*.yaml"))
             if not any(job in p.read_text().splitlines()[0] for job in offline)]
 

@@ -7,11 +7,13 @@ from pathlib import Path
 import pytest
 
 from ray_jobs import preference, sft
+from ray_jobs.eval_config import EvaluateConfig
 from ray_jobs.config import ConfigError
 from ray_jobs.offline_config import ScheduleConfig, load_job_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-JOBS = {"ray_jobs.sft": sft.SftConfig, "ray_jobs.preference": preference.PreferenceConfig}
+JOBS = {"ray_jobs.sft": sft.SftConfig, "ray_jobs.preference": preference.PreferenceConfig,
+        "ray_jobs.evaluate": EvaluateConfig}
 
 
 def _offline_configs() -> list[tuple[Path, type]]:
@@ -26,7 +28,7 @@ def _offline_configs() -> list[tuple[Path, type]]:
 def test_the_recipes_are_shipped() -> None:
     names = {p.name for p, _ in _offline_configs()}
     assert {"cpu_sft_then_grpo_1_sft.yaml", "cpu_simpo_critic.yaml", "gpu_qwen3_1.7b_sft_then_grpo_1_sft.yaml",
-            "gpu_qwen3_1.7b_simpo_critic.yaml"} <= names
+            "gpu_qwen3_1.7b_simpo_critic.yaml", "cpu_eval_simpo_critic.yaml", "gpu_qwen3_1.7b_eval_critic_rs.yaml"} <= names
 
 
 @pytest.mark.parametrize("path, cls", _offline_configs(), ids=lambda x: getattr(x, "name", ""))
