@@ -107,7 +107,7 @@ class StatisticsConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    baseline: str | None = Field(default="base", description="Condition every other is compared with (paired bootstrap, Δ = other - baseline); null: every pair.")
+    baseline: str | None = Field(default=None, description="Condition every other is compared with (paired bootstrap, Δ = other - baseline); null: every pair, in config order (cost ratios against the first condition).")
     resamples: int = Field(default=10_000, ge=100, description="Bootstrap resamples B.")
     seed: int | None = Field(default=None, description="Bootstrap seed (null: run.seed).")
     confidence: float = Field(default=0.95, gt=0, lt=1, description="Confidence level of every interval.")

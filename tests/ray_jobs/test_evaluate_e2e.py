@@ -28,7 +28,7 @@ def local_ray() -> Iterator[None]:
 
 def _overrides(out: Path, tiny_model_config) -> list[str]:
     return [f"run.output_dir={out}", f"model.cache_dir={tiny_model_config.cache_dir}", "wandb.mode=disabled",
-            "data.max_items=12", "run.items_per_call=4", "statistics.resamples=500", CONDITIONS]
+            "data.max_items=12", "run.items_per_call=4", "statistics.resamples=500", "statistics.baseline=base", CONDITIONS]
 
 
 def _items(out: Path) -> list[dict]:
