@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -47,9 +48,15 @@ def ray_head():
 
 
 def _submit(address: str, env: dict, *job: str) -> str:
+    """``ray job submit`` and wait; a head whose job agent is not up yet is asked again (it says so)."""
     cmd = [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO_ROOT), "--",
            "python", "-m", *job]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    deadline = time.monotonic() + 120
+    while True:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        if "No available agent to submit job" not in proc.stderr or time.monotonic() > deadline:
+            break
+        time.sleep(2)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout
 

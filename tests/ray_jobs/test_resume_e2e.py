@@ -18,14 +18,14 @@ from run_procs import TrainProcess, check_complete, read_jsonl, run_to_end, sess
 
 pytestmark = pytest.mark.slow
 
-STEPS, EVERY = 30, 5
+STEPS, EVERY = 20, 4
 BASE = (f"run.steps={STEPS}", f"run.checkpoint_every={EVERY}", "rollout.backend=hf", "learner.backend=torch")
 SAMPLES_PER_STEP = 8 * 4  # prompts_per_step x group_size
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory: pytest.TempPathFactory, tiny_model_config) -> Path:
-    """The same 30-step run at k = 0, never interrupted."""
+    """The same 20-step run at k = 0, never interrupted."""
     out = tmp_path_factory.mktemp("uninterrupted") / "run"
     run_to_end(train_command(out, tiny_model_config.cache_dir, *BASE, "pipeline.max_staleness=0"), out.with_suffix(".log"))
     return out
@@ -76,8 +76,8 @@ def test_sigkill_twice_then_sigterm_k2_trains_every_prompt_as_often(tmp_path: Pa
                                                                      uninterrupted: Path) -> None:
     """SIGKILL at a random step, again after the first resume, then SIGTERM after the second
     (the graceful stop), and the same command once more to the end."""
-    first = random.randint(EVERY + 1, STEPS - 12)
-    second = random.randint(first + 2, STEPS - 8)
+    first = random.randint(EVERY + 1, STEPS - 11)
+    second = random.randint(first + 2, STEPS - 7)
     print(f"killing at steps {first} and {second}, SIGTERM at {second + 3}")
     out = tmp_path / "run"
     cmd = train_command(out, tiny_model_config.cache_dir, *BASE, "pipeline.max_staleness=2")
