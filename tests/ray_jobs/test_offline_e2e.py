@@ -1,15 +1,18 @@
-"""End-to-end offline jobs on one local Ray: SFT lowers eval/loss and resumes exactly, SimPO and DPO
+"""End-to-end offline jobs on one local Ray: SFT lowers eval/loss and resumes exactly after a SIGTERM and
+a SIGKILL, SimPO and DPO
 learn the toy preferences, and GRPO (``ray_jobs.train``) starts from the SFT run's ``final/``."""
 
 from __future__ import annotations
 
 import json
-import shutil
+import signal
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import ray
+from run_procs import TrainProcess, reap_session, run_to_end
 
 from ray_jobs import preference, sft
 from ray_jobs.config import load_config
@@ -51,18 +54,32 @@ def test_sft_cpu_default_lowers_eval_loss(sft_run: Path) -> None:
     assert (sft_run / "config.yaml").exists()
 
 
-def test_sft_resumes_from_a_checkpoint_exactly(local_ray, tmp_path: Path, tiny_model_config) -> None:
-    overrides = _base(tmp_path, tiny_model_config) + ["run.steps=4", "run.checkpoint_every=2", "schedule.batch_size=8"]
-    sft.run(load_job_config(sft.SftConfig, None, overrides))
-    whole, weights = _metrics(tmp_path), (tmp_path / "final" / "model.safetensors").read_bytes()
-    shutil.rmtree(tmp_path / "checkpoints" / "step-4")  # as if it had died after step 3, before its checkpoint
-    shutil.rmtree(tmp_path / "final")
-    sft.run(load_job_config(sft.SftConfig, None, overrides))  # resumes from step-2
-    resumed = _metrics(tmp_path)
-    assert [m["step"] for m in resumed] == list(range(4))
-    assert [m["loss"] for m in resumed] == [m["loss"] for m in whole]  # steps 2-3 trained again, identically
-    assert resumed[2]["time/step_s"] != whole[2]["time/step_s"]  # (they were trained again, not kept)
-    assert (tmp_path / "final" / "model.safetensors").read_bytes() == weights
+def test_sft_stopped_and_killed_resumes_to_the_uninterrupted_weights(local_ray, tmp_path: Path,
+                                                                      tiny_model_config) -> None:
+    """SIGTERM (a checkpoint of the last completed step, exit 143), then SIGKILL of the whole process
+    group, then the same command to the end: every step once, and the uninterrupted run's losses and weights."""
+    steps = ["run.steps=12", "run.checkpoint_every=4", "schedule.batch_size=8"]
+    sft.run(load_job_config(sft.SftConfig, None, _base(tmp_path / "whole", tiny_model_config) + steps))
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "ray_jobs.sft", *_base(out, tiny_model_config), *steps]
+    log, metrics = tmp_path / "run.log", out / "metrics.jsonl"
+    proc = TrainProcess(cmd, log)
+    proc.wait_for_step(metrics, 2)
+    proc.proc.send_signal(signal.SIGTERM)
+    assert proc.proc.wait(timeout=120) == 143, proc.tail()
+    reap_session(proc.proc.pid)
+    stopped = len(_metrics(out))
+    assert (out / "checkpoints" / f"step-{stopped}").is_dir() and "stopped: checkpoint written" in proc.tail()
+    proc = TrainProcess(cmd, log)
+    proc.wait_for_step(metrics, stopped + 5)
+    proc.kill()
+    run_to_end(cmd, log)
+    assert log.read_text().count("resumed from") == 2
+    resumed, whole = _metrics(out), _metrics(tmp_path / "whole")
+    assert [m["step"] for m in resumed] == list(range(12))
+    assert [m["loss"] for m in resumed] == [m["loss"] for m in whole]
+    assert (out / "final" / "model.safetensors").read_bytes() == (
+        tmp_path / "whole" / "final" / "model.safetensors").read_bytes()
 
 
 @pytest.mark.parametrize("name, extra", [("simpo", []), ("dpo", ["schedule.epochs=1"])])
