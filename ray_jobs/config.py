@@ -84,6 +84,27 @@ class WandbConfig(BaseModel):
     table_rows: int = Field(default=16, ge=1, description="Rows in each completions table.")
 
 
+class TrainEvalConfig(BaseModel):
+    """Held-out evaluation while the run trains (``ray_jobs/train_eval.py``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    every_steps: int = Field(default=0, ge=0, description="Evaluate the policy after every this many learner steps, and after the last step (0: no evaluation). Runs beside training; results go to eval.jsonl and wandb as eval/*.")
+    data: str | None = Field(default=None, description="Held-out prompts: a local .jsonl/.json/.csv/.parquet file or a Hugging Face dataset name, read like data.path with the same data.prompt_field, id_field, system_prompt and max_prompt_tokens. Required when every_steps > 0.")
+    split: str = Field(default="test", description="Split to load when eval.data is a hub dataset.")
+    max_prompts: int | None = Field(default=None, ge=1, description="Evaluate only the first this many prompts (a fixed set); null: all of them.")
+    samples_per_prompt: int = Field(default=1, ge=1, description="Samples generated per prompt at each evaluation.")
+    temperature: float = Field(default=0.0, ge=0, description="Sampling temperature of the evaluation; 0 is greedy decoding, so eval curves are not sampling noise.")
+    label_field: str | None = Field(default="inappropriate", description="Boolean row field saying the request should be blocked; rows that have it give eval/block_rate and eval/false_block_rate (needs a rubric with a request check). null: none.")
+
+    @model_validator(mode="after")
+    def _data_when_on(self) -> "TrainEvalConfig":
+        if self.every_steps > 0 and not self.data:
+            raise ValueError(f"eval.data is required when eval.every_steps > 0 (got every_steps={self.every_steps}): "
+                             "name a held-out prompt file or hub dataset")
+        return self
+
+
 class ExperimentConfig(BaseModel):
     """Everything one training run needs, one section per component."""
 
@@ -100,6 +121,7 @@ class ExperimentConfig(BaseModel):
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig, description="Overlap and staleness.")
     weight_sync: WeightSyncConfig = Field(default_factory=WeightSyncConfig, description="Learner-to-rollout weight sync.")
     wandb: WandbConfig = Field(default_factory=WandbConfig, description="wandb monitoring.")
+    eval: TrainEvalConfig = Field(default_factory=TrainEvalConfig, description="Held-out evaluation during training.")
 
     @model_validator(mode="after")
     def _rollout_fits_training(self) -> "ExperimentConfig":

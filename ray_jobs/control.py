@@ -70,17 +70,20 @@ class RunControl:
 
     Invariant: a checkpoint of step N is taken when the learner has trained
     exactly N batches and every batch launched but not trained is in
-    ``inflight`` (its calls' prompts are saved, not its samples).
+    ``inflight`` (its calls' prompts are saved, not its samples). ``settle(N)``
+    runs first: what must be on disk before checkpoint N (the evaluations of
+    older policies, ``ray_jobs/train_eval.py``).
     """
 
     def __init__(self, run: RunConfig, run_dir: Path, config: dict, stop: GracefulStop, wandb_id: str | None,
-                 tokenizer: Any) -> None:
+                 tokenizer: Any, settle: Callable[[int], None] = lambda steps_done: None) -> None:
         self.tokenizer = tokenizer  # saved beside the policy, so that a checkpoint serves as it is
         self.run = run
         self.run_dir = run_dir
         self.config = config
         self.stop = stop
         self.wandb_id = wandb_id
+        self.settle = settle
         self.newest: Checkpoint | None = None
 
     def due(self, steps_done: int) -> bool:
@@ -92,6 +95,7 @@ class RunControl:
         """Write checkpoint ``steps_done`` (unless the newest already is it) and log its cost."""
         if self.newest is not None and self.newest.step == steps_done:
             return self.newest
+        self.settle(steps_done)
         recorder.sync()  # every line of the steps before it is on disk first
         state = DriverState(
             next_step=steps_done, source=source.state_dict(),

@@ -36,17 +36,17 @@ class DataConfig(BaseModel):
     shuffle: bool = Field(default=True, description="Shuffle the prompts each epoch.")
 
 
-def _load_rows(data: DataConfig) -> tuple[list[dict], str]:
-    """Rows as dicts, and a name for them in messages."""
+def _load_rows(data: DataConfig, key: str = "data.path") -> tuple[list[dict], str]:
+    """Rows as dicts, and a name for them in messages (``key``: the config key of the path)."""
     suffix = Path(data.path).suffix.lower()
     if suffix in LOCAL_FORMATS:
         if not Path(data.path).is_file():
-            raise DatasetError(f"data.path: file {data.path} does not exist")
+            raise DatasetError(f"{key}: file {data.path} does not exist")
         import datasets
 
         ds = datasets.load_dataset(LOCAL_FORMATS[suffix], data_files=data.path, split="train")
     elif Path(data.path).exists():
-        raise DatasetError(f"data.path: {data.path} is not a .jsonl, .json, .csv or .parquet file")
+        raise DatasetError(f"{key}: {data.path} is not a .jsonl, .json, .csv or .parquet file")
     else:
         import datasets
 
@@ -59,15 +59,28 @@ def load_prompts(data: DataConfig, tokenizer) -> list[PromptItem]:
 
     Rows too long for ``data.max_prompt_tokens`` are skipped, counted and logged.
     """
-    rows, name = _load_rows(data)
+    return load_labelled_prompts(data, tokenizer)[0]
+
+
+def load_labelled_prompts(data: DataConfig, tokenizer, label_field: str | None = None,
+                          key: str = "data.path") -> tuple[list[PromptItem], list[bool | None]]:
+    """``load_prompts`` plus each kept row's boolean ``label_field`` (aligned with the items;
+    None where the row lacks it, or it is null, or ``label_field`` is None). A label that is
+    not true, false or null is an error. ``key`` names the path in messages (``eval.data``)."""
+    rows, name = _load_rows(data, key)
+    section = key.removesuffix(".path")
     if not rows:
-        raise DatasetError(f"data.path: {name} has no rows")
-    items, too_long = [], 0
+        raise DatasetError(f"{key}: {name} has no rows")
+    items, labels, too_long = [], [], 0
     for i, row in enumerate(rows):
         text = row.get(data.prompt_field)
         if not isinstance(text, str) or not text.strip():
-            raise DatasetError(f"data: row {i} of {name} has no usable '{data.prompt_field}' field "
+            raise DatasetError(f"{section}: row {i} of {name} has no usable '{data.prompt_field}' field "
                                f"(got {type(text).__name__}); fields with values: {sorted(k for k, v in row.items() if v is not None)}")
+        label = row.get(label_field) if label_field else None
+        if label is not None and not isinstance(label, bool):
+            raise DatasetError(f"{section}: row {i} of {name} has '{label_field}' = {label!r}; "
+                               "a label must be true, false or null")
         messages = ([{"role": "system", "content": data.system_prompt}] if data.system_prompt else [])
         messages.append({"role": "user", "content": text})
         ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
@@ -77,12 +90,13 @@ def load_prompts(data: DataConfig, tokenizer) -> list[PromptItem]:
             continue
         row_id = row.get(data.id_field) if data.id_field else None
         items.append(PromptItem(str(row_id if row_id is not None else i), i, text, token_ids))
+        labels.append(label)
     if too_long:
-        log.warning("data: skipped %d of %d rows longer than data.max_prompt_tokens=%d",
-                    too_long, len(rows), data.max_prompt_tokens)
+        log.warning("%s: skipped %d of %d rows longer than data.max_prompt_tokens=%d",
+                    section, too_long, len(rows), data.max_prompt_tokens)
     if not items:
-        raise DatasetError(f"data: every row of {name} is longer than data.max_prompt_tokens={data.max_prompt_tokens}")
-    return items
+        raise DatasetError(f"{section}: every row of {name} is longer than data.max_prompt_tokens={data.max_prompt_tokens}")
+    return items, labels
 
 
 class PromptSource:

@@ -1,7 +1,11 @@
-"""Run outputs: config.yaml, metrics.jsonl, samples.jsonl, the console line and wandb.
+"""Run outputs: config.yaml, metrics.jsonl, samples.jsonl, eval.jsonl, the console line and wandb.
 
 Every sample generated is written to samples.jsonl, scored or not, so nothing
 is lost; an unscored sample has ``reward: null`` and its ``reward_error``.
+Evaluations during training (``ray_jobs/train_eval.py``) go to eval.jsonl, one
+line per evaluation keyed by ``step`` = the policy version evaluated, and to
+wandb as ``eval/*`` against their own x-axis ``eval/step`` (an evaluation
+finishes after later training steps were logged, and wandb steps only increase).
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import yaml
 
@@ -18,6 +22,8 @@ from actors.messages import ScoredSample
 from ray_jobs.config import WandbConfig
 
 log = logging.getLogger(__name__)
+
+EVAL_FILE = "eval.jsonl"
 
 
 def _wandb_mode(cfg: WandbConfig) -> str:
@@ -51,6 +57,11 @@ class RunRecorder:
     resumes at ``start_step`` first drops the lines of steps ``>= start_step``
     (written after its checkpoint, before the crash) and then appends, so every
     step appears exactly once; wandb continues the run ``wandb_id``.
+    ``eval.jsonl`` gets one line per evaluation, in the order they finish; on
+    resume it keeps the evaluations of policies ``<= start_step`` (the
+    checkpoint's policy and older ones: still valid, whenever they were written)
+    and drops newer ones, which the resumed run evaluates again; ``eval_steps``
+    lists the kept ones.
     """
 
     def __init__(self, directory: Path, config: dict, wandb_cfg: WandbConfig, run_name: str, total_steps: int,
@@ -63,23 +74,31 @@ class RunRecorder:
         tmp.write_text(yaml.safe_dump(config, sort_keys=False))
         os.replace(tmp, directory / "config.yaml")
         dropped = {name: truncate_jsonl(directory / name, start_step) for name in ("metrics.jsonl", "samples.jsonl")}
+        dropped[EVAL_FILE] = truncate_jsonl(directory / EVAL_FILE, start_step + 1)
+        self.eval_steps = _steps_in(directory / EVAL_FILE)
         if any(dropped.values()):
             log.info("resuming at step %d: dropped lines written after the checkpoint %s", start_step, dropped)
         self._metrics = (directory / "metrics.jsonl").open("a")
         self._samples = (directory / "samples.jsonl").open("a")
+        self._evals: IO[str] | None = None  # eval.jsonl, opened by the first evaluation
+        self._wandb_step = max(start_step - 1, 0)  # the newest step logged to wandb
         self.total_steps = total_steps
         self.wandb_cfg = wandb_cfg
         self.wandb_id = wandb_id or _new_wandb_id()
         self._wandb = self._start_wandb(config, run_name)
 
     def sync(self) -> None:
-        """Flush and fsync both files (before a checkpoint is written)."""
-        for f in (self._metrics, self._samples):
+        """Flush and fsync the output files (before a checkpoint is written)."""
+        for f in (self._metrics, self._samples, *([self._evals] if self._evals else [])):
             f.flush()
             os.fsync(f.fileno())
 
     def _start_wandb(self, config: dict, run_name: str):
-        return start_wandb(self.directory, self.wandb_cfg, config, run_name, self.wandb_id)
+        run = start_wandb(self.directory, self.wandb_cfg, config, run_name, self.wandb_id)
+        if run is not None:
+            run.define_metric("eval/step")
+            run.define_metric("eval/*", step_metric="eval/step")
+        return run
 
     def record_step(self, step: int, metrics: dict[str, float], scored: list[ScoredSample],
                     advantages: list[float | None]) -> None:
@@ -91,11 +110,26 @@ class RunRecorder:
             self._samples.write(json.dumps(_sample_row(step, s, adv)) + "\n")
         self._samples.flush()
         print(_console_line(step, self.total_steps, metrics), flush=True)
+        self._wandb_step = step
         if self._wandb is not None:
             payload: dict[str, Any] = dict(metrics)
             if step % self.wandb_cfg.table_every == 0 or step == self.total_steps - 1:
                 payload["completions"] = self._table(step, scored, advantages)
             self._wandb.log(payload, step=step)
+
+    def record_eval(self, step: int, metrics: dict[str, float | None]) -> None:
+        """Append the evaluation of policy ``step`` to eval.jsonl (None: not computable, null),
+        print its console line and log it to wandb (values that are None left out), merged
+        into the newest training step's row with ``eval/step`` as its x-axis."""
+        if self._evals is None:
+            self._evals = (self.directory / EVAL_FILE).open("a")
+        self._evals.write(json.dumps({"step": step, **metrics}) + "\n")
+        self._evals.flush()
+        self.eval_steps.add(step)
+        print(_eval_line(step, self.total_steps, metrics), flush=True)
+        if self._wandb is not None:
+            payload = {k: v for k, v in metrics.items() if v is not None}
+            self._wandb.log({**payload, "eval/step": step}, step=self._wandb_step)
 
     def _table(self, step: int, scored: list[ScoredSample], advantages: list[float | None]):
         import wandb
@@ -109,8 +143,27 @@ class RunRecorder:
     def close(self) -> None:
         self._metrics.close()
         self._samples.close()
+        if self._evals is not None:
+            self._evals.close()
         if self._wandb is not None:
             self._wandb.finish()
+
+
+def _steps_in(path: Path) -> set[int]:
+    """The ``step`` of every line of a JSONL file (none when it does not exist)."""
+    if not path.exists():
+        return set()
+    return {json.loads(line)["step"] for line in path.read_text().splitlines() if line.strip()}
+
+
+def _eval_line(step: int, total: int, m: dict[str, float | None]) -> str:
+    def num(key: str) -> str:
+        return "n/a" if m.get(key) is None else f"{m[key]:.3f}"
+
+    rates = (f" | block {num('eval/block_rate')} false-block {num('eval/false_block_rate')}"
+             if "eval/block_rate" in m else "")
+    return (f"eval at step {step:>4}/{total} | reward {num('eval/reward_mean')} ± {num('eval/reward_sd')} "
+            f"| {m.get('eval/scored') or 0:.0f} scored {m.get('eval/unscored') or 0:.0f} unscored{rates}")
 
 
 def _new_wandb_id() -> str:

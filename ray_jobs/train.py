@@ -33,6 +33,7 @@ from ray_jobs.lifecycle import (Checkpoint, DriverState, ResumePlan, RunDirector
 from ray_jobs.local_judge import LocalJudgeError, local_judge_server
 from ray_jobs.pipeline import assemble_batch, may_launch
 from ray_jobs.tracking import RunRecorder
+from ray_jobs.train_eval import EvalSet, TrainEval, load_eval_set
 from rewards.endpoints import resolve_api_keys
 from rewards.judge import JudgeReward, JudgeUnreachableError, MissingApiKeyError
 
@@ -50,7 +51,7 @@ PREFLIGHT_ERRORS = (ConfigError, DatasetError, MissingApiKeyError, JudgeUnreacha
 
 
 def train_loop(stages, cfg: ExperimentConfig, source: PromptSource, recorder: RunRecorder, control: RunControl,
-               start: int, inflight: dict[int, list[RolloutCall]]) -> None:
+               start: int, inflight: dict[int, list[RolloutCall]], evals: TrainEval | None = None) -> None:
     """Rollout, judging and learning of different batches overlap.
 
     Batch ``b`` is trained at learner version ``b``. It is launched as soon as
@@ -62,10 +63,14 @@ def train_loop(stages, cfg: ExperimentConfig, source: PromptSource, recorder: Ru
     the newest weights (staleness 0), so refills never raise staleness.
     A run resumed at ``start`` gets the checkpoint's in-flight batches in
     ``inflight``. A stop request ends it with ``StopRequested`` after a
-    checkpoint of the last completed step.
+    checkpoint of the last completed step. ``evals`` launches held-out
+    evaluations beside training and records those that finished, without
+    waiting (``ray_jobs/train_eval.py``); their samples never enter a batch.
     """
     k, steps, per_step = cfg.pipeline.max_staleness, cfg.run.steps, cfg.pipeline.prompts_per_step
     launched, last = start + len(inflight), time.perf_counter()
+    evals = evals or TrainEval.disabled()
+    evals.after_step(start)  # a resumed run evaluates its checkpoint's policy if that is due and missing
     for step in range(start, steps):
         while launched < steps and may_launch(launched, stages.version, k) and not control.stop():
             inflight[launched] = stages.launch_batch(launched, source.take(per_step))
@@ -85,6 +90,7 @@ def train_loop(stages, cfg: ExperimentConfig, source: PromptSource, recorder: Ru
                    "time/weight_sync_s": stages.completed_sync_seconds(),
                    "throughput/samples_per_s": batch.metrics["samples/generated"] / (now - last)}
         recorder.record_step(step, metrics, batch.scored, batch.advantages)
+        evals.after_step(step + 1)  # never waits: finished evaluations are recorded, a due one launched
         last = now
         if control.due(step + 1) or control.stop():
             control.checkpoint(stages, recorder, step + 1, inflight, source)
@@ -110,6 +116,13 @@ def preflight(cfg: ExperimentConfig) -> tuple[list, object]:
     tokenizer = load_tokenizer(model_path)
     prompts = load_prompts(cfg.data, tokenizer)
     return prompts, tokenizer
+
+
+def eval_preflight(cfg: ExperimentConfig, tokenizer) -> EvalSet | None:
+    """The held-out prompts of ``eval`` (None when it is off), checked before any actor starts."""
+    if cfg.eval.every_steps and Path(cfg.eval.data or "").suffix.lower() not in LOCAL_FORMATS:
+        check_hub_name(cfg.eval.data, "dataset", "eval.data")
+    return load_eval_set(cfg.eval, cfg.data, tokenizer)
 
 
 @contextlib.contextmanager
@@ -186,6 +199,7 @@ def run(cfg: ExperimentConfig) -> Path:
         if plan.action == "finished":
             return _already_finished(cfg, run_dir, plan.checkpoint)
         prompts, tokenizer = preflight(cfg)
+        evalset = eval_preflight(cfg, tokenizer)
         with contextlib.ExitStack() as stack:
             cfg, keys = stack.enter_context(judge_endpoint(cfg, run_dir))
             cfg = _with_absolute_model_path(cfg)
@@ -193,7 +207,7 @@ def run(cfg: ExperimentConfig) -> Path:
             stop.install()  # ray.init replaced our SIGTERM handler with its own
             for attempt in range(cfg.run.max_learner_restarts + 1):
                 try:
-                    _train(cfg, keys, run_dir, recorded, plan.checkpoint, prompts, tokenizer, stop)
+                    _train(cfg, keys, run_dir, recorded, plan.checkpoint, (prompts, evalset), tokenizer, stop)
                     break
                 except LearnerDied as exc:
                     newest = checkpoints(run_dir)[-1] if checkpoints(run_dir) else None
@@ -211,20 +225,24 @@ def run(cfg: ExperimentConfig) -> Path:
 
 
 def _train(cfg: ExperimentConfig, keys: dict[str, SecretStr], run_dir: Path, recorded: dict,
-           checkpoint: Checkpoint | None, prompts: list, tokenizer, stop: GracefulStop) -> None:
-    """Start the actors, restore the checkpoint (or write step 0's), train, publish ``final/``."""
+           checkpoint: Checkpoint | None, data: tuple[list, EvalSet | None], tokenizer, stop: GracefulStop) -> None:
+    """Start the actors, restore the checkpoint (or write step 0's), train (``data``: the
+    training prompts and the held-out set), publish ``final/``."""
     from ray_jobs.stages import Stages
 
+    prompts, evalset = data
     state = checkpoint.driver_state() if checkpoint else None
     start = state.next_step if state else 0
     source = PromptSource(prompts, cfg.data.shuffle, cfg.run.seed)
     with contextlib.ExitStack() as stack:
         recorder = stack.enter_context(contextlib.closing(RunRecorder(
             run_dir, recorded, cfg.wandb, cfg.run.name, cfg.run.steps, start, state.wandb_id if state else None)))
-        control = RunControl(cfg.run, run_dir, recorded, stop, recorder.wandb_id, tokenizer)
         log.info("algorithm (preset filled in): %s", cfg.algorithm.settings)
         stages = Stages(cfg, keys)
         stack.callback(stages.close)
+        evals = TrainEval(cfg.eval, evalset, stages, recorder, cfg.run.steps, cfg.pipeline.prompts_per_call,
+                          cfg.run.seed, cfg.rollout.call_timeout_s)
+        control = RunControl(cfg.run, run_dir, recorded, stop, recorder.wandb_id, tokenizer, settle=evals.settle)
         inflight: dict[int, list[RolloutCall]] = {}
         if state is not None:
             inflight = _restore(stages, checkpoint, state, source, prompts)
@@ -232,7 +250,7 @@ def _train(cfg: ExperimentConfig, keys: dict[str, SecretStr], run_dir: Path, rec
                      len(inflight))
         else:
             control.checkpoint(stages, recorder, 0, inflight, source)
-        train_loop(stages, cfg, source, recorder, control, start, inflight)
+        train_loop(stages, cfg, source, recorder, control, start, inflight, evals)
         final = control.checkpoint(stages, recorder, cfg.run.steps, inflight, source)
         if cfg.run.save_final:
             publish_final(final, run_dir)

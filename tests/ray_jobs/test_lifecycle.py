@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -134,5 +135,6 @@ def test_a_resumed_recorder_continues_the_same_wandb_run(tmp_path: Path) -> None
                         wandb_id=first.wandb_id)
     again.close()
     runs = sorted(p.name for p in (tmp_path / "wandb").rglob("offline-run-*") if p.is_dir())
-    assert len(runs) == 2 and all(name.endswith(f"-{first.wandb_id}") for name in runs)
+    # wandb names a second run directory started within the same second "<time>-<id>-1"
+    assert len(runs) == 2 and all(re.search(f"-{first.wandb_id}(-[0-9]+)?$", name) for name in runs)
     assert [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [0, 1]
