@@ -194,9 +194,14 @@ def check_keys(raw: Any, model: type[BaseModel], prefix: str = "") -> None:
             near = difflib.get_close_matches(str(key), list(fields), n=1)
             hint = f"; did you mean '{(prefix + '.' if prefix else '') + near[0]}'?" if near else ""
             raise ConfigError(f"unknown config key '{dotted}'{hint}")
-        sub = _model_class(fields[key].annotation)
+        annotation = fields[key].annotation
+        sub = _model_class(annotation)
         if sub is not None:
             check_keys(value, sub, dotted)
+        elif typing.get_origin(annotation) is dict and isinstance(value, dict):  # name -> section (conditions)
+            entry = _model_class(typing.get_args(annotation)[-1])
+            for name, item in value.items() if entry is not None else ():
+                check_keys(item, entry, f"{dotted}.{name}")
 
 
 def apply_override(raw: dict, override: str) -> None:

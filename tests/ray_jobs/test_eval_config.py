@@ -31,7 +31,7 @@ def test_a_condition_override_patches_the_default_conditions() -> None:
 @pytest.mark.parametrize("override, message", [
     ("statistics.baseline=nope", "statistics.baseline 'nope' is not a condition"),
     ("conditions.trained.k=3", "select 'single' scores one completion"),
-    ("conditions.trained.judge=1", "'conditions.trained.judge'"),
+    ("conditions.trained.judge=1", "unknown config key 'conditions.trained.judge'"),
 ])
 def test_bad_settings_are_one_line_errors(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
