@@ -52,6 +52,8 @@ JOB_ERRORS = (AdapterBaseError, ConfigError, DatasetError, HubNameError, Learner
 class OfflineRecorder(RunRecorder):
     """``RunRecorder`` for jobs without samples: one metrics line per optimiser step and a short console line."""
 
+    with_samples = False
+
     def record(self, step: int, metrics: dict[str, float]) -> None:
         """Append the step's metrics line, print the console line, log to wandb."""
         self._metrics.write(json.dumps({"step": step, **metrics}) + "\n")

@@ -64,6 +64,10 @@ class RunRecorder:
     lists the kept ones.
     """
 
+    with_samples = True
+    """Whether the job generates samples (``samples.jsonl``) and held-out evaluations (``eval/*`` on
+    their own wandb axis, ``eval/step``); the offline jobs do neither."""
+
     def __init__(self, directory: Path, config: dict, wandb_cfg: WandbConfig, run_name: str, total_steps: int,
                  start_step: int = 0, wandb_id: str | None = None) -> None:
         from ray_jobs.lifecycle import truncate_jsonl
@@ -73,13 +77,14 @@ class RunRecorder:
         tmp = directory / "config.yaml.tmp"
         tmp.write_text(yaml.safe_dump(config, sort_keys=False))
         os.replace(tmp, directory / "config.yaml")
-        dropped = {name: truncate_jsonl(directory / name, start_step) for name in ("metrics.jsonl", "samples.jsonl")}
+        files = ("metrics.jsonl", "samples.jsonl") if self.with_samples else ("metrics.jsonl",)
+        dropped = {name: truncate_jsonl(directory / name, start_step) for name in files}
         dropped[EVAL_FILE] = truncate_jsonl(directory / EVAL_FILE, start_step + 1)
         self.eval_steps = _steps_in(directory / EVAL_FILE)
         if any(dropped.values()):
             log.info("resuming at step %d: dropped lines written after the checkpoint %s", start_step, dropped)
         self._metrics = (directory / "metrics.jsonl").open("a")
-        self._samples = (directory / "samples.jsonl").open("a")
+        self._samples = (directory / "samples.jsonl").open("a") if self.with_samples else None
         self._evals: IO[str] | None = None  # eval.jsonl, opened by the first evaluation
         self._wandb_step = max(start_step - 1, 0)  # the newest step logged to wandb
         self.total_steps = total_steps
@@ -89,13 +94,13 @@ class RunRecorder:
 
     def sync(self) -> None:
         """Flush and fsync the output files (before a checkpoint is written)."""
-        for f in (self._metrics, self._samples, *([self._evals] if self._evals else [])):
+        for f in (f for f in (self._metrics, self._samples, self._evals) if f is not None):
             f.flush()
             os.fsync(f.fileno())
 
     def _start_wandb(self, config: dict, run_name: str):
         run = start_wandb(self.directory, self.wandb_cfg, config, run_name, self.wandb_id)
-        if run is not None:
+        if run is not None and self.with_samples:
             run.define_metric("eval/step")
             run.define_metric("eval/*", step_metric="eval/step")
         return run
@@ -107,7 +112,7 @@ class RunRecorder:
         self._metrics.write(json.dumps(row) + "\n")
         self._metrics.flush()
         for s, adv in zip(scored, advantages):
-            self._samples.write(json.dumps(_sample_row(step, s, adv)) + "\n")
+            self._samples.write(json.dumps(_sample_row(step, s, adv)) + "\n")  # type: ignore[union-attr]
         self._samples.flush()
         print(_console_line(step, self.total_steps, metrics), flush=True)
         self._wandb_step = step
@@ -141,10 +146,8 @@ class RunRecorder:
         return table
 
     def close(self) -> None:
-        self._metrics.close()
-        self._samples.close()
-        if self._evals is not None:
-            self._evals.close()
+        for f in (f for f in (self._metrics, self._samples, self._evals) if f is not None):
+            f.close()
         if self._wandb is not None:
             self._wandb.finish()
 

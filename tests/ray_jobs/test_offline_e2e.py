@@ -51,7 +51,7 @@ def test_sft_cpu_default_lowers_eval_loss(sft_run: Path) -> None:
     assert last < 0.6 * first, (first, last)
     assert {"loss", "lr", "grad_norm", "throughput/tokens_per_s", "data/truncated", "epoch"} <= metrics[0].keys()
     assert (sft_run / "final" / "config.json").exists() and (sft_run / "final" / "tokenizer.json").exists()
-    assert (sft_run / "config.yaml").exists()
+    assert (sft_run / "config.yaml").exists() and not (sft_run / "samples.jsonl").exists()  # no samples offline
 
 
 def test_sft_stopped_and_killed_resumes_to_the_uninterrupted_weights(local_ray, tmp_path: Path,
