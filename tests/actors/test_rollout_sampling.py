@@ -8,8 +8,8 @@ import asyncio
 import pytest
 import torch
 
-from actors.messages import PromptItem
 from actors.rollout import RolloutConfig, RolloutWorker
+from test_rollout import _prompts  # the same two chat prompts
 
 MAX_NEW = 8
 
@@ -17,15 +17,6 @@ MAX_NEW = 8
 @pytest.fixture(scope="module")
 def worker(tiny_model_config) -> RolloutWorker:
     return RolloutWorker(RolloutConfig(group_size=3, max_new_tokens=MAX_NEW, temperature=0.7), tiny_model_config)
-
-
-def _prompts(tok) -> list[PromptItem]:
-    texts = ["A bakery in Austin", "A law firm advising small businesses on contracts"]
-    out = []
-    for i, t in enumerate(texts):
-        ids = tok(tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True, tokenize=False))["input_ids"]
-        out.append(PromptItem(f"p{i}", i, t, ids))
-    return out
 
 
 def _argmax_decode(model, prompt: list[int], eos: int) -> tuple[list[int], list[float]]:
