@@ -26,13 +26,29 @@ from ray_jobs.train import run
 pytestmark = pytest.mark.slow
 
 
+def _ours(pid: int) -> bool:
+    """Whether ``pid`` descends from this process (the Ray this test's driver started), not from
+    another test process's Ray running beside it."""
+    me = os.getpid()
+    while pid > 1:
+        try:
+            stat = (Path("/proc") / str(pid) / "stat").read_text()
+        except OSError:
+            return False
+        pid = int(stat.rsplit(")", 1)[1].split()[1])  # the parent's pid (after the command name)
+        if pid == me:
+            return True
+    return False
+
+
 def _processes(title: str) -> list[int]:
-    """PIDs whose command line starts with ``title`` (Ray names actor processes ray::<Class>)."""
+    """PIDs of this test's processes whose command line starts with ``title`` (Ray names actor
+    processes ray::<Class>)."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if (entry / "cmdline").read_bytes().startswith(title.encode()):
+                if (entry / "cmdline").read_bytes().startswith(title.encode()) and _ours(int(entry.name)):
                     found.append(int(entry.name))
             except OSError:
                 continue

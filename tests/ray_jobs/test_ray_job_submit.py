@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import shutil
 import socket
 import subprocess
@@ -13,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from run_procs import reap_session, session_processes
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +31,7 @@ def _free_port() -> int:
 
 @pytest.fixture
 def ray_head():
-    """A one-node Ray head on 127.0.0.1 with token auth off (see README: Ray 2.60 auth).
+    """A one-node Ray head on 127.0.0.1 with token auth off (see README: Ray 2.60 auth), on free ports.
 
     Its temp dir is short: Ray's Unix socket paths must stay under ~107 characters.
     """
@@ -36,15 +39,26 @@ def ray_head():
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
     dashboard = _free_port()
-    start = [str(BIN / "ray"), "start", "--head", "--num-cpus=2", f"--port={_free_port()}",
+    port = _free_port()
+    start = [str(BIN / "ray"), "start", "--head", "--num-cpus=2", f"--port={port}",
              "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--disable-usage-stats",
+             # its own ports for what defaults to fixed ones: another Ray on this machine (a test
+             # running beside this one) may hold those, and the job agent would not start
+             *(f"--{name}={_free_port()}" for name in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                                                        "metrics-export-port", "runtime-env-agent-port",
+                                                        "ray-client-server-port")),
              f"--temp-dir={temp_dir}"]
-    subprocess.run(start, env=env, check=True, capture_output=True, timeout=120)
+    head = subprocess.Popen(start, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)  # the head's daemons keep its session id
+    assert head.wait(timeout=120) == 0
     try:
         yield f"http://127.0.0.1:{dashboard}", env
     finally:
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
+        _stop_session(head.pid)  # this head only: `ray stop` would stop every Ray on the machine
         shutil.rmtree(temp_dir, ignore_errors=True)
+        address_file = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+        if address_file.exists() and address_file.read_text().strip().endswith(f":{port}"):
+            address_file.unlink()  # as `ray stop` does
 
 
 def _submit(address: str, env: dict, *job: str) -> str:
@@ -59,6 +73,17 @@ def _submit(address: str, env: dict, *job: str) -> str:
         time.sleep(2)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout
+
+
+def _stop_session(sid: int) -> None:
+    """SIGTERM every process of the session, then SIGKILL what is left after 20 s."""
+    for pid in session_processes(sid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 20
+    while session_processes(sid) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    reap_session(sid)
 
 
 def test_training_then_evaluation_through_ray_job_submit(ray_head, tmp_path: Path, tiny_model_config) -> None:
