@@ -33,6 +33,7 @@ from actors.messages import PromptItem, RolloutResult, ScoreResult, SequenceBatc
 from actors.rollout import RolloutWorker
 from ray_jobs.eval_config import ConditionConfig, EvaluateConfig
 from ray_jobs.eval_report import ItemResult
+from ray_jobs.faults import ACTOR_START_TIMEOUT_S, RunFaultError, is_actor_fault
 from ray_jobs.sequence_data import encode_prompt_completion
 
 log = logging.getLogger("relay.evaluate")
@@ -83,30 +84,70 @@ class ConditionRun:
     def results(self, chunks: list[tuple[int, list[HeldOutItem]]],
                 stop: Callable[[], bool]) -> Iterator[list[ItemResult]]:
         """Each chunk's item results, in chunk order, at most one rollout call per worker in flight."""
-        pending: list[tuple[int, list[HeldOutItem], ray.ObjectRef, int]] = []
+        pending: list[tuple[int, list[HeldOutItem], int, ray.ObjectRef]] = []
         todo = list(chunks)
         while todo or pending:
             while todo and len(pending) < len(self.workers) and not stop():
                 index, items = todo.pop(0)
-                worker = next(w for w in range(len(self.workers)) if w not in {p[3] for p in pending})
-                call = self.workers[worker].generate.remote(
-                    index, 0, [i.prompt for i in items], n=self.cond.k, temperature=self.cond.temperature,
-                    seed=chunk_seed(self.cfg.run.seed, self.name, index))
-                pending.append((index, items, call, worker))
+                worker = next(w for w in range(len(self.workers)) if w not in {p[2] for p in pending})
+                pending.append((index, items, worker, self._send(worker, index, items)))
             if not pending:
                 return
-            index, items, call, _ = pending.pop(0)
-            yield self._finish(items, ray.get(call))
+            index, items, worker, call = pending.pop(0)
+            yield self._finish(items, self._collect(index, items, worker, call))
+
+    def _send(self, worker: int, index: int, items: list[HeldOutItem]) -> ray.ObjectRef:
+        return self.workers[worker].generate.remote(index, 0, [i.prompt for i in items], n=self.cond.k,
+                                                    temperature=self.cond.temperature,
+                                                    seed=chunk_seed(self.cfg.run.seed, self.name, index))
+
+    def _collect(self, index: int, items: list[HeldOutItem], worker: int, call: ray.ObjectRef) -> RolloutResult:
+        """The chunk's generation; sent again (its own seed: the same samples) when the worker died, or
+        was restarted after finishing nothing for ``rollout.call_timeout_s``, up to ``run.max_actor_restarts`` times."""
+        for attempt in range(self.cfg.run.max_actor_restarts + 1):
+            try:
+                return ray.get(call, timeout=self.cfg.rollout.call_timeout_s)
+            except ray.exceptions.GetTimeoutError:
+                cause = f"no result after {self.cfg.rollout.call_timeout_s:g} s"
+                ray.kill(self.workers[worker], no_restart=False)
+            except Exception as exc:  # noqa: BLE001 - actor faults are recovered, the rest re-raised
+                if not is_actor_fault(exc):
+                    raise
+                cause = type(exc).__name__
+            log.warning("%s: rollout worker %d lost chunk %d (%s); sending it again", self.name, worker, index, cause)
+            _wait_until_back(self.workers[worker])
+            call = self._send(worker, index, items)
+        raise RunFaultError(f"{self.name}: rollout worker {worker} failed chunk {index} "
+                            f"{self.cfg.run.max_actor_restarts + 1} times; re-run the same command to continue")
+
+    def _judge(self, result: RolloutResult) -> ScoreResult:
+        """The judge pool's scores of ``result``, asked again when the pool died (Ray restarts it)."""
+        for _ in range(self.cfg.run.max_actor_restarts + 1):
+            try:
+                return ray.get(self.judge.score.remote(result))
+            except Exception as exc:  # noqa: BLE001
+                if not is_actor_fault(exc):
+                    raise
+                log.warning("%s: the judge pool died (%s); asking again", self.name, type(exc).__name__)
+                _wait_until_back(self.judge)
+        raise RunFaultError(f"{self.name}: the judge pool failed {self.cfg.run.max_actor_restarts + 1} times; "
+                            "re-run the same command to continue")
 
     def _finish(self, items: list[HeldOutItem], generated: RolloutResult) -> list[ItemResult]:
         critic_scores, started = None, time.perf_counter()
         if self.cond.critic is not None:
             k, texts = self.cond.k, [s.completion_text for s in generated.samples]
-            rows = self.critic.score_sequences(critic_batch(self.critic_tokenizer, items, [
-                texts[i * k:(i + 1) * k] for i in range(len(items))]), adapter=self.cond.critic.adapter)
+            batch = critic_batch(self.critic_tokenizer, items, [texts[i * k:(i + 1) * k] for i in range(len(items))])
+            try:
+                rows = self.critic.score_sequences(batch, adapter=self.cond.critic.adapter)
+            except Exception as exc:  # noqa: BLE001
+                if not is_actor_fault(exc):
+                    raise
+                raise RunFaultError(f"{self.name}: the critic died ({type(exc).__name__}); re-run the same command "
+                                    "to continue") from None
             critic_scores = [self.cond.critic.beta * r["logp_mean"] for r in rows]
         return finish_chunk(self.name, self.cond, items, generated, critic_scores,
-                            lambda result: ray.get(self.judge.score.remote(result)), time.perf_counter() - started)
+                            self._judge, time.perf_counter() - started)
 
 
 def finish_chunk(name: str, cond: ConditionConfig, items: list[HeldOutItem], generated: RolloutResult,
@@ -148,11 +189,30 @@ def finish_chunk(name: str, cond: ConditionConfig, items: list[HeldOutItem], gen
             generated_tokens=sum(len(s.completion_token_ids) for s in group), judge_calls=calls, seconds=seconds))
     return results
 
+def _wait_until_back(actor: Any) -> None:
+    """Until Ray has restarted ``actor`` (its constructor ran again), or ``RunFaultError`` after
+    ``ACTOR_START_TIMEOUT_S`` (it is then dead for good: restarts used up, or it cannot start)."""
+    deadline = time.monotonic() + ACTOR_START_TIMEOUT_S
+    while True:
+        try:
+            ray.get(actor.__ray_ready__.remote(), timeout=max(1.0, deadline - time.monotonic()))
+            return
+        except ray.exceptions.ActorUnavailableError:  # restarting
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            break
+    raise RunFaultError(f"an actor did not come back within {ACTOR_START_TIMEOUT_S:g} s; re-run the same command "
+                        "to continue")
+
+
 def start_workers(cfg: EvaluateConfig, policy_path: str, count: int) -> list:
     """``count`` rollout worker actors generating with ``policy_path`` (their sampling comes per call)."""
     model = cfg.model.model_copy(update={"path": policy_path, "adapter": "merge"})
     ro = cfg.rollout
     actor = ray.remote(RolloutWorker).options(num_cpus=ro.num_cpus_per_worker, num_gpus=ro.num_gpus_per_worker,
-                                              resources=dict(ro.resources), max_concurrency=1000)
+                                              resources=dict(ro.resources), max_concurrency=1000,
+                                              max_restarts=cfg.run.max_actor_restarts, max_task_retries=0)
     return [actor.remote(ro, model, worker_id=w, seed=cfg.run.seed) for w in range(count)]
 

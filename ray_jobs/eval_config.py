@@ -84,7 +84,7 @@ class EvalRunConfig(BaseModel):
     seed: int = Field(default=0, description="Seed of sampling (per item chunk, so a resumed run samples what the uninterrupted one would) and the default bootstrap seed.")
     resume: Literal["auto", "never"] = Field(default="auto", description="auto: continue a run directory's unfinished evaluation (items already in items.jsonl are kept); never: only start in an empty run directory.")
     items_per_call: int = Field(default=16, ge=1, description="Items per rollout call (a chunk); items.jsonl grows a chunk at a time.")
-    max_inflight_calls: int = Field(default=4, ge=1, description="Rollout calls in flight at once per condition (generation of later chunks overlaps judging of earlier ones).")
+    max_actor_restarts: int = Field(default=3, ge=0, description="Times Ray restarts a rollout worker or the judge pool that died (a worker that finished nothing for rollout.call_timeout_s is restarted too); the chunk is sent again, sampled from its own seed.")
 
     @property
     def directory(self) -> Path:

@@ -36,10 +36,10 @@ from ray_jobs.data import DatasetError, _load_rows, load_prompts
 from ray_jobs.eval_conditions import ConditionRun, HeldOutItem, start_workers
 from ray_jobs.eval_config import ConditionConfig, EvaluateConfig, _default_conditions
 from ray_jobs.eval_report import ItemResult, build_results, comparison_sentence, from_json, to_json, write_report
-from ray_jobs.faults import StopRequested
+from ray_jobs.faults import ACTOR_START_TIMEOUT_S, ActorStartError, StopRequested, check_started
 from ray_jobs.hub import HubNameError, check_hub_name
 from ray_jobs.lifecycle import RunDirectoryError, RunLock, flatten
-from ray_jobs.local_judge import LocalJudgeError, judge_for_run
+from ray_jobs.local_judge import LocalJudgeError, rewards_for_run
 from ray_jobs.offline import absolute_model, job_main, ray_session
 from rewards.judge import JudgeUnreachableError, MissingApiKeyError
 
@@ -48,7 +48,7 @@ log = logging.getLogger("relay.evaluate")
 ITEMS = "items.jsonl"
 MAY_CHANGE = ("statistics.", "wandb.", "run.resume", "run.name")  # do not change what was evaluated
 EVAL_ERRORS = (AdapterBaseError, ConfigError, DatasetError, HubNameError, RunDirectoryError, MissingApiKeyError,
-               JudgeUnreachableError, LocalJudgeError)
+               JudgeUnreachableError, LocalJudgeError, ActorStartError)
 
 
 def check_model_path(path: str, key: str) -> None:
@@ -163,10 +163,10 @@ def _evaluate(cfg: EvaluateConfig, run_dir: Path, todo: dict, stop: GracefulStop
     critics = sum(c.critic is not None for c in cfg.conditions.values())
     cpus = cfg.rollout.num_workers * cfg.rollout.num_cpus_per_worker + (cfg.learner.num_cpus if critics else 0)
     with contextlib.ExitStack() as stack:
-        judge_cfg, keys = stack.enter_context(judge_for_run(cfg.judge, run_dir))
+        judge_cfg, reward_cfg, keys = stack.enter_context(rewards_for_run(cfg.judge, cfg.reward, run_dir))
         stack.enter_context(ray_session(cpus))
         stop.install()  # ray.init replaced our SIGTERM handler
-        judge = ray.remote(JudgePool).options(num_cpus=0, max_concurrency=1000).remote(judge_cfg, cfg.reward, keys)
+        judge = ray.remote(JudgePool).options(num_cpus=0, max_concurrency=1000).remote(judge_cfg, reward_cfg, keys)
         workers: tuple[str, list] | None = None
         for name, cond in cfg.conditions.items():
             if not todo[name] or stop():
@@ -177,6 +177,9 @@ def _evaluate(cfg: EvaluateConfig, run_dir: Path, todo: dict, stop: GracefulStop
                     ray.kill(w)
                 workers = (path, start_workers(cfg, path, cfg.rollout.num_workers))
             critic, critic_tok = _start_critic(cfg, cond) if cond.critic is not None else (None, None)
+            check_started({"judge pool": judge, **{f"rollout worker {w} ({name})": a for w, a in enumerate(workers[1])},
+                           **({f"critic ({name})": critic.ranks[0]} if critic is not None else {})},
+                          ACTOR_START_TIMEOUT_S)
             try:
                 runner = ConditionRun(name, cond, cfg, workers[1], judge, critic, critic_tok)
                 for c, results in zip((c for c, _ in todo[name]), runner.results(todo[name], stop)):

@@ -38,6 +38,9 @@ class ActorStartError(RuntimeError):
     """An actor failed in its constructor; the message names the actor and the cause (one line)."""
 
 
+ACTOR_START_TIMEOUT_S = 600.0
+"""How long an actor's constructor may take (model loading, a vLLM engine start) before it counts as failed."""
+
 class RunFaultError(RuntimeError):
     """A fault the run cannot recover from by itself (one line, naming what to do)."""
 

@@ -26,12 +26,11 @@ from actors.messages import PromptItem, ScoreResult, TrainBatch, TrainResult
 from actors.rollout import RolloutWorker
 from ray_jobs.config import ExperimentConfig
 from ray_jobs.data import PromptSource
-from ray_jobs.faults import (FaultCounters, LearnerDied, RolloutCall, RunFaultError, StopRequested, check_started,
-                             failed, is_actor_fault)
+from ray_jobs.faults import (ACTOR_START_TIMEOUT_S, FaultCounters, LearnerDied, RolloutCall, RunFaultError,
+                             StopRequested, check_started, failed, is_actor_fault)
 from ray_jobs.learner_group import LearnerGroup
 from ray_jobs.pipeline import LeastLoadedRouter, refill_size, shaped_rewards, signal_groups
 
-ACTOR_START_TIMEOUT_S = 600.0  # model loading and vLLM engine start
 JUDGE_POOL_NAME = "relay-judge-pool"  # + a per-Stages suffix: ray.util.list_named_actors() finds it
 ROLLOUT_WORKER_NAME = "relay-rollout"  # + "-<worker>-" + the same suffix
 

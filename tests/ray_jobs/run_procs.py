@@ -1,4 +1,5 @@
-"""Training runs as separate processes that tests can kill, and what they left behind."""
+"""Training runs as separate processes that tests can kill, what they left behind, and this test's own
+Ray actor processes (to signal them)."""
 
 from __future__ import annotations
 
@@ -97,3 +98,39 @@ def check_complete(out: Path, steps: int, samples_per_step: int) -> tuple[list[d
     groups = Counter((s["step"], s["group_id"]) for s in samples)
     assert len(set(groups.values())) == 1  # no group duplicated or cut short
     return metrics, samples
+
+
+def _ours(pid: int) -> bool:
+    """Whether ``pid`` descends from this process (the Ray this test's driver started), not from
+    another test process's Ray running beside it."""
+    me = os.getpid()
+    while pid > 1:
+        try:
+            stat = (Path("/proc") / str(pid) / "stat").read_text()
+        except OSError:
+            return False
+        pid = int(stat.rsplit(")", 1)[1].split()[1])  # the parent's pid (after the command name)
+        if pid == me:
+            return True
+    return False
+
+
+def own_processes(title: str) -> list[int]:
+    """PIDs of this test's processes whose command line starts with ``title`` (Ray names actor
+    processes ray::<Class>)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "cmdline").read_bytes().startswith(title.encode()) and _ours(int(entry.name)):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def signal_first(title: str, signum: int) -> None:
+    """Send ``signum`` to the first process titled ``title`` (there must be one)."""
+    pids = own_processes(title)
+    assert pids, f"no {title} process"
+    os.kill(pids[0], signum)

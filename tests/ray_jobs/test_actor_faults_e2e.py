@@ -7,7 +7,6 @@ may be lost or duplicated, and the fault counters must say what happened.
 
 from __future__ import annotations
 
-import os
 import signal
 import statistics
 import threading
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import ray
-from run_procs import check_complete, read_jsonl
+from run_procs import check_complete, read_jsonl, signal_first
 
 from ray_jobs.config import load_config
 from ray_jobs.stages import JUDGE_POOL_NAME
@@ -26,44 +25,8 @@ from ray_jobs.train import run
 pytestmark = pytest.mark.slow
 
 
-def _ours(pid: int) -> bool:
-    """Whether ``pid`` descends from this process (the Ray this test's driver started), not from
-    another test process's Ray running beside it."""
-    me = os.getpid()
-    while pid > 1:
-        try:
-            stat = (Path("/proc") / str(pid) / "stat").read_text()
-        except OSError:
-            return False
-        pid = int(stat.rsplit(")", 1)[1].split()[1])  # the parent's pid (after the command name)
-        if pid == me:
-            return True
-    return False
-
-
-def _processes(title: str) -> list[int]:
-    """PIDs of this test's processes whose command line starts with ``title`` (Ray names actor
-    processes ray::<Class>)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if (entry / "cmdline").read_bytes().startswith(title.encode()) and _ours(int(entry.name)):
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
-
-
-def _signal_first(title: str, signum: int) -> None:
-    """Send ``signum`` to the first process titled ``title`` (there must be one)."""
-    pids = _processes(title)
-    assert pids, f"no {title} process"
-    os.kill(pids[0], signum)
-
-
 def kill_rollout_worker() -> None:
-    _signal_first("ray::RolloutWorker", signal.SIGKILL)
+    signal_first("ray::RolloutWorker", signal.SIGKILL)
 
 
 def kill_judge_pool() -> None:
@@ -128,7 +91,7 @@ def test_vllm_deepspeed_two_ranks_learn_through_a_killed_rollout_worker(tmp_path
 
 
 def kill_learner() -> None:
-    _signal_first("ray::Learner", signal.SIGKILL)
+    signal_first("ray::Learner", signal.SIGKILL)
 
 
 def test_learner_death_restarts_the_group_from_the_newest_checkpoint(tmp_path: Path, tiny_model_config,
@@ -170,7 +133,7 @@ def test_an_actor_failing_in_its_constructor_is_a_one_line_error(tmp_path: Path,
 
 def stop_rollout_worker() -> None:
     """SIGSTOP: the process is alive but makes no progress, as a hung engine."""
-    _signal_first("ray::RolloutWorker", signal.SIGSTOP)
+    signal_first("ray::RolloutWorker", signal.SIGSTOP)
 
 
 def test_a_hung_rollout_worker_is_restarted_after_the_call_timeout(tmp_path: Path, tiny_model_config,

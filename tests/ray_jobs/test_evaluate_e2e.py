@@ -1,13 +1,18 @@
-"""The evaluation job on one local Ray with the tiny model: conditions, cost, report, and an exact resume."""
+"""The evaluation job on one local Ray with the tiny model: conditions, cost, report, a rollout worker
+SIGKILLed mid-run, and an exact resume after a kill."""
 
 from __future__ import annotations
 
 import json
+import signal
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import ray
+from run_procs import signal_first
 
 from ray_jobs import evaluate
 from ray_jobs.evaluate import load_eval_config
@@ -37,11 +42,25 @@ def _items(out: Path) -> list[dict]:
                   key=lambda r: (r["condition"], r["item_id"]))
 
 
+def _kill_worker_after_first_chunk(items: Path, errors: list[BaseException]) -> None:
+    try:
+        while not items.exists() or len(items.read_text().splitlines()) < 4:
+            time.sleep(0.05)
+        signal_first("ray::RolloutWorker", signal.SIGKILL)
+    except BaseException as exc:  # noqa: BLE001 - reported by the test
+        errors.append(exc)
+
+
 def test_conditions_are_compared_with_costs_and_a_killed_evaluation_resumes_exactly(
         local_ray, tmp_path: Path, tiny_model_config) -> None:
     out = tmp_path / "eval"
     cfg = load_eval_config(None, _overrides(out, tiny_model_config))
-    evaluate.run(cfg)
+    errors: list[BaseException] = []
+    killer = threading.Thread(target=_kill_worker_after_first_chunk, args=(out / "items.jsonl", errors), daemon=True)
+    killer.start()
+    evaluate.run(cfg)  # its rollout worker SIGKILLed after the first chunk: Ray restarts it, lost chunks are resent
+    killer.join(timeout=5)
+    assert not errors, errors
     results = json.loads((out / "results.json").read_text())
     conditions = results["conditions"]
     assert list(conditions) == ["base", "bo2_critic", "bo2_judge"]
