@@ -2,14 +2,17 @@
 
 A plain class, wrapped elsewhere with ``ray.remote`` as ONE async actor (this
 module does not import Ray), so every rollout call's scoring runs on one
-event loop and shares one ``JudgeReward``: its per-endpoint limits
-(concurrency, requests/min, tokens/min), circuit breakers, verdict cache and
-in-flight gauge apply across all concurrent ``score`` calls.
+event loop and shares one ``JudgeReward`` and one ``ChatEngine`` per reward
+engine: their per-endpoint limits (concurrency, requests/min, tokens/min),
+circuit breakers, caches and in-flight gauges apply across all concurrent
+``score`` calls. Each sample is scored with its prompt's dataset row
+(``PromptItem.fields``), which terms taking ``ctx`` read as ``ctx.row``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -20,7 +23,8 @@ from pydantic import SecretStr
 from actors.messages import RolloutResult, Sample, ScoredSample, ScoreResult
 from rewards.composer import JUDGE_TERM, RewardComposer, ScoredParts
 from rewards.config import JudgeConfig, RewardConfig
-from rewards.metrics import JudgeTrace, call_metrics
+from rewards.llm import EngineUsage
+from rewards.metrics import JudgeTrace, call_metrics, engine_metrics, term_metrics
 
 __all__ = ["JudgePool"]
 
@@ -46,6 +50,7 @@ class JudgePool:
     def __init__(self, judge: JudgeConfig, reward: RewardConfig,
                  api_key: SecretStr | Mapping[str, SecretStr]) -> None:
         self._composer = RewardComposer(reward, judge, api_key)
+        self._engine_names = sorted(reward.engines)
         self._judge_weighted = any(t.name == JUDGE_TERM and t.weight != 0 for t in reward.terms)
         self._counts: Counter[str] = Counter()
         self._failures_by_cause: Counter[str] = Counter()
@@ -57,7 +62,7 @@ class JudgePool:
         return f"JudgePool({self._composer!r})"
 
     async def check(self) -> None:
-        """Check the judge endpoints once (``JudgeUnreachableError`` on failure)."""
+        """Check the judge's and the engines' endpoints once (``JudgeUnreachableError`` on failure)."""
         await self._composer.check_endpoint()
 
     async def score(self, result: RolloutResult) -> ScoreResult:
@@ -71,9 +76,12 @@ class JudgePool:
         started = time.perf_counter()
         judge = self._composer.judge
         gauge = judge.client.gauge if judge is not None else None
-        with (gauge.watch() if gauge is not None else _NoWatch()) as watch:
+        with contextlib.ExitStack() as stack:
+            watch = stack.enter_context(gauge.watch() if gauge is not None else _NoWatch())
+            engine_watches = {n: stack.enter_context(e.gauge.watch()) for n, e in self._composer.engines.items()}
             parts = await asyncio.gather(
-                *(self._composer.score(s.prompt.prompt_text, s.completion_text) for s in result.samples)
+                *(self._composer.score(s.prompt.prompt_text, s.completion_text, s.prompt.fields)
+                  for s in result.samples)
             )
         scored = [self._record(sample, part) for sample, part in zip(result.samples, parts)]
         failures = [p.judge_error for p in parts if self._is_judge_failure(p)]
@@ -87,15 +95,25 @@ class JudgePool:
             judge_s=time.perf_counter() - started,
             judge_requests=requests,
             judge_failures=len(failures),
-            judge_metrics=self._metrics(parts, failures, watch.peak),
+            judge_metrics=self._metrics(parts, failures, watch.peak, {n: w.peak for n, w in engine_watches.items()}),
         )
 
-    def _metrics(self, parts: list[ScoredParts], failures: list[str | None], peak: int) -> dict[str, float]:
+    def _metrics(self, parts: list[ScoredParts], failures: list[str | None], peak: int,
+                 engine_peaks: Mapping[str, int]) -> dict[str, float]:
+        """The call's judge, per-term and per-engine metrics (``rewards/metrics.py``)."""
         traces = [p.judge_trace for p in parts if p.judge_trace is not None]
         metrics = call_metrics(traces, [c or "unknown" for c in failures], peak) if self._composer.judge else {}
+        engines: dict[str, EngineUsage] = {name: EngineUsage() for name in self._engine_names}
         for name in self._composer.term_names:
-            metrics[f"term/{name}/failures"] = float(sum(p.terms.get(name) is None for p in parts))
-            metrics[f"term/{name}/time_s"] = sum(p.term_seconds.get(name, 0.0) for p in parts)
+            usages = [p.term_usage[name] for p in parts if name in p.term_usage]
+            calls = sum(u.llm_calls for u in usages) + (sum(p.judge_requests for p in parts) if name == JUDGE_TERM else 0)
+            metrics.update(term_metrics(name, [p.terms.get(name) for p in parts],
+                                        sum(p.term_seconds.get(name, 0.0) for p in parts), calls))
+            for usage in usages:
+                for engine, counts in usage.engines.items():
+                    engines.setdefault(engine, EngineUsage()).add(counts)
+        for engine, counts in engines.items():
+            metrics.update(engine_metrics(engine, vars(counts), engine_peaks.get(engine, 0)))
         return metrics
 
     def _is_judge_failure(self, part: ScoredParts) -> bool:

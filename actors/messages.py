@@ -12,6 +12,7 @@ through Ray and can be built by hand in tests.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -20,13 +21,16 @@ class PromptItem:
 
     Invariant: ``prompt_token_ids`` is the chat-formatted, tokenised form of
     ``prompt_text`` (with the generation prompt appended); ``prompt_text`` is the
-    raw user text a judge sees.
+    raw user text a judge sees. ``fields`` is the dataset row the prompt came
+    from, as plain JSON values (what reward terms read as ``ctx.row``; empty
+    when the prompt was not loaded from a dataset).
     """
 
     prompt_id: str
     row: int
     prompt_text: str
     prompt_token_ids: list[int]
+    fields: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -94,7 +98,8 @@ class ScoreResult:
 
     ``judge_metrics`` holds the call's judge health metrics (retries,
     failures by cause, cache hits, rule-gated samples, peak requests in
-    flight, a latency histogram), combined per step by
+    flight, a latency histogram) and its per-term (``term/<name>/*``) and
+    per-engine (``engine/<name>/*``) metrics, combined per step by
     ``rewards.metrics.aggregate_judge_metrics``.
     """
 

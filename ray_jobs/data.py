@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import random
+import string
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from actors.messages import PromptItem
 from actors.models import DOMAIN_TASK_SYSTEM_PROMPT
@@ -29,11 +31,46 @@ class DataConfig(BaseModel):
 
     path: str = Field(default="configs/data/business_descriptions.jsonl", description="A local .jsonl/.json/.csv/.parquet file, or a Hugging Face dataset name.")
     split: str = Field(default="train", description="Split to load for hub datasets.")
-    prompt_field: str = Field(default="description", description="Row field holding the prompt text (what the judge sees as the request).")
+    prompt_field: str = Field(default="description", description="Row field holding the prompt text (what the judge sees as the request); unused with prompt_template.")
+    prompt_template: str | None = Field(default=None, description="A str.format template over the row's fields that makes the prompt text, e.g. 'Query: {query}\\n\\nRewrite this source:\\n{source}' (null: the prompt_field as it is).")
+    chat_template_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra arguments of the tokenizer's apply_chat_template, e.g. {enable_thinking: false} for Qwen3.")
     id_field: str | None = Field(default="id", description="Row field with a stable id; the row number when absent or null.")
     system_prompt: str | None = Field(default=DEFAULT_SYSTEM_PROMPT, description="System message shown to the policy before each prompt (null for none).")
     max_prompt_tokens: int = Field(default=256, ge=1, description="Rows whose formatted prompt is longer are skipped (counted and logged).")
     shuffle: bool = Field(default=True, description="Shuffle the prompts each epoch.")
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _check_template(cls, template: str | None) -> str | None:
+        if template is not None:
+            try:
+                fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+            except ValueError as err:
+                raise ValueError(f"data.prompt_template is not a str.format template ({err})") from None
+            if not fields or any(f == "" or f[0].isdigit() for f in fields):
+                raise ValueError("data.prompt_template must name row fields, e.g. {query} (no {} or {0})")
+        return template
+
+
+def prompt_text(data: DataConfig, row: dict, i: int, name: str, section: str = "data") -> str:
+    """The prompt text of row ``i``: ``data.prompt_template`` filled from the row's fields (a null
+    field is a missing one), or its ``data.prompt_field``; ``DatasetError`` (one line, naming the
+    row) when that cannot be made."""
+    if data.prompt_template is not None:
+        try:
+            text = data.prompt_template.format(**{k: v for k, v in row.items() if v is not None})
+        except (KeyError, IndexError, AttributeError, TypeError, ValueError) as err:
+            missing = f"no field {err}" if isinstance(err, KeyError) else f"{type(err).__name__}: {err}"
+            raise DatasetError(f"{section}: row {i} of {name} does not fill data.prompt_template ({missing}); "
+                               f"fields with values: {sorted(k for k, v in row.items() if v is not None)}") from None
+        if not text.strip():
+            raise DatasetError(f"{section}: row {i} of {name} fills data.prompt_template with blank text")
+        return text
+    text = row.get(data.prompt_field)
+    if not isinstance(text, str) or not text.strip():
+        raise DatasetError(f"{section}: row {i} of {name} has no usable '{data.prompt_field}' field "
+                           f"(got {type(text).__name__}); fields with values: {sorted(k for k, v in row.items() if v is not None)}")
+    return text
 
 
 def _load_rows(data: DataConfig, key: str = "data.path") -> tuple[list[dict], str]:
@@ -73,23 +110,21 @@ def load_labelled_prompts(data: DataConfig, tokenizer, label_field: str | None =
         raise DatasetError(f"{key}: {name} has no rows")
     items, labels, too_long = [], [], 0
     for i, row in enumerate(rows):
-        text = row.get(data.prompt_field)
-        if not isinstance(text, str) or not text.strip():
-            raise DatasetError(f"{section}: row {i} of {name} has no usable '{data.prompt_field}' field "
-                               f"(got {type(text).__name__}); fields with values: {sorted(k for k, v in row.items() if v is not None)}")
+        text = prompt_text(data, row, i, name, section)
         label = row.get(label_field) if label_field else None
         if label is not None and not isinstance(label, bool):
             raise DatasetError(f"{section}: row {i} of {name} has '{label_field}' = {label!r}; "
                                "a label must be true, false or null")
         messages = ([{"role": "system", "content": data.system_prompt}] if data.system_prompt else [])
         messages.append({"role": "user", "content": text})
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False,
+                                            **data.chat_template_kwargs)
         token_ids = tokenizer(ids, add_special_tokens=False)["input_ids"]
         if len(token_ids) > data.max_prompt_tokens:
             too_long += 1
             continue
         row_id = row.get(data.id_field) if data.id_field else None
-        items.append(PromptItem(str(row_id if row_id is not None else i), i, text, token_ids))
+        items.append(PromptItem(str(row_id if row_id is not None else i), i, text, token_ids, row))
         labels.append(label)
     if too_long:
         log.warning("%s: skipped %d of %d rows longer than data.max_prompt_tokens=%d",

@@ -1,25 +1,33 @@
-"""Start and stop the development stand-in judge server for a run.
+"""Start and stop the development stand-in servers of a run: the judge's and the engines'.
 
-The server (``scripts/judge_server.py``) scores by a transparent heuristic; it
-stands in for a real judge model on machines without one. It listens on
-127.0.0.1 only and requires the run's API key, which is generated per run
-(unless the variable named by ``judge.api_key_env`` is already set).
+The stand-in judge (``scripts/judge_server.py``) scores by a transparent
+heuristic; it stands in for a real judge model on machines without one. An
+engine's ``local_server`` (e.g. ``scripts.geo_engine_server``, built on
+``scripts/stand_in_server.py``) stands in for a real LLM the same way. Each
+listens on 127.0.0.1 only and requires the run's API key, which is generated
+per run (unless the variable named by its ``api_key_env`` is already set),
+gets ``--parent-pid`` (it exits if the driver dies without stopping it), and
+is stopped at the end. Its stdout carries only the ready line
+``<NAME>_READY port=<port>``; its stderr goes to a log in the run directory.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from rewards.config import JudgeConfig, LocalJudgeServerConfig
+from pydantic import SecretStr
+
+from rewards.config import JudgeConfig, LocalJudgeServerConfig, RewardConfig
 
 _REPO_ROOT = Path(__file__).resolve().parents[1]
-_READY = "JUDGE_SERVER_READY port="
+_READY_RE = re.compile(r"^[A-Z][A-Z_]*_READY port=(\d+)")
 
 
 class LocalJudgeError(RuntimeError):
@@ -42,21 +50,22 @@ def server_arguments(server: LocalJudgeServerConfig) -> list[str]:
 
 
 @contextlib.contextmanager
-def local_judge_server(judge: JudgeConfig, log_path: Path, start_timeout_s: float = 30.0) -> Iterator[str]:
-    """Run the stand-in judge for the duration of the block; yields its base URL.
+def local_server(module: str, api_key_env: str, model: str, args: list[str], log_path: Path,
+                 label: str = "local judge server", start_timeout_s: float = 30.0) -> Iterator[str]:
+    """Run ``python -m <module>`` on 127.0.0.1 for the duration of the block; yields its base URL.
 
-    The server's stderr goes to ``log_path``; its stdout carries only the ready line.
+    Its stderr goes to ``log_path``; its stdout carries only the ready line.
+    ``LocalJudgeError`` (naming ``label`` and the log's tail) when it does not start.
     """
-    if not os.environ.get(judge.api_key_env):
-        os.environ[judge.api_key_env] = secrets.token_urlsafe(24)
-    cmd = [sys.executable, "-m", "scripts.judge_server", "--host", "127.0.0.1", "--port", "0",
-           "--api-key-env", judge.api_key_env, "--model", judge.model, *server_arguments(judge.local_server)]
+    if not os.environ.get(api_key_env):
+        os.environ[api_key_env] = secrets.token_urlsafe(24)
+    cmd = [sys.executable, "-m", module, "--host", "127.0.0.1", "--port", "0", "--api-key-env", api_key_env,
+           "--model", model, *args, "--parent-pid", str(os.getpid())]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log_file = log_path.open("w")
-    cmd += ["--parent-pid", str(os.getpid())]  # it exits if the driver dies without stopping it
     proc = subprocess.Popen(cmd, cwd=_REPO_ROOT, stdout=subprocess.PIPE, stderr=log_file, text=True)
     try:
-        port = _wait_ready(proc, start_timeout_s, log_path)
+        port = _wait_ready(proc, start_timeout_s, log_path, label)
         yield f"http://127.0.0.1:{port}/v1"
     finally:
         proc.terminate()
@@ -67,37 +76,71 @@ def local_judge_server(judge: JudgeConfig, log_path: Path, start_timeout_s: floa
         log_file.close()
 
 
-def _wait_ready(proc: subprocess.Popen, timeout_s: float, log_path: Path) -> int:
+def local_judge_server(judge: JudgeConfig, log_path: Path, start_timeout_s: float = 30.0) -> contextlib.AbstractContextManager[str]:
+    """Run the stand-in judge for the duration of the block; yields its base URL."""
+    return local_server("scripts.judge_server", judge.api_key_env, judge.model, server_arguments(judge.local_server),
+                        log_path, "local judge server", start_timeout_s)
+
+
+def _wait_ready(proc: subprocess.Popen, timeout_s: float, log_path: Path, label: str) -> int:
     import selectors
 
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ)
     if sel.select(timeout_s):
-        line = proc.stdout.readline()
-        if line.startswith(_READY):
-            return int(line[len(_READY):].split()[0])
+        match = _READY_RE.match(proc.stdout.readline())
+        if match:
+            return int(match.group(1))
     proc.kill()
     proc.wait(timeout=10)
-    err = log_path.read_text()[-500:].strip()
-    raise LocalJudgeError(f"local judge server did not start: {err or 'no output'} (log: {log_path})")
+    err = " ".join(log_path.read_text()[-500:].split())
+    raise LocalJudgeError(f"{label} did not start: {err or 'no output'} (log: {log_path})")
 
 
 @contextlib.contextmanager
-def judge_for_run(judge: JudgeConfig, run_dir: Path) -> Iterator[tuple[JudgeConfig, dict]]:
-    """The judge a run uses, and its endpoints' keys: the stand-in server (started here, for the
-    block) when no endpoint is configured. Every key is read here, in the driver's environment,
-    and handed to the judge actor; the endpoints are checked before anything else starts
-    (``judge.check_endpoint``)."""
+def rewards_for_run(judge: JudgeConfig, reward: RewardConfig, run_dir: Path
+                    ) -> Iterator[tuple[JudgeConfig, RewardConfig, dict[str, SecretStr]]]:
+    """The judge and reward config a run uses, and every endpoint's key: the stand-in judge
+    (when no judge endpoint is configured) and each engine's ``local_server`` are started here,
+    for the block, and their URLs filled in. Every key (judge and engines) is read here, in the
+    driver's environment, and handed to the judge actor; with ``judge.check_endpoint`` every
+    endpoint is checked before anything else starts (a one-line error naming the judge or engine)."""
     import asyncio
 
     from rewards.endpoints import resolve_api_keys
-    from rewards.judge import JudgeReward
 
     with contextlib.ExitStack() as stack:
         if judge.uses_local_server:
             url = stack.enter_context(local_judge_server(judge, run_dir / "judge_server.log"))
             judge = judge.model_copy(update={"base_url": url})
-        keys = resolve_api_keys(judge)
+        engines = dict(reward.engines)
+        for name, engine in reward.engines.items():
+            if engine.uses_local_server:
+                assert engine.local_server is not None
+                url = stack.enter_context(local_server(
+                    engine.local_server, engine.api_key_env, engine.model, list(engine.local_server_args),
+                    run_dir / f"engine_{name}_server.log", f"local server of reward.engines.{name} ({engine.local_server})"))
+                engines[name] = engine.model_copy(update={"base_url": url})
+        reward = reward.model_copy(update={"engines": engines})
+        keys = resolve_api_keys(judge, engines=engines)
         if judge.check_endpoint:
-            asyncio.run(JudgeReward(judge, keys).check_endpoint())
+            asyncio.run(check_all_endpoints(judge, reward, keys))
+        yield judge, reward, keys
+
+
+async def check_all_endpoints(judge: JudgeConfig, reward: RewardConfig, keys: dict[str, SecretStr]) -> None:
+    """``GET /models`` on the judge's and every engine's endpoints (``JudgeUnreachableError``)."""
+    from rewards.endpoints import resolve_endpoints
+    from rewards.judge import JudgeReward, check_endpoints
+
+    await JudgeReward(judge, keys).check_endpoint()
+    for name, engine in reward.engines.items():
+        endpoints = resolve_endpoints(engine, keys, f"reward.engines.{name}")
+        await check_endpoints(endpoints, engine.timeout_s, f"engine {name}")
+
+
+@contextlib.contextmanager
+def judge_for_run(judge: JudgeConfig, run_dir: Path) -> Iterator[tuple[JudgeConfig, dict]]:
+    """``rewards_for_run`` for a judge alone (no engines): the judge and its endpoints' keys."""
+    with rewards_for_run(judge, RewardConfig(terms=[], engines={}), run_dir) as (judge, _, keys):
         yield judge, keys

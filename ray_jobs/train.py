@@ -30,12 +30,11 @@ from ray_jobs.hub import HubNameError, check_hub_name
 from ray_jobs.learner_group import LearnerPlacementError
 from ray_jobs.lifecycle import (Checkpoint, DriverState, ResumePlan, RunDirectoryError, RunLock, checkpoints,
                                 plan_resume, publish_final)
-from ray_jobs.local_judge import LocalJudgeError, local_judge_server
+from ray_jobs.local_judge import LocalJudgeError, rewards_for_run
 from ray_jobs.pipeline import assemble_batch, may_launch
 from ray_jobs.tracking import RunRecorder
 from ray_jobs.train_eval import EvalSet, TrainEval, load_eval_set
-from rewards.endpoints import resolve_api_keys
-from rewards.judge import JudgeReward, JudgeUnreachableError, MissingApiKeyError
+from rewards.judge import JudgeUnreachableError, MissingApiKeyError
 
 log = logging.getLogger("relay.train")
 
@@ -127,20 +126,12 @@ def eval_preflight(cfg: ExperimentConfig, tokenizer) -> EvalSet | None:
 
 @contextlib.contextmanager
 def judge_endpoint(cfg: ExperimentConfig, run_dir: Path) -> Iterator[tuple[ExperimentConfig, dict[str, SecretStr]]]:
-    """The judge to use: the stand-in server when no base_url is set; every
-    endpoint's key is read here, in the driver's environment (``judge.api_key_env``
-    and ``judge.endpoints[*].api_key_env``), and handed to the judge actor, so the
-    actors need no keys in their own environment; endpoints are checked before training."""
-    with contextlib.ExitStack() as stack:
-        if cfg.judge.uses_local_server:
-            url = stack.enter_context(local_judge_server(cfg.judge, run_dir / "judge_server.log"))
-            cfg = cfg.model_copy(update={"judge": cfg.judge.model_copy(update={"base_url": url})})
-        keys = resolve_api_keys(cfg.judge)
-        if cfg.judge.check_endpoint:
-            import asyncio
-
-            asyncio.run(JudgeReward(cfg.judge, keys).check_endpoint())
-        yield cfg, keys
+    """The judge and engines to use (``ray_jobs.local_judge.rewards_for_run``): the stand-in judge
+    when no base_url is set and each engine's ``local_server``, started for the block; every key is
+    read here, in the driver's environment, and handed to the judge actor, so the actors need no
+    keys in their own environment; endpoints are checked before training."""
+    with rewards_for_run(cfg.judge, cfg.reward, run_dir) as (judge, reward, keys):
+        yield cfg.model_copy(update={"judge": judge, "reward": reward}), keys
 
 
 @contextlib.contextmanager

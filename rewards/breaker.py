@@ -1,4 +1,4 @@
-"""A circuit breaker per judge endpoint.
+"""A circuit breaker per endpoint (of the judge or of an engine).
 
 States: **closed** (requests flow; consecutive failures are counted),
 **open** (no requests until ``cooldown_s`` has passed since it opened),
@@ -6,8 +6,8 @@ States: **closed** (requests flow; consecutive failures are counted),
 success closes the circuit, its failure re-opens it for another cool-down).
 Which failures count is decided by the caller (``rewards.retry.trips_breaker``);
 an outcome that neither counts nor succeeds (``record_neutral``) only frees
-the probe slot. Transitions are logged with the endpoint's display name,
-which never holds a key.
+the probe slot. Transitions are logged with the breaker's name (e.g. ``judge endpoint
+<url> (<model>)``), which never holds a key.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ class CircuitBreaker:
     def record_success(self) -> None:
         """A reply came back: reset the count; a successful probe closes the circuit."""
         if self._state != CLOSED:
-            logger.info("judge endpoint %s: request succeeded, circuit closed", self.name)
+            logger.info("%s: request succeeded, circuit closed", self.name)
         self._state, self._failures, self._probe_in_flight = CLOSED, 0, False
 
     def record_failure(self, cause: str) -> None:
@@ -95,7 +95,7 @@ class CircuitBreaker:
         self._state, self._opened_at, self._probe_in_flight = OPEN, self._clock.now(), False
         self.opened_count += 1
         logger.warning(
-            "judge endpoint %s: circuit opened after %s (last cause %s); next probe in %gs",
+            "%s: circuit opened after %s (last cause %s); next probe in %gs",
             self.name, "a failed probe" if was_probe else f"{self._failures} consecutive failures",
             cause, self.cooldown_s,
         )

@@ -1,5 +1,6 @@
-"""The judge's HTTP policy: endpoint balancing, circuit breakers, per-endpoint
-limits and retries around one ``Transport``.
+"""The HTTP policy of the judge and of every reward engine: endpoint balancing,
+circuit breakers, per-endpoint limits and retries around one ``Transport``.
+One ``JudgeClient`` serves one judge or engine (``label`` names it in logs).
 
 ``JudgeClient.complete`` sends one chat-completion request for one sample:
 
@@ -73,22 +74,22 @@ class JudgeClient:
 
     def __init__(self, endpoints: Sequence[Endpoint], timeout_s: float, retry: RetryConfig,
                  breaker: CircuitBreakerConfig, transport: Transport, clock: Clock | None = None,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, label: str = "judge") -> None:
         if not endpoints:
-            raise ValueError("the judge needs at least one endpoint")
-        self.endpoints = list(endpoints)
+            raise ValueError(f"the {label} needs at least one endpoint")
+        self.endpoints, self.label = list(endpoints), label
         self._timeout_s, self._retry, self._transport = timeout_s, retry, transport
         self._clock = clock or SystemClock()
         self._policy = RetryPolicy(retry, rng)
-        self.breakers = {e.key: CircuitBreaker(e.display, breaker.failure_threshold, breaker.cooldown_s, self._clock)
-                         for e in self.endpoints}
+        self.breakers = {e.key: CircuitBreaker(f"{label} endpoint {e.display}", breaker.failure_threshold,
+                                               breaker.cooldown_s, self._clock) for e in self.endpoints}
         self.outstanding = {e.key: 0 for e in self.endpoints}
         self._probe_poll_s = max(0.05, min(1.0, breaker.cooldown_s))
         self.gauge = InflightGauge()
         self._state: _LoopState | None = None
 
     def __repr__(self) -> str:
-        return f"JudgeClient({[e.display for e in self.endpoints]})"
+        return f"JudgeClient({self.label!r}, {[e.display for e in self.endpoints]})"
 
     def _loop_state(self) -> _LoopState:
         loop = asyncio.get_running_loop()
@@ -115,8 +116,8 @@ class JudgeClient:
                 if delay is None:
                     raise
                 trace.retries[err.cause] += 1
-                logger.debug("judge request via %s failed (%s); retry %d in %.3fs",
-                             endpoint.display, err.cause, trace.transport_failures, delay)
+                logger.debug("%s request via %s failed (%s); retry %d in %.3fs",
+                             self.label, endpoint.display, err.cause, trace.transport_failures, delay)
                 await self._clock.sleep(delay)
                 continue
             except BaseException:  # malformed reply, cancellation: says nothing about health

@@ -2,41 +2,50 @@
 
 A term is named in ``reward.terms`` either by a registered name (``judge`` or a
 rule from ``rewards.rules.RULE_TERMS``) or by a dotted path
-``package.module:function`` to a user function ``(prompt, completion) -> float | None``,
-sync or async (sync user functions run in a worker thread via
-``asyncio.to_thread``; the built-in rules are cheap and run inline).
+``package.module:function`` to a user function ``(prompt, completion) -> float | None``
+or ``(prompt, completion, ctx: RewardContext) -> float | None``, sync or async
+(``rewards/terms.py``; sync user functions run in a worker thread via
+``asyncio.to_thread``; the built-in rules are cheap and run inline). A term's
+``options`` are passed to it as keyword arguments.
 
 Sync user functions never block the event loop (the judge pool's requests keep
 flowing while they run); the default executor bounds how many run at once.
 
+Terms that take ``ctx`` get the sample's dataset row (``ctx.row``) and the
+engines (``ctx.llm(name)``): one ``ChatEngine`` per ``reward.engines`` entry
+and ``judge`` for the judge's endpoints (sharing the judge term's client),
+built once here and shared by every term and sample (``rewards/llm.py``).
+
 ``RewardComposer.score`` evaluates all terms of one sample concurrently. The
 total is ``sum(weight * value)`` over the terms with a non-zero weight; if any
-of those fails (raises ``RewardError``, returns None, returns a non-number or a
-non-finite number, or raises anything else), the sample is unscored: the
-reward is None and ``error`` holds the cause of the first failing term in
-config order. A failure is never turned into 0. Terms of weight 0 are still
-evaluated and reported in ``terms`` (for monitoring) but cannot unscore a sample.
+of those fails (raises ``RewardError``, e.g. an ``LLMCallError``, returns None,
+returns a non-number or a non-finite number, or raises anything else), the
+sample is unscored: the reward is None and ``error`` holds the cause of the
+first failing term in config order. A failure is never turned into 0. Terms of
+weight 0 are still evaluated and reported in ``terms`` (for monitoring) but
+cannot unscore a sample.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import importlib
-import inspect
 import logging
-import math
-import time
-from collections.abc import Awaitable, Callable
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from pydantic import SecretStr
 
 from rewards.config import JudgeConfig, RewardConfig, RewardTermConfig
-from rewards.errors import JudgeError, RewardError
-from rewards.judge import JudgeReward
+from rewards.context import JUDGE_ENGINE, TermUsage
+from rewards.endpoints import key_variables, keys_from
+from rewards.errors import RewardError
+from rewards.judge import JudgeReward, check_endpoints
+from rewards.llm import ChatEngine
 from rewards.metrics import JudgeTrace
 from rewards.rules import RULE_TERMS
+from rewards.terms import FunctionTerm, JudgeTerm, Outcome, TermFn, load_term_function
 
 __all__ = [
     "JUDGE_TERM",
@@ -44,6 +53,7 @@ __all__ = [
     "RewardComposer",
     "RewardError",
     "ScoredParts",
+    "TermFn",
     "load_term_function",
 ]
 
@@ -51,8 +61,6 @@ logger = logging.getLogger(__name__)
 
 JUDGE_TERM = "judge"
 REGISTERED_TERMS: tuple[str, ...] = (JUDGE_TERM, *RULE_TERMS)
-
-TermFn = Callable[[str, str], "float | None | Awaitable[float | None]"]
 
 
 @dataclass(frozen=True)
@@ -66,7 +74,8 @@ class ScoredParts:
     ``judge_error`` is the judge term's cause when the judge failed;
     ``judge_flags`` the request check as 0/1 (``inappropriate``, ``blocked``);
     ``judge_trace`` what judging took (None without a judge term);
-    ``term_seconds`` the time each term took.
+    ``term_seconds`` the time each term took; ``term_usage`` the LLM calls of
+    each term that takes ``ctx`` (per engine).
     """
 
     reward: float | None
@@ -78,122 +87,33 @@ class ScoredParts:
     judge_flags: dict[str, float] = field(default_factory=dict)
     judge_trace: JudgeTrace | None = field(default=None, compare=False)
     term_seconds: dict[str, float] = field(default_factory=dict, compare=False)
+    term_usage: dict[str, TermUsage] = field(default_factory=dict, compare=False)
 
 
-@dataclass(frozen=True)
-class _Outcome:
-    """What one term gave for one sample: a value, or an error cause."""
-
-    value: float | None
-    error: str | None
-    criteria: dict[str, float] = field(default_factory=dict)
-    judge_requests: int = 0
-    flags: dict[str, float] = field(default_factory=dict)
-    trace: JudgeTrace | None = None
-    seconds: float = 0.0
+_Term = JudgeTerm | FunctionTerm
 
 
-class _JudgeTerm:
-    """The LLM-judge term (value in [Rubric.min_reward, Rubric.max_reward])."""
-
-    def __init__(self, name: str, weight: float, judge: JudgeReward) -> None:
-        self.name, self.weight, self.judge = name, weight, judge
-
-    async def evaluate(self, prompt: str, completion: str) -> _Outcome:
-        started = time.perf_counter()
-        try:
-            verdict = await self.judge.score(prompt, completion)
-        except JudgeError as err:
-            trace = err.trace if isinstance(err.trace, JudgeTrace) else None
-            return _Outcome(None, err.cause, judge_requests=err.requests, trace=trace,
-                            seconds=time.perf_counter() - started)
-        return _Outcome(verdict.score, None, verdict.criteria, verdict.requests, verdict.flags, verdict.trace,
-                        time.perf_counter() - started)
-
-
-class _FunctionTerm:
-    """A rule or user function term; ``in_thread`` runs a sync function off the loop."""
-
-    def __init__(self, name: str, weight: float, fn: TermFn, in_thread: bool) -> None:
-        self.name, self.weight, self.fn, self.in_thread = name, weight, fn, in_thread
-        self.is_async = _is_async_callable(fn)
-
-    async def evaluate(self, prompt: str, completion: str) -> _Outcome:
-        started = time.perf_counter()
-        outcome = await self._evaluate(prompt, completion)
-        return dataclasses.replace(outcome, seconds=time.perf_counter() - started)
-
-    async def _evaluate(self, prompt: str, completion: str) -> _Outcome:
-        try:
-            if self.is_async:
-                value = await self.fn(prompt, completion)  # type: ignore[misc]
-            elif self.in_thread:
-                value = await asyncio.to_thread(self.fn, prompt, completion)
-            else:
-                value = self.fn(prompt, completion)
-            if inspect.isawaitable(value):
-                value = await value
-        except RewardError as err:
-            return _Outcome(None, err.cause)
-        except Exception as err:  # noqa: BLE001 - a user function may raise anything
-            logger.warning("reward term %s raised %s", self.name, type(err).__name__, exc_info=True)
-            return _Outcome(None, f"{self.name}_error:{type(err).__name__}")
-        return self._check_value(value)
-
-    def _check_value(self, value: object) -> _Outcome:
-        if value is None:
-            return _Outcome(None, f"{self.name}_no_score")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            logger.warning("reward term %s returned an invalid value of type %s",
-                           self.name, type(value).__name__)
-            return _Outcome(None, f"{self.name}_invalid_value")
-        return _Outcome(float(value), None)
-
-
-_Term = _JudgeTerm | _FunctionTerm
-
-
-def _is_async_callable(fn: object) -> bool:
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-        getattr(fn, "__call__", None)
-    )
-
-
-def load_term_function(path: str) -> TermFn:
-    """Import ``package.module:function`` (the attribute may be dotted, e.g.
-    ``module:Class.method``); raise ValueError with a clear message otherwise."""
-    module_name, sep, attr_path = path.partition(":")
-    if not sep or not module_name or not attr_path or ":" in attr_path:
-        raise ValueError(f"reward term {path!r} is not of the form 'package.module:function'")
-    try:
-        target: object = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ValueError(
-            f"reward term {path!r}: cannot import module {module_name!r} ({type(err).__name__}: {err})"
-        ) from err
-    for attr in attr_path.split("."):
-        if not hasattr(target, attr):
-            raise ValueError(f"reward term {path!r}: {module_name!r} has no attribute {attr_path!r}")
-        target = getattr(target, attr)
-    if not callable(target):
-        raise ValueError(f"reward term {path!r} is not callable")
-    return target  # type: ignore[return-value]
+def _given_keys(judge: JudgeConfig | None, api_key: SecretStr | Mapping[str, SecretStr] | None
+                ) -> dict[str, SecretStr]:
+    """Variable name -> key of what the caller handed over (a lone key is the judge's first endpoint's)."""
+    if isinstance(api_key, SecretStr):
+        return {key_variables(judge)[0]: api_key} if judge is not None else {}
+    return dict(api_key or {})
 
 
 class RewardComposer:
-    """Builds the configured terms once and scores (prompt, completion) pairs.
+    """Builds the configured terms and engines once and scores (prompt, completion, row) triples.
 
-    Construction fails early (ValueError) on unknown or duplicate term names,
-    all-zero weights, unimportable user functions, or a ``judge`` term without
-    judge config/key.
+    Construction fails early (ValueError, or ``MissingApiKeyError`` for an
+    engine's unset key) on unknown or duplicate term names, all-zero weights,
+    unimportable user functions, options a function cannot take, or a
+    ``judge`` term without judge config/key. ``api_key`` is the judge's first
+    endpoint's key or a mapping of variable names to keys (engines' included);
+    a key not given is read from the environment.
     """
 
-    def __init__(
-        self,
-        reward: RewardConfig,
-        judge: JudgeConfig | None = None,
-        api_key: SecretStr | None = None,
-    ) -> None:
+    def __init__(self, reward: RewardConfig, judge: JudgeConfig | None = None,
+                 api_key: SecretStr | Mapping[str, SecretStr] | None = None, **inject: Any) -> None:
         if not reward.terms:
             raise ValueError("reward.terms must name at least one term")
         names = [t.name for t in reward.terms]
@@ -204,10 +124,11 @@ class RewardComposer:
             raise ValueError("reward.terms must give at least one term a non-zero weight")
         self._judge: JudgeReward | None = None
         self._terms: list[_Term] = [self._build_term(t, judge, api_key) for t in reward.terms]
+        self._engines = self._build_engines(reward, judge, api_key, inject)
 
     def __repr__(self) -> str:
         parts = ", ".join(f"{t.name}*{t.weight:g}" for t in self._terms)
-        return f"RewardComposer({parts})"
+        return f"RewardComposer({parts}; engines={sorted(self._engines)})"
 
     @property
     def term_names(self) -> list[str]:
@@ -219,32 +140,59 @@ class RewardComposer:
         """The judge reward, when a ``judge`` term is configured."""
         return self._judge
 
-    def _build_term(
-        self, term: RewardTermConfig, judge: JudgeConfig | None, api_key: SecretStr | None
-    ) -> _Term:
+    @property
+    def engines(self) -> dict[str, ChatEngine]:
+        """The engines terms may call, by name (``judge`` when a term takes ``ctx`` and a judge is configured)."""
+        return dict(self._engines)
+
+    def _build_term(self, term: RewardTermConfig, judge: JudgeConfig | None,
+                    api_key: SecretStr | Mapping[str, SecretStr] | None) -> _Term:
+        if term.name in REGISTERED_TERMS and term.options:
+            raise ValueError(f"reward term {term.name!r} takes no options (got {sorted(term.options)})")
         if term.name == JUDGE_TERM:
             if judge is None or api_key is None:
                 raise ValueError("reward term 'judge' needs a judge config and an API key")
             self._judge = JudgeReward(judge, api_key)
-            return _JudgeTerm(term.name, term.weight, self._judge)
+            return JudgeTerm(term.name, term.weight, self._judge)
         if term.name in RULE_TERMS:
-            return _FunctionTerm(term.name, term.weight, RULE_TERMS[term.name], in_thread=False)
+            return FunctionTerm(term.name, term.weight, RULE_TERMS[term.name], in_thread=False)
         if ":" in term.name:
-            return _FunctionTerm(term.name, term.weight, load_term_function(term.name), in_thread=True)
+            return FunctionTerm(term.name, term.weight, load_term_function(term.name), in_thread=True,
+                                options=term.options)
         raise ValueError(
             f"unknown reward term {term.name!r}: registered terms are {list(REGISTERED_TERMS)}, "
             "or give a user function as 'package.module:function'"
         )
 
-    async def score(self, prompt_text: str, completion_text: str) -> ScoredParts:
-        """Evaluate all terms concurrently and combine them (see module docstring)."""
+    def _build_engines(self, reward: RewardConfig, judge: JudgeConfig | None,
+                       api_key: SecretStr | Mapping[str, SecretStr] | None,
+                       inject: Mapping[str, Any]) -> dict[str, ChatEngine]:
+        given = _given_keys(judge, api_key)
+        engines: dict[str, ChatEngine] = {}
+        for name, config in reward.engines.items():
+            where = f"reward.engines.{name}"
+            engines[name] = ChatEngine(name, config, keys_from(config, given, os.environ, where), where=where,
+                                       **inject)
+        with_ctx = any(isinstance(t, FunctionTerm) and t.with_ctx for t in self._terms)
+        if with_ctx and judge is not None and api_key is not None:
+            client = self._judge.client if self._judge is not None else None
+            keys = {} if client is not None else keys_from(judge, given, os.environ, "judge")
+            engines[JUDGE_ENGINE] = ChatEngine(JUDGE_ENGINE, judge, keys, where="judge", client=client, **inject)
+        return engines
+
+    async def score(self, prompt_text: str, completion_text: str,
+                    row: Mapping[str, Any] | None = None) -> ScoredParts:
+        """Evaluate all terms concurrently and combine them (see module docstring);
+        ``row`` is the prompt's dataset row, ``ctx.row`` of the terms that take ``ctx``."""
+        row = row or {}
         outcomes = await asyncio.gather(
-            *(t.evaluate(prompt_text, completion_text) for t in self._terms)
+            *(t.evaluate(prompt_text, completion_text, row, self._engines) for t in self._terms)
         )
-        judge = next((o for t, o in zip(self._terms, outcomes) if isinstance(t, _JudgeTerm)), _Outcome(None, None))
+        judge = next((o for t, o in zip(self._terms, outcomes) if isinstance(t, JudgeTerm)), Outcome(None, None))
         extra = dict(criteria=judge.criteria, judge_requests=judge.judge_requests, judge_error=judge.error,
                      judge_flags=judge.flags, judge_trace=judge.trace,
-                     term_seconds={t.name: o.seconds for t, o in zip(self._terms, outcomes)})
+                     term_seconds={t.name: o.seconds for t, o in zip(self._terms, outcomes)},
+                     term_usage={t.name: o.usage for t, o in zip(self._terms, outcomes) if o.usage is not None})
         terms = {t.name: o.value for t, o in zip(self._terms, outcomes)}
         weighted = [(t, o) for t, o in zip(self._terms, outcomes) if t.weight != 0]
         failed = [o.error for _, o in weighted if o.error is not None]
@@ -254,11 +202,18 @@ class RewardComposer:
         return ScoredParts(float(total), None, terms, **extra)
 
     async def check_endpoint(self) -> None:
-        """Check the judge endpoint (no-op without a ``judge`` term)."""
+        """``GET /models`` on the judge's endpoints (with a ``judge`` term) and every engine's;
+        ``JudgeUnreachableError`` naming the first that fails."""
         if self._judge is not None:
             await self._judge.check_endpoint()
+        for name, engine in self._engines.items():
+            if name != JUDGE_ENGINE or self._judge is None:
+                label = "judge" if name == JUDGE_ENGINE else f"engine {name}"
+                await check_endpoints(engine.client.endpoints, engine.timeout_s, label)
 
     async def aclose(self) -> None:
-        """Release the judge's HTTP client."""
+        """Release the judge's and the engines' HTTP clients."""
         if self._judge is not None:
             await self._judge.aclose()
+        for engine in self._engines.values():
+            await engine.aclose()

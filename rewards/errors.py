@@ -43,3 +43,15 @@ class MissingApiKeyError(RuntimeError):
 
 class JudgeUnreachableError(RuntimeError):
     """The judge endpoint did not answer the start-up check."""
+
+
+class LLMCallError(RewardError):
+    """A call a reward term made to an LLM engine (``ctx.llm(name).chat``) failed.
+
+    ``cause`` is one key-free line naming the engine, e.g. ``engine geo: HTTP
+    503 after 4 attempts`` or ``engine geo: malformed reply after 2 attempts``;
+    the composer makes the term's sample unscored with it as ``reward_error``.
+    """
+
+    def __init__(self, cause: str) -> None:
+        super().__init__(cause)

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 import openai
 from pydantic import SecretStr
 
-from rewards.cache import VerdictCache, verdict_key
+from rewards.cache import SharedCalls, VerdictCache, verdict_key
 from rewards.client import JudgeClient
 from rewards.clock import Clock
 from rewards.config import CriterionConfig, JudgeConfig
@@ -159,14 +159,15 @@ def _check_failure_reason(err: Exception, api_key_env: str, timeout_s: float) ->
     return type(err).__name__
 
 
-async def check_endpoints(endpoints: list[Endpoint], timeout_s: float) -> None:
+async def check_endpoints(endpoints: list[Endpoint], timeout_s: float, label: str = "judge") -> None:
     """``GET {base_url}/models`` on every endpoint; ``JudgeUnreachableError`` naming
-    the first that fails (URL without user info or query, key-free reason; the
-    underlying exception is not chained: its text may hold what the endpoint sent)."""
+    the first that fails (``label``, e.g. ``judge`` or ``engine geo``, the URL without
+    user info or query, a key-free reason; the underlying exception is not chained:
+    its text may hold what the endpoint sent)."""
     reasons = await asyncio.gather(*(_check_one(e, timeout_s) for e in endpoints))
     for endpoint, reason in zip(endpoints, reasons):
         if reason is not None:
-            raise JudgeUnreachableError(f"judge endpoint {display_url(endpoint.base_url)} is unreachable: {reason}")
+            raise JudgeUnreachableError(f"{label} endpoint {display_url(endpoint.base_url)} is unreachable: {reason}")
 
 
 async def check_endpoint(judge: JudgeConfig, api_key: SecretStr | Mapping[str, SecretStr]) -> None:
@@ -214,7 +215,7 @@ class JudgeReward:
         self._models = sorted({e.model for e in self._endpoints})
         self._response_format = response_format_for(judge.response_format, self._rubric)
         self._system = system_message(self._rubric)  # the same for every sample
-        self._pending: tuple[asyncio.AbstractEventLoop | None, dict[str, asyncio.Future]] = (None, {})
+        self._shared: SharedCalls[Verdict] = SharedCalls(self._cache)
         self.totals: Counter[str] = Counter()
 
     def __repr__(self) -> str:
@@ -262,36 +263,14 @@ class JudgeReward:
         self.totals["cache_hits"] += int(trace.cache_hit)
         self.totals["failures"] += int(failed)
 
-    def _pending_map(self) -> dict[str, asyncio.Future]:
-        loop = asyncio.get_running_loop()
-        if self._pending[0] is not loop:
-            self._pending = (loop, {})
-        return self._pending[1]
-
     async def _cached_or_judged(self, request_text: str, candidate: str, trace: JudgeTrace) -> Verdict:
         """A cached verdict, one shared with an identical request in flight, or a new one."""
         if not self._cache.enabled:
             return await self._judged(request_text, candidate, trace)
         key = verdict_key(self._models, self._rubric.version, PROMPT_VERSION, request_text, candidate)
-        cached = await self._cache.get(key)
-        pending = self._pending_map()
-        if cached is None and key in pending:
-            cached = await asyncio.shield(pending[key])  # None when that request failed
-        if cached is not None:
-            trace.cache_hit = True
-            return cached
-        if key in pending:  # an identical request failed: try on our own
-            return await self._judged(request_text, candidate, trace)
-        future: asyncio.Future = asyncio.get_running_loop().create_future()
-        pending[key] = future
-        verdict: Verdict | None = None
-        try:
-            verdict = await self._judged(request_text, candidate, trace)
-            await self._cache.put(key, verdict)
-            return verdict
-        finally:
-            pending.pop(key, None)
-            future.set_result(verdict)
+        verdict, hit = await self._shared.run(key, lambda: self._judged(request_text, candidate, trace))
+        trace.cache_hit = hit
+        return verdict
 
     async def _judged(self, request_text: str, candidate: str, trace: JudgeTrace) -> Verdict:
         """Ask the judge; re-ask after an empty/malformed/invalid reply, at most

@@ -11,11 +11,18 @@ step, ``aggregate_judge_metrics`` combines the calls' dicts:
   judge failed, by final cause; ``judge/failures`` itself comes from
   ``ScoreResult.judge_failures``), ``judge/cache_hits`` (verdicts served from
   the cache or shared with an identical request in flight),
-  ``judge/rule_gated`` and ``judge/rule_gated/<reason>``, and
-  ``term/<name>/failures`` / ``term/<name>/time_s`` (per reward term:
-  samples it failed on, seconds spent in it summed over samples);
+  ``judge/rule_gated`` and ``judge/rule_gated/<reason>``; per reward term
+  (``term_metrics``) ``term/<name>/failures`` (samples it failed on),
+  ``term/<name>/seconds`` (seconds spent in it, summed over samples) and
+  ``term/<name>/llm_calls`` (HTTP requests it sent to engines); per engine
+  (``engine_metrics``) ``engine/<name>/calls``, ``/requests`` (every
+  attempt), ``/failures`` (calls that failed), ``/retries`` and ``/cache_hits``;
+* mean: ``term/<name>/mean``, the mean of the term's values over the samples
+  it scored (carried as hidden ``/_sum`` and ``/_count`` keys, absent when it
+  scored none);
 * maximum: ``judge/inflight``, the **peak** number of judge HTTP requests in
-  flight (whole pool, all endpoints) while the call was being scored;
+  flight (whole pool, all endpoints) while the call was being scored, and
+  ``engine/<name>/peak_inflight``, the same for one engine;
 * histogram: ``judge/_latency_hist/<bucket>`` counts of request latencies
   (seconds from sending a request to its reply or failure, every attempt;
   log-spaced buckets ``LATENCY_BUCKETS_PER_DOUBLING`` per doubling from
@@ -37,6 +44,8 @@ __all__ = [
     "InflightGauge",
     "JudgeTrace",
     "aggregate_judge_metrics",
+    "engine_metrics",
+    "term_metrics",
     "latency_bucket",
     "latency_histogram",
     "percentile_from_histogram",
@@ -44,6 +53,8 @@ __all__ = [
 
 HIST_PREFIX = "judge/_latency_hist/"
 MAX_KEYS = frozenset({"judge/inflight"})
+MAX_SUFFIX = "/peak_inflight"
+SUM_SUFFIX, COUNT_SUFFIX = "/_sum", "/_count"
 LATENCY_BASE_S = 1e-4
 LATENCY_BUCKETS_PER_DOUBLING = 16
 
@@ -149,6 +160,25 @@ def call_metrics(traces: Sequence[JudgeTrace], failure_causes: Iterable[str], pe
     return metrics
 
 
+def term_metrics(name: str, values: Sequence[float | None], seconds: float, llm_calls: int) -> dict[str, float]:
+    """One term's part of a call's metrics: ``values`` one per sample (None: failed)."""
+    scored = [v for v in values if v is not None]
+    metrics = {f"term/{name}/failures": float(len(values) - len(scored)), f"term/{name}/seconds": float(seconds),
+               f"term/{name}/llm_calls": float(llm_calls)}
+    if scored:
+        metrics[f"term/{name}{SUM_SUFFIX}"] = float(sum(scored))
+        metrics[f"term/{name}{COUNT_SUFFIX}"] = float(len(scored))
+    return metrics
+
+
+def engine_metrics(name: str, counts: Mapping[str, int], peak_inflight: int) -> dict[str, float]:
+    """One engine's part of a call's metrics (``counts``: calls, requests, failures, retries, cache_hits)."""
+    metrics = {f"engine/{name}/{k}": float(counts.get(k, 0))
+               for k in ("calls", "requests", "failures", "retries", "cache_hits")}
+    metrics[f"engine/{name}{MAX_SUFFIX}"] = float(peak_inflight)
+    return metrics
+
+
 def aggregate_judge_metrics(per_call: Iterable[Mapping[str, float]]) -> dict[str, float]:
     """One step's judge metrics from its calls' ``judge_metrics`` (module docstring)."""
     out: dict[str, float] = {}
@@ -157,11 +187,16 @@ def aggregate_judge_metrics(per_call: Iterable[Mapping[str, float]]) -> dict[str
         for key, value in metrics.items():
             if key.startswith(HIST_PREFIX):
                 hist[int(key[len(HIST_PREFIX):])] += value
-            elif key in MAX_KEYS:
+            elif key in MAX_KEYS or key.endswith(MAX_SUFFIX):
                 out[key] = max(out.get(key, value), value)
             else:
                 out[key] = out.get(key, 0.0) + value
     if hist:
         out["judge/latency_p50_s"] = percentile_from_histogram(hist, 0.50)
         out["judge/latency_p95_s"] = percentile_from_histogram(hist, 0.95)
+    for key in [k for k in out if k.endswith(SUM_SUFFIX)]:
+        prefix = key[: -len(SUM_SUFFIX)]
+        total, count = out.pop(key), out.pop(prefix + COUNT_SUFFIX, 0.0)
+        if count > 0:
+            out[prefix + "/mean"] = total / count
     return out

@@ -3,8 +3,10 @@ domain-name answers by a transparent heuristic.
 
 This is NOT a real judge. It exists so that the whole pipeline (prompt format,
 HTTP client, concurrency, failure handling, training) can run offline and
-deterministically. Endpoints (HTTP/1.1 keep-alive, JSON bodies with
-Content-Length):
+deterministically. The HTTP plumbing (keep-alive, auth, JSON bodies, the
+in-flight gauge, ``GET /stats``, the ready line and parent watch) is
+``scripts/chat_http.py``'s, shared with the stand-in engines. Endpoints
+(HTTP/1.1 keep-alive, JSON bodies with Content-Length):
 
 * ``GET /v1/models`` lists one model (``--model``).
 * ``POST /v1/chat/completions`` reads the *last user message*, takes the
@@ -86,24 +88,15 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import hmac
 import json
 import logging
 import math
-import os
 import random
 import re
-import signal
-import socket
 import string
-import sys
-import threading
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import FrameType
 
 from pydantic import SecretStr
 
@@ -115,14 +108,28 @@ from rewards.prompt import (
     REQUEST_CLOSE,
     REQUEST_OPEN,
 )
+from scripts.chat_http import (  # the HTTP plumbing every stand-in shares
+    BadRequest,
+    ChatHandler,
+    ServerThread,
+    api_key_from_env,
+    chat_completion,
+    error_body,
+    fault_bucket,
+    message_text,
+    parse_status_rates,
+    serve,
+    watch_parent,
+)
+
+__all__ = ["BadRequest", "JudgeRequest", "JudgeServer", "ServerSettings", "chat_completion", "error_body",
+           "fault_bucket", "heuristic_verdict", "main", "parse_judge_request", "parse_status_rates", "watch_parent"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "relay-heuristic-judge"
 KNOWN_CRITERIA = ("relevance", "memorability", "length")
 GOOD_TLDS = frozenset({"com", "net", "org", "io", "co", "ai", "app", "dev"})
-MAX_BODY_BYTES = 1 << 20
-MAX_TRACKED_REQUESTS = 1_000_000
 STATS_PREFIX = "judge_server: stats "
 """On exit the CLI writes one stderr line ``STATS_PREFIX + {"completions_served", "faults"}`` (JSON)."""
 STOPWORDS = frozenset(
@@ -290,12 +297,6 @@ def heuristic_verdict(description: str, candidate: str, criteria: list[str],
     return verdict
 
 
-def fault_bucket(candidate: str, salt: str) -> float:
-    """A deterministic number in [0, 1) from the candidate text (and a salt)."""
-    digest = hashlib.sha256(f"{salt}\0{candidate}".encode("utf-8", "surrogatepass")).digest()
-    return int.from_bytes(digest[:8], "big") / 2.0**64
-
-
 def injects_failure(candidate: str, fail_rate: float) -> bool:
     """Whether a server with ``--fail-rate fail_rate`` fails this candidate."""
     return fault_bucket(candidate, _FAIL_SALT) < fail_rate
@@ -334,24 +335,9 @@ def reply_latency(settings: "ServerSettings", description: str, candidate: str, 
     return max(0.0, rng.uniform(mean - settings.latency_jitter_s, mean + settings.latency_jitter_s))
 
 
-def parse_status_rates(text: str) -> dict[int, float]:
-    """``"429=0.05,503=0.05"`` -> ``{429: 0.05, 503: 0.05}`` (ValueError if malformed)."""
-    rates: dict[int, float] = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        status, sep, rate = item.partition("=")
-        if not sep:
-            raise ValueError(f"--status-rate item {item!r} is not STATUS=RATE")
-        rates[int(status)] = float(rate)
-    return rates
-
-
 # --------------------------------------------------------------------------
 # Request parsing (pure)
 # --------------------------------------------------------------------------
-
-
-class BadRequest(ValueError):
-    """The request cannot be judged; the message goes back in a 400 body."""
 
 
 @dataclass(frozen=True)
@@ -363,15 +349,6 @@ class JudgeRequest:
     candidate: str
     criteria: list[str]
     request_check: bool = False
-
-
-def _message_text(message: dict[str, object]) -> str:
-    content = message.get("content")
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # content parts: [{"type": "text", "text": ...}]
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
-    raise BadRequest("message content must be a string or a list of text parts")
 
 
 def _fenced(text: str, opening: str, closing: str) -> str:
@@ -393,8 +370,8 @@ def parse_judge_request(body: object) -> JudgeRequest:
     users = [m for m in messages if m.get("role") == "user"]
     if not users:
         raise BadRequest("'messages' has no user message")
-    user_text = _message_text(users[-1])
-    system_text = "\n".join(_message_text(m) for m in messages if m.get("role") == "system")
+    user_text = message_text(users[-1])
+    system_text = "\n".join(message_text(m) for m in messages if m.get("role") == "system")
     criteria = [json.loads(m.group(1)) for m in CRITERION_LINE_RE.finditer(system_text)]
     model = body.get("model")
     return JudgeRequest(
@@ -404,33 +381,6 @@ def parse_judge_request(body: object) -> JudgeRequest:
         criteria=criteria,
         request_check=json.dumps(REQUEST_CHECK_KEY) in system_text,
     )
-
-
-def chat_completion(model: str, content: str, prompt_words: int) -> dict[str, object]:
-    """A standard chat-completion response body."""
-    completion_words = len(content.split())
-    return {
-        "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": content},
-            "finish_reason": "stop",
-            "logprobs": None,
-        }],
-        "usage": {
-            "prompt_tokens": prompt_words,
-            "completion_tokens": completion_words,
-            "total_tokens": prompt_words + completion_words,
-        },
-    }
-
-
-def error_body(message: str, kind: str, code: str | None = None) -> dict[str, object]:
-    """An OpenAI-style error body."""
-    return {"error": {"message": message, "type": kind, "code": code}}
 
 
 # --------------------------------------------------------------------------
@@ -488,123 +438,31 @@ class ServerSettings:
         return plan + [("empty", self.empty_rate), ("malformed", self.flaky_malformed_rate)]
 
 
-class _Server(ThreadingHTTPServer):
-    """Threading server that remembers open connections so ``stop`` can close them."""
-
-    daemon_threads = True
-    request_queue_size = 256  # listen backlog: many clients connect at once
-
-    def __init__(self, address: tuple[str, int], settings: ServerSettings) -> None:
-        super().__init__(address, _Handler)
-        self.settings = settings
-        self.completions_served = 0
-        self.in_flight = 0
-        self.peak_in_flight = 0
-        self.faults: dict[str, int] = {}
-        self.stopping = threading.Event()
-        self._attempts: dict[bytes, int] = {}
-        self._lock = threading.Lock()
-        self._connections: set[socket.socket] = set()
-
-    def process_request(self, request, client_address) -> None:  # type: ignore[override]
-        with self._lock:
-            self._connections.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request) -> None:  # type: ignore[override]
-        with self._lock:
-            self._connections.discard(request)
-        super().shutdown_request(request)
-
-    def handle_error(self, request, client_address) -> None:  # type: ignore[override]
-        # A client that hangs up (e.g. after its own timeout) is routine.
-        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError, TimeoutError)):
-            logger.debug("client %s went away", client_address)
-            return
-        logger.exception("error while serving %s", client_address)
-
-    def begin_completion(self) -> None:
-        with self._lock:
-            self.completions_served += 1
-            self.in_flight += 1
-            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
-
-    def end_completion(self) -> None:
-        with self._lock:
-            self.in_flight -= 1
-
-    def next_attempt(self, request: "JudgeRequest") -> int:
-        """1 for the first request with this (description, candidate), then 2, 3, ..."""
-        key = hashlib.sha256(f"{request.description}\0{request.candidate}".encode("utf-8", "surrogatepass")).digest()
-        with self._lock:
-            if len(self._attempts) >= MAX_TRACKED_REQUESTS:
-                self._attempts.clear()  # bounded memory; attempt numbers restart
-            self._attempts[key] = attempt = self._attempts.get(key, 0) + 1
-            return attempt
-
-    def count_fault(self, kind: str) -> None:
-        with self._lock:
-            self.faults[kind] = self.faults.get(kind, 0) + 1
-
-    def close_connections(self) -> None:
-        with self._lock:
-            connections = list(self._connections)
-        for conn in connections:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+def _request_key(request: "JudgeRequest") -> bytes:
+    return hashlib.sha256(f"{request.description}\0{request.candidate}".encode("utf-8", "surrogatepass")).digest()
 
 
-class _Handler(BaseHTTPRequestHandler):
-    """One connection; serves requests until the client closes or idles out."""
+class _Handler(ChatHandler):
+    """Answers chat completions with heuristic verdicts (module docstring)."""
 
-    protocol_version = "HTTP/1.1"
-    timeout = 120  # seconds an idle keep-alive connection is kept
-    server: _Server
-
-    def setup(self) -> None:
-        super().setup()
-        # Headers and body are written separately: without this, Nagle's
-        # algorithm and the client's delayed ACK add ~40 ms to every reply.
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib name
-        logger.debug("%s - " + format, self.address_string(), *args)
-
-    def do_GET(self) -> None:  # noqa: N802 - stdlib name
-        if self._read_body() is None or not self._authorised():
-            return
-        if self._path() != "/v1/models":
-            self._send_json(404, error_body(f"no route GET {self._path()}", "not_found"))
-            return
-        model = {"id": self.server.settings.model, "object": "model", "created": 0, "owned_by": "relay"}
-        self._send_json(200, {"object": "list", "data": [model]})
-
-    def do_POST(self) -> None:  # noqa: N802 - stdlib name
-        raw = self._read_body()
-        if raw is None or not self._authorised():
-            return
-        if self._path() != "/v1/chat/completions":
-            self._send_json(404, error_body(f"no route POST {self._path()}", "not_found"))
-            return
+    def answer(self, raw: bytes) -> None:
         try:
             request = parse_judge_request(json.loads(raw.decode("utf-8")))
         except (BadRequest, UnicodeDecodeError, json.JSONDecodeError) as err:
-            self._send_json(400, error_body(f"bad request: {err}", "invalid_request_error"))
+            self.send_json(400, error_body(f"bad request: {err}", "invalid_request_error"))
             return
         self._answer(request, prompt_words=len(raw.split()))
 
     def _answer(self, request: JudgeRequest, prompt_words: int) -> None:
-        settings = self.server.settings
-        attempt = self.server.next_attempt(request)
+        settings: ServerSettings = self.server.settings
+        attempt = self.server.next_attempt(_request_key(request))
         fault = transient_fault(settings, request.description, request.candidate, attempt)
         if fault is not None:
             self.server.count_fault(fault)
         self.server.begin_completion()
         try:
             if fault is not None and fault.startswith("status:"):
-                self._send_fault_status(int(fault.split(":", 1)[1]))
+                self.send_status(int(fault.split(":", 1)[1]), settings.retry_after_s)
                 return
             if fault == "hang":
                 self.server.stopping.wait(settings.hang_s)
@@ -616,12 +474,12 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             self.server.end_completion()
         if injects_failure(request.candidate, settings.fail_rate):
-            self._send_json(settings.fail_status, error_body("injected failure", "server_error"))
+            self.send_json(settings.fail_status, error_body("injected failure", "server_error"))
             return
-        self._send_json(200, chat_completion(request.model, self._content(request, fault), prompt_words))
+        self.send_json(200, chat_completion(request.model, self._content(request, fault), prompt_words))
 
     def _content(self, request: JudgeRequest, fault: str | None) -> str:
-        settings = self.server.settings
+        settings: ServerSettings = self.server.settings
         if fault == "empty":
             return ""
         if fault == "malformed" or injects_malformed(request.candidate, settings.malformed_rate):
@@ -630,133 +488,18 @@ class _Handler(BaseHTTPRequestHandler):
                                     request.request_check)
         return json.dumps(verdict)
 
-    def _send_fault_status(self, status: int) -> None:
-        retry_after = self.server.settings.retry_after_s
-        headers = {"Retry-After": f"{retry_after:g}"} if retry_after is not None and status in (429, 503) else {}
-        kind = "rate_limit_error" if status == 429 else "server_error"
-        self._send_json(status, error_body(f"injected transient HTTP {status}", kind), headers)
 
-    def _path(self) -> str:
-        return self.path.split("?", 1)[0].rstrip("/") or "/"
-
-    def _read_body(self) -> bytes | None:
-        """The request body (b"" if none); None after answering an error."""
-        if self.headers.get("Transfer-Encoding"):
-            self.close_connection = True
-            self._send_json(411, error_body("chunked bodies are not supported", "invalid_request_error"))
-            return None
-        length_header = self.headers.get("Content-Length")
-        if length_header is None:
-            if self.command == "POST":
-                self.close_connection = True
-                self._send_json(411, error_body("Content-Length required", "invalid_request_error"))
-                return None
-            return b""
-        try:
-            length = int(length_header)
-        except ValueError:
-            length = -1
-        if not 0 <= length <= MAX_BODY_BYTES:
-            self.close_connection = True
-            self._send_json(400, error_body("bad Content-Length", "invalid_request_error"))
-            return None
-        return self.rfile.read(length)
-
-    def _authorised(self) -> bool:
-        key = self.server.settings.api_key
-        if key is None:
-            return True
-        expected = f"Bearer {key.get_secret_value()}".encode()
-        given = self.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
-        if hmac.compare_digest(given, expected):
-            return True
-        self._send_json(401, error_body("missing or invalid API key", "invalid_request_error",
-                                        "invalid_api_key"))
-        return False
-
-    def _send_json(self, status: int, body: dict[str, object], headers: Mapping[str, str] | None = None) -> None:
-        data = json.dumps(body).encode("utf-8")
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(data)
-
-
-class JudgeServer:
+class JudgeServer(ServerThread):
     """The heuristic judge server, runnable in-process (``start``/``stop`` or ``with``).
 
     Invariant: between ``start`` and ``stop`` it listens on ``host:port``
     (``port`` is the real port, also when 0 was asked for).
     """
 
+    name = "judge server"
+
     def __init__(self, host: str = "127.0.0.1", port: int = 0, settings: ServerSettings | None = None) -> None:
-        self._host, self._requested_port = host, port
-        self.settings = settings or ServerSettings()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-
-    def __repr__(self) -> str:
-        state = f"port={self._server.server_address[1]}" if self._server else "stopped"
-        return f"JudgeServer(host={self._host!r}, {state})"
-
-    @property
-    def port(self) -> int:
-        if self._server is None:
-            raise RuntimeError("the judge server is not started")
-        return int(self._server.server_address[1])
-
-    @property
-    def base_url(self) -> str:
-        """``http://<host>:<port>/v1``, the OpenAI client's base_url."""
-        return f"http://{self._host}:{self.port}/v1"
-
-    @property
-    def completions_served(self) -> int:
-        """Chat-completion requests accepted so far (after auth and parsing)."""
-        return self._server.completions_served if self._server else 0
-
-    @property
-    def peak_in_flight(self) -> int:
-        """Most chat-completion requests being answered at once so far."""
-        return self._server.peak_in_flight if self._server else 0
-
-    @property
-    def faults(self) -> dict[str, int]:
-        """Transient faults injected so far, by kind ("hang", "status:429", ...)."""
-        return dict(self._server.faults) if self._server else {}
-
-    def start(self) -> "JudgeServer":
-        if self._server is not None:
-            raise RuntimeError("the judge server is already started")
-        self._server = _Server((self._host, self._requested_port), self.settings)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-            name="judge-server", daemon=True,
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.stopping.set()  # releases hung requests
-        server.shutdown()
-        server.close_connections()
-        server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def __enter__(self) -> "JudgeServer":
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+        super().__init__(host, port, settings or ServerSettings(), _Handler)
 
 
 # --------------------------------------------------------------------------
@@ -789,24 +532,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def watch_parent(parent_pid: int, stop: threading.Event, every_s: float = 1.0) -> None:
-    """Set ``stop`` once ``parent_pid`` is no longer this process's parent (it died: a
-    SIGKILLed driver runs no cleanup, and the server must not outlive it)."""
-
-    def poll() -> None:
-        while not stop.wait(every_s):
-            if os.getppid() != parent_pid:
-                stop.set()
-
-    threading.Thread(target=poll, name="parent-watch", daemon=True).start()
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    key_value = os.environ.get(args.api_key_env, "") if args.api_key_env else ""
     try:
         settings = ServerSettings(
-            model=args.model, latency_s=args.latency_s, api_key=SecretStr(key_value) if key_value else None,
+            model=args.model, latency_s=args.latency_s, api_key=api_key_from_env(args.api_key_env),
             fail_rate=args.fail_rate, fail_status=args.fail_status, malformed_rate=args.malformed_rate,
             latency_jitter_s=args.latency_jitter_s, latency_sigma=args.latency_sigma,
             status_rates=parse_status_rates(args.status_rate), retry_after_s=args.retry_after_s,
@@ -815,32 +545,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     except ValueError as err:
         raise SystemExit(f"judge_server: {err}") from None
-    stop = threading.Event()
-
-    def _on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
-    if args.parent_pid is not None:
-        watch_parent(args.parent_pid, stop)
-    server = JudgeServer(args.host, args.port, settings).start()
-    if settings.api_key:
-        auth = f"required (${args.api_key_env})"
-    elif args.api_key_env:
-        auth = f"none (${args.api_key_env} is not set)"
-    else:
-        auth = "none"
-    print(f"JUDGE_SERVER_READY port={server.port}", flush=True)
-    print(f"judge_server: serving {server.base_url}, auth {auth}", file=sys.stderr, flush=True)
-    try:
-        stop.wait()
-    finally:
-        served, faults = server.completions_served, server.faults
-        server.stop()
-        print(f"{STATS_PREFIX}{json.dumps({'completions_served': served, 'faults': faults})}",
-              file=sys.stderr, flush=True)
-    return 0
+    server = JudgeServer(args.host, args.port, settings)
+    return serve(server, "JUDGE_SERVER_READY", "judge_server", args.api_key_env, args.parent_pid,
+                 lambda: {"completions_served": server.completions_served, "faults": server.faults})
 
 
 if __name__ == "__main__":

@@ -78,7 +78,7 @@ def test_all_samples_scored_in_order() -> None:
     assert metrics["judge/retries"] == 0 and metrics["judge/cache_hits"] == 0 and metrics["judge/rule_gated"] == 0
     assert 1 <= metrics["judge/inflight"] <= 17
     assert metrics["term/judge/failures"] == 0 and metrics["term/domain_format/failures"] == 0
-    assert metrics["term/judge/time_s"] > 0
+    assert metrics["term/judge/seconds"] > 0 and metrics["term/judge/llm_calls"] == 17
     step = aggregate_judge_metrics([metrics])
     assert 0 < step["judge/latency_p50_s"] <= step["judge/latency_p95_s"]
 
