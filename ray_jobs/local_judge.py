@@ -138,9 +138,3 @@ async def check_all_endpoints(judge: JudgeConfig, reward: RewardConfig, keys: di
         endpoints = resolve_endpoints(engine, keys, f"reward.engines.{name}")
         await check_endpoints(endpoints, engine.timeout_s, f"engine {name}")
 
-
-@contextlib.contextmanager
-def judge_for_run(judge: JudgeConfig, run_dir: Path) -> Iterator[tuple[JudgeConfig, dict]]:
-    """``rewards_for_run`` for a judge alone (no engines): the judge and its endpoints' keys."""
-    with rewards_for_run(judge, RewardConfig(terms=[], engines={}), run_dir) as (judge, _, keys):
-        yield judge, keys
