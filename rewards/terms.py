@@ -35,7 +35,7 @@ __all__ = ["FunctionTerm", "JudgeTerm", "Outcome", "TermFn", "load_term_function
 
 logger = logging.getLogger(__name__)
 
-TermFn = Callable[..., "float | None | Awaitable[float | None]"]
+TermFn = Callable[..., float | None | Awaitable[float | None]]
 _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 
 

@@ -58,7 +58,7 @@ _BAD_HELDOUT = [
 
 
 def make_rows(n: int, seed: int) -> list[dict]:
-    rng = random.Random(seed)
+    """The training rows: every tenth one a harmful request from ``_BAD``."""
     return _rows(n, seed, _BAD, "biz", set())
 
 
