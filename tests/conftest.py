@@ -13,6 +13,11 @@ CACHE = REPO_ROOT / ".cache"
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(CACHE / "torch_extensions"))
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One torch/OpenMP thread per process: the suite runs in two test processes (pytest-xdist), each
+# with Ray actors of one thread; more threads than cores makes OpenMP spin (a tiny-model build
+# took 75 s instead of 19 s with two processes of two threads each on our 2-core machine).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
 # Tests start their own local Ray (address="local"); a cluster address from the caller's shell
 # would send them to a cluster they did not start.
 os.environ.pop("RAY_ADDRESS", None)

