@@ -149,3 +149,9 @@ def random_adapter_update(policy, version: int):
 def make_adapter_update():
     """``random_adapter_update`` as a fixture."""
     return random_adapter_update
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """End-to-end (``slow``) tests first, in file order, then the rest: with two test processes
+    (pytest-xdist, a file at a time) the long runs start early and short files fill in at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: file order kept
