@@ -70,6 +70,16 @@ def fault_bucket(text: str, salt: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2.0**64
 
 
+def pick_fault(draw: float, plan: list[tuple[str, float]]) -> str | None:
+    """The fault whose share of [0, 1) holds ``draw`` (the plan's shares laid end to end), or None."""
+    edge = 0.0
+    for kind, rate in plan:
+        edge += rate
+        if draw < edge:
+            return kind
+    return None
+
+
 def parse_status_rates(text: str) -> dict[int, float]:
     """``"429=0.05,503=0.05"`` -> ``{429: 0.05, 503: 0.05}`` (ValueError if malformed)."""
     rates: dict[int, float] = {}

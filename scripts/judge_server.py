@@ -118,6 +118,7 @@ from scripts.chat_http import (  # the HTTP plumbing every stand-in shares
     fault_bucket,
     message_text,
     parse_status_rates,
+    pick_fault,
     serve,
     watch_parent,
 )
@@ -312,12 +313,7 @@ def transient_fault(settings: "ServerSettings", description: str, candidate: str
     """The transient fault of this (request, attempt): "hang", "status:<code>",
     "empty", "malformed" or None (see the module docstring)."""
     draw = fault_bucket(f"{settings.seed}\0{attempt}\0{description}\0{candidate}", "transient")
-    edge = 0.0
-    for kind, rate in settings.transient_plan():
-        edge += rate
-        if draw < edge:
-            return kind
-    return None
+    return pick_fault(draw, settings.transient_plan())
 
 
 def reply_latency(settings: "ServerSettings", description: str, candidate: str, attempt: int) -> float:

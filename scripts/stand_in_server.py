@@ -55,6 +55,7 @@ from scripts.chat_http import (
     fault_bucket,
     message_text,
     parse_status_rates,
+    pick_fault,
     serve,
 )
 
@@ -103,13 +104,7 @@ class StandInSettings:
 
     def fault(self, key: str, attempt: int) -> str | None:
         """The fault of this (request, attempt), or None."""
-        draw = fault_bucket(f"{self.seed}\0{attempt}\0{key}", "stand-in")
-        edge = 0.0
-        for kind, rate in self.fault_plan():
-            edge += rate
-            if draw < edge:
-                return kind
-        return None
+        return pick_fault(fault_bucket(f"{self.seed}\0{attempt}\0{key}", "stand-in"), self.fault_plan())
 
 
 def parse_chat_request(raw: bytes) -> tuple[list[dict[str, Any]], str | None]:
