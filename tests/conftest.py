@@ -150,16 +150,3 @@ def make_adapter_update():
     """``random_adapter_update`` as a fixture."""
     return random_adapter_update
 
-
-def pytest_collection_modifyitems(config, items) -> None:
-    """End-to-end (``slow``) files first, then the rest: with two test processes (pytest-xdist, a
-    file at a time) the long runs start early and short files fill in at the end. Slow files go in
-    reverse path order, which puts the longest (``ray_jobs/test_train_*``, ``test_resume_*``) first."""
-    files = {item.nodeid.split("::")[0] for item in items}
-    order = {path: i for i, path in enumerate(sorted(files))}
-
-    def key(item) -> tuple[int, int]:
-        index = order[item.nodeid.split("::")[0]]
-        return (0, -index) if item.get_closest_marker("slow") else (1, index)
-
-    items.sort(key=key)  # stable: test order within a file kept
