@@ -213,7 +213,9 @@ class ChatHandler(BaseHTTPRequestHandler):
         self.answer(raw)
 
     def answer(self, raw: bytes) -> None:
-        raise NotImplementedError
+        """Answer one chat-completion body; every stand-in's handler overrides this (the judge's,
+        ``scripts/stand_in_server.py``'s); the base class only routes and authenticates."""
+        raise NotImplementedError(f"{type(self).__name__} must answer chat completions")
 
     def route(self) -> str:
         return self.path.split("?", 1)[0].rstrip("/") or "/"
