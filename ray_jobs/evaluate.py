@@ -32,7 +32,7 @@ from actors.judge_pool import JudgePool
 from actors.models import AdapterBaseError, BUILTIN_TINY, adapter_base, load_tokenizer, resolve_model_path
 from ray_jobs.config import ConfigError, redacted
 from ray_jobs.control import GracefulStop
-from ray_jobs.data import DatasetError, _load_rows, load_prompts
+from ray_jobs.data import DatasetError, load_labelled_prompts
 from ray_jobs.eval_conditions import ConditionRun, HeldOutItem, start_workers
 from ray_jobs.eval_config import ConditionConfig, EvaluateConfig, _default_conditions
 from ray_jobs.eval_report import ItemResult, build_results, comparison_sentence, from_json, to_json, write_report
@@ -73,18 +73,10 @@ def held_out_items(cfg: EvaluateConfig, cond: ConditionConfig, tokenizer) -> lis
     """The held-out items as this condition's policy sees them (its system prompt, its chat template)."""
     system = cond.system_prompt if cond.system_prompt is not None else cfg.data.system_prompt
     data = cfg.data.model_copy(update={"system_prompt": system})
-    rows, _ = _load_rows(data)
-    prompts = load_prompts(data, tokenizer)[: cfg.data.max_items]
-
-    def field(row: dict, name: str | None):
-        return row.get(name) if name else None
-
+    prompts, labels = load_labelled_prompts(data, tokenizer, cfg.data.label_field)
     items = []
-    for p in prompts:
-        row, label = rows[p.row], field(rows[p.row], cfg.data.label_field)
-        if label is not None and not isinstance(label, bool):
-            raise DatasetError(f"data: row {p.row}'s {cfg.data.label_field} is {label!r}, not true/false")
-        stratum = field(row, cfg.data.stratum_field)
+    for p, label in list(zip(prompts, labels))[: cfg.data.max_items]:
+        stratum = p.fields.get(cfg.data.stratum_field) if cfg.data.stratum_field else None
         messages = ([{"role": "system", "content": system}] if system else []) + [
             {"role": "user", "content": p.prompt_text}]
         items.append(HeldOutItem(p, messages, label, None if stratum is None else str(stratum)))
