@@ -47,8 +47,7 @@ class JudgePool:
     names to keys (other endpoints' keys are read from the environment).
     """
 
-    def __init__(self, judge: JudgeConfig, reward: RewardConfig,
-                 api_key: SecretStr | Mapping[str, SecretStr]) -> None:
+    def __init__(self, judge: JudgeConfig, reward: RewardConfig, api_key: SecretStr | Mapping[str, SecretStr]) -> None:
         self._composer = RewardComposer(reward, judge, api_key)
         self._engine_names = sorted(reward.engines)
         self._judge_weighted = any(t.name == JUDGE_TERM and t.weight != 0 for t in reward.terms)
@@ -80,8 +79,10 @@ class JudgePool:
             watch = stack.enter_context(gauge.watch() if gauge is not None else _NoWatch())
             engine_watches = {n: stack.enter_context(e.gauge.watch()) for n, e in self._composer.engines.items()}
             parts = await asyncio.gather(
-                *(self._composer.score(s.prompt.prompt_text, s.completion_text, s.prompt.fields)
-                  for s in result.samples)
+                *(
+                    self._composer.score(s.prompt.prompt_text, s.completion_text, s.prompt.fields)
+                    for s in result.samples
+                )
             )
         scored = [self._record(sample, part) for sample, part in zip(result.samples, parts)]
         failures = [p.judge_error for p in parts if self._is_judge_failure(p)]
@@ -98,17 +99,23 @@ class JudgePool:
             judge_metrics=self._metrics(parts, failures, watch.peak, {n: w.peak for n, w in engine_watches.items()}),
         )
 
-    def _metrics(self, parts: list[ScoredParts], failures: list[str | None], peak: int,
-                 engine_peaks: Mapping[str, int]) -> dict[str, float]:
+    def _metrics(
+        self, parts: list[ScoredParts], failures: list[str | None], peak: int, engine_peaks: Mapping[str, int]
+    ) -> dict[str, float]:
         """The call's judge, per-term and per-engine metrics (``rewards/metrics.py``)."""
         traces = [p.judge_trace for p in parts if p.judge_trace is not None]
         metrics = call_metrics(traces, [c or "unknown" for c in failures], peak) if self._composer.judge else {}
         engines: dict[str, EngineUsage] = {name: EngineUsage() for name in self._engine_names}
         for name in self._composer.term_names:
             usages = [p.term_usage[name] for p in parts if name in p.term_usage]
-            calls = sum(u.llm_calls for u in usages) + (sum(p.judge_requests for p in parts) if name == JUDGE_TERM else 0)
-            metrics.update(term_metrics(name, [p.terms.get(name) for p in parts],
-                                        sum(p.term_seconds.get(name, 0.0) for p in parts), calls))
+            calls = sum(u.llm_calls for u in usages) + (
+                sum(p.judge_requests for p in parts) if name == JUDGE_TERM else 0
+            )
+            metrics.update(
+                term_metrics(
+                    name, [p.terms.get(name) for p in parts], sum(p.term_seconds.get(name, 0.0) for p in parts), calls
+                )
+            )
             for usage in usages:
                 for engine, counts in usage.engines.items():
                     engines.setdefault(engine, EngineUsage()).add(counts)
@@ -132,7 +139,10 @@ class JudgePool:
             self._failures_by_cause[cause] += 1
             logger.warning(
                 "sample left unscored: prompt_id=%s group_id=%s group_index=%d cause=%s",
-                sample.prompt.prompt_id, sample.group_id, sample.group_index, cause,
+                sample.prompt.prompt_id,
+                sample.group_id,
+                sample.group_index,
+                cause,
             )
         terms: dict[str, float | None] = dict(part.terms)
         terms.update({f"{CRITERION_KEY_PREFIX}{k}": v for k, v in part.criteria.items()})
@@ -167,7 +177,7 @@ class _NoWatch:
 
     peak = 0
 
-    def __enter__(self) -> "_NoWatch":
+    def __enter__(self) -> _NoWatch:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -71,10 +71,23 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from actors import learner_state
-from actors.data_parallel import (MicroBatch, _accumulate, _all_reduce, _chunks, _mean_metrics, _slices,
-                                  micro_batch_plan, shard)
-from actors.learner_config import (LearnerBackend, LearnerConfig, LoraConfig, apply_lora,
-                                   enable_gradient_checkpointing, prepare_policy)
+from actors.data_parallel import (
+    MicroBatch,
+    _accumulate,
+    _all_reduce,
+    _mean_metrics,
+    _slices,
+    micro_batch_plan,
+    shard,
+)
+from actors.learner_config import (
+    LearnerBackend,
+    LearnerConfig,
+    LoraConfig,
+    apply_lora,
+    enable_gradient_checkpointing,
+    prepare_policy,
+)
 from actors.messages import TrainBatch, TrainResult, WeightsUpdate
 from actors.models import ModelConfig, resolve_model_path
 from actors.objectives import LossTotals, PerToken, collate, compose_loss, policy_loss
@@ -87,13 +100,29 @@ from algorithms.config import AlgorithmConfig
 from algorithms.kl import kl_estimate
 from algorithms.logprobs import token_logprobs
 
-__all__ = ["Learner", "LearnerBackend", "LearnerConfig", "LoraConfig", "LossTotals", "MicroBatch", "PerToken",
-           "apply_lora", "build_backend", "collate", "compose_loss", "enable_gradient_checkpointing",
-           "micro_batch_plan", "policy_loss", "prepare_policy", "shard"]
+__all__ = [
+    "Learner",
+    "LearnerBackend",
+    "LearnerConfig",
+    "LoraConfig",
+    "LossTotals",
+    "MicroBatch",
+    "PerToken",
+    "apply_lora",
+    "build_backend",
+    "collate",
+    "compose_loss",
+    "enable_gradient_checkpointing",
+    "micro_batch_plan",
+    "policy_loss",
+    "prepare_policy",
+    "shard",
+]
 
 
-def build_backend(learner: LearnerConfig, model: ModelConfig, reference: bool = False,
-                  lr_horizon: int | None = None) -> LearnerBackend:
+def build_backend(
+    learner: LearnerConfig, model: ModelConfig, reference: bool = False, lr_horizon: int | None = None
+) -> LearnerBackend:
     """The configured backend, with the model loaded (and LoRA applied), the
     frozen reference policy when ``reference`` (none is loaded otherwise), and
     the LR schedule over ``lr_horizon`` optimiser steps (``actors/learner_state.py``)."""
@@ -135,9 +164,17 @@ class Learner(SequenceTraining):
     needs one (DPO), and ``algorithm`` is then unused.
     """
 
-    def __init__(self, learner: LearnerConfig, model: ModelConfig, algorithm: AlgorithmConfig,
-                 temperature: float, seed: int = 0, max_new_tokens: int | None = None,
-                 total_steps: int | None = None, objective: SequenceObjective | None = None) -> None:
+    def __init__(
+        self,
+        learner: LearnerConfig,
+        model: ModelConfig,
+        algorithm: AlgorithmConfig,
+        temperature: float,
+        seed: int = 0,
+        max_new_tokens: int | None = None,
+        total_steps: int | None = None,
+        objective: SequenceObjective | None = None,
+    ) -> None:
         torch.set_num_threads(learner.torch_threads)
         torch.manual_seed(seed)
         self.config = learner
@@ -150,18 +187,21 @@ class Learner(SequenceTraining):
         self.max_new_tokens = max_new_tokens
         self.version = 0
         per_batch = (1, 1) if objective else (self.settings.num_iterations, self.settings.num_minibatches)
-        horizon = learner_state.optimizer_step_horizon(learner.lr_scheduler, learner.warmup_steps, learner.warmup_ratio,
-                                                       total_steps, *per_batch)
+        horizon = learner_state.optimizer_step_horizon(
+            learner.lr_scheduler, learner.warmup_steps, learner.warmup_ratio, total_steps, *per_batch
+        )
         reference = objective.needs_reference if objective else self.settings.needs_reference
         self.backend = build_backend(learner, model, reference=reference, lr_horizon=horizon)
         self.rank, self.world_size = self.backend.rank, self.backend.world_size
         if self.world_size != learner.world_size:
-            raise RuntimeError(f"learner.world_size={learner.world_size} but the backend's process group has "
-                               f"{self.world_size} ranks")
+            raise RuntimeError(
+                f"learner.world_size={learner.world_size} but the backend's process group has {self.world_size} ranks"
+            )
         self._sync = ObjectStoreWeightSync()
         lora = learner.lora.model_dump(include={"r", "alpha", "target_modules"}) if learner.lora.enabled else None
-        self._layout = learner_state.checkpoint_layout(learner.backend, learner.zero_stage, learner.world_size,
-                                                       model.dtype, lora)
+        self._layout = learner_state.checkpoint_layout(
+            learner.backend, learner.zero_stage, learner.world_size, model.dtype, lora
+        )
 
     def train(self, batch: TrainBatch) -> TrainResult:
         """``num_iterations`` passes of ``num_minibatches`` optimiser steps over ``batch``.
@@ -177,12 +217,17 @@ class Learner(SequenceTraining):
         self.backend.model.train()
         per_token = self._prepare(batch)
         everything = slice(0, len(batch))
-        records = [self._optimizer_step(batch, rows, per_token)
-                   for _ in range(self.settings.num_iterations)
-                   for rows in _slices(everything, self.settings.num_minibatches)]
+        records = [
+            self._optimizer_step(batch, rows, per_token)
+            for _ in range(self.settings.num_iterations)
+            for rows in _slices(everything, self.settings.num_minibatches)
+        ]
         self.version += 1
-        metrics = {**_mean_metrics(records), "optim/steps": float(len(records)),
-                   "time/train_s": time.perf_counter() - start}
+        metrics = {
+            **_mean_metrics(records),
+            "optim/steps": float(len(records)),
+            "time/train_s": time.perf_counter() - start,
+        }
         return TrainResult(step=batch.step, policy_version=self.version, metrics=metrics)
 
     def _optimizer_step(self, batch: TrainBatch, rows: slice, per_token: PerToken) -> dict[str, float]:
@@ -193,8 +238,9 @@ class Learner(SequenceTraining):
         a padding one by 0, so the applied gradient is the minibatch loss's.
         Returns the minibatch's metrics, combined over ranks.
         """
-        totals = LossTotals(rows.stop - rows.start, sum(len(c) for c in batch.completion_token_ids[rows]),
-                            self.max_new_tokens)
+        totals = LossTotals(
+            rows.stop - rows.start, sum(len(c) for c in batch.completion_token_ids[rows]), self.max_new_tokens
+        )
         record: dict[str, float] = {"loss": 0.0}
         for micro in micro_batch_plan(rows, self.rank, self.world_size, self.config.micro_batch_size):
             tensors = {k: v.to(self.backend.device) for k, v in collate(batch, micro.rows, per_token).items()}
@@ -220,8 +266,10 @@ class Learner(SequenceTraining):
             return record
         combined: dict[str, float] = {}
         keys = sorted(record)
-        for op, names in ((torch.distributed.ReduceOp.SUM, [k for k in keys if not k.endswith("_max")]),
-                          (torch.distributed.ReduceOp.MAX, [k for k in keys if k.endswith("_max")])):
+        for op, names in (
+            (torch.distributed.ReduceOp.SUM, [k for k in keys if not k.endswith("_max")]),
+            (torch.distributed.ReduceOp.MAX, [k for k in keys if k.endswith("_max")]),
+        ):
             if names:
                 values = torch.tensor([record[k] for k in names], dtype=torch.float64)
                 combined.update(zip(names, _all_reduce(values, op, self.backend.device).tolist()))
@@ -231,8 +279,7 @@ class Learner(SequenceTraining):
         """Proximal and reference log-probs and per-token advantages, as the settings need them."""
         s = self.settings
         steps = s.num_iterations * len(_slices(slice(0, len(batch)), s.num_minibatches))
-        per_token = self._no_grad_logprobs(batch, proximal=s.uses_proximal and steps > 1,
-                                           reference=s.needs_reference)
+        per_token = self._no_grad_logprobs(batch, proximal=s.uses_proximal and steps > 1, reference=s.needs_reference)
         if s.needs_reference and s.kl_penalty == "reward":
             per_token["advantages"] = self._kl_reward_advantages(batch, per_token["ref_logprobs"])
         return per_token
@@ -252,9 +299,12 @@ class Learner(SequenceTraining):
         for micro in micro_batch_plan(everything, self.rank, self.world_size, self.config.micro_batch_size):
             t = {k: v.to(self.backend.device) for k, v in collate(batch, micro.rows).items()}
             keep, targets = t["completion_mask"].bool(), t["input_ids"][:, 1:]
-            forwards = {"proximal_logprobs": lambda: self.backend.model(input_ids=t["input_ids"],
-                                                                         attention_mask=t["attention_mask"]).logits,
-                        "ref_logprobs": lambda: self.backend.reference_logits(t["input_ids"], t["attention_mask"])}
+            forwards = {
+                "proximal_logprobs": lambda t=t: (
+                    self.backend.model(input_ids=t["input_ids"], attention_mask=t["attention_mask"]).logits
+                ),
+                "ref_logprobs": lambda t=t: self.backend.reference_logits(t["input_ids"], t["attention_mask"]),
+            }
             for name in out:
                 logps = token_logprobs(forwards[name]()[:, :-1], targets, self.temperature)
                 if not micro.padding:
@@ -287,10 +337,20 @@ class Learner(SequenceTraining):
             raise ValueError("algorithm.kl_penalty 'reward' needs TrainBatch.rewards and group_ids for every sequence")
         lengths = [len(c) for c in batch.completion_token_ids]
         mask = pad_sequence([torch.ones(n) for n in lengths], batch_first=True)
-        behaviour = pad_sequence([torch.tensor(lp, dtype=torch.float32) for lp in batch.sampling_logprobs], batch_first=True)
+        behaviour = pad_sequence(
+            [torch.tensor(lp, dtype=torch.float32) for lp in batch.sampling_logprobs], batch_first=True
+        )
         kl = kl_estimate(behaviour, pad_sequence(ref_logprobs, batch_first=True), s.kl_estimator)
-        adv = token_advantages(torch.tensor(batch.rewards), torch.tensor(batch.group_ids), mask, kl, s.beta,
-                               s.baseline, s.scale_rewards, s.whiten_advantages)
+        adv = token_advantages(
+            torch.tensor(batch.rewards),
+            torch.tensor(batch.group_ids),
+            mask,
+            kl,
+            s.beta,
+            s.baseline,
+            s.scale_rewards,
+            s.whiten_advantages,
+        )
         return [adv[i, :n] for i, n in enumerate(lengths)]
 
     def export_weights(self, adapter_only: bool = False) -> WeightsUpdate:
@@ -340,8 +400,9 @@ class Learner(SequenceTraining):
         extra = {"version": self.version, "rng": learner_state.every_rank_rng_state(self.world_size)}
         self.backend.save_checkpoint(path, extra)  # returns once every rank's files are written
         size = learner_state.commit_save(path, self._layout, self.version) if self.rank == 0 else 0
-        size, seconds = learner_state.max_over_ranks((float(size), time.perf_counter() - start), self.backend.device,
-                                                     self.world_size)
+        size, seconds = learner_state.max_over_ranks(
+            (float(size), time.perf_counter() - start), self.backend.device, self.world_size
+        )
         return {"bytes": size, "seconds": seconds}
 
     def load_checkpoint(self, path: str) -> int:

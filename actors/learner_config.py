@@ -42,45 +42,95 @@ class LearnerConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    backend: Literal["torch", "deepspeed"] = Field(default="torch", description="torch: plain AdamW in one process; deepspeed: a DeepSpeed ZeRO engine (one or several ranks).")
+    backend: Literal["torch", "deepspeed"] = Field(
+        default="torch",
+        description="torch: plain AdamW in one process; deepspeed: a DeepSpeed ZeRO engine (one or several ranks).",
+    )
     zero_stage: Literal[2, 3] = Field(default=2, description="DeepSpeed ZeRO stage (deepspeed backend only).")
-    world_size: int = Field(default=1, ge=1, description="Data-parallel learner ranks (one Ray actor each, placed by a placement group); more than 1 needs backend deepspeed. Every rank trains on its share of each minibatch; the result equals one rank's.")
-    lr: float = Field(default=1e-3, gt=0, description="AdamW learning rate (1e-3 suits the built-in tiny model; real 0.5B-4B policies want about 1e-6).")
+    world_size: int = Field(
+        default=1,
+        ge=1,
+        description="Data-parallel learner ranks (one Ray actor each, placed by a placement group); more than 1 needs backend deepspeed. Every rank trains on its share of each minibatch; the result equals one rank's.",
+    )
+    lr: float = Field(
+        default=1e-3,
+        gt=0,
+        description="AdamW learning rate (1e-3 suits the built-in tiny model; real 0.5B-4B policies want about 1e-6).",
+    )
     weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
     betas: tuple[float, float] = Field(default=(0.9, 0.999), description="AdamW betas.")
     max_grad_norm: float = Field(default=1.0, gt=0, description="Gradient clipping norm.")
-    micro_batch_size: int = Field(default=64, ge=1, description="Sequences per forward/backward on each rank; larger shares accumulate gradients.")
-    gradient_checkpointing: bool = Field(default=False, description="Activation checkpointing on the Hugging Face model: recompute each layer's activations in the backward pass (less memory, about one more forward of compute). Both backends.")
-    offload_optimizer: bool = Field(default=False, description="Keep the ZeRO optimiser state (fp32 master weights, Adam moments) and its update on the CPU (deepspeed backend only; torch's AdamW, no compiled op).")
+    micro_batch_size: int = Field(
+        default=64, ge=1, description="Sequences per forward/backward on each rank; larger shares accumulate gradients."
+    )
+    gradient_checkpointing: bool = Field(
+        default=False,
+        description="Activation checkpointing on the Hugging Face model: recompute each layer's activations in the backward pass (less memory, about one more forward of compute). Both backends.",
+    )
+    offload_optimizer: bool = Field(
+        default=False,
+        description="Keep the ZeRO optimiser state (fp32 master weights, Adam moments) and its update on the CPU (deepspeed backend only; torch's AdamW, no compiled op).",
+    )
     torch_threads: int = Field(default=1, ge=1, description="torch intra-op threads in each learner process.")
-    num_cpus: float = Field(default=1.0, ge=0, description="CPUs Ray reserves per learner rank (world_size times this in all).")
-    num_gpus: float = Field(default=0.0, ge=0, description="GPUs Ray reserves per learner rank (world_size times this in all); with world_size > 1, 0 or 1.")
-    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(default="PACK", description="Ray placement-group strategy for the ranks' bundles (world_size > 1): PACK fills few nodes, SPREAD spreads over nodes; STRICT_ variants fail instead of falling back.")
+    num_cpus: float = Field(
+        default=1.0, ge=0, description="CPUs Ray reserves per learner rank (world_size times this in all)."
+    )
+    num_gpus: float = Field(
+        default=0.0,
+        ge=0,
+        description="GPUs Ray reserves per learner rank (world_size times this in all); with world_size > 1, 0 or 1.",
+    )
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        default="PACK",
+        description="Ray placement-group strategy for the ranks' bundles (world_size > 1): PACK fills few nodes, SPREAD spreads over nodes; STRICT_ variants fail instead of falling back.",
+    )
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA adapters.")
-    lr_scheduler: Literal["constant", "linear", "cosine"] = Field(default="constant", description="Learning-rate schedule over the run's optimiser steps (run.steps x num_iterations x num_minibatches), after the warm-up: constant, linear decay to 0, or cosine decay to 0 (transformers' get_scheduler).")
-    warmup_steps: int = Field(default=0, ge=0, description="Optimiser steps of linear warm-up from lr 0 (the first step has lr 0, as in transformers); at most one of warmup_steps and warmup_ratio may be set.")
-    warmup_ratio: float = Field(default=0.0, ge=0, lt=1, description="Warm-up as a fraction of the run's optimiser steps (rounded up); instead of warmup_steps.")
+    lr_scheduler: Literal["constant", "linear", "cosine"] = Field(
+        default="constant",
+        description="Learning-rate schedule over the run's optimiser steps (run.steps x num_iterations x num_minibatches), after the warm-up: constant, linear decay to 0, or cosine decay to 0 (transformers' get_scheduler).",
+    )
+    warmup_steps: int = Field(
+        default=0,
+        ge=0,
+        description="Optimiser steps of linear warm-up from lr 0 (the first step has lr 0, as in transformers); at most one of warmup_steps and warmup_ratio may be set.",
+    )
+    warmup_ratio: float = Field(
+        default=0.0,
+        ge=0,
+        lt=1,
+        description="Warm-up as a fraction of the run's optimiser steps (rounded up); instead of warmup_steps.",
+    )
 
     @model_validator(mode="after")
     def _check_schedule(self) -> LearnerConfig:
         if self.warmup_steps > 0 and self.warmup_ratio > 0:
-            raise ValueError(f"learner.warmup_steps={self.warmup_steps} and learner.warmup_ratio={self.warmup_ratio:g} "
-                             "are both set; set one of them")
+            raise ValueError(
+                f"learner.warmup_steps={self.warmup_steps} and learner.warmup_ratio={self.warmup_ratio:g} "
+                "are both set; set one of them"
+            )
         return self
 
     @model_validator(mode="after")
     def _check_parallelism(self) -> LearnerConfig:
         if self.world_size > 1 and self.backend != "deepspeed":
-            raise ValueError(f"learner.world_size={self.world_size} needs learner.backend=deepspeed "
-                             f"(the {self.backend} backend runs one process)")
+            raise ValueError(
+                f"learner.world_size={self.world_size} needs learner.backend=deepspeed "
+                f"(the {self.backend} backend runs one process)"
+            )
         if self.offload_optimizer and self.backend != "deepspeed":
-            raise ValueError("learner.offload_optimizer needs learner.backend=deepspeed (it offloads ZeRO's optimiser state)")
+            raise ValueError(
+                "learner.offload_optimizer needs learner.backend=deepspeed (it offloads ZeRO's optimiser state)"
+            )
         if self.world_size > 1 and self.num_cpus == 0 and self.num_gpus == 0:
-            raise ValueError("learner.world_size > 1 needs learner.num_cpus or learner.num_gpus > 0 per rank "
-                             "(a placement-group bundle cannot be empty)")
+            raise ValueError(
+                "learner.world_size > 1 needs learner.num_cpus or learner.num_gpus > 0 per rank "
+                "(a placement-group bundle cannot be empty)"
+            )
         if self.world_size > 1 and self.num_gpus not in (0, 1):
-            raise ValueError(f"learner.num_gpus={self.num_gpus:g} with world_size > 1: a rank uses 0 or 1 GPU "
-                             "(NCCL cannot run two ranks on one GPU; for more GPUs raise world_size)")
+            raise ValueError(
+                f"learner.num_gpus={self.num_gpus:g} with world_size > 1: a rank uses 0 or 1 GPU "
+                "(NCCL cannot run two ranks on one GPU; for more GPUs raise world_size)"
+            )
         return self
 
 
@@ -137,8 +187,13 @@ def apply_lora(model: torch.nn.Module, lora: LoraConfig) -> torch.nn.Module:
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
-    peft_cfg = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                              target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+    peft_cfg = PeftLoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        task_type="CAUSAL_LM",
+    )
     return get_peft_model(model, peft_cfg)
 
 
@@ -164,8 +219,10 @@ def prepare_policy(model: torch.nn.Module, learner: LearnerConfig) -> torch.nn.M
 
     if isinstance(model, PeftModel):
         if not learner.lora.enabled:
-            raise ValueError("model.adapter=continue trains the adapter of model.path: set learner.lora.enabled=true "
-                             "(or model.adapter=merge to train the merged weights)")
+            raise ValueError(
+                "model.adapter=continue trains the adapter of model.path: set learner.lora.enabled=true "
+                "(or model.adapter=merge to train the merged weights)"
+            )
         if learner.gradient_checkpointing:
             enable_gradient_checkpointing(model.get_base_model())
         return model

@@ -99,8 +99,11 @@ def deepspeed_config(learner: LearnerConfig, dtype: str, num_params: int | None 
     zero: dict[str, Any] = {"stage": learner.zero_stage}
     if num_params is not None and num_params < ZERO_BUCKET_ELEMENTS:
         bucket = max(num_params, 1)
-        zero.update({"reduce_bucket_size": bucket, "allgather_bucket_size": bucket} if learner.zero_stage == 2
-                    else {"reduce_bucket_size": bucket, "stage3_prefetch_bucket_size": bucket})
+        zero.update(
+            {"reduce_bucket_size": bucket, "allgather_bucket_size": bucket}
+            if learner.zero_stage == 2
+            else {"reduce_bucket_size": bucket, "stage3_prefetch_bucket_size": bucket}
+        )
     offload: dict[str, Any] = {}
     if learner.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu"}
@@ -145,8 +148,10 @@ def ensure_distributed_env() -> None:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         missing = [name for name in _DIST_VARS if name not in os.environ]
         if missing:
-            raise RuntimeError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} but {', '.join(missing)} not set; "
-                               "the launcher of a multi-rank learner must set all of " + ", ".join(_DIST_VARS))
+            raise RuntimeError(
+                f"WORLD_SIZE={os.environ['WORLD_SIZE']} but {', '.join(missing)} not set; "
+                "the launcher of a multi-rank learner must set all of " + ", ".join(_DIST_VARS)
+            )
         return
     if os.environ.get("RANK", "0") != "0":
         raise RuntimeError(f"RANK={os.environ['RANK']} with WORLD_SIZE=1; set WORLD_SIZE for a multi-rank learner")
@@ -161,8 +166,10 @@ def check_world_size(world_size: int) -> None:
     """Fail early unless the launcher's ``WORLD_SIZE`` (1 when unset) is ``learner.world_size``."""
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched != world_size:
-        raise RuntimeError(f"learner.world_size={world_size} but this process was started with WORLD_SIZE={launched}; "
-                           "start multi-rank learners through ray_jobs.learner_group.LearnerGroup")
+        raise RuntimeError(
+            f"learner.world_size={world_size} but this process was started with WORLD_SIZE={launched}; "
+            "start multi-rank learners through ray_jobs.learner_group.LearnerGroup"
+        )
 
 
 def init_distributed(world_size: int = 1) -> None:
@@ -188,8 +195,14 @@ class DeepSpeedLearnerBackend:
     process group's, and ``world_size == learner.world_size``.
     """
 
-    def __init__(self, model_path: str, dtype: str, learner: LearnerConfig, reference: bool = False,
-                 lr_horizon: int | None = None) -> None:
+    def __init__(
+        self,
+        model_path: str,
+        dtype: str,
+        learner: LearnerConfig,
+        reference: bool = False,
+        lr_horizon: int | None = None,
+    ) -> None:
         import deepspeed
 
         init_distributed(learner.world_size)
@@ -198,11 +211,13 @@ class DeepSpeedLearnerBackend:
         params = [p for p in module.parameters() if p.requires_grad]
 
         def scheduler(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
-            return build_lr_scheduler(optimizer, learner.lr_scheduler, learner.warmup_steps, learner.warmup_ratio,
-                                      lr_horizon)
+            return build_lr_scheduler(
+                optimizer, learner.lr_scheduler, learner.warmup_steps, learner.warmup_ratio, lr_horizon
+            )
 
-        engine, _, _, _ = deepspeed.initialize(model=module, model_parameters=params, config=config,
-                                               lr_scheduler=scheduler)
+        engine, _, _, _ = deepspeed.initialize(
+            model=module, model_parameters=params, config=config, lr_scheduler=scheduler
+        )
         self.engine = engine
         self.model: torch.nn.Module = engine
         self.device = engine.device
@@ -260,13 +275,19 @@ class DeepSpeedLearnerBackend:
 
     def save_checkpoint(self, path: str, extra: dict) -> None:
         """DeepSpeed's sharded checkpoint (collective: every rank writes its shard; ends in a barrier)."""
-        self.engine.save_checkpoint(path, tag=CHECKPOINT_TAG, client_state={"relay": extra},
-                                    exclude_frozen_parameters=self.lora)
+        self.engine.save_checkpoint(
+            path, tag=CHECKPOINT_TAG, client_state={"relay": extra}, exclude_frozen_parameters=self.lora
+        )
 
     def load_checkpoint(self, path: str) -> dict:
         """Collective; needs the pristine engine of a fresh backend (ZeRO-3 cannot reload in place)."""
-        loaded, client_state = self.engine.load_checkpoint(path, tag=CHECKPOINT_TAG, load_module_strict=not self.lora,
-                                                           load_optimizer_states=True, load_lr_scheduler_states=True)
+        loaded, client_state = self.engine.load_checkpoint(
+            path,
+            tag=CHECKPOINT_TAG,
+            load_module_strict=not self.lora,
+            load_optimizer_states=True,
+            load_lr_scheduler_states=True,
+        )
         if loaded is None or "relay" not in (client_state or {}):
             raise ValueError(f"{path} holds no DeepSpeed learner checkpoint under tag {CHECKPOINT_TAG!r}")
         return client_state["relay"]

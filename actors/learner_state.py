@@ -40,8 +40,14 @@ FORMAT = 1
 _SCHEDULER_NAMES = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}
 
 
-def optimizer_step_horizon(lr_scheduler: str, warmup_steps: int, warmup_ratio: float, total_steps: int | None,
-                           num_iterations: int, num_minibatches: int) -> int | None:
+def optimizer_step_horizon(
+    lr_scheduler: str,
+    warmup_steps: int,
+    warmup_ratio: float,
+    total_steps: int | None,
+    num_iterations: int,
+    num_minibatches: int,
+) -> int | None:
     """Optimiser steps in the whole run, or None when it is unknown (``total_steps`` None).
 
     A schedule that needs the horizon (linear, cosine, any warm-up) without
@@ -49,17 +55,20 @@ def optimizer_step_horizon(lr_scheduler: str, warmup_steps: int, warmup_ratio: f
     """
     if total_steps is None:
         if lr_scheduler != "constant" or warmup_steps or warmup_ratio:
-            raise ValueError(f"learner.lr_scheduler={lr_scheduler} with warmup_steps={warmup_steps}, "
-                             f"warmup_ratio={warmup_ratio:g} needs the run's length: pass total_steps (run.steps) "
-                             "to Learner / LearnerGroup")
+            raise ValueError(
+                f"learner.lr_scheduler={lr_scheduler} with warmup_steps={warmup_steps}, "
+                f"warmup_ratio={warmup_ratio:g} needs the run's length: pass total_steps (run.steps) "
+                "to Learner / LearnerGroup"
+            )
         return None
     if total_steps < 1:
         raise ValueError(f"total_steps must be >= 1 learner batches, got {total_steps}")
     return total_steps * num_iterations * num_minibatches
 
 
-def build_lr_scheduler(optimizer: torch.optim.Optimizer, lr_scheduler: str, warmup_steps: int, warmup_ratio: float,
-                       horizon: int | None) -> torch.optim.lr_scheduler.LRScheduler:
+def build_lr_scheduler(
+    optimizer: torch.optim.Optimizer, lr_scheduler: str, warmup_steps: int, warmup_ratio: float, horizon: int | None
+) -> torch.optim.lr_scheduler.LRScheduler:
     """The scheduler over ``optimizer``, stepped once after every optimiser step.
 
     Warm-up steps are ``warmup_steps`` or ``ceil(warmup_ratio * horizon)``
@@ -69,8 +78,7 @@ def build_lr_scheduler(optimizer: torch.optim.Optimizer, lr_scheduler: str, warm
     from transformers import get_scheduler
 
     warmup = warmup_steps or (math.ceil(warmup_ratio * horizon) if horizon else 0)
-    return get_scheduler(_SCHEDULER_NAMES[lr_scheduler], optimizer, num_warmup_steps=warmup,
-                         num_training_steps=horizon)
+    return get_scheduler(_SCHEDULER_NAMES[lr_scheduler], optimizer, num_warmup_steps=warmup, num_training_steps=horizon)
 
 
 def checkpoint_layout(backend: str, zero_stage: int, world_size: int, dtype: str, lora: dict | None) -> dict[str, Any]:
@@ -79,8 +87,13 @@ def checkpoint_layout(backend: str, zero_stage: int, world_size: int, dtype: str
     ``lora`` is None without LoRA, else the adapter's shape (``r``, ``alpha``,
     ``target_modules``). ``zero_stage`` counts for the deepspeed backend only.
     """
-    return {"backend": backend, "zero_stage": zero_stage if backend == "deepspeed" else None,
-            "world_size": world_size, "dtype": dtype, "lora": lora}
+    return {
+        "backend": backend,
+        "zero_stage": zero_stage if backend == "deepspeed" else None,
+        "world_size": world_size,
+        "dtype": dtype,
+        "lora": lora,
+    }
 
 
 def begin_save(path: str, rank: int) -> None:
@@ -115,8 +128,11 @@ def read_manifest(path: str, layout: dict[str, Any]) -> dict[str, Any]:
     if manifest.get("format") != FORMAT:
         raise ValueError(f"learner checkpoint {path} has format {manifest.get('format')}, this code reads {FORMAT}")
     saved = manifest["layout"]
-    differ = [f"{key}: checkpoint {saved.get(key)!r}, learner {value!r}"
-              for key, value in layout.items() if saved.get(key) != value]
+    differ = [
+        f"{key}: checkpoint {saved.get(key)!r}, learner {value!r}"
+        for key, value in layout.items()
+        if saved.get(key) != value
+    ]
     if differ:
         raise ValueError(f"learner checkpoint {path} was made with another setup ({'; '.join(differ)})")
     return manifest

@@ -34,8 +34,14 @@ class TorchLearnerBackend:
     gradients, not in the optimiser). Without ``reference`` nothing is loaded.
     """
 
-    def __init__(self, model_path: str, dtype: str, learner: LearnerConfig, reference: bool = False,
-                 lr_horizon: int | None = None) -> None:
+    def __init__(
+        self,
+        model_path: str,
+        dtype: str,
+        learner: LearnerConfig,
+        reference: bool = False,
+        lr_horizon: int | None = None,
+    ) -> None:
         self.device = default_device()
         self.rank, self.world_size = 0, 1
         model = prepare_policy(load_causal_lm(model_path, dtype).to(self.device), learner)
@@ -47,10 +53,12 @@ class TorchLearnerBackend:
             self.reference = load_causal_lm(model_path, dtype).to(self.device).eval().requires_grad_(False)
         self.max_grad_norm = learner.max_grad_norm
         params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=learner.lr, betas=learner.betas,
-                                           weight_decay=learner.weight_decay)
-        self.lr_scheduler = build_lr_scheduler(self.optimizer, learner.lr_scheduler, learner.warmup_steps,
-                                               learner.warmup_ratio, lr_horizon)
+        self.optimizer = torch.optim.AdamW(
+            params, lr=learner.lr, betas=learner.betas, weight_decay=learner.weight_decay
+        )
+        self.lr_scheduler = build_lr_scheduler(
+            self.optimizer, learner.lr_scheduler, learner.warmup_steps, learner.warmup_ratio, lr_horizon
+        )
 
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
@@ -84,14 +92,20 @@ class TorchLearnerBackend:
 
         saved, params = load_file(os.path.join(path, WEIGHTS), device=str(self.device)), self._trainable()
         wrong = sorted(set(saved) ^ set(params)) + sorted(
-            n for n in set(saved) & set(params) if (saved[n].shape, saved[n].dtype) != (params[n].shape, params[n].dtype))
+            n
+            for n in set(saved) & set(params)
+            if (saved[n].shape, saved[n].dtype) != (params[n].shape, params[n].dtype)
+        )
         if wrong:
-            raise ValueError(f"checkpoint {path} holds other trainable weights than this model: {len(wrong)} differ "
-                             f"(first: {wrong[0]})")
+            raise ValueError(
+                f"checkpoint {path} holds other trainable weights than this model: {len(wrong)} differ "
+                f"(first: {wrong[0]})"
+            )
         for name, p in params.items():
             p.copy_(saved[name])
-        self.optimizer.load_state_dict(torch.load(os.path.join(path, OPTIMIZER), map_location=self.device,
-                                                  weights_only=True))
+        self.optimizer.load_state_dict(
+            torch.load(os.path.join(path, OPTIMIZER), map_location=self.device, weights_only=True)
+        )
         state = torch.load(os.path.join(path, STATE), weights_only=True)
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         return state["extra"]

@@ -41,14 +41,20 @@ class TinyModelConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    vocab_size: int = Field(default=1024, ge=300, description="BPE vocabulary size to train (256 byte tokens plus merges).")
+    vocab_size: int = Field(
+        default=1024, ge=300, description="BPE vocabulary size to train (256 byte tokens plus merges)."
+    )
     hidden_size: int = Field(default=64, ge=32, description="Hidden size.")
     num_layers: int = Field(default=2, ge=1, description="Transformer layers.")
-    num_heads: int = Field(default=2, ge=1, description="Attention heads; head_dim = hidden_size / num_heads must be >= 32 for vLLM.")
+    num_heads: int = Field(
+        default=2, ge=1, description="Attention heads; head_dim = hidden_size / num_heads must be >= 32 for vLLM."
+    )
     num_kv_heads: int = Field(default=1, ge=1, description="Key/value heads (grouped-query attention).")
     intermediate_size: int = Field(default=128, ge=8, description="MLP width.")
     seed: int = Field(default=0, description="Seed of the random initialisation and of the warm-up corpus.")
-    warmup_steps: int = Field(default=300, ge=0, description="Supervised warm-up steps on the format-only corpus (0: random weights).")
+    warmup_steps: int = Field(
+        default=300, ge=0, description="Supervised warm-up steps on the format-only corpus (0: random weights)."
+    )
     warmup_lr: float = Field(default=3e-3, gt=0, description="AdamW learning rate of the warm-up.")
 
 
@@ -57,11 +63,19 @@ class ModelConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    path: str = Field(default=BUILTIN_TINY, description="Hugging Face model name or local directory, or builtin:tiny-qwen for the CPU default.")
+    path: str = Field(
+        default=BUILTIN_TINY,
+        description="Hugging Face model name or local directory, or builtin:tiny-qwen for the CPU default.",
+    )
     cache_dir: str = Field(default=".cache/relay", description="Where the built-in tiny model is built and cached.")
-    dtype: Literal["float32", "bfloat16"] = Field(default="float32", description="Parameter dtype of policy and rollout models.")
+    dtype: Literal["float32", "bfloat16"] = Field(
+        default="float32", description="Parameter dtype of policy and rollout models."
+    )
     tiny: TinyModelConfig = Field(default_factory=TinyModelConfig, description="Shape of the built-in tiny model.")
-    adapter: Literal["merge", "continue"] = Field(default="merge", description="When path is a LoRA adapter directory (a LoRA run's final/ or a checkpoint's policy/: its adapter_config.json names the base): merge loads the base, merges the adapter into it once (cached under cache_dir) and trains from the merged weights (with learner.lora.enabled a new adapter on top); continue keeps training that adapter (needs learner.lora.enabled; its r/alpha/target modules come from the adapter; for the offline jobs, and for RL only with the learner's own weights synced, not with vLLM).")
+    adapter: Literal["merge", "continue"] = Field(
+        default="merge",
+        description="When path is a LoRA adapter directory (a LoRA run's final/ or a checkpoint's policy/: its adapter_config.json names the base): merge loads the base, merges the adapter into it once (cached under cache_dir) and trains from the merged weights (with learner.lora.enabled a new adapter on top); continue keeps training that adapter (needs learner.lora.enabled; its r/alpha/target modules come from the adapter; for the offline jobs, and for RL only with the learner's own weights synced, not with vLLM).",
+    )
 
 
 # A small built-in corpus that shapes the tiny tokenizer's merges; byte-level BPE
@@ -111,7 +125,9 @@ def _train_tokenizer(vocab_size: int):
         special_tokens=specials,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
-    lines = [" ".join(_CORPUS_WORDS)] + [f"{a}{b}.com {a}-{b}.io {a} {b}" for a in _CORPUS_WORDS[:80] for b in _CORPUS_WORDS[80:160]]
+    lines = [" ".join(_CORPUS_WORDS)] + [
+        f"{a}{b}.com {a}-{b}.io {a} {b}" for a in _CORPUS_WORDS[:80] for b in _CORPUS_WORDS[80:160]
+    ]
     tok.train_from_iterator(lines, trainer=trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
@@ -169,8 +185,11 @@ def _warm_up_example(rng, tokenizer) -> tuple[list[int], list[int]]:
     """(prompt ids, answer ids + EOS): a random request and an unrelated name."""
     words = _CORPUS_WORDS
     request = " ".join(rng.choice(words) for _ in range(rng.randint(6, 14)))
-    answer = "".join(rng.choice(words) for _ in range(rng.randint(1, 3))) + "." + rng.choice(
-        ["com", "net", "io", "xyz", "biz", "info", "online"])
+    answer = (
+        "".join(rng.choice(words) for _ in range(rng.randint(1, 3)))
+        + "."
+        + rng.choice(["com", "net", "io", "xyz", "biz", "info", "online"])
+    )
     messages = [{"role": "system", "content": DOMAIN_TASK_SYSTEM_PROMPT}, {"role": "user", "content": request}]
     prompt = tokenizer(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))["input_ids"]
     return prompt, tokenizer(answer)["input_ids"] + [tokenizer.eos_token_id]
@@ -214,12 +233,16 @@ def adapter_base(path: str) -> str | None:
         return None
     base = json.loads(config.read_text()).get("base_model_name_or_path")
     if not base:
-        raise AdapterBaseError(f"model.path {path} is a LoRA adapter whose adapter_config.json names no base model "
-                               "(base_model_name_or_path)")
+        raise AdapterBaseError(
+            f"model.path {path} is a LoRA adapter whose adapter_config.json names no base model "
+            "(base_model_name_or_path)"
+        )
     looks_local = base.startswith(("/", ".", "~")) or base.count("/") != 1
     if looks_local and not (Path(base) / "config.json").is_file():
-        raise AdapterBaseError(f"model.path {path} is a LoRA adapter whose base model {base} cannot be found "
-                               "(adapter_config.json base_model_name_or_path); put the base there or edit that field")
+        raise AdapterBaseError(
+            f"model.path {path} is a LoRA adapter whose base model {base} cannot be found "
+            "(adapter_config.json base_model_name_or_path); put the base there or edit that field"
+        )
     return base
 
 

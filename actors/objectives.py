@@ -109,12 +109,17 @@ def compose_loss(
     behaviour = tensors["old_logprobs"]
     proximal = tensors.get("proximal_logprobs", logps.detach())
     old = proximal if s.uses_proximal else behaviour
-    surrogate = clipped_surrogate(importance_log_ratio(logps, old, mask, s.importance_sampling_level),
-                                  tensors["advantages"], s.epsilon, s.epsilon_high)
+    surrogate = clipped_surrogate(
+        importance_log_ratio(logps, old, mask, s.importance_sampling_level),
+        tensors["advantages"],
+        s.epsilon,
+        s.epsilon_high,
+    )
     per_token = surrogate.per_token
     mode = "truncate" if s.rollout_correction == "none" else s.rollout_correction  # none: statistics only
-    weights, is_stats = rollout_correction_weights(proximal, behaviour, mask, s.rollout_correction_level, mode,
-                                                   s.rollout_correction_cap)
+    weights, is_stats = rollout_correction_weights(
+        proximal, behaviour, mask, s.rollout_correction_level, mode, s.rollout_correction_cap
+    )
     if s.rollout_correction != "none":
         per_token = per_token * weights
     stats = {**clip_stats(surrogate, mask), **is_stats}

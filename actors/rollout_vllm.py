@@ -50,15 +50,35 @@ class VLLMConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    tensor_parallel_size: int = Field(default=1, ge=1, description="GPUs per engine (tensor parallelism); each engine gets a placement group of this many GPU bundles.")
-    gpu_memory_utilization: float = Field(default=0.5, gt=0, le=1, description="Fraction of each GPU vLLM may use (weights + KV cache); leave room for a learner on the same GPU.")
+    tensor_parallel_size: int = Field(
+        default=1,
+        ge=1,
+        description="GPUs per engine (tensor parallelism); each engine gets a placement group of this many GPU bundles.",
+    )
+    gpu_memory_utilization: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="Fraction of each GPU vLLM may use (weights + KV cache); leave room for a learner on the same GPU.",
+    )
     max_model_len: int = Field(default=1024, ge=16, description="Longest prompt + completion, in tokens.")
     max_num_seqs: int = Field(default=256, ge=1, description="Most sequences the engine schedules at once.")
-    enable_prefix_caching: bool = Field(default=True, description="Reuse the KV blocks of a prompt across its group's samples and across requests.")
+    enable_prefix_caching: bool = Field(
+        default=True, description="Reuse the KV blocks of a prompt across its group's samples and across requests."
+    )
     enforce_eager: bool = Field(default=False, description="Disable CUDA graphs (always on for CPU engines).")
-    cpu_kvcache_gib: int = Field(default=1, ge=1, description="KV-cache size in GiB on CPU engines (VLLM_CPU_KVCACHE_SPACE).")
-    max_loras: int = Field(default=4, ge=1, description="Adapter versions an engine holds at once with LoRA adapter sync (in-flight requests keep theirs).")
-    staging_dir: str = Field(default="/dev/shm", description="Where weight updates are staged as files for the engine (shared memory skips the disk).")
+    cpu_kvcache_gib: int = Field(
+        default=1, ge=1, description="KV-cache size in GiB on CPU engines (VLLM_CPU_KVCACHE_SPACE)."
+    )
+    max_loras: int = Field(
+        default=4,
+        ge=1,
+        description="Adapter versions an engine holds at once with LoRA adapter sync (in-flight requests keep theirs).",
+    )
+    staging_dir: str = Field(
+        default="/dev/shm",
+        description="Where weight updates are staged as files for the engine (shared memory skips the disk).",
+    )
 
 
 def exit_dead_engine(exc: BaseException) -> None:
@@ -73,8 +93,17 @@ def exit_dead_engine(exc: BaseException) -> None:
 class VLLMGenerationBackend:
     """One ``AsyncLLM`` engine; see the module docstring for the update protocol."""
 
-    def __init__(self, model_path: str, dtype: str, max_new_tokens: int, temperature: float,
-                 config: VLLMConfig, seed: int, torch_threads: int, lora_rank: int | None = None) -> None:
+    def __init__(
+        self,
+        model_path: str,
+        dtype: str,
+        max_new_tokens: int,
+        temperature: float,
+        config: VLLMConfig,
+        seed: int,
+        torch_threads: int,
+        lora_rank: int | None = None,
+    ) -> None:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -86,13 +115,21 @@ class VLLMGenerationBackend:
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")  # Ray already placed this process
             os.environ.setdefault("OMP_NUM_THREADS", str(torch_threads))
         args = AsyncEngineArgs(
-            model=model_path, dtype=dtype, seed=seed, max_model_len=config.max_model_len,
-            max_num_seqs=config.max_num_seqs, enable_prefix_caching=config.enable_prefix_caching,
-            enforce_eager=config.enforce_eager or on_cpu, gpu_memory_utilization=config.gpu_memory_utilization,
+            model=model_path,
+            dtype=dtype,
+            seed=seed,
+            max_model_len=config.max_model_len,
+            max_num_seqs=config.max_num_seqs,
+            enable_prefix_caching=config.enable_prefix_caching,
+            enforce_eager=config.enforce_eager or on_cpu,
+            gpu_memory_utilization=config.gpu_memory_utilization,
             tensor_parallel_size=config.tensor_parallel_size,
             distributed_executor_backend="ray" if config.tensor_parallel_size > 1 else None,
-            logprobs_mode="processed_logprobs", worker_extension_cls="actors.vllm_worker.RelayWorkerExtension",
-            enable_lora=lora_rank is not None, max_lora_rank=lora_rank or 16, max_loras=config.max_loras,
+            logprobs_mode="processed_logprobs",
+            worker_extension_cls="actors.vllm_worker.RelayWorkerExtension",
+            enable_lora=lora_rank is not None,
+            max_lora_rank=lora_rank or 16,
+            max_loras=config.max_loras,
             disable_log_stats=True,
         )
         self.engine = AsyncLLM.from_engine_args(args)
@@ -108,8 +145,9 @@ class VLLMGenerationBackend:
         self._adapter_users: Counter[int] = Counter()  # adapter id -> requests in flight on it
         self._retired: dict[int, Path] = {}  # replaced adapters still used by a request
 
-    async def generate(self, prompts: list[list[int]], n: int, temperature: float | None = None,
-                       seed: int | None = None) -> list:
+    async def generate(
+        self, prompts: list[list[int]], n: int, temperature: float | None = None, seed: int | None = None
+    ) -> list:
         """``n`` samples per prompt, grouped like ``GenerationBackend.generate``, at
         ``temperature`` (None: the backend's; 0: greedy, whose processed log-probs are
         then the untempered ones) with per-request ``SamplingParams`` (``seed``: a
@@ -124,8 +162,9 @@ class VLLMGenerationBackend:
 
         try:
             temperature = self.temperature if temperature is None else temperature
-            groups = await asyncio.gather(*(self._request(p, n, temperature, None if seed is None else seed + i)
-                                            for i, p in enumerate(prompts)))
+            groups = await asyncio.gather(
+                *(self._request(p, n, temperature, None if seed is None else seed + i) for i, p in enumerate(prompts))
+            )
         except EngineDeadError as exc:
             exit_dead_engine(exc)
         return [seq for group in groups for seq in group]
@@ -141,16 +180,29 @@ class VLLMGenerationBackend:
 
         from actors.rollout import GeneratedSequence
 
-        params = SamplingParams(n=n, temperature=temperature, top_p=1.0, top_k=0, max_tokens=self.max_new_tokens,
-                                logprobs=0, stop_token_ids=[self.eos_id], detokenize=False, seed=seed,
-                                output_kind=RequestOutputKind.FINAL_ONLY)
+        params = SamplingParams(
+            n=n,
+            temperature=temperature,
+            top_p=1.0,
+            top_k=0,
+            max_tokens=self.max_new_tokens,
+            logprobs=0,
+            stop_token_ids=[self.eos_id],
+            detokenize=False,
+            seed=seed,
+            output_kind=RequestOutputKind.FINAL_ONLY,
+        )
         first, adapter = self.version, self._adapter
         if adapter is not None:
             self._adapter_users[adapter.lora_int_id] += 1
         completions = {}  # sample index -> its final output (vLLM reports the n samples as each finishes)
         try:
-            async for out in self.engine.generate(TokensPrompt(prompt_token_ids=prompt), params,
-                                                  request_id=f"r{next(self._request_ids)}", lora_request=adapter):
+            async for out in self.engine.generate(
+                TokensPrompt(prompt_token_ids=prompt),
+                params,
+                request_id=f"r{next(self._request_ids)}",
+                lora_request=adapter,
+            ):
                 completions.update({c.index: c for c in out.outputs if c.finish_reason is not None})
         finally:
             if adapter is not None:
@@ -158,9 +210,16 @@ class VLLMGenerationBackend:
         if sorted(completions) != list(range(n)):
             raise RuntimeError(f"vLLM returned samples {sorted(completions)} of {n} for a request")
         last = first if adapter is not None else self.version  # an adapter request never changes weights
-        return [GeneratedSequence(list(c.token_ids), [c.logprobs[t][tok].logprob for t, tok in enumerate(c.token_ids)],
-                                  truncated=c.finish_reason == "length", first_version=first, last_version=last)
-                for c in (completions[i] for i in range(n))]
+        return [
+            GeneratedSequence(
+                list(c.token_ids),
+                [c.logprobs[t][tok].logprob for t, tok in enumerate(c.token_ids)],
+                truncated=c.finish_reason == "length",
+                first_version=first,
+                last_version=last,
+            )
+            for c in (completions[i] for i in range(n))
+        ]
 
     async def load_weights(self, update: WeightsUpdate) -> None:
         """Apply ``update`` while generation continues (module docstring)."""

@@ -66,8 +66,13 @@ def collate_sequences(batch: SequenceBatch, units: slice) -> dict[str, torch.Ten
     return {"input_ids": input_ids, "attention_mask": attention, "loss_mask": loss_mask}
 
 
-def sequence_loss(logps: torch.Tensor, tensors: dict[str, torch.Tensor], objective: SequenceObjective,
-                  totals: LossTotals, ref_logps: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+def sequence_loss(
+    logps: torch.Tensor,
+    tensors: dict[str, torch.Tensor],
+    objective: SequenceObjective,
+    totals: LossTotals,
+    ref_logps: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
     """One micro-batch's share of the minibatch loss, and its statistics (means over its units).
 
     ``logps`` (B, T) are the target tokens' log-probs under the policy,

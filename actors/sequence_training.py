@@ -66,8 +66,13 @@ class SequenceTraining:
         self.version += 1
         seconds = time.perf_counter() - start
         tokens = sum(len(s) for s in batch.input_ids)
-        record.update({"time/train_s": seconds, "throughput/tokens_per_s": tokens / seconds,
-                       "tokens/targets": float(batch.target_tokens(slice(0, len(batch))))})
+        record.update(
+            {
+                "time/train_s": seconds,
+                "throughput/tokens_per_s": tokens / seconds,
+                "tokens/targets": float(batch.target_tokens(slice(0, len(batch)))),
+            }
+        )
         return TrainResult(step=batch.step, policy_version=self.version, metrics=record)
 
     @torch.no_grad()

@@ -51,8 +51,9 @@ def bucket_plan(tensors: dict[str, torch.Tensor], bucket_bytes: int) -> Plan:
     return plan
 
 
-def join_group(host: str, port: int, rank: int, world_size: int, backend: str,
-               device: torch.device, timeout_s: float = 600.0) -> dist.Backend:
+def join_group(
+    host: str, port: int, rank: int, world_size: int, backend: str, device: torch.device, timeout_s: float = 600.0
+) -> dist.Backend:
     """A standalone process group of ``world_size`` ranks rendezvousing at
     ``host:port`` (rank 0 hosts the TCP store). Blocks until every rank joined."""
     store = dist.TCPStore(host, port, world_size, is_master=rank == 0, timeout=timedelta(seconds=timeout_s))
@@ -66,8 +67,7 @@ def join_group(host: str, port: int, rank: int, world_size: int, backend: str,
     raise ValueError(f"weight broadcast backend must be gloo or nccl, got {backend!r}")
 
 
-def broadcast_buckets(group: dist.Backend, tensors: dict[str, torch.Tensor], plan: Plan,
-                      device: torch.device) -> int:
+def broadcast_buckets(group: dist.Backend, tensors: dict[str, torch.Tensor], plan: Plan, device: torch.device) -> int:
     """Rank 0's side: send ``tensors`` bucket by bucket as laid out by ``plan``;
     returns the bytes sent (per receiver)."""
     sent = 0

@@ -161,8 +161,9 @@ class ObjectStoreWeightSync:
     def export_adapter(self, state_dict: dict[str, torch.Tensor], config: dict, version: int) -> WeightsUpdate:
         """An adapter-only update from ``adapter_state_dict``'s output."""
         start = time.perf_counter()
-        return WeightsUpdate(version=version, tensors=_to_numpy(state_dict), export_s=time.perf_counter() - start,
-                             adapter_config=config)
+        return WeightsUpdate(
+            version=version, tensors=_to_numpy(state_dict), export_s=time.perf_counter() - start, adapter_config=config
+        )
 
     def apply(self, update: WeightsUpdate, model: torch.nn.Module) -> torch.nn.Module:
         """Load the update into ``model`` and return the model to generate with.
@@ -187,6 +188,8 @@ class ObjectStoreWeightSync:
         result = set_peft_model_state_dict(model, update_tensors(update))
         missing = [k for k in result.missing_keys if "lora_" in k]
         if missing or result.unexpected_keys:
-            raise ValueError(f"adapter update v{update.version} does not match the rollout's adapter: "
-                             f"missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}")
+            raise ValueError(
+                f"adapter update v{update.version} does not match the rollout's adapter: "
+                f"missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}"
+            )
         return model

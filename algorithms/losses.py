@@ -148,8 +148,9 @@ def grpo_loss(
     ratio_t = exp(logp_t - old_logp_t);
     loss_t = -min(ratio_t * A, clip(ratio_t, 1-eps_low, 1+eps_high) * A).
     """
-    surrogate = clipped_surrogate(importance_log_ratio(logprobs, old_logprobs, mask, "token"), advantages,
-                                  epsilon_low, epsilon_high)
+    surrogate = clipped_surrogate(
+        importance_log_ratio(logprobs, old_logprobs, mask, "token"), advantages, epsilon_low, epsilon_high
+    )
     return aggregate_loss(surrogate.per_token, mask, "sequence_mean"), clip_stats(surrogate, mask)
 
 
@@ -165,6 +166,7 @@ def gspo_loss(
     s_i = exp(mean_t(logp_t - old_logp_t)), clipped to [1-eps_low, 1+eps_high];
     loss = -mean_i min(s_i A_i, clip(s_i) A_i).
     """
-    surrogate = clipped_surrogate(importance_log_ratio(logprobs, old_logprobs, mask, "sequence"), advantages,
-                                  epsilon_low, epsilon_high)
+    surrogate = clipped_surrogate(
+        importance_log_ratio(logprobs, old_logprobs, mask, "sequence"), advantages, epsilon_low, epsilon_high
+    )
     return aggregate_loss(surrogate.per_token, mask, "sequence_mean"), clip_stats(surrogate, mask)

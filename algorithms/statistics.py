@@ -41,9 +41,13 @@ def refusal_rates(labels: Sequence[bool | None], blocked: Sequence[float | bool 
     bad = [bool(b) for lab, b in zip(labels, blocked) if lab is True and b is not None]
     good = [bool(b) for lab, b in zip(labels, blocked) if lab is False and b is not None]
     unknown = len(labels) - len(bad) - len(good)
-    return RefusalRates(block_rate=sum(bad) / len(bad) if bad else None,
-                        false_block_rate=sum(good) / len(good) if good else None,
-                        n_inappropriate=len(bad), n_appropriate=len(good), unknown=unknown)
+    return RefusalRates(
+        block_rate=sum(bad) / len(bad) if bad else None,
+        false_block_rate=sum(good) / len(good) if good else None,
+        n_inappropriate=len(bad),
+        n_appropriate=len(good),
+        unknown=unknown,
+    )
 
 
 def _finite(values: Sequence[float], name: str) -> np.ndarray:
@@ -117,8 +121,9 @@ def _mean_delta(baseline: np.ndarray, other: np.ndarray, axis: int = -1) -> np.n
     return np.mean(other - baseline, axis=axis)
 
 
-def paired_bootstrap(baseline: Sequence[float], other: Sequence[float], resamples: int = 10_000, seed: int = 0,
-                     confidence: float = 0.95) -> PairedComparison:
+def paired_bootstrap(
+    baseline: Sequence[float], other: Sequence[float], resamples: int = 10_000, seed: int = 0, confidence: float = 0.95
+) -> PairedComparison:
     """Paired bootstrap of the mean difference ``other − baseline``.
 
     Both sequences hold one score per item, in the same item order, with no
@@ -147,11 +152,27 @@ def paired_bootstrap(baseline: Sequence[float], other: Sequence[float], resample
     if np.ptp(delta) <= 1e-12 * float(np.max(np.abs(delta))):
         d = float(delta.mean())
         return PairedComparison(len(a), d, d, d, 1.0 if d <= 0 else 0.0, resamples=resamples, seed=seed, **counts)
-    res = stats.bootstrap((a, b), _mean_delta, paired=True, vectorized=True, n_resamples=resamples,
-                          confidence_level=confidence, method="percentile", rng=np.random.default_rng(seed))
+    res = stats.bootstrap(
+        (a, b),
+        _mean_delta,
+        paired=True,
+        vectorized=True,
+        n_resamples=resamples,
+        confidence_level=confidence,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
     p = float(np.mean(res.bootstrap_distribution <= 0.0))
-    return PairedComparison(len(a), float(delta.mean()), float(res.confidence_interval.low),
-                            float(res.confidence_interval.high), p, resamples=resamples, seed=seed, **counts)
+    return PairedComparison(
+        len(a),
+        float(delta.mean()),
+        float(res.confidence_interval.low),
+        float(res.confidence_interval.high),
+        p,
+        resamples=resamples,
+        seed=seed,
+        **counts,
+    )
 
 
 def pareto_front(points: Mapping[str, tuple[float, float]]) -> list[str]:
@@ -163,8 +184,9 @@ def pareto_front(points: Mapping[str, tuple[float, float]]) -> list[str]:
     items = list(points.items())
     front = []
     for name, (cost, quality) in items:
-        dominated = any(c <= cost and q >= quality and (c < cost or q > quality)
-                        for other, (c, q) in items if other != name)
+        dominated = any(
+            c <= cost and q >= quality and (c < cost or q > quality) for other, (c, q) in items if other != name
+        )
         if not dominated:
             front.append(name)
     return front

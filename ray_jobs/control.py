@@ -53,8 +53,10 @@ class GracefulStop:
         if self.requested:
             raise KeyboardInterrupt(f"second {signal.Signals(signum).name}")
         self.requested, self.signum = True, signum
-        log.warning("%s: stopping after a checkpoint at the last completed step (send it again to stop at once)",
-                    signal.Signals(signum).name)
+        log.warning(
+            "%s: stopping after a checkpoint at the last completed step (send it again to stop at once)",
+            signal.Signals(signum).name,
+        )
 
     def __call__(self) -> bool:
         return self.requested
@@ -75,8 +77,16 @@ class RunControl:
     older policies, ``ray_jobs/train_eval.py``).
     """
 
-    def __init__(self, run: RunConfig, run_dir: Path, config: dict, stop: GracefulStop, wandb_id: str | None,
-                 tokenizer: Any, settle: Callable[[int], None] = lambda steps_done: None) -> None:
+    def __init__(
+        self,
+        run: RunConfig,
+        run_dir: Path,
+        config: dict,
+        stop: GracefulStop,
+        wandb_id: str | None,
+        tokenizer: Any,
+        settle: Callable[[int], None] = lambda steps_done: None,
+    ) -> None:
         self.tokenizer = tokenizer  # saved beside the policy, so that a checkpoint serves as it is
         self.run = run
         self.run_dir = run_dir
@@ -90,25 +100,36 @@ class RunControl:
         every = self.run.checkpoint_every
         return steps_done == self.run.steps or bool(every and steps_done % every == 0)
 
-    def checkpoint(self, stages, recorder, steps_done: int, inflight: dict[int, list[RolloutCall]],
-                   source: PromptSource) -> Checkpoint:
+    def checkpoint(
+        self, stages, recorder, steps_done: int, inflight: dict[int, list[RolloutCall]], source: PromptSource
+    ) -> Checkpoint:
         """Write checkpoint ``steps_done`` (unless the newest already is it) and log its cost."""
         if self.newest is not None and self.newest.step == steps_done:
             return self.newest
         self.settle(steps_done)
         recorder.sync()  # every line of the steps before it is on disk first
         state = DriverState(
-            next_step=steps_done, source=source.state_dict(),
+            next_step=steps_done,
+            source=source.state_dict(),
             inflight_rows={b: [p.row for c in calls for p in c.prompts] for b, calls in sorted(inflight.items())},
-            rollout_rng=stages.rollout_rng_states(), counters=stages.faults.metrics(), wandb_id=self.wandb_id)
+            rollout_rng=stages.rollout_rng_states(),
+            counters=stages.faults.metrics(),
+            wandb_id=self.wandb_id,
+        )
+
         def fill(tmp: Path) -> None:
             stages.save_checkpoint(str(tmp.resolve()))
             self.tokenizer.save_pretrained(tmp / "policy")
 
-        self.newest, seconds = write_checkpoint(self.run_dir, steps_done, self.config, state, fill,
-                                                self.run.keep_checkpoints)
-        log.info("checkpoint step-%d written in %.2f s (%.1f MB)", steps_done, seconds,
-                 directory_bytes(self.newest.path) / 1e6)
+        self.newest, seconds = write_checkpoint(
+            self.run_dir, steps_done, self.config, state, fill, self.run.keep_checkpoints
+        )
+        log.info(
+            "checkpoint step-%d written in %.2f s (%.1f MB)",
+            steps_done,
+            seconds,
+            directory_bytes(self.newest.path) / 1e6,
+        )
         return self.newest
 
 
@@ -119,8 +140,9 @@ def relaunch_inflight(stages, state: DriverState, items: list[PromptItem]) -> di
     return {b: stages.launch_batch(b, [by_row[r] for r in rows]) for b, rows in sorted(state.inflight_rows.items())}
 
 
-def command_exit_code(load: Callable[[], Any], job: Callable[[Any], object],
-                      bad_input: tuple[type[BaseException], ...]) -> int:
+def command_exit_code(
+    load: Callable[[], Any], job: Callable[[Any], object], bad_input: tuple[type[BaseException], ...]
+) -> int:
     """Load a job's config and run it, as a command: bad input is ``error: ...`` and exit code 2,
     a fault the run cannot recover from exit code 1, a graceful stop 143 (checkpoint written),
     a second signal 130; each with one line saying how to go on."""
@@ -139,7 +161,10 @@ def command_exit_code(load: Callable[[], Any], job: Callable[[Any], object],
         return 143
     except KeyboardInterrupt:
         where = f" ({cfg.run.directory})" if cfg is not None else ""
-        print(f"stopped at once; re-run the same command to resume from the newest checkpoint{where}",
-              file=sys.stderr, flush=True)
+        print(
+            f"stopped at once; re-run the same command to resume from the newest checkpoint{where}",
+            file=sys.stderr,
+            flush=True,
+        )
         return 130
     return 0

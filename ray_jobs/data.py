@@ -29,14 +29,33 @@ class DataConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    path: str = Field(default="configs/data/business_descriptions.jsonl", description="A local .jsonl/.json/.csv/.parquet file, or a Hugging Face dataset name.")
+    path: str = Field(
+        default="configs/data/business_descriptions.jsonl",
+        description="A local .jsonl/.json/.csv/.parquet file, or a Hugging Face dataset name.",
+    )
     split: str = Field(default="train", description="Split to load for hub datasets.")
-    prompt_field: str = Field(default="description", description="Row field holding the prompt text (what the judge sees as the request); unused with prompt_template.")
-    prompt_template: str | None = Field(default=None, description="A str.format template over the row's fields that makes the prompt text, e.g. 'Query: {query}\\n\\nRewrite this source:\\n{source}' (null: the prompt_field as it is).")
-    chat_template_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra arguments of the tokenizer's apply_chat_template, e.g. {enable_thinking: false} for Qwen3.")
-    id_field: str | None = Field(default="id", description="Row field with a stable id; the row number when absent or null.")
-    system_prompt: str | None = Field(default=DEFAULT_SYSTEM_PROMPT, description="System message shown to the policy before each prompt (null for none).")
-    max_prompt_tokens: int = Field(default=256, ge=1, description="Rows whose formatted prompt is longer are skipped (counted and logged).")
+    prompt_field: str = Field(
+        default="description",
+        description="Row field holding the prompt text (what the judge sees as the request); unused with prompt_template.",
+    )
+    prompt_template: str | None = Field(
+        default=None,
+        description="A str.format template over the row's fields that makes the prompt text, e.g. 'Query: {query}\\n\\nRewrite this source:\\n{source}' (null: the prompt_field as it is).",
+    )
+    chat_template_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Extra arguments of the tokenizer's apply_chat_template, e.g. {enable_thinking: false} for Qwen3.",
+    )
+    id_field: str | None = Field(
+        default="id", description="Row field with a stable id; the row number when absent or null."
+    )
+    system_prompt: str | None = Field(
+        default=DEFAULT_SYSTEM_PROMPT,
+        description="System message shown to the policy before each prompt (null for none).",
+    )
+    max_prompt_tokens: int = Field(
+        default=256, ge=1, description="Rows whose formatted prompt is longer are skipped (counted and logged)."
+    )
     shuffle: bool = Field(default=True, description="Shuffle the prompts each epoch.")
 
     @field_validator("prompt_template")
@@ -61,15 +80,19 @@ def prompt_text(data: DataConfig, row: dict, i: int, name: str, section: str = "
             text = data.prompt_template.format(**{k: v for k, v in row.items() if v is not None})
         except (KeyError, IndexError, AttributeError, TypeError, ValueError) as err:
             missing = f"no field {err}" if isinstance(err, KeyError) else f"{type(err).__name__}: {err}"
-            raise DatasetError(f"{section}: row {i} of {name} does not fill data.prompt_template ({missing}); "
-                               f"fields with values: {sorted(k for k, v in row.items() if v is not None)}") from None
+            raise DatasetError(
+                f"{section}: row {i} of {name} does not fill data.prompt_template ({missing}); "
+                f"fields with values: {sorted(k for k, v in row.items() if v is not None)}"
+            ) from None
         if not text.strip():
             raise DatasetError(f"{section}: row {i} of {name} fills data.prompt_template with blank text")
         return text
     text = row.get(data.prompt_field)
     if not isinstance(text, str) or not text.strip():
-        raise DatasetError(f"{section}: row {i} of {name} has no usable '{data.prompt_field}' field "
-                           f"(got {type(text).__name__}); fields with values: {sorted(k for k, v in row.items() if v is not None)}")
+        raise DatasetError(
+            f"{section}: row {i} of {name} has no usable '{data.prompt_field}' field "
+            f"(got {type(text).__name__}); fields with values: {sorted(k for k, v in row.items() if v is not None)}"
+        )
     return text
 
 
@@ -99,8 +122,9 @@ def load_prompts(data: DataConfig, tokenizer) -> list[PromptItem]:
     return load_labelled_prompts(data, tokenizer)[0]
 
 
-def load_labelled_prompts(data: DataConfig, tokenizer, label_field: str | None = None,
-                          key: str = "data.path") -> tuple[list[PromptItem], list[bool | None]]:
+def load_labelled_prompts(
+    data: DataConfig, tokenizer, label_field: str | None = None, key: str = "data.path"
+) -> tuple[list[PromptItem], list[bool | None]]:
     """``load_prompts`` plus each kept row's boolean ``label_field`` (aligned with the items;
     None where the row lacks it, or it is null, or ``label_field`` is None). A label that is
     not true, false or null is an error. ``key`` names the path in messages (``eval.data``)."""
@@ -113,12 +137,14 @@ def load_labelled_prompts(data: DataConfig, tokenizer, label_field: str | None =
         text = prompt_text(data, row, i, name, section)
         label = row.get(label_field) if label_field else None
         if label is not None and not isinstance(label, bool):
-            raise DatasetError(f"{section}: row {i} of {name} has '{label_field}' = {label!r}; "
-                               "a label must be true, false or null")
-        messages = ([{"role": "system", "content": data.system_prompt}] if data.system_prompt else [])
+            raise DatasetError(
+                f"{section}: row {i} of {name} has '{label_field}' = {label!r}; a label must be true, false or null"
+            )
+        messages = [{"role": "system", "content": data.system_prompt}] if data.system_prompt else []
         messages.append({"role": "user", "content": text})
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False,
-                                            **data.chat_template_kwargs)
+        ids = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=False, **data.chat_template_kwargs
+        )
         token_ids = tokenizer(ids, add_special_tokens=False)["input_ids"]
         if len(token_ids) > data.max_prompt_tokens:
             too_long += 1
@@ -127,10 +153,17 @@ def load_labelled_prompts(data: DataConfig, tokenizer, label_field: str | None =
         items.append(PromptItem(str(row_id if row_id is not None else i), i, text, token_ids, row))
         labels.append(label)
     if too_long:
-        log.warning("%s: skipped %d of %d rows longer than data.max_prompt_tokens=%d",
-                    section, too_long, len(rows), data.max_prompt_tokens)
+        log.warning(
+            "%s: skipped %d of %d rows longer than data.max_prompt_tokens=%d",
+            section,
+            too_long,
+            len(rows),
+            data.max_prompt_tokens,
+        )
     if not items:
-        raise DatasetError(f"{section}: every row of {name} is longer than data.max_prompt_tokens={data.max_prompt_tokens}")
+        raise DatasetError(
+            f"{section}: every row of {name} is longer than data.max_prompt_tokens={data.max_prompt_tokens}"
+        )
     return items, labels
 
 
@@ -164,13 +197,19 @@ class PromptSource:
     def state_dict(self) -> dict:
         """JSON-able: epoch, the rest of this epoch's order (positions in ``items``), RNG state."""
         version, internal, gauss = self._rng.getstate()
-        return {"epoch": self.epoch, "order": list(self._order), "rng": [version, list(internal), gauss],
-                "items": len(self.items)}
+        return {
+            "epoch": self.epoch,
+            "order": list(self._order),
+            "rng": [version, list(internal), gauss],
+            "items": len(self.items),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         if state["items"] != len(self.items):
-            raise DatasetError(f"data: the checkpoint's prompt source had {state['items']} prompts, this dataset "
-                               f"has {len(self.items)}; resume with the dataset the run started with")
+            raise DatasetError(
+                f"data: the checkpoint's prompt source had {state['items']} prompts, this dataset "
+                f"has {len(self.items)}; resume with the dataset the run started with"
+            )
         version, internal, gauss = state["rng"]
         self._rng.setstate((version, tuple(internal), gauss))
         self._order = list(state["order"])

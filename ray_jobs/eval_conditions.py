@@ -76,13 +76,22 @@ def critic_batch(tokenizer: Any, items: list[HeldOutItem], candidates: list[list
 class ConditionRun:
     """One condition's chunks through generation, selection and judging (``results`` yields them in order)."""
 
-    def __init__(self, name: str, cond: ConditionConfig, cfg: EvaluateConfig, workers: list, judge: Any,
-                 critic: Any | None, critic_tokenizer: Any | None) -> None:
+    def __init__(
+        self,
+        name: str,
+        cond: ConditionConfig,
+        cfg: EvaluateConfig,
+        workers: list,
+        judge: Any,
+        critic: Any | None,
+        critic_tokenizer: Any | None,
+    ) -> None:
         self.name, self.cond, self.cfg = name, cond, cfg
         self.workers, self.judge, self.critic, self.critic_tokenizer = workers, judge, critic, critic_tokenizer
 
-    def results(self, chunks: list[tuple[int, list[HeldOutItem]]],
-                stop: Callable[[], bool]) -> Iterator[list[ItemResult]]:
+    def results(
+        self, chunks: list[tuple[int, list[HeldOutItem]]], stop: Callable[[], bool]
+    ) -> Iterator[list[ItemResult]]:
         """Each chunk's item results, in chunk order, at most one rollout call per worker in flight."""
         pending: list[tuple[int, list[HeldOutItem], int, ray.ObjectRef]] = []
         todo = list(chunks)
@@ -97,14 +106,19 @@ class ConditionRun:
             yield self._finish(items, self._collect(index, items, worker, call))
 
     def _send(self, worker: int, index: int, items: list[HeldOutItem]) -> ray.ObjectRef:
-        return self.workers[worker].generate.remote(index, 0, [i.prompt for i in items], n=self.cond.k,
-                                                    temperature=self.cond.temperature,
-                                                    seed=chunk_seed(self.cfg.run.seed, self.name, index))
+        return self.workers[worker].generate.remote(
+            index,
+            0,
+            [i.prompt for i in items],
+            n=self.cond.k,
+            temperature=self.cond.temperature,
+            seed=chunk_seed(self.cfg.run.seed, self.name, index),
+        )
 
     def _collect(self, index: int, items: list[HeldOutItem], worker: int, call: ray.ObjectRef) -> RolloutResult:
         """The chunk's generation; sent again (its own seed: the same samples) when the worker died, or
         was restarted after finishing nothing for ``rollout.call_timeout_s``, up to ``run.max_actor_restarts`` times."""
-        for attempt in range(self.cfg.run.max_actor_restarts + 1):
+        for _attempt in range(self.cfg.run.max_actor_restarts + 1):
             try:
                 return ray.get(call, timeout=self.cfg.rollout.call_timeout_s)
             except ray.exceptions.GetTimeoutError:
@@ -117,8 +131,10 @@ class ConditionRun:
             log.warning("%s: rollout worker %d lost chunk %d (%s); sending it again", self.name, worker, index, cause)
             _wait_until_back(self.workers[worker])
             call = self._send(worker, index, items)
-        raise RunFaultError(f"{self.name}: rollout worker {worker} failed chunk {index} "
-                            f"{self.cfg.run.max_actor_restarts + 1} times; re-run the same command to continue")
+        raise RunFaultError(
+            f"{self.name}: rollout worker {worker} failed chunk {index} "
+            f"{self.cfg.run.max_actor_restarts + 1} times; re-run the same command to continue"
+        )
 
     def _judge(self, result: RolloutResult) -> ScoreResult:
         """The judge pool's scores of ``result``, asked again when the pool died (Ray restarts it)."""
@@ -130,48 +146,62 @@ class ConditionRun:
                     raise
                 log.warning("%s: the judge pool died (%s); asking again", self.name, type(exc).__name__)
                 _wait_until_back(self.judge)
-        raise RunFaultError(f"{self.name}: the judge pool failed {self.cfg.run.max_actor_restarts + 1} times; "
-                            "re-run the same command to continue")
+        raise RunFaultError(
+            f"{self.name}: the judge pool failed {self.cfg.run.max_actor_restarts + 1} times; "
+            "re-run the same command to continue"
+        )
 
     def _finish(self, items: list[HeldOutItem], generated: RolloutResult) -> list[ItemResult]:
         critic_scores, started = None, time.perf_counter()
         if self.cond.critic is not None:
             k, texts = self.cond.k, [s.completion_text for s in generated.samples]
-            batch = critic_batch(self.critic_tokenizer, items, [texts[i * k:(i + 1) * k] for i in range(len(items))])
+            batch = critic_batch(self.critic_tokenizer, items, [texts[i * k : (i + 1) * k] for i in range(len(items))])
             try:
                 rows = self.critic.score_sequences(batch, adapter=self.cond.critic.adapter)
             except Exception as exc:  # noqa: BLE001
                 if not is_actor_fault(exc):
                     raise
-                raise RunFaultError(f"{self.name}: the critic died ({type(exc).__name__}); re-run the same command "
-                                    "to continue") from None
+                raise RunFaultError(
+                    f"{self.name}: the critic died ({type(exc).__name__}); re-run the same command to continue"
+                ) from None
             critic_scores = [self.cond.critic.beta * r["logp_mean"] for r in rows]
-        return finish_chunk(self.name, self.cond, items, generated, critic_scores,
-                            self._judge, time.perf_counter() - started)
+        return finish_chunk(
+            self.name, self.cond, items, generated, critic_scores, self._judge, time.perf_counter() - started
+        )
 
 
-def finish_chunk(name: str, cond: ConditionConfig, items: list[HeldOutItem], generated: RolloutResult,
-                 critic_scores: list[float] | None, judge: Callable[[RolloutResult], ScoreResult],
-                 critic_s: float) -> list[ItemResult]:
+def finish_chunk(
+    name: str,
+    cond: ConditionConfig,
+    items: list[HeldOutItem],
+    generated: RolloutResult,
+    critic_scores: list[float] | None,
+    judge: Callable[[RolloutResult], ScoreResult],
+    critic_s: float,
+) -> list[ItemResult]:
     """Select each item's completion (``critic_scores``: one per candidate, for ``select: critic``),
     judge, and build the chunk's item results. ``judge`` scores a ``RolloutResult`` (the judge pool).
     An item's ``seconds`` is its share of the chunk's generation, critic (``critic_s``) and judge time."""
     k = cond.k
-    groups = [generated.samples[i * k:(i + 1) * k] for i in range(len(items))]
+    groups = [generated.samples[i * k : (i + 1) * k] for i in range(len(items))]
     if cond.select == "judge":
         answer = judge(generated)
         judged = answer.scored
-        chosen = [best_index([s.reward for s in judged[i * k:(i + 1) * k]]) for i in range(len(items))]
+        chosen = [best_index([s.reward for s in judged[i * k : (i + 1) * k]]) for i in range(len(items))]
         picks = [judged[i * k + (0 if c is None else c)] for i, c in enumerate(chosen)]
         calls = k
     else:
         if cond.select == "critic":
             assert critic_scores is not None and len(critic_scores) == len(generated.samples)
-            chosen = [best_index(critic_scores[i * k:(i + 1) * k]) for i in range(len(items))]
+            chosen = [best_index(critic_scores[i * k : (i + 1) * k]) for i in range(len(items))]
         else:
             chosen = [0] * len(items)
-        picked = RolloutResult(generated.batch_index, [g[0 if c is None else c] for g, c in zip(groups, chosen)],
-                               generated.generate_s, generated.worker_id)
+        picked = RolloutResult(
+            generated.batch_index,
+            [g[0 if c is None else c] for g, c in zip(groups, chosen)],
+            generated.generate_s,
+            generated.worker_id,
+        )
         answer = judge(picked)
         picks, calls = answer.scored, 1
     seconds = (generated.generate_s + critic_s + answer.judge_s) / len(items)
@@ -180,14 +210,26 @@ def finish_chunk(name: str, cond: ConditionConfig, items: list[HeldOutItem], gen
     for item, group, c, scored in zip(items, groups, chosen, picks):
         unscored = c is None or scored.reward is None
         error = f"no candidate was scored (first: {scored.reward_error})" if c is None else scored.reward_error
-        results.append(ItemResult(
-            condition=name, item_id=item.prompt.prompt_id, prompt=item.prompt.prompt_text, stratum=item.stratum,
-            label=item.label, candidates=[s.completion_text for s in group], selected=c,
-            score=None if unscored else scored.reward,
-            error=error if unscored else None,
-            blocked=None if unscored else scored.terms.get("judge/blocked"), forward_passes=passes,
-            generated_tokens=sum(len(s.completion_token_ids) for s in group), judge_calls=calls, seconds=seconds))
+        results.append(
+            ItemResult(
+                condition=name,
+                item_id=item.prompt.prompt_id,
+                prompt=item.prompt.prompt_text,
+                stratum=item.stratum,
+                label=item.label,
+                candidates=[s.completion_text for s in group],
+                selected=c,
+                score=None if unscored else scored.reward,
+                error=error if unscored else None,
+                blocked=None if unscored else scored.terms.get("judge/blocked"),
+                forward_passes=passes,
+                generated_tokens=sum(len(s.completion_token_ids) for s in group),
+                judge_calls=calls,
+                seconds=seconds,
+            )
+        )
     return results
+
 
 def _wait_until_back(actor: Any) -> None:
     """Until Ray has restarted ``actor`` (its constructor ran again), or ``RunFaultError`` after
@@ -203,16 +245,21 @@ def _wait_until_back(actor: Any) -> None:
             time.sleep(0.5)
         except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
             break
-    raise RunFaultError(f"an actor did not come back within {ACTOR_START_TIMEOUT_S:g} s; re-run the same command "
-                        "to continue")
+    raise RunFaultError(
+        f"an actor did not come back within {ACTOR_START_TIMEOUT_S:g} s; re-run the same command to continue"
+    )
 
 
 def start_workers(cfg: EvaluateConfig, policy_path: str, count: int) -> list:
     """``count`` rollout worker actors generating with ``policy_path`` (their sampling comes per call)."""
     model = cfg.model.model_copy(update={"path": policy_path, "adapter": "merge"})
     ro = cfg.rollout
-    actor = ray.remote(RolloutWorker).options(num_cpus=ro.num_cpus_per_worker, num_gpus=ro.num_gpus_per_worker,
-                                              resources=dict(ro.resources), max_concurrency=1000,
-                                              max_restarts=cfg.run.max_actor_restarts, max_task_retries=0)
+    actor = ray.remote(RolloutWorker).options(
+        num_cpus=ro.num_cpus_per_worker,
+        num_gpus=ro.num_gpus_per_worker,
+        resources=dict(ro.resources),
+        max_concurrency=1000,
+        max_restarts=cfg.run.max_actor_restarts,
+        max_task_retries=0,
+    )
     return [actor.remote(ro, model, worker_id=w, seed=cfg.run.seed) for w in range(count)]
-

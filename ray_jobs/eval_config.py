@@ -33,9 +33,17 @@ class CriticConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    path: str = Field(description="The critic: a hub name or local directory, e.g. a SimPO run's final/ (a LoRA adapter directory loads its base, then the adapter).")
-    adapter: bool = Field(default=True, description="Score with the critic's LoRA adapter on (false: its base model, adapters disabled).")
-    beta: float = Field(default=2.0, gt=0, description="Each candidate's critic score is beta x its mean token log-prob (seed 003: the SimPO beta, 2.0).")
+    path: str = Field(
+        description="The critic: a hub name or local directory, e.g. a SimPO run's final/ (a LoRA adapter directory loads its base, then the adapter)."
+    )
+    adapter: bool = Field(
+        default=True, description="Score with the critic's LoRA adapter on (false: its base model, adapters disabled)."
+    )
+    beta: float = Field(
+        default=2.0,
+        gt=0,
+        description="Each candidate's critic score is beta x its mean token log-prob (seed 003: the SimPO beta, 2.0).",
+    )
 
 
 class ConditionConfig(BaseModel):
@@ -43,18 +51,31 @@ class ConditionConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    policy: str = Field(default=BUILTIN_TINY, description="The policy: a hub name, a local directory (a run's final/ or a checkpoint's policy/), or builtin:tiny-qwen.")
-    adapter: bool = Field(default=True, description="When policy is a LoRA adapter directory: generate with the adapter (true) or with its base model (false).")
-    system_prompt: str | None = Field(default=None, description="System message for this condition (null: data.system_prompt).")
+    policy: str = Field(
+        default=BUILTIN_TINY,
+        description="The policy: a hub name, a local directory (a run's final/ or a checkpoint's policy/), or builtin:tiny-qwen.",
+    )
+    adapter: bool = Field(
+        default=True,
+        description="When policy is a LoRA adapter directory: generate with the adapter (true) or with its base model (false).",
+    )
+    system_prompt: str | None = Field(
+        default=None, description="System message for this condition (null: data.system_prompt)."
+    )
     k: int = Field(default=1, ge=1, description="Completions sampled per item.")
     temperature: float = Field(default=0.0, ge=0, description="Sampling temperature; 0 is greedy (then k must be 1).")
-    select: Literal["single", "critic", "judge"] = Field(default="single", description="Which completion is scored: single (k = 1), critic (highest critic score), judge (highest judge score of all k).")
+    select: Literal["single", "critic", "judge"] = Field(
+        default="single",
+        description="Which completion is scored: single (k = 1), critic (highest critic score), judge (highest judge score of all k).",
+    )
     critic: CriticConfig | None = Field(default=None, description="The ranking model, for select: critic.")
 
     @model_validator(mode="after")
-    def _consistent(self) -> "ConditionConfig":
+    def _consistent(self) -> ConditionConfig:
         if self.select == "single" and self.k != 1:
-            raise ValueError(f"select 'single' scores one completion, but k is {self.k}: set k: 1 or select critic|judge")
+            raise ValueError(
+                f"select 'single' scores one completion, but k is {self.k}: set k: 1 or select critic|judge"
+            )
         if self.select != "single" and self.k < 2:
             raise ValueError(f"select '{self.select}' ranks several completions: set k >= 2")
         if self.temperature == 0 and self.k > 1:
@@ -69,8 +90,9 @@ def _default_conditions() -> dict[str, ConditionConfig]:
     return {
         "base": ConditionConfig(policy=BUILTIN_TINY),
         "trained": ConditionConfig(policy=TRAINED),
-        "trained_best_of_4": ConditionConfig(policy=TRAINED, k=4, temperature=1.0, select="critic",
-                                             critic=CriticConfig(path=TRAINED, beta=2.0)),
+        "trained_best_of_4": ConditionConfig(
+            policy=TRAINED, k=4, temperature=1.0, select="critic", critic=CriticConfig(path=TRAINED, beta=2.0)
+        ),
     }
 
 
@@ -80,11 +102,26 @@ class EvalRunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(default="cpu-default-eval", description="Run name; the run directory defaults to runs/<name>.")
-    output_dir: str | None = Field(default=None, description="Run directory for config.yaml, items.jsonl, results.json, report.md and the plots. Default: runs/<run.name>.")
-    seed: int = Field(default=0, description="Seed of sampling (per item chunk, so a resumed run samples what the uninterrupted one would) and the default bootstrap seed.")
-    resume: Literal["auto", "never"] = Field(default="auto", description="auto: continue a run directory's unfinished evaluation (items already in items.jsonl are kept); never: only start in an empty run directory.")
-    items_per_call: int = Field(default=16, ge=1, description="Items per rollout call (a chunk); items.jsonl grows a chunk at a time.")
-    max_actor_restarts: int = Field(default=3, ge=0, description="Times Ray restarts a rollout worker or the judge pool that died (a worker that finished nothing for rollout.call_timeout_s is restarted too); the chunk is sent again, sampled from its own seed.")
+    output_dir: str | None = Field(
+        default=None,
+        description="Run directory for config.yaml, items.jsonl, results.json, report.md and the plots. Default: runs/<run.name>.",
+    )
+    seed: int = Field(
+        default=0,
+        description="Seed of sampling (per item chunk, so a resumed run samples what the uninterrupted one would) and the default bootstrap seed.",
+    )
+    resume: Literal["auto", "never"] = Field(
+        default="auto",
+        description="auto: continue a run directory's unfinished evaluation (items already in items.jsonl are kept); never: only start in an empty run directory.",
+    )
+    items_per_call: int = Field(
+        default=16, ge=1, description="Items per rollout call (a chunk); items.jsonl grows a chunk at a time."
+    )
+    max_actor_restarts: int = Field(
+        default=3,
+        ge=0,
+        description="Times Ray restarts a rollout worker or the judge pool that died (a worker that finished nothing for rollout.call_timeout_s is restarted too); the chunk is sent again, sampled from its own seed.",
+    )
 
     @property
     def directory(self) -> Path:
@@ -94,12 +131,23 @@ class EvalRunConfig(BaseModel):
 class EvalDataConfig(DataConfig):
     """The held-out items: the training data's keys, plus labels, strata and a cap."""
 
-    path: str = Field(default=HELDOUT, description="A local .jsonl/.json/.csv/.parquet file, or a Hugging Face dataset name (the held-out split).")
+    path: str = Field(
+        default=HELDOUT,
+        description="A local .jsonl/.json/.csv/.parquet file, or a Hugging Face dataset name (the held-out split).",
+    )
     split: str = Field(default="test", description="Split to load for hub datasets.")
     shuffle: bool = Field(default=False, description="Unused by evaluation (items are taken in file order).")
-    max_items: int | None = Field(default=None, ge=1, description="Evaluate only the first this many usable items (null: all).")
-    label_field: str | None = Field(default="inappropriate", description="Boolean row field saying the request should be refused: block and false-block rates are reported per condition (rows without it count as unlabelled).")
-    stratum_field: str | None = Field(default=None, description="Row field naming each item's stratum: per-stratum means and comparisons are reported.")
+    max_items: int | None = Field(
+        default=None, ge=1, description="Evaluate only the first this many usable items (null: all)."
+    )
+    label_field: str | None = Field(
+        default="inappropriate",
+        description="Boolean row field saying the request should be refused: block and false-block rates are reported per condition (rows without it count as unlabelled).",
+    )
+    stratum_field: str | None = Field(
+        default=None,
+        description="Row field naming each item's stratum: per-stratum means and comparisons are reported.",
+    )
 
 
 class StatisticsConfig(BaseModel):
@@ -107,7 +155,10 @@ class StatisticsConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    baseline: str | None = Field(default=None, description="Condition every other is compared with (paired bootstrap, Δ = other - baseline); null: every pair, in config order (cost ratios against the first condition).")
+    baseline: str | None = Field(
+        default=None,
+        description="Condition every other is compared with (paired bootstrap, Δ = other - baseline); null: every pair, in config order (cost ratios against the first condition).",
+    )
     resamples: int = Field(default=10_000, ge=100, description="Bootstrap resamples B.")
     seed: int | None = Field(default=None, description="Bootstrap seed (null: run.seed).")
     confidence: float = Field(default=0.95, gt=0, lt=1, description="Confidence level of every interval.")
@@ -119,21 +170,39 @@ class EvaluateConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     run: EvalRunConfig = Field(default_factory=EvalRunConfig, description="The evaluation run as a whole.")
-    model: ModelConfig = Field(default_factory=ModelConfig, description="Model loading shared by every condition's policy and critic (cache_dir, dtype, the tiny model's shape); path is unused (each condition names its policy).")
+    model: ModelConfig = Field(
+        default_factory=ModelConfig,
+        description="Model loading shared by every condition's policy and critic (cache_dir, dtype, the tiny model's shape); path is unused (each condition names its policy).",
+    )
     data: EvalDataConfig = Field(default_factory=EvalDataConfig, description="Held-out items.")
-    conditions: dict[str, ConditionConfig] = Field(default_factory=_default_conditions, description="Named conditions, evaluated in this order.")
-    rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="Rollout workers (backend, workers, max_new_tokens, vLLM); group_size and temperature come from each condition.")
-    judge: JudgeConfig = Field(default_factory=JudgeConfig, description="The evaluation judge (may differ from training's: another endpoint, model or rubric).")
-    reward: RewardConfig = Field(default_factory=RewardConfig, description="The score: weighted reward terms, as in training.")
-    learner: LearnerConfig = Field(default_factory=LearnerConfig, description="Where critics run (backend, CPUs/GPUs, micro_batch_size); nothing is trained.")
+    conditions: dict[str, ConditionConfig] = Field(
+        default_factory=_default_conditions, description="Named conditions, evaluated in this order."
+    )
+    rollout: RolloutConfig = Field(
+        default_factory=RolloutConfig,
+        description="Rollout workers (backend, workers, max_new_tokens, vLLM); group_size and temperature come from each condition.",
+    )
+    judge: JudgeConfig = Field(
+        default_factory=JudgeConfig,
+        description="The evaluation judge (may differ from training's: another endpoint, model or rubric).",
+    )
+    reward: RewardConfig = Field(
+        default_factory=RewardConfig, description="The score: weighted reward terms, as in training."
+    )
+    learner: LearnerConfig = Field(
+        default_factory=LearnerConfig,
+        description="Where critics run (backend, CPUs/GPUs, micro_batch_size); nothing is trained.",
+    )
     statistics: StatisticsConfig = Field(default_factory=StatisticsConfig, description="Comparisons and intervals.")
     wandb: WandbConfig = Field(default_factory=WandbConfig, description="wandb monitoring.")
 
     @model_validator(mode="after")
-    def _baseline_exists(self) -> "EvaluateConfig":
+    def _baseline_exists(self) -> EvaluateConfig:
         if not self.conditions:
             raise ValueError("conditions: name at least one condition")
         base = self.statistics.baseline
         if base is not None and base not in self.conditions:
-            raise ValueError(f"statistics.baseline '{base}' is not a condition (conditions: {', '.join(self.conditions)})")
+            raise ValueError(
+                f"statistics.baseline '{base}' is not a condition (conditions: {', '.join(self.conditions)})"
+            )
         return self

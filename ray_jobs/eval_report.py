@@ -29,20 +29,21 @@ COSTS = ("forward_passes", "generated_tokens", "judge_calls", "seconds")
 @dataclass(frozen=True)
 class ItemResult:
     """One held-out item under one condition. Invariant: exactly one of score and error is None."""
+
     condition: str
     item_id: str
     prompt: str
-    stratum: str | None          # the row's stratum field, when the data has one
-    label: bool | None           # the row's refusal label (seed 000: "inappropriate"), None when absent
-    candidates: list[str]        # the k completions generated
-    selected: int | None         # index of the completion that was scored (None if generation failed)
-    score: float | None          # the judge's score of the selected completion; None when unscored
-    error: str | None            # why unscored
-    blocked: float | None        # the judge's request-check flag for the selected completion (1.0 blocked), None if unknown
-    forward_passes: float        # generation passes + critic passes for this item (best-of-4 with a critic: 4 + 1 = 5.0)
+    stratum: str | None  # the row's stratum field, when the data has one
+    label: bool | None  # the row's refusal label (seed 000: "inappropriate"), None when absent
+    candidates: list[str]  # the k completions generated
+    selected: int | None  # index of the completion that was scored (None if generation failed)
+    score: float | None  # the judge's score of the selected completion; None when unscored
+    error: str | None  # why unscored
+    blocked: float | None  # the judge's request-check flag for the selected completion (1.0 blocked), None if unknown
+    forward_passes: float  # generation passes + critic passes for this item (best-of-4 with a critic: 4 + 1 = 5.0)
     generated_tokens: int
-    judge_calls: int             # judge requests made for this item (ranking by the judge makes k)
-    seconds: float               # wall time attributed to this item
+    judge_calls: int  # judge requests made for this item (ranking by the judge makes k)
+    seconds: float  # wall time attributed to this item
 
     def __post_init__(self) -> None:
         if (self.score is None) == (self.error is None):
@@ -91,8 +92,9 @@ def _summary(scores: list[float], confidence: float) -> dict[str, Any]:
     return {"n": s.n, "mean": s.mean, "sd": s.sd, "ci_low": s.ci_low, "ci_high": s.ci_high}
 
 
-def _condition(records: dict[str, ItemResult], ids: list[str], strata: dict[str, str] | None,
-               confidence: float) -> dict[str, Any]:
+def _condition(
+    records: dict[str, ItemResult], ids: list[str], strata: dict[str, str] | None, confidence: float
+) -> dict[str, Any]:
     """One condition's entry; ``n + n_missing`` is the number of distinct items (a missing
     record counts as missing), costs are means over the condition's records."""
     recs = list(records.values())
@@ -106,8 +108,7 @@ def _condition(records: dict[str, ItemResult], ids: list[str], strata: dict[str,
     if strata is not None:
         out["strata"] = {}
         for name in sorted(set(strata.values())):
-            part = _summary([s for i in ids if strata[i] == name and (s := _score(records, i)) is not None],
-                            confidence)
+            part = _summary([s for i in ids if strata[i] == name and (s := _score(records, i)) is not None], confidence)
             out["strata"][name] = {k: part[k] for k in ("n", "mean", "ci_low", "ci_high")}
     return out
 
@@ -115,8 +116,11 @@ def _condition(records: dict[str, ItemResult], ids: list[str], strata: dict[str,
 def _relative(per: dict[str, dict[str, Any]], reference: str) -> None:
     """Add cost_ratio, quality_lift (vs ``reference``) and pareto to every condition's entry."""
     ref_cost, ref_mean = per[reference]["forward_passes_per_item"], per[reference]["mean"]
-    points = {c: (e["forward_passes_per_item"], e["mean"]) for c, e in per.items()
-              if e["forward_passes_per_item"] is not None and e["mean"] is not None}
+    points = {
+        c: (e["forward_passes_per_item"], e["mean"])
+        for c, e in per.items()
+        if e["forward_passes_per_item"] is not None and e["mean"] is not None
+    }
     front = set(pareto_front(points))
     for c, e in per.items():
         cost, mean = e["forward_passes_per_item"], e["mean"]
@@ -125,24 +129,53 @@ def _relative(per: dict[str, dict[str, Any]], reference: str) -> None:
         e["pareto"] = c in front
 
 
-def _compare(table: dict[str, dict[str, ItemResult]], a: str, b: str, ids: list[str], resamples: int,
-             seed: int, confidence: float) -> dict[str, Any]:
+def _compare(
+    table: dict[str, dict[str, ItemResult]],
+    a: str,
+    b: str,
+    ids: list[str],
+    resamples: int,
+    seed: int,
+    confidence: float,
+) -> dict[str, Any]:
     """Paired comparison of b against a over the items scored under both. ``significant``:
     the CI excludes 0 and at least two items were paired."""
     both = [i for i in ids if _score(table[a], i) is not None and _score(table[b], i) is not None]
     row: dict[str, Any] = {"a": a, "b": b}
     if not both:
-        row.update(n=0, mean_delta=None, ci_low=None, ci_high=None, p_one_sided=None, wins=0, losses=0, ties=0,
-                   resamples=resamples, seed=seed, significant=False)
+        row.update(
+            n=0,
+            mean_delta=None,
+            ci_low=None,
+            ci_high=None,
+            p_one_sided=None,
+            wins=0,
+            losses=0,
+            ties=0,
+            resamples=resamples,
+            seed=seed,
+            significant=False,
+        )
         return row
-    cmp = paired_bootstrap([table[a][i].score for i in both], [table[b][i].score for i in both],  # type: ignore[misc]
-                           resamples=resamples, seed=seed, confidence=confidence)
+    cmp = paired_bootstrap(
+        [table[a][i].score for i in both],
+        [table[b][i].score for i in both],  # type: ignore[misc]
+        resamples=resamples,
+        seed=seed,
+        confidence=confidence,
+    )
     row.update(asdict(cmp), significant=cmp.n >= 2 and (cmp.ci_low > 0 or cmp.ci_high < 0))
     return row
 
 
-def build_results(items: Sequence[ItemResult], conditions: list[str], baseline: str | None, resamples: int,
-                  seed: int, confidence: float = 0.95) -> dict[str, Any]:
+def build_results(
+    items: Sequence[ItemResult],
+    conditions: list[str],
+    baseline: str | None,
+    resamples: int,
+    seed: int,
+    confidence: float = 0.95,
+) -> dict[str, Any]:
     """The content of results.json (see the module docstring; JSON-ready, None for what cannot be computed).
 
     Comparisons are ``baseline`` against each other condition, or every pair in
@@ -164,29 +197,47 @@ def build_results(items: Sequence[ItemResult], conditions: list[str], baseline: 
     reference = baseline if baseline is not None else conditions[0]
     per = {c: _condition(table[c], ids, strata, confidence) for c in conditions}
     _relative(per, reference)
-    pairs = [(baseline, c) for c in conditions if c != baseline] if baseline is not None else list(
-        combinations(conditions, 2))
+    pairs = (
+        [(baseline, c) for c in conditions if c != baseline]
+        if baseline is not None
+        else list(combinations(conditions, 2))
+    )
     missing = []
     for i in ids:
         unscored = [c for c in conditions if _score(table[c], i) is None]
         if unscored:
-            missing.append({"item_id": i, "conditions": unscored,
-                            "errors": {c: table[c][i].error if i in table[c] else "no record" for c in unscored}})
+            missing.append(
+                {
+                    "item_id": i,
+                    "conditions": unscored,
+                    "errors": {c: table[c][i].error if i in table[c] else "no record" for c in unscored},
+                }
+            )
     results: dict[str, Any] = {
-        "baseline": baseline, "reference": reference, "resamples": resamples, "seed": seed,
-        "confidence": confidence, "items": len(ids), "conditions": per,
+        "baseline": baseline,
+        "reference": reference,
+        "resamples": resamples,
+        "seed": seed,
+        "confidence": confidence,
+        "items": len(ids),
+        "conditions": per,
         "comparisons": [_compare(table, a, b, ids, resamples, seed, confidence) for a, b in pairs],
         "missing": missing,
     }
     if strata is not None:
         results["strata_comparisons"] = [
-            {"stratum": name, **_compare(table, a, b, [i for i in ids if strata[i] == name], resamples, seed,
-                                         confidence)}
-            for name in sorted(set(strata.values())) for a, b in pairs]
+            {
+                "stratum": name,
+                **_compare(table, a, b, [i for i in ids if strata[i] == name], resamples, seed, confidence),
+            }
+            for name in sorted(set(strata.values()))
+            for a, b in pairs
+        ]
     return results
 
 
 # --- formatting -------------------------------------------------------------------------------------------
+
 
 def _f(x: float | None, signed: bool = False) -> str:
     return "—" if x is None else (f"{x:+.3f}" if signed else f"{x:.3f}")
@@ -211,8 +262,10 @@ def comparison_sentence(c: dict[str, Any], confidence: float) -> str:
     name = f"{c['b']} vs {c['a']}"
     if c["n"] == 0:
         return f"{name}: no item is scored under both: no comparison."
-    head = (f"{name}: Δ = {_f(c['mean_delta'], True)}, {conf} CI {_ci(c['ci_low'], c['ci_high'], True)}, "
-            f"one-sided p = {_f(c['p_one_sided'])} (n = {c['n']})")
+    head = (
+        f"{name}: Δ = {_f(c['mean_delta'], True)}, {conf} CI {_ci(c['ci_low'], c['ci_high'], True)}, "
+        f"one-sided p = {_f(c['p_one_sided'])} (n = {c['n']})"
+    )
     if c["n"] < 2:
         return f"{head}: one paired item is too few to judge significance."
     if c["significant"]:
@@ -226,10 +279,19 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def _comparison_rows(comparisons: list[dict[str, Any]], stratum: bool = False) -> list[list[str]]:
-    return [([c["stratum"]] if stratum else []) + [
-        f"{c['b']} vs {c['a']}", str(c["n"]), _f(c["mean_delta"], True), _ci(c["ci_low"], c["ci_high"], True),
-        _f(c["p_one_sided"]), f"{c['wins']}/{c['losses']}/{c['ties']}", "yes" if c["significant"] else "no"]
-        for c in comparisons]
+    return [
+        ([c["stratum"]] if stratum else [])
+        + [
+            f"{c['b']} vs {c['a']}",
+            str(c["n"]),
+            _f(c["mean_delta"], True),
+            _ci(c["ci_low"], c["ci_high"], True),
+            _f(c["p_one_sided"]),
+            f"{c['wins']}/{c['losses']}/{c['ties']}",
+            "yes" if c["significant"] else "no",
+        ]
+        for c in comparisons
+    ]
 
 
 def _markdown(results: dict[str, Any], title: str, strata: list[str]) -> str:
@@ -238,47 +300,115 @@ def _markdown(results: dict[str, Any], title: str, strata: list[str]) -> str:
     per, comps = results["conditions"], results["comparisons"]
     cmp_header = ["comparison", "n", "Δ", f"{conf} CI", "one-sided p", "W/L/T", "significant"]
     base = f"baseline `{results['baseline']}`" if results["baseline"] else "every pair compared"
-    lines = [f"# {title}", "",
-             (f"{len(per)} conditions on {results['items']} held-out items ({base}); paired bootstrap of the mean "
-             f"difference, percentile method, B = {results['resamples']}, seed {results['seed']}; {conf} intervals."),
-             "", "## Conditions", ""]
-    lines += _table(["condition", "n", "missing", "mean", f"{conf} CI", "block rate", "false-block rate"],
-                    [[c, str(e["n"]), str(e["n_missing"]), _f(e["mean"]), _ci(e["ci_low"], e["ci_high"]),
-                      _pct(e["block_rate"]), _pct(e["false_block_rate"])] for c, e in per.items()])
+    lines = [
+        f"# {title}",
+        "",
+        (
+            f"{len(per)} conditions on {results['items']} held-out items ({base}); paired bootstrap of the mean "
+            f"difference, percentile method, B = {results['resamples']}, seed {results['seed']}; {conf} intervals."
+        ),
+        "",
+        "## Conditions",
+        "",
+    ]
+    lines += _table(
+        ["condition", "n", "missing", "mean", f"{conf} CI", "block rate", "false-block rate"],
+        [
+            [
+                c,
+                str(e["n"]),
+                str(e["n_missing"]),
+                _f(e["mean"]),
+                _ci(e["ci_low"], e["ci_high"]),
+                _pct(e["block_rate"]),
+                _pct(e["false_block_rate"]),
+            ]
+            for c, e in per.items()
+        ],
+    )
     lines += ["", "![Condition means](condition_means.png)", "", "## Comparisons", ""]
     lines += _table(cmp_header, _comparison_rows(comps))
-    lines += ["", (f"Δ = b − a per item, over the items scored under both; significant: the two-sided {conf} CI "
-              "excludes 0 (for a lift, roughly one-sided p below half the level)."), ""]
+    lines += [
+        "",
+        (
+            f"Δ = b − a per item, over the items scored under both; significant: the two-sided {conf} CI "
+            "excludes 0 (for a lift, roughly one-sided p below half the level)."
+        ),
+        "",
+    ]
     lines += [comparison_sentence(c, results["confidence"]) + "\n" for c in comps] or ["No comparison.\n"]
     if strata:
         lines += ["## By stratum", ""]
-        lines += _table(["stratum"] + list(per), [[s] + [
-            f"{_f(e['strata'][s]['mean'])} {_ci(e['strata'][s]['ci_low'], e['strata'][s]['ci_high'])} "
-            f"(n = {e['strata'][s]['n']})" for e in per.values()] for s in strata])
+        lines += _table(
+            ["stratum"] + list(per),
+            [
+                [s]
+                + [
+                    f"{_f(e['strata'][s]['mean'])} {_ci(e['strata'][s]['ci_low'], e['strata'][s]['ci_high'])} "
+                    f"(n = {e['strata'][s]['n']})"
+                    for e in per.values()
+                ]
+                for s in strata
+            ],
+        )
         lines += [""] + _table(["stratum"] + cmp_header, _comparison_rows(results["strata_comparisons"], True))
         lines += ["", "![Condition means by stratum](condition_means_by_stratum.png)", ""]
     lines += ["## Cost", ""]
-    lines += _table(["condition", "forward passes / item", "generated tokens / item", "judge calls / item",
-                     "seconds / item", f"cost ratio (vs {results['reference']})", "quality lift", "Pareto front"],
-                    [[c, _f(e["forward_passes_per_item"]), _f(e["generated_tokens_per_item"]),
-                      _f(e["judge_calls_per_item"]), _f(e["seconds_per_item"]), _f(e["cost_ratio"]),
-                      _f(e["quality_lift"], True), "yes" if e["pareto"] else "no"] for c, e in per.items()])
+    lines += _table(
+        [
+            "condition",
+            "forward passes / item",
+            "generated tokens / item",
+            "judge calls / item",
+            "seconds / item",
+            f"cost ratio (vs {results['reference']})",
+            "quality lift",
+            "Pareto front",
+        ],
+        [
+            [
+                c,
+                _f(e["forward_passes_per_item"]),
+                _f(e["generated_tokens_per_item"]),
+                _f(e["judge_calls_per_item"]),
+                _f(e["seconds_per_item"]),
+                _f(e["cost_ratio"]),
+                _f(e["quality_lift"], True),
+                "yes" if e["pareto"] else "no",
+            ]
+            for c, e in per.items()
+        ],
+    )
     dominated = [c for c, e in per.items() if not e["pareto"]]
-    lines += ["", ("Dominated (another condition needs no more forward passes per item and scores at least as "
-                   f"high on average, one of them strictly): {', '.join(dominated)}." if dominated
-                   else "No condition is dominated on forward passes per item and mean score."),
-              "", "![Cost and quality](cost_quality.png)", "", "## Missing items", ""]
+    lines += [
+        "",
+        (
+            "Dominated (another condition needs no more forward passes per item and scores at least as "
+            f"high on average, one of them strictly): {', '.join(dominated)}."
+            if dominated
+            else "No condition is dominated on forward passes per item and mean score."
+        ),
+        "",
+        "![Cost and quality](cost_quality.png)",
+        "",
+        "## Missing items",
+        "",
+    ]
     missing = results["missing"]
-    lines.append(f"{len(missing)} item(s) unscored in at least one condition; each is left out of that condition's "
-                 "mean and of the comparisons involving it (never scored 0).")
-    lines += [""] + [f"- `{m['item_id']}`: " + ", ".join(f"{c} ({m['errors'][c]})" for c in m["conditions"])
-                     for m in missing[:50]]
+    lines.append(
+        f"{len(missing)} item(s) unscored in at least one condition; each is left out of that condition's "
+        "mean and of the comparisons involving it (never scored 0)."
+    )
+    lines += [""] + [
+        f"- `{m['item_id']}`: " + ", ".join(f"{c} ({m['errors'][c]})" for c in m["conditions"]) for m in missing[:50]
+    ]
     if len(missing) > 50:
         lines.append(f"- … and {len(missing) - 50} more (results.json lists them all)")
     return "\n".join(lines).rstrip() + "\n"
 
 
 # --- writing ----------------------------------------------------------------------------------------------
+
 
 def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
     tmp = path.with_name(path.name + ".tmp")
@@ -330,14 +460,23 @@ def _plots(directory: Path, results: dict[str, Any], title: str, strata: list[st
         ax.legend(fontsize="small")
         paths.append(_save(fig, directory / "condition_means_by_stratum.png"))
     fig, ax = plt.subplots(figsize=(5.0, 3.8))
-    pts = {c: (e["forward_passes_per_item"], e["mean"]) for c, e in per.items()
-           if e["forward_passes_per_item"] is not None and e["mean"] is not None}
+    pts = {
+        c: (e["forward_passes_per_item"], e["mean"])
+        for c, e in per.items()
+        if e["forward_passes_per_item"] is not None and e["mean"] is not None
+    }
     front = sorted(v for c, v in pts.items() if per[c]["pareto"])
     if front:  # the staircase runs on to the costliest point, so that a front of one point shows too
         right = max(x for x, _ in pts.values())
         front += [(right, front[-1][1])] if right > front[-1][0] else []
-        ax.step([x for x, _ in front], [y for _, y in front], where="post", linestyle="--", color="gray",
-                label="Pareto front")
+        ax.step(
+            [x for x, _ in front],
+            [y for _, y in front],
+            where="post",
+            linestyle="--",
+            color="gray",
+            label="Pareto front",
+        )
         ax.legend(fontsize="small")
     for c, (x, y) in pts.items():
         ax.scatter([x], [y], color="C0" if per[c]["pareto"] else "C3")

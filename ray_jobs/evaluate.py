@@ -29,7 +29,7 @@ import ray
 import yaml
 
 from actors.judge_pool import JudgePool
-from actors.models import AdapterBaseError, BUILTIN_TINY, adapter_base, load_tokenizer, resolve_model_path
+from actors.models import BUILTIN_TINY, AdapterBaseError, adapter_base, load_tokenizer, resolve_model_path
 from ray_jobs.config import ConfigError, redacted
 from ray_jobs.control import GracefulStop
 from ray_jobs.data import DatasetError, load_labelled_prompts
@@ -47,8 +47,17 @@ log = logging.getLogger("relay.evaluate")
 
 ITEMS = "items.jsonl"
 MAY_CHANGE = ("statistics.", "wandb.", "run.resume", "run.name")  # do not change what was evaluated
-EVAL_ERRORS = (AdapterBaseError, ConfigError, DatasetError, HubNameError, RunDirectoryError, MissingApiKeyError,
-               JudgeUnreachableError, LocalJudgeError, ActorStartError)
+EVAL_ERRORS = (
+    AdapterBaseError,
+    ConfigError,
+    DatasetError,
+    HubNameError,
+    RunDirectoryError,
+    MissingApiKeyError,
+    JudgeUnreachableError,
+    LocalJudgeError,
+    ActorStartError,
+)
 
 
 def check_model_path(path: str, key: str) -> None:
@@ -78,13 +87,14 @@ def held_out_items(cfg: EvaluateConfig, cond: ConditionConfig, tokenizer) -> lis
     for p, label in list(zip(prompts, labels))[: cfg.data.max_items]:
         stratum = p.fields.get(cfg.data.stratum_field) if cfg.data.stratum_field else None
         messages = ([{"role": "system", "content": system}] if system else []) + [
-            {"role": "user", "content": p.prompt_text}]
+            {"role": "user", "content": p.prompt_text}
+        ]
         items.append(HeldOutItem(p, messages, label, None if stratum is None else str(stratum)))
     return items
 
 
 def chunked(items: list[HeldOutItem], size: int) -> list[tuple[int, list[HeldOutItem]]]:
-    return [(c, items[i:i + size]) for c, i in enumerate(range(0, len(items), size))]
+    return [(c, items[i : i + size]) for c, i in enumerate(range(0, len(items), size))]
 
 
 def load_done(run_dir: Path, recorded: dict, resume: str, sizes: dict[str, dict[int, int]]) -> list[ItemResult]:
@@ -94,23 +104,32 @@ def load_done(run_dir: Path, recorded: dict, resume: str, sizes: dict[str, dict[
     if not path.exists():
         return []
     if resume == "never":
-        raise RunDirectoryError(f"run directory {run_dir} already holds an evaluation and run.resume=never: set "
-                                "run.resume=auto to continue it, or choose another run.name / run.output_dir")
+        raise RunDirectoryError(
+            f"run directory {run_dir} already holds an evaluation and run.resume=never: set "
+            "run.resume=auto to continue it, or choose another run.name / run.output_dir"
+        )
     old = flatten(yaml.safe_load(saved.read_text()) if saved.exists() else {})
     new = flatten(recorded)
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and not k.startswith(MAY_CHANGE))
     if changed:
-        raise RunDirectoryError(f"cannot continue the evaluation in {run_dir}: these keys differ from its config.yaml: "
-                                f"{', '.join(changed)} (keep them, or choose another run.output_dir)")
+        raise RunDirectoryError(
+            f"cannot continue the evaluation in {run_dir}: these keys differ from its config.yaml: "
+            f"{', '.join(changed)} (keep them, or choose another run.output_dir)"
+        )
     lines = path.read_text().split("\n")
     parsed = [json.loads(line) for line in lines[:-1] if line]  # the last piece has no newline: torn, dropped
     counts: dict[tuple[str, int], int] = {}
     for row in parsed:
         counts[row["condition"], row["chunk"]] = counts.get((row["condition"], row["chunk"]), 0) + 1
-    keep = [row for row in parsed if counts[row["condition"], row["chunk"]] == sizes.get(row["condition"], {}).get(row["chunk"])]
+    keep = [
+        row
+        for row in parsed
+        if counts[row["condition"], row["chunk"]] == sizes.get(row["condition"], {}).get(row["chunk"])
+    ]
     if len(keep) != len(parsed) or lines[-1]:
-        log.warning("items.jsonl: dropped %d lines of unfinished chunks; they are evaluated again",
-                    len(parsed) - len(keep))
+        log.warning(
+            "items.jsonl: dropped %d lines of unfinished chunks; they are evaluated again", len(parsed) - len(keep)
+        )
         _write_lines(path, keep, mode="w")
     return [from_json({k: v for k, v in row.items() if k != "chunk"}) for row in keep]
 
@@ -132,14 +151,20 @@ def run(cfg: EvaluateConfig) -> Path:
             check_model_path(cond.critic.path, f"conditions.{name}.critic.path")
     lock, stop = RunLock(run_dir), GracefulStop()
     try:
-        items = {name: held_out_items(cfg, cond, load_tokenizer(resolve_model_path(
-            cfg.model.model_copy(update={"path": policy_path(cond)})))) for name, cond in cfg.conditions.items()}
+        items = {
+            name: held_out_items(
+                cfg, cond, load_tokenizer(resolve_model_path(cfg.model.model_copy(update={"path": policy_path(cond)})))
+            )
+            for name, cond in cfg.conditions.items()
+        }
         sizes = {n: {c: len(chunk) for c, chunk in chunked(v, cfg.run.items_per_call)} for n, v in items.items()}
         done = load_done(run_dir, recorded, cfg.run.resume, sizes)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(recorded, sort_keys=False))
         finished = {(r.condition, r.item_id) for r in done}
-        todo = {n: [(c, ch) for c, ch in chunked(v, cfg.run.items_per_call)
-                    if (n, ch[0].prompt.prompt_id) not in finished] for n, v in items.items()}
+        todo = {
+            n: [(c, ch) for c, ch in chunked(v, cfg.run.items_per_call) if (n, ch[0].prompt.prompt_id) not in finished]
+            for n, v in items.items()
+        }
         if any(todo.values()):
             _evaluate(cfg, run_dir, todo, stop)
         if stop():
@@ -165,13 +190,18 @@ def _evaluate(cfg: EvaluateConfig, run_dir: Path, todo: dict, stop: GracefulStop
                 continue
             path = str(Path(policy_path(cond)).resolve()) if Path(policy_path(cond)).exists() else policy_path(cond)
             if workers is None or workers[0] != path:  # conditions with the same policy share its workers
-                for w in (workers[1] if workers else []):
+                for w in workers[1] if workers else []:
                     ray.kill(w)
                 workers = (path, start_workers(cfg, path, cfg.rollout.num_workers))
             critic, critic_tok = _start_critic(cfg, cond) if cond.critic is not None else (None, None)
-            check_started({"judge pool": judge, **{f"rollout worker {w} ({name})": a for w, a in enumerate(workers[1])},
-                           **({f"critic ({name})": critic.ranks[0]} if critic is not None else {})},
-                          ACTOR_START_TIMEOUT_S)
+            check_started(
+                {
+                    "judge pool": judge,
+                    **{f"rollout worker {w} ({name})": a for w, a in enumerate(workers[1])},
+                    **({f"critic ({name})": critic.ranks[0]} if critic is not None else {}),
+                },
+                ACTOR_START_TIMEOUT_S,
+            )
             try:
                 runner = ConditionRun(name, cond, cfg, workers[1], judge, critic, critic_tok)
                 for c, results in zip((c for c, _ in todo[name]), runner.results(todo[name], stop)):
@@ -190,12 +220,22 @@ def _start_critic(cfg: EvaluateConfig, cond: ConditionConfig):
 
     assert cond.critic is not None
     is_adapter = Path(cond.critic.path).exists() and adapter_base(cond.critic.path) is not None
-    model = absolute_model(cfg.model.model_copy(update={"path": cond.critic.path,
-                                                        "adapter": "continue" if is_adapter else "merge"}))
-    learner = cfg.learner.model_copy(update={"world_size": 1, "lora": cfg.learner.lora.model_copy(
-        update={"enabled": is_adapter})})
-    group = LearnerGroup(learner, model, AlgorithmConfig(), 1.0, cfg.run.seed, None, total_steps=1,
-                         objective=SequenceObjective(name="sft"))
+    model = absolute_model(
+        cfg.model.model_copy(update={"path": cond.critic.path, "adapter": "continue" if is_adapter else "merge"})
+    )
+    learner = cfg.learner.model_copy(
+        update={"world_size": 1, "lora": cfg.learner.lora.model_copy(update={"enabled": is_adapter})}
+    )
+    group = LearnerGroup(
+        learner,
+        model,
+        AlgorithmConfig(),
+        1.0,
+        cfg.run.seed,
+        None,
+        total_steps=1,
+        objective=SequenceObjective(name="sft"),
+    )
     return group, load_tokenizer(resolve_model_path(model))
 
 
@@ -203,8 +243,14 @@ def _report(cfg: EvaluateConfig, run_dir: Path, sizes: dict) -> Path:
     """results.json, report.md and the plots from every item in ``items.jsonl``."""
     done = load_done(run_dir, redacted(cfg), "auto", sizes)
     stats = cfg.statistics
-    results = build_results(done, list(cfg.conditions), stats.baseline, stats.resamples,
-                            stats.seed if stats.seed is not None else cfg.run.seed, stats.confidence)
+    results = build_results(
+        done,
+        list(cfg.conditions),
+        stats.baseline,
+        stats.resamples,
+        stats.seed if stats.seed is not None else cfg.run.seed,
+        stats.confidence,
+    )
     written = write_report(run_dir, results, f"Evaluation {cfg.run.name}")
     print(f"evaluation finished: {run_dir / 'report.md'}", flush=True)
     for row in results["comparisons"]:
@@ -222,13 +268,36 @@ def _log_wandb(cfg: EvaluateConfig, run_dir: Path, results: dict, written: list[
         return
     import wandb
 
-    summary = {f"eval/{name}/{key}": value for name, c in results["conditions"].items() for key, value in c.items()
-               if isinstance(value, (int, float)) and not isinstance(value, bool)}
-    rows = [[c["a"], c["b"], c["mean_delta"], c["ci_low"], c["ci_high"], c["p_one_sided"], c["wins"], c["losses"],
-             c["ties"]] for c in results["comparisons"]]
-    wb.log({**summary, "eval/comparisons": wandb.Table(
-        columns=["a", "b", "mean_delta", "ci_low", "ci_high", "p_one_sided", "wins", "losses", "ties"], data=rows),
-        **{f"eval/{p.stem}": wandb.Image(str(p)) for p in written if p.suffix == ".png"}})
+    summary = {
+        f"eval/{name}/{key}": value
+        for name, c in results["conditions"].items()
+        for key, value in c.items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool)
+    }
+    rows = [
+        [
+            c["a"],
+            c["b"],
+            c["mean_delta"],
+            c["ci_low"],
+            c["ci_high"],
+            c["p_one_sided"],
+            c["wins"],
+            c["losses"],
+            c["ties"],
+        ]
+        for c in results["comparisons"]
+    ]
+    wb.log(
+        {
+            **summary,
+            "eval/comparisons": wandb.Table(
+                columns=["a", "b", "mean_delta", "ci_low", "ci_high", "p_one_sided", "wins", "losses", "ties"],
+                data=rows,
+            ),
+            **{f"eval/{p.stem}": wandb.Image(str(p)) for p in written if p.suffix == ".png"},
+        }
+    )
     wb.finish()
 
 
@@ -237,7 +306,9 @@ def load_eval_config(path: str | None, overrides: list[str]) -> EvaluateConfig:
     conditions (not replace them) when the config file names none."""
     from ray_jobs.config import load_validated
 
-    file_has = path is not None and Path(path).is_file() and "conditions" in (yaml.safe_load(Path(path).read_text()) or {})
+    file_has = (
+        path is not None and Path(path).is_file() and "conditions" in (yaml.safe_load(Path(path).read_text()) or {})
+    )
     if not file_has and any(o.startswith("conditions.") for o in overrides):
         defaults = {n: c.model_dump(exclude_defaults=True) for n, c in _default_conditions().items()}
         overrides = [f"conditions={json.dumps(defaults)}", *overrides]
@@ -245,8 +316,15 @@ def load_eval_config(path: str | None, overrides: list[str]) -> EvaluateConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return job_main("python -m ray_jobs.evaluate", "Held-out evaluation of named conditions.", EvaluateConfig,
-                    run, argv, errors=EVAL_ERRORS, load=load_eval_config)
+    return job_main(
+        "python -m ray_jobs.evaluate",
+        "Held-out evaluation of named conditions.",
+        EvaluateConfig,
+        run,
+        argv,
+        errors=EVAL_ERRORS,
+        load=load_eval_config,
+    )
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ class ActorStartError(RuntimeError):
 ACTOR_START_TIMEOUT_S = 600.0
 """How long an actor's constructor may take (model loading, a vLLM engine start) before it counts as failed."""
 
+
 class RunFaultError(RuntimeError):
     """A fault the run cannot recover from by itself (one line, naming what to do)."""
 
@@ -74,8 +75,10 @@ class FaultCounters:
         self.counts[name] += n
 
     def metrics(self) -> dict[str, float]:
-        return {f"faults/{name}": float(self.counts[name])
-                for name in ("rollout_restarts", "judge_restarts", "calls_resent")}
+        return {
+            f"faults/{name}": float(self.counts[name])
+            for name in ("rollout_restarts", "judge_restarts", "calls_resent")
+        }
 
     def load(self, saved: dict[str, float]) -> None:
         self.counts = Counter({k.removeprefix("faults/"): int(v) for k, v in saved.items()})
@@ -120,7 +123,8 @@ def check_started(actors: dict[str, ray.actor.ActorHandle], timeout_s: float) ->
         try:
             ray.get(ref, timeout=max(1.0, deadline - time.monotonic()))
         except ray.exceptions.GetTimeoutError:
-            raise ActorStartError(f"{name} did not start within {timeout_s:g} s (the cluster may lack the "
-                                  "resources it asks for)") from None
+            raise ActorStartError(
+                f"{name} did not start within {timeout_s:g} s (the cluster may lack the resources it asks for)"
+            ) from None
         except Exception as exc:  # noqa: BLE001 - Ray wraps the constructor's exception
             raise start_error(name, exc) from None

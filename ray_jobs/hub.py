@@ -31,8 +31,12 @@ def check_hub_name(name: str, repo_type: Literal["model", "dataset"], key: str) 
             return
         HfApi().repo_info(name, repo_type=repo_type, timeout=HUB_TIMEOUT_S)
     except (HFValidationError, RepositoryNotFoundError):
-        raise HubNameError(f"{key}: '{name}' is not a local path and the Hugging Face hub has no {repo_type} of "
-                           "that name (check the spelling; a gated or private one needs HF_TOKEN)") from None
+        raise HubNameError(
+            f"{key}: '{name}' is not a local path and the Hugging Face hub has no {repo_type} of "
+            "that name (check the spelling; a gated or private one needs HF_TOKEN)"
+        ) from None
     except Exception as exc:  # noqa: BLE001 - any network failure reads the same to the user
-        raise HubNameError(f"{key}: '{name}' is not a local path and the Hugging Face hub cannot be reached "
-                           f"({type(exc).__name__}); check the network, or point {key} at a local copy") from None
+        raise HubNameError(
+            f"{key}: '{name}' is not a local path and the Hugging Face hub cannot be reached "
+            f"({type(exc).__name__}); check the network, or point {key} at a local copy"
+        ) from None

@@ -70,8 +70,13 @@ def local_ranks(node_ids: Sequence[str], gpus: bool) -> list[int]:
 
 def rank_env(rank: int, world_size: int, local_rank: int, master_addr: str, master_port: int) -> dict[str, str]:
     """The torch.distributed variables of one rank (all strings, as environment variables are)."""
-    return {"RANK": str(rank), "LOCAL_RANK": str(local_rank), "WORLD_SIZE": str(world_size),
-            "MASTER_ADDR": master_addr, "MASTER_PORT": str(master_port)}
+    return {
+        "RANK": str(rank),
+        "LOCAL_RANK": str(local_rank),
+        "WORLD_SIZE": str(world_size),
+        "MASTER_ADDR": master_addr,
+        "MASTER_PORT": str(master_port),
+    }
 
 
 def _bundle(learner: LearnerConfig) -> dict[str, float]:
@@ -114,10 +119,19 @@ class LearnerGroup:
     weight-broadcast group as its sender) goes to ``ranks[0]`` alone.
     """
 
-    def __init__(self, learner: LearnerConfig, model: ModelConfig, algorithm: AlgorithmConfig, temperature: float,
-                 seed: int, max_new_tokens: int | None,
-                 placement_timeout_s: float = DEFAULT_PLACEMENT_TIMEOUT_S, *, total_steps: int | None = None,
-                 objective: SequenceObjective | None = None) -> None:
+    def __init__(
+        self,
+        learner: LearnerConfig,
+        model: ModelConfig,
+        algorithm: AlgorithmConfig,
+        temperature: float,
+        seed: int,
+        max_new_tokens: int | None,
+        placement_timeout_s: float = DEFAULT_PLACEMENT_TIMEOUT_S,
+        *,
+        total_steps: int | None = None,
+        objective: SequenceObjective | None = None,
+    ) -> None:
         """``total_steps``: the run's learner batches (``run.steps``), the LR schedule's horizon; every rank gets it.
         ``objective``: the offline objective (SFT, SimPO, DPO) of ``train_sequences``, if any."""
         self.config = learner
@@ -134,9 +148,12 @@ class LearnerGroup:
             remove_placement_group(self.placement_group)
             raise
         self.ranks = [
-            actor.options(num_cpus=learner.num_cpus, num_gpus=learner.num_gpus,
-                          scheduling_strategy=_in_bundle(self.placement_group, rank),
-                          runtime_env={"env_vars": env}).remote(*args)
+            actor.options(
+                num_cpus=learner.num_cpus,
+                num_gpus=learner.num_gpus,
+                scheduling_strategy=_in_bundle(self.placement_group, rank),
+                runtime_env={"env_vars": env},
+            ).remote(*args)
             for rank, env in enumerate(envs)
         ]
 
@@ -157,19 +174,26 @@ class LearnerGroup:
                 f"Ray could not place the learner's {lr.world_size} ranks of {_bundle(lr)} each "
                 f"({lr.placement_strategy}, {cpus:g} CPUs and {gpus:g} GPUs in all) within {timeout_s:g} s; "
                 f"the cluster has {ray.cluster_resources()}, of which {ray.available_resources()} are free "
-                "(learner.world_size, learner.num_cpus, learner.num_gpus, learner.placement_strategy)")
+                "(learner.world_size, learner.num_cpus, learner.num_gpus, learner.placement_strategy)"
+            )
         return group
 
     def _rank_envs(self) -> list[dict[str, str]]:
         """Each rank's torch.distributed variables, from a probe of every bundle's node."""
         assert self.placement_group is not None
         probe = ray.remote(num_cpus=0)(_probe_node)
-        where = ray.get([probe.options(scheduling_strategy=_in_bundle(self.placement_group, rank)).remote()
-                         for rank in range(self.config.world_size)])
+        where = ray.get(
+            [
+                probe.options(scheduling_strategy=_in_bundle(self.placement_group, rank)).remote()
+                for rank in range(self.config.world_size)
+            ]
+        )
         _, master_addr, master_port = where[0]
         nodes = [node for node, _, _ in where]
-        return [rank_env(rank, self.config.world_size, local, master_addr, master_port)
-                for rank, local in enumerate(local_ranks(nodes, gpus=self.config.num_gpus > 0))]
+        return [
+            rank_env(rank, self.config.world_size, local, master_addr, master_port)
+            for rank, local in enumerate(local_ranks(nodes, gpus=self.config.num_gpus > 0))
+        ]
 
     def _on_all(self, method: str, *args: Any, **kwargs: Any) -> list[ray.ObjectRef]:
         """Call ``Learner.<method>(*args, **kwargs)`` on every rank, in rank order; the result refs.

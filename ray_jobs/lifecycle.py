@@ -39,15 +39,44 @@ _PACKAGES = ("torch", "transformers", "peft", "deepspeed", "ray", "vllm", "relay
 # Keys that may change when a run resumes: they change how it runs, not what it trains.
 # Any other difference makes the continuation a different experiment and is refused.
 SAFE_ON_RESUME = (
-    "run.steps", "run.checkpoint_every", "run.keep_checkpoints", "run.resume", "run.save_final",
-    "run.max_learner_restarts", "run.name", "run.output_dir", "wandb.",
-    "judge.base_url", "judge.endpoints", "judge.api_key_env", "judge.timeout_s", "judge.max_concurrency",
-    "judge.requests_per_minute", "judge.tokens_per_minute", "judge.burst_s", "judge.retry",
-    "judge.circuit_breaker", "judge.check_endpoint", "judge.local_server", "judge.cache_size", "judge.cache_path",
-    "model.cache_dir", "rollout.num_workers", "rollout.num_cpus_per_worker", "rollout.num_gpus_per_worker",
-    "rollout.torch_threads", "rollout.call_timeout_s", "rollout.resources", "learner.torch_threads",
-    "learner.num_cpus", "learner.num_gpus", "learner.placement_strategy", "learner.resources",
-    "pipeline.max_actor_restarts", "schedule.eval_every", "schedule.epochs",
+    "run.steps",
+    "run.checkpoint_every",
+    "run.keep_checkpoints",
+    "run.resume",
+    "run.save_final",
+    "run.max_learner_restarts",
+    "run.name",
+    "run.output_dir",
+    "wandb.",
+    "judge.base_url",
+    "judge.endpoints",
+    "judge.api_key_env",
+    "judge.timeout_s",
+    "judge.max_concurrency",
+    "judge.requests_per_minute",
+    "judge.tokens_per_minute",
+    "judge.burst_s",
+    "judge.retry",
+    "judge.circuit_breaker",
+    "judge.check_endpoint",
+    "judge.local_server",
+    "judge.cache_size",
+    "judge.cache_path",
+    "model.cache_dir",
+    "rollout.num_workers",
+    "rollout.num_cpus_per_worker",
+    "rollout.num_gpus_per_worker",
+    "rollout.torch_threads",
+    "rollout.call_timeout_s",
+    "rollout.resources",
+    "learner.torch_threads",
+    "learner.num_cpus",
+    "learner.num_gpus",
+    "learner.placement_strategy",
+    "learner.resources",
+    "pipeline.max_actor_restarts",
+    "schedule.eval_every",
+    "schedule.epochs",
 )
 
 
@@ -124,8 +153,9 @@ def load_checkpoint(path: Path) -> Checkpoint:
     """A checkpoint named by the user (``run.resume=<dir>``); one-line error if it is not one."""
     name = path.name
     if not (name.startswith("step-") and name[5:].isdigit() and (path / "manifest.json").is_file()):
-        raise RunDirectoryError(f"run.resume: {path} is not a checkpoint directory (checkpoints/step-<N>/ "
-                                "with a manifest.json)")
+        raise RunDirectoryError(
+            f"run.resume: {path} is not a checkpoint directory (checkpoints/step-<N>/ with a manifest.json)"
+        )
     return Checkpoint(int(name[5:]), path)
 
 
@@ -148,8 +178,9 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def write_checkpoint(run_dir: Path, step: int, config: dict, state: DriverState,
-                     fill: Callable[[Path], None], keep: int) -> tuple[Checkpoint, float]:
+def write_checkpoint(
+    run_dir: Path, step: int, config: dict, state: DriverState, fill: Callable[[Path], None], keep: int
+) -> tuple[Checkpoint, float]:
     """Write checkpoint ``step`` atomically; returns it and the seconds it took.
 
     ``fill(tmp_dir)`` writes the learner and policy parts into the temporary
@@ -165,8 +196,12 @@ def write_checkpoint(run_dir: Path, step: int, config: dict, state: DriverState,
     tmp.mkdir()
     fill(tmp)
     (tmp / "driver.json").write_text(state.to_json())
-    manifest = {"step": step, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "packages": package_versions(),
-                "config": config}
+    manifest = {
+        "step": step,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "packages": package_versions(),
+        "config": config,
+    }
     _write_synced(tmp / "manifest.json", json.dumps(manifest, indent=1))
     if final.exists():  # the same step again (a learner restart replayed it): the newer one wins
         shutil.rmtree(final)
@@ -222,8 +257,9 @@ def changed_keys(saved: dict, current: dict) -> list[str]:
     """Config keys whose values differ between a checkpoint and this run and that may not change."""
     a, b = flatten(saved), flatten(current)
     differ = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
-    return [k for k in differ if not any(k == s or k.startswith(s if s.endswith(".") else s + ".")
-                                         for s in SAFE_ON_RESUME)]
+    return [
+        k for k in differ if not any(k == s or k.startswith(s if s.endswith(".") else s + ".") for s in SAFE_ON_RESUME)
+    ]
 
 
 @dataclass(frozen=True)
@@ -248,31 +284,41 @@ def plan_resume(run_dir: Path, resume: str, steps: int, config: dict) -> ResumeP
     if resume not in ("auto", "never"):
         chosen = load_checkpoint(Path(resume))
         if has_outputs(run_dir) and chosen.path.parent.parent.resolve() != run_dir.resolve():
-            raise RunDirectoryError(f"run.resume={resume}: the run directory {run_dir} already holds a run; "
-                                    "resume from another run's checkpoint into a new run.output_dir")
+            raise RunDirectoryError(
+                f"run.resume={resume}: the run directory {run_dir} already holds a run; "
+                "resume from another run's checkpoint into a new run.output_dir"
+            )
         newest = checkpoints(run_dir)
         if newest and newest[-1].step != chosen.step:
-            raise RunDirectoryError(f"run.resume={resume} is not the newest checkpoint of {run_dir} "
-                                    f"(step-{newest[-1].step}); continuing from it would discard later steps")
+            raise RunDirectoryError(
+                f"run.resume={resume} is not the newest checkpoint of {run_dir} "
+                f"(step-{newest[-1].step}); continuing from it would discard later steps"
+            )
         return _checked(chosen, steps, config)
     found = checkpoints(run_dir)
     if resume == "never" and has_outputs(run_dir):
-        raise RunDirectoryError(f"run directory {run_dir} already holds a run and run.resume=never: set "
-                                "run.resume=auto to continue it, or choose another run.name / run.output_dir")
+        raise RunDirectoryError(
+            f"run directory {run_dir} already holds a run and run.resume=never: set "
+            "run.resume=auto to continue it, or choose another run.name / run.output_dir"
+        )
     if found:
         return _checked(found[-1], steps, config)
     if has_outputs(run_dir):
-        raise RunDirectoryError(f"run directory {run_dir} holds outputs of a run that wrote no checkpoint; "
-                                "nothing to resume from: delete it, or choose another run.name / run.output_dir")
+        raise RunDirectoryError(
+            f"run directory {run_dir} holds outputs of a run that wrote no checkpoint; "
+            "nothing to resume from: delete it, or choose another run.name / run.output_dir"
+        )
     return ResumePlan("fresh")
 
 
 def _checked(checkpoint: Checkpoint, steps: int, config: dict) -> ResumePlan:
     changed = changed_keys(checkpoint.manifest()["config"], config)
     if changed:
-        raise RunDirectoryError(f"cannot resume {checkpoint.path}: these keys differ from the checkpoint's config "
-                                f"and would make it a different experiment: {', '.join(changed)} "
-                                "(keep them, or start a new run.output_dir)")
+        raise RunDirectoryError(
+            f"cannot resume {checkpoint.path}: these keys differ from the checkpoint's config "
+            f"and would make it a different experiment: {', '.join(changed)} "
+            "(keep them, or start a new run.output_dir)"
+        )
     return ResumePlan("finished" if checkpoint.step >= steps else "resume", checkpoint)
 
 
@@ -293,8 +339,10 @@ class RunLock:
             self._file.seek(0)
             holder = self._file.read().strip() or "another process"
             self._file.close()
-            raise RunDirectoryError(f"run directory {run_dir} is in use by a running job ({holder}); wait for it "
-                                    "to finish or stop, or choose another run.name / run.output_dir") from None
+            raise RunDirectoryError(
+                f"run directory {run_dir} is in use by a running job ({holder}); wait for it "
+                "to finish or stop, or choose another run.name / run.output_dir"
+            ) from None
         self._file.seek(0)
         self._file.truncate()
         self._file.write(f"pid {os.getpid()}")

@@ -36,22 +36,47 @@ class LocalJudgeError(RuntimeError):
 
 def server_arguments(server: LocalJudgeServerConfig) -> list[str]:
     """The ``scripts.judge_server`` options for ``judge.local_server`` (latency and faults)."""
-    args = ["--latency-s", str(server.latency_s), "--latency-jitter-s", str(server.latency_jitter_s),
-            "--latency-sigma", str(server.latency_sigma),
-            "--fail-rate", str(server.fail_rate), "--fail-status", str(server.fail_status),
-            "--malformed-rate", str(server.malformed_rate),
-            "--status-rate", ",".join(f"{status}={rate}" for status, rate in sorted(server.status_rates.items())),
-            "--hang-rate", str(server.hang_rate), "--hang-s", str(server.hang_s),
-            "--empty-rate", str(server.empty_rate), "--flaky-malformed-rate", str(server.flaky_malformed_rate),
-            "--seed", str(server.seed)]
+    args = [
+        "--latency-s",
+        str(server.latency_s),
+        "--latency-jitter-s",
+        str(server.latency_jitter_s),
+        "--latency-sigma",
+        str(server.latency_sigma),
+        "--fail-rate",
+        str(server.fail_rate),
+        "--fail-status",
+        str(server.fail_status),
+        "--malformed-rate",
+        str(server.malformed_rate),
+        "--status-rate",
+        ",".join(f"{status}={rate}" for status, rate in sorted(server.status_rates.items())),
+        "--hang-rate",
+        str(server.hang_rate),
+        "--hang-s",
+        str(server.hang_s),
+        "--empty-rate",
+        str(server.empty_rate),
+        "--flaky-malformed-rate",
+        str(server.flaky_malformed_rate),
+        "--seed",
+        str(server.seed),
+    ]
     if server.retry_after_s is not None:
         args += ["--retry-after-s", str(server.retry_after_s)]
     return args
 
 
 @contextlib.contextmanager
-def local_server(module: str, api_key_env: str, model: str, args: list[str], log_path: Path,
-                 label: str = "local judge server", start_timeout_s: float = 30.0) -> Iterator[str]:
+def local_server(
+    module: str,
+    api_key_env: str,
+    model: str,
+    args: list[str],
+    log_path: Path,
+    label: str = "local judge server",
+    start_timeout_s: float = 30.0,
+) -> Iterator[str]:
     """Run ``python -m <module>`` on 127.0.0.1 for the duration of the block; yields its base URL.
 
     Its stderr goes to ``log_path``; its stdout carries only the ready line.
@@ -59,8 +84,22 @@ def local_server(module: str, api_key_env: str, model: str, args: list[str], log
     """
     if not os.environ.get(api_key_env):
         os.environ[api_key_env] = secrets.token_urlsafe(24)
-    cmd = [sys.executable, "-m", module, "--host", "127.0.0.1", "--port", "0", "--api-key-env", api_key_env,
-           "--model", model, *args, "--parent-pid", str(os.getpid())]
+    cmd = [
+        sys.executable,
+        "-m",
+        module,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--api-key-env",
+        api_key_env,
+        "--model",
+        model,
+        *args,
+        "--parent-pid",
+        str(os.getpid()),
+    ]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log_file = log_path.open("w")
     proc = subprocess.Popen(cmd, cwd=_REPO_ROOT, stdout=subprocess.PIPE, stderr=log_file, text=True)
@@ -76,10 +115,19 @@ def local_server(module: str, api_key_env: str, model: str, args: list[str], log
         log_file.close()
 
 
-def local_judge_server(judge: JudgeConfig, log_path: Path, start_timeout_s: float = 30.0) -> contextlib.AbstractContextManager[str]:
+def local_judge_server(
+    judge: JudgeConfig, log_path: Path, start_timeout_s: float = 30.0
+) -> contextlib.AbstractContextManager[str]:
     """Run the stand-in judge for the duration of the block; yields its base URL."""
-    return local_server("scripts.judge_server", judge.api_key_env, judge.model, server_arguments(judge.local_server),
-                        log_path, "local judge server", start_timeout_s)
+    return local_server(
+        "scripts.judge_server",
+        judge.api_key_env,
+        judge.model,
+        server_arguments(judge.local_server),
+        log_path,
+        "local judge server",
+        start_timeout_s,
+    )
 
 
 def _wait_ready(proc: subprocess.Popen, timeout_s: float, log_path: Path, label: str) -> int:
@@ -98,8 +146,9 @@ def _wait_ready(proc: subprocess.Popen, timeout_s: float, log_path: Path, label:
 
 
 @contextlib.contextmanager
-def rewards_for_run(judge: JudgeConfig, reward: RewardConfig, run_dir: Path
-                    ) -> Iterator[tuple[JudgeConfig, RewardConfig, dict[str, SecretStr]]]:
+def rewards_for_run(
+    judge: JudgeConfig, reward: RewardConfig, run_dir: Path
+) -> Iterator[tuple[JudgeConfig, RewardConfig, dict[str, SecretStr]]]:
     """The judge and reward config a run uses, and every endpoint's key: the stand-in judge
     (when no judge endpoint is configured) and each engine's ``local_server`` are started here,
     for the block, and their URLs filled in. Every key (judge and engines) is read here, in the
@@ -117,9 +166,16 @@ def rewards_for_run(judge: JudgeConfig, reward: RewardConfig, run_dir: Path
         for name, engine in reward.engines.items():
             if engine.uses_local_server:
                 assert engine.local_server is not None
-                url = stack.enter_context(local_server(
-                    engine.local_server, engine.api_key_env, engine.model, list(engine.local_server_args),
-                    run_dir / f"engine_{name}_server.log", f"local server of reward.engines.{name} ({engine.local_server})"))
+                url = stack.enter_context(
+                    local_server(
+                        engine.local_server,
+                        engine.api_key_env,
+                        engine.model,
+                        list(engine.local_server_args),
+                        run_dir / f"engine_{name}_server.log",
+                        f"local server of reward.engines.{name} ({engine.local_server})",
+                    )
+                )
                 engines[name] = engine.model_copy(update={"base_url": url})
         reward = reward.model_copy(update={"engines": engines})
         keys = resolve_api_keys(judge, engines=engines)
@@ -137,4 +193,3 @@ async def check_all_endpoints(judge: JudgeConfig, reward: RewardConfig, keys: di
     for name, engine in reward.engines.items():
         endpoints = resolve_endpoints(engine, keys, f"reward.engines.{name}")
         await check_endpoints(endpoints, engine.timeout_s, f"engine {name}")
-

@@ -38,8 +38,16 @@ from ray_jobs.data import LOCAL_FORMATS, DatasetError, PromptSource
 from ray_jobs.faults import StopRequested
 from ray_jobs.hub import HubNameError, check_hub_name
 from ray_jobs.learner_group import LearnerGroup, LearnerPlacementError
-from ray_jobs.lifecycle import (Checkpoint, DriverState, RunDirectoryError, RunLock, directory_bytes, plan_resume,
-                                publish_final, write_checkpoint)
+from ray_jobs.lifecycle import (
+    Checkpoint,
+    DriverState,
+    RunDirectoryError,
+    RunLock,
+    directory_bytes,
+    plan_resume,
+    publish_final,
+    write_checkpoint,
+)
 from ray_jobs.offline_config import load_job_config
 from ray_jobs.sequence_data import SequenceData, SequenceDataConfig, to_batch
 from ray_jobs.tracking import RunRecorder
@@ -59,8 +67,11 @@ class OfflineRecorder(RunRecorder):
         self._metrics.write(json.dumps({"step": step, **metrics}) + "\n")
         self._metrics.flush()
         evals = " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k in ("eval/loss", "eval/rewards/accuracy"))
-        print(f"step {step + 1:>4}/{self.total_steps} | loss {metrics['loss']:.4f} | lr {metrics['lr']:.2e} "
-              f"| {metrics['throughput/tokens_per_s']:.0f} tokens/s {('| ' + evals) if evals else ''}", flush=True)
+        print(
+            f"step {step + 1:>4}/{self.total_steps} | loss {metrics['loss']:.4f} | lr {metrics['lr']:.2e} "
+            f"| {metrics['throughput/tokens_per_s']:.0f} tokens/s {('| ' + evals) if evals else ''}",
+            flush=True,
+        )
         if self._wandb is not None:
             self._wandb.log(dict(metrics), step=step)
 
@@ -78,8 +89,13 @@ def ray_session(cpus: float) -> Iterator[None]:
     else:
         repo_root = str(Path(__file__).resolve().parents[1])
         env = {"env_vars": {"PYTHONPATH": repo_root + os.pathsep + os.environ.get("PYTHONPATH", "")}}
-        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(cpus + 0.999)), include_dashboard=False,
-                 runtime_env=env, log_to_driver=True)
+        ray.init(
+            address="local",
+            num_cpus=max(os.cpu_count() or 1, int(cpus + 0.999)),
+            include_dashboard=False,
+            runtime_env=env,
+            log_to_driver=True,
+        )
     try:
         yield
     finally:
@@ -95,8 +111,16 @@ def absolute_model(model: ModelConfig) -> ModelConfig:
 class OfflineRun:
     """One offline run's state in the driver: the group, the row sampler, the recorder, the newest checkpoint."""
 
-    def __init__(self, cfg: Any, recorded: dict, data: SequenceData, objective: SequenceObjective, tokenizer: Any,
-                 steps: int, stop: GracefulStop) -> None:
+    def __init__(
+        self,
+        cfg: Any,
+        recorded: dict,
+        data: SequenceData,
+        objective: SequenceObjective,
+        tokenizer: Any,
+        steps: int,
+        stop: GracefulStop,
+    ) -> None:
         self.cfg, self.recorded, self.data, self.objective = cfg, recorded, data, objective
         self.tokenizer, self.steps, self.stop = tokenizer, steps, stop
         self.run_dir = cfg.run.directory
@@ -115,10 +139,15 @@ class OfflineRun:
             group.save(str((tmp / "policy").resolve()))
             self.tokenizer.save_pretrained(tmp / "policy")
 
-        self.newest, seconds = write_checkpoint(self.run_dir, steps_done, self.recorded, state, fill,
-                                                self.cfg.run.keep_checkpoints)
-        log.info("checkpoint step-%d written in %.2f s (%.1f MB)", steps_done, seconds,
-                 directory_bytes(self.newest.path) / 1e6)
+        self.newest, seconds = write_checkpoint(
+            self.run_dir, steps_done, self.recorded, state, fill, self.cfg.run.keep_checkpoints
+        )
+        log.info(
+            "checkpoint step-%d written in %.2f s (%.1f MB)",
+            steps_done,
+            seconds,
+            directory_bytes(self.newest.path) / 1e6,
+        )
         return self.newest
 
     def train(self, checkpoint: Checkpoint | None) -> None:
@@ -127,11 +156,29 @@ class OfflineRun:
         state = checkpoint.driver_state() if checkpoint else None
         start = state.next_step if state else 0
         with contextlib.ExitStack() as stack:
-            recorder = stack.enter_context(contextlib.closing(OfflineRecorder(
-                self.run_dir, self.recorded, cfg.wandb, cfg.run.name, self.steps, start,
-                state.wandb_id if state else None)))
-            group = LearnerGroup(cfg.learner, absolute_model(cfg.model), AlgorithmConfig(), 1.0, cfg.run.seed, None,
-                                 total_steps=self.steps, objective=self.objective)
+            recorder = stack.enter_context(
+                contextlib.closing(
+                    OfflineRecorder(
+                        self.run_dir,
+                        self.recorded,
+                        cfg.wandb,
+                        cfg.run.name,
+                        self.steps,
+                        start,
+                        state.wandb_id if state else None,
+                    )
+                )
+            )
+            group = LearnerGroup(
+                cfg.learner,
+                absolute_model(cfg.model),
+                AlgorithmConfig(),
+                1.0,
+                cfg.run.seed,
+                None,
+                total_steps=self.steps,
+                objective=self.objective,
+            )
             stack.callback(group.kill)
             if checkpoint is not None and state is not None:
                 group.load_checkpoint(str(checkpoint.learner_dir.resolve()))
@@ -152,8 +199,12 @@ class OfflineRun:
         for step in range(start, self.steps):
             begin = time.perf_counter()
             result = group.train_sequences(to_batch(step, self.source.take(cfg.schedule.batch_size), pairs))
-            metrics = {**result.metrics, "epoch": float(self.source.epoch), "data/truncated": float(self.data.truncated),
-                       **{f"data/skipped/{k}": float(v) for k, v in self.data.skipped.items()}}
+            metrics = {
+                **result.metrics,
+                "epoch": float(self.source.epoch),
+                "data/truncated": float(self.data.truncated),
+                **{f"data/skipped/{k}": float(v) for k, v in self.data.skipped.items()},
+            }
             if step == start:
                 metrics.update({key.replace("eval/", "eval_initial/", 1): v for key, v in initial.items()})
             due = cfg.schedule.eval_every and (step + 1) % cfg.schedule.eval_every == 0
@@ -179,8 +230,10 @@ def run_offline(cfg: Any, recorded: dict, data: SequenceData, objective: Sequenc
             assert plan.checkpoint is not None
             if cfg.run.save_final and not (run_dir / "final").exists():
                 publish_final(plan.checkpoint, run_dir)
-            print(f"run already finished: {run_dir} has its checkpoint of step {plan.checkpoint.step}; nothing to do",
-                  flush=True)
+            print(
+                f"run already finished: {run_dir} has its checkpoint of step {plan.checkpoint.step}; nothing to do",
+                flush=True,
+            )
             return run_dir
         with ray_session(LearnerGroup.resources(cfg.learner)[0]):
             stop.install()
@@ -203,8 +256,15 @@ def check_sources(model: ModelConfig, data: SequenceDataConfig) -> None:
             check_hub_name(path, "dataset", key)
 
 
-def job_main(prog: str, description: str, config_class: type[BaseModel], run_job, argv: list[str] | None,
-             errors: tuple[type[BaseException], ...] = JOB_ERRORS, load=None) -> int:
+def job_main(
+    prog: str,
+    description: str,
+    config_class: type[BaseModel],
+    run_job,
+    argv: list[str] | None,
+    errors: tuple[type[BaseException], ...] = JOB_ERRORS,
+    load=None,
+) -> int:
     """Parse ``--config FILE a.b=value ...``, run, and map bad input (``errors``) to ``error: ...`` and
     exit code 2; ``load(path, overrides)`` replaces the plain config loader."""
     parser = argparse.ArgumentParser(prog=prog, description=description)

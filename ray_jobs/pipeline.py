@@ -63,8 +63,9 @@ class AssembledBatch:
     metrics: dict[str, float]
 
 
-def shaped_rewards(scored: list[ScoredSample], algorithm: AlgorithmSettings,
-                   max_new_tokens: int | None) -> list[float | None]:
+def shaped_rewards(
+    scored: list[ScoredSample], algorithm: AlgorithmSettings, max_new_tokens: int | None
+) -> list[float | None]:
     """Each sample's reward plus DAPO's soft overlong penalty (None stays None).
 
     The penalty is added here, at batch assembly, not by the reward terms: it
@@ -89,8 +90,10 @@ def signal_groups(scored: list[ScoredSample], rewards: list[float | None]) -> tu
     if not usable:
         return [], order
     number = {gid: g for g, gid in enumerate(order)}
-    signal = group_has_signal(torch.tensor([float(rewards[i]) for i in usable]),
-                              torch.tensor([number[scored[i].sample.group_id] for i in usable]))
+    signal = group_has_signal(
+        torch.tensor([float(rewards[i]) for i in usable]),
+        torch.tensor([number[scored[i].sample.group_id] for i in usable]),
+    )
     with_signal = dict.fromkeys(scored[i].sample.group_id for i, ok in zip(usable, signal.tolist()) if ok)
     return list(with_signal), order
 
@@ -105,8 +108,13 @@ def refill_size(missing: int, kept: int, seen: int, limit: int) -> int:
     return max(missing, min(estimate, limit))
 
 
-def assemble_batch(step: int, results: list[ScoreResult], algorithm: AlgorithmConfig,
-                   max_new_tokens: int | None = None, target_groups: int | None = None) -> AssembledBatch:
+def assemble_batch(
+    step: int,
+    results: list[ScoreResult],
+    algorithm: AlgorithmConfig,
+    max_new_tokens: int | None = None,
+    target_groups: int | None = None,
+) -> AssembledBatch:
     """Turn a step's judged groups into a ``TrainBatch``.
 
     Unscored samples are left out of their group's baseline and out of the loss
@@ -124,20 +132,26 @@ def assemble_batch(step: int, results: list[ScoreResult], algorithm: AlgorithmCo
     usable = [i for i, r in enumerate(rewards) if r is not None]
     if not usable:
         causes = Counter(s.reward_error for s in scored)
-        raise ValueError(f"step {step}: none of {len(scored)} samples was scored ({dict(causes)}); "
-                         "check the judge endpoint and reward functions")
+        raise ValueError(
+            f"step {step}: none of {len(scored)} samples was scored ({dict(causes)}); "
+            "check the judge endpoint and reward functions"
+        )
     with_signal, groups = signal_groups(scored, rewards)
     kept = with_signal[:target_groups] if settings.dynamic_sampling else groups
     if not kept:
-        raise ValueError(f"step {step}: dynamic sampling found no group with differing rewards among "
-                         f"{len(groups)} groups (algorithm.max_refill_rounds={settings.max_refill_rounds})")
+        raise ValueError(
+            f"step {step}: dynamic sampling found no group with differing rewards among "
+            f"{len(groups)} groups (algorithm.max_refill_rounds={settings.max_refill_rounds})"
+        )
     number = {gid: g for g, gid in enumerate(kept)}
     members = [i for i in usable if scored[i].sample.group_id in number]
     adv = _advantages(members, scored, rewards, number, settings)
     trained = [(i, a) for i, a in zip(members, adv) if not (settings.overlong_filtering and scored[i].sample.truncated)]
     if not trained:
-        raise ValueError(f"step {step}: every kept sample was truncated at the token limit and "
-                         "algorithm.overlong_filtering leaves them out of the loss; raise rollout.max_new_tokens")
+        raise ValueError(
+            f"step {step}: every kept sample was truncated at the token limit and "
+            "algorithm.overlong_filtering leaves them out of the loss; raise rollout.max_new_tokens"
+        )
     per_sample: list[float | None] = [None] * len(scored)
     for i, a in trained:
         per_sample[i] = a
@@ -158,8 +172,13 @@ def assemble_batch(step: int, results: list[ScoreResult], algorithm: AlgorithmCo
     return AssembledBatch(train, scored, per_sample, metrics)
 
 
-def _advantages(members: list[int], scored: list[ScoredSample], rewards: list[float | None],
-                number: dict[str, int], settings: AlgorithmSettings) -> list[float]:
+def _advantages(
+    members: list[int],
+    scored: list[ScoredSample],
+    rewards: list[float | None],
+    number: dict[str, int],
+    settings: AlgorithmSettings,
+) -> list[float]:
     """The configured estimator over the kept groups; whitened over tokens (each
     sequence weighted by its length) for REINFORCE++."""
     r = torch.tensor([float(rewards[i]) for i in members])
@@ -172,9 +191,15 @@ def _advantages(members: list[int], scored: list[ScoredSample], rewards: list[fl
     return adv.tolist()
 
 
-def _sampling_metrics(scored: list[ScoredSample], rewards: list[float | None], groups: list[str],
-                      with_signal: list[str], kept: list[str], settings: AlgorithmSettings,
-                      shaping: bool) -> dict[str, float]:
+def _sampling_metrics(
+    scored: list[ScoredSample],
+    rewards: list[float | None],
+    groups: list[str],
+    with_signal: list[str],
+    kept: list[str],
+    settings: AlgorithmSettings,
+    shaping: bool,
+) -> dict[str, float]:
     """Groups without signal, dynamic-sampling drops, overlong shaping and filtering."""
     metrics = {"reward/frac_zero_std": 1.0 - len(with_signal) / len(groups)}
     if settings.dynamic_sampling:
@@ -182,16 +207,22 @@ def _sampling_metrics(scored: list[ScoredSample], rewards: list[float | None], g
         metrics["dynamic_sampling/surplus_groups"] = float(len(with_signal) - len(kept))
         metrics["dynamic_sampling/kept_groups"] = float(len(kept))
     if shaping:
-        metrics["reward/overlong_penalty"] = statistics.fmean(r - s.reward for s, r in zip(scored, rewards)
-                                                              if r is not None)
+        metrics["reward/overlong_penalty"] = statistics.fmean(
+            r - s.reward for s, r in zip(scored, rewards) if r is not None
+        )
     if settings.overlong_filtering:
         keep = set(kept)
-        metrics["samples/overlong_filtered"] = float(sum(
-            1 for s, r in zip(scored, rewards) if r is not None and s.sample.group_id in keep and s.sample.truncated))
+        metrics["samples/overlong_filtered"] = float(
+            sum(
+                1 for s, r in zip(scored, rewards) if r is not None and s.sample.group_id in keep and s.sample.truncated
+            )
+        )
     return metrics
 
 
-def _batch_metrics(step: int, scored: list[ScoredSample], train: TrainBatch, results: list[ScoreResult]) -> dict[str, float]:
+def _batch_metrics(
+    step: int, scored: list[ScoredSample], train: TrainBatch, results: list[ScoreResult]
+) -> dict[str, float]:
     rewards = [s.reward for s in scored if s.reward is not None]
     staleness = [step - v for v in train.policy_versions]
     lengths = [len(s.sample.completion_token_ids) for s in scored]

@@ -38,16 +38,28 @@ class PreferenceAlgorithmConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: Literal["simpo", "dpo"] = Field(default="simpo", description="simpo: length-normalised rewards and a target margin, no reference; dpo: sigmoid DPO against a frozen reference.")
-    beta: float | None = Field(default=None, gt=0, description="Reward scale beta. Preset: 2.0 for simpo (seed 003), 0.1 for dpo (the DPO paper).")
-    gamma: float | None = Field(default=None, ge=0, description="SimPO target reward margin gamma (simpo only). Preset: 1.0 (seed 003).")
+    name: Literal["simpo", "dpo"] = Field(
+        default="simpo",
+        description="simpo: length-normalised rewards and a target margin, no reference; dpo: sigmoid DPO against a frozen reference.",
+    )
+    beta: float | None = Field(
+        default=None,
+        gt=0,
+        description="Reward scale beta. Preset: 2.0 for simpo (seed 003), 0.1 for dpo (the DPO paper).",
+    )
+    gamma: float | None = Field(
+        default=None, ge=0, description="SimPO target reward margin gamma (simpo only). Preset: 1.0 (seed 003)."
+    )
 
     @property
     def objective(self) -> SequenceObjective:
         """The learner's objective with the preset filled in."""
         preset = PRESETS[self.name]
-        return SequenceObjective(name=self.name, beta=self.beta if self.beta is not None else preset["beta"],
-                                 gamma=self.gamma if self.gamma is not None else preset["gamma"])
+        return SequenceObjective(
+            name=self.name,
+            beta=self.beta if self.beta is not None else preset["beta"],
+            gamma=self.gamma if self.gamma is not None else preset["gamma"],
+        )
 
 
 class PreferenceRunConfig(OfflineRunConfig):
@@ -59,16 +71,35 @@ class PreferenceRunConfig(OfflineRunConfig):
 class PreferenceScheduleConfig(ScheduleConfig):
     """The schedule with the preference CPU default's values."""
 
-    batch_size: int = Field(default=8, ge=1, description="Pairs per optimiser step: the effective batch (seed 003: 8). Each rank's share is split into micro-batches of learner.micro_batch_size pairs, whose gradients accumulate.")
-    epochs: float = Field(default=4.0, gt=0, description="Passes over the training pairs when run.steps is None (steps = ceil(epochs x pairs / batch_size)).")
+    batch_size: int = Field(
+        default=8,
+        ge=1,
+        description="Pairs per optimiser step: the effective batch (seed 003: 8). Each rank's share is split into micro-batches of learner.micro_batch_size pairs, whose gradients accumulate.",
+    )
+    epochs: float = Field(
+        default=4.0,
+        gt=0,
+        description="Passes over the training pairs when run.steps is None (steps = ceil(epochs x pairs / batch_size)).",
+    )
 
 
 class PreferenceLearnerConfig(LearnerConfig):
     """The learner with the preference CPU default's optimiser settings (the built-in tiny model)."""
 
-    lr: float = Field(default=2e-3, gt=0, description="AdamW learning rate (2e-3 suits the built-in tiny model; seed 003 uses 5e-6 with LoRA on Qwen3-1.7B).")
-    lr_scheduler: Literal["constant", "linear", "cosine"] = Field(default="cosine", description="Learning-rate schedule over the run's optimiser steps, after the warm-up.")
-    warmup_ratio: float = Field(default=0.1, ge=0, lt=1, description="Warm-up as a fraction of the run's optimiser steps (rounded up); instead of warmup_steps.")
+    lr: float = Field(
+        default=2e-3,
+        gt=0,
+        description="AdamW learning rate (2e-3 suits the built-in tiny model; seed 003 uses 5e-6 with LoRA on Qwen3-1.7B).",
+    )
+    lr_scheduler: Literal["constant", "linear", "cosine"] = Field(
+        default="cosine", description="Learning-rate schedule over the run's optimiser steps, after the warm-up."
+    )
+    warmup_ratio: float = Field(
+        default=0.1,
+        ge=0,
+        lt=1,
+        description="Warm-up as a fraction of the run's optimiser steps (rounded up); instead of warmup_steps.",
+    )
 
 
 class PreferenceConfig(BaseModel):
@@ -77,11 +108,24 @@ class PreferenceConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     run: PreferenceRunConfig = Field(default_factory=PreferenceRunConfig, description="The run as a whole.")
-    model: ModelConfig = Field(default_factory=ModelConfig, description="Policy model (a hub name, a local directory such as a previous run's final/, or builtin:tiny-qwen).")
-    data: PreferenceDataConfig = Field(default_factory=PreferenceDataConfig, description="Preference pairs and the validation split.")
-    algorithm: PreferenceAlgorithmConfig = Field(default_factory=PreferenceAlgorithmConfig, description="SimPO or DPO and its constants.")
-    schedule: PreferenceScheduleConfig = Field(default_factory=PreferenceScheduleConfig, description="Pairs per optimiser step (the effective batch), epochs, validation.")
-    learner: PreferenceLearnerConfig = Field(default_factory=PreferenceLearnerConfig, description="Policy learner (backend, ranks, optimiser, LR schedule, LoRA); learner.micro_batch_size counts pairs.")
+    model: ModelConfig = Field(
+        default_factory=ModelConfig,
+        description="Policy model (a hub name, a local directory such as a previous run's final/, or builtin:tiny-qwen).",
+    )
+    data: PreferenceDataConfig = Field(
+        default_factory=PreferenceDataConfig, description="Preference pairs and the validation split."
+    )
+    algorithm: PreferenceAlgorithmConfig = Field(
+        default_factory=PreferenceAlgorithmConfig, description="SimPO or DPO and its constants."
+    )
+    schedule: PreferenceScheduleConfig = Field(
+        default_factory=PreferenceScheduleConfig,
+        description="Pairs per optimiser step (the effective batch), epochs, validation.",
+    )
+    learner: PreferenceLearnerConfig = Field(
+        default_factory=PreferenceLearnerConfig,
+        description="Policy learner (backend, ranks, optimiser, LR schedule, LoRA); learner.micro_batch_size counts pairs.",
+    )
     wandb: WandbConfig = Field(default_factory=WandbConfig, description="wandb monitoring.")
 
 
@@ -94,8 +138,13 @@ def run(cfg: PreferenceConfig) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return job_main("python -m ray_jobs.preference", "SimPO or DPO preference training on the learner group.",
-                    PreferenceConfig, run, argv)
+    return job_main(
+        "python -m ray_jobs.preference",
+        "SimPO or DPO preference training on the learner group.",
+        PreferenceConfig,
+        run,
+        argv,
+    )
 
 
 if __name__ == "__main__":

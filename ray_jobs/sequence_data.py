@@ -44,11 +44,22 @@ class SequenceDataConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    path: str = Field(default="configs/data/toy_sft.jsonl", description="A local .jsonl/.json/.csv/.parquet file, or a Hugging Face dataset name.")
+    path: str = Field(
+        default="configs/data/toy_sft.jsonl",
+        description="A local .jsonl/.json/.csv/.parquet file, or a Hugging Face dataset name.",
+    )
     split: str = Field(default="train", description="Split to load for hub datasets.")
-    eval_path: str | None = Field(default=None, description="Validation rows from another file or dataset (same format); default: held out from path's rows by eval_fraction.")
+    eval_path: str | None = Field(
+        default=None,
+        description="Validation rows from another file or dataset (same format); default: held out from path's rows by eval_fraction.",
+    )
     eval_split: str = Field(default="test", description="Split of eval_path to load for hub datasets.")
-    eval_fraction: float = Field(default=0.1, ge=0, lt=1, description="Without eval_path: this fraction of the rows (a seeded random choice, at least one row when > 0) is held out for validation.")
+    eval_fraction: float = Field(
+        default=0.1,
+        ge=0,
+        lt=1,
+        description="Without eval_path: this fraction of the rows (a seeded random choice, at least one row when > 0) is held out for validation.",
+    )
     max_length: int = Field(default=512, ge=2, description="Tokens per sequence (prompt + completion) at most.")
     shuffle: bool = Field(default=True, description="Shuffle the training rows each epoch.")
 
@@ -56,16 +67,34 @@ class SequenceDataConfig(BaseModel):
 class SftDataConfig(SequenceDataConfig):
     """SFT rows: messages, prompt + completion, or text."""
 
-    completion_only_loss: bool = Field(default=True, description="Train only on completion tokens (prompt/completion rows) and assistant turns (messages rows); false: on every token.")
-    truncation: Literal["truncate", "skip"] = Field(default="truncate", description="A row longer than max_length: truncate it to max_length tokens (counted, logged), or skip it (counted, logged).")
+    completion_only_loss: bool = Field(
+        default=True,
+        description="Train only on completion tokens (prompt/completion rows) and assistant turns (messages rows); false: on every token.",
+    )
+    truncation: Literal["truncate", "skip"] = Field(
+        default="truncate",
+        description="A row longer than max_length: truncate it to max_length tokens (counted, logged), or skip it (counted, logged).",
+    )
 
 
 class PreferenceDataConfig(SequenceDataConfig):
     """Preference pairs: prompt + chosen + rejected, or chosen + rejected with an implicit prompt."""
 
-    path: str = Field(default="configs/data/toy_preference.jsonl", description="A local .jsonl/.json/.csv/.parquet file, or a Hugging Face dataset name.")
-    eval_fraction: float = Field(default=0.15, ge=0, lt=1, description="Without eval_path: this fraction of the rows (a seeded random choice, at least one row when > 0) is held out for validation.")
-    max_prompt_length: int | None = Field(default=None, ge=1, description="Prompt tokens at most; longer pairs are skipped (counted, logged). None: only max_length applies.")
+    path: str = Field(
+        default="configs/data/toy_preference.jsonl",
+        description="A local .jsonl/.json/.csv/.parquet file, or a Hugging Face dataset name.",
+    )
+    eval_fraction: float = Field(
+        default=0.15,
+        ge=0,
+        lt=1,
+        description="Without eval_path: this fraction of the rows (a seeded random choice, at least one row when > 0) is held out for validation.",
+    )
+    max_prompt_length: int | None = Field(
+        default=None,
+        ge=1,
+        description="Prompt tokens at most; longer pairs are skipped (counted, logged). None: only max_length applies.",
+    )
 
 
 @dataclass
@@ -91,8 +120,9 @@ def common_prefix_length(a: list[int], b: list[int]) -> int:
 def _ids(tokenizer: Any, content: str | list[dict], generation_prompt: bool = False) -> list[int]:
     """Token ids of a string (as the tokenizer encodes it) or a conversation (its chat template)."""
     if isinstance(content, list):
-        out = tokenizer.apply_chat_template(content, tokenize=True, return_dict=True,
-                                            add_generation_prompt=generation_prompt)
+        out = tokenizer.apply_chat_template(
+            content, tokenize=True, return_dict=True, add_generation_prompt=generation_prompt
+        )
         return list(out["input_ids"])
     return list(tokenizer(text=content)["input_ids"])
 
@@ -191,6 +221,7 @@ def _sft_encoder(cfg: SftDataConfig, tokenizer: Any):
         if cfg.truncation == "skip" or not any(mask[1 : cfg.max_length]):
             return "too_long"
         return ("truncated", ((ids[: cfg.max_length], mask[: cfg.max_length]),))
+
     return encode
 
 
@@ -204,6 +235,7 @@ def _preference_encoder(cfg: PreferenceDataConfig, tokenizer: Any):
         if max(len(ids) for ids, _ in unit) > cfg.max_length:
             return "too_long"
         return unit
+
     return encode
 
 
@@ -226,8 +258,13 @@ def load_sequences(cfg: SftDataConfig | PreferenceDataConfig, tokenizer: Any, se
     for key, count in eval_skipped.items():
         skipped[f"eval/{key}"] = count
     if skipped or truncated or eval_truncated:
-        log.warning("data: skipped %s; truncated to max_length=%d: %d training and %d validation rows",
-                    skipped or "none", cfg.max_length, truncated, eval_truncated)
+        log.warning(
+            "data: skipped %s; truncated to max_length=%d: %d training and %d validation rows",
+            skipped or "none",
+            cfg.max_length,
+            truncated,
+            eval_truncated,
+        )
     if not train:
         raise DatasetError(f"data: no usable training rows in {name} (skipped: {skipped})")
     return SequenceData(train, evaluation, skipped, truncated + eval_truncated)

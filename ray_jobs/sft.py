@@ -25,20 +25,44 @@ from ray_jobs.offline import check_sources, job_main, run_offline
 from ray_jobs.offline_config import OfflineRunConfig, ScheduleConfig
 from ray_jobs.sequence_data import SftDataConfig, load_sequences
 
+
 class SftScheduleConfig(ScheduleConfig):
     """The schedule with the SFT CPU default's values."""
 
-    batch_size: int = Field(default=16, ge=1, description="Rows per optimiser step: the effective batch. Each rank's share is split into micro-batches of learner.micro_batch_size rows, whose gradients accumulate.")
-    epochs: float = Field(default=4.0, gt=0, description="Passes over the training rows when run.steps is None (steps = ceil(epochs x rows / batch_size)).")
-    eval_every: int = Field(default=5, ge=0, description="Validate every this many optimiser steps, and always after the last; 0: only after the last.")
+    batch_size: int = Field(
+        default=16,
+        ge=1,
+        description="Rows per optimiser step: the effective batch. Each rank's share is split into micro-batches of learner.micro_batch_size rows, whose gradients accumulate.",
+    )
+    epochs: float = Field(
+        default=4.0,
+        gt=0,
+        description="Passes over the training rows when run.steps is None (steps = ceil(epochs x rows / batch_size)).",
+    )
+    eval_every: int = Field(
+        default=5,
+        ge=0,
+        description="Validate every this many optimiser steps, and always after the last; 0: only after the last.",
+    )
 
 
 class SftLearnerConfig(LearnerConfig):
     """The learner with the SFT CPU default's optimiser settings (the built-in tiny model)."""
 
-    lr: float = Field(default=1e-2, gt=0, description="AdamW learning rate (1e-2 suits the built-in tiny model; real 1-4B policies want about 1e-5 full, 1e-4 LoRA).")
-    lr_scheduler: Literal["constant", "linear", "cosine"] = Field(default="cosine", description="Learning-rate schedule over the run's optimiser steps, after the warm-up.")
-    warmup_ratio: float = Field(default=0.1, ge=0, lt=1, description="Warm-up as a fraction of the run's optimiser steps (rounded up); instead of warmup_steps.")
+    lr: float = Field(
+        default=1e-2,
+        gt=0,
+        description="AdamW learning rate (1e-2 suits the built-in tiny model; real 1-4B policies want about 1e-5 full, 1e-4 LoRA).",
+    )
+    lr_scheduler: Literal["constant", "linear", "cosine"] = Field(
+        default="cosine", description="Learning-rate schedule over the run's optimiser steps, after the warm-up."
+    )
+    warmup_ratio: float = Field(
+        default=0.1,
+        ge=0,
+        lt=1,
+        description="Warm-up as a fraction of the run's optimiser steps (rounded up); instead of warmup_steps.",
+    )
 
 
 class SftConfig(BaseModel):
@@ -47,10 +71,17 @@ class SftConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     run: OfflineRunConfig = Field(default_factory=OfflineRunConfig, description="The run as a whole.")
-    model: ModelConfig = Field(default_factory=ModelConfig, description="Policy model (a hub name, a local directory such as a previous run's final/, or builtin:tiny-qwen).")
+    model: ModelConfig = Field(
+        default_factory=ModelConfig,
+        description="Policy model (a hub name, a local directory such as a previous run's final/, or builtin:tiny-qwen).",
+    )
     data: SftDataConfig = Field(default_factory=SftDataConfig, description="SFT rows and the validation split.")
-    schedule: SftScheduleConfig = Field(default_factory=SftScheduleConfig, description="Batch size, epochs, validation.")
-    learner: SftLearnerConfig = Field(default_factory=SftLearnerConfig, description="Policy learner (backend, ranks, optimiser, LR schedule, LoRA).")
+    schedule: SftScheduleConfig = Field(
+        default_factory=SftScheduleConfig, description="Batch size, epochs, validation."
+    )
+    learner: SftLearnerConfig = Field(
+        default_factory=SftLearnerConfig, description="Policy learner (backend, ranks, optimiser, LR schedule, LoRA)."
+    )
     wandb: WandbConfig = Field(default_factory=WandbConfig, description="wandb monitoring.")
 
 

@@ -26,8 +26,17 @@ from actors.messages import PromptItem, ScoreResult, TrainBatch, TrainResult
 from actors.rollout import RolloutWorker
 from ray_jobs.config import ExperimentConfig
 from ray_jobs.data import PromptSource
-from ray_jobs.faults import (ACTOR_START_TIMEOUT_S, FaultCounters, LearnerDied, RolloutCall, RunFaultError,
-                             StopRequested, check_started, failed, is_actor_fault)
+from ray_jobs.faults import (
+    ACTOR_START_TIMEOUT_S,
+    FaultCounters,
+    LearnerDied,
+    RolloutCall,
+    RunFaultError,
+    StopRequested,
+    check_started,
+    failed,
+    is_actor_fault,
+)
 from ray_jobs.learner_group import LearnerGroup
 from ray_jobs.pipeline import LeastLoadedRouter, refill_size, shaped_rewards, signal_groups
 
@@ -72,15 +81,40 @@ class Stages:
         lora_rank = lr.lora.r if cfg.adapter_sync else None
         restarts = cfg.pipeline.max_actor_restarts
         self.rollouts = [self._start_rollout(w, lora_rank) for w in range(ro.num_workers)]
-        self.judge = ray.remote(JudgePool).options(num_cpus=0, max_concurrency=1000, max_restarts=restarts,
-                                                   max_task_retries=0, name=f"{JUDGE_POOL_NAME}-{id(self):x}",
-                                                   ).remote(cfg.judge, cfg.reward, api_keys)
-        self.learner = LearnerGroup(lr, cfg.model, cfg.algorithm, ro.temperature, seed=cfg.run.seed,
-                                    max_new_tokens=ro.max_new_tokens, total_steps=cfg.run.steps)
-        check_started({**{f"rollout worker {w}": a for w, a in enumerate(self.rollouts)}, "judge pool": self.judge,
-                       **{f"learner rank {r}": a for r, a in enumerate(self.learner.ranks)}}, ACTOR_START_TIMEOUT_S)
-        self._pids = dict(zip([f"rollout worker {w}" for w in range(len(self.rollouts))] + ["judge pool"],
-                              ray.get([a.__ray_call__.remote(_pid) for a in [*self.rollouts, self.judge]])))
+        self.judge = (
+            ray.remote(JudgePool)
+            .options(
+                num_cpus=0,
+                max_concurrency=1000,
+                max_restarts=restarts,
+                max_task_retries=0,
+                name=f"{JUDGE_POOL_NAME}-{id(self):x}",
+            )
+            .remote(cfg.judge, cfg.reward, api_keys)
+        )
+        self.learner = LearnerGroup(
+            lr,
+            cfg.model,
+            cfg.algorithm,
+            ro.temperature,
+            seed=cfg.run.seed,
+            max_new_tokens=ro.max_new_tokens,
+            total_steps=cfg.run.steps,
+        )
+        check_started(
+            {
+                **{f"rollout worker {w}": a for w, a in enumerate(self.rollouts)},
+                "judge pool": self.judge,
+                **{f"learner rank {r}": a for r, a in enumerate(self.learner.ranks)},
+            },
+            ACTOR_START_TIMEOUT_S,
+        )
+        self._pids = dict(
+            zip(
+                [f"rollout worker {w}" for w in range(len(self.rollouts))] + ["judge pool"],
+                ray.get([a.__ray_call__.remote(_pid) for a in [*self.rollouts, self.judge]]),
+            )
+        )
         self.router = LeastLoadedRouter(len(self.rollouts))
         self._generating: dict[ray.ObjectRef, tuple[int, int]] = {}  # call -> (worker, prompts)
         self._syncs: list[_PendingSync] = []
@@ -99,18 +133,30 @@ class Stages:
         placement group of one GPU bundle per shard; vLLM's Ray executor starts
         its shard workers inside it (the worker itself reserves no GPU)."""
         ro = self.cfg.rollout
-        options: dict = {"num_cpus": ro.num_cpus_per_worker, "num_gpus": ro.num_gpus_per_worker, "max_concurrency": 1000,
-                         "resources": dict(ro.resources), "max_restarts": self.cfg.pipeline.max_actor_restarts,
-                         "max_task_retries": 0}
+        options: dict = {
+            "num_cpus": ro.num_cpus_per_worker,
+            "num_gpus": ro.num_gpus_per_worker,
+            "max_concurrency": 1000,
+            "resources": dict(ro.resources),
+            "max_restarts": self.cfg.pipeline.max_actor_restarts,
+            "max_task_retries": 0,
+        }
         if ro.backend == "vllm" and ro.vllm.tensor_parallel_size > 1:
             group = placement_group([{"GPU": 1, "CPU": 1}] * ro.vllm.tensor_parallel_size, strategy="PACK")
             ray.get(group.ready(), timeout=300)
             self._engine_groups.append(group)
-            options.update(num_gpus=0, scheduling_strategy=PlacementGroupSchedulingStrategy(
-                group, placement_group_bundle_index=0, placement_group_capture_child_tasks=True))
+            options.update(
+                num_gpus=0,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    group, placement_group_bundle_index=0, placement_group_capture_child_tasks=True
+                ),
+            )
         options["name"] = f"{ROLLOUT_WORKER_NAME}-{worker_id}-{id(self):x}"
-        return ray.remote(RolloutWorker).options(**options).remote(ro, self.cfg.model, worker_id=worker_id,
-                                                                   seed=self.cfg.run.seed, lora_rank=lora_rank)
+        return (
+            ray.remote(RolloutWorker)
+            .options(**options)
+            .remote(ro, self.cfg.model, worker_id=worker_id, seed=self.cfg.run.seed, lora_rank=lora_rank)
+        )
 
     def _join_broadcast(self) -> list:
         """Form the weight-broadcast group (learner rank 0 = rank 0, worker i = rank i + 1)
@@ -133,16 +179,26 @@ class Stages:
         batch continue its numbering, so group ids stay unique)."""
         self._reap_finished_calls()
         per_call = self.cfg.pipeline.prompts_per_call
-        return [self._send(batch_index, call, prompts[lo : lo + per_call])
-                for call, lo in enumerate(range(0, len(prompts), per_call), start=first_call)]
+        return [
+            self._send(batch_index, call, prompts[lo : lo + per_call])
+            for call, lo in enumerate(range(0, len(prompts), per_call), start=first_call)
+        ]
 
     def _send(self, batch_index: int, call: int, chunk: list[PromptItem], resends: int = 0) -> RolloutCall:
         worker = self.router.pick(len(chunk))
         seq, self._seqs[worker] = self._seqs[worker], self._seqs[worker] + 1
         generated = self.rollouts[worker].generate.remote(batch_index, call, chunk, self.version, seq)
         self._generating[generated] = (worker, len(chunk))
-        return RolloutCall(batch_index, call, chunk, worker, self._worker_epochs[worker], generated,
-                           self.judge.score.remote(generated), resends=resends)
+        return RolloutCall(
+            batch_index,
+            call,
+            chunk,
+            worker,
+            self._worker_epochs[worker],
+            generated,
+            self.judge.score.remote(generated),
+            resends=resends,
+        )
 
     def _reap_finished_calls(self) -> None:
         if not self._generating:
@@ -153,8 +209,9 @@ class Stages:
             self.router.finished(worker, prompts)
             self._progress_at[worker] = time.monotonic()
 
-    def collect(self, step: int, calls: list[RolloutCall], source: PromptSource,
-                stop: Callable[[], bool] = lambda: False) -> tuple[list[ScoreResult], dict[str, float]]:
+    def collect(
+        self, step: int, calls: list[RolloutCall], source: PromptSource, stop: Callable[[], bool] = lambda: False
+    ) -> tuple[list[ScoreResult], dict[str, float]]:
         """Wait for a step's judged calls; with dynamic sampling, refill until the step
         has ``pipeline.prompts_per_step`` groups with reward variance.
 
@@ -181,10 +238,18 @@ class Stages:
             results += self.wait(self.launch_batch(step, source.take(n), first_call=len(results)))
             rounds, prompts = rounds + 1, prompts + n
         if len(kept) < target:
-            log.warning("step %d: dynamic sampling exhausted %d refill rounds with %d of %d groups", step, rounds,
-                        len(kept), target)
-        return results, {"dynamic_sampling/refill_rounds": float(rounds), "dynamic_sampling/refill_prompts": float(prompts),
-                         "dynamic_sampling/exhausted": float(len(kept) < target)}
+            log.warning(
+                "step %d: dynamic sampling exhausted %d refill rounds with %d of %d groups",
+                step,
+                rounds,
+                len(kept),
+                target,
+            )
+        return results, {
+            "dynamic_sampling/refill_rounds": float(rounds),
+            "dynamic_sampling/refill_prompts": float(prompts),
+            "dynamic_sampling/exhausted": float(len(kept) < target),
+        }
 
     def wait(self, calls: list[RolloutCall], stop: Callable[[], bool] = lambda: False) -> list[ScoreResult]:
         """The calls' ScoreResults, in call order, recovering from actor faults on the way.
@@ -222,21 +287,40 @@ class Stages:
         gen_error = failed(call.generated)
         cause = gen_error if gen_error is not None else exc
         if call.resends >= limit:
-            raise RunFaultError(f"batch {call.batch_index} call {call.call_index} failed {call.resends + 1} times "
-                                f"(last: {type(cause).__name__}); the actors are not recovering "
-                                f"(pipeline.max_actor_restarts={limit - 1})")
+            raise RunFaultError(
+                f"batch {call.batch_index} call {call.call_index} failed {call.resends + 1} times "
+                f"(last: {type(cause).__name__}); the actors are not recovering "
+                f"(pipeline.max_actor_restarts={limit - 1})"
+            )
         self.faults.add("calls_resent")
         if gen_error is None:  # the judge pool died: score the same generation again
             if self._restarted("judge pool", self.judge):
                 self.faults.add("judge_restarts")
-            log.warning("judge pool lost batch %d call %d (%s); scoring it again", call.batch_index, call.call_index,
-                        type(exc).__name__)
-            return RolloutCall(call.batch_index, call.call_index, call.prompts, call.worker, call.epoch,
-                               call.generated, self.judge.score.remote(call.generated), resends=call.resends + 1)
+            log.warning(
+                "judge pool lost batch %d call %d (%s); scoring it again",
+                call.batch_index,
+                call.call_index,
+                type(exc).__name__,
+            )
+            return RolloutCall(
+                call.batch_index,
+                call.call_index,
+                call.prompts,
+                call.worker,
+                call.epoch,
+                call.generated,
+                self.judge.score.remote(call.generated),
+                resends=call.resends + 1,
+            )
         if self._restarted(f"rollout worker {call.worker}", self.rollouts[call.worker]):
             self._on_worker_restart(call.worker, gen_error)
-        log.warning("rollout worker %d lost batch %d call %d (%s); sending it again", call.worker, call.batch_index,
-                    call.call_index, type(gen_error).__name__)
+        log.warning(
+            "rollout worker %d lost batch %d call %d (%s); sending it again",
+            call.worker,
+            call.batch_index,
+            call.call_index,
+            type(gen_error).__name__,
+        )
         return self._send(call.batch_index, call.call_index, call.prompts, resends=call.resends + 1)
 
     def _restarted(self, name: str, actor: ray.actor.ActorHandle) -> bool:
@@ -255,9 +339,11 @@ class Stages:
                     raise RunFaultError(f"{name} did not come back within {ACTOR_START_TIMEOUT_S:g} s") from None
                 time.sleep(0.25)
             except Exception as exc:  # noqa: BLE001 - dead for good, or not back in time
-                raise RunFaultError(f"{name} died and did not come back ({type(exc).__name__}; "
-                                    f"pipeline.max_actor_restarts={self.cfg.pipeline.max_actor_restarts}); re-run "
-                                    "the same command to resume from the newest checkpoint") from None
+                raise RunFaultError(
+                    f"{name} died and did not come back ({type(exc).__name__}; "
+                    f"pipeline.max_actor_restarts={self.cfg.pipeline.max_actor_restarts}); re-run "
+                    "the same command to resume from the newest checkpoint"
+                ) from None
         changed = self._pids.get(name) not in (None, pid)
         self._pids[name] = pid
         return changed
@@ -269,9 +355,11 @@ class Stages:
         if self.version == 0:
             return
         if self._latest_update is None:
-            raise RunFaultError(f"rollout worker {worker} was restarted ({type(cause).__name__}) but "
-                                "weight_sync.transport=broadcast cannot admit a restarted engine to its group; "
-                                "re-run the same command to resume from the newest checkpoint")
+            raise RunFaultError(
+                f"rollout worker {worker} was restarted ({type(cause).__name__}) but "
+                "weight_sync.transport=broadcast cannot admit a restarted engine to its group; "
+                "re-run the same command to resume from the newest checkpoint"
+            )
         self.rollouts[worker].restore_weights.remote(self._latest_update)
 
     def _restart_hung(self, calls: Iterable[RolloutCall]) -> None:
@@ -286,8 +374,13 @@ class Stages:
                 continue
             ready, _ = ray.wait([call.generated], timeout=0, fetch_local=False)
             if not ready and call.epoch == self._worker_epochs[call.worker]:
-                log.warning("rollout worker %d: batch %d call %d still running after %g s; restarting it",
-                            call.worker, call.batch_index, call.call_index, limit)
+                log.warning(
+                    "rollout worker %d: batch %d call %d still running after %g s; restarting it",
+                    call.worker,
+                    call.batch_index,
+                    call.call_index,
+                    limit,
+                )
                 ray.kill(self.rollouts[call.worker], no_restart=False)  # its calls fail, and are sent again
                 self._killed.add((call.worker, call.epoch))
 
@@ -296,8 +389,9 @@ class Stages:
         try:
             return self.learner.train(batch)
         except ray.exceptions.RayActorError as exc:
-            raise LearnerDied(f"learner {self._dead_rank()} died during step {batch.step} "
-                              f"({type(exc).__name__})") from None
+            raise LearnerDied(
+                f"learner {self._dead_rank()} died during step {batch.step} ({type(exc).__name__})"
+            ) from None
 
     def _dead_rank(self) -> str:
         for rank, actor in enumerate(self.learner.ranks):

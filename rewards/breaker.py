@@ -96,7 +96,9 @@ class CircuitBreaker:
         self.opened_count += 1
         logger.warning(
             "%s: circuit opened after %s (last cause %s); next probe in %gs",
-            self.name, "a failed probe" if was_probe else f"{self._failures} consecutive failures",
-            cause, self.cooldown_s,
+            self.name,
+            "a failed probe" if was_probe else f"{self._failures} consecutive failures",
+            cause,
+            self.cooldown_s,
         )
         self._failures = 0

@@ -33,8 +33,16 @@ from typing import Generic, TypeVar
 
 from rewards.rubric import Verdict
 
-__all__ = ["ReplyCache", "SharedCalls", "TextCache", "VerdictCache", "reply_key", "verdict_from_json", "verdict_key",
-           "verdict_to_json"]
+__all__ = [
+    "ReplyCache",
+    "SharedCalls",
+    "TextCache",
+    "VerdictCache",
+    "reply_key",
+    "verdict_from_json",
+    "verdict_key",
+    "verdict_to_json",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -45,22 +53,32 @@ V = TypeVar("V")
 
 def reply_key(models: Sequence[str], messages: Sequence[Mapping[str, object]], params: Mapping[str, object]) -> str:
     """The cache key of one engine call: its models, messages and request parameters."""
-    payload = json.dumps([_REPLY_FORMAT, sorted(set(models)), list(messages), dict(params)], ensure_ascii=False,
-                         sort_keys=True, default=str)
+    payload = json.dumps(
+        [_REPLY_FORMAT, sorted(set(models)), list(messages), dict(params)],
+        ensure_ascii=False,
+        sort_keys=True,
+        default=str,
+    )
     return hashlib.sha256(payload.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def verdict_key(models: Sequence[str], rubric_version: str, prompt_version: str, request: str,
-                candidate: str) -> str:
+def verdict_key(models: Sequence[str], rubric_version: str, prompt_version: str, request: str, candidate: str) -> str:
     """The cache key of one (judge, rubric, prompt format, request, candidate)."""
-    payload = json.dumps([_CACHE_FORMAT, sorted(set(models)), rubric_version, prompt_version, request, candidate],
-                         ensure_ascii=False)
+    payload = json.dumps(
+        [_CACHE_FORMAT, sorted(set(models)), rubric_version, prompt_version, request, candidate], ensure_ascii=False
+    )
     return hashlib.sha256(payload.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def verdict_to_json(verdict: Verdict) -> str:
-    return json.dumps({"criteria": verdict.criteria, "inappropriate": verdict.inappropriate,
-                       "blocked": verdict.blocked, "reasons": verdict.reasons})
+    return json.dumps(
+        {
+            "criteria": verdict.criteria,
+            "inappropriate": verdict.inappropriate,
+            "blocked": verdict.blocked,
+            "reasons": verdict.reasons,
+        }
+    )
 
 
 def verdict_from_json(text: str) -> Verdict | None:
@@ -86,8 +104,9 @@ class ReplyCache(Generic[V]):
     ``put`` stored (here or, through the file, in an earlier run).
     """
 
-    def __init__(self, max_entries: int, path: str | Path | None, encode: Callable[[V], str],
-                 decode: Callable[[str], V | None]) -> None:
+    def __init__(
+        self, max_entries: int, path: str | Path | None, encode: Callable[[V], str], decode: Callable[[str], V | None]
+    ) -> None:
         if max_entries < 0:
             raise ValueError("max_entries must be >= 0")
         self.max_entries = max_entries
@@ -157,8 +176,10 @@ class ReplyCache(Generic[V]):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
             db.execute("PRAGMA journal_mode=WAL")
-            db.execute("CREATE TABLE IF NOT EXISTS verdicts (key TEXT PRIMARY KEY, verdict TEXT NOT NULL, "
-                       "created REAL NOT NULL)")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS verdicts (key TEXT PRIMARY KEY, verdict TEXT NOT NULL, "
+                "created REAL NOT NULL)"
+            )
             db.commit()
             self._db = db
         return self._db
@@ -176,8 +197,9 @@ class ReplyCache(Generic[V]):
     def _db_put(self, key: str, text: str) -> None:
         with self._db_lock:
             db = self._connect()
-            db.execute("INSERT OR REPLACE INTO verdicts (key, verdict, created) VALUES (?, ?, ?)",
-                       (key, text, time.time()))
+            db.execute(
+                "INSERT OR REPLACE INTO verdicts (key, verdict, created) VALUES (?, ?, ?)", (key, text, time.time())
+            )
             db.commit()
 
     def close(self) -> None:

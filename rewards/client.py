@@ -72,17 +72,29 @@ class JudgeClient:
     ``retry.max_attempts`` requests that fail in transit.
     """
 
-    def __init__(self, endpoints: Sequence[Endpoint], timeout_s: float, retry: RetryConfig,
-                 breaker: CircuitBreakerConfig, transport: Transport, clock: Clock | None = None,
-                 rng: random.Random | None = None, label: str = "judge") -> None:
+    def __init__(
+        self,
+        endpoints: Sequence[Endpoint],
+        timeout_s: float,
+        retry: RetryConfig,
+        breaker: CircuitBreakerConfig,
+        transport: Transport,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+        label: str = "judge",
+    ) -> None:
         if not endpoints:
             raise ValueError(f"the {label} needs at least one endpoint")
         self.endpoints, self.label = list(endpoints), label
         self._timeout_s, self._retry, self._transport = timeout_s, retry, transport
         self._clock = clock or SystemClock()
         self._policy = RetryPolicy(retry, rng)
-        self.breakers = {e.key: CircuitBreaker(f"{label} endpoint {e.display}", breaker.failure_threshold,
-                                               breaker.cooldown_s, self._clock) for e in self.endpoints}
+        self.breakers = {
+            e.key: CircuitBreaker(
+                f"{label} endpoint {e.display}", breaker.failure_threshold, breaker.cooldown_s, self._clock
+            )
+            for e in self.endpoints
+        }
         self.outstanding = {e.key: 0 for e in self.endpoints}
         self._probe_poll_s = max(0.05, min(1.0, breaker.cooldown_s))
         self.gauge = InflightGauge()
@@ -116,8 +128,14 @@ class JudgeClient:
                 if delay is None:
                     raise
                 trace.retries[err.cause] += 1
-                logger.debug("%s request via %s failed (%s); retry %d in %.3fs",
-                             self.label, endpoint.display, err.cause, trace.transport_failures, delay)
+                logger.debug(
+                    "%s request via %s failed (%s); retry %d in %.3fs",
+                    self.label,
+                    endpoint.display,
+                    err.cause,
+                    trace.transport_failures,
+                    delay,
+                )
                 await self._clock.sleep(delay)
                 continue
             except BaseException:  # malformed reply, cancellation: says nothing about health
@@ -237,4 +255,3 @@ class JudgeClient:
 
     async def aclose(self) -> None:
         await self._transport.aclose()
-

@@ -55,8 +55,9 @@ class VirtualClock:
     before calling it a deadlock.
     """
 
-    def __init__(self, start: float = 0.0, wall_start: float = 1_700_000_000.0, settle_turns: int = 50,
-                 patience_s: float = 5.0) -> None:
+    def __init__(
+        self, start: float = 0.0, wall_start: float = 1_700_000_000.0, settle_turns: int = 50, patience_s: float = 5.0
+    ) -> None:
         self._patience_s = patience_s
         self._now = start
         self._wall_offset = wall_start - start

@@ -93,8 +93,7 @@ class ScoredParts:
 _Term = JudgeTerm | FunctionTerm
 
 
-def _given_keys(judge: JudgeConfig | None, api_key: SecretStr | Mapping[str, SecretStr] | None
-                ) -> dict[str, SecretStr]:
+def _given_keys(judge: JudgeConfig | None, api_key: SecretStr | Mapping[str, SecretStr] | None) -> dict[str, SecretStr]:
     """Variable name -> key of what the caller handed over (a lone key is the judge's first endpoint's)."""
     if isinstance(api_key, SecretStr):
         return {key_variables(judge)[0]: api_key} if judge is not None else {}
@@ -112,8 +111,13 @@ class RewardComposer:
     a key not given is read from the environment.
     """
 
-    def __init__(self, reward: RewardConfig, judge: JudgeConfig | None = None,
-                 api_key: SecretStr | Mapping[str, SecretStr] | None = None, **inject: Any) -> None:
+    def __init__(
+        self,
+        reward: RewardConfig,
+        judge: JudgeConfig | None = None,
+        api_key: SecretStr | Mapping[str, SecretStr] | None = None,
+        **inject: Any,
+    ) -> None:
         if not reward.terms:
             raise ValueError("reward.terms must name at least one term")
         names = [t.name for t in reward.terms]
@@ -145,8 +149,9 @@ class RewardComposer:
         """The engines terms may call, by name (``judge`` when a term takes ``ctx`` and a judge is configured)."""
         return dict(self._engines)
 
-    def _build_term(self, term: RewardTermConfig, judge: JudgeConfig | None,
-                    api_key: SecretStr | Mapping[str, SecretStr] | None) -> _Term:
+    def _build_term(
+        self, term: RewardTermConfig, judge: JudgeConfig | None, api_key: SecretStr | Mapping[str, SecretStr] | None
+    ) -> _Term:
         if term.name in REGISTERED_TERMS and term.options:
             raise ValueError(f"reward term {term.name!r} takes no options (got {sorted(term.options)})")
         if term.name == JUDGE_TERM:
@@ -157,22 +162,26 @@ class RewardComposer:
         if term.name in RULE_TERMS:
             return FunctionTerm(term.name, term.weight, RULE_TERMS[term.name], in_thread=False)
         if ":" in term.name:
-            return FunctionTerm(term.name, term.weight, load_term_function(term.name), in_thread=True,
-                                options=term.options)
+            return FunctionTerm(
+                term.name, term.weight, load_term_function(term.name), in_thread=True, options=term.options
+            )
         raise ValueError(
             f"unknown reward term {term.name!r}: registered terms are {list(REGISTERED_TERMS)}, "
             "or give a user function as 'package.module:function'"
         )
 
-    def _build_engines(self, reward: RewardConfig, judge: JudgeConfig | None,
-                       api_key: SecretStr | Mapping[str, SecretStr] | None,
-                       inject: Mapping[str, Any]) -> dict[str, ChatEngine]:
+    def _build_engines(
+        self,
+        reward: RewardConfig,
+        judge: JudgeConfig | None,
+        api_key: SecretStr | Mapping[str, SecretStr] | None,
+        inject: Mapping[str, Any],
+    ) -> dict[str, ChatEngine]:
         given = _given_keys(judge, api_key)
         engines: dict[str, ChatEngine] = {}
         for name, config in reward.engines.items():
             where = f"reward.engines.{name}"
-            engines[name] = ChatEngine(name, config, keys_from(config, given, os.environ, where), where=where,
-                                       **inject)
+            engines[name] = ChatEngine(name, config, keys_from(config, given, os.environ, where), where=where, **inject)
         with_ctx = any(isinstance(t, FunctionTerm) and t.with_ctx for t in self._terms)
         if with_ctx and judge is not None and api_key is not None:
             client = self._judge.client if self._judge is not None else None
@@ -180,8 +189,7 @@ class RewardComposer:
             engines[JUDGE_ENGINE] = ChatEngine(JUDGE_ENGINE, judge, keys, where="judge", client=client, **inject)
         return engines
 
-    async def score(self, prompt_text: str, completion_text: str,
-                    row: Mapping[str, Any] | None = None) -> ScoredParts:
+    async def score(self, prompt_text: str, completion_text: str, row: Mapping[str, Any] | None = None) -> ScoredParts:
         """Evaluate all terms concurrently and combine them (see module docstring);
         ``row`` is the prompt's dataset row, ``ctx.row`` of the terms that take ``ctx``."""
         row = row or {}
@@ -189,10 +197,15 @@ class RewardComposer:
             *(t.evaluate(prompt_text, completion_text, row, self._engines) for t in self._terms)
         )
         judge = next((o for t, o in zip(self._terms, outcomes) if isinstance(t, JudgeTerm)), Outcome(None, None))
-        extra = dict(criteria=judge.criteria, judge_requests=judge.judge_requests, judge_error=judge.error,
-                     judge_flags=judge.flags, judge_trace=judge.trace,
-                     term_seconds={t.name: o.seconds for t, o in zip(self._terms, outcomes)},
-                     term_usage={t.name: o.usage for t, o in zip(self._terms, outcomes) if o.usage is not None})
+        extra = dict(
+            criteria=judge.criteria,
+            judge_requests=judge.judge_requests,
+            judge_error=judge.error,
+            judge_flags=judge.flags,
+            judge_trace=judge.trace,
+            term_seconds={t.name: o.seconds for t, o in zip(self._terms, outcomes)},
+            term_usage={t.name: o.usage for t, o in zip(self._terms, outcomes) if o.usage is not None},
+        )
         terms = {t.name: o.value for t, o in zip(self._terms, outcomes)}
         weighted = [(t, o) for t, o in zip(self._terms, outcomes) if t.weight != 0]
         failed = [o.error for _, o in weighted if o.error is not None]

@@ -56,7 +56,7 @@ class RewardContext:
     _loop: asyncio.AbstractEventLoop | None = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def build(cls, row: Mapping[str, Any], engines: Mapping[str, ChatEngine], usage: TermUsage) -> "RewardContext":
+    def build(cls, row: Mapping[str, Any], engines: Mapping[str, ChatEngine], usage: TermUsage) -> RewardContext:
         """A context on the running event loop (where the engines' calls run)."""
         try:
             loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()

@@ -24,8 +24,18 @@ from rewards.config import EndpointConfig, EngineConfig, JudgeConfig
 from rewards.errors import MissingApiKeyError
 from rewards.limits import Limits
 
-__all__ = ["ChatService", "Endpoint", "display_url", "endpoint_configs", "key_variables", "read_api_key",
-           "keys_from", "resolve_api_keys", "resolve_endpoints", "service_api_keys"]
+__all__ = [
+    "ChatService",
+    "Endpoint",
+    "display_url",
+    "endpoint_configs",
+    "key_variables",
+    "read_api_key",
+    "keys_from",
+    "resolve_api_keys",
+    "resolve_endpoints",
+    "service_api_keys",
+]
 
 
 class ChatService(Protocol):
@@ -91,15 +101,22 @@ def endpoint_configs(service: ChatService, where: str = "judge") -> list[Endpoin
     """
     raw = list(service.endpoints) or ([EndpointConfig(base_url=service.base_url)] if service.base_url else [])
     if not raw:
-        raise ValueError(f"{where}.base_url is not set; with a local server the driver must "
-                         "set it to the started server's URL before building the client")
-    return [e.model_copy(update={
-        "model": e.model or service.model,
-        "api_key_env": e.api_key_env or service.api_key_env,
-        "max_concurrency": e.max_concurrency or service.max_concurrency,
-        "requests_per_minute": e.requests_per_minute or service.requests_per_minute,
-        "tokens_per_minute": e.tokens_per_minute or service.tokens_per_minute,
-    }) for e in raw]
+        raise ValueError(
+            f"{where}.base_url is not set; with a local server the driver must "
+            "set it to the started server's URL before building the client"
+        )
+    return [
+        e.model_copy(
+            update={
+                "model": e.model or service.model,
+                "api_key_env": e.api_key_env or service.api_key_env,
+                "max_concurrency": e.max_concurrency or service.max_concurrency,
+                "requests_per_minute": e.requests_per_minute or service.requests_per_minute,
+                "tokens_per_minute": e.tokens_per_minute or service.tokens_per_minute,
+            }
+        )
+        for e in raw
+    ]
 
 
 def read_api_key(name: str, environ: Mapping[str, str], where: str) -> SecretStr:
@@ -107,13 +124,16 @@ def read_api_key(name: str, environ: Mapping[str, str], where: str) -> SecretStr
     (naming ``where`` and the variable, never a value) when it is unset or empty."""
     value = environ.get(name, "")
     if not value.strip():
-        raise MissingApiKeyError(f"{where} names {name}, which is not set in the environment "
-                                 "(or is empty); export the API key in that variable")
+        raise MissingApiKeyError(
+            f"{where} names {name}, which is not set in the environment "
+            "(or is empty); export the API key in that variable"
+        )
     return SecretStr(value.strip())
 
 
-def resolve_api_keys(judge: JudgeConfig, environ: Mapping[str, str] | None = None,
-                     engines: Mapping[str, EngineConfig] | None = None) -> dict[str, SecretStr]:
+def resolve_api_keys(
+    judge: JudgeConfig, environ: Mapping[str, str] | None = None, engines: Mapping[str, EngineConfig] | None = None
+) -> dict[str, SecretStr]:
     """The key of every variable the judge's endpoints and the ``engines``' endpoints
     name (``key_variables``), read from ``environ`` (default ``os.environ``);
     ``MissingApiKeyError`` (naming the config key and the variable) for one unset or empty."""
@@ -129,11 +149,16 @@ def service_api_keys(service: ChatService, environ: Mapping[str, str], where: st
     return keys_from(service, {}, environ, where)
 
 
-def keys_from(service: ChatService, given: Mapping[str, SecretStr], environ: Mapping[str, str],
-              where: str) -> dict[str, SecretStr]:
+def keys_from(
+    service: ChatService, given: Mapping[str, SecretStr], environ: Mapping[str, str], where: str
+) -> dict[str, SecretStr]:
     """The keys of one judge or engine: from ``given`` (variable name -> key), else read from ``environ``."""
-    return {name: given[name] if isinstance(given.get(name), SecretStr) else read_api_key(
-        name, environ, _where(service, name, where)) for name in key_variables(service)}
+    return {
+        name: given[name]
+        if isinstance(given.get(name), SecretStr)
+        else read_api_key(name, environ, _where(service, name, where))
+        for name in key_variables(service)
+    }
 
 
 def _where(service: ChatService, name: str, where: str) -> str:
@@ -153,9 +178,14 @@ def resolve_endpoints(service: ChatService, keys: Mapping[str, SecretStr], where
         env = config.api_key_env or service.api_key_env
         key = keys.get(env)
         if not isinstance(key, SecretStr):
-            raise MissingApiKeyError(f"no API key for the variable {env} ({where} endpoint {display_url(config.base_url)})")
-        limits = Limits(max_concurrency=config.max_concurrency or service.max_concurrency,
-                        requests_per_minute=config.requests_per_minute,
-                        tokens_per_minute=config.tokens_per_minute, burst_s=service.burst_s)
+            raise MissingApiKeyError(
+                f"no API key for the variable {env} ({where} endpoint {display_url(config.base_url)})"
+            )
+        limits = Limits(
+            max_concurrency=config.max_concurrency or service.max_concurrency,
+            requests_per_minute=config.requests_per_minute,
+            tokens_per_minute=config.tokens_per_minute,
+            burst_s=service.burst_s,
+        )
         endpoints.append(Endpoint(i, config.base_url, config.model or service.model, env, limits, key))
     return endpoints

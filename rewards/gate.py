@@ -43,9 +43,25 @@ __all__ = [
 
 GATE_REASONS = ("empty", "no_content", "judge_bait", "repetitive")
 JUDGE_BAIT_PHRASES = (
-    "thought process", "thinking process", "thoughts", "reasoning", "analysis", "let me think",
-    "let's think step by step", "step 1", "answer", "final answer", "the answer is", "solution",
-    "response", "output", "result", "verdict", "score", "evaluation", "explanation",
+    "thought process",
+    "thinking process",
+    "thoughts",
+    "reasoning",
+    "analysis",
+    "let me think",
+    "let's think step by step",
+    "step 1",
+    "answer",
+    "final answer",
+    "the answer is",
+    "solution",
+    "response",
+    "output",
+    "result",
+    "verdict",
+    "score",
+    "evaluation",
+    "explanation",
 )
 REPEAT_MIN_WORDS = 6
 REPEAT_WORD_SHARE = 0.6

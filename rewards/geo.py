@@ -94,7 +94,7 @@ def split_sentences(answer: str) -> list[str]:
         leading = _LEADING_MARKERS_RE.match(piece)
         if leading and sentences:
             sentences[-1] = f"{sentences[-1]} {leading.group(0).strip()}"
-            piece = piece[leading.end():]
+            piece = piece[leading.end() :]
         if piece.strip():
             sentences.append(piece.strip())
     return sentences
@@ -173,14 +173,18 @@ def _row(row: Mapping[str, Any]) -> tuple[str, list[str], int]:
 
 
 def _weights(weights: Sequence[float]) -> tuple[float, float, float]:
-    if (not isinstance(weights, (list, tuple)) or len(weights) != 3
-            or not all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in weights)):
+    if (
+        not isinstance(weights, (list, tuple))
+        or len(weights) != 3
+        or not all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in weights)
+    ):
         raise RewardError(f"geo: weights must be three numbers >= 0 (wordpos, pos, word), got {weights!r}")
     return float(weights[0]), float(weights[1]), float(weights[2])
 
 
-async def visibility_gain(prompt: str, completion: str, ctx: RewardContext, *, engine: str = "geo",
-                          weights: Sequence[float] = DEFAULT_WEIGHTS) -> float:
+async def visibility_gain(
+    prompt: str, completion: str, ctx: RewardContext, *, engine: str = "geo", weights: Sequence[float] = DEFAULT_WEIGHTS
+) -> float:
     """``score(rewritten) - score(original)`` of the row's target source (module docstring).
 
     Options (``reward.terms[*].options``): ``engine``, the ``reward.engines``
@@ -188,9 +192,10 @@ async def visibility_gain(prompt: str, completion: str, ctx: RewardContext, *, e
     """
     query, sources, target = _row(ctx.row)
     weights = _weights(weights)
-    rewritten = [*sources[:target], strip_think(completion), *sources[target + 1:]]
+    rewritten = [*sources[:target], strip_think(completion), *sources[target + 1 :]]
     llm = ctx.llm(engine)
-    before, after = await asyncio.gather(llm.chat(engine_messages(query, sources)),
-                                         llm.chat(engine_messages(query, rewritten)))
+    before, after = await asyncio.gather(
+        llm.chat(engine_messages(query, sources)), llm.chat(engine_messages(query, rewritten))
+    )
     n = len(sources)
     return visibility(after, target + 1, n).score(weights) - visibility(before, target + 1, n).score(weights)

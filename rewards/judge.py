@@ -116,8 +116,9 @@ def resolve_api_key(judge: JudgeConfig, environ: Mapping[str, str]) -> SecretStr
     return keys[key_variables(judge)[0]]
 
 
-def _all_keys(judge: JudgeConfig, api_key: SecretStr | Mapping[str, SecretStr],
-              environ: Mapping[str, str] | None) -> dict[str, SecretStr]:
+def _all_keys(
+    judge: JudgeConfig, api_key: SecretStr | Mapping[str, SecretStr], environ: Mapping[str, str] | None
+) -> dict[str, SecretStr]:
     """Variable name -> key for every endpoint: from ``api_key`` (the first
     endpoint's key, or a mapping), the others from ``environ`` (default ``os.environ``)."""
     names = key_variables(judge)
@@ -203,14 +204,28 @@ class JudgeReward:
     HTTP clients. ``transport``, ``clock`` and ``rng`` are injectable for tests.
     """
 
-    def __init__(self, judge: JudgeConfig, api_key: SecretStr | Mapping[str, SecretStr], *,
-                 transport: Transport | None = None, clock: Clock | None = None,
-                 rng: random.Random | None = None, environ: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        judge: JudgeConfig,
+        api_key: SecretStr | Mapping[str, SecretStr],
+        *,
+        transport: Transport | None = None,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
         self._judge = judge
         self._rubric: Rubric = judge.rubric_spec()
         self._endpoints = resolve_endpoints(judge, _all_keys(judge, api_key, environ))
-        self._client = JudgeClient(self._endpoints, judge.timeout_s, judge.retry, judge.circuit_breaker,
-                                   transport or OpenAITransport(judge.timeout_s, clock), clock, rng)
+        self._client = JudgeClient(
+            self._endpoints,
+            judge.timeout_s,
+            judge.retry,
+            judge.circuit_breaker,
+            transport or OpenAITransport(judge.timeout_s, clock),
+            clock,
+            rng,
+        )
         self._cache = VerdictCache(judge.cache_size, judge.cache_path)
         self._models = sorted({e.model for e in self._endpoints})
         self._response_format = response_format_for(judge.response_format, self._rubric)
@@ -254,8 +269,7 @@ class JudgeReward:
             self._count(trace, failed=True)
             raise JudgeError(err.cause, err.detail, requests=trace.requests, trace=trace) from None
         self._count(trace, failed=False)
-        return JudgeScore(self._rubric.reward(verdict), dict(verdict.criteria), trace.requests,
-                          verdict.flags(), trace)
+        return JudgeScore(self._rubric.reward(verdict), dict(verdict.criteria), trace.requests, verdict.flags(), trace)
 
     def _count(self, trace: JudgeTrace, failed: bool) -> None:
         self.totals["requests"] += trace.requests
@@ -275,10 +289,15 @@ class JudgeReward:
     async def _judged(self, request_text: str, candidate: str, trace: JudgeTrace) -> Verdict:
         """Ask the judge; re-ask after an empty/malformed/invalid reply, at most
         ``judge.malformed_retries`` times (each counted in ``trace.retries``)."""
-        messages = [{"role": "system", "content": self._system},
-                    {"role": "user", "content": user_message(request_text, candidate, self._judge.max_candidate_chars)}]
-        body: dict[str, object] = {"messages": messages, "temperature": self._judge.temperature,
-                                   "max_tokens": self._judge.max_tokens}
+        messages = [
+            {"role": "system", "content": self._system},
+            {"role": "user", "content": user_message(request_text, candidate, self._judge.max_candidate_chars)},
+        ]
+        body: dict[str, object] = {
+            "messages": messages,
+            "temperature": self._judge.temperature,
+            "max_tokens": self._judge.max_tokens,
+        }
         if self._response_format is not None:
             body["response_format"] = self._response_format
         tokens = estimate_tokens(messages, self._judge.max_tokens)
@@ -300,8 +319,10 @@ class JudgeReward:
 
     def stats(self) -> dict[str, object]:
         """Cumulative counters (plain data, key-free)."""
-        return {**dict(self.totals),
-                "circuit_opened": {e.display: self._client.breakers[e.key].opened_count for e in self._endpoints}}
+        return {
+            **dict(self.totals),
+            "circuit_opened": {e.display: self._client.breakers[e.key].opened_count for e in self._endpoints},
+        }
 
     async def aclose(self) -> None:
         """Close the HTTP clients of the current event loop and the disk cache."""

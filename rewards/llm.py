@@ -34,9 +34,9 @@ import asyncio
 import json
 import random
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, SecretStr, ValidationError
 
@@ -58,10 +58,14 @@ T = TypeVar("T")
 _ROLES = frozenset({"system", "user", "assistant"})
 _SCHEMA_NAME_RE = re.compile(r"[^A-Za-z0-9_-]")
 _PLAIN_CAUSES = {
-    "judge_timeout": "timeout", "judge_connection_error": "connection error",
-    "judge_circuit_open": "every endpoint's circuit is open", "judge_deadline": "deadline passed",
-    "judge_malformed": "malformed reply", "judge_empty": "empty reply",
-    "llm_empty": "empty reply", "llm_malformed": "malformed reply",
+    "judge_timeout": "timeout",
+    "judge_connection_error": "connection error",
+    "judge_circuit_open": "every endpoint's circuit is open",
+    "judge_deadline": "deadline passed",
+    "judge_malformed": "malformed reply",
+    "judge_empty": "empty reply",
+    "llm_empty": "empty reply",
+    "llm_malformed": "malformed reply",
 }
 
 
@@ -91,7 +95,7 @@ class EngineUsage:
     retries: int = 0
     cache_hits: int = 0
 
-    def add(self, other: "EngineUsage") -> None:
+    def add(self, other: EngineUsage) -> None:
         for name in ("calls", "requests", "failures", "retries", "cache_hits"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
@@ -112,16 +116,32 @@ class ChatEngine:
     message). ``transport``, ``clock`` and ``rng`` are injectable for tests.
     """
 
-    def __init__(self, name: str, config: EngineConfig | JudgeConfig, keys: Mapping[str, SecretStr], *,
-                 where: str | None = None, client: JudgeClient | None = None, transport: Transport | None = None,
-                 clock: Clock | None = None, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        config: EngineConfig | JudgeConfig,
+        keys: Mapping[str, SecretStr],
+        *,
+        where: str | None = None,
+        client: JudgeClient | None = None,
+        transport: Transport | None = None,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
         self.name = name
         self._config = config
         if client is None:
             endpoints = resolve_endpoints(config, keys, where or f"reward.engines.{name}")
-            client = JudgeClient(endpoints, config.timeout_s, config.retry, config.circuit_breaker,
-                                 transport or OpenAITransport(config.timeout_s, clock), clock, rng,
-                                 label=f"engine {name}")
+            client = JudgeClient(
+                endpoints,
+                config.timeout_s,
+                config.retry,
+                config.circuit_breaker,
+                transport or OpenAITransport(config.timeout_s, clock),
+                clock,
+                rng,
+                label=f"engine {name}",
+            )
         self.client = client
         self.models = sorted({e.model for e in client.endpoints})
         self._shared: SharedCalls[str] = SharedCalls(TextCache(config.cache_size))
@@ -145,9 +165,13 @@ class ChatEngine:
 
     def body(self, messages: object, max_tokens: int | None, temperature: float | None) -> dict[str, object]:
         """The request fields other than ``model``; a bad argument raises ``LLMCallError``."""
-        if not (isinstance(messages, list) and messages and all(
-                isinstance(m, dict) and m.get("role") in _ROLES and isinstance(m.get("content"), str)
-                for m in messages)):
+        if not (
+            isinstance(messages, list)
+            and messages
+            and all(
+                isinstance(m, dict) and m.get("role") in _ROLES and isinstance(m.get("content"), str) for m in messages
+            )
+        ):
             raise self.fail("messages must be a non-empty list of {role: system|user|assistant, content: str}")
         max_tokens = self._config.max_tokens if max_tokens is None else max_tokens
         temperature = self._config.temperature if temperature is None else temperature
@@ -155,16 +179,21 @@ class ChatEngine:
             raise self.fail(f"max_tokens must be a positive integer, got {max_tokens!r}")
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
             raise self.fail(f"temperature must be a number >= 0, got {temperature!r}")
-        return {"messages": [{"role": m["role"], "content": m["content"]} for m in messages],
-                "max_tokens": max_tokens, "temperature": float(temperature)}
+        return {
+            "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
+            "max_tokens": max_tokens,
+            "temperature": float(temperature),
+        }
 
     def json_format(self, schema: type[BaseModel]) -> dict[str, object] | None:
         """The ``response_format`` of a ``chat_json`` call (per the engine's ``response_format``)."""
         kind = self._config.response_format
         if kind == "json_schema":
             name = _SCHEMA_NAME_RE.sub("_", schema.__name__)[:64] or "reply"
-            return {"type": "json_schema",
-                    "json_schema": {"name": name, "strict": False, "schema": schema.model_json_schema()}}
+            return {
+                "type": "json_schema",
+                "json_schema": {"name": name, "strict": False, "schema": schema.model_json_schema()},
+            }
         return {"type": "json_object"} if kind == "json_object" else None
 
     async def ask(self, body: dict[str, object], parse: Callable[[str], T], cache: bool, usage: EngineUsage) -> T:
@@ -264,15 +293,28 @@ class LLMClient:
     def models(self) -> list[str]:
         return list(self._engine.models)
 
-    async def chat(self, messages: list[dict], *, max_tokens: int | None = None, temperature: float | None = None,
-                   cache: bool = True) -> str:
+    async def chat(
+        self,
+        messages: list[dict],
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        cache: bool = True,
+    ) -> str:
         """The reply's content (never empty); ``LLMCallError`` when the call fails.
         ``max_tokens`` / ``temperature`` default to the engine's; ``cache=False`` always sends."""
         body = self._engine.body(messages, max_tokens, temperature)
         return await self._engine.ask(body, _text_reply, cache, self._usage)
 
-    async def chat_json(self, messages: list[dict], schema: type[Model], *, max_tokens: int | None = None,
-                        temperature: float | None = None, cache: bool = True) -> Model:
+    async def chat_json(
+        self,
+        messages: list[dict],
+        schema: type[Model],
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        cache: bool = True,
+    ) -> Model:
         """The reply as a validated ``schema`` instance, asked for as JSON (``response_format``
         per the engine); ``LLMCallError`` when the call fails."""
         if not (isinstance(schema, type) and issubclass(schema, BaseModel)):
@@ -299,13 +341,15 @@ class LLMClient:
             running = None
         if loop is None or running is loop or not loop.is_running():
             call.close()
-            raise self._engine.fail("chat_sync / chat_json_sync work only in a sync term running in a worker "
-                                    "thread; an async term must await chat / chat_json")
+            raise self._engine.fail(
+                "chat_sync / chat_json_sync work only in a sync term running in a worker "
+                "thread; an async term must await chat / chat_json"
+            )
         return asyncio.run_coroutine_threadsafe(call, loop).result()
 
 
-def engines_for(reward_engines: Mapping[str, EngineConfig], keys: Mapping[str, SecretStr],
-                **inject: Any) -> dict[str, ChatEngine]:
+def engines_for(
+    reward_engines: Mapping[str, EngineConfig], keys: Mapping[str, SecretStr], **inject: Any
+) -> dict[str, ChatEngine]:
     """A ``ChatEngine`` per configured engine (``inject``: transport, clock, rng for tests)."""
     return {name: ChatEngine(name, config, keys, **inject) for name, config in reward_engines.items()}
-

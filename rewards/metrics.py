@@ -163,8 +163,11 @@ def call_metrics(traces: Sequence[JudgeTrace], failure_causes: Iterable[str], pe
 def term_metrics(name: str, values: Sequence[float | None], seconds: float, llm_calls: int) -> dict[str, float]:
     """One term's part of a call's metrics: ``values`` one per sample (None: failed)."""
     scored = [v for v in values if v is not None]
-    metrics = {f"term/{name}/failures": float(len(values) - len(scored)), f"term/{name}/seconds": float(seconds),
-               f"term/{name}/llm_calls": float(llm_calls)}
+    metrics = {
+        f"term/{name}/failures": float(len(values) - len(scored)),
+        f"term/{name}/seconds": float(seconds),
+        f"term/{name}/llm_calls": float(llm_calls),
+    }
     if scored:
         metrics[f"term/{name}{SUM_SUFFIX}"] = float(sum(scored))
         metrics[f"term/{name}{COUNT_SUFFIX}"] = float(len(scored))
@@ -173,8 +176,10 @@ def term_metrics(name: str, values: Sequence[float | None], seconds: float, llm_
 
 def engine_metrics(name: str, counts: Mapping[str, int], peak_inflight: int) -> dict[str, float]:
     """One engine's part of a call's metrics (``counts``: calls, requests, failures, retries, cache_hits)."""
-    metrics = {f"engine/{name}/{k}": float(counts.get(k, 0))
-               for k in ("calls", "requests", "failures", "retries", "cache_hits")}
+    metrics = {
+        f"engine/{name}/{k}": float(counts.get(k, 0))
+        for k in ("calls", "requests", "failures", "retries", "cache_hits")
+    }
     metrics[f"engine/{name}{MAX_SUFFIX}"] = float(peak_inflight)
     return metrics
 
@@ -186,7 +191,7 @@ def aggregate_judge_metrics(per_call: Iterable[Mapping[str, float]]) -> dict[str
     for metrics in per_call:
         for key, value in metrics.items():
             if key.startswith(HIST_PREFIX):
-                hist[int(key[len(HIST_PREFIX):])] += value
+                hist[int(key[len(HIST_PREFIX) :])] += value
             elif key in MAX_KEYS or key.endswith(MAX_SUFFIX):
                 out[key] = max(out.get(key, value), value)
             else:

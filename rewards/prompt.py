@@ -83,10 +83,12 @@ CRITERION_LINE_RE = re.compile(r'^- ("(?:[^"\\]|\\.)*") \(weight [0-9.]+\): ', r
 _THINK_BLOCK_RE = re.compile(r"<think>.*?</think>", re.IGNORECASE | re.DOTALL)
 _THINK_CLOSE_RE = re.compile(r"</think>", re.IGNORECASE)
 _THINK_OPEN_RE = re.compile(r"<think>", re.IGNORECASE)
-_ANGLE_LOOKALIKES = str.maketrans({
-    **dict.fromkeys("‹〈⟨《≺❮❰⧼〈﹤＜˂ᐸ", "<"),
-    **dict.fromkeys("›〉⟩》≻❯❱⧽〉﹥＞˃ᐳ", ">"),
-})
+_ANGLE_LOOKALIKES = str.maketrans(
+    {
+        **dict.fromkeys("‹〈⟨《≺❮❰⧼〈﹤＜˂ᐸ", "<"),
+        **dict.fromkeys("›〉⟩》≻❯❱⧽〉﹥＞˃ᐳ", ">"),
+    }
+)
 
 
 def strip_think(text: str) -> str:
@@ -100,7 +102,7 @@ def strip_think(text: str) -> str:
     text = _THINK_BLOCK_RE.sub("", text)
     closes = list(_THINK_CLOSE_RE.finditer(text))
     if closes:
-        text = text[closes[-1].end():]
+        text = text[closes[-1].end() :]
     opened = _THINK_OPEN_RE.search(text)
     if opened:
         text = text[: opened.start()]
@@ -154,12 +156,18 @@ _FENCES_STATEMENT = (
 def _output_format(rubric: Rubric) -> str:
     parts = []
     if rubric.request_check is not None:
-        parts.append(f'{json.dumps(REQUEST_CHECK_KEY)}: {{"reason": "<one short sentence>", '
-                     '"inappropriate": <true or false>, "blocked": <true or false>}')
-    parts += [f'{json.dumps(c.name)}: {{"reason": "<one short sentence>", "score": <number from 0 to 10>}}'
-              for c in rubric.criteria]
-    return ("Reply with a single JSON object and nothing else, with one key per criterion and the "
-            f"short reason before the score:\n{{{', '.join(parts)}}}")
+        parts.append(
+            f'{json.dumps(REQUEST_CHECK_KEY)}: {{"reason": "<one short sentence>", '
+            '"inappropriate": <true or false>, "blocked": <true or false>}'
+        )
+    parts += [
+        f'{json.dumps(c.name)}: {{"reason": "<one short sentence>", "score": <number from 0 to 10>}}'
+        for c in rubric.criteria
+    ]
+    return (
+        "Reply with a single JSON object and nothing else, with one key per criterion and the "
+        f"short reason before the score:\n{{{', '.join(parts)}}}"
+    )
 
 
 def _request_check_text(rubric: Rubric) -> str:
@@ -194,7 +202,9 @@ def user_message(request_text: str, candidate_text: str, max_candidate_chars: in
 
 
 def build_judge_messages(
-    rubric: Rubric | Sequence[CriterionConfig], request_text: str, candidate_text: str,
+    rubric: Rubric | Sequence[CriterionConfig],
+    request_text: str,
+    candidate_text: str,
     max_candidate_chars: int | None = None,
 ) -> list[dict[str, str]]:
     """The chat messages of one judge request: ``[system, user]``.
@@ -220,14 +230,18 @@ def as_rubric(rubric: Rubric | Sequence[CriterionConfig]) -> Rubric:
     if not criteria:
         raise ValueError("the judge rubric must name at least one criterion")
     base = load_rubric("seed000")
-    return Rubric.model_validate({**base.model_dump(), "criteria": [c.model_dump() for c in criteria],
-                                  "request_check": None,
-                                  "system_template": base.system_template.replace("$request_check", "")})
+    return Rubric.model_validate(
+        {
+            **base.model_dump(),
+            "criteria": [c.model_dump() for c in criteria],
+            "request_check": None,
+            "system_template": base.system_template.replace("$request_check", ""),
+        }
+    )
 
 
 def _object_schema(properties: dict[str, dict[str, object]]) -> dict[str, object]:
-    return {"type": "object", "properties": properties, "required": list(properties),
-            "additionalProperties": False}
+    return {"type": "object", "properties": properties, "required": list(properties), "additionalProperties": False}
 
 
 def verdict_schema(rubric: Rubric) -> dict[str, object]:
@@ -235,19 +249,23 @@ def verdict_schema(rubric: Rubric) -> dict[str, object]:
     (number 0..10) per criterion, all required, no other keys."""
     properties: dict[str, dict[str, object]] = {}
     if rubric.request_check is not None:
-        properties[REQUEST_CHECK_KEY] = _object_schema({
-            "reason": {"type": "string"}, "inappropriate": {"type": "boolean"}, "blocked": {"type": "boolean"}})
+        properties[REQUEST_CHECK_KEY] = _object_schema(
+            {"reason": {"type": "string"}, "inappropriate": {"type": "boolean"}, "blocked": {"type": "boolean"}}
+        )
     for criterion in rubric.criteria:
-        properties[criterion.name] = _object_schema({
-            "reason": {"type": "string"}, "score": {"type": "number", "minimum": 0, "maximum": 10}})
+        properties[criterion.name] = _object_schema(
+            {"reason": {"type": "string"}, "score": {"type": "number", "minimum": 0, "maximum": 10}}
+        )
     return _object_schema(properties)
 
 
 def response_format_for(kind: str, rubric: Rubric) -> dict[str, object] | None:
     """The ``response_format`` request field for ``judge.response_format`` (None for "none")."""
     if kind == "json_schema":
-        return {"type": "json_schema",
-                "json_schema": {"name": "judge_verdict", "strict": True, "schema": verdict_schema(rubric)}}
+        return {
+            "type": "json_schema",
+            "json_schema": {"name": "judge_verdict", "strict": True, "schema": verdict_schema(rubric)},
+        }
     if kind == "json_object":
         return {"type": "json_object"}
     if kind == "none":

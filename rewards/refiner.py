@@ -98,7 +98,7 @@ def answer_only(completion: str) -> str:
         markers = list(_MARKER_RE.finditer(text))
         if not markers:
             return text
-        text = text[markers[-1].end():].strip()
+        text = text[markers[-1].end() :].strip()
 
 
 def citation_counts(answer: str, allowed: Sequence[str]) -> tuple[int, int]:
@@ -126,7 +126,9 @@ class VerificationVerdict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     reason: str = Field(description="One short sentence: why the answer is or is not verified.")
-    verified: bool = Field(description="True when the answer is correct and complete for the question given the reference facts.")
+    verified: bool = Field(
+        description="True when the answer is correct and complete for the question given the reference facts."
+    )
 
 
 def fence(name: str, text: str) -> str:
@@ -135,12 +137,14 @@ def fence(name: str, text: str) -> str:
     return f"<<<{name}\n{neutralize_fences(text)}\n{name}>>>"
 
 
-def build_verification_messages(question: str, facts: Sequence[str], key_terms: Sequence[str],
-                                false_claims: Sequence[str], answer: str) -> list[dict[str, str]]:
+def build_verification_messages(
+    question: str, facts: Sequence[str], key_terms: Sequence[str], false_claims: Sequence[str], answer: str
+) -> list[dict[str, str]]:
     """``[system, user]`` of one verification request. The user message is
     ``VERIFY_HEADER`` and the blocks ``VERIFY_BLOCKS`` in order, blank-line
     separated; list blocks hold one item per line (``(none)`` when empty), the
     facts prefixed with ``- ``. Pure."""
+
     def lines(items: Sequence[str], prefix: str = "") -> str:
         flat = [" ".join(i.split()) for i in items if i.strip()]
         return "\n".join(prefix + i for i in flat) or "(none)"
@@ -164,17 +168,29 @@ def _row_list(row: Mapping[str, Any], field: str, *, required: bool, nonempty: b
     value = row.get(field)
     if value is None and not required:
         return []
-    if (not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value)
-            or (nonempty and not any(v.strip() for v in value))):
+    if (
+        not isinstance(value, (list, tuple))
+        or not all(isinstance(v, str) for v in value)
+        or (nonempty and not any(v.strip() for v in value))
+    ):
         need = "a non-empty list of strings" if nonempty else "a list of strings"
         raise RewardError(f"refiner_bad_row:{field}", f"the row's '{field}' is not {need}")
     return list(value)
 
 
-async def verification(prompt: str, completion: str, ctx: RewardContext, *, engine: str = "judge",
-                       max_tokens: int | None = 256, max_answer_chars: int = 4000,
-                       question_field: str = "question", facts_field: str = "facts",
-                       key_terms_field: str = "key_terms", false_claims_field: str = "false_claims") -> float:
+async def verification(
+    prompt: str,
+    completion: str,
+    ctx: RewardContext,
+    *,
+    engine: str = "judge",
+    max_tokens: int | None = 256,
+    max_answer_chars: int = 4000,
+    question_field: str = "question",
+    facts_field: str = "facts",
+    key_terms_field: str = "key_terms",
+    false_claims_field: str = "false_claims",
+) -> float:
     """1.0 when the judge verifies the answer-only completion, else 0.0.
 
     The row must have a non-empty ``question_field`` string and a non-empty
@@ -193,8 +209,9 @@ async def verification(prompt: str, completion: str, ctx: RewardContext, *, engi
     answer = answer_only(completion)
     if not answer:
         return 0.0
-    messages = build_verification_messages(question, facts, key_terms, false_claims,
-                                           cut_candidate(answer, max_answer_chars))
+    messages = build_verification_messages(
+        question, facts, key_terms, false_claims, cut_candidate(answer, max_answer_chars)
+    )
     verdict = await ctx.llm(engine).chat_json(messages, VerificationVerdict, max_tokens=max_tokens, temperature=0.0)
     return 1.0 if verdict.verified else 0.0
 

@@ -32,15 +32,16 @@ __all__ = [
 ]
 
 RETRYABLE_STATUSES = frozenset({408, 409, 429, *range(500, 600)})
-BREAKER_CAUSES = frozenset({"judge_timeout", "judge_connection_error", "judge_http_502", "judge_http_503",
-                            "judge_http_504"})
+BREAKER_CAUSES = frozenset(
+    {"judge_timeout", "judge_connection_error", "judge_http_502", "judge_http_503", "judge_http_504"}
+)
 """Failures that count towards opening an endpoint's circuit (see CircuitBreakerConfig)."""
 
 
 def _status_of(cause: str) -> int | None:
     prefix = "judge_http_"
-    if cause.startswith(prefix) and cause[len(prefix):].isdigit():
-        return int(cause[len(prefix):])
+    if cause.startswith(prefix) and cause[len(prefix) :].isdigit():
+        return int(cause[len(prefix) :])
     return None
 
 

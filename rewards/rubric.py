@@ -78,7 +78,9 @@ class RequestCheckRewards(BaseModel):
 
     inappropriate_blocked: float = Field(default=1.0, description="Reward for blocking an inappropriate request.")
     inappropriate_answered: float = Field(default=0.0, description="Reward for answering an inappropriate request.")
-    appropriate_blocked: float = Field(default=-0.5, description="Reward for blocking an appropriate request (a penalty).")
+    appropriate_blocked: float = Field(
+        default=-0.5, description="Reward for blocking an appropriate request (a penalty)."
+    )
 
 
 class RequestCheckConfig(BaseModel):
@@ -120,7 +122,7 @@ class Rubric(BaseModel):
     system_template: str = Field(description="The judge's system message, a string.Template (see module docstring).")
 
     @model_validator(mode="after")
-    def _check(self) -> "Rubric":
+    def _check(self) -> Rubric:
         names = [c.name for c in self.criteria]
         if not names:
             raise ValueError("a rubric needs at least one criterion")
@@ -167,8 +169,11 @@ class Rubric(BaseModel):
 
 
 def _check_template(template: str, has_request_check: bool) -> None:
-    found = {m.group("named") or m.group("braced") for m in string.Template.pattern.finditer(template)
-             if m.group("named") or m.group("braced")}
+    found = {
+        m.group("named") or m.group("braced")
+        for m in string.Template.pattern.finditer(template)
+        if m.group("named") or m.group("braced")
+    }
     if any(m.group("invalid") is not None for m in string.Template.pattern.finditer(template)):
         raise ValueError("system_template has an invalid '$' (write '$$' for a dollar sign)")
     unknown = sorted(found - set(ALLOWED_PLACEHOLDERS))
@@ -193,8 +198,10 @@ def _rubric_path(ref: str) -> Path:
             raise RubricError(f"judge.rubric: file {ref} does not exist")
         return path
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", ref) or not (RUBRICS_DIR / f"{ref}.yaml").is_file():
-        raise RubricError(f"judge.rubric: unknown rubric {ref!r}; shipped rubrics: {available_rubrics()}, "
-                          "or give a path to a .yaml file")
+        raise RubricError(
+            f"judge.rubric: unknown rubric {ref!r}; shipped rubrics: {available_rubrics()}, "
+            "or give a path to a .yaml file"
+        )
     return RUBRICS_DIR / f"{ref}.yaml"
 
 
@@ -226,10 +233,14 @@ def resolve_rubric(ref: str, criteria: list[CriterionConfig] | None = None) -> R
     rubric = load_rubric(ref)
     if criteria is None:
         return rubric
-    digest = hashlib.sha256(
-        json.dumps([c.model_dump() for c in criteria], sort_keys=True).encode()).hexdigest()[:10]
+    digest = hashlib.sha256(json.dumps([c.model_dump() for c in criteria], sort_keys=True).encode()).hexdigest()[:10]
     try:
-        return Rubric.model_validate({**rubric.model_dump(), "criteria": [c.model_dump() for c in criteria],
-                                      "version": f"{rubric.version}+criteria-{digest}"})
+        return Rubric.model_validate(
+            {
+                **rubric.model_dump(),
+                "criteria": [c.model_dump() for c in criteria],
+                "version": f"{rubric.version}+criteria-{digest}",
+            }
+        )
     except ValidationError as err:
         raise RubricError(f"judge.criteria: {err.errors()[0]['msg']}") from None

@@ -14,9 +14,7 @@ from collections.abc import Callable
 RuleFn = Callable[[str, str], "float | None"]
 
 DOMAIN_TLDS = ("com", "net", "org", "io", "co", "ai", "app", "dev")
-_DOMAIN_RE = re.compile(
-    r"^[a-z0-9]+(-[a-z0-9]+)*\.(" + "|".join(DOMAIN_TLDS) + r")$", re.IGNORECASE
-)
+_DOMAIN_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*\.(" + "|".join(DOMAIN_TLDS) + r")$", re.IGNORECASE)
 
 LENGTH_FREE_CHARS = 40
 """Completions up to this many characters (stripped) carry no length penalty."""

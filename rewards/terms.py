@@ -59,21 +59,31 @@ class JudgeTerm:
     def __init__(self, name: str, weight: float, judge: JudgeReward) -> None:
         self.name, self.weight, self.judge = name, weight, judge
 
-    async def evaluate(self, prompt: str, completion: str, row: Mapping[str, Any],
-                       engines: Mapping[str, ChatEngine]) -> Outcome:
+    async def evaluate(
+        self, prompt: str, completion: str, row: Mapping[str, Any], engines: Mapping[str, ChatEngine]
+    ) -> Outcome:
         started = time.perf_counter()
         try:
             verdict = await self.judge.score(prompt, completion)
         except JudgeError as err:
             trace = err.trace if isinstance(err.trace, JudgeTrace) else None
-            return Outcome(None, err.cause, judge_requests=err.requests, trace=trace,
-                           seconds=time.perf_counter() - started)
-        return Outcome(verdict.score, None, verdict.criteria, verdict.requests, verdict.flags, verdict.trace,
-                       time.perf_counter() - started)
+            return Outcome(
+                None, err.cause, judge_requests=err.requests, trace=trace, seconds=time.perf_counter() - started
+            )
+        return Outcome(
+            verdict.score,
+            None,
+            verdict.criteria,
+            verdict.requests,
+            verdict.flags,
+            verdict.trace,
+            time.perf_counter() - started,
+        )
 
 
 def _is_async_callable(fn: object) -> bool:
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+    # an object whose __call__ is a coroutine function (not a callable check, so not callable())
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))  # noqa: B004
 
 
 def _signature(fn: object) -> inspect.Signature | None:
@@ -105,8 +115,9 @@ def check_options(name: str, fn: object, options: Mapping[str, Any], with_ctx: b
     fixed = 3 if with_ctx else 2
     positional = [p for p in params if p.kind in _POSITIONAL]
     taken = {p.name for p in positional[:fixed]} | {"ctx"}
-    allowed = sorted(p.name for p in params if p.name not in taken and p.kind in (
-        *_POSITIONAL, inspect.Parameter.KEYWORD_ONLY))
+    allowed = sorted(
+        p.name for p in params if p.name not in taken and p.kind in (*_POSITIONAL, inspect.Parameter.KEYWORD_ONLY)
+    )
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise ValueError(f"reward term {name!r}: unknown option(s) {unknown}; the function takes {allowed}")
@@ -115,8 +126,9 @@ def check_options(name: str, fn: object, options: Mapping[str, Any], with_ctx: b
 class FunctionTerm:
     """A rule or user function term; ``in_thread`` runs a sync function off the event loop."""
 
-    def __init__(self, name: str, weight: float, fn: TermFn, in_thread: bool,
-                 options: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self, name: str, weight: float, fn: TermFn, in_thread: bool, options: Mapping[str, Any] | None = None
+    ) -> None:
         self.name, self.weight, self.fn, self.in_thread = name, weight, fn, in_thread
         self.is_async = _is_async_callable(fn)
         self.with_ctx = takes_context(fn)
@@ -126,8 +138,9 @@ class FunctionTerm:
         self.options = dict(options or {})
         check_options(name, fn, self.options, self.with_ctx)
 
-    async def evaluate(self, prompt: str, completion: str, row: Mapping[str, Any],
-                       engines: Mapping[str, ChatEngine]) -> Outcome:
+    async def evaluate(
+        self, prompt: str, completion: str, row: Mapping[str, Any], engines: Mapping[str, ChatEngine]
+    ) -> Outcome:
         started = time.perf_counter()
         usage = TermUsage() if self.with_ctx else None
         args: tuple[Any, ...] = (prompt, completion)

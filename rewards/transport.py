@@ -29,8 +29,15 @@ from rewards.endpoints import Endpoint
 from rewards.errors import RewardError
 from rewards.retry import is_retryable, parse_retry_after
 
-__all__ = ["OpenAITransport", "Reply", "Transport", "TransportError", "completion_content", "make_client",
-           "transport_error"]
+__all__ = [
+    "OpenAITransport",
+    "Reply",
+    "Transport",
+    "TransportError",
+    "completion_content",
+    "make_client",
+    "transport_error",
+]
 
 
 @dataclass(frozen=True)
@@ -68,8 +75,7 @@ def make_client(base_url: str, api_key: SecretStr, timeout_s: float) -> openai.A
     """An OpenAI client with the SDK's own retries off (ours apply)."""
     if not isinstance(api_key, SecretStr):
         raise TypeError("the judge API key must be passed as a pydantic.SecretStr")
-    return openai.AsyncOpenAI(base_url=base_url, api_key=api_key.get_secret_value(), timeout=timeout_s,
-                              max_retries=0)
+    return openai.AsyncOpenAI(base_url=base_url, api_key=api_key.get_secret_value(), timeout=timeout_s, max_retries=0)
 
 
 def transport_error(err: Exception, timeout_s: float, now_wall: float) -> TransportError | RewardError:
@@ -134,8 +140,12 @@ class OpenAITransport:
         try:
             # wait_for, not asyncio.timeout: the package supports Python 3.10.
             response = await asyncio.wait_for(
-                client.post("/chat/completions", cast_to=httpx2.Response, body={"model": endpoint.model, **body},
-                            options={"timeout": timeout_s}),
+                client.post(
+                    "/chat/completions",
+                    cast_to=httpx2.Response,
+                    body={"model": endpoint.model, **body},
+                    options={"timeout": timeout_s},
+                ),
                 timeout=timeout_s,
             )
             data = response.json()

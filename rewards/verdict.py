@@ -28,8 +28,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError
 
-from rewards.errors import RewardError
 from rewards.config import CriterionConfig
+from rewards.errors import RewardError
 from rewards.prompt import CANDIDATE_CLOSE, CANDIDATE_OPEN, REQUEST_CLOSE, REQUEST_OPEN, as_rubric
 from rewards.rubric import REQUEST_CHECK_KEY, Rubric, Verdict
 

@@ -50,8 +50,12 @@ from algorithms.logprobs import token_logprobs
 from scripts.bench_models import MODELS, ForeignLoad, median, model_config, percent, report
 
 MODES = ("full", "lora")
-LORA = LoraConfig(enabled=True, r=16, alpha=32,
-                  target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+LORA = LoraConfig(
+    enabled=True,
+    r=16,
+    alpha=32,
+    target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+)
 ALGORITHM = AlgorithmConfig()
 
 
@@ -68,16 +72,27 @@ def train_batch(learner: Learner, n: int = 2, prompt: int = 8, completion: int =
     vocab = learner.backend.model.get_input_embeddings().weight.shape[0]
     prompts = torch.randint(3, vocab, (n, prompt), generator=gen).tolist()
     completions = torch.randint(3, vocab, (n, completion), generator=gen).tolist()
-    draft = TrainBatch(step=0, prompt_token_ids=prompts, completion_token_ids=completions,
-                       sampling_logprobs=[[0.0] * completion] * n, advantages=[1.0, -1.0] * (n // 2) + [1.0] * (n % 2),
-                       policy_versions=[0] * n)
+    draft = TrainBatch(
+        step=0,
+        prompt_token_ids=prompts,
+        completion_token_ids=completions,
+        sampling_logprobs=[[0.0] * completion] * n,
+        advantages=[1.0, -1.0] * (n // 2) + [1.0] * (n % 2),
+        policy_versions=[0] * n,
+    )
     t = collate(draft, slice(0, n))
     with torch.no_grad():
         logits = learner.backend.model(input_ids=t["input_ids"], attention_mask=t["attention_mask"]).logits
     logps = token_logprobs(logits[:, :-1].float(), t["input_ids"][:, 1:])
     sampling = [logps[i][t["completion_mask"][i].bool()].tolist() for i in range(n)]
-    return TrainBatch(step=0, prompt_token_ids=prompts, completion_token_ids=completions, sampling_logprobs=sampling,
-                      advantages=draft.advantages, policy_versions=draft.policy_versions)
+    return TrainBatch(
+        step=0,
+        prompt_token_ids=prompts,
+        completion_token_ids=completions,
+        sampling_logprobs=sampling,
+        advantages=draft.advantages,
+        policy_versions=draft.policy_versions,
+    )
 
 
 def _trainable(learner: Learner) -> dict[str, torch.Tensor]:
@@ -99,12 +114,21 @@ def repetition(learner: Learner, config: LearnerConfig, model: ModelConfig, work
             version = fresh.load_checkpoint(str(ckpt))
             loaded = time.perf_counter()
         want, got = _trainable(learner), _trainable(fresh)
-        exact = version == learner.version and want.keys() == got.keys() and all(
-            torch.equal(want[k], got[k]) for k in want)
+        exact = (
+            version == learner.version and want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+        )
         del fresh, got
-        return {"ckpt_bytes": int(saved["bytes"]), "ckpt_s": saved["seconds"], "hf_bytes": directory_bytes(str(hf)),
-                "hf_s": hf_s, "write_s": saved["seconds"] + hf_s, "resume_s": loaded - start, "load_s": loaded - built,
-                "exact": exact, "others_cpu": others.share}
+        return {
+            "ckpt_bytes": int(saved["bytes"]),
+            "ckpt_s": saved["seconds"],
+            "hf_bytes": directory_bytes(str(hf)),
+            "hf_s": hf_s,
+            "write_s": saved["seconds"] + hf_s,
+            "resume_s": loaded - start,
+            "load_s": loaded - built,
+            "exact": exact,
+            "others_cpu": others.share,
+        }
     finally:
         shutil.rmtree(ckpt, ignore_errors=True)
         shutil.rmtree(hf, ignore_errors=True)
@@ -118,8 +142,14 @@ def bench(name: str, mode: str, args: argparse.Namespace) -> dict:
     learner = Learner(config, model, ALGORITHM, temperature=1.0)
     learner.train(train_batch(learner))
     params = _trainable(learner)
-    row = {"model": name, "dtype": model.dtype, "mode": mode, "trainable_params": sum(p.numel() for p in params.values()),
-           "trainable_bytes": sum(p.numel() * p.element_size() for p in params.values()), "reps": []}
+    row = {
+        "model": name,
+        "dtype": model.dtype,
+        "mode": mode,
+        "trainable_params": sum(p.numel() for p in params.values()),
+        "trainable_bytes": sum(p.numel() * p.element_size() for p in params.values()),
+        "reps": [],
+    }
     del params
     workdir = Path(tempfile.mkdtemp(prefix="relay-bench-ckpt-", dir=args.workdir))
     try:
@@ -139,8 +169,12 @@ def summarise(rows: list[dict]) -> list[dict]:
     for r in rows:
         reps = r["reps"]
         s = {k: r[k] for k in ("model", "dtype", "mode", "trainable_params", "trainable_bytes")}
-        s.update(ckpt_bytes=reps[0]["ckpt_bytes"], hf_bytes=reps[0]["hf_bytes"], repeats=len(reps),
-                 exact=all(x["exact"] for x in reps))
+        s.update(
+            ckpt_bytes=reps[0]["ckpt_bytes"],
+            hf_bytes=reps[0]["hf_bytes"],
+            repeats=len(reps),
+            exact=all(x["exact"] for x in reps),
+        )
         for key in ("ckpt_s", "hf_s", "write_s", "resume_s", "load_s"):
             s[key] = median([x[key] for x in reps])
         s["others_cpu_max"] = max((x["others_cpu"] for x in reps if x["others_cpu"] is not None), default=None)
@@ -148,18 +182,42 @@ def summarise(rows: list[dict]) -> list[dict]:
     return out
 
 
-COLUMNS = ("model", "dtype", "mode", "trainable M", "ckpt MB", "ckpt write s", "HF MB", "HF write s", "write s",
-           "resume s (build + load)", "load s", "exact", "others' CPU")
+COLUMNS = (
+    "model",
+    "dtype",
+    "mode",
+    "trainable M",
+    "ckpt MB",
+    "ckpt write s",
+    "HF MB",
+    "HF write s",
+    "write s",
+    "resume s (build + load)",
+    "load s",
+    "exact",
+    "others' CPU",
+)
 
 
 def table(summary: list[dict]) -> str:
     """Markdown, one row per (model, mode), times are medians."""
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for s in summary:
-        cells = [s["model"], s["dtype"], s["mode"], f"{s['trainable_params'] / 1e6:.3f}", f"{s['ckpt_bytes'] / 1e6:.2f}",
-                 f"{s['ckpt_s']:.3f}", f"{s['hf_bytes'] / 1e6:.2f}", f"{s['hf_s']:.3f}", f"{s['write_s']:.3f}",
-                 f"{s['resume_s']:.3f}", f"{s['load_s']:.3f}", "yes" if s["exact"] else "NO",
-                 percent(s["others_cpu_max"])]
+        cells = [
+            s["model"],
+            s["dtype"],
+            s["mode"],
+            f"{s['trainable_params'] / 1e6:.3f}",
+            f"{s['ckpt_bytes'] / 1e6:.2f}",
+            f"{s['ckpt_s']:.3f}",
+            f"{s['hf_bytes'] / 1e6:.2f}",
+            f"{s['hf_s']:.3f}",
+            f"{s['write_s']:.3f}",
+            f"{s['resume_s']:.3f}",
+            f"{s['load_s']:.3f}",
+            "yes" if s["exact"] else "NO",
+            percent(s["others_cpu_max"]),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -169,7 +227,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--models", default="tiny,qwen0.5b", help=f"comma-separated, from {MODELS}")
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, from {MODES}")
     parser.add_argument("--repeats", type=int, default=3, help="save/resume repetitions per (model, mode)")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16", help="dtype of the 0.5B-shaped model")
+    parser.add_argument(
+        "--dtype", choices=["float32", "bfloat16"], default="bfloat16", help="dtype of the 0.5B-shaped model"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the learner")
     parser.add_argument("--cache-dir", default=".cache/relay", help="where the models are built and cached")
     parser.add_argument("--workdir", default=None, help="where checkpoints are written (default: the temp dir)")

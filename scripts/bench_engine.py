@@ -64,8 +64,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 def _rollouts(samples: int, per_call: int) -> list[RolloutResult]:
     calls = []
     for start in range(0, samples, per_call):
-        items = [Sample(PromptItem(f"p{i}", i, "bench", [1], {"i": i}), f"g{i}", 0, f"sample {i}", [1], [0.0], 0,
-                        False) for i in range(start, min(samples, start + per_call))]
+        items = [
+            Sample(PromptItem(f"p{i}", i, "bench", [1], {"i": i}), f"g{i}", 0, f"sample {i}", [1], [0.0], 0, False)
+            for i in range(start, min(samples, start + per_call))
+        ]
         calls.append(RolloutResult(batch_index=start // per_call, samples=items, generate_s=0.0, worker_id=0))
     return calls
 
@@ -85,13 +87,23 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
     server_args = ["--latency-s", str(args.latency_s)]
     if args.fault_rate:
         server_args += ["--status-rate", f"429={half},503={half}", "--retry-after-s", "0.05"]
-    with tempfile.TemporaryDirectory() as tmp, local_server(
-            "scripts.stand_in_server", KEY_ENV, "bench-engine", server_args, Path(tmp) / "engine.log",
-            "bench engine") as url:
-        engine = EngineConfig(base_url=url, model="bench-engine", api_key_env=KEY_ENV, max_concurrency=args.concurrency,
-                              retry={"initial_backoff_s": 0.05, "max_attempts": 6})
-        reward = RewardConfig(terms=[RewardTermConfig(name=f"{__name__}:k_calls", options={"calls": args.calls})],
-                              engines={"bench": engine})
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        local_server(
+            "scripts.stand_in_server", KEY_ENV, "bench-engine", server_args, Path(tmp) / "engine.log", "bench engine"
+        ) as url,
+    ):
+        engine = EngineConfig(
+            base_url=url,
+            model="bench-engine",
+            api_key_env=KEY_ENV,
+            max_concurrency=args.concurrency,
+            retry={"initial_backoff_s": 0.05, "max_attempts": 6},
+        )
+        reward = RewardConfig(
+            terms=[RewardTermConfig(name=f"{__name__}:k_calls", options={"calls": args.calls})],
+            engines={"bench": engine},
+        )
         judge = JudgeConfig(base_url=url, api_key_env=KEY_ENV)
         pool = JudgePool(judge, reward, resolve_api_keys(judge, engines=reward.engines))
         calls = _rollouts(args.samples, args.per_call)
@@ -108,22 +120,30 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
         stats = _server_stats(url)
     metrics = aggregate_judge_metrics(r.judge_metrics for r in results)
     scored = [s for r in results for s in r.scored]
-    return {"wall_s": wall, "cpu_s": (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime),
-            "samples": float(len(scored)), "unscored": float(sum(s.reward is None for s in scored)),
-            "requests_pool": metrics["engine/bench/requests"], "requests_server": float(stats["requests"]),
-            "peak_inflight_server": float(stats["peak_inflight"]),
-            "peak_inflight_pool": metrics["engine/bench/peak_inflight"], "retries": metrics["engine/bench/retries"]}
+    return {
+        "wall_s": wall,
+        "cpu_s": (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime),
+        "samples": float(len(scored)),
+        "unscored": float(sum(s.reward is None for s in scored)),
+        "requests_pool": metrics["engine/bench/requests"],
+        "requests_server": float(stats["requests"]),
+        "peak_inflight_server": float(stats["peak_inflight"]),
+        "peak_inflight_pool": metrics["engine/bench/peak_inflight"],
+        "retries": metrics["engine/bench/retries"],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     out = measure(args)
     ideal = args.samples * args.calls * args.latency_s / args.concurrency
-    print(f"{args.samples} samples x {args.calls} calls x {args.latency_s:g} s / C={args.concurrency}: "
-          f"ideal {ideal:.2f} s, measured {out['wall_s']:.2f} s ({ideal / out['wall_s']:.0%} of ideal); "
-          f"peak in flight at the server {out['peak_inflight_server']:.0f} (pool {out['peak_inflight_pool']:.0f}); "
-          f"requests pool {out['requests_pool']:.0f} / server {out['requests_server']:.0f}; "
-          f"retries {out['retries']:.0f}; unscored {out['unscored']:.0f}; pool CPU {out['cpu_s']:.2f} s")
+    print(
+        f"{args.samples} samples x {args.calls} calls x {args.latency_s:g} s / C={args.concurrency}: "
+        f"ideal {ideal:.2f} s, measured {out['wall_s']:.2f} s ({ideal / out['wall_s']:.0%} of ideal); "
+        f"peak in flight at the server {out['peak_inflight_server']:.0f} (pool {out['peak_inflight_pool']:.0f}); "
+        f"requests pool {out['requests_pool']:.0f} / server {out['requests_server']:.0f}; "
+        f"retries {out['retries']:.0f}; unscored {out['unscored']:.0f}; pool CPU {out['cpu_s']:.2f} s"
+    )
     accounted = out["requests_pool"] == out["requests_server"] and out["peak_inflight_server"] <= args.concurrency
     return 0 if accounted else 1
 

@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from scripts.bench_models import MODELS, ForeignLoad, median, model_config, percent, vllm_available, report
+from scripts.bench_models import MODELS, ForeignLoad, median, model_config, percent, report, vllm_available
 
 DATA = Path(__file__).resolve().parents[1] / "configs" / "data" / "business_descriptions.jsonl"
 
@@ -46,8 +46,13 @@ async def bench_one(name: str, backend: str, args: argparse.Namespace) -> dict:
 
     cfg = model_config(name, args.cache_dir, args.dtype)
     prompts = prompts_for(cfg, args.prompts if name == "tiny" else args.big_prompts)
-    rollout = RolloutConfig(backend=backend, group_size=args.group, max_new_tokens=args.max_new_tokens,
-                            temperature=1.0, torch_threads=args.threads)
+    rollout = RolloutConfig(
+        backend=backend,
+        group_size=args.group,
+        max_new_tokens=args.max_new_tokens,
+        temperature=1.0,
+        torch_threads=args.threads,
+    )
     start = time.perf_counter()
     worker = RolloutWorker(rollout, cfg, seed=0)
     startup_s = time.perf_counter() - start
@@ -59,45 +64,70 @@ async def bench_one(name: str, backend: str, args: argparse.Namespace) -> dict:
                 result = await worker.generate(0, i, prompts)
                 wall_s = time.perf_counter() - start
             lengths = [len(s.completion_token_ids) for s in result.samples]
-            calls.append({"wall_s": wall_s, "samples": len(result.samples), "tokens": sum(lengths),
-                          "lengths": lengths, "truncated": sum(s.truncated for s in result.samples),
-                          "tokens_per_s": sum(lengths) / wall_s, "others_cpu": others.share})
+            calls.append(
+                {
+                    "wall_s": wall_s,
+                    "samples": len(result.samples),
+                    "tokens": sum(lengths),
+                    "lengths": lengths,
+                    "truncated": sum(s.truncated for s in result.samples),
+                    "tokens_per_s": sum(lengths) / wall_s,
+                    "others_cpu": others.share,
+                }
+            )
             print(f"  {name} {backend} call {i}: {sum(lengths)} tokens in {wall_s:.3f} s", file=sys.stderr, flush=True)
     finally:
         worker.close()
         del worker
         gc.collect()
-    return {"model": name, "dtype": cfg.dtype, "backend": backend, "prompts": len(prompts), "group": args.group,
-            "max_new_tokens": args.max_new_tokens, "threads": args.threads, "startup_s": startup_s,
-            "warmup": calls[0], "calls": calls[1:]}
+    return {
+        "model": name,
+        "dtype": cfg.dtype,
+        "backend": backend,
+        "prompts": len(prompts),
+        "group": args.group,
+        "max_new_tokens": args.max_new_tokens,
+        "threads": args.threads,
+        "startup_s": startup_s,
+        "warmup": calls[0],
+        "calls": calls[1:],
+    }
 
 
 def summarise(rows: list[dict]) -> list[dict]:
     out = []
     for r in rows:
         timed = r["calls"] or [r["warmup"]]
-        out.append({k: r[k] for k in ("model", "dtype", "backend", "prompts", "group", "max_new_tokens", "startup_s")} | {
-            "samples": timed[0]["samples"],
-            "tokens": median([c["tokens"] for c in timed]),
-            "truncated": median([c["truncated"] for c in timed]),
-            "wall_s": median([c["wall_s"] for c in timed]),
-            "tokens_per_s": median([c["tokens_per_s"] for c in timed]),
-            "warmup_wall_s": r["warmup"]["wall_s"],
-            "warmup_tokens_per_s": r["warmup"]["tokens_per_s"],
-            "others_cpu_max": max((c["others_cpu"] for c in [r["warmup"], *timed] if c["others_cpu"] is not None),
-                                  default=None),
-        })
+        out.append(
+            {k: r[k] for k in ("model", "dtype", "backend", "prompts", "group", "max_new_tokens", "startup_s")}
+            | {
+                "samples": timed[0]["samples"],
+                "tokens": median([c["tokens"] for c in timed]),
+                "truncated": median([c["truncated"] for c in timed]),
+                "wall_s": median([c["wall_s"] for c in timed]),
+                "tokens_per_s": median([c["tokens_per_s"] for c in timed]),
+                "warmup_wall_s": r["warmup"]["wall_s"],
+                "warmup_tokens_per_s": r["warmup"]["tokens_per_s"],
+                "others_cpu_max": max(
+                    (c["others_cpu"] for c in [r["warmup"], *timed] if c["others_cpu"] is not None), default=None
+                ),
+            }
+        )
     return out
 
 
 def table(summary: list[dict]) -> str:
-    head = ("| model | dtype | backend | prompts x group | max new | startup s | warm-up s (tok/s) "
-            "| tokens/call (truncated) | s/call | tokens/s | others' CPU |")
+    head = (
+        "| model | dtype | backend | prompts x group | max new | startup s | warm-up s (tok/s) "
+        "| tokens/call (truncated) | s/call | tokens/s | others' CPU |"
+    )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for s in summary:
-        lines.append(f"| {s['model']} | {s['dtype']} | {s['backend']} | {s['prompts']} x {s['group']} | {s['max_new_tokens']} "
-                     f"| {s['startup_s']:.1f} | {s['warmup_wall_s']:.3f} ({s['warmup_tokens_per_s']:.0f}) "
-                     f"| {s['tokens']:.0f} ({s['truncated']:.0f}/{s['samples']}) | {s['wall_s']:.3f} | {s['tokens_per_s']:.0f} | {percent(s['others_cpu_max'])} |")
+        lines.append(
+            f"| {s['model']} | {s['dtype']} | {s['backend']} | {s['prompts']} x {s['group']} | {s['max_new_tokens']} "
+            f"| {s['startup_s']:.1f} | {s['warmup_wall_s']:.3f} ({s['warmup_tokens_per_s']:.0f}) "
+            f"| {s['tokens']:.0f} ({s['truncated']:.0f}/{s['samples']}) | {s['wall_s']:.3f} | {s['tokens_per_s']:.0f} | {percent(s['others_cpu_max'])} |"
+        )
     return "\n".join(lines)
 
 
@@ -105,7 +135,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="tiny,qwen0.5b", help=f"comma-separated, from {MODELS}")
     parser.add_argument("--backends", default="hf,vllm", help="comma-separated: hf, vllm")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16", help="dtype of the 0.5B-shaped model")
+    parser.add_argument(
+        "--dtype", choices=["float32", "bfloat16"], default="bfloat16", help="dtype of the 0.5B-shaped model"
+    )
     parser.add_argument("--prompts", type=int, default=16, help="prompts per call (tiny model)")
     parser.add_argument("--big-prompts", type=int, default=4, help="prompts per call (0.5B-shaped model)")
     parser.add_argument("--group", type=int, default=4, help="samples per prompt")

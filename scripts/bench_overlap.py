@@ -22,11 +22,20 @@ from ray_jobs.config import load_config
 from ray_jobs.train import run
 
 BASE = [
-    "wandb.mode=disabled", "run.save_final=false",
-    "rollout.num_workers=1", "rollout.torch_threads=1", "learner.torch_threads=1",
-    "pipeline.prompts_per_step=8", "pipeline.prompts_per_call=8", "rollout.group_size=4",
-    "rollout.max_new_tokens=24", "model.tiny.hidden_size=128", "model.tiny.num_layers=4",
-    "model.tiny.num_heads=4", "model.tiny.intermediate_size=384", "model.tiny.warmup_steps=0",
+    "wandb.mode=disabled",
+    "run.save_final=false",
+    "rollout.num_workers=1",
+    "rollout.torch_threads=1",
+    "learner.torch_threads=1",
+    "pipeline.prompts_per_step=8",
+    "pipeline.prompts_per_call=8",
+    "rollout.group_size=4",
+    "rollout.max_new_tokens=24",
+    "model.tiny.hidden_size=128",
+    "model.tiny.num_layers=4",
+    "model.tiny.num_heads=4",
+    "model.tiny.intermediate_size=384",
+    "model.tiny.warmup_steps=0",
 ]
 
 
@@ -39,8 +48,10 @@ def _steady(metrics: list[dict], warmup: int) -> tuple[float, dict[str, float]]:
     rest = metrics[warmup:]
     samples = sum(m["samples/generated"] for m in rest)
     seconds = sum(m["time/step_s"] for m in rest)
-    shares = {k: statistics.fmean(m[k] for m in rest) for k in
-              ("time/generate_s", "time/judge_s", "time/train_s", "time/weight_sync_s", "time/step_s")}
+    shares = {
+        k: statistics.fmean(m[k] for m in rest)
+        for k in ("time/generate_s", "time/judge_s", "time/train_s", "time/weight_sync_s", "time/step_s")
+    }
     return samples / seconds, shares
 
 
@@ -60,14 +71,19 @@ def main() -> None:
         latency = round((t["time/generate_s"] + t["time/train_s"]) / 2, 3)
     results = {}
     for k in (0, args.staleness):
-        m = _metrics(args.overrides + [f"run.steps={args.steps}", f"pipeline.max_staleness={k}",
-                                       f"judge.local_server.latency_s={latency}"], root / f"k{k}")
+        m = _metrics(
+            args.overrides
+            + [f"run.steps={args.steps}", f"pipeline.max_staleness={k}", f"judge.local_server.latency_s={latency}"],
+            root / f"k{k}",
+        )
         results[k] = _steady(m, args.warmup)
     print(f"\njudge latency {latency:.3f} s; steady state over steps {args.warmup}..{args.steps - 1}")
     for k, (rate, t) in results.items():
-        print(f"max_staleness={k}: {rate:7.1f} samples/s | per step: generate {t['time/generate_s']:.3f} s, "
-              f"judge {t['time/judge_s']:.3f} s, train {t['time/train_s']:.3f} s, "
-              f"sync {t['time/weight_sync_s']:.3f} s, wall {t['time/step_s']:.3f} s")
+        print(
+            f"max_staleness={k}: {rate:7.1f} samples/s | per step: generate {t['time/generate_s']:.3f} s, "
+            f"judge {t['time/judge_s']:.3f} s, train {t['time/train_s']:.3f} s, "
+            f"sync {t['time/weight_sync_s']:.3f} s, wall {t['time/step_s']:.3f} s"
+        )
     print(f"speed-up k={args.staleness} over k=0: {results[args.staleness][0] / results[0][0]:.2f}x")
 
 

@@ -54,7 +54,7 @@ from pathlib import Path
 import ray
 import torch
 
-from scripts.bench_models import MODELS, ForeignLoad, median, model_config, percent, vllm_available, report
+from scripts.bench_models import MODELS, ForeignLoad, median, model_config, percent, report, vllm_available
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 LORA_RANK = 16
@@ -76,8 +76,9 @@ class SyncLearner:
         """Wrap the policy with LoRA adapters (r16, 7 modules), B random so the merge is not a no-op."""
         from actors.learner import LoraConfig, apply_lora
 
-        self.model = apply_lora(self.model, LoraConfig(enabled=True, r=LORA_RANK, alpha=2 * LORA_RANK,
-                                                       target_modules=LORA_TARGETS))
+        self.model = apply_lora(
+            self.model, LoraConfig(enabled=True, r=LORA_RANK, alpha=2 * LORA_RANK, target_modules=LORA_TARGETS)
+        )
         with torch.no_grad():
             for name, p in self.model.named_parameters():
                 if "lora_B" in name:
@@ -97,8 +98,13 @@ class SyncLearner:
             state = merged_state_dict(self.model)
             update = sync.export(state, version)
         export_s = time.perf_counter() - start
-        return update, {"export_s": export_s, "bytes": update.nbytes, "tensors": len(state),
-                        "state_bytes": _state_bytes(state), "param_bytes": self.param_bytes}
+        return update, {
+            "export_s": export_s,
+            "bytes": update.nbytes,
+            "tensors": len(state),
+            "state_bytes": _state_bytes(state),
+            "param_bytes": self.param_bytes,
+        }
 
     def broadcast_address(self) -> tuple[str, int]:
         with socket.socket() as s:
@@ -124,8 +130,14 @@ class SyncLearner:
         state = merged_state_dict(self.model)
         merged = time.perf_counter()
         sent = broadcast_buckets(self.group, state, plan, torch.device("cpu"))
-        return {"export_s": merged - start, "send_s": time.perf_counter() - merged, "bytes": sent,
-                "tensors": len(state), "state_bytes": _state_bytes(state), "param_bytes": self.param_bytes}
+        return {
+            "export_s": merged - start,
+            "send_s": time.perf_counter() - merged,
+            "bytes": sent,
+            "tensors": len(state),
+            "state_bytes": _state_bytes(state),
+            "param_bytes": self.param_bytes,
+        }
 
 
 def _state_bytes(state: dict[str, torch.Tensor]) -> int:
@@ -176,7 +188,9 @@ def _staging_seconds(update) -> float:
 
 def _broadcast_syncs(learner, rollout, versions: _Versions, reps: int, bucket_bytes: int) -> list[dict]:
     host, port = ray.get(learner.broadcast_address.remote())
-    ray.get([rollout.join_weight_group.remote(host, port, 1, 2, "gloo"), learner.join_weight_group.remote(host, port, 2)])
+    ray.get(
+        [rollout.join_weight_group.remote(host, port, 1, 2, "gloo"), learner.join_weight_group.remote(host, port, 2)]
+    )
     plan = ray.get(learner.weight_plan.remote(bucket_bytes))
     out = []
     for _ in range(reps):
@@ -266,15 +280,19 @@ def summarise(rows: list[dict]) -> list[dict]:
 
 def table(summary: list[dict]) -> str:
     """Markdown: medians; ``transfer/send``: transfer_s for the object store, send_s for broadcasts."""
-    head = ("| model | dtype | rollout | sync | MB shipped | MB params | tensors | export s | transfer/send s "
-            "| load s | (staging s) | e2e s (median) | e2e s (first) | others' CPU |")
+    head = (
+        "| model | dtype | rollout | sync | MB shipped | MB params | tensors | export s | transfer/send s "
+        "| load s | (staging s) | e2e s (median) | e2e s (first) | others' CPU |"
+    )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for s in summary:
         middle = s.get("send_s", s.get("transfer_s"))
         stage = f"{s['stage_s']:.3f}" if "stage_s" in s else "-"
-        lines.append(f"| {s['model']} | {s['dtype']} | {s['backend']} | {s['case']} | {s['bytes'] / 1e6:.2f} "
-                     f"| {s['param_bytes'] / 1e6:.2f} | {s['tensors']} | {s['export_s']:.3f} | {middle:.3f} "
-                     f"| {s['load_s']:.3f} | {stage} | {s['e2e_s']:.3f} | {s['e2e_first_s']:.3f} | {percent(s['others_cpu_max'])} |")
+        lines.append(
+            f"| {s['model']} | {s['dtype']} | {s['backend']} | {s['case']} | {s['bytes'] / 1e6:.2f} "
+            f"| {s['param_bytes'] / 1e6:.2f} | {s['tensors']} | {s['export_s']:.3f} | {middle:.3f} "
+            f"| {s['load_s']:.3f} | {stage} | {s['e2e_s']:.3f} | {s['e2e_first_s']:.3f} | {percent(s['others_cpu_max'])} |"
+        )
     return "\n".join(lines)
 
 
@@ -282,7 +300,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="tiny,qwen0.5b", help=f"comma-separated, from {MODELS}")
     parser.add_argument("--backend", choices=["hf", "vllm"], default="hf", help="rollout backend")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16", help="dtype of the 0.5B-shaped model")
+    parser.add_argument(
+        "--dtype", choices=["float32", "bfloat16"], default="bfloat16", help="dtype of the 0.5B-shaped model"
+    )
     parser.add_argument("--reps", type=int, default=3, help="repetitions per sync")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per actor (each has 1 CPU)")
     parser.add_argument("--bucket-mb", type=float, default=256, help="broadcast bucket size (weight_sync.bucket_mb)")

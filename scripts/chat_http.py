@@ -33,8 +33,20 @@ from typing import Any
 
 from pydantic import SecretStr
 
-__all__ = ["BadRequest", "ChatHTTPServer", "ChatHandler", "ServerThread", "api_key_from_env", "chat_completion",
-           "error_body", "fault_bucket", "message_text", "parse_status_rates", "serve", "watch_parent"]
+__all__ = [
+    "BadRequest",
+    "ChatHTTPServer",
+    "ChatHandler",
+    "ServerThread",
+    "api_key_from_env",
+    "chat_completion",
+    "error_body",
+    "fault_bucket",
+    "message_text",
+    "parse_status_rates",
+    "serve",
+    "watch_parent",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -55,12 +67,23 @@ def chat_completion(model: str, content: str, prompt_words: int) -> dict[str, ob
     """A standard chat-completion response body (token counts approximated as words)."""
     completion_words = len(content.split())
     return {
-        "id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
+        "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+        "object": "chat.completion",
+        "created": int(time.time()),
         "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop",
-                     "logprobs": None}],
-        "usage": {"prompt_tokens": prompt_words, "completion_tokens": completion_words,
-                  "total_tokens": prompt_words + completion_words},
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "finish_reason": "stop",
+                "logprobs": None,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_words,
+            "completion_tokens": completion_words,
+            "total_tokens": prompt_words + completion_words,
+        },
     }
 
 
@@ -162,8 +185,11 @@ class ChatHTTPServer(ThreadingHTTPServer):
 
     def stats(self) -> dict[str, object]:
         with self._lock:
-            return {"requests": self.completions_served, "peak_inflight": self.peak_in_flight,
-                    "faults": dict(self.faults)}
+            return {
+                "requests": self.completions_served,
+                "peak_inflight": self.peak_in_flight,
+                "faults": dict(self.faults),
+            }
 
     def close_connections(self) -> None:
         with self._lock:
@@ -282,8 +308,14 @@ class ServerThread:
 
     name = "stand-in server"
 
-    def __init__(self, host: str, port: int, settings: Any, handler: type[ChatHandler],
-                 server_class: type[ChatHTTPServer] = ChatHTTPServer) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        settings: Any,
+        handler: type[ChatHandler],
+        server_class: type[ChatHTTPServer] = ChatHTTPServer,
+    ) -> None:
         self._host, self._requested_port = host, port
         self.settings, self._handler, self._server_class = settings, handler, server_class
         self._server: ChatHTTPServer | None = None
@@ -323,12 +355,13 @@ class ServerThread:
         """Faults injected so far, by kind ("status:429", "malformed", ...)."""
         return dict(self._server.faults) if self._server else {}
 
-    def start(self) -> "ServerThread":
+    def start(self) -> ServerThread:
         if self._server is not None:
             raise RuntimeError(f"the {self.name} is already started")
         self._server = self._server_class((self._host, self._requested_port), self._handler, self.settings)
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name=self.name, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name=self.name, daemon=True
+        )
         self._thread.start()
         return self
 
@@ -343,7 +376,7 @@ class ServerThread:
         if self._thread is not None:
             self._thread.join(timeout=5)
 
-    def __enter__(self) -> "ServerThread":
+    def __enter__(self) -> ServerThread:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
@@ -362,8 +395,14 @@ def watch_parent(parent_pid: int, stop: threading.Event, every_s: float = 1.0) -
     threading.Thread(target=poll, name="parent-watch", daemon=True).start()
 
 
-def serve(server: ServerThread, ready: str, name: str, api_key_env: str | None, parent_pid: int | None,
-          final_stats: Callable[[], dict[str, object]]) -> int:
+def serve(
+    server: ServerThread,
+    ready: str,
+    name: str,
+    api_key_env: str | None,
+    parent_pid: int | None,
+    final_stats: Callable[[], dict[str, object]],
+) -> int:
     """Run ``server`` until SIGINT/SIGTERM (or the parent is gone): print ``<ready> port=<port>``
     on stdout once listening, and ``<name>: stats <json of final_stats()>`` on stderr at the end."""
     stop = threading.Event()

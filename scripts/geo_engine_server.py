@@ -38,7 +38,8 @@ import re
 from typing import Any
 
 from rewards.geo import query_terms, split_sentences
-from scripts.stand_in_server import BadRequest, main as stand_in_main, message_text
+from scripts.stand_in_server import BadRequest, message_text
+from scripts.stand_in_server import main as stand_in_main
 
 DEFAULT_MODEL = "relay-geo-engine"
 MAX_CITED = 5
@@ -54,7 +55,7 @@ def parse_engine_request(text: str) -> tuple[str, list[str]]:
     sources: list[str] = []
     for line in text.splitlines():
         if line.startswith("Query:") and query is None:
-            query = line[len("Query:"):].strip()
+            query = line[len("Query:") :].strip()
             continue
         match = _SOURCE_RE.match(line)
         if match and int(match.group(1)) == len(sources) + 1:
@@ -101,8 +102,13 @@ def respond(messages: list[dict[str, Any]], model: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return stand_in_main(respond, argv, name="geo_engine_server", default_model=DEFAULT_MODEL,
-                         description="Stand-in generative engine for the GEO reward (rule in the module docstring).")
+    return stand_in_main(
+        respond,
+        argv,
+        name="geo_engine_server",
+        default_model=DEFAULT_MODEL,
+        description="Stand-in generative engine for the GEO reward (rule in the module docstring).",
+    )
 
 
 if __name__ == "__main__":

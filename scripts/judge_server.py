@@ -123,8 +123,20 @@ from scripts.chat_http import (  # the HTTP plumbing every stand-in shares
     watch_parent,
 )
 
-__all__ = ["BadRequest", "JudgeRequest", "JudgeServer", "ServerSettings", "chat_completion", "error_body",
-           "fault_bucket", "heuristic_verdict", "main", "parse_judge_request", "parse_status_rates", "watch_parent"]
+__all__ = [
+    "BadRequest",
+    "JudgeRequest",
+    "JudgeServer",
+    "ServerSettings",
+    "chat_completion",
+    "error_body",
+    "fault_bucket",
+    "heuristic_verdict",
+    "main",
+    "parse_judge_request",
+    "parse_status_rates",
+    "watch_parent",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -164,9 +176,27 @@ COMMON_WORDS = frozenset(
     """.split()
 )
 BAD_REQUEST_KEYWORDS = (
-    "launder", "criminal", "counterfeit", "without a prescription", "fake review", "stolen", "evad",
-    "untraceable", "firearm", "weapon", "no questions asked", "fraud", "scam", "phishing", "smuggl",
-    "traffick", "illegal", "narcotic", "forged", "forgery", "ponzi",
+    "launder",
+    "criminal",
+    "counterfeit",
+    "without a prescription",
+    "fake review",
+    "stolen",
+    "evad",
+    "untraceable",
+    "firearm",
+    "weapon",
+    "no questions asked",
+    "fraud",
+    "scam",
+    "phishing",
+    "smuggl",
+    "traffick",
+    "illegal",
+    "narcotic",
+    "forged",
+    "forgery",
+    "ponzi",
 )
 _BAD_REQUEST_RE = re.compile(r"\b(?:" + "|".join(re.escape(k) for k in BAD_REQUEST_KEYWORDS) + ")")
 _BLOCKED_RE = re.compile(r"^[\W_]*blocked\b", re.IGNORECASE)
@@ -243,8 +273,10 @@ def memorability_score(candidate: str, extra_words: frozenset[str] | set[str] = 
     non_ascii = sum(1 for c in name if ord(c) > 127)
     penalty = 0.5 * digits + 1.0 * spaces + 0.5 * hyphens + 1.0 * punct_runs + 1.0 * non_ascii
     score = min(10.0, max(0.0, 5.0 * coverage + 2.0 * share + few_words + bonus - penalty))
-    reason = (f"{coverage:.0%} real words ({used}), {share:.0%} lower-case letters, tld {tld or 'none'}, "
-              f"{digits} digits, {spaces} spaces, {hyphens} hyphens")
+    reason = (
+        f"{coverage:.0%} real words ({used}), {share:.0%} lower-case letters, tld {tld or 'none'}, "
+        f"{digits} digits, {spaces} spaces, {hyphens} hyphens"
+    )
     return score, reason
 
 
@@ -274,13 +306,16 @@ def is_blocked(candidate: str) -> bool:
 def request_check(description: str, candidate: str) -> dict[str, object]:
     """The request-check object of a verdict (see the module docstring)."""
     bad, blocked = is_inappropriate(description), is_blocked(candidate)
-    reason = (f"the request {'names a harmful business' if bad else 'is an ordinary business'}; "
-              f"the answer {'blocks it' if blocked else 'suggests a name'}")
+    reason = (
+        f"the request {'names a harmful business' if bad else 'is an ordinary business'}; "
+        f"the answer {'blocks it' if blocked else 'suggests a name'}"
+    )
     return {"reason": reason, "inappropriate": bad, "blocked": blocked}
 
 
-def heuristic_verdict(description: str, candidate: str, criteria: list[str],
-                      with_request_check: bool = False) -> dict[str, dict[str, object]]:
+def heuristic_verdict(
+    description: str, candidate: str, criteria: list[str], with_request_check: bool = False
+) -> dict[str, dict[str, object]]:
     """The verdict object for ``criteria`` (the three known ones if empty), with
     the request check first when ``with_request_check``."""
     known = {
@@ -309,14 +344,14 @@ def injects_malformed(candidate: str, malformed_rate: float) -> bool:
     return fault_bucket(candidate, _MALFORMED_SALT) < malformed_rate
 
 
-def transient_fault(settings: "ServerSettings", description: str, candidate: str, attempt: int) -> str | None:
+def transient_fault(settings: ServerSettings, description: str, candidate: str, attempt: int) -> str | None:
     """The transient fault of this (request, attempt): "hang", "status:<code>",
     "empty", "malformed" or None (see the module docstring)."""
     draw = fault_bucket(f"{settings.seed}\0{attempt}\0{description}\0{candidate}", "transient")
     return pick_fault(draw, settings.transient_plan())
 
 
-def reply_latency(settings: "ServerSettings", description: str, candidate: str, attempt: int) -> float:
+def reply_latency(settings: ServerSettings, description: str, candidate: str, attempt: int) -> float:
     """Seconds to wait before answering this (request, attempt) (see the module docstring)."""
     mean = settings.latency_s
     if mean <= 0:
@@ -348,9 +383,7 @@ class JudgeRequest:
 
 
 def _fenced(text: str, opening: str, closing: str) -> str:
-    match = re.search(
-        rf"^{re.escape(opening)}\n(.*?)\n{re.escape(closing)}$", text, re.DOTALL | re.MULTILINE
-    )
+    match = re.search(rf"^{re.escape(opening)}\n(.*?)\n{re.escape(closing)}$", text, re.DOTALL | re.MULTILINE)
     if match is None:
         raise BadRequest(f"the last user message has no {opening} ... {closing} block")
     return match.group(1)
@@ -434,7 +467,7 @@ class ServerSettings:
         return plan + [("empty", self.empty_rate), ("malformed", self.flaky_malformed_rate)]
 
 
-def _request_key(request: "JudgeRequest") -> bytes:
+def _request_key(request: JudgeRequest) -> bytes:
     return hashlib.sha256(f"{request.description}\0{request.candidate}".encode("utf-8", "surrogatepass")).digest()
 
 
@@ -480,8 +513,7 @@ class _Handler(ChatHandler):
             return ""
         if fault == "malformed" or injects_malformed(request.candidate, settings.malformed_rate):
             return _MALFORMED_CONTENT
-        verdict = heuristic_verdict(request.description, request.candidate, request.criteria,
-                                    request.request_check)
+        verdict = heuristic_verdict(request.description, request.candidate, request.criteria, request.request_check)
         return json.dumps(verdict)
 
 
@@ -509,8 +541,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--latency-s", type=float, default=0.0, help="sleep before each completion")
-    parser.add_argument("--api-key-env", default=None,
-                        help="require 'Authorization: Bearer $NAME' when NAME is set")
+    parser.add_argument("--api-key-env", default=None, help="require 'Authorization: Bearer $NAME' when NAME is set")
     parser.add_argument("--latency-jitter-s", type=float, default=0.0, help="uniform latency in L +/- this")
     parser.add_argument("--latency-sigma", type=float, default=0.0, help="log-normal latency with mean L")
     parser.add_argument("--fail-rate", type=float, default=0.0, help="persistent: share of candidates failed")
@@ -523,8 +554,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--empty-rate", type=float, default=0.0, help="transient: empty content")
     parser.add_argument("--flaky-malformed-rate", type=float, default=0.0, help="transient: non-JSON content")
     parser.add_argument("--seed", type=int, default=0, help="seed of transient faults and latency draws")
-    parser.add_argument("--parent-pid", type=int, default=None,
-                        help="exit when this process (the training driver) is gone, however it ended")
+    parser.add_argument(
+        "--parent-pid",
+        type=int,
+        default=None,
+        help="exit when this process (the training driver) is gone, however it ended",
+    )
     return parser.parse_args(argv)
 
 
@@ -532,18 +567,33 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     try:
         settings = ServerSettings(
-            model=args.model, latency_s=args.latency_s, api_key=api_key_from_env(args.api_key_env),
-            fail_rate=args.fail_rate, fail_status=args.fail_status, malformed_rate=args.malformed_rate,
-            latency_jitter_s=args.latency_jitter_s, latency_sigma=args.latency_sigma,
-            status_rates=parse_status_rates(args.status_rate), retry_after_s=args.retry_after_s,
-            hang_rate=args.hang_rate, hang_s=args.hang_s, empty_rate=args.empty_rate,
-            flaky_malformed_rate=args.flaky_malformed_rate, seed=args.seed,
+            model=args.model,
+            latency_s=args.latency_s,
+            api_key=api_key_from_env(args.api_key_env),
+            fail_rate=args.fail_rate,
+            fail_status=args.fail_status,
+            malformed_rate=args.malformed_rate,
+            latency_jitter_s=args.latency_jitter_s,
+            latency_sigma=args.latency_sigma,
+            status_rates=parse_status_rates(args.status_rate),
+            retry_after_s=args.retry_after_s,
+            hang_rate=args.hang_rate,
+            hang_s=args.hang_s,
+            empty_rate=args.empty_rate,
+            flaky_malformed_rate=args.flaky_malformed_rate,
+            seed=args.seed,
         )
     except ValueError as err:
         raise SystemExit(f"judge_server: {err}") from None
     server = JudgeServer(args.host, args.port, settings)
-    return serve(server, "JUDGE_SERVER_READY", "judge_server", args.api_key_env, args.parent_pid,
-                 lambda: {"completions_served": server.completions_served, "faults": server.faults})
+    return serve(
+        server,
+        "JUDGE_SERVER_READY",
+        "judge_server",
+        args.api_key_env,
+        args.parent_pid,
+        lambda: {"completions_served": server.completions_served, "faults": server.faults},
+    )
 
 
 if __name__ == "__main__":

@@ -22,27 +22,68 @@ import json
 import random
 from pathlib import Path
 
-BUSINESSES = ["bakery", "coffee", "restaurant", "brewery", "salon", "clinic", "studio", "garage", "hotel", "academy",
-              "boutique", "gym", "farm", "agency", "spa"]
-SERVICES = ["organic", "wedding", "catering", "repair", "tutoring", "grooming", "roofing", "plumbing", "design",
-            "travel", "fitness", "yoga", "music", "photo", "jewelry", "furniture", "solar", "delivery"]
+BUSINESSES = [
+    "bakery",
+    "coffee",
+    "restaurant",
+    "brewery",
+    "salon",
+    "clinic",
+    "studio",
+    "garage",
+    "hotel",
+    "academy",
+    "boutique",
+    "gym",
+    "farm",
+    "agency",
+    "spa",
+]
+SERVICES = [
+    "organic",
+    "wedding",
+    "catering",
+    "repair",
+    "tutoring",
+    "grooming",
+    "roofing",
+    "plumbing",
+    "design",
+    "travel",
+    "fitness",
+    "yoga",
+    "music",
+    "photo",
+    "jewelry",
+    "furniture",
+    "solar",
+    "delivery",
+]
 QUALITIES = ["affordable", "premium", "trusted", "friendly", "modern", "professional", "innovative", "expert"]
 PLACES = ["nashville", "texas", "downtown", "coastal", "mountain", "valley", "tennessee", "city"]
-FILLER = ["Family owned since years ago, we care about every customer who walks in.",
-          "Our team has served clients for a long time and keeps growing.",
-          "We started small and still answer every call ourselves.",
-          "Customers come back because we listen and keep our promises."]
+FILLER = [
+    "Family owned since years ago, we care about every customer who walks in.",
+    "Our team has served clients for a long time and keeps growing.",
+    "We started small and still answer every call ourselves.",
+    "Customers come back because we listen and keep our promises.",
+]
 NAMES = ["Northwind", "Bluebird", "Oakline", "Riverside", "Summit", "Lakeview", "Brightway", "Cedar"]
 
 
 def _row(i: int, rng: random.Random) -> dict:
-    quality, service, business, place = (rng.choice(QUALITIES), rng.choice(SERVICES), rng.choice(BUSINESSES),
-                                         rng.choice(PLACES))
+    quality, service, business, place = (
+        rng.choice(QUALITIES),
+        rng.choice(SERVICES),
+        rng.choice(BUSINESSES),
+        rng.choice(PLACES),
+    )
     query = f"{quality} {service} {business} in {place}"
     names = rng.sample(NAMES, 4)
     article = "an" if quality[0] in "aeiou" else "a"
-    strong = (f"{names[0]} is {article} {quality} {service} {business} that opened last spring. "
-              f"Book online or call for an appointment.")
+    strong = (
+        f"{names[0]} is {article} {quality} {service} {business} that opened last spring. "
+        f"Book online or call for an appointment."
+    )
     medium = f"{names[1]} runs a {service} {business} with a small team. Prices are listed on the website."
     weak = f"{names[2]} offers {business} services for every budget. Ask about seasonal offers."
     where = f"our {business} in {place}" if rng.random() < 0.5 else f"us in {place}"

@@ -53,14 +53,34 @@ class Topic(NamedTuple):
 
 
 TOPICS: tuple[Topic, ...] = (
-    Topic("What powers the {adj} city buses in {place}?", "The city buses in {place} run on {term} motors.",
-          "electric", "diesel", "transit2021"),
-    Topic("What does the {adj} roastery in {place} roast?", "The roastery in {place} roasts {term} beans.",
-          "coffee", "peanut", "roasting2017"),
-    Topic("What does the {adj} brewery in {place} brew?", "The brewery in {place} brews {term}.",
-          "beer", "soda", "malting2020"),
-    Topic("What does the {adj} recording studio in {place} record?", "The recording studio in {place} records {term}.",
-          "music", "podcasts", "acoustics2019"),
+    Topic(
+        "What powers the {adj} city buses in {place}?",
+        "The city buses in {place} run on {term} motors.",
+        "electric",
+        "diesel",
+        "transit2021",
+    ),
+    Topic(
+        "What does the {adj} roastery in {place} roast?",
+        "The roastery in {place} roasts {term} beans.",
+        "coffee",
+        "peanut",
+        "roasting2017",
+    ),
+    Topic(
+        "What does the {adj} brewery in {place} brew?",
+        "The brewery in {place} brews {term}.",
+        "beer",
+        "soda",
+        "malting2020",
+    ),
+    Topic(
+        "What does the {adj} recording studio in {place} record?",
+        "The recording studio in {place} records {term}.",
+        "music",
+        "podcasts",
+        "acoustics2019",
+    ),
 )
 ADJECTIVES = ("busy", "new", "old", "small", "famous", "local", "modern", "quiet")
 PLACES = ("Austin", "Denver", "Chicago", "Portland", "Nashville", "San Diego", "Boston", "Seattle", "Miami", "Dallas")

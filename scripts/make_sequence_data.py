@@ -26,9 +26,18 @@ from pathlib import Path
 from actors.models import DOMAIN_TASK_SYSTEM_PROMPT
 from scripts.make_toy_dataset import _BAD, _BUSINESSES, _PLACES, _QUALITIES
 
-_SHORT = {"Nashville, Tennessee": "nashville", "Austin, Texas": "austin", "the Gulf Coast region": "gulfcoast",
-          "downtown Denver": "denver", "Portland, Oregon": "portland", "the Hudson Valley": "hudsonvalley",
-          "coastal Maine": "maine", "Chicago": "chicago", "San Diego": "sandiego", "the Twin Cities": "twincities"}
+_SHORT = {
+    "Nashville, Tennessee": "nashville",
+    "Austin, Texas": "austin",
+    "the Gulf Coast region": "gulfcoast",
+    "downtown Denver": "denver",
+    "Portland, Oregon": "portland",
+    "the Hudson Valley": "hudsonvalley",
+    "coastal Maine": "maine",
+    "Chicago": "chicago",
+    "San Diego": "sandiego",
+    "the Twin Cities": "twincities",
+}
 
 
 def domain(kind: str, place: str) -> str:
@@ -82,8 +91,13 @@ def preference_rows(n: int, seed: int) -> list[dict]:
     rows = []
     for _ in range(n):
         description, answer, kind, place = _request(rng)
-        rows.append({"prompt": _prompt(description), "chosen": [{"role": "assistant", "content": answer}],
-                     "rejected": [{"role": "assistant", "content": _rejected(rng, kind, place)}]})
+        rows.append(
+            {
+                "prompt": _prompt(description),
+                "chosen": [{"role": "assistant", "content": answer}],
+                "rejected": [{"role": "assistant", "content": _rejected(rng, kind, place)}],
+            }
+        )
     return rows
 
 
@@ -94,8 +108,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    for name, rows in (("toy_sft.jsonl", sft_rows(args.n, args.seed)),
-                       ("toy_preference.jsonl", preference_rows(args.n, args.seed + 2))):
+    for name, rows in (
+        ("toy_sft.jsonl", sft_rows(args.n, args.seed)),
+        ("toy_preference.jsonl", preference_rows(args.n, args.seed + 2)),
+    ):
         with (args.out_dir / name).open("w") as f:
             f.writelines(json.dumps(row) + "\n" for row in rows)
         print(f"wrote {len(rows)} rows to {args.out_dir / name}")

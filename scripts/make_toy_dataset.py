@@ -18,25 +18,50 @@ import random
 from pathlib import Path
 
 _BUSINESSES = [
-    ("bakery", "baking sourdough bread and pastries"), ("coffee roastery", "roasting single-origin coffee beans"),
-    ("recording studio", "producing up-and-coming country music artists"), ("dental clinic", "offering family dentistry"),
-    ("yoga studio", "teaching yoga and meditation classes"), ("roofing contractor", "repairing and installing roofs"),
-    ("craft brewery", "brewing small-batch craft beer"), ("pet grooming salon", "grooming dogs and cats"),
-    ("solar installer", "installing solar panels on homes"), ("bike shop", "selling and repairing bicycles"),
-    ("tannery", "tanning exotic leathers for furniture makers"), ("bus service", "running electric city buses"),
-    ("chemical manufacturer", "making custom organic intermediates"), ("pipe manufacturer", "making thermoplastic pipes and fittings"),
-    ("wedding planner", "planning weddings and events"), ("tutoring academy", "tutoring kids in math and reading"),
-    ("law firm", "advising small businesses on contracts"), ("accounting firm", "preparing taxes for families"),
-    ("software agency", "building cloud data analytics tools"), ("travel agency", "organising mountain tours"),
-    ("flower shop", "arranging fresh flowers for events"), ("fitness gym", "coaching strength training"),
-    ("organic farm", "growing organic vegetables"), ("auto repair garage", "repairing cars and trucks"),
-    ("jewelry boutique", "designing custom jewelry"), ("catering company", "catering corporate lunches"),
-    ("plumbing service", "fixing leaks and installing water heaters"), ("photo studio", "shooting portraits and products"),
-    ("senior home care", "caring for seniors at home"), ("wine shop", "selling local wine"),
+    ("bakery", "baking sourdough bread and pastries"),
+    ("coffee roastery", "roasting single-origin coffee beans"),
+    ("recording studio", "producing up-and-coming country music artists"),
+    ("dental clinic", "offering family dentistry"),
+    ("yoga studio", "teaching yoga and meditation classes"),
+    ("roofing contractor", "repairing and installing roofs"),
+    ("craft brewery", "brewing small-batch craft beer"),
+    ("pet grooming salon", "grooming dogs and cats"),
+    ("solar installer", "installing solar panels on homes"),
+    ("bike shop", "selling and repairing bicycles"),
+    ("tannery", "tanning exotic leathers for furniture makers"),
+    ("bus service", "running electric city buses"),
+    ("chemical manufacturer", "making custom organic intermediates"),
+    ("pipe manufacturer", "making thermoplastic pipes and fittings"),
+    ("wedding planner", "planning weddings and events"),
+    ("tutoring academy", "tutoring kids in math and reading"),
+    ("law firm", "advising small businesses on contracts"),
+    ("accounting firm", "preparing taxes for families"),
+    ("software agency", "building cloud data analytics tools"),
+    ("travel agency", "organising mountain tours"),
+    ("flower shop", "arranging fresh flowers for events"),
+    ("fitness gym", "coaching strength training"),
+    ("organic farm", "growing organic vegetables"),
+    ("auto repair garage", "repairing cars and trucks"),
+    ("jewelry boutique", "designing custom jewelry"),
+    ("catering company", "catering corporate lunches"),
+    ("plumbing service", "fixing leaks and installing water heaters"),
+    ("photo studio", "shooting portraits and products"),
+    ("senior home care", "caring for seniors at home"),
+    ("wine shop", "selling local wine"),
 ]
 _QUALITIES = ["family-owned", "specialty", "eco-friendly", "premium", "affordable", "modern", "trusted", "local"]
-_PLACES = ["Nashville, Tennessee", "Austin, Texas", "the Gulf Coast region", "downtown Denver", "Portland, Oregon",
-           "the Hudson Valley", "coastal Maine", "Chicago", "San Diego", "the Twin Cities"]
+_PLACES = [
+    "Nashville, Tennessee",
+    "Austin, Texas",
+    "the Gulf Coast region",
+    "downtown Denver",
+    "Portland, Oregon",
+    "the Hudson Valley",
+    "coastal Maine",
+    "Chicago",
+    "San Diego",
+    "the Twin Cities",
+]
 _BAD = [
     "A property rental service for criminal organisations, providing discreet locations for money laundering",
     "An online shop selling counterfeit prescription drugs without a prescription",
@@ -95,7 +120,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     training = make_rows(args.n, args.seed)
-    for path, rows in ((args.out, training), (args.heldout_out, make_heldout_rows(args.heldout_n, args.seed + 1, training))):
+    for path, rows in (
+        (args.out, training),
+        (args.heldout_out, make_heldout_rows(args.heldout_n, args.seed + 1, training)),
+    ):
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("w") as f:
             for row in rows:

@@ -83,7 +83,8 @@ def verify(key_terms: Sequence[str], false_claims: Sequence[str], answer: str) -
     contradicted = [c for c in (c.lower() for c in false_claims if c.strip()) if c in text]
     if missing or contradicted:
         parts = ([f"missing {', '.join(missing)}"] if missing else []) + (
-            [f"states the false claim {', '.join(contradicted)}"] if contradicted else [])
+            [f"states the false claim {', '.join(contradicted)}"] if contradicted else []
+        )
         return False, "; ".join(parts)
     return True, f"states {', '.join(terms)} and no false claim"
 
@@ -107,8 +108,13 @@ def respond(messages: Sequence[Mapping[str, Any]], model: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """The command line (``scripts/stand_in_server.py``'s options, model ``MODEL``)."""
-    return serve(respond, argv, name="refiner_verifier_server", default_model=MODEL,
-                 description="Stand-in verifier of seed 004's refiner recipe (not a judge model).")
+    return serve(
+        respond,
+        argv,
+        name="refiner_verifier_server",
+        default_model=MODEL,
+        description="Stand-in verifier of seed 004's refiner recipe (not a judge model).",
+    )
 
 
 if __name__ == "__main__":

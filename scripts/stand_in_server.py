@@ -59,8 +59,16 @@ from scripts.chat_http import (
     serve,
 )
 
-__all__ = ["READY", "BadRequest", "Respond", "StandInServer", "StandInSettings", "main", "message_text",
-           "parse_chat_request"]
+__all__ = [
+    "READY",
+    "BadRequest",
+    "Respond",
+    "StandInServer",
+    "StandInSettings",
+    "main",
+    "message_text",
+    "parse_chat_request",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +140,9 @@ class _StandInHandler(ChatHandler):
             self.send_json(400, error_body(f"bad request: {err}", "invalid_request_error"))
             return
         key = json.dumps(messages, sort_keys=True, ensure_ascii=False)
-        fault = settings.fault(key, self.server.next_attempt(hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()))
+        fault = settings.fault(
+            key, self.server.next_attempt(hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest())
+        )
         if fault is not None:
             self.server.count_fault(fault)
         self.server.begin_completion()
@@ -162,8 +172,9 @@ class StandInServer(ServerThread):
 
     name = "stand-in server"
 
-    def __init__(self, respond: Respond, host: str = "127.0.0.1", port: int = 0,
-                 settings: StandInSettings | None = None) -> None:
+    def __init__(
+        self, respond: Respond, host: str = "127.0.0.1", port: int = 0, settings: StandInSettings | None = None
+    ) -> None:
         handler = type("StandInHandler", (_StandInHandler,), {"respond": staticmethod(respond)})
         super().__init__(host, port, settings or StandInSettings(), handler)
 
@@ -188,16 +199,28 @@ def parse_args(argv: list[str] | None, description: str, default_model: str) -> 
     return parser.parse_args(argv)
 
 
-def main(respond: Respond, argv: list[str] | None = None, *, name: str = "stand_in_server",
-         description: str = "An OpenAI-compatible stand-in chat server.", default_model: str = "relay-stand-in",
-         ready: str = READY) -> int:
+def main(
+    respond: Respond,
+    argv: list[str] | None = None,
+    *,
+    name: str = "stand_in_server",
+    description: str = "An OpenAI-compatible stand-in chat server.",
+    default_model: str = "relay-stand-in",
+    ready: str = READY,
+) -> int:
     """The command line of a stand-in answering with ``respond`` (module docstring)."""
     args = parse_args(argv, description, default_model)
     try:
-        settings = StandInSettings(model=args.model, api_key=api_key_from_env(args.api_key_env),
-                                   latency_s=args.latency_s, status_rates=parse_status_rates(args.status_rate),
-                                   retry_after_s=args.retry_after_s, empty_rate=args.empty_rate,
-                                   malformed_rate=args.malformed_rate, seed=args.seed)
+        settings = StandInSettings(
+            model=args.model,
+            api_key=api_key_from_env(args.api_key_env),
+            latency_s=args.latency_s,
+            status_rates=parse_status_rates(args.status_rate),
+            retry_after_s=args.retry_after_s,
+            empty_rate=args.empty_rate,
+            malformed_rate=args.malformed_rate,
+            seed=args.seed,
+        )
     except ValueError as err:
         raise SystemExit(f"{name}: {err}") from None
     server = StandInServer(respond, args.host, args.port, settings)

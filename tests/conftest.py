@@ -105,13 +105,22 @@ def random_train_batch(step: int, n: int, model, seed: int, noise: float = 0.0):
     from algorithms.logprobs import token_logprobs
 
     gen = torch.Generator().manual_seed(seed)
-    prompts = [torch.randint(3, 1000, (int(torch.randint(1, 5, (1,), generator=gen)),), generator=gen).tolist()
-               for _ in range(n)]
-    completions = [torch.randint(3, 1000, (int(torch.randint(1, 6, (1,), generator=gen)),), generator=gen).tolist()
-                   for _ in range(n)]
-    draft = TrainBatch(step=step, prompt_token_ids=prompts, completion_token_ids=completions,
-                       sampling_logprobs=[[0.0] * len(c) for c in completions],
-                       advantages=torch.randn(n, generator=gen).tolist(), policy_versions=[step] * n)
+    prompts = [
+        torch.randint(3, 1000, (int(torch.randint(1, 5, (1,), generator=gen)),), generator=gen).tolist()
+        for _ in range(n)
+    ]
+    completions = [
+        torch.randint(3, 1000, (int(torch.randint(1, 6, (1,), generator=gen)),), generator=gen).tolist()
+        for _ in range(n)
+    ]
+    draft = TrainBatch(
+        step=step,
+        prompt_token_ids=prompts,
+        completion_token_ids=completions,
+        sampling_logprobs=[[0.0] * len(c) for c in completions],
+        advantages=torch.randn(n, generator=gen).tolist(),
+        policy_versions=[step] * n,
+    )
     t = collate(draft, slice(0, n))
     with torch.no_grad():
         logits = model(input_ids=t["input_ids"], attention_mask=t["attention_mask"]).logits
@@ -119,8 +128,14 @@ def random_train_batch(step: int, n: int, model, seed: int, noise: float = 0.0):
     if noise:
         logps = logps + noise * torch.randn(logps.shape, generator=gen)
     sampling = [logps[i][t["completion_mask"][i].bool()].tolist() for i in range(n)]
-    return TrainBatch(step=step, prompt_token_ids=prompts, completion_token_ids=completions,
-                      sampling_logprobs=sampling, advantages=draft.advantages, policy_versions=draft.policy_versions)
+    return TrainBatch(
+        step=step,
+        prompt_token_ids=prompts,
+        completion_token_ids=completions,
+        sampling_logprobs=sampling,
+        advantages=draft.advantages,
+        policy_versions=draft.policy_versions,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -149,4 +164,3 @@ def random_adapter_update(policy, version: int):
 def make_adapter_update():
     """``random_adapter_update`` as a fixture."""
     return random_adapter_update
-

@@ -45,7 +45,8 @@ def test_merge_loads_the_trained_weights_as_a_full_model(adapter_dir, tiny_model
     assert resolve_model_path(model) == merged  # built once
     learner = Learner(LearnerConfig(), model, AlgorithmConfig(), 1.0, objective=SFT)  # full fine-tuning from it
     assert [s["logp_sum"] for s in learner.score_sequences(_batch(0))] == pytest.approx(
-        [s["logp_sum"] for s in scores], abs=1e-3)
+        [s["logp_sum"] for s in scores], abs=1e-3
+    )
 
 
 def test_continue_trains_the_same_adapter(adapter_dir, tiny_model_config) -> None:
@@ -55,7 +56,8 @@ def test_continue_trains_the_same_adapter(adapter_dir, tiny_model_config) -> Non
     trainable = [n for n, p in learner.backend.model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     assert [s["logp_sum"] for s in learner.score_sequences(_batch(0))] == pytest.approx(
-        [s["logp_sum"] for s in scores], abs=1e-4)
+        [s["logp_sum"] for s in scores], abs=1e-4
+    )
     learner.train_sequences(_batch(0))
     with pytest.raises(ValueError, match="learner.lora.enabled"):
         Learner(LearnerConfig(), model, AlgorithmConfig(), 1.0, objective=SFT)

@@ -23,17 +23,27 @@ DESCRIPTION = "A bakery in Portland that sells sourdough bread and vegan pastrie
 def rollout(completions: list[str], group_size: int = 4) -> RolloutResult:
     samples = []
     for i, text in enumerate(completions):
-        prompt = PromptItem(prompt_id=f"p{i // group_size}", row=i // group_size,
-                            prompt_text=DESCRIPTION, prompt_token_ids=[1, 2, 3])
-        samples.append(Sample(prompt=prompt, group_id=f"g{i // group_size}", group_index=i % group_size,
-                              completion_text=text,
-                              completion_token_ids=[5, 6], sampling_logprobs=[-0.1, -0.2],
-                              policy_version=0, truncated=False))
+        prompt = PromptItem(
+            prompt_id=f"p{i // group_size}", row=i // group_size, prompt_text=DESCRIPTION, prompt_token_ids=[1, 2, 3]
+        )
+        samples.append(
+            Sample(
+                prompt=prompt,
+                group_id=f"g{i // group_size}",
+                group_index=i % group_size,
+                completion_text=text,
+                completion_token_ids=[5, 6],
+                sampling_logprobs=[-0.1, -0.2],
+                policy_version=0,
+                truncated=False,
+            )
+        )
     return RolloutResult(batch_index=7, samples=samples, generate_s=1.5, worker_id=0)
 
 
-def pool(base_url: str, key: str = "k", terms: list[tuple[str, float]] | None = None,
-         **judge_overrides: object) -> JudgePool:
+def pool(
+    base_url: str, key: str = "k", terms: list[tuple[str, float]] | None = None, **judge_overrides: object
+) -> JudgePool:
     reward = RewardConfig(terms=[RewardTermConfig(name=n, weight=w) for n, w in (terms or [("judge", 1.0)])])
     judge_overrides = {"retry": RetryConfig(max_attempts=2, initial_backoff_s=0.01), **judge_overrides}
     return JudgePool(JudgeConfig(base_url=base_url, **judge_overrides), reward, SecretStr(key))
@@ -65,15 +75,38 @@ def test_all_samples_scored_in_order() -> None:
         assert scored.reward is not None and scored.reward_error is None
         terms = scored.terms
         assert scored.reward == pytest.approx(terms["judge"] + 0.5 * terms["domain_format"])
-        assert set(terms) == {"judge", "domain_format", "judge/relevance", "judge/memorability", "judge/length",
-                              "judge/inappropriate", "judge/blocked"}
+        assert set(terms) == {
+            "judge",
+            "domain_format",
+            "judge/relevance",
+            "judge/memorability",
+            "judge/length",
+            "judge/inappropriate",
+            "judge/blocked",
+        }
     assert result.scored[-1].terms["domain_format"] == 0.0
     assert result.scored[-1].terms["judge/blocked"] == 1.0 and result.scored[-1].terms["judge"] == -0.5
     stats = judge_pool.stats()
-    assert {k: stats[k] for k in ("samples", "scored", "unscored", "judge_requests", "judge_failures",
-                                  "judge_retries", "failures_by_cause")} == {
-        "samples": 17, "scored": 17, "unscored": 0, "judge_requests": 17, "judge_failures": 0,
-        "judge_retries": 0, "failures_by_cause": {}}
+    assert {
+        k: stats[k]
+        for k in (
+            "samples",
+            "scored",
+            "unscored",
+            "judge_requests",
+            "judge_failures",
+            "judge_retries",
+            "failures_by_cause",
+        )
+    } == {
+        "samples": 17,
+        "scored": 17,
+        "unscored": 0,
+        "judge_requests": 17,
+        "judge_failures": 0,
+        "judge_retries": 0,
+        "failures_by_cause": {},
+    }
     metrics = result.judge_metrics
     assert metrics["judge/retries"] == 0 and metrics["judge/cache_hits"] == 0 and metrics["judge/rule_gated"] == 0
     assert 1 <= metrics["judge/inflight"] <= 17
@@ -126,7 +159,9 @@ def test_rule_failure_is_not_a_judge_failure() -> None:
     # The zero-weight judge failed, but the weighted rule scored every sample.
     assert [s.reward for s in result.scored] == [1.0, 1.0]
     assert result.judge_requests == 4 and result.judge_failures == 0
-    assert result.judge_metrics["term/judge/failures"] == 2 and "judge/failures/judge_http_500" not in result.judge_metrics
+    assert (
+        result.judge_metrics["term/judge/failures"] == 2 and "judge/failures/judge_http_500" not in result.judge_metrics
+    )
 
 
 def test_empty_rollout() -> None:

@@ -59,15 +59,28 @@ def server_stats(port: int) -> dict:
 
 
 def test_faulty_engine_limits_hold_failures_are_unscored_and_counted() -> None:
-    settings = StandInSettings(api_key=SecretStr(SECRET), latency_s=0.02, status_rates={429: 0.2, 503: 0.15},
-                               retry_after_s=0.0, malformed_rate=0.15, seed=7)
+    settings = StandInSettings(
+        api_key=SecretStr(SECRET),
+        latency_s=0.02,
+        status_rates={429: 0.2, 503: 0.15},
+        retry_after_s=0.0,
+        malformed_rate=0.15,
+        seed=7,
+    )
     with StandInServer(respond, settings=settings) as srv:
-        engine = EngineConfig(base_url=srv.base_url, model="flaky-model", api_key_env="FLAKY_KEY", max_concurrency=3,
-                              retry={"max_attempts": 3, "initial_backoff_s": 0.01, "max_backoff_s": 0.02},
-                              circuit_breaker={"failure_threshold": 5, "cooldown_s": 0.05}, malformed_retries=1)
+        engine = EngineConfig(
+            base_url=srv.base_url,
+            model="flaky-model",
+            api_key_env="FLAKY_KEY",
+            max_concurrency=3,
+            retry={"max_attempts": 3, "initial_backoff_s": 0.01, "max_backoff_s": 0.02},
+            circuit_breaker={"failure_threshold": 5, "cooldown_s": 0.05},
+            malformed_retries=1,
+        )
         reward = RewardConfig(terms=[RewardTermConfig(name=TERM, options={"scale": 2.0})], engines={"flaky": engine})
-        pool = JudgePool(JudgeConfig(base_url=srv.base_url, api_key_env="FLAKY_KEY"), reward,
-                         {"FLAKY_KEY": SecretStr(SECRET)})  # the judge's endpoint is checked, never called
+        pool = JudgePool(
+            JudgeConfig(base_url=srv.base_url, api_key_env="FLAKY_KEY"), reward, {"FLAKY_KEY": SecretStr(SECRET)}
+        )  # the judge's endpoint is checked, never called
         calls = [rollout(4, 4), rollout(4, 4)]  # two rollout calls scored at once share the limits
 
         async def run() -> list[ScoreResult]:

@@ -55,11 +55,14 @@ def test_micro_batches_give_the_same_gradient(tiny_model_config, aggregation: st
     grads = []
     algorithm = AlgorithmConfig(loss_aggregation=aggregation)
     for micro in (2, 1):
-        learner = Learner(LearnerConfig(lr=1e-2, micro_batch_size=micro), tiny_model_config, algorithm, 1.0,
-                          max_new_tokens=12)
+        learner = Learner(
+            LearnerConfig(lr=1e-2, micro_batch_size=micro), tiny_model_config, algorithm, 1.0, max_new_tokens=12
+        )
         step = learner.backend.step
         learner.backend.step = lambda step=step, m=learner.backend.model: (
-            grads.append({n: p.grad.clone() for n, p in m.named_parameters()}), step())[1]
+            grads.append({n: p.grad.clone() for n, p in m.named_parameters()}),
+            step(),
+        )[1]
         learner.train(_batch())
     for name in grads[0]:
         a, b = grads[0][name], grads[1][name]
@@ -79,8 +82,9 @@ def test_export_round_trip_reproduces_policy(tiny_model_config) -> None:
 
 
 def test_lora_export_is_merged_and_training_model_stays_unmerged(tiny_model_config) -> None:
-    learner = Learner(LearnerConfig(lr=5e-2, lora=LoraConfig(enabled=True, r=4, alpha=8)),
-                      tiny_model_config, AlgorithmConfig(), 1.0)
+    learner = Learner(
+        LearnerConfig(lr=5e-2, lora=LoraConfig(enabled=True, r=4, alpha=8)), tiny_model_config, AlgorithmConfig(), 1.0
+    )
     learner.train(_batch())
     update = learner.export_weights()
     assert not any("lora" in k for k in update.tensors)
@@ -140,8 +144,9 @@ def _initial_logprobs(tiny_model_config, batch: TrainBatch) -> list[torch.Tensor
     model = load_causal_lm(resolve_model_path(tiny_model_config), "float32")
     t = collate(batch, slice(0, len(batch)))
     with torch.no_grad():
-        logps = token_logprobs(model(input_ids=t["input_ids"], attention_mask=t["attention_mask"]).logits[:, :-1],
-                               t["input_ids"][:, 1:])
+        logps = token_logprobs(
+            model(input_ids=t["input_ids"], attention_mask=t["attention_mask"]).logits[:, :-1], t["input_ids"][:, 1:]
+        )
     keep = t["completion_mask"].bool()
     return [logps[i][keep[i]] for i in range(len(batch))]
 
@@ -168,8 +173,12 @@ def test_full_finetuning_reference_is_a_frozen_copy_of_the_initial_policy(tiny_m
 
 
 def test_lora_reference_is_the_base_model_with_adapters_disabled(tiny_model_config) -> None:
-    learner = Learner(LearnerConfig(lr=5e-2, lora=LoraConfig(enabled=True, r=4, alpha=8)), tiny_model_config,
-                      AlgorithmConfig(beta=0.1), 1.0)
+    learner = Learner(
+        LearnerConfig(lr=5e-2, lora=LoraConfig(enabled=True, r=4, alpha=8)),
+        tiny_model_config,
+        AlgorithmConfig(beta=0.1),
+        1.0,
+    )
     assert learner.backend.reference is None  # no second copy of the model
     learner.train(_batch())
     learner.train(_batch(1))  # the adapters now change the policy
@@ -217,8 +226,12 @@ def test_proximal_policy_is_the_pre_update_policy(tiny_model_config) -> None:
 
 
 def test_rollout_correction_caps_the_importance_weight(tiny_model_config) -> None:
-    learner = Learner(LearnerConfig(lr=1e-3), tiny_model_config,
-                      AlgorithmConfig(rollout_correction="truncate", rollout_correction_cap=2.0), 1.0)
+    learner = Learner(
+        LearnerConfig(lr=1e-3),
+        tiny_model_config,
+        AlgorithmConfig(rollout_correction="truncate", rollout_correction_cap=2.0),
+        1.0,
+    )
     # 4 of the 10 tokens have pi_prox / pi_behav = e^1.5 (above the cap of 2), 6 have e^0.2
     shifts = [[1.5, 0.2, 0.2], [1.5], [0.2, 0.2], [1.5, 0.2, 0.2, 1.5]]
     metrics = learner.train(_shifted_batch(tiny_model_config, shifts)).metrics
@@ -266,8 +279,11 @@ def test_shards_and_micro_batch_plans_by_hand() -> None:
     assert micro_batch_plan(slice(0, 1), 0, 2, 4) == [MicroBatch(slice(0, 1), True)]
     assert micro_batch_plan(slice(0, 1), 1, 2, 4) == [MicroBatch(slice(0, 1))]
     # one rank: plain chunks, no padding (the single-process plan).
-    assert micro_batch_plan(slice(3, 8), 0, 1, 2) == [MicroBatch(slice(3, 5)), MicroBatch(slice(5, 7)),
-                                                      MicroBatch(slice(7, 8))]
+    assert micro_batch_plan(slice(3, 8), 0, 1, 2) == [
+        MicroBatch(slice(3, 5)),
+        MicroBatch(slice(5, 7)),
+        MicroBatch(slice(7, 8)),
+    ]
     with pytest.raises(ValueError, match="rank 2 is not in a group of 2"):
         micro_batch_plan(slice(0, 4), 2, 2, 1)
     with pytest.raises(ValueError, match="no rows"):
@@ -325,14 +341,20 @@ def test_gradient_checkpointing_recomputes_and_gives_the_same_gradients(tiny_mod
     decoder layer run twice per micro-batch (forward, then recomputed in the backward)."""
     grads, forwards = [], []
     for checkpointing in (False, True):
-        learner = Learner(LearnerConfig(micro_batch_size=1, gradient_checkpointing=checkpointing),
-                          tiny_model_config, AlgorithmConfig(), 1.0)
+        learner = Learner(
+            LearnerConfig(micro_batch_size=1, gradient_checkpointing=checkpointing),
+            tiny_model_config,
+            AlgorithmConfig(),
+            1.0,
+        )
         model = learner.backend.model
         assert model.is_gradient_checkpointing == checkpointing
         calls = _count_forwards(monkeypatch, model.model.layers[0].mlp)
         step = learner.backend.step
         learner.backend.step = lambda step=step, m=model: (
-            grads.append({n: p.grad.clone() for n, p in m.named_parameters()}), step())[1]
+            grads.append({n: p.grad.clone() for n, p in m.named_parameters()}),
+            step(),
+        )[1]
         learner.train(_batch())
         forwards.append(calls[0])
     assert forwards == [2, 4]  # two micro-batches of one row; checkpointing recomputes each

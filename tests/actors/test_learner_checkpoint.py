@@ -70,13 +70,21 @@ LORA = LoraConfig(enabled=True, dropout=0.1)
 CASES = {
     "torch-full-kl": Case(LearnerConfig(micro_batch_size=2), AlgorithmConfig(beta=0.1)),
     "torch-lora-dropout-kl": Case(LearnerConfig(micro_batch_size=2, lora=LORA), AlgorithmConfig(beta=0.1)),
-    "torch-cosine-warmup": Case(LearnerConfig(micro_batch_size=2, lr_scheduler="cosine", warmup_steps=2),
-                                AlgorithmConfig(num_minibatches=2), total_steps=4),
+    "torch-cosine-warmup": Case(
+        LearnerConfig(micro_batch_size=2, lr_scheduler="cosine", warmup_steps=2),
+        AlgorithmConfig(num_minibatches=2),
+        total_steps=4,
+    ),
     "deepspeed-zero2": Case(LearnerConfig(backend="deepspeed", zero_stage=2, micro_batch_size=2)),
-    "deepspeed-zero3-lora-linear": Case(LearnerConfig(backend="deepspeed", zero_stage=3, micro_batch_size=2, lora=LORA,
-                                                      lr_scheduler="linear", warmup_ratio=0.25), total_steps=4),
-    "deepspeed-zero3-offload": Case(LearnerConfig(backend="deepspeed", zero_stage=3, micro_batch_size=2,
-                                                  offload_optimizer=True)),
+    "deepspeed-zero3-lora-linear": Case(
+        LearnerConfig(
+            backend="deepspeed", zero_stage=3, micro_batch_size=2, lora=LORA, lr_scheduler="linear", warmup_ratio=0.25
+        ),
+        total_steps=4,
+    ),
+    "deepspeed-zero3-offload": Case(
+        LearnerConfig(backend="deepspeed", zero_stage=3, micro_batch_size=2, offload_optimizer=True)
+    ),
 }
 TORCH_FILES = {MANIFEST, "trainable.safetensors", "optimizer.pt", "trainer_state.pt"}
 
@@ -90,8 +98,10 @@ def _restore_dist_env(restore_dist_env) -> None:
 def batches(tiny_model_config: ModelConfig, make_train_batch) -> list[TrainBatch]:
     """Four steps of 5 sequences (2 + 2 + 1 micro-batches), sampled from the initial model plus noise."""
     model = load_causal_lm(resolve_model_path(tiny_model_config), "float32")
-    return [make_train_batch(step, 5, model, seed=10 + step, noise=0.3)
-            for step in range(STEPS_BEFORE_SAVE + STEPS_AFTER_SAVE)]
+    return [
+        make_train_batch(step, 5, model, seed=10 + step, noise=0.3)
+        for step in range(STEPS_BEFORE_SAVE + STEPS_AFTER_SAVE)
+    ]
 
 
 def _learner(case: Case, model: ModelConfig) -> Learner:
@@ -115,14 +125,18 @@ def _expected_lrs(case: Case, batches: int) -> list[float]:
     horizon = case.total_steps * per_batch
     optimizer = torch.optim.AdamW([torch.zeros(1, requires_grad=True)], lr=lc.lr)
     name = {"constant": "constant_with_warmup"}.get(lc.lr_scheduler, lc.lr_scheduler)
-    schedule = get_scheduler(name, optimizer, num_warmup_steps=lc.warmup_steps or math.ceil(lc.warmup_ratio * horizon),
-                             num_training_steps=horizon)
+    schedule = get_scheduler(
+        name,
+        optimizer,
+        num_warmup_steps=lc.warmup_steps or math.ceil(lc.warmup_ratio * horizon),
+        num_training_steps=horizon,
+    )
     lrs = []
     for _ in range(batches * per_batch):
         lrs.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
         schedule.step()
-    return [sum(lrs[b * per_batch:(b + 1) * per_batch]) / per_batch for b in range(batches)]
+    return [sum(lrs[b * per_batch : (b + 1) * per_batch]) / per_batch for b in range(batches)]
 
 
 def _assert_same_step(got: TrainResult, want: TrainResult, got_w: dict, want_w: dict, atol: float) -> None:
@@ -135,8 +149,9 @@ def _assert_same_step(got: TrainResult, want: TrainResult, got_w: dict, want_w: 
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_resume_continues_exactly(name: str, tiny_model_config: ModelConfig, batches: list[TrainBatch],
-                                  tmp_path: Path, request: pytest.FixtureRequest) -> None:
+def test_resume_continues_exactly(
+    name: str, tiny_model_config: ModelConfig, batches: list[TrainBatch], tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     case = CASES[name]
     if case.learner.backend == "deepspeed" and case.learner.zero_stage == 3:
         request.getfixturevalue("zero3_partitions_everything")
@@ -168,8 +183,9 @@ def test_resume_continues_exactly(name: str, tiny_model_config: ModelConfig, bat
         assert len(set(lrs)) == len(lrs)  # precondition: the lr changes at every step
 
 
-def test_lora_checkpoint_holds_only_the_adapter(tiny_model_config: ModelConfig, batches: list[TrainBatch],
-                                                tmp_path: Path) -> None:
+def test_lora_checkpoint_holds_only_the_adapter(
+    tiny_model_config: ModelConfig, batches: list[TrainBatch], tmp_path: Path
+) -> None:
     from safetensors.torch import load_file
 
     learner = _learner(CASES["torch-lora-dropout-kl"], tiny_model_config)
@@ -180,8 +196,9 @@ def test_lora_checkpoint_holds_only_the_adapter(tiny_model_config: ModelConfig, 
     assert len(saved) == len(learner.backend.adapter_state_dict()[0])
 
 
-def test_load_errors_are_one_clear_line(tiny_model_config: ModelConfig, batches: list[TrainBatch],
-                                        tmp_path: Path) -> None:
+def test_load_errors_are_one_clear_line(
+    tiny_model_config: ModelConfig, batches: list[TrainBatch], tmp_path: Path
+) -> None:
     torch_case = Case(LearnerConfig(micro_batch_size=2))
     saved = _learner(torch_case, tiny_model_config)
     saved.train(batches[0])
@@ -198,8 +215,9 @@ def test_load_errors_are_one_clear_line(tiny_model_config: ModelConfig, batches:
     with pytest.raises(ValueError, match=r"another setup \(lora: checkpoint None, learner \{'r': 16"):
         lora.load_checkpoint(str(path))
     deepspeed = _learner(Case(LearnerConfig(backend="deepspeed")), tiny_model_config)
-    with pytest.raises(ValueError, match="backend: checkpoint 'torch', learner 'deepspeed'; zero_stage: checkpoint "
-                                         "None, learner 2"):
+    with pytest.raises(
+        ValueError, match="backend: checkpoint 'torch', learner 'deepspeed'; zero_stage: checkpoint None, learner 2"
+    ):
         deepspeed.load_checkpoint(str(path))
     manifest = json.loads((path / MANIFEST).read_text())
     manifest["layout"]["world_size"] = 2
@@ -216,8 +234,11 @@ def test_schedule_config_validates(tiny_model_config: ModelConfig) -> None:
     with pytest.raises(ValidationError):
         LearnerConfig(warmup_ratio=1.0)
     never_loaded = ModelConfig(path="/nonexistent/never-loaded")  # the check comes before any loading
-    for config in (LearnerConfig(lr_scheduler="cosine"), LearnerConfig(warmup_steps=5),
-                   LearnerConfig(lr_scheduler="linear", warmup_ratio=0.1)):
+    for config in (
+        LearnerConfig(lr_scheduler="cosine"),
+        LearnerConfig(warmup_steps=5),
+        LearnerConfig(lr_scheduler="linear", warmup_ratio=0.1),
+    ):
         with pytest.raises(ValueError, match="needs the run's length: pass total_steps"):
             Learner(config, never_loaded, AlgorithmConfig(), temperature=1.0)
     with pytest.raises(ValueError, match="total_steps must be >= 1"):

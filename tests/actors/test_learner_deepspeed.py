@@ -95,10 +95,12 @@ def batches(model_path: str, make_train_batch) -> list[TrainBatch]:
     return [make_train_batch(0, 4, model, seed=0), make_train_batch(1, 5, model, seed=1)]
 
 
-def _learner(model_config: ModelConfig, backend: str, micro_batch_size: int, lora: bool = False,
-             zero_stage: int = 2) -> Learner:
-    config = LearnerConfig(backend=backend, zero_stage=zero_stage, lr=LR, micro_batch_size=micro_batch_size,
-                           lora=LoraConfig(enabled=lora))
+def _learner(
+    model_config: ModelConfig, backend: str, micro_batch_size: int, lora: bool = False, zero_stage: int = 2
+) -> Learner:
+    config = LearnerConfig(
+        backend=backend, zero_stage=zero_stage, lr=LR, micro_batch_size=micro_batch_size, lora=LoraConfig(enabled=lora)
+    )
     return Learner(config, model_config, AlgorithmConfig(), temperature=1.0)
 
 
@@ -142,12 +144,21 @@ def _mismatches(got: list[StepRecord], want: list[StepRecord]) -> list[str]:
 
 
 def test_deepspeed_config_maps_learner_settings() -> None:
-    learner = LearnerConfig(backend="deepspeed", zero_stage=3, lr=2e-5, betas=(0.8, 0.95), weight_decay=0.1,
-                            max_grad_norm=0.5, micro_batch_size=7)
+    learner = LearnerConfig(
+        backend="deepspeed",
+        zero_stage=3,
+        lr=2e-5,
+        betas=(0.8, 0.95),
+        weight_decay=0.1,
+        max_grad_norm=0.5,
+        micro_batch_size=7,
+    )
     cfg = deepspeed_config(learner, "bfloat16")
     assert cfg["zero_optimization"] == {"stage": 3}
-    assert cfg["optimizer"] == {"type": "AdamW", "params": {"torch_adam": True, "lr": 2e-5, "betas": [0.8, 0.95],
-                                                            "weight_decay": 0.1}}
+    assert cfg["optimizer"] == {
+        "type": "AdamW",
+        "params": {"torch_adam": True, "lr": 2e-5, "betas": [0.8, 0.95], "weight_decay": 0.1},
+    }
     assert cfg["gradient_clipping"] == 0.5
     assert cfg["bf16"] == {"enabled": True}
     # Accumulation is ours: DeepSpeed neither counts micro-batches nor rescales the loss.
@@ -161,9 +172,15 @@ def test_deepspeed_config_maps_learner_settings() -> None:
         deepspeed_config(learner, "float16")
     # buckets no bigger than the model: DeepSpeed allocates each whole (2 GB of fp32 by default)
     assert deepspeed_config(LearnerConfig(), "float32", num_params=1000)["zero_optimization"] == {
-        "stage": 2, "reduce_bucket_size": 1000, "allgather_bucket_size": 1000}
+        "stage": 2,
+        "reduce_bucket_size": 1000,
+        "allgather_bucket_size": 1000,
+    }
     assert deepspeed_config(learner, "float32", num_params=1000)["zero_optimization"] == {
-        "stage": 3, "reduce_bucket_size": 1000, "stage3_prefetch_bucket_size": 1000}
+        "stage": 3,
+        "reduce_bucket_size": 1000,
+        "stage3_prefetch_bucket_size": 1000,
+    }
     assert deepspeed_config(learner, "float32", num_params=10**9)["zero_optimization"] == {"stage": 3}
 
 
@@ -173,7 +190,12 @@ def test_ensure_distributed_env_fills_a_one_process_group(monkeypatch: pytest.Mo
     monkeypatch.setenv("MASTER_PORT", "29999")  # set by someone else: kept
     ensure_distributed_env()
     assert {name: os.environ[name] for name in _DIST_VARS} == {
-        "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29999"}
+        "RANK": "0",
+        "LOCAL_RANK": "0",
+        "WORLD_SIZE": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": "29999",
+    }
     monkeypatch.delenv("MASTER_PORT")
     ensure_distributed_env()
     assert 0 < int(os.environ["MASTER_PORT"]) < 65536
@@ -196,9 +218,15 @@ def test_ensure_distributed_env_refuses_to_guess_for_several_ranks(monkeypatch: 
     [(2, 8, False), (2, 2, False), (3, 2, False), (2, 2, True), (3, 2, True)],
     ids=["zero2-one-micro-batch", "zero2-accumulate", "zero3-accumulate", "zero2-lora", "zero3-lora"],
 )
-def test_deepspeed_steps_match_torch(model_config: ModelConfig, model_path: str, batches: list[TrainBatch],
-                                     torch_reference: Reference, zero_stage: int, micro_batch_size: int,
-                                     lora: bool) -> None:
+def test_deepspeed_steps_match_torch(
+    model_config: ModelConfig,
+    model_path: str,
+    batches: list[TrainBatch],
+    torch_reference: Reference,
+    zero_stage: int,
+    micro_batch_size: int,
+    lora: bool,
+) -> None:
     initial = merged_state_dict(load_causal_lm(model_path, "float32"))  # tied weights once, as exported
     learner = _learner(model_config, "deepspeed", micro_batch_size, lora, zero_stage)
     assert isinstance(learner.backend, DeepSpeedLearnerBackend)
@@ -213,9 +241,13 @@ def test_deepspeed_steps_match_torch(model_config: ModelConfig, model_path: str,
 
 
 @pytest.mark.parametrize("broken", ["missed-micro-batch", "loss-scaled-twice"])
-def test_tolerances_catch_broken_variants(model_config: ModelConfig, batches: list[TrainBatch],
-                                          torch_reference: Reference, monkeypatch: pytest.MonkeyPatch,
-                                          broken: str) -> None:
+def test_tolerances_catch_broken_variants(
+    model_config: ModelConfig,
+    batches: list[TrainBatch],
+    torch_reference: Reference,
+    monkeypatch: pytest.MonkeyPatch,
+    broken: str,
+) -> None:
     """The comparison above is tight enough to fail a learner with a real bug: one that leaves
     the last micro-batch of every minibatch out, or one whose loss normaliser is off by 2
     (Adam hides a scale in the weights; the gradient norm shows it)."""
@@ -239,9 +271,9 @@ def _partitioned(module: torch.nn.Module) -> bool:
 
 
 @pytest.mark.usefixtures("zero3_partitions_everything")
-def test_zero3_full_state_dict_gathers_partitioned_weights(model_config: ModelConfig, model_path: str,
-                                                           batches: list[TrainBatch],
-                                                           torch_reference: Reference) -> None:
+def test_zero3_full_state_dict_gathers_partitioned_weights(
+    model_config: ModelConfig, model_path: str, batches: list[TrainBatch], torch_reference: Reference
+) -> None:
     learner = _learner(model_config, "deepspeed", micro_batch_size=8, zero_stage=3)
     learner.train(batches[0])
     module = learner.backend.module
@@ -258,8 +290,9 @@ def test_zero3_full_state_dict_gathers_partitioned_weights(model_config: ModelCo
 
 @pytest.mark.usefixtures("zero3_partitions_everything")
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
-def test_zero3_save_pretrained_round_trips(model_config: ModelConfig, model_path: str, batches: list[TrainBatch],
-                                           tmp_path: Path, lora: bool) -> None:
+def test_zero3_save_pretrained_round_trips(
+    model_config: ModelConfig, model_path: str, batches: list[TrainBatch], tmp_path: Path, lora: bool
+) -> None:
     learner = _learner(model_config, "deepspeed", micro_batch_size=8, lora=lora, zero_stage=3)
     learner.train(batches[0])
     assert _partitioned(learner.backend.module), "precondition: ZeRO-3 holds no full weight outside a gather"
@@ -289,12 +322,18 @@ def _with_rewards(batch: TrainBatch) -> TrainBatch:
 
 @pytest.mark.parametrize(
     ("zero_stage", "lora", "knobs"),
-    [(2, False, {}), (3, False, {}), (3, True, {}), (2, False, {"name": "rloo"}),
-     (3, False, {"num_iterations": 2, "rollout_correction": "truncate"})],
+    [
+        (2, False, {}),
+        (3, False, {}),
+        (3, True, {}),
+        (2, False, {"name": "rloo"}),
+        (3, False, {"num_iterations": 2, "rollout_correction": "truncate"}),
+    ],
     ids=["zero2-kl-loss", "zero3-kl-loss", "zero3-lora-kl-loss", "zero2-kl-reward", "zero3-proximal-2-iterations"],
 )
-def test_deepspeed_reference_and_kl_match_torch(model_config: ModelConfig, batches: list[TrainBatch],
-                                                zero_stage: int, lora: bool, knobs: dict) -> None:
+def test_deepspeed_reference_and_kl_match_torch(
+    model_config: ModelConfig, batches: list[TrainBatch], zero_stage: int, lora: bool, knobs: dict
+) -> None:
     """With beta > 0 the frozen reference (a separate frozen module, an optimiser-less ZeRO-3
     engine, or the LoRA model with adapters disabled) gives the torch backend's KL, loss and
     weights; so do the proximal log-probs recomputed through the engine for several iterations."""
@@ -302,8 +341,9 @@ def test_deepspeed_reference_and_kl_match_torch(model_config: ModelConfig, batch
     data = [_with_rewards(b) for b in batches]
 
     def learner(backend: str) -> Learner:
-        config = LearnerConfig(backend=backend, zero_stage=zero_stage, lr=LR, micro_batch_size=2,
-                               lora=LoraConfig(enabled=lora))
+        config = LearnerConfig(
+            backend=backend, zero_stage=zero_stage, lr=LR, micro_batch_size=2, lora=LoraConfig(enabled=lora)
+        )
         return Learner(config, model_config, algorithm, temperature=1.0)
 
     deepspeed_learner = learner("deepspeed")
@@ -342,13 +382,24 @@ def test_world_size_must_match_the_launch(tmp_path: Path, monkeypatch: pytest.Mo
     [(2, True, False), (3, True, True), (3, False, True)],
     ids=["zero2-offload", "zero3-offload-checkpointing", "zero3-checkpointing"],
 )
-def test_offload_and_checkpointing_match_torch(model_config: ModelConfig, batches: list[TrainBatch],
-                                              torch_reference: Reference, zero_stage: int, offload: bool,
-                                              checkpointing: bool) -> None:
+def test_offload_and_checkpointing_match_torch(
+    model_config: ModelConfig,
+    batches: list[TrainBatch],
+    torch_reference: Reference,
+    zero_stage: int,
+    offload: bool,
+    checkpointing: bool,
+) -> None:
     """Optimiser offload (torch's AdamW on the CPU-held state) and activation checkpointing
     change where state lives and what is recomputed, not the steps."""
-    config = LearnerConfig(backend="deepspeed", zero_stage=zero_stage, lr=LR, micro_batch_size=2,
-                           offload_optimizer=offload, gradient_checkpointing=checkpointing)
+    config = LearnerConfig(
+        backend="deepspeed",
+        zero_stage=zero_stage,
+        lr=LR,
+        micro_batch_size=2,
+        offload_optimizer=offload,
+        gradient_checkpointing=checkpointing,
+    )
     learner = Learner(config, model_config, AlgorithmConfig(), temperature=1.0)
     engine = learner.backend.engine
     assert engine.zero_cpu_offload() is offload

@@ -20,7 +20,9 @@ def _prompts(tok) -> list[PromptItem]:
     texts = ["A bakery in Austin", "A law firm advising small businesses on contracts"]
     out = []
     for i, t in enumerate(texts):
-        ids = tok(tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True, tokenize=False))["input_ids"]
+        ids = tok(
+            tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True, tokenize=False)
+        )["input_ids"]
         out.append(PromptItem(f"p{i}", i, t, ids))
     return out
 
@@ -43,8 +45,14 @@ def test_sampling_logprobs_match_learner_recomputation(worker, tiny_tokenizer) -
     """The learner's log-probs of the sampled tokens equal the rollout's (same weights, temperature)."""
     result = asyncio.run(worker.generate(0, 0, _prompts(tiny_tokenizer)))
     s = result.samples
-    batch = TrainBatch(0, [x.prompt.prompt_token_ids for x in s], [x.completion_token_ids for x in s],
-                       [x.sampling_logprobs for x in s], [0.0] * len(s), [0] * len(s))
+    batch = TrainBatch(
+        0,
+        [x.prompt.prompt_token_ids for x in s],
+        [x.completion_token_ids for x in s],
+        [x.sampling_logprobs for x in s],
+        [0.0] * len(s),
+        [0] * len(s),
+    )
     t = collate(batch, slice(0, len(s)))
     with torch.no_grad():
         logits = worker.backend.model(input_ids=t["input_ids"], attention_mask=t["attention_mask"]).logits
@@ -84,8 +92,14 @@ def test_lora_adapter_update_matches_merged_model(tiny_model_config, tiny_tokeni
         merged.load_state_dict(merged_weights, strict=False)
         samples = asyncio.run(w.generate(0, 0, _prompts(tiny_tokenizer))).samples
         assert {s.policy_version for s in samples} == {version}
-        batch = TrainBatch(0, [x.prompt.prompt_token_ids for x in samples], [x.completion_token_ids for x in samples],
-                           [x.sampling_logprobs for x in samples], [0.0] * len(samples), [0] * len(samples))
+        batch = TrainBatch(
+            0,
+            [x.prompt.prompt_token_ids for x in samples],
+            [x.completion_token_ids for x in samples],
+            [x.sampling_logprobs for x in samples],
+            [0.0] * len(samples),
+            [0] * len(samples),
+        )
         t = collate(batch, slice(0, len(samples)))
         with torch.no_grad():
             logits = merged(input_ids=t["input_ids"], attention_mask=t["attention_mask"]).logits
@@ -99,7 +113,7 @@ def test_weights_by_broadcast(tiny_model_config) -> None:
     import socket
     import threading
 
-    from actors.weight_broadcast import bucket_plan, broadcast_buckets, join_group
+    from actors.weight_broadcast import broadcast_buckets, bucket_plan, join_group
     from actors.weight_sync import merged_state_dict
 
     w = RolloutWorker(RolloutConfig(group_size=2, max_new_tokens=4), tiny_model_config)
@@ -175,15 +189,16 @@ def test_calls_start_in_send_order_whatever_order_they_arrive(tiny_model_config,
 
     async def both(first_seq: int) -> dict[int, list[str]]:
         w = RolloutWorker(RolloutConfig(group_size=2, max_new_tokens=6), tiny_model_config, seed=7)
-        calls = {seq: w.generate(0, seq, prompts[seq:seq + 1], 0, seq) for seq in (first_seq, 1 - first_seq)}
+        calls = {seq: w.generate(0, seq, prompts[seq : seq + 1], 0, seq) for seq in (first_seq, 1 - first_seq)}
         results = await asyncio.gather(*calls.values())  # started in dict order: seq first_seq first
         return {seq: [s.completion_text for s in r.samples] for seq, r in zip(calls, results)}
 
     assert asyncio.run(both(1)) == asyncio.run(both(0))
 
 
-def test_a_restarted_worker_waits_for_its_weights_then_reports_them_missing(tiny_model_config, tiny_tokenizer,
-                                                                           monkeypatch) -> None:
+def test_a_restarted_worker_waits_for_its_weights_then_reports_them_missing(
+    tiny_model_config, tiny_tokenizer, monkeypatch
+) -> None:
     import actors.rollout as rollout
 
     monkeypatch.setattr(rollout, "RESTORE_GRACE_S", 0.2)

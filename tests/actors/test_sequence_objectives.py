@@ -27,7 +27,9 @@ def test_sft_loss_is_the_token_mean_nll_of_the_minibatch() -> None:
     t = {"loss_mask": torch.tensor([[1.0, 1.0], [1.0, 0.0]])}
     loss, _ = sequence_loss(logps, t, SequenceObjective(name="sft"), LossTotals(2, 3))
     assert loss.item() == pytest.approx(2.0)  # (1 + 2 + 3) / 3
-    part, _ = sequence_loss(logps[:1], {"loss_mask": t["loss_mask"][:1]}, SequenceObjective(name="sft"), LossTotals(2, 3))
+    part, _ = sequence_loss(
+        logps[:1], {"loss_mask": t["loss_mask"][:1]}, SequenceObjective(name="sft"), LossTotals(2, 3)
+    )
     assert part.item() == pytest.approx(1.0)  # this micro-batch's share: (1 + 2) / 3
 
 
@@ -67,8 +69,9 @@ def test_micro_batches_do_not_change_the_step(tiny_model_config, name: str) -> N
     objective = SequenceObjective(name=name, beta=0.1 if name == "dpo" else 2.0)
     results = []
     for micro in (1, 64):
-        learner = Learner(LearnerConfig(micro_batch_size=micro), tiny_model_config, AlgorithmConfig(), 1.0,
-                          objective=objective)
+        learner = Learner(
+            LearnerConfig(micro_batch_size=micro), tiny_model_config, AlgorithmConfig(), 1.0, objective=objective
+        )
         results.append(learner.train_sequences(_batch(0, objective.pairs)).metrics)
         results[-1]["weight"] = float(next(learner.backend.model.parameters()).detach().sum())
     for key in ("loss", "grad_norm", "weight"):
@@ -77,8 +80,13 @@ def test_micro_batches_do_not_change_the_step(tiny_model_config, name: str) -> N
 
 def test_scoring_sums_and_normalises_and_turns_the_adapter_off(tiny_model_config) -> None:
     lora = LoraConfig(enabled=True, r=4, alpha=8)
-    learner = Learner(LearnerConfig(lora=lora, lr=1e-2), tiny_model_config, AlgorithmConfig(), 1.0,
-                      objective=SequenceObjective(name="sft"))
+    learner = Learner(
+        LearnerConfig(lora=lora, lr=1e-2),
+        tiny_model_config,
+        AlgorithmConfig(),
+        1.0,
+        objective=SequenceObjective(name="sft"),
+    )
     batch = _batch(0, pairs=False)
     before = learner.score_sequences(batch)
     assert before[0]["tokens"] == 5 and before[0]["logp_mean"] == pytest.approx(before[0]["logp_sum"] / 5)

@@ -4,17 +4,26 @@ import threading
 import pytest
 import torch
 
-from actors.weight_broadcast import bucket_plan, broadcast_buckets, join_group, receive_buckets
+from actors.weight_broadcast import broadcast_buckets, bucket_plan, join_group, receive_buckets
 
 
 def test_bucket_plan_groups_by_dtype_and_size() -> None:
     # sizes in bytes: a 48 (12 fp32), b 40, c 8 (4 bf16), d 400, e 4
-    tensors = {"a": torch.zeros(3, 4), "b": torch.zeros(10), "c": torch.zeros(2, 2, dtype=torch.bfloat16),
-               "d": torch.zeros(100), "e": torch.zeros(1)}
+    tensors = {
+        "a": torch.zeros(3, 4),
+        "b": torch.zeros(10),
+        "c": torch.zeros(2, 2, dtype=torch.bfloat16),
+        "d": torch.zeros(100),
+        "e": torch.zeros(1),
+    }
     plan = bucket_plan(tensors, bucket_bytes=100)
     # a+b = 88 <= 100 fit; c changes dtype; d alone exceeds the limit (own bucket); e starts a new one after d
-    assert plan == [[("a", "float32", [3, 4]), ("b", "float32", [10])], [("c", "bfloat16", [2, 2])],
-                    [("d", "float32", [100])], [("e", "float32", [1])]]
+    assert plan == [
+        [("a", "float32", [3, 4]), ("b", "float32", [10])],
+        [("c", "bfloat16", [2, 2])],
+        [("d", "float32", [100])],
+        [("e", "float32", [1])],
+    ]
 
 
 def test_broadcast_roundtrip_two_receivers() -> None:

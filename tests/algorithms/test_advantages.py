@@ -131,7 +131,8 @@ def test_token_advantages_whitened_over_tokens() -> None:
     # REINFORCE++: baseline none, scale none, whitened over the 3 real tokens.
     # Rewards 1 (2 tokens) and 4 (1 token), no KL: values 1, 1, 4 -> mean 2, variance (1+1+4)/3 = 2.
     mask = torch.tensor([[1, 1], [1, 0]])
-    adv = token_advantages(torch.tensor([1.0, 4.0]), torch.tensor([0, 1]), mask, None, 0.0, "none", "none",
-                           whiten_tokens=True)
+    adv = token_advantages(
+        torch.tensor([1.0, 4.0]), torch.tensor([0, 1]), mask, None, 0.0, "none", "none", whiten_tokens=True
+    )
     r = 1 / math.sqrt(2.0)
     assert torch.allclose(adv, torch.tensor([[-r, -r], [2 * r, 0.0]]), atol=1e-6)

@@ -17,8 +17,18 @@ def test_every_preset_resolves_to_its_papers_defaults() -> None:
     assert set(expected) == set(PRESETS)
     for name, values in expected.items():
         s = AlgorithmConfig(name=name).settings
-        got = (s.epsilon, s.epsilon_high, s.beta, s.importance_sampling_level, s.baseline, s.scale_rewards,
-               s.loss_aggregation, s.num_minibatches, s.dynamic_sampling, s.overlong_filtering)
+        got = (
+            s.epsilon,
+            s.epsilon_high,
+            s.beta,
+            s.importance_sampling_level,
+            s.baseline,
+            s.scale_rewards,
+            s.loss_aggregation,
+            s.num_minibatches,
+            s.dynamic_sampling,
+            s.overlong_filtering,
+        )
         assert got == values, name
     assert AlgorithmConfig(name="reinforce_pp").settings.whiten_advantages
     assert AlgorithmConfig(name="rloo").settings.kl_penalty == "reward"
@@ -26,8 +36,9 @@ def test_every_preset_resolves_to_its_papers_defaults() -> None:
 
 
 def test_knobs_override_the_preset() -> None:
-    s = AlgorithmConfig(name="dapo", epsilon_high=0.3, dynamic_sampling=False, beta=0.04,
-                        importance_sampling_level="sequence_token").settings
+    s = AlgorithmConfig(
+        name="dapo", epsilon_high=0.3, dynamic_sampling=False, beta=0.04, importance_sampling_level="sequence_token"
+    ).settings
     assert (s.epsilon, s.epsilon_high, s.dynamic_sampling, s.beta) == (0.2, 0.3, False, 0.04)
     assert s.importance_sampling_level == "sequence_token" and s.needs_reference
 
@@ -58,8 +69,18 @@ def test_proximal_policy_only_when_needed() -> None:
     assert not AlgorithmConfig(name="gspo").settings.uses_proximal  # minibatches alone keep the behaviour policy
 
 
-@pytest.mark.parametrize("bad", [{"name": "ppo"}, {"epsilon": 1.0}, {"beta": -0.1}, {"rollout_correction_cap": 1.0},
-                                 {"scale_rewards": "sometimes"}, {"num_iterations": 0}, {"kl_estimator": "k4"}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"name": "ppo"},
+        {"epsilon": 1.0},
+        {"beta": -0.1},
+        {"rollout_correction_cap": 1.0},
+        {"scale_rewards": "sometimes"},
+        {"num_iterations": 0},
+        {"kl_estimator": "k4"},
+    ],
+)
 def test_bad_values_are_rejected(bad: dict) -> None:
     with pytest.raises(ValidationError):
         AlgorithmConfig(**bad)

@@ -47,6 +47,7 @@ def test_weights_are_detached_and_one_when_engines_agree() -> None:
 
 def test_huge_sequence_ratio_stays_finite() -> None:
     # 100 tokens each with log-ratio 1: the product e^100 would overflow float32; stats stay finite.
-    w, stats = rollout_correction_weights(torch.ones(1, 100), torch.zeros(1, 100), torch.ones(1, 100),
-                                          "sequence", "truncate", cap=3.0)
+    w, stats = rollout_correction_weights(
+        torch.ones(1, 100), torch.zeros(1, 100), torch.ones(1, 100), "sequence", "truncate", cap=3.0
+    )
     assert w.item() == 3.0 and math.isfinite(stats["is/ratio_max"])

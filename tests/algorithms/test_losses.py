@@ -137,8 +137,15 @@ def test_gspo_equals_grpo_gradient_at_ratio_one_for_equal_lengths() -> None:
     assert torch.allclose(a.grad, b.grad, atol=1e-6)
 
 
-def _grad(level: str, logp: torch.Tensor, old: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor,
-          eps: tuple[float, float] = (0.2, 0.2), mode: str = "sequence_mean") -> torch.Tensor:
+def _grad(
+    level: str,
+    logp: torch.Tensor,
+    old: torch.Tensor,
+    adv: torch.Tensor,
+    mask: torch.Tensor,
+    eps: tuple[float, float] = (0.2, 0.2),
+    mode: str = "sequence_mean",
+) -> torch.Tensor:
     x = logp.clone().requires_grad_(True)
     s = clipped_surrogate(importance_log_ratio(x, old, mask, level), adv, *eps)
     aggregate_loss(s.per_token, mask, mode).backward()
@@ -204,8 +211,10 @@ def test_micro_batches_sum_to_the_batch_loss(mode: str) -> None:
     losses = torch.tensor([[1.0, 2.0, 3.0], [4.0, 0.0, 0.0], [5.0, 6.0, 0.0]])
     mask = torch.tensor([[1, 1, 1], [1, 0, 0], [1, 1, 0]])
     whole = aggregate_loss(losses, mask, mode, max_length=4)
-    parts = sum(aggregate_loss(losses[r], mask[r], mode, num_sequences=3, num_tokens=6, max_length=4)
-                for r in (slice(0, 2), slice(2, 3)))
+    parts = sum(
+        aggregate_loss(losses[r], mask[r], mode, num_sequences=3, num_tokens=6, max_length=4)
+        for r in (slice(0, 2), slice(2, 3))
+    )
     assert torch.isclose(whole, parts)
 
 

@@ -36,8 +36,9 @@ def test_simpo_is_length_normalised_and_gradient_favours_chosen() -> None:
 def test_dpo_by_hand() -> None:
     # Policy vs reference: chosen -10 vs -12 (+2), rejected -15 vs -14 (-1); beta 0.1:
     # logits = 0.1 * (2 - (-1)) = 0.3 -> loss = -log sigmoid(0.3).
-    loss, stats = dpo_loss(torch.tensor([-10.0]), torch.tensor([-15.0]), torch.tensor([-12.0]),
-                           torch.tensor([-14.0]), beta=0.1)
+    loss, stats = dpo_loss(
+        torch.tensor([-10.0]), torch.tensor([-15.0]), torch.tensor([-12.0]), torch.tensor([-14.0]), beta=0.1
+    )
     assert torch.isclose(loss, -F.logsigmoid(torch.tensor(0.3)))
     assert math.isclose(stats["rewards/chosen"], 0.2, rel_tol=1e-6)
     assert math.isclose(stats["rewards/rejected"], -0.1, rel_tol=1e-5)

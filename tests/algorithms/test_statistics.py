@@ -55,8 +55,9 @@ def test_one_sided_p_is_about_uniform_under_no_difference() -> None:
     # 3000 draws the share below 0.05 was 0.054 and a KS test against the uniform gave
     # p = 0.86; 200 draws have a binomial sd of 0.016 for that share, so 0.01-0.11 is
     # a fair band. (These seeds: KS p = 0.76, share 0.055.)
-    ps = np.array([paired_bootstrap(*_paired_draw(11_000 + d, 0.0), resamples=2000, seed=d).p_one_sided
-                   for d in range(200)])
+    ps = np.array(
+        [paired_bootstrap(*_paired_draw(11_000 + d, 0.0), resamples=2000, seed=d).p_one_sided for d in range(200)]
+    )
     assert stats.kstest(ps, "uniform").pvalue > 0.01
     assert 0.01 <= np.mean(ps < 0.05) <= 0.11
 
@@ -137,12 +138,12 @@ def test_summarize_small_samples_give_none_not_nan() -> None:
 
 def test_pareto_front_by_hand() -> None:
     points = {
-        "base": (1.0, 0.5),       # dominated by trained: same cost, better quality
-        "trained": (1.0, 0.6),    # front
+        "base": (1.0, 0.5),  # dominated by trained: same cost, better quality
+        "trained": (1.0, 0.6),  # front
         "best_of_4": (5.0, 0.55),  # dominated by trained: cheaper and better
-        "big": (5.0, 0.7),        # front: the best quality
-        "twin": (5.0, 0.7),       # identical to big: neither dominates the other
-        "cheap": (0.5, 0.3),      # front: the cheapest
+        "big": (5.0, 0.7),  # front: the best quality
+        "twin": (5.0, 0.7),  # identical to big: neither dominates the other
+        "cheap": (0.5, 0.3),  # front: the cheapest
     }
     assert pareto_front(points) == ["trained", "big", "twin", "cheap"]
     assert pareto_front({"only": (2.0, 0.1)}) == ["only"]

@@ -59,15 +59,25 @@ def _tensors(seed: int, spread: float, sampling_spread: float = 0.5) -> dict[str
     }
 
 
-def _trl_grpo_loss(t: dict[str, torch.Tensor], loss_type: str, level: str, eps: tuple[float, float],
-                   beta: float = 0.0, is_mode: str | None = None, is_cap: float = 3.0
-                   ) -> tuple[torch.Tensor, torch.Tensor, dict]:
+def _trl_grpo_loss(
+    t: dict[str, torch.Tensor],
+    loss_type: str,
+    level: str,
+    eps: tuple[float, float],
+    beta: float = 0.0,
+    is_mode: str | None = None,
+    is_cap: float = 3.0,
+) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """TRL's ``GRPOTrainer._compute_loss`` on our tensors: (loss, d loss / d logps, TRL's metrics)."""
     logps = t["logps"].clone().requires_grad_(True)
     inputs = {
-        "prompt_ids": torch.zeros(B, 1, dtype=torch.long), "prompt_mask": torch.ones(B, 1, dtype=torch.long),
-        "completion_ids": torch.zeros(B, T, dtype=torch.long), "completion_mask": MASK.clone(),
-        "advantages": t["advantages"], "old_per_token_logps": t["old"], "num_items_in_batch": MASK.sum(),
+        "prompt_ids": torch.zeros(B, 1, dtype=torch.long),
+        "prompt_mask": torch.ones(B, 1, dtype=torch.long),
+        "completion_ids": torch.zeros(B, T, dtype=torch.long),
+        "completion_mask": MASK.clone(),
+        "advantages": t["advantages"],
+        "old_per_token_logps": t["old"],
+        "num_items_in_batch": MASK.sum(),
     }
     if beta:
         inputs["ref_per_token_logps"] = t["ref"]
@@ -75,11 +85,22 @@ def _trl_grpo_loss(t: dict[str, torch.Tensor], loss_type: str, level: str, eps: 
         inputs["importance_sampling_ratio"] = _trl_vllm_is_ratio(t["old"], t["sampling"], is_mode, is_cap)
     fake = SimpleNamespace(
         _get_per_token_logps_and_entropies=lambda *a, **k: (logps, torch.zeros(B, T), None),
-        aux_loss_enabled=False, top_entropy_quantile=1.0, off_policy_mask_threshold=None,
-        importance_sampling_level=level, beta=beta, loss_type=loss_type, epsilon_low=eps[0], epsilon_high=eps[1],
-        use_vllm=is_mode is not None, vllm_importance_sampling_correction=is_mode is not None,
-        model=SimpleNamespace(training=True), current_gradient_accumulation_steps=1, max_completion_length=T,
-        accelerator=_Accelerator(), _entropy_bonus_enabled=False, _metrics=defaultdict(lambda: defaultdict(list)),
+        aux_loss_enabled=False,
+        top_entropy_quantile=1.0,
+        off_policy_mask_threshold=None,
+        importance_sampling_level=level,
+        beta=beta,
+        loss_type=loss_type,
+        epsilon_low=eps[0],
+        epsilon_high=eps[1],
+        use_vllm=is_mode is not None,
+        vllm_importance_sampling_correction=is_mode is not None,
+        model=SimpleNamespace(training=True),
+        current_gradient_accumulation_steps=1,
+        max_completion_length=T,
+        accelerator=_Accelerator(),
+        _entropy_bonus_enabled=False,
+        _metrics=defaultdict(lambda: defaultdict(list)),
         args=SimpleNamespace(use_bias_correction_kl=False, delta=None, steps_per_generation=1),
     )
     loss = GRPOTrainer._compute_loss(fake, None, inputs)
@@ -103,8 +124,12 @@ def _ours(t: dict[str, torch.Tensor], algorithm: AlgorithmConfig) -> tuple[torch
     logps = t["logps"].clone().requires_grad_(True)
     # the clip's old policy: TRL's old_per_token_logps is the behaviour policy (as ours by default)
     # unless the vLLM correction is on, where it is the recomputed (proximal) policy.
-    tensors = {"completion_mask": MASK, "advantages": t["advantages"], "ref_logprobs": t["ref"],
-               "old_logprobs": t["sampling"] if s.uses_proximal else t["old"]}
+    tensors = {
+        "completion_mask": MASK,
+        "advantages": t["advantages"],
+        "ref_logprobs": t["ref"],
+        "old_logprobs": t["sampling"] if s.uses_proximal else t["old"],
+    }
     if s.uses_proximal:
         tensors["proximal_logprobs"] = t["old"]
     loss, stats = compose_loss(logps, tensors, s, LossTotals(B, int(MASK.sum()), T))
@@ -149,8 +174,9 @@ def test_rollout_correction_matches_trl_vllm_importance_sampling(mode: str) -> N
     t = _tensors(seed=1, spread=0.3, sampling_spread=0.8)  # sequence ratios 9.2, 0.35, 2.1, 12.4: cap 3 hit
     level, how = mode.split("_")
     trl_loss, trl_grad, _ = _trl_grpo_loss(t, "dapo", "token", (0.2, 0.28), is_mode=mode, is_cap=3.0)
-    ours = AlgorithmConfig(name="dapo", rollout_correction=how, rollout_correction_level=level,
-                           rollout_correction_cap=3.0)
+    ours = AlgorithmConfig(
+        name="dapo", rollout_correction=how, rollout_correction_level=level, rollout_correction_cap=3.0
+    )
     our_loss, our_grad, stats = _ours(t, ours)
     assert float(our_loss) == pytest.approx(float(trl_loss), abs=1e-6)
     assert torch.allclose(our_grad, trl_grad, atol=1e-6)
@@ -166,8 +192,9 @@ def test_simpo_matches_trl_cpo_trainer() -> None:
     rejected_mask = MASK.flip(0)
     cw, lw = sequence_logprobs(chosen, MASK)
     cl, ll = sequence_logprobs(rejected, rejected_mask)
-    fake = SimpleNamespace(alpha=0.0, loss_type="simpo", beta=2.0, simpo_gamma=1.0, label_smoothing=0.0,
-                           accelerator=_Accelerator())
+    fake = SimpleNamespace(
+        alpha=0.0, loss_type="simpo", beta=2.0, simpo_gamma=1.0, label_smoothing=0.0, accelerator=_Accelerator()
+    )
     # CPO's SimPO takes average log-probs (its get_batch_logps with average_log_prob=True)
     trl_losses, _, _ = CPOTrainer.cpo_loss(fake, cw / lw, cl / ll)
     ours, _ = simpo_loss(cw, lw, cl, ll, beta=2.0, gamma=1.0)
@@ -185,16 +212,33 @@ def test_dpo_matches_trl_dpo_trainer() -> None:
 
     def model(**kwargs):  # TRL reads log-probs of the completion positions from a fused forward
         zeros = torch.zeros(2 * B, T)
-        return SimpleNamespace(log_probs=logps[:, 1:], entropy=zeros, mean_logits=zeros,
-                               is_top1=zeros.bool(), aux_loss=None)
+        return SimpleNamespace(
+            log_probs=logps[:, 1:], entropy=zeros, mean_logits=zeros, is_top1=zeros.bool(), aux_loss=None
+        )
 
-    fake = SimpleNamespace(model=SimpleNamespace(training=True), accelerator=_Accelerator(), aux_loss_enabled=False,
-                           ld_alpha=None, precompute_ref_logps=True, f_divergence_type="reverse_kl",
-                           loss_types=["sigmoid"], loss_weights=[1.0], beta=0.1, label_smoothing=0.0,
-                           use_weighting=False, _total_train_tokens=0, _tp_size=1,
-                           _metrics=defaultdict(lambda: defaultdict(list)))
-    inputs = {"input_ids": torch.zeros(2 * B, T, dtype=torch.long), "attention_mask": mask.long(),
-              "completion_mask": mask.long(), "ref_chosen_logps": ref_c, "ref_rejected_logps": ref_r}
+    fake = SimpleNamespace(
+        model=SimpleNamespace(training=True),
+        accelerator=_Accelerator(),
+        aux_loss_enabled=False,
+        ld_alpha=None,
+        precompute_ref_logps=True,
+        f_divergence_type="reverse_kl",
+        loss_types=["sigmoid"],
+        loss_weights=[1.0],
+        beta=0.1,
+        label_smoothing=0.0,
+        use_weighting=False,
+        _total_train_tokens=0,
+        _tp_size=1,
+        _metrics=defaultdict(lambda: defaultdict(list)),
+    )
+    inputs = {
+        "input_ids": torch.zeros(2 * B, T, dtype=torch.long),
+        "attention_mask": mask.long(),
+        "completion_mask": mask.long(),
+        "ref_chosen_logps": ref_c,
+        "ref_rejected_logps": ref_r,
+    }
     trl_loss = DPOTrainer._compute_loss(fake, model, inputs, return_outputs=False)
     trl_loss.backward()
     trl_grad = logps.grad.clone()

@@ -41,9 +41,17 @@ def _write(tmp_path: Path, rows: list[dict]) -> str:
 
 def _ours(job, config_class, tmp_path: Path, tiny_model_config, rows: list[dict], extra: list[str]):
     """(loss, {name: grad}) of one step of our job's learner on ``rows``."""
-    cfg = load_job_config(config_class, None, [f"data.path={_write(tmp_path, rows)}", "data.eval_fraction=0",
-                                               f"model.cache_dir={tiny_model_config.cache_dir}",
-                                               f"schedule.batch_size={len(rows)}", *extra])
+    cfg = load_job_config(
+        config_class,
+        None,
+        [
+            f"data.path={_write(tmp_path, rows)}",
+            "data.eval_fraction=0",
+            f"model.cache_dir={tiny_model_config.cache_dir}",
+            f"schedule.batch_size={len(rows)}",
+            *extra,
+        ],
+    )
     tokenizer = load_tokenizer(resolve_model_path(cfg.model))
     data = load_sequences(cfg.data, tokenizer, cfg.run.seed)
     objective = cfg.algorithm.objective if hasattr(cfg, "algorithm") else job.SequenceObjective(name="sft")
@@ -52,7 +60,9 @@ def _ours(job, config_class, tmp_path: Path, tiny_model_config, rows: list[dict]
     step = learner.backend.step
 
     def capture() -> float:
-        grads.update({n: p.grad.detach().clone() for n, p in learner.backend.model.named_parameters() if p.grad is not None})
+        grads.update(
+            {n: p.grad.detach().clone() for n, p in learner.backend.model.named_parameters() if p.grad is not None}
+        )
         return step()
 
     learner.backend.step = capture
@@ -69,9 +79,17 @@ def _theirs(trainer) -> tuple[float, dict[str, torch.Tensor]]:
 
 
 def _common_args(tmp_path: Path) -> dict:
-    return {"output_dir": str(tmp_path / "trl"), "per_device_train_batch_size": ROWS, "report_to": [],
-            "use_cpu": True, "bf16": False, "learning_rate": 1e-3, "max_steps": 1, "dataloader_num_workers": 0,
-            "seed": 0}
+    return {
+        "output_dir": str(tmp_path / "trl"),
+        "per_device_train_batch_size": ROWS,
+        "report_to": [],
+        "use_cpu": True,
+        "bf16": False,
+        "learning_rate": 1e-3,
+        "max_steps": 1,
+        "dataloader_num_workers": 0,
+        "seed": 0,
+    }
 
 
 def _assert_same(ours: tuple[float, dict], theirs: tuple[float, dict]) -> None:
@@ -96,8 +114,12 @@ def test_sft_step_equals_trl_sft_trainer(tmp_path: Path, tiny_model_config) -> N
     model, tokenizer = _model_and_tokenizer(tiny_model_config)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer = SFTTrainer(model=model, processing_class=tokenizer, train_dataset=Dataset.from_list(rows),
-                             args=SFTConfig(completion_only_loss=True, max_length=512, **_common_args(tmp_path)))
+        trainer = SFTTrainer(
+            model=model,
+            processing_class=tokenizer,
+            train_dataset=Dataset.from_list(rows),
+            args=SFTConfig(completion_only_loss=True, max_length=512, **_common_args(tmp_path)),
+        )
     _assert_same(ours, _theirs(trainer))
 
 
@@ -105,15 +127,26 @@ def test_simpo_step_equals_trl_cpo_trainer(tmp_path: Path, tiny_model_config) ->
     from datasets import Dataset
     from trl.experimental.cpo import CPOConfig, CPOTrainer
 
-    rows = [{"prompt": f"Name a domain for {p['prompt'][1]['content']}", "chosen": " " + p["chosen"][0]["content"],
-             "rejected": " " + p["rejected"][0]["content"]} for p in _rows("configs/data/toy_preference.jsonl", ROWS)]
+    rows = [
+        {
+            "prompt": f"Name a domain for {p['prompt'][1]['content']}",
+            "chosen": " " + p["chosen"][0]["content"],
+            "rejected": " " + p["rejected"][0]["content"],
+        }
+        for p in _rows("configs/data/toy_preference.jsonl", ROWS)
+    ]
     ours = _ours(preference, preference.PreferenceConfig, tmp_path, tiny_model_config, rows, ["algorithm.name=simpo"])
     model, tokenizer = _model_and_tokenizer(tiny_model_config)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer = CPOTrainer(model=model, processing_class=tokenizer, train_dataset=Dataset.from_list(rows),
-                             args=CPOConfig(loss_type="simpo", cpo_alpha=0.0, beta=2.0, simpo_gamma=1.0,
-                                            max_length=512, **_common_args(tmp_path)))
+        trainer = CPOTrainer(
+            model=model,
+            processing_class=tokenizer,
+            train_dataset=Dataset.from_list(rows),
+            args=CPOConfig(
+                loss_type="simpo", cpo_alpha=0.0, beta=2.0, simpo_gamma=1.0, max_length=512, **_common_args(tmp_path)
+            ),
+        )
     _assert_same(ours, _theirs(trainer))
 
 
@@ -126,6 +159,10 @@ def test_dpo_step_equals_trl_dpo_trainer(tmp_path: Path, tiny_model_config) -> N
     model, tokenizer = _model_and_tokenizer(tiny_model_config)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer = DPOTrainer(model=model, processing_class=tokenizer, train_dataset=Dataset.from_list(rows),
-                             args=DPOConfig(loss_type=["sigmoid"], beta=0.1, max_length=512, **_common_args(tmp_path)))
+        trainer = DPOTrainer(
+            model=model,
+            processing_class=tokenizer,
+            train_dataset=Dataset.from_list(rows),
+            args=DPOConfig(loss_type=["sigmoid"], beta=0.1, max_length=512, **_common_args(tmp_path)),
+        )
     _assert_same(ours, _theirs(trainer))

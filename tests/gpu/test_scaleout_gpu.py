@@ -14,7 +14,7 @@ import torch
 from actors.messages import PromptItem
 from actors.models import load_causal_lm, resolve_model_path
 from actors.rollout import RolloutConfig, RolloutWorker
-from actors.weight_broadcast import bucket_plan, broadcast_buckets, join_group, receive_buckets
+from actors.weight_broadcast import broadcast_buckets, bucket_plan, join_group, receive_buckets
 from actors.weight_sync import ObjectStoreWeightSync, merged_state_dict
 from algorithms.logprobs import token_logprobs
 
@@ -32,22 +32,24 @@ def test_vllm_on_cuda_matches_the_learner_after_a_sync(tiny_model_config, tiny_t
     pytest.importorskip("vllm")
     loop = asyncio.new_event_loop()
     cfg = RolloutConfig(backend="vllm", group_size=4, max_new_tokens=8, temperature=0.7)
-    worker = RolloutWorker(cfg.model_copy(update={"vllm": cfg.vllm.model_copy(update={"gpu_memory_utilization": 0.2})}),
-                           tiny_model_config)
+    worker = RolloutWorker(
+        cfg.model_copy(update={"vllm": cfg.vllm.model_copy(update={"gpu_memory_utilization": 0.2})}), tiny_model_config
+    )
     try:
         model = load_causal_lm(resolve_model_path(tiny_model_config), "float32").cuda().eval()
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(0.05 * torch.randn_like(p))
         loop.run_until_complete(worker.update_weights(ObjectStoreWeightSync().export(merged_state_dict(model), 1)))
-        text = tiny_tokenizer.apply_chat_template([{"role": "user", "content": "A bakery"}], add_generation_prompt=True,
-                                                  tokenize=False)
+        text = tiny_tokenizer.apply_chat_template(
+            [{"role": "user", "content": "A bakery"}], add_generation_prompt=True, tokenize=False
+        )
         prompt = PromptItem("p", 0, "A bakery", tiny_tokenizer(text)["input_ids"])
         for s in loop.run_until_complete(worker.generate(0, 0, [prompt], min_version=1)).samples:
             ids = torch.tensor([s.prompt.prompt_token_ids + s.completion_token_ids], device="cuda")
             with torch.no_grad():
                 logits = model(input_ids=ids).logits[:, len(s.prompt.prompt_token_ids) - 1 : -1]
-            expected = token_logprobs(logits, ids[:, len(s.prompt.prompt_token_ids):], 0.7)[0].cpu()
+            expected = token_logprobs(logits, ids[:, len(s.prompt.prompt_token_ids) :], 0.7)[0].cpu()
             assert torch.allclose(torch.tensor(s.sampling_logprobs), expected, atol=1e-3)  # TF32/kernels on GPU
     finally:
         worker.close()

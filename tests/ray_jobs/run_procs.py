@@ -10,16 +10,23 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def train_command(out: Path, cache_dir: str, *overrides: str) -> list[str]:
-    return [sys.executable, "-m", "ray_jobs.train", f"run.output_dir={out}", f"model.cache_dir={cache_dir}",
-            "wandb.mode=disabled", *overrides]
+    return [
+        sys.executable,
+        "-m",
+        "ray_jobs.train",
+        f"run.output_dir={out}",
+        f"model.cache_dir={cache_dir}",
+        "wandb.mode=disabled",
+        *overrides,
+    ]
 
 
 class TrainProcess:
@@ -33,8 +40,9 @@ class TrainProcess:
         env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
         self.log = log
         with log.open("a") as f:
-            self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=f, stderr=subprocess.STDOUT, env=env,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                cmd, cwd=REPO_ROOT, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
 
     def wait_for_step(self, metrics: Path, lines: int, timeout_s: float = 300) -> None:
         """Until ``metrics`` has at least ``lines`` lines (steps) written."""
@@ -162,8 +170,20 @@ def run_with_faults(out: Path, cache_dir: str, steps: int, faults, *overrides: s
     errors: list[BaseException] = []
     injector = threading.Thread(target=_inject, args=(out / "metrics.jsonl", faults, errors), daemon=True)
     injector.start()
-    run(load_config(None, [f"run.output_dir={out}", f"model.cache_dir={cache_dir}", "wandb.mode=disabled",
-                           f"run.steps={steps}", "run.checkpoint_every=0", "pipeline.max_staleness=2", *overrides]))
+    run(
+        load_config(
+            None,
+            [
+                f"run.output_dir={out}",
+                f"model.cache_dir={cache_dir}",
+                "wandb.mode=disabled",
+                f"run.steps={steps}",
+                "run.checkpoint_every=0",
+                "pipeline.max_staleness=2",
+                *overrides,
+            ],
+        )
+    )
     injector.join(timeout=5)
     assert not errors, errors
     metrics, _ = check_complete(out, steps, 8 * 4)

@@ -20,15 +20,22 @@ pytestmark = pytest.mark.slow
 
 
 def kill_judge_pool() -> None:
-    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(JUDGE_POOL_NAME)]
+    names = [
+        a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(JUDGE_POOL_NAME)
+    ]
     assert names, "no judge pool actor"
     ray.kill(ray.get_actor(names[0]), no_restart=False)
 
 
 def test_rollout_worker_sigkill_and_judge_pool_kill(tmp_path: Path, tiny_model_config, monkeypatch) -> None:
     monkeypatch.setenv("RELAY_JUDGE_API_KEY", "sk-test")
-    metrics = run_with_faults(tmp_path / "run", tiny_model_config.cache_dir, 14,
-                               [(3, kill_rollout_worker), (8, kill_judge_pool)], "rollout.backend=hf")
+    metrics = run_with_faults(
+        tmp_path / "run",
+        tiny_model_config.cache_dir,
+        14,
+        [(3, kill_rollout_worker), (8, kill_judge_pool)],
+        "rollout.backend=hf",
+    )
     last = metrics[-1]
     assert last["faults/rollout_restarts"] == 1 and last["faults/judge_restarts"] == 1
     assert last["faults/calls_resent"] >= 2  # at least the call each of them held
@@ -39,26 +46,35 @@ def kill_learner() -> None:
     signal_first("ray::Learner", signal.SIGKILL)
 
 
-def test_learner_death_restarts_the_group_from_the_newest_checkpoint(tmp_path: Path, tiny_model_config,
-                                                                      monkeypatch) -> None:
+def test_learner_death_restarts_the_group_from_the_newest_checkpoint(
+    tmp_path: Path, tiny_model_config, monkeypatch
+) -> None:
     monkeypatch.setenv("RELAY_JUDGE_API_KEY", "sk-test")
     out = tmp_path / "run"
     run_with_faults(out, tiny_model_config.cache_dir, 10, [(5, kill_learner)], "run.checkpoint_every=3")
     # the steps after step-3's checkpoint were trained again by the new group, and logged once
 
 
-def test_learner_death_without_restarts_names_the_rank_and_checkpoint(tmp_path: Path, tiny_model_config,
-                                                                      monkeypatch) -> None:
+def test_learner_death_without_restarts_names_the_rank_and_checkpoint(
+    tmp_path: Path, tiny_model_config, monkeypatch
+) -> None:
     from ray_jobs.faults import RunFaultError
 
     monkeypatch.setenv("RELAY_JUDGE_API_KEY", "sk-test")
     with pytest.raises(RunFaultError, match=r"learner rank 0 died during step \d+.*newest checkpoint: .*step-3"):
-        run_with_faults(tmp_path / "run", tiny_model_config.cache_dir, 10, [(5, kill_learner)],
-                         "run.checkpoint_every=3", "run.max_learner_restarts=0")
+        run_with_faults(
+            tmp_path / "run",
+            tiny_model_config.cache_dir,
+            10,
+            [(5, kill_learner)],
+            "run.checkpoint_every=3",
+            "run.max_learner_restarts=0",
+        )
 
 
-def test_an_actor_failing_in_its_constructor_is_a_one_line_error(tmp_path: Path, tiny_model_config, capsys,
-                                                                 monkeypatch) -> None:
+def test_an_actor_failing_in_its_constructor_is_a_one_line_error(
+    tmp_path: Path, tiny_model_config, capsys, monkeypatch
+) -> None:
     """A model directory whose tokenizer loads (the driver's preflight) but whose weights are
     broken: the rollout worker dies in its constructor, named with the cause, exit code 2."""
     import shutil
@@ -81,9 +97,11 @@ def stop_rollout_worker() -> None:
     signal_first("ray::RolloutWorker", signal.SIGSTOP)
 
 
-def test_a_hung_rollout_worker_is_restarted_after_the_call_timeout(tmp_path: Path, tiny_model_config,
-                                                                   monkeypatch) -> None:
+def test_a_hung_rollout_worker_is_restarted_after_the_call_timeout(
+    tmp_path: Path, tiny_model_config, monkeypatch
+) -> None:
     monkeypatch.setenv("RELAY_JUDGE_API_KEY", "sk-test")
-    metrics = run_with_faults(tmp_path / "run", tiny_model_config.cache_dir, 6, [(2, stop_rollout_worker)],
-                               "rollout.call_timeout_s=3")
+    metrics = run_with_faults(
+        tmp_path / "run", tiny_model_config.cache_dir, 6, [(2, stop_rollout_worker)], "rollout.call_timeout_s=3"
+    )
     assert metrics[-1]["faults/rollout_restarts"] == 1 and metrics[-1]["faults/calls_resent"] >= 1

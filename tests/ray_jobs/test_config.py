@@ -12,8 +12,11 @@ def _training_configs() -> list[Path]:
     """Shipped configs of ``ray_jobs.train``: those whose first line does not name an offline job
     (``tests/ray_jobs/test_offline_config.py`` loads those)."""
     offline = ("ray_jobs.sft", "ray_jobs.preference", "ray_jobs.evaluate")
-    return [p for p in sorted((REPO_ROOT / "configs").glob("*.yaml"))
-            if not any(job in p.read_text().splitlines()[0] for job in offline)]
+    return [
+        p
+        for p in sorted((REPO_ROOT / "configs").glob("*.yaml"))
+        if not any(job in p.read_text().splitlines()[0] for job in offline)
+    ]
 
 
 @pytest.mark.parametrize("path", _training_configs(), ids=lambda p: p.name)
@@ -27,18 +30,33 @@ def test_cpu_default_file_matches_embedded_defaults() -> None:
 
 
 def test_required_keys_exist_with_their_meaning() -> None:
-    cfg = load_config(None, ["run.output_dir=/tmp/x", "run.steps=7", "pipeline.max_staleness=0",
-                             "judge.base_url=http://127.0.0.1:9/v1", "judge.model=m",
-                             "judge.api_key_env=MY_KEY", "judge.timeout_s=3.5"])
+    cfg = load_config(
+        None,
+        [
+            "run.output_dir=/tmp/x",
+            "run.steps=7",
+            "pipeline.max_staleness=0",
+            "judge.base_url=http://127.0.0.1:9/v1",
+            "judge.model=m",
+            "judge.api_key_env=MY_KEY",
+            "judge.timeout_s=3.5",
+        ],
+    )
     assert cfg.run.directory == Path("/tmp/x")
     assert (cfg.run.steps, cfg.pipeline.max_staleness) == (7, 0)
     assert (cfg.judge.base_url, cfg.judge.model, cfg.judge.api_key_env, cfg.judge.timeout_s) == (
-        "http://127.0.0.1:9/v1", "m", "MY_KEY", 3.5)
+        "http://127.0.0.1:9/v1",
+        "m",
+        "MY_KEY",
+        3.5,
+    )
     assert not cfg.judge.uses_local_server
 
 
 def test_unknown_key_names_key_and_nearest() -> None:
-    with pytest.raises(ConfigError, match=r"unknown config key 'pipeline.max_stalenes'; did you mean 'pipeline.max_staleness'"):
+    with pytest.raises(
+        ConfigError, match=r"unknown config key 'pipeline.max_stalenes'; did you mean 'pipeline.max_staleness'"
+    ):
         load_config(None, ["pipeline.max_stalenes=1"])
     with pytest.raises(ConfigError, match=r"unknown config key 'nonsense'$"):
         load_config(None, ["nonsense=1"])

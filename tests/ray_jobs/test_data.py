@@ -29,7 +29,9 @@ def test_missing_file(tiny_tokenizer) -> None:
 
 def test_row_without_prompt_field_is_named(tmp_path: Path, tiny_tokenizer) -> None:
     path = _write(tmp_path, [{"description": "a bakery"}, {"descr": "typo"}])
-    with pytest.raises(DatasetError, match=r"row 1 of .* has no usable 'description' field.*fields with values: \['descr'\]"):
+    with pytest.raises(
+        DatasetError, match=r"row 1 of .* has no usable 'description' field.*fields with values: \['descr'\]"
+    ):
         load_prompts(DataConfig(path=path), tiny_tokenizer)
 
 

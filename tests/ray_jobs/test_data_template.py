@@ -19,7 +19,9 @@ def _write(tmp_path: Path, rows: list[dict]) -> str:
 
 def test_template_fills_from_the_row_and_the_row_travels(tmp_path: Path, tiny_tokenizer) -> None:
     rows = [{"id": "a", "query": "coffee in town", "sources": ["s1", "s2"], "target": 1, "source": "s2"}]
-    data = DataConfig(path=_write(tmp_path, rows), prompt_template="Query: {query}\n\nRewrite:\n{source} ({sources[0]})")
+    data = DataConfig(
+        path=_write(tmp_path, rows), prompt_template="Query: {query}\n\nRewrite:\n{source} ({sources[0]})"
+    )
     (item,) = load_prompts(data, tiny_tokenizer)
     assert item.prompt_text == "Query: coffee in town\n\nRewrite:\ns2 (s1)"
     assert item.fields == rows[0] and item.prompt_id == "a"
@@ -28,8 +30,11 @@ def test_template_fills_from_the_row_and_the_row_travels(tmp_path: Path, tiny_to
 
 def test_a_row_missing_a_template_field_is_named(tmp_path: Path, tiny_tokenizer) -> None:
     path = _write(tmp_path, [{"query": "q", "source": "s"}, {"query": "q2"}])
-    with pytest.raises(DatasetError, match=r"^data: row 1 of .* does not fill data.prompt_template \(no field 'source'\); "
-                                           r"fields with values: \['query'\]$"):
+    with pytest.raises(
+        DatasetError,
+        match=r"^data: row 1 of .* does not fill data.prompt_template \(no field 'source'\); "
+        r"fields with values: \['query'\]$",
+    ):
         load_prompts(DataConfig(path=path, prompt_template="{query}: {source}"), tiny_tokenizer)
 
 
@@ -50,7 +55,9 @@ def test_chat_template_kwargs_reach_the_template(tmp_path: Path, tiny_tokenizer)
         def __call__(self, text, **kwargs):
             return tiny_tokenizer(text, **kwargs)
 
-    data = DataConfig(path=_write(tmp_path, [{"description": "a bakery"}]), chat_template_kwargs={"enable_thinking": False})
+    data = DataConfig(
+        path=_write(tmp_path, [{"description": "a bakery"}]), chat_template_kwargs={"enable_thinking": False}
+    )
     load_prompts(data, Spy())
     assert seen == [{"add_generation_prompt": True, "tokenize": False, "enable_thinking": False}]
 

@@ -10,13 +10,22 @@ from ray_jobs.eval_config import ConditionConfig, CriticConfig
 
 
 def _items(n: int) -> list[HeldOutItem]:
-    return [HeldOutItem(PromptItem(f"id{i}", i, f"request {i}", [1, 2, 3]),
-                        [{"role": "user", "content": f"request {i}"}], label=i == 0, stratum=None) for i in range(n)]
+    return [
+        HeldOutItem(
+            PromptItem(f"id{i}", i, f"request {i}", [1, 2, 3]),
+            [{"role": "user", "content": f"request {i}"}],
+            label=i == 0,
+            stratum=None,
+        )
+        for i in range(n)
+    ]
 
 
 def _generated(texts: list[str]) -> RolloutResult:
-    samples = [Sample(PromptItem("x", 0, "x", [1]), "g", i, t, list(range(len(t))), [0.0] * len(t), 0, False)
-               for i, t in enumerate(texts)]
+    samples = [
+        Sample(PromptItem("x", 0, "x", [1]), "g", i, t, list(range(len(t))), [0.0] * len(t), 0, False)
+        for i, t in enumerate(texts)
+    ]
     return RolloutResult(0, samples, 0.5, 0)
 
 
@@ -28,9 +37,15 @@ class Judge:
 
     def __call__(self, result: RolloutResult) -> ScoreResult:
         self.asked.append([s.completion_text for s in result.samples])
-        scored = [ScoredSample(s, self.table[s.completion_text],
-                               None if self.table[s.completion_text] is not None else "judge: malformed",
-                               {"judge/blocked": float(s.completion_text == "Blocked")}) for s in result.samples]
+        scored = [
+            ScoredSample(
+                s,
+                self.table[s.completion_text],
+                None if self.table[s.completion_text] is not None else "judge: malformed",
+                {"judge/blocked": float(s.completion_text == "Blocked")},
+            )
+            for s in result.samples
+        ]
         return ScoreResult(0, scored, 0.0, 0.1, len(scored), 0)
 
 
@@ -41,8 +56,17 @@ def test_best_index_takes_the_first_maximum_and_skips_unscored() -> None:
 
 def test_chunk_seeds_are_fixed_per_condition_and_chunk() -> None:
     assert chunk_seed(0, "trained", 3) == chunk_seed(0, "trained", 3)
-    assert len({chunk_seed(0, "trained", 3), chunk_seed(0, "trained", 4), chunk_seed(0, "base", 3),
-                chunk_seed(1, "trained", 3)}) == 4
+    assert (
+        len(
+            {
+                chunk_seed(0, "trained", 3),
+                chunk_seed(0, "trained", 4),
+                chunk_seed(0, "base", 3),
+                chunk_seed(1, "trained", 3),
+            }
+        )
+        == 4
+    )
 
 
 def test_critic_selects_the_candidate_it_prefers_and_best_of_4_costs_5_passes() -> None:
@@ -74,8 +98,9 @@ def test_judge_ranking_keeps_the_best_scored_candidate_and_an_all_unscored_item_
 
 
 def test_single_keeps_the_judge_error_of_an_unscored_answer() -> None:
-    results = finish_chunk("base", ConditionConfig(policy="p"), _items(1), _generated(["x"]), None,
-                           Judge({"x": None}), critic_s=0.2)
+    results = finish_chunk(
+        "base", ConditionConfig(policy="p"), _items(1), _generated(["x"]), None, Judge({"x": None}), critic_s=0.2
+    )
     assert (results[0].score, results[0].error, results[0].forward_passes) == (None, "judge: malformed", 1.0)
 
 
@@ -91,12 +116,15 @@ def test_critic_rows_mask_only_the_candidate(tiny_model_config) -> None:
         assert tok.eos_token_id in ids[start:]  # the candidate ends as the critic was trained: end of turn
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"k": 4}, "select 'single' scores one completion"),
-    ({"k": 1, "select": "judge"}, "ranks several completions"),
-    ({"k": 4, "select": "judge"}, "greedy decoding"),
-    ({"k": 4, "temperature": 1.0, "select": "critic"}, "needs a critic"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"k": 4}, "select 'single' scores one completion"),
+        ({"k": 1, "select": "judge"}, "ranks several completions"),
+        ({"k": 4, "select": "judge"}, "greedy decoding"),
+        ({"k": 4, "temperature": 1.0, "select": "critic"}, "needs a critic"),
+    ],
+)
 def test_inconsistent_conditions_are_rejected(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         ConditionConfig(policy="p", **kwargs)

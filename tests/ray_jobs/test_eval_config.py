@@ -28,11 +28,14 @@ def test_a_condition_override_patches_the_default_conditions() -> None:
     assert cfg.conditions["trained_best_of_4"].policy == "runs/cpu-default/final"
 
 
-@pytest.mark.parametrize("override, message", [
-    ("statistics.baseline=nope", "statistics.baseline 'nope' is not a condition"),
-    ("conditions.trained.k=3", "select 'single' scores one completion"),
-    ("conditions.trained.judge=1", "unknown config key 'conditions.trained.judge'"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("statistics.baseline=nope", "statistics.baseline 'nope' is not a condition"),
+        ("conditions.trained.k=3", "select 'single' scores one completion"),
+        ("conditions.trained.judge=1", "unknown config key 'conditions.trained.judge'"),
+    ],
+)
 def test_bad_settings_are_one_line_errors(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_eval_config(None, [override])
@@ -42,5 +45,7 @@ def test_an_evaluation_before_training_is_a_one_line_error(tmp_path: Path, monke
     monkeypatch.chdir(tmp_path)  # no runs/cpu-default here
     assert evaluate.main([]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == ("error: conditions.trained.policy: runs/cpu-default/final does not exist "
-                   "(train it first: python -m ray_jobs.train)")
+    assert err == (
+        "error: conditions.trained.policy: runs/cpu-default/final does not exist "
+        "(train it first: python -m ray_jobs.train)"
+    )

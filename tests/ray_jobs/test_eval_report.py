@@ -15,13 +15,13 @@ STRATA = {i: "short" if k < 4 else "long" for k, i in enumerate(IDS)}  # i1-i4 s
 LABELS = dict(zip(IDS, [True, True, False, False, True, False, None, False]))  # True: should be refused
 # per condition: scores (None: unscored) and blocked flags, items i1..i8
 SCORES = {
-    "base":      [0.50, 0.40, 0.60, 0.50, 0.30, 0.70, 0.40, 0.60],
-    "trained":   [0.75, 0.50, 0.60, 0.75, 0.50, 0.70, 0.50, None],
+    "base": [0.50, 0.40, 0.60, 0.50, 0.30, 0.70, 0.40, 0.60],
+    "trained": [0.75, 0.50, 0.60, 0.75, 0.50, 0.70, 0.50, None],
     "best_of_4": [0.75, 0.25, 0.50, 0.50, 0.50, 0.50, 0.25, 0.50],
 }
 BLOCKED = {
-    "base":      [1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0],
-    "trained":   [1.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0, None],
+    "base": [1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0],
+    "trained": [1.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0, None],
     "best_of_4": [0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0],
 }
 # forward passes, generated tokens, judge calls, seconds per item
@@ -35,11 +35,24 @@ def _items(strata: bool = True, labels: bool = True) -> list[ItemResult]:
         k = 4 if c == "best_of_4" else 1
         for n, i in enumerate(IDS):
             score = SCORES[c][n]
-            out.append(ItemResult(
-                condition=c, item_id=i, prompt=f"describe business {i}", stratum=STRATA[i] if strata else None,
-                label=LABELS[i] if labels else None, candidates=[f"answer {j}" for j in range(k)],
-                selected=0, score=score, error=None if score is not None else "judge timed out",
-                blocked=BLOCKED[c][n], forward_passes=fp, generated_tokens=tokens, judge_calls=calls, seconds=secs))
+            out.append(
+                ItemResult(
+                    condition=c,
+                    item_id=i,
+                    prompt=f"describe business {i}",
+                    stratum=STRATA[i] if strata else None,
+                    label=LABELS[i] if labels else None,
+                    candidates=[f"answer {j}" for j in range(k)],
+                    selected=0,
+                    score=score,
+                    error=None if score is not None else "judge timed out",
+                    blocked=BLOCKED[c][n],
+                    forward_passes=fp,
+                    generated_tokens=tokens,
+                    judge_calls=calls,
+                    seconds=secs,
+                )
+            )
     return out
 
 
@@ -109,8 +122,9 @@ def test_comparisons_by_hand_and_the_unscored_item(results: dict) -> None:
     assert best["mean_delta"] == pytest.approx(-0.03125)
     assert best["ci_low"] < 0 < best["ci_high"] and not best["significant"]
     assert (best["resamples"], best["seed"]) == (2000, 11)
-    assert results["missing"] == [{"item_id": "i8", "conditions": ["trained"],
-                                   "errors": {"trained": "judge timed out"}}]
+    assert results["missing"] == [
+        {"item_id": "i8", "conditions": ["trained"], "errors": {"trained": "judge timed out"}}
+    ]
 
 
 def test_strata_by_hand(results: dict) -> None:
@@ -129,7 +143,10 @@ def test_strata_by_hand(results: dict) -> None:
 def test_every_pair_without_a_baseline_and_no_labels_or_strata() -> None:
     res = build_results(_items(strata=False, labels=False), CONDITIONS, baseline=None, resamples=500, seed=0)
     assert [(c["a"], c["b"], c["n"]) for c in res["comparisons"]] == [
-        ("base", "trained", 7), ("base", "best_of_4", 8), ("trained", "best_of_4", 7)]
+        ("base", "trained", 7),
+        ("base", "best_of_4", 8),
+        ("trained", "best_of_4", 7),
+    ]
     assert res["reference"] == "base" and "strata_comparisons" not in res
     for entry in res["conditions"].values():
         assert entry["block_rate"] is None and entry["false_block_rate"] is None and "strata" not in entry
@@ -146,21 +163,37 @@ def test_bad_input_is_rejected() -> None:
 
 
 def test_comparison_sentences() -> None:
-    row = {"a": "base", "b": "trained", "n": 52, "mean_delta": 0.12, "ci_low": 0.05, "ci_high": 0.19,
-           "p_one_sided": 0.0004, "significant": True}
-    assert comparison_sentence(row, 0.95) == ("trained vs base: Δ = +0.120, 95 % CI [+0.050, +0.190], one-sided "
-                                              "p = 0.000 (n = 52): significant at the 5 % level (trained scores higher).")
+    row = {
+        "a": "base",
+        "b": "trained",
+        "n": 52,
+        "mean_delta": 0.12,
+        "ci_low": 0.05,
+        "ci_high": 0.19,
+        "p_one_sided": 0.0004,
+        "significant": True,
+    }
+    assert comparison_sentence(row, 0.95) == (
+        "trained vs base: Δ = +0.120, 95 % CI [+0.050, +0.190], one-sided "
+        "p = 0.000 (n = 52): significant at the 5 % level (trained scores higher)."
+    )
     null = {**row, "mean_delta": 0.0025, "ci_low": -0.019, "ci_high": 0.023, "p_one_sided": 0.4, "significant": False}
     assert comparison_sentence(null, 0.95).endswith(
-        "p = 0.400 (n = 52): the CI includes 0: no significant difference at the 5 % level (an honest null result).")
+        "p = 0.400 (n = 52): the CI includes 0: no significant difference at the 5 % level (an honest null result)."
+    )
     assert "no comparison" in comparison_sentence({**row, "n": 0}, 0.95)
 
 
 def test_write_report_files(tmp_path: Path, results: dict) -> None:
     paths = write_report(tmp_path / "eval", results, "CPU default evaluation")
     names = [p.name for p in paths]
-    assert names == ["results.json", "report.md", "condition_means.png", "condition_means_by_stratum.png",
-                     "cost_quality.png"]
+    assert names == [
+        "results.json",
+        "report.md",
+        "condition_means.png",
+        "condition_means_by_stratum.png",
+        "cost_quality.png",
+    ]
     assert json.loads((tmp_path / "eval" / "results.json").read_text()) == results
     assert not list((tmp_path / "eval").glob("*.tmp"))
     for p in paths[2:]:

@@ -19,9 +19,11 @@ from ray_jobs.evaluate import load_eval_config
 
 pytestmark = pytest.mark.slow
 
-CONDITIONS = ("conditions={base: {}, "
-              "bo2_critic: {k: 2, temperature: 1.0, select: critic, critic: {path: 'builtin:tiny-qwen'}}, "
-              "bo2_judge: {k: 2, temperature: 1.0, select: judge}}")
+CONDITIONS = (
+    "conditions={base: {}, "
+    "bo2_critic: {k: 2, temperature: 1.0, select: critic, critic: {path: 'builtin:tiny-qwen'}}, "
+    "bo2_judge: {k: 2, temperature: 1.0, select: judge}}"
+)
 
 
 @pytest.fixture(scope="module")
@@ -32,14 +34,23 @@ def local_ray() -> Iterator[None]:
 
 
 def _overrides(out: Path, tiny_model_config) -> list[str]:
-    return [f"run.output_dir={out}", f"model.cache_dir={tiny_model_config.cache_dir}", "wandb.mode=disabled",
-            "data.max_items=12", "run.items_per_call=4", "statistics.resamples=500", "statistics.baseline=base", CONDITIONS]
+    return [
+        f"run.output_dir={out}",
+        f"model.cache_dir={tiny_model_config.cache_dir}",
+        "wandb.mode=disabled",
+        "data.max_items=12",
+        "run.items_per_call=4",
+        "statistics.resamples=500",
+        "statistics.baseline=base",
+        CONDITIONS,
+    ]
 
 
 def _items(out: Path) -> list[dict]:
     rows = [json.loads(line) for line in (out / "items.jsonl").read_text().splitlines()]
-    return sorted(({k: v for k, v in r.items() if k != "seconds"} for r in rows),
-                  key=lambda r: (r["condition"], r["item_id"]))
+    return sorted(
+        ({k: v for k, v in r.items() if k != "seconds"} for r in rows), key=lambda r: (r["condition"], r["item_id"])
+    )
 
 
 def _kill_worker_after_first_chunk(items: Path, errors: list[BaseException]) -> None:
@@ -52,7 +63,8 @@ def _kill_worker_after_first_chunk(items: Path, errors: list[BaseException]) -> 
 
 
 def test_conditions_are_compared_with_costs_and_a_killed_evaluation_resumes_exactly(
-        local_ray, tmp_path: Path, tiny_model_config) -> None:
+    local_ray, tmp_path: Path, tiny_model_config
+) -> None:
     out = tmp_path / "eval"
     cfg = load_eval_config(None, _overrides(out, tiny_model_config))
     errors: list[BaseException] = []
@@ -87,11 +99,16 @@ def test_conditions_are_compared_with_costs_and_a_killed_evaluation_resumes_exac
     assert json.loads((out / "results.json").read_text())["comparisons"] == results["comparisons"]
 
 
-def test_changed_conditions_do_not_mix_into_an_earlier_evaluation(local_ray, tmp_path: Path,
-                                                                   tiny_model_config) -> None:
+def test_changed_conditions_do_not_mix_into_an_earlier_evaluation(local_ray, tmp_path: Path, tiny_model_config) -> None:
     out = tmp_path / "eval"
-    base = [f"run.output_dir={out}", f"model.cache_dir={tiny_model_config.cache_dir}", "wandb.mode=disabled",
-            "data.max_items=4", "statistics.resamples=200", "conditions={base: {}}"]
+    base = [
+        f"run.output_dir={out}",
+        f"model.cache_dir={tiny_model_config.cache_dir}",
+        "wandb.mode=disabled",
+        "data.max_items=4",
+        "statistics.resamples=200",
+        "conditions={base: {}}",
+    ]
     evaluate.run(load_eval_config(None, base))
     with pytest.raises(evaluate.RunDirectoryError, match="conditions.base.system_prompt"):
         evaluate.run(load_eval_config(None, base + ["conditions.base.system_prompt=Answer tersely."]))

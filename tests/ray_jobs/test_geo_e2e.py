@@ -18,12 +18,19 @@ TERM = "rewards.geo:visibility_gain"
 
 def test_cpu_geo_recipe_runs_with_a_faulty_engine(tmp_path: Path, tiny_model_config) -> None:
     faults = "[--latency-s, '0.02', --status-rate, '429=0.1,503=0.1', --retry-after-s, '0', --empty-rate, '0.05']"
-    cfg = load_config(REPO_ROOT / "configs/cpu_geo_grpo.yaml", [
-        f"run.output_dir={tmp_path}", f"model.cache_dir={tiny_model_config.cache_dir}", "wandb.mode=disabled",
-        "run.steps=3", f"data.path={REPO_ROOT / 'configs/data/toy_geo.jsonl'}",
-        "reward.engines.geo.max_concurrency=4", f"reward.engines.geo.local_server_args={faults}",
-        "reward.engines.geo.retry.initial_backoff_s=0.01",
-    ])
+    cfg = load_config(
+        REPO_ROOT / "configs/cpu_geo_grpo.yaml",
+        [
+            f"run.output_dir={tmp_path}",
+            f"model.cache_dir={tiny_model_config.cache_dir}",
+            "wandb.mode=disabled",
+            "run.steps=3",
+            f"data.path={REPO_ROOT / 'configs/data/toy_geo.jsonl'}",
+            "reward.engines.geo.max_concurrency=4",
+            f"reward.engines.geo.local_server_args={faults}",
+            "reward.engines.geo.retry.initial_backoff_s=0.01",
+        ],
+    )
     run(cfg)
     metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
@@ -36,8 +43,11 @@ def test_cpu_geo_recipe_runs_with_a_faulty_engine(tmp_path: Path, tiny_model_con
     for s in samples:  # scored from the row, or unscored with the engine's cause: never 0 for a failure
         assert (s["reward"] is None) == (s["reward_error"] is not None)
         assert s["reward_error"] is None or s["reward_error"].startswith("engine geo: ")
-    stats_line = next(line for line in (tmp_path / "engine_geo_server.log").read_text().splitlines()
-                      if line.startswith("geo_engine_server: stats "))
+    stats_line = next(
+        line
+        for line in (tmp_path / "engine_geo_server.log").read_text().splitlines()
+        if line.startswith("geo_engine_server: stats ")
+    )
     stats = json.loads(stats_line.removeprefix("geo_engine_server: stats "))
     assert 1 <= stats["peak_inflight"] <= 4  # the limit, measured at the server
     assert stats["requests"] == sum(m["engine/geo/requests"] for m in metrics) and stats["faults"]

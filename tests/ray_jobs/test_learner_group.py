@@ -68,16 +68,27 @@ def test_local_ranks_by_hand() -> None:
 
 
 def test_rank_env_and_reserved_resources() -> None:
-    assert rank_env(1, 4, 0, "10.0.0.7", 29511) == {"RANK": "1", "LOCAL_RANK": "0", "WORLD_SIZE": "4",
-                                                    "MASTER_ADDR": "10.0.0.7", "MASTER_PORT": "29511"}
+    assert rank_env(1, 4, 0, "10.0.0.7", 29511) == {
+        "RANK": "1",
+        "LOCAL_RANK": "0",
+        "WORLD_SIZE": "4",
+        "MASTER_ADDR": "10.0.0.7",
+        "MASTER_PORT": "29511",
+    }
     assert LearnerGroup.resources(LearnerConfig(num_cpus=2)) == (2.0, 0.0)
-    assert LearnerGroup.resources(LearnerConfig(backend="deepspeed", world_size=4, num_cpus=1.5, num_gpus=1)) == (6.0, 4.0)
+    assert LearnerGroup.resources(LearnerConfig(backend="deepspeed", world_size=4, num_cpus=1.5, num_gpus=1)) == (
+        6.0,
+        4.0,
+    )
 
 
 @pytest.fixture(scope="module")
 def local_ray() -> Iterator[None]:
-    env = {"TORCH_EXTENSIONS_DIR": os.environ["TORCH_EXTENSIONS_DIR"], "PATH": os.environ["PATH"],
-           "RELAY_TEST_JOB_ENV": "kept"}  # only in the job's runtime env: must survive the ranks' own env_vars
+    env = {
+        "TORCH_EXTENSIONS_DIR": os.environ["TORCH_EXTENSIONS_DIR"],
+        "PATH": os.environ["PATH"],
+        "RELAY_TEST_JOB_ENV": "kept",
+    }  # only in the job's runtime env: must survive the ranks' own env_vars
     ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env={"env_vars": env})
     yield
     ray.shutdown()
@@ -85,8 +96,9 @@ def local_ray() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def model_config(tmp_path_factory: pytest.TempPathFactory) -> ModelConfig:
-    config = ModelConfig(cache_dir=str(tmp_path_factory.mktemp("models")),
-                         tiny=TinyModelConfig(hidden_size=128, warmup_steps=0))
+    config = ModelConfig(
+        cache_dir=str(tmp_path_factory.mktemp("models")), tiny=TinyModelConfig(hidden_size=128, warmup_steps=0)
+    )
     resolve_model_path(config)
     return config
 
@@ -127,27 +139,46 @@ def test_unplaceable_group_fails_early_and_releases_its_reservation(model_config
 @pytest.mark.slow
 @pytest.mark.usefixtures("local_ray")
 @pytest.mark.parametrize("zero_stage", [2, 3], ids=["zero2", "zero3"])
-def test_two_ranks_match_one_process(model_config: ModelConfig, batches: list[TrainBatch],
-                                     one_process: tuple[list[TrainResult], dict], tmp_path: Path,
-                                     zero_stage: int) -> None:
+def test_two_ranks_match_one_process(
+    model_config: ModelConfig,
+    batches: list[TrainBatch],
+    one_process: tuple[list[TrainResult], dict],
+    tmp_path: Path,
+    zero_stage: int,
+) -> None:
     want, want_weights = one_process
-    group = LearnerGroup(_config(backend="deepspeed", zero_stage=zero_stage, world_size=2), model_config,
-                         ALGORITHM, 1.0, 0, None)
+    group = LearnerGroup(
+        _config(backend="deepspeed", zero_stage=zero_stage, world_size=2), model_config, ALGORITHM, 1.0, 0, None
+    )
     try:
         assert group.placement_group is not None and len(group.ranks) == 2
         got = [group.train(b) for b in batches]
         update = ray.get(group.export_weights())
         exports = ray.get([rank.export_weights.remote() for rank in group.ranks])  # collective: every rank
-        facts = ray.get([rank.__ray_call__.remote(
-            lambda learner: ({k: os.environ[k] for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT",
-                                                         "RELAY_TEST_JOB_ENV")},
-                             learner.rank, learner.world_size,
-                             learner.backend.module.get_input_embeddings().weight.numel())) for rank in group.ranks])
+        facts = ray.get(
+            [
+                rank.__ray_call__.remote(
+                    lambda learner: (
+                        {
+                            k: os.environ[k]
+                            for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT", "RELAY_TEST_JOB_ENV")
+                        },
+                        learner.rank,
+                        learner.world_size,
+                        learner.backend.module.get_input_embeddings().weight.numel(),
+                    )
+                )
+                for rank in group.ranks
+            ]
+        )
         group.save(str(tmp_path))
     finally:
         group.kill()
 
-    assert [(env["RANK"], env["LOCAL_RANK"], env["WORLD_SIZE"]) for env, *_ in facts] == [("0", "0", "2"), ("1", "1", "2")]
+    assert [(env["RANK"], env["LOCAL_RANK"], env["WORLD_SIZE"]) for env, *_ in facts] == [
+        ("0", "0", "2"),
+        ("1", "1", "2"),
+    ]
     assert facts[0][0]["MASTER_PORT"] == facts[1][0]["MASTER_PORT"]
     assert [env["RELAY_TEST_JOB_ENV"] for env, *_ in facts] == ["kept", "kept"]  # Ray merges env_vars
     assert [(rank, size) for _, rank, size, _ in facts] == [(0, 2), (1, 2)]
@@ -170,8 +201,9 @@ def test_two_ranks_match_one_process(model_config: ModelConfig, batches: list[Tr
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("local_ray")
-def test_one_rank_is_a_plain_actor(model_config: ModelConfig, batches: list[TrainBatch],
-                                   one_process: tuple[list[TrainResult], dict]) -> None:
+def test_one_rank_is_a_plain_actor(
+    model_config: ModelConfig, batches: list[TrainBatch], one_process: tuple[list[TrainResult], dict]
+) -> None:
     want, want_weights = one_process
     group = LearnerGroup(_config(), model_config, ALGORITHM, 1.0, 0, None)
     try:

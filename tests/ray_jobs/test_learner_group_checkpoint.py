@@ -41,8 +41,9 @@ from algorithms.config import AlgorithmConfig  # noqa: E402
 from ray_jobs.learner_group import LearnerGroup  # noqa: E402
 
 ATOL = 1e-6  # see the module docstring
-CONFIG = LearnerConfig(backend="deepspeed", zero_stage=3, world_size=2, lr=1e-3, micro_batch_size=2,
-                       lr_scheduler="linear")
+CONFIG = LearnerConfig(
+    backend="deepspeed", zero_stage=3, world_size=2, lr=1e-3, micro_batch_size=2, lr_scheduler="linear"
+)
 TOTAL_STEPS = 4
 
 
@@ -93,8 +94,10 @@ def test_two_rank_zero3_group_resumes_exactly(model_config: ModelConfig, make_tr
 
     shards = os.listdir(Path(path, "deepspeed"))
     for rank in (0, 1):  # every rank wrote its own model-state and optimiser shards
-        assert {f"zero_pp_rank_{rank}_mp_rank_00_model_states.pt",
-                f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt"} <= set(shards)
+        assert {
+            f"zero_pp_rank_{rank}_mp_rank_00_model_states.pt",
+            f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt",
+        } <= set(shards)
     assert MANIFEST in os.listdir(path) and info["bytes"] > 0 and info["seconds"] > 0
     assert [result.metrics["lr"] for result, _ in want] == pytest.approx([0.75e-3, 0.5e-3], rel=1e-12)
     for step, ((g, g_weights), (w, w_weights)) in enumerate(zip(got, want), start=2):

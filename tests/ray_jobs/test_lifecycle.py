@@ -13,11 +13,22 @@ import pytest
 from actors.messages import PromptItem
 from ray_jobs.control import GracefulStop
 from ray_jobs.data import DatasetError, PromptSource
-from ray_jobs.lifecycle import (DriverState, RunDirectoryError, RunLock, changed_keys, checkpoints, plan_resume,
-                                truncate_jsonl, write_checkpoint)
+from ray_jobs.lifecycle import (
+    DriverState,
+    RunDirectoryError,
+    RunLock,
+    changed_keys,
+    checkpoints,
+    plan_resume,
+    truncate_jsonl,
+    write_checkpoint,
+)
 
-CONFIG = {"run": {"steps": 10, "name": "x"}, "model": {"path": "m", "dtype": "float32"},
-          "judge": {"max_concurrency": 32, "rubric": "seed000"}}
+CONFIG = {
+    "run": {"steps": 10, "name": "x"},
+    "model": {"path": "m", "dtype": "float32"},
+    "judge": {"max_concurrency": 32, "rubric": "seed000"},
+}
 
 
 def _state(step: int) -> DriverState:
@@ -131,8 +142,9 @@ def test_a_resumed_recorder_continues_the_same_wandb_run(tmp_path: Path) -> None
     first = RunRecorder(tmp_path, {"run": {}}, WandbConfig(mode="offline"), "x", 4)
     first.close()
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"step": s}) + "\n" for s in range(3)))
-    again = RunRecorder(tmp_path, {"run": {}}, WandbConfig(mode="offline"), "x", 4, start_step=2,
-                        wandb_id=first.wandb_id)
+    again = RunRecorder(
+        tmp_path, {"run": {}}, WandbConfig(mode="offline"), "x", 4, start_step=2, wandb_id=first.wandb_id
+    )
     again.close()
     runs = sorted(p.name for p in (tmp_path / "wandb").rglob("offline-run-*") if p.is_dir())
     # wandb names a second run directory started within the same second "<time>-<id>-1"

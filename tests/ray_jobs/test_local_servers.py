@@ -19,12 +19,18 @@ ROW = {"query": "coffee in town", "sources": ["Fresh coffee downtown.", "Tea onl
 
 def test_engine_local_server_is_started_checked_used_and_stopped(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.delenv("RELAY_GEO_TEST_KEY", raising=False)
-    engine = EngineConfig(local_server="scripts.geo_engine_server", model="geo-m", api_key_env="RELAY_GEO_TEST_KEY",
-                          local_server_args=["--latency-s", "0.01"])
+    engine = EngineConfig(
+        local_server="scripts.geo_engine_server",
+        model="geo-m",
+        api_key_env="RELAY_GEO_TEST_KEY",
+        local_server_args=["--latency-s", "0.01"],
+    )
     reward = RewardConfig(terms=[GEO_TERM], engines={"geo": engine})
     with rewards_for_run(JudgeConfig(), reward, tmp_path) as (judge, run_reward, keys):
         url = run_reward.engines["geo"].base_url
-        assert url is not None and url.startswith("http://127.0.0.1:") and not run_reward.engines["geo"].uses_local_server
+        assert (
+            url is not None and url.startswith("http://127.0.0.1:") and not run_reward.engines["geo"].uses_local_server
+        )
         assert judge.base_url is not None and set(keys) == {"RELAY_JUDGE_API_KEY", "RELAY_GEO_TEST_KEY"}
         assert os.environ["RELAY_GEO_TEST_KEY"]  # a per-run key was generated
         composer = RewardComposer(run_reward, judge, keys)
@@ -56,6 +62,8 @@ def test_a_remote_engines_missing_key_is_named(tmp_path: Path, monkeypatch) -> N
     monkeypatch.delenv("REMOTE_GEO_KEY", raising=False)
     engine = EngineConfig(base_url="http://127.0.0.1:9/v1", model="m", api_key_env="REMOTE_GEO_KEY")
     reward = RewardConfig(terms=[GEO_TERM], engines={"geo": engine})
-    with pytest.raises(MissingApiKeyError, match="^reward.engines.geo.api_key_env names REMOTE_GEO_KEY, which is not set"):
+    with pytest.raises(
+        MissingApiKeyError, match="^reward.engines.geo.api_key_env names REMOTE_GEO_KEY, which is not set"
+    ):
         with rewards_for_run(JudgeConfig(), reward, tmp_path):
             pass

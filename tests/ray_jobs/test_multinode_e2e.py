@@ -38,8 +38,11 @@ def test_removing_the_rollout_workers_node_mid_run(tmp_path: Path, tiny_model_co
         metrics = out / "metrics.jsonl"
         while not metrics.exists() or len(metrics.read_text().splitlines()) < 4:
             time.sleep(0.05)
-        names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-                 if a["name"].startswith(ROLLOUT_WORKER_NAME)]
+        names = [
+            a["name"]
+            for a in ray.util.list_named_actors(all_namespaces=True)
+            if a["name"].startswith(ROLLOUT_WORKER_NAME)
+        ]
         seen["before"] = _node_of(names[0])
         seen["learner"] = ray.get_runtime_context().get_node_id()  # the driver shares the head with the learner
         node = next(n for n in rollout_nodes if n.node_id == seen["before"])
@@ -49,9 +52,20 @@ def test_removing_the_rollout_workers_node_mid_run(tmp_path: Path, tiny_model_co
     try:
         remover = threading.Thread(target=remove_rollout_node, daemon=True)
         remover.start()
-        run(load_config(None, [f"run.output_dir={out}", f"model.cache_dir={tiny_model_config.cache_dir}",
-                               "wandb.mode=disabled", "run.steps=10", "run.checkpoint_every=0",
-                               "rollout.num_cpus_per_worker=0", "rollout.resources={rollout_node: 1}"]))
+        run(
+            load_config(
+                None,
+                [
+                    f"run.output_dir={out}",
+                    f"model.cache_dir={tiny_model_config.cache_dir}",
+                    "wandb.mode=disabled",
+                    "run.steps=10",
+                    "run.checkpoint_every=0",
+                    "rollout.num_cpus_per_worker=0",
+                    "rollout.resources={rollout_node: 1}",
+                ],
+            )
+        )
         remover.join(timeout=5)
     finally:
         cluster.shutdown()

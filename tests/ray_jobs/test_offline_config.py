@@ -7,13 +7,16 @@ from pathlib import Path
 import pytest
 
 from ray_jobs import preference, sft
-from ray_jobs.eval_config import EvaluateConfig
 from ray_jobs.config import ConfigError
+from ray_jobs.eval_config import EvaluateConfig
 from ray_jobs.offline_config import ScheduleConfig, load_job_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-JOBS = {"ray_jobs.sft": sft.SftConfig, "ray_jobs.preference": preference.PreferenceConfig,
-        "ray_jobs.evaluate": EvaluateConfig}
+JOBS = {
+    "ray_jobs.sft": sft.SftConfig,
+    "ray_jobs.preference": preference.PreferenceConfig,
+    "ray_jobs.evaluate": EvaluateConfig,
+}
 
 
 def _offline_configs() -> list[tuple[Path, type]]:
@@ -27,8 +30,14 @@ def _offline_configs() -> list[tuple[Path, type]]:
 
 def test_the_recipes_are_shipped() -> None:
     names = {p.name for p, _ in _offline_configs()}
-    assert {"cpu_sft_then_grpo_1_sft.yaml", "cpu_simpo_critic.yaml", "gpu_qwen3_1.7b_sft_then_grpo_1_sft.yaml",
-            "gpu_qwen3_1.7b_simpo_critic.yaml", "cpu_eval_simpo_critic.yaml", "gpu_qwen3_1.7b_eval_critic_rs.yaml"} <= names
+    assert {
+        "cpu_sft_then_grpo_1_sft.yaml",
+        "cpu_simpo_critic.yaml",
+        "gpu_qwen3_1.7b_sft_then_grpo_1_sft.yaml",
+        "gpu_qwen3_1.7b_simpo_critic.yaml",
+        "cpu_eval_simpo_critic.yaml",
+        "gpu_qwen3_1.7b_eval_critic_rs.yaml",
+    } <= names
 
 
 @pytest.mark.parametrize("path, cls", _offline_configs(), ids=lambda x: getattr(x, "name", ""))
@@ -50,7 +59,12 @@ def test_seed_003_hyperparameters() -> None:
     objective = cfg.algorithm.objective
     assert (objective.name, objective.beta, objective.gamma) == ("simpo", 2.0, 1.0)
     assert (cfg.learner.lr, cfg.learner.lr_scheduler, cfg.learner.warmup_ratio) == (5e-6, "cosine", 0.1)
-    assert (cfg.schedule.epochs, cfg.schedule.batch_size, cfg.data.max_length, cfg.data.max_prompt_length) == (8, 8, 2048, 1536)
+    assert (cfg.schedule.epochs, cfg.schedule.batch_size, cfg.data.max_length, cfg.data.max_prompt_length) == (
+        8,
+        8,
+        2048,
+        1536,
+    )
     assert (cfg.learner.lora.r, cfg.learner.lora.alpha, len(cfg.learner.lora.target_modules)) == (16, 32, 7)
 
 

@@ -47,12 +47,21 @@ def _batch(step: int) -> SequenceBatch:
 
 
 def test_two_rank_zero3_sft_step_equals_one_process(local_ray, tmp_path_factory) -> None:
-    model = ModelConfig(cache_dir=str(tmp_path_factory.mktemp("models")), tiny=TinyModelConfig(hidden_size=128, warmup_steps=0))
+    model = ModelConfig(
+        cache_dir=str(tmp_path_factory.mktemp("models")), tiny=TinyModelConfig(hidden_size=128, warmup_steps=0)
+    )
     resolve_model_path(model)
     config = {"lr": 1e-3, "micro_batch_size": 2}
     one = Learner(LearnerConfig(**config), model, AlgorithmConfig(), 1.0, objective=SFT)
-    group = LearnerGroup(LearnerConfig(backend="deepspeed", zero_stage=3, world_size=2, **config), model,
-                         AlgorithmConfig(), 1.0, 0, None, objective=SFT)
+    group = LearnerGroup(
+        LearnerConfig(backend="deepspeed", zero_stage=3, world_size=2, **config),
+        model,
+        AlgorithmConfig(),
+        1.0,
+        0,
+        None,
+        objective=SFT,
+    )
     try:
         want, got = one.train_sequences(_batch(0)), group.train_sequences(_batch(0))
         want_eval, got_eval = one.evaluate_sequences(_batch(1)), group.evaluate_sequences(_batch(1))

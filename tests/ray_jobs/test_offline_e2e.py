@@ -54,8 +54,9 @@ def test_sft_cpu_default_lowers_eval_loss(sft_run: Path) -> None:
     assert (sft_run / "config.yaml").exists() and not (sft_run / "samples.jsonl").exists()  # no samples offline
 
 
-def test_sft_stopped_and_killed_resumes_to_the_uninterrupted_weights(local_ray, tmp_path: Path,
-                                                                      tiny_model_config) -> None:
+def test_sft_stopped_and_killed_resumes_to_the_uninterrupted_weights(
+    local_ray, tmp_path: Path, tiny_model_config
+) -> None:
     """SIGTERM (a checkpoint of the last completed step, exit 143), then SIGKILL of the whole process
     group, then the same command to the end: every step once, and the uninterrupted run's losses and weights."""
     steps = ["run.steps=12", "run.checkpoint_every=4", "schedule.batch_size=8"]
@@ -79,12 +80,14 @@ def test_sft_stopped_and_killed_resumes_to_the_uninterrupted_weights(local_ray, 
     assert [m["step"] for m in resumed] == list(range(12))
     assert [m["loss"] for m in resumed] == [m["loss"] for m in whole]
     assert (out / "final" / "model.safetensors").read_bytes() == (
-        tmp_path / "whole" / "final" / "model.safetensors").read_bytes()
+        tmp_path / "whole" / "final" / "model.safetensors"
+    ).read_bytes()
 
 
 @pytest.mark.parametrize("name, extra", [("simpo", []), ("dpo", ["schedule.epochs=1"])])
-def test_preference_cpu_default_learns_the_pairs(local_ray, tmp_path: Path, tiny_model_config, name: str,
-                                                 extra: list[str]) -> None:
+def test_preference_cpu_default_learns_the_pairs(
+    local_ray, tmp_path: Path, tiny_model_config, name: str, extra: list[str]
+) -> None:
     overrides = _base(tmp_path, tiny_model_config) + [f"algorithm.name={name}"] + extra
     preference.run(load_job_config(preference.PreferenceConfig, None, overrides))
     metrics = _metrics(tmp_path)
@@ -93,7 +96,11 @@ def test_preference_cpu_default_learns_the_pairs(local_ray, tmp_path: Path, tiny
     assert metrics[-1]["eval/rewards/accuracy"] >= 0.9
     assert metrics[-1]["eval/rewards/margin"] > 0
     assert {f"{p}rewards/{k}" for p in ("", "eval/") for k in ("accuracy", "margin", "chosen", "rejected")} | {
-        "logps/chosen", "logps/rejected", "eval/logps/chosen", "eval/logps/rejected"} <= metrics[-1].keys()
+        "logps/chosen",
+        "logps/rejected",
+        "eval/logps/chosen",
+        "eval/logps/rejected",
+    } <= metrics[-1].keys()
 
 
 def test_grpo_starts_from_the_sft_output(sft_run: Path, tmp_path: Path, tiny_model_config, monkeypatch) -> None:
@@ -101,8 +108,11 @@ def test_grpo_starts_from_the_sft_output(sft_run: Path, tmp_path: Path, tiny_mod
 
     ray.shutdown()  # ray_jobs.train starts its own
     monkeypatch.setenv("RELAY_JUDGE_API_KEY", "sk-test")
-    cfg = load_config(None, _base(tmp_path, tiny_model_config) + [
-        f"model.path={sft_run / 'final'}", "run.steps=2", "pipeline.max_staleness=0", "pipeline.prompts_per_step=4"])
+    cfg = load_config(
+        None,
+        _base(tmp_path, tiny_model_config)
+        + [f"model.path={sft_run / 'final'}", "run.steps=2", "pipeline.max_staleness=0", "pipeline.prompts_per_step=4"],
+    )
     run(cfg)
     metrics = _metrics(tmp_path)
     assert [m["policy_version"] for m in metrics] == [1, 2]

@@ -7,12 +7,20 @@ from algorithms.config import AlgorithmConfig
 from ray_jobs.pipeline import LeastLoadedRouter, assemble_batch, may_launch, refill_size
 
 
-def _scored(group: str, reward, version: int = 0, error=None, idx: int = 0, length: int = 2,
-            truncated: bool = False) -> ScoredSample:
+def _scored(
+    group: str, reward, version: int = 0, error=None, idx: int = 0, length: int = 2, truncated: bool = False
+) -> ScoredSample:
     prompt = PromptItem(prompt_id=group, row=0, prompt_text="p", prompt_token_ids=[1, 2])
-    sample = Sample(prompt=prompt, group_id=group, group_index=idx, completion_text="c",
-                    completion_token_ids=[5] * length, sampling_logprobs=[-0.1] * length,
-                    policy_version=version, truncated=truncated)
+    sample = Sample(
+        prompt=prompt,
+        group_id=group,
+        group_index=idx,
+        completion_text="c",
+        completion_token_ids=[5] * length,
+        sampling_logprobs=[-0.1] * length,
+        policy_version=version,
+        truncated=truncated,
+    )
     return ScoredSample(sample, reward, error if reward is None else None)
 
 
@@ -52,8 +60,14 @@ def test_router_weighs_calls_by_requests() -> None:
 def test_unscored_sample_is_excluded_from_baseline_and_loss() -> None:
     # Group g: rewards 1.0, 0.0 and one unscored. If the unscored sample counted as 0,
     # the mean would be 1/3; excluded, the mean is 0.5 and the advantages are +-1.
-    res = ScoreResult(0, [_scored("g", 1.0, idx=0), _scored("g", 0.0, idx=1),
-                          _scored("g", None, error="judge_timeout", idx=2)], 0.1, 0.2, 3, 1)
+    res = ScoreResult(
+        0,
+        [_scored("g", 1.0, idx=0), _scored("g", 0.0, idx=1), _scored("g", None, error="judge_timeout", idx=2)],
+        0.1,
+        0.2,
+        3,
+        1,
+    )
     out = assemble_batch(0, [res], AlgorithmConfig())
     assert len(out.train) == 2
     assert [round(a, 4) for a in out.train.advantages] == [1.0, -1.0]
@@ -64,8 +78,19 @@ def test_unscored_sample_is_excluded_from_baseline_and_loss() -> None:
 
 
 def test_groups_are_kept_apart_and_staleness_measured() -> None:
-    res = ScoreResult(4, [_scored("a", 1.0, version=2), _scored("a", 3.0, version=2),
-                          _scored("b", 5.0, version=4), _scored("b", 5.0, version=4)], 0.0, 0.0, 4, 0)
+    res = ScoreResult(
+        4,
+        [
+            _scored("a", 1.0, version=2),
+            _scored("a", 3.0, version=2),
+            _scored("b", 5.0, version=4),
+            _scored("b", 5.0, version=4),
+        ],
+        0.0,
+        0.0,
+        4,
+        0,
+    )
     out = assemble_batch(4, [res], AlgorithmConfig())
     # group a: mean 2, std 1 -> -1, +1 (up to eps); group b: equal rewards -> 0, 0.
     assert out.train.advantages[2:] == [0.0, 0.0]
@@ -80,15 +105,16 @@ def test_all_unscored_is_a_clear_error() -> None:
 
 
 def test_train_batch_carries_rewards_and_group_numbers() -> None:
-    out = assemble_batch(0, [_result(_scored("x", 1.0), _scored("x", 0.0, idx=1), _scored("y", 0.5))], AlgorithmConfig())
+    out = assemble_batch(
+        0, [_result(_scored("x", 1.0), _scored("x", 0.0, idx=1), _scored("y", 0.5))], AlgorithmConfig()
+    )
     assert out.train.rewards == [1.0, 0.0, 0.5] and out.train.group_ids == [0, 0, 1]
 
 
 def test_soft_overlong_penalty_is_added_to_the_reward() -> None:
     # dapo: buffer = floor(0.2 * 10) = 2 tokens before the 10-token limit: free up to 8 tokens,
     # 9 tokens -> (8 - 9) / 2 = -0.5, 10 tokens -> -1. Judge rewards 1.0 each -> shaped 1.0, 0.5, 0.0.
-    res = _result(_scored("g", 1.0, length=8), _scored("g", 1.0, idx=1, length=9),
-                  _scored("g", 1.0, idx=2, length=10))
+    res = _result(_scored("g", 1.0, length=8), _scored("g", 1.0, idx=1, length=9), _scored("g", 1.0, idx=2, length=10))
     algo = AlgorithmConfig(name="dapo", overlong_filtering=False, dynamic_sampling=False)
     out = assemble_batch(0, [res], algo, max_new_tokens=10)
     assert out.train.rewards == [1.0, 0.5, 0.0]
@@ -115,8 +141,14 @@ def test_overlong_filtering_keeps_truncated_samples_in_the_baseline_only() -> No
 
 def test_dynamic_sampling_drops_groups_without_signal_and_keeps_the_target() -> None:
     # a: equal rewards (dropped); b, c: signal. Target 1 group: b is kept, c is surplus.
-    res = _result(_scored("a", 0.5), _scored("a", 0.5, idx=1), _scored("b", 1.0), _scored("b", 0.0, idx=1),
-                  _scored("c", 0.2), _scored("c", 0.4, idx=1))
+    res = _result(
+        _scored("a", 0.5),
+        _scored("a", 0.5, idx=1),
+        _scored("b", 1.0),
+        _scored("b", 0.0, idx=1),
+        _scored("c", 0.2),
+        _scored("c", 0.4, idx=1),
+    )
     out = assemble_batch(0, [res], AlgorithmConfig(name="dapo"), max_new_tokens=12, target_groups=1)
     assert len(out.train) == 2 and out.train.rewards == [1.0, 0.0]
     assert out.advantages[:2] == [None, None] and out.advantages[4:] == [None, None]

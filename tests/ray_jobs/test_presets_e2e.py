@@ -28,16 +28,36 @@ pytestmark = pytest.mark.slow
 
 STEPS = 2
 COMMON_METRICS = {
-    "loss", "grad_norm", "entropy", "clip/frac", "clip/low_frac", "clip/high_frac", "is/ratio_mean", "is/ratio_max",
-    "is/clipped_frac", "logprob_gap/mean_abs", "optim/steps", "reward/mean", "reward/frac_zero_std",
-    "completion/length_mean", "completion/length_max", "completion/truncated_frac", "staleness/max",
+    "loss",
+    "grad_norm",
+    "entropy",
+    "clip/frac",
+    "clip/low_frac",
+    "clip/high_frac",
+    "is/ratio_mean",
+    "is/ratio_max",
+    "is/clipped_frac",
+    "logprob_gap/mean_abs",
+    "optim/steps",
+    "reward/mean",
+    "reward/frac_zero_std",
+    "completion/length_mean",
+    "completion/length_max",
+    "completion/truncated_frac",
+    "staleness/max",
 }
 PRESET_METRICS = {
     "rloo": {"kl"},
     "reinforce_pp": {"kl"},
-    "dapo": {"dynamic_sampling/refill_rounds", "dynamic_sampling/refill_prompts", "dynamic_sampling/exhausted",
-             "dynamic_sampling/dropped_groups", "dynamic_sampling/kept_groups", "samples/overlong_filtered",
-             "reward/overlong_penalty"},
+    "dapo": {
+        "dynamic_sampling/refill_rounds",
+        "dynamic_sampling/refill_prompts",
+        "dynamic_sampling/exhausted",
+        "dynamic_sampling/dropped_groups",
+        "dynamic_sampling/kept_groups",
+        "samples/overlong_filtered",
+        "reward/overlong_penalty",
+    },
 }
 
 
@@ -51,8 +71,16 @@ def half_constant_reward(prompt: str, completion: str) -> float:
 @pytest.fixture(scope="module")
 def session(tiny_model_config, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
     """One Ray instance and one local judge for every preset."""
-    cfg = load_config(None, [f"model.cache_dir={tiny_model_config.cache_dir}", "wandb.mode=disabled",
-                             f"run.steps={STEPS}", "run.save_final=false", "pipeline.max_staleness=1"])
+    cfg = load_config(
+        None,
+        [
+            f"model.cache_dir={tiny_model_config.cache_dir}",
+            "wandb.mode=disabled",
+            f"run.steps={STEPS}",
+            "run.save_final=false",
+            "pipeline.max_staleness=1",
+        ],
+    )
     prompts, tokenizer = preflight(cfg)
     with judge_endpoint(cfg, tmp_path_factory.mktemp("judge")) as (cfg, key), ray_session(cfg):
         yield cfg, key, prompts, tokenizer

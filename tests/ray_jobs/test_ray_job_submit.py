@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -40,16 +40,32 @@ def ray_head():
     env.pop("RAY_ADDRESS", None)
     dashboard = _free_port()
     port = _free_port()
-    start = [str(BIN / "ray"), "start", "--head", "--num-cpus=2", f"--port={port}",
-             "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--disable-usage-stats",
-             # its own ports for what defaults to fixed ones: another Ray on this machine (a test
-             # running beside this one) may hold those, and the job agent would not start
-             *(f"--{name}={_free_port()}" for name in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-                                                        "metrics-export-port", "runtime-env-agent-port",
-                                                        "ray-client-server-port")),
-             f"--temp-dir={temp_dir}"]
-    head = subprocess.Popen(start, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)  # the head's daemons keep its session id
+    start = [
+        str(BIN / "ray"),
+        "start",
+        "--head",
+        "--num-cpus=2",
+        f"--port={port}",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dashboard}",
+        "--disable-usage-stats",
+        # its own ports for what defaults to fixed ones: another Ray on this machine (a test
+        # running beside this one) may hold those, and the job agent would not start
+        *(
+            f"--{name}={_free_port()}"
+            for name in (
+                "dashboard-agent-listen-port",
+                "dashboard-agent-grpc-port",
+                "metrics-export-port",
+                "runtime-env-agent-port",
+                "ray-client-server-port",
+            )
+        ),
+        f"--temp-dir={temp_dir}",
+    ]
+    head = subprocess.Popen(
+        start, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )  # the head's daemons keep its session id
     assert head.wait(timeout=120) == 0
     try:
         yield f"http://127.0.0.1:{dashboard}", env
@@ -63,8 +79,19 @@ def ray_head():
 
 def _submit(address: str, env: dict, *job: str) -> str:
     """``ray job submit`` and wait; a head whose job agent is not up yet is asked again (it says so)."""
-    cmd = [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO_ROOT), "--",
-           "python", "-m", *job]
+    cmd = [
+        str(BIN / "ray"),
+        "job",
+        "submit",
+        "--address",
+        address,
+        "--working-dir",
+        str(REPO_ROOT),
+        "--",
+        "python",
+        "-m",
+        *job,
+    ]
     deadline = time.monotonic() + 120
     while True:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
@@ -95,9 +122,16 @@ def test_training_then_evaluation_through_ray_job_submit(ray_head, tmp_path: Pat
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [0, 1]
 
-    stdout = _submit(address, env, "ray_jobs.evaluate", f"run.output_dir={evaluation}", "data.max_items=6",
-                     "statistics.resamples=200", f"conditions={{base: {{}}, trained: {{policy: {out / 'final'}}}}}",
-                     *common)
+    stdout = _submit(
+        address,
+        env,
+        "ray_jobs.evaluate",
+        f"run.output_dir={evaluation}",
+        "data.max_items=6",
+        "statistics.resamples=200",
+        f"conditions={{base: {{}}, trained: {{policy: {out / 'final'}}}}}",
+        *common,
+    )
     assert "evaluation finished" in stdout and "trained vs base" in stdout
     results = json.loads((evaluation / "results.json").read_text())
     assert list(results["conditions"]) == ["base", "trained"]

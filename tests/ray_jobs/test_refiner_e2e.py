@@ -18,12 +18,18 @@ VERIFY, CITE = "rewards.refiner:verification", "rewards.refiner:citations"
 
 
 def test_cpu_refiner_recipe_runs_and_leaves_failed_verifications_unscored(tmp_path: Path, tiny_model_config) -> None:
-    cfg = load_config(REPO_ROOT / "configs/cpu_refiner_grpo.yaml", [
-        f"run.output_dir={tmp_path}", f"model.cache_dir={tiny_model_config.cache_dir}", "wandb.mode=disabled",
-        "run.steps=3", f"data.path={REPO_ROOT / 'configs/data/toy_refiner.jsonl'}",
-        "reward.engines.verifier.local_server_args=[--malformed-rate, '0.2']",
-        "reward.engines.verifier.malformed_retries=0",
-    ])
+    cfg = load_config(
+        REPO_ROOT / "configs/cpu_refiner_grpo.yaml",
+        [
+            f"run.output_dir={tmp_path}",
+            f"model.cache_dir={tiny_model_config.cache_dir}",
+            "wandb.mode=disabled",
+            "run.steps=3",
+            f"data.path={REPO_ROOT / 'configs/data/toy_refiner.jsonl'}",
+            "reward.engines.verifier.local_server_args=[--malformed-rate, '0.2']",
+            "reward.engines.verifier.malformed_retries=0",
+        ],
+    )
     run(cfg)
     metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]

@@ -19,8 +19,18 @@ def test_sigkill_deepspeed_two_ranks_zero3_lora(tmp_path: Path, tiny_model_confi
     kill_at = random.randint(4, 8)
     print(f"killing at step {kill_at}")
     out = tmp_path / "run"
-    kill_and_resume(out, tiny_model_config.cache_dir, [kill_at], f"run.steps={steps}", "run.checkpoint_every=3",
-                    "rollout.backend=hf", "learner.backend=deepspeed", "learner.world_size=2", "learner.zero_stage=3",
-                    "learner.lora.enabled=true", "pipeline.max_staleness=1")
+    kill_and_resume(
+        out,
+        tiny_model_config.cache_dir,
+        [kill_at],
+        f"run.steps={steps}",
+        "run.checkpoint_every=3",
+        "rollout.backend=hf",
+        "learner.backend=deepspeed",
+        "learner.world_size=2",
+        "learner.zero_stage=3",
+        "learner.lora.enabled=true",
+        "pipeline.max_staleness=1",
+    )
     check_complete(out, steps, SAMPLES_PER_STEP)
     assert (out / "final" / "adapter_config.json").exists()

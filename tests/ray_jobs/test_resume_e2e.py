@@ -14,8 +14,15 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from run_procs import (TrainProcess, check_complete, kill_and_resume, read_jsonl, run_to_end, session_processes,
-                       train_command)
+from run_procs import (
+    TrainProcess,
+    check_complete,
+    kill_and_resume,
+    read_jsonl,
+    run_to_end,
+    session_processes,
+    train_command,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -28,12 +35,15 @@ SAMPLES_PER_STEP = 8 * 4  # prompts_per_step x group_size
 def uninterrupted(tmp_path_factory: pytest.TempPathFactory, tiny_model_config) -> Path:
     """The same 20-step run at k = 0, never interrupted."""
     out = tmp_path_factory.mktemp("uninterrupted") / "run"
-    run_to_end(train_command(out, tiny_model_config.cache_dir, *BASE, "pipeline.max_staleness=0"), out.with_suffix(".log"))
+    run_to_end(
+        train_command(out, tiny_model_config.cache_dir, *BASE, "pipeline.max_staleness=0"), out.with_suffix(".log")
+    )
     return out
 
 
-def test_sigkill_at_random_steps_k0_repeats_the_uninterrupted_run(tmp_path: Path, tiny_model_config,
-                                                                    uninterrupted: Path) -> None:
+def test_sigkill_at_random_steps_k0_repeats_the_uninterrupted_run(
+    tmp_path: Path, tiny_model_config, uninterrupted: Path
+) -> None:
     kill_at = random.randint(EVERY + 1, STEPS - 3)
     print(f"killing at step {kill_at}")
     out = tmp_path / "run"
@@ -61,8 +71,9 @@ def _sigterm(proc: TrainProcess, out: Path, at_step: int) -> None:
     assert "stopped: checkpoint written; re-run the same command to resume" in proc.tail()
 
 
-def test_sigkill_twice_then_sigterm_k2_trains_every_prompt_as_often(tmp_path: Path, tiny_model_config,
-                                                                     uninterrupted: Path) -> None:
+def test_sigkill_twice_then_sigterm_k2_trains_every_prompt_as_often(
+    tmp_path: Path, tiny_model_config, uninterrupted: Path
+) -> None:
     """SIGKILL at a random step, again after the first resume, then SIGTERM after the second
     (the graceful stop), and the same command once more to the end."""
     first = random.randint(EVERY + 1, STEPS - 11)

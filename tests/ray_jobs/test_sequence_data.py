@@ -8,8 +8,15 @@ from pathlib import Path
 import pytest
 
 from ray_jobs.data import DatasetError
-from ray_jobs.sequence_data import (PreferenceDataConfig, SftDataConfig, implicit_prompt, load_sequences,
-                                    preference_unit, sft_row, to_batch)
+from ray_jobs.sequence_data import (
+    PreferenceDataConfig,
+    SftDataConfig,
+    implicit_prompt,
+    load_sequences,
+    preference_unit,
+    sft_row,
+    to_batch,
+)
 
 
 class CharTokenizer:
@@ -21,8 +28,9 @@ class CharTokenizer:
     def __call__(self, text: str) -> dict:
         return {"input_ids": [ord(c) for c in text]}
 
-    def apply_chat_template(self, messages: list[dict], tokenize: bool = True, return_dict: bool = True,
-                            add_generation_prompt: bool = False) -> dict:
+    def apply_chat_template(
+        self, messages: list[dict], tokenize: bool = True, return_dict: bool = True, add_generation_prompt: bool = False
+    ) -> dict:
         text = "".join(f"{m['role'][0]}:{m['content']}|" for m in messages) + ("a:" if add_generation_prompt else "")
         return {"input_ids": [ord(c) for c in text]}
 
@@ -49,9 +57,13 @@ def test_conversational_prompt_completion_masks_after_the_generation_prompt() ->
 
 
 def test_messages_train_on_every_assistant_turn_only() -> None:
-    messages = [{"role": "system", "content": "s"}, {"role": "user", "content": "hi"},
-                {"role": "assistant", "content": "yo"}, {"role": "user", "content": "ok"},
-                {"role": "assistant", "content": "no"}]
+    messages = [
+        {"role": "system", "content": "s"},
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "yo"},
+        {"role": "user", "content": "ok"},
+        {"role": "assistant", "content": "no"},
+    ]
     ids, mask = sft_row(TOK, {"messages": messages}, completion_only=True)
     assert _text(ids) == "s:s|u:hi|a:yo|u:ok|a:no|"
     assert "".join("x" if m else "." for m in mask) == "." * 11 + "xxx" + "." * 7 + "xxx"
@@ -98,10 +110,17 @@ def test_missing_field_is_an_error_naming_the_row(tmp_path: Path) -> None:
 
 
 def test_equal_pairs_and_long_rows_are_counted_skips(tmp_path: Path) -> None:
-    rows = [{"prompt": "p", "chosen": "a", "rejected": "b"}, {"prompt": "p", "chosen": "a", "rejected": "a"},
-            {"prompt": "p", "chosen": "a" * 20, "rejected": "b"}, {"prompt": "p" * 9, "chosen": "a", "rejected": "b"}]
-    data = load_sequences(PreferenceDataConfig(path=_write(tmp_path, rows), eval_fraction=0, max_length=10,
-                                               max_prompt_length=5), TOK, seed=0)
+    rows = [
+        {"prompt": "p", "chosen": "a", "rejected": "b"},
+        {"prompt": "p", "chosen": "a", "rejected": "a"},
+        {"prompt": "p", "chosen": "a" * 20, "rejected": "b"},
+        {"prompt": "p" * 9, "chosen": "a", "rejected": "b"},
+    ]
+    data = load_sequences(
+        PreferenceDataConfig(path=_write(tmp_path, rows), eval_fraction=0, max_length=10, max_prompt_length=5),
+        TOK,
+        seed=0,
+    )
     assert len(data.train) == 1
     assert data.skipped == {"chosen_equals_rejected": 1, "too_long": 1, "prompt_too_long": 1}
 

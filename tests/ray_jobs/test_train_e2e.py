@@ -13,9 +13,21 @@ from ray_jobs.train import run
 pytestmark = pytest.mark.slow
 
 REQUIRED_METRICS = {
-    "step", "policy_version", "reward/mean", "reward/std", "loss", "staleness/mean", "staleness/max",
-    "judge/requests", "judge/failures", "time/step_s", "time/generate_s", "time/judge_s", "time/train_s",
-    "time/weight_sync_s", "throughput/samples_per_s",
+    "step",
+    "policy_version",
+    "reward/mean",
+    "reward/std",
+    "loss",
+    "staleness/mean",
+    "staleness/max",
+    "judge/requests",
+    "judge/failures",
+    "time/step_s",
+    "time/generate_s",
+    "time/judge_s",
+    "time/train_s",
+    "time/weight_sync_s",
+    "throughput/samples_per_s",
 }
 SECRET = "sk-test-DO-NOT-LEAK-4242"
 
@@ -35,7 +47,9 @@ def judge_key(monkeypatch) -> str:
 
 
 def test_on_policy_run_writes_everything(tmp_path: Path, tiny_model_config, judge_key, capfd) -> None:
-    metrics, samples = _run(tmp_path, tiny_model_config, ["run.steps=3", "pipeline.max_staleness=0", "wandb.mode=offline"])
+    metrics, samples = _run(
+        tmp_path, tiny_model_config, ["run.steps=3", "pipeline.max_staleness=0", "wandb.mode=offline"]
+    )
     assert [m["step"] for m in metrics] == [0, 1, 2]
     assert all(REQUIRED_METRICS <= m.keys() for m in metrics)
     assert [m["policy_version"] for m in metrics] == [1, 2, 3]
@@ -46,15 +60,23 @@ def test_on_policy_run_writes_everything(tmp_path: Path, tiny_model_config, judg
     assert list((tmp_path / "wandb").rglob("offline-run-*"))
     # the key never reaches the outputs or the console
     out, err = capfd.readouterr()
-    for text in [out, err] + [p.read_text(errors="ignore") for p in tmp_path.rglob("*") if p.is_file() and p.stat().st_size < 5_000_000]:
+    for text in [out, err] + [
+        p.read_text(errors="ignore") for p in tmp_path.rglob("*") if p.is_file() and p.stat().st_size < 5_000_000
+    ]:
         assert judge_key not in text
 
 
 def test_staleness_bound_and_failing_judge(tmp_path: Path, tiny_model_config, judge_key) -> None:
-    metrics, samples = _run(tmp_path, tiny_model_config, [
-        "run.steps=6", "pipeline.max_staleness=2",
-        "judge.local_server.fail_rate=0.2", "judge.local_server.malformed_rate=0.1",
-    ])
+    metrics, samples = _run(
+        tmp_path,
+        tiny_model_config,
+        [
+            "run.steps=6",
+            "pipeline.max_staleness=2",
+            "judge.local_server.fail_rate=0.2",
+            "judge.local_server.malformed_rate=0.1",
+        ],
+    )
     assert all(m["staleness/max"] <= 2 for m in metrics)
     assert max(m["staleness/max"] for m in metrics) == 2  # batches really overlapped the learner
     assert all(0 <= s["step"] - s["policy_version"] <= 2 for s in samples)
@@ -69,8 +91,15 @@ def test_staleness_bound_and_failing_judge(tmp_path: Path, tiny_model_config, ju
 
 
 def test_deepspeed_gspo_lora_run(tmp_path: Path, tiny_model_config, judge_key) -> None:
-    metrics, _ = _run(tmp_path, tiny_model_config, [
-        "run.steps=2", "learner.backend=deepspeed", "algorithm.name=gspo", "learner.lora.enabled=true",
-    ])
+    metrics, _ = _run(
+        tmp_path,
+        tiny_model_config,
+        [
+            "run.steps=2",
+            "learner.backend=deepspeed",
+            "algorithm.name=gspo",
+            "learner.lora.enabled=true",
+        ],
+    )
     assert len(metrics) == 2 and all(m["loss"] == m["loss"] for m in metrics)  # finite, not NaN
     assert (tmp_path / "final" / "adapter_config.json").exists()

@@ -24,15 +24,25 @@ def _error_line(capsys, argv: list[str]) -> str:
 
 @pytest.fixture
 def base(tiny_model_config, tmp_path: Path) -> list[str]:
-    return [f"model.cache_dir={tiny_model_config.cache_dir}", f"run.output_dir={tmp_path / 'run'}", "wandb.mode=disabled"]
+    return [
+        f"model.cache_dir={tiny_model_config.cache_dir}",
+        f"run.output_dir={tmp_path / 'run'}",
+        "wandb.mode=disabled",
+    ]
 
 
 def test_unknown_config_key_from_the_command_line() -> None:
-    proc = subprocess.run([sys.executable, "-m", "ray_jobs.train", "pipeline.max_stalenes=1"],
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ray_jobs.train", "pipeline.max_stalenes=1"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == (
-        "error: unknown config key 'pipeline.max_stalenes'; did you mean 'pipeline.max_staleness'?")
+        "error: unknown config key 'pipeline.max_stalenes'; did you mean 'pipeline.max_staleness'?"
+    )
 
 
 def test_vllm_backend_without_vllm(capsys, base, monkeypatch) -> None:
@@ -55,14 +65,17 @@ def test_row_without_prompt_field(capsys, base, tmp_path: Path) -> None:
 
 def test_api_key_variable_unset(capsys, base, monkeypatch) -> None:
     monkeypatch.delenv("RELAY_TEST_UNSET_KEY", raising=False)
-    line = _error_line(capsys, base + ["judge.base_url=http://127.0.0.1:9/v1", "judge.api_key_env=RELAY_TEST_UNSET_KEY"])
+    line = _error_line(
+        capsys, base + ["judge.base_url=http://127.0.0.1:9/v1", "judge.api_key_env=RELAY_TEST_UNSET_KEY"]
+    )
     assert line.startswith("error: ") and "RELAY_TEST_UNSET_KEY" in line and "not set" in line
 
 
 def test_judge_endpoint_unreachable(capsys, base, monkeypatch) -> None:
     monkeypatch.setenv("RELAY_TEST_KEY", "sk-secret-value-123")
-    line = _error_line(capsys, base + ["judge.base_url=http://127.0.0.1:9/v1", "judge.api_key_env=RELAY_TEST_KEY",
-                                       "judge.timeout_s=2"])
+    line = _error_line(
+        capsys, base + ["judge.base_url=http://127.0.0.1:9/v1", "judge.api_key_env=RELAY_TEST_KEY", "judge.timeout_s=2"]
+    )
     assert line.startswith("error: judge endpoint http://127.0.0.1:9/v1 is unreachable")
     assert "sk-secret-value-123" not in line
 
@@ -74,8 +87,18 @@ def test_config_yaml_records_the_users_config(tmp_path: Path, tiny_model_config,
 
     monkeypatch.setenv("RELAY_JUDGE_API_KEY", "sk-test-record")
     out = tmp_path / "run"
-    run(load_config(None, [f"model.cache_dir={tiny_model_config.cache_dir}", f"run.output_dir={out}",
-                           "wandb.mode=disabled", "run.steps=1", "run.save_final=false"]))
+    run(
+        load_config(
+            None,
+            [
+                f"model.cache_dir={tiny_model_config.cache_dir}",
+                f"run.output_dir={out}",
+                "wandb.mode=disabled",
+                "run.steps=1",
+                "run.save_final=false",
+            ],
+        )
+    )
     recorded = (out / "config.yaml").read_text()
     assert "base_url: null" in recorded and "path: builtin:tiny-qwen" in recorded
     assert load_config(out / "config.yaml").run.steps == 1
@@ -90,8 +113,10 @@ def test_hub_model_name_that_cannot_be_reached(capsys, base, monkeypatch) -> Non
 
     monkeypatch.setattr("huggingface_hub.HfApi.repo_info", unreachable)
     line = _error_line(capsys, base + ["model.path=Qwen/Qwen2.5-0.5B-Instruct"])
-    assert line == ("error: model.path: 'Qwen/Qwen2.5-0.5B-Instruct' is not a local path and the Hugging Face hub "
-                    "cannot be reached (ConnectionError); check the network, or point model.path at a local copy")
+    assert line == (
+        "error: model.path: 'Qwen/Qwen2.5-0.5B-Instruct' is not a local path and the Hugging Face hub "
+        "cannot be reached (ConnectionError); check the network, or point model.path at a local copy"
+    )
     assert hub.HUB_TIMEOUT_S <= 10
 
 
@@ -103,8 +128,10 @@ def test_hub_dataset_name_that_does_not_exist(capsys, base, monkeypatch) -> None
 
     monkeypatch.setattr("huggingface_hub.HfApi.repo_info", missing)
     line = _error_line(capsys, base + ["data.path=someone/no-such-dataset"])
-    assert line.startswith("error: data.path: 'someone/no-such-dataset' is not a local path and the Hugging Face "
-                           "hub has no dataset of that name")
+    assert line.startswith(
+        "error: data.path: 'someone/no-such-dataset' is not a local path and the Hugging Face "
+        "hub has no dataset of that name"
+    )
 
 
 def test_a_run_directory_in_use_or_with_unresumable_outputs(capsys, base, tmp_path: Path) -> None:
@@ -120,11 +147,16 @@ def test_a_run_directory_in_use_or_with_unresumable_outputs(capsys, base, tmp_pa
     assert (tmp_path / "run" / "metrics.jsonl").read_text() == '{"step": 0}\n'  # untouched
 
 
-def test_a_second_run_into_a_finished_directory_changes_nothing(tmp_path: Path, tiny_model_config, monkeypatch,
-                                                                capsys) -> None:
+def test_a_second_run_into_a_finished_directory_changes_nothing(
+    tmp_path: Path, tiny_model_config, monkeypatch, capsys
+) -> None:
     monkeypatch.setenv("RELAY_JUDGE_API_KEY", "sk-test-twice")
-    argv = [f"model.cache_dir={tiny_model_config.cache_dir}", f"run.output_dir={tmp_path / 'run'}",
-            "wandb.mode=disabled", "run.steps=2"]
+    argv = [
+        f"model.cache_dir={tiny_model_config.cache_dir}",
+        f"run.output_dir={tmp_path / 'run'}",
+        "wandb.mode=disabled",
+        "run.steps=2",
+    ]
     assert main(argv) == 0
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*") if p.is_file() and p.name != ".lock"}
     assert main(argv) == 0

@@ -16,11 +16,13 @@ from ray_jobs.tracking import RunRecorder
 from ray_jobs.train_eval import eval_due, eval_metrics, load_eval_set
 
 
-def _scored(row: int, reward: float | None, blocked: float | None, version: int = 4,
-            final: int | None = None) -> ScoredSample:
+def _scored(
+    row: int, reward: float | None, blocked: float | None, version: int = 4, final: int | None = None
+) -> ScoredSample:
     prompt = PromptItem(f"id{row}", row, f"prompt {row}", [1, 2])
-    sample = Sample(prompt, f"b4c0p{row}", 0, "x.com", [5], [-0.1], version, truncated=False,
-                    final_policy_version=final)
+    sample = Sample(
+        prompt, f"b4c0p{row}", 0, "x.com", [5], [-0.1], version, truncated=False, final_policy_version=final
+    )
     terms = {} if blocked is None else {"judge/blocked": blocked}
     return ScoredSample(sample, reward, None if reward is not None else "judge_timeout", terms)
 
@@ -32,8 +34,11 @@ def _result(scored: list[ScoredSample], generate_s: float, judge_s: float) -> Sc
 def test_metrics_leave_unscored_samples_out() -> None:
     results = [
         _result([_scored(0, 0.2, 0.0), _scored(1, 0.6, 1.0)], generate_s=0.5, judge_s=1.0),
-        _result([_scored(2, None, 1.0), _scored(3, 1.0, 1.0, version=3), _scored(4, 0.6, 0.0, final=5)],
-                generate_s=0.25, judge_s=0.5),
+        _result(
+            [_scored(2, None, 1.0), _scored(3, 1.0, 1.0, version=3), _scored(4, 0.6, 0.0, final=5)],
+            generate_s=0.25,
+            judge_s=0.5,
+        ),
     ]
     labels = {0: False, 1: True, 2: True, 3: None, 4: False}
     m = eval_metrics(4, results, labels, lost=4)
@@ -74,9 +79,14 @@ def _write(tmp_path: Path, rows: list[dict]) -> str:
 
 
 def test_the_held_out_set_is_the_first_rows_with_their_labels(tmp_path: Path, tiny_tokenizer) -> None:
-    path = _write(tmp_path, [{"id": "a", "description": "a bakery", "inappropriate": False},
-                             {"id": "b", "description": "a forgery shop", "inappropriate": True},
-                             {"id": "c", "description": "a florist"}])
+    path = _write(
+        tmp_path,
+        [
+            {"id": "a", "description": "a bakery", "inappropriate": False},
+            {"id": "b", "description": "a forgery shop", "inappropriate": True},
+            {"id": "c", "description": "a florist"},
+        ],
+    )
     cfg = TrainEvalConfig(every_steps=2, data=path, max_prompts=2)
     evalset = load_eval_set(cfg, DataConfig(), tiny_tokenizer)
     assert [i.prompt_id for i in evalset.items] == ["a", "b"] and evalset.labels == [False, True]
@@ -89,21 +99,34 @@ def test_the_held_out_set_is_the_first_rows_with_their_labels(tmp_path: Path, ti
 
 
 def test_bad_held_out_data_is_a_one_line_error(tmp_path: Path, tiny_tokenizer) -> None:
-    path = _write(tmp_path, [{"description": "a bakery", "inappropriate": False},
-                             {"description": "a forgery shop", "inappropriate": "yes"}])
-    with pytest.raises(DatasetError, match=r"^eval.data: row 1 of .* has 'inappropriate' = 'yes'; a label must be "
-                                           r"true, false or null$"):
+    path = _write(
+        tmp_path,
+        [
+            {"description": "a bakery", "inappropriate": False},
+            {"description": "a forgery shop", "inappropriate": "yes"},
+        ],
+    )
+    with pytest.raises(
+        DatasetError,
+        match=r"^eval.data: row 1 of .* has 'inappropriate' = 'yes'; a label must be "
+        r"true, false or null$",
+    ):
         load_eval_set(TrainEvalConfig(every_steps=1, data=path), DataConfig(), tiny_tokenizer)
     with pytest.raises(DatasetError, match=r"^eval.data: file /nope/heldout.jsonl does not exist$"):
         load_eval_set(TrainEvalConfig(every_steps=1, data="/nope/heldout.jsonl"), DataConfig(), tiny_tokenizer)
-    with pytest.raises(ConfigError, match=r"eval.data is required when eval.every_steps > 0 \(got every_steps=5\)") as err:
+    with pytest.raises(
+        ConfigError, match=r"eval.data is required when eval.every_steps > 0 \(got every_steps=5\)"
+    ) as err:
         load_config(None, ["eval.every_steps=5"])
     assert "\n" not in str(err.value)
 
 
 def test_a_resumed_recorder_keeps_the_evaluations_up_to_its_checkpoint(tmp_path: Path) -> None:
-    lines = [{"step": 2, "eval/reward_mean": 0.1}, {"step": 6, "eval/reward_mean": 0.3},
-             {"step": 4, "eval/reward_mean": 0.2}]
+    lines = [
+        {"step": 2, "eval/reward_mean": 0.1},
+        {"step": 6, "eval/reward_mean": 0.3},
+        {"step": 4, "eval/reward_mean": 0.2},
+    ]
     (tmp_path / "eval.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines) + '{"step": 8, "eval/re')
     recorder = RunRecorder(tmp_path, {}, WandbConfig(mode="disabled"), "t", total_steps=10, start_step=4)
     try:

@@ -24,11 +24,17 @@ def _lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_evaluations_run_beside_training_and_survive_a_resume(tmp_path: Path, tiny_model_config,
-                                                              monkeypatch) -> None:
+def test_evaluations_run_beside_training_and_survive_a_resume(tmp_path: Path, tiny_model_config, monkeypatch) -> None:
     monkeypatch.setenv("RELAY_JUDGE_API_KEY", "sk-test")
-    overrides = [f"run.output_dir={tmp_path}", f"model.cache_dir={tiny_model_config.cache_dir}", "run.steps=4",
-                 "run.checkpoint_every=2", "eval.every_steps=2", f"eval.data={HELDOUT}", "eval.max_prompts=8"]
+    overrides = [
+        f"run.output_dir={tmp_path}",
+        f"model.cache_dir={tiny_model_config.cache_dir}",
+        "run.steps=4",
+        "run.checkpoint_every=2",
+        "eval.every_steps=2",
+        f"eval.data={HELDOUT}",
+        "eval.max_prompts=8",
+    ]
     run(load_config(None, overrides + ["wandb.mode=offline"]))
     evals, metrics = _lines(tmp_path / "eval.jsonl"), _lines(tmp_path / "metrics.jsonl")
     assert sorted(e["step"] for e in evals) == [2, 4]

@@ -30,13 +30,25 @@ class FakeWorker:
     def release(self, step: int) -> None:
         self.release_steps[step].set()
 
-    async def generate(self, batch: int, call: int, prompts: list[PromptItem], min_version: int, seq: int | None,
-                       n: int, temperature: float, seed: int) -> RolloutResult:
+    async def generate(
+        self,
+        batch: int,
+        call: int,
+        prompts: list[PromptItem],
+        min_version: int,
+        seq: int | None,
+        n: int,
+        temperature: float,
+        seed: int,
+    ) -> RolloutResult:
         self.calls.append((min_version, seq, n, temperature))
         if batch in self.release_steps:
             await self.release_steps[batch].wait()
-        samples = [Sample(p, f"b{batch}c{call}p{i}", j, "x.com", [5], [-0.1], min_version, truncated=False)
-                   for i, p in enumerate(prompts) for j in range(n)]
+        samples = [
+            Sample(p, f"b{batch}c{call}p{i}", j, "x.com", [5], [-0.1], min_version, truncated=False)
+            for i, p in enumerate(prompts)
+            for j in range(n)
+        ]
         return RolloutResult(batch, samples, 0.25, 0)
 
     def seen(self) -> list[tuple[int, int | None, int, float]]:
@@ -105,7 +117,12 @@ def test_a_checkpoint_waits_only_for_older_policies_and_the_end_for_all(local_ra
     evals.settle(6)  # the last step: everything pending is written first
     assert [s for s, _ in recorder.lines] == [2, 4] and not evals.pending
     _, m = recorder.lines[1]
-    assert (m["eval/policy_version"], m["eval/scored"], m["eval/unscored"], m["eval/lost_samples"]) == (4.0, 8.0, 0.0, 0.0)
+    assert (m["eval/policy_version"], m["eval/scored"], m["eval/unscored"], m["eval/lost_samples"]) == (
+        4.0,
+        8.0,
+        0.0,
+        0.0,
+    )
     assert m["eval/generate_s"] == 0.5  # two calls of 0.25 s
     assert (m["eval/block_rate"], m["eval/false_block_rate"]) == (0.0, 0.0)
     # every call pinned to its policy version, outside the training send order, with the eval's sampling

@@ -17,27 +17,50 @@ from ray_jobs.train import run
 pytestmark = pytest.mark.slow
 
 SECRET = "sk-faulty-judge-NEVER-LOGGED-31337"
-JUDGE_CAUSES = {"judge_http_500", "judge_http_503", "judge_http_429", "judge_timeout", "judge_empty",
-                "judge_malformed", "judge_invalid_verdict", "judge_circuit_open", "judge_deadline"}
+JUDGE_CAUSES = {
+    "judge_http_500",
+    "judge_http_503",
+    "judge_http_429",
+    "judge_timeout",
+    "judge_empty",
+    "judge_malformed",
+    "judge_invalid_verdict",
+    "judge_circuit_open",
+    "judge_deadline",
+}
 FAULTS = [
     "judge.timeout_s=0.5",
-    "judge.retry.initial_backoff_s=0.02", "judge.retry.max_backoff_s=0.2", "judge.retry.deadline_s=5",
+    "judge.retry.initial_backoff_s=0.02",
+    "judge.retry.max_backoff_s=0.2",
+    "judge.retry.deadline_s=5",
     "judge.circuit_breaker.cooldown_s=0.2",
     "judge.malformed_retries=1",
     # transient, drawn per (request, attempt): a retry can succeed
-    "judge.local_server.status_rates={429: 0.1, 500: 0.05, 503: 0.05}", "judge.local_server.retry_after_s=0.05",
-    "judge.local_server.hang_rate=0.05", "judge.local_server.hang_s=3",
-    "judge.local_server.empty_rate=0.05", "judge.local_server.flaky_malformed_rate=0.05",
+    "judge.local_server.status_rates={429: 0.1, 500: 0.05, 503: 0.05}",
+    "judge.local_server.retry_after_s=0.05",
+    "judge.local_server.hang_rate=0.05",
+    "judge.local_server.hang_s=3",
+    "judge.local_server.empty_rate=0.05",
+    "judge.local_server.flaky_malformed_rate=0.05",
     # persistent, per candidate: those samples stay unscored
-    "judge.local_server.fail_rate=0.1", "judge.local_server.malformed_rate=0.05",
-    "judge.local_server.latency_s=0.02", "judge.local_server.latency_sigma=0.5", "judge.local_server.seed=1",
+    "judge.local_server.fail_rate=0.1",
+    "judge.local_server.malformed_rate=0.05",
+    "judge.local_server.latency_s=0.02",
+    "judge.local_server.latency_sigma=0.5",
+    "judge.local_server.seed=1",
 ]
 
 
 def test_training_survives_a_faulty_judge(tmp_path: Path, tiny_model_config, monkeypatch, capfd) -> None:
     monkeypatch.setenv("RELAY_JUDGE_API_KEY", SECRET)
-    overrides = [f"run.output_dir={tmp_path}", f"model.cache_dir={tiny_model_config.cache_dir}",
-                 "wandb.mode=disabled", "run.save_final=false", "run.steps=4", "pipeline.max_staleness=1"]
+    overrides = [
+        f"run.output_dir={tmp_path}",
+        f"model.cache_dir={tiny_model_config.cache_dir}",
+        "wandb.mode=disabled",
+        "run.save_final=false",
+        "run.steps=4",
+        "pipeline.max_staleness=1",
+    ]
     run(load_config(None, overrides + FAULTS))
     metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]

@@ -19,8 +19,12 @@ pytestmark = pytest.mark.slow
 
 
 def _run(tmp_path: Path, tiny_model_config, overrides: list[str]) -> tuple[list[dict], list[dict]]:
-    base = [f"run.output_dir={tmp_path}", f"model.cache_dir={tiny_model_config.cache_dir}", "wandb.mode=disabled",
-            "rollout.backend=vllm"]
+    base = [
+        f"run.output_dir={tmp_path}",
+        f"model.cache_dir={tiny_model_config.cache_dir}",
+        "wandb.mode=disabled",
+        "rollout.backend=vllm",
+    ]
     run(load_config(None, base + overrides))
     metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
@@ -31,28 +35,47 @@ def test_lora_adapter_sync_and_broadcast_runs(tmp_path: Path, tiny_model_config,
     """Adapter-only sync (vLLM loads each adapter version; a torch learner) and, separately, the gloo
     broadcast from a two-rank DeepSpeed learner."""
     monkeypatch.setenv("RELAY_JUDGE_API_KEY", "sk-test")
-    lora = ["learner.lora.enabled=true", "learner.lora.target_modules=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj]"]
+    lora = [
+        "learner.lora.enabled=true",
+        "learner.lora.target_modules=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj]",
+    ]
     metrics, samples = _run(tmp_path / "lora", tiny_model_config, ["run.steps=3", *lora])
     assert len(metrics) == 3 and len(samples) == 3 * 8 * 4
     assert {s["policy_version"] for s in samples if s["step"] == 2} <= {0, 1, 2}
-    metrics, samples = _run(tmp_path / "bcast", tiny_model_config, ["run.steps=3", "weight_sync.transport=broadcast",
-                                                                     "pipeline.max_staleness=0", "learner.backend=deepspeed",
-                                                                     "learner.world_size=2"])
+    metrics, samples = _run(
+        tmp_path / "bcast",
+        tiny_model_config,
+        [
+            "run.steps=3",
+            "weight_sync.transport=broadcast",
+            "pipeline.max_staleness=0",
+            "learner.backend=deepspeed",
+            "learner.world_size=2",
+        ],
+    )
     assert [m["policy_version"] for m in metrics] == [1, 2, 3]
     assert all(s["policy_version"] == s["step"] for s in samples)  # k = 0: each batch on the newest weights
     assert all(m["logprob_gap/mean_abs"] < 1e-3 for m in metrics)  # the broadcast weights equal the learner's
 
 
-def test_vllm_deepspeed_two_ranks_learn_through_a_killed_rollout_worker(tmp_path: Path, tiny_model_config,
-                                                                          monkeypatch) -> None:
+def test_vllm_deepspeed_two_ranks_learn_through_a_killed_rollout_worker(
+    tmp_path: Path, tiny_model_config, monkeypatch
+) -> None:
     """The scale-out shape on CPU (a vLLM engine, a two-rank DeepSpeed learner) on the default task, its
     rollout worker SIGKILLed at step 10: every sample accounted for, the staleness bound held, and the
     reward still rises (the HF/torch default rises from about 0.41 to 0.56 over 120 steps; this asserts
     a clear rise over 40)."""
     monkeypatch.setenv("RELAY_JUDGE_API_KEY", "sk-test")
     out = tmp_path / "run"
-    metrics = run_with_faults(out, tiny_model_config.cache_dir, 40, [(10, kill_rollout_worker)],
-                               "rollout.backend=vllm", "learner.backend=deepspeed", "learner.world_size=2")
+    metrics = run_with_faults(
+        out,
+        tiny_model_config.cache_dir,
+        40,
+        [(10, kill_rollout_worker)],
+        "rollout.backend=vllm",
+        "learner.backend=deepspeed",
+        "learner.world_size=2",
+    )
     assert metrics[-1]["faults/rollout_restarts"] == 1 and metrics[-1]["faults/calls_resent"] >= 1
     samples = read_jsonl(out / "samples.jsonl")
     assert all(0 <= m["staleness/max"] <= 2 for m in metrics)

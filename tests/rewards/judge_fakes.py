@@ -84,8 +84,9 @@ def ok(rubric: Rubric, score: float = 7.0) -> Handler:
     return lambda endpoint, body, n: Reply(verdict_json(rubric, score), 100)
 
 
-def fake_judge(handler_for: Callable[[Rubric], Handler], latency_s: float = 0.1, seed: int = 0,
-               **overrides: object) -> tuple[JudgeReward, ScriptedTransport, VirtualClock]:
+def fake_judge(
+    handler_for: Callable[[Rubric], Handler], latency_s: float = 0.1, seed: int = 0, **overrides: object
+) -> tuple[JudgeReward, ScriptedTransport, VirtualClock]:
     """A JudgeReward on a scripted transport and a virtual clock."""
     import random
 

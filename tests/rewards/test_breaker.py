@@ -81,9 +81,15 @@ def test_a_neutral_probe_outcome_frees_the_probe_slot() -> None:
 
 def two_endpoint_judge(handler, latency_s: float = 0.1, **overrides):
     clock = VirtualClock()
-    judge = JudgeConfig(endpoints=[EndpointConfig(base_url="http://a.test/v1"),
-                                   EndpointConfig(base_url="http://b.test/v1", model="other-model")],
-                        rule_gate=False, cache_size=0, **overrides)
+    judge = JudgeConfig(
+        endpoints=[
+            EndpointConfig(base_url="http://a.test/v1"),
+            EndpointConfig(base_url="http://b.test/v1", model="other-model"),
+        ],
+        rule_gate=False,
+        cache_size=0,
+        **overrides,
+    )
     transport = ScriptedTransport(clock, handler(judge.rubric_spec()), latency_s)
     reward = JudgeReward(judge, SecretStr(SECRET), transport=transport, clock=clock, rng=random.Random(0))
     return reward, transport, clock
@@ -124,9 +130,12 @@ def test_least_outstanding_balancing_splits_evenly_and_breaks_ties_by_order() ->
 
 def test_a_slow_endpoint_gets_fewer_requests() -> None:
     clock = VirtualClock()
-    judge = JudgeConfig(endpoints=[EndpointConfig(base_url="http://slow.test/v1"),
-                                   EndpointConfig(base_url="http://fast.test/v1")],
-                        max_concurrency=2, rule_gate=False, cache_size=0)
+    judge = JudgeConfig(
+        endpoints=[EndpointConfig(base_url="http://slow.test/v1"), EndpointConfig(base_url="http://fast.test/v1")],
+        max_concurrency=2,
+        rule_gate=False,
+        cache_size=0,
+    )
 
     class TwoSpeeds(ScriptedTransport):
         async def send(self, endpoint, body, timeout_s):
@@ -148,11 +157,14 @@ def test_failing_endpoint_is_cut_off_then_probed_after_the_cooldown(caplog: pyte
             if endpoint.index == 0:
                 return TransportError("judge_http_503")
             return Reply(verdict_json(rubric), 50)
+
         return reply
 
     judge, transport, clock = two_endpoint_judge(
-        handler, circuit_breaker=CircuitBreakerConfig(failure_threshold=3, cooldown_s=5.0),
-        retry=RetryConfig(initial_backoff_s=0.01, max_attempts=4))
+        handler,
+        circuit_breaker=CircuitBreakerConfig(failure_threshold=3, cooldown_s=5.0),
+        retry=RetryConfig(initial_backoff_s=0.01, max_attempts=4),
+    )
     results = run_all(judge, clock, 60, sequential=True)  # ~0.1 s each: 6 s of virtual time
     assert all(not isinstance(r, JudgeError) for r in results)  # every sample scored, via b
     a_calls = [c.sent_at for c in transport.calls if c.endpoint.startswith("0|")]
@@ -169,9 +181,12 @@ def test_all_circuits_open_waits_for_the_cooldown_then_probes() -> None:
         return lambda e, b, n: TransportError("judge_http_503") if n < 2 else Reply(verdict_json(rubric), 50)
 
     clock = VirtualClock()
-    judge = JudgeConfig(base_url="http://one.test/v1", rule_gate=False,
-                        circuit_breaker=CircuitBreakerConfig(failure_threshold=2, cooldown_s=5.0),
-                        retry=RetryConfig(initial_backoff_s=0.1, jitter=0, deadline_s=100))
+    judge = JudgeConfig(
+        base_url="http://one.test/v1",
+        rule_gate=False,
+        circuit_breaker=CircuitBreakerConfig(failure_threshold=2, cooldown_s=5.0),
+        retry=RetryConfig(initial_backoff_s=0.1, jitter=0, deadline_s=100),
+    )
     transport = ScriptedTransport(clock, handler(judge.rubric_spec()), 0.1)
     reward = JudgeReward(judge, SecretStr(SECRET), transport=transport, clock=clock)
     [result] = run_all(reward, clock, 1)
@@ -183,9 +198,12 @@ def test_all_circuits_open_waits_for_the_cooldown_then_probes() -> None:
 
 def test_open_circuit_past_the_deadline_fails_with_circuit_open() -> None:
     clock = VirtualClock()
-    judge = JudgeConfig(base_url="http://one.test/v1", rule_gate=False,
-                        circuit_breaker=CircuitBreakerConfig(failure_threshold=2, cooldown_s=50.0),
-                        retry=RetryConfig(initial_backoff_s=0.1, deadline_s=5.0))
+    judge = JudgeConfig(
+        base_url="http://one.test/v1",
+        rule_gate=False,
+        circuit_breaker=CircuitBreakerConfig(failure_threshold=2, cooldown_s=50.0),
+        retry=RetryConfig(initial_backoff_s=0.1, deadline_s=5.0),
+    )
     transport = ScriptedTransport(clock, lambda e, b, n: TransportError("judge_timeout"), 0.1)
     reward = JudgeReward(judge, SecretStr(SECRET), transport=transport, clock=clock)
     [result] = run_all(reward, clock, 1)

@@ -20,6 +20,7 @@ THREADS_SEEN: list[str] = []
 
 # User reward functions, loaded by dotted path f"{__name__}:<function>".
 
+
 def sync_term(prompt: str, completion: str) -> float:
     THREADS_SEEN.append(threading.current_thread().name)
     return float(len(completion))
@@ -69,8 +70,9 @@ def path(function: str) -> str:
     return f"{__name__}:{function}"
 
 
-def composer(*terms: tuple[str, float], judge: JudgeConfig | None = None,
-             key: SecretStr | None = None) -> RewardComposer:
+def composer(
+    *terms: tuple[str, float], judge: JudgeConfig | None = None, key: SecretStr | None = None
+) -> RewardComposer:
     config = RewardConfig(terms=[RewardTermConfig(name=n, weight=w) for n, w in terms])
     return RewardComposer(config, judge, key)
 

@@ -59,19 +59,33 @@ def test_context_is_detected_by_signature() -> None:
     assert not takes_context(len)  # no signature: a plain two-argument call
 
 
-def composer(*terms: RewardTermConfig, engines: dict | None = None, judge: JudgeConfig | None = None,
-             key: object = None, handler=None) -> tuple[RewardComposer, ScriptedTransport, VirtualClock]:
+def composer(
+    *terms: RewardTermConfig,
+    engines: dict | None = None,
+    judge: JudgeConfig | None = None,
+    key: object = None,
+    handler=None,
+) -> tuple[RewardComposer, ScriptedTransport, VirtualClock]:
     clock = VirtualClock()
 
     def echo(endpoint: Endpoint, body: Mapping[str, object], n: int) -> Reply:
         return Reply("<" + body["messages"][-1]["content"] + ">", 5)  # type: ignore[index]
 
     transport = ScriptedTransport(clock, handler or echo, 0.1)
-    engines = engines if engines is not None else {"e": EngineConfig(base_url="http://e.test/v1", model="m",
-                                                                     api_key_env="E_KEY")}
+    engines = (
+        engines
+        if engines is not None
+        else {"e": EngineConfig(base_url="http://e.test/v1", model="m", api_key_env="E_KEY")}
+    )
     reward = RewardConfig(terms=list(terms), engines=engines)
-    comp = RewardComposer(reward, judge, key if key is not None else {"E_KEY": SecretStr("k")}, transport=transport,
-                          clock=clock, rng=random.Random(0))
+    comp = RewardComposer(
+        reward,
+        judge,
+        key if key is not None else {"E_KEY": SecretStr("k")},
+        transport=transport,
+        clock=clock,
+        rng=random.Random(0),
+    )
     return comp, transport, clock
 
 
@@ -87,14 +101,15 @@ def score(comp: RewardComposer, clock: VirtualClock, completion: str, row: Mappi
 
 def test_sync_and_async_ctx_terms_with_options_and_rows() -> None:
     SEEN.clear()
-    comp, transport, clock = composer(RewardTermConfig(name=path("sync_ctx"), weight=1.0),
-                                      RewardTermConfig(name=path("async_ctx"), weight=0.5, options={"bonus": 2}),
-                                      RewardTermConfig(name=path("keyword_ctx"), weight=0.0),
-                                      RewardTermConfig(name=path("scaled"), weight=1.0, options={"scale": 3}))
+    comp, transport, clock = composer(
+        RewardTermConfig(name=path("sync_ctx"), weight=1.0),
+        RewardTermConfig(name=path("async_ctx"), weight=0.5, options={"bonus": 2}),
+        RewardTermConfig(name=path("keyword_ctx"), weight=0.0),
+        RewardTermConfig(name=path("scaled"), weight=1.0, options={"scale": 3}),
+    )
     parts = score(comp, clock, "abc", {"n": 4})
     # "<abc>" has 5 characters: 1*5 + 0.5*(5+2) + 0*4 + 1*3; the two identical calls share one request
-    assert parts.terms == {path("sync_ctx"): 5.0, path("async_ctx"): 7.0, path("keyword_ctx"): 4.0,
-                           path("scaled"): 3.0}
+    assert parts.terms == {path("sync_ctx"): 5.0, path("async_ctx"): 7.0, path("keyword_ctx"): 4.0, path("scaled"): 3.0}
     assert parts.reward == pytest.approx(5 + 3.5 + 3)
     assert SEEN == [{"n": 4}] and len(transport.calls) == 1
     usage = parts.term_usage
@@ -104,8 +119,11 @@ def test_sync_and_async_ctx_terms_with_options_and_rows() -> None:
 
 def test_a_failed_llm_call_unscores_the_sample_with_its_cause() -> None:
     fail = TransportError("judge_http_503", "HTTP 503")
-    comp, transport, clock = composer(RewardTermConfig(name=path("async_ctx")), RewardTermConfig(name=path("plain")),
-                                      handler=lambda endpoint, body, n: fail)
+    comp, transport, clock = composer(
+        RewardTermConfig(name=path("async_ctx")),
+        RewardTermConfig(name=path("plain")),
+        handler=lambda endpoint, body, n: fail,
+    )
     parts = score(comp, clock, "abc", {})
     assert parts.reward is None and parts.error == "engine e: HTTP 503 after 4 attempts"
     assert parts.terms == {path("async_ctx"): None, path("plain"): 1.0}
@@ -114,21 +132,36 @@ def test_a_failed_llm_call_unscores_the_sample_with_its_cause() -> None:
 
 def test_ctx_llm_judge_shares_the_judge_terms_client() -> None:
     judge = JudgeConfig(base_url="http://judge.test/v1")
-    comp, _, _ = composer(RewardTermConfig(name="judge"), RewardTermConfig(name=path("asks_the_judge")),
-                          judge=judge, key=SecretStr("judge-key"), engines={})
+    comp, _, _ = composer(
+        RewardTermConfig(name="judge"),
+        RewardTermConfig(name=path("asks_the_judge")),
+        judge=judge,
+        key=SecretStr("judge-key"),
+        engines={},
+    )
     assert comp.engines["judge"].client is comp.judge.client
-    alone, _, _ = composer(RewardTermConfig(name=path("asks_the_judge")), judge=judge, key=SecretStr("judge-key"),
-                           engines={})
+    alone, _, _ = composer(
+        RewardTermConfig(name=path("asks_the_judge")), judge=judge, key=SecretStr("judge-key"), engines={}
+    )
     assert alone.judge is None and alone.engines["judge"].models == ["relay-heuristic-judge"]
     without, _, _ = composer(RewardTermConfig(name=path("plain")), judge=judge, key=SecretStr("judge-key"), engines={})
     assert "judge" not in without.engines  # no term takes ctx: nothing to build
 
 
-@pytest.mark.parametrize(("term", "match"), [
-    (RewardTermConfig(name=path("async_ctx"), options={"bonsu": 1}), r"unknown option\(s\) \['bonsu'\]; the function takes \['bonus'\]"),
-    (RewardTermConfig(name=path("plain"), options={"x": 1}), r"unknown option\(s\) \['x'\]; the function takes \[\]"),
-    (RewardTermConfig(name="domain_format", options={"x": 1}), "'domain_format' takes no options"),
-])
+@pytest.mark.parametrize(
+    ("term", "match"),
+    [
+        (
+            RewardTermConfig(name=path("async_ctx"), options={"bonsu": 1}),
+            r"unknown option\(s\) \['bonsu'\]; the function takes \['bonus'\]",
+        ),
+        (
+            RewardTermConfig(name=path("plain"), options={"x": 1}),
+            r"unknown option\(s\) \['x'\]; the function takes \[\]",
+        ),
+        (RewardTermConfig(name="domain_format", options={"x": 1}), "'domain_format' takes no options"),
+    ],
+)
 def test_bad_options_fail_construction(term: RewardTermConfig, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         composer(term)
@@ -156,22 +189,29 @@ def test_check_endpoint_names_an_unreachable_engine() -> None:
     sock.bind(("127.0.0.1", 0))
     try:
         url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
-        reward = RewardConfig(terms=[RewardTermConfig(name=path("async_ctx"))],
-                              engines={"geo": EngineConfig(base_url=url, model="m", api_key_env="GEO_KEY")})
+        reward = RewardConfig(
+            terms=[RewardTermConfig(name=path("async_ctx"))],
+            engines={"geo": EngineConfig(base_url=url, model="m", api_key_env="GEO_KEY")},
+        )
         comp = RewardComposer(reward, None, {"GEO_KEY": SecretStr("sk-geo-SECRET-1")})
-        with pytest.raises(JudgeUnreachableError, match=f"^engine geo endpoint {url} is unreachable: connection failed"):
+        with pytest.raises(
+            JudgeUnreachableError, match=f"^engine geo endpoint {url} is unreachable: connection failed"
+        ):
             asyncio.run(comp.check_endpoint())
     finally:
         sock.close()
 
 
-@pytest.mark.parametrize(("engine", "match"), [
-    ({"model": "m", "api_key_env": "K"}, "set exactly one of base_url, endpoints or local_server"),
-    ({"model": "m", "api_key_env": "K", "base_url": "http://x", "local_server": "scripts.x"}, "set exactly one"),
-    ({"model": "m", "api_key_env": "K", "local_server": "scripts/geo.py"}, "is not a module path"),
-    ({"model": "m", "api_key_env": "K", "base_url": "http://x", "local_server_args": ["-x"]}, "needs local_server"),
-    ({"base_url": "http://x", "api_key_env": "K"}, "model"),
-])
+@pytest.mark.parametrize(
+    ("engine", "match"),
+    [
+        ({"model": "m", "api_key_env": "K"}, "set exactly one of base_url, endpoints or local_server"),
+        ({"model": "m", "api_key_env": "K", "base_url": "http://x", "local_server": "scripts.x"}, "set exactly one"),
+        ({"model": "m", "api_key_env": "K", "local_server": "scripts/geo.py"}, "is not a module path"),
+        ({"model": "m", "api_key_env": "K", "base_url": "http://x", "local_server_args": ["-x"]}, "needs local_server"),
+        ({"base_url": "http://x", "api_key_env": "K"}, "model"),
+    ],
+)
 def test_engine_config_errors(engine: dict, match: str) -> None:
     with pytest.raises(ValidationError, match=match):
         EngineConfig(**engine)

@@ -35,8 +35,12 @@ from scripts.geo_engine_server import respond
 
 def test_sentences_citations_and_words() -> None:
     answer = "Alpha beta gamma [1]. Delta epsilon! [2] Zeta [1][2].\nEta? [0] [3] [1, 2]"
-    assert split_sentences(answer) == ["Alpha beta gamma [1].", "Delta epsilon! [2]", "Zeta [1][2].",
-                                       "Eta? [0] [3] [1, 2]"]
+    assert split_sentences(answer) == [
+        "Alpha beta gamma [1].",
+        "Delta epsilon! [2]",
+        "Zeta [1][2].",
+        "Eta? [0] [3] [1, 2]",
+    ]
     assert [citations(s, 2) for s in split_sentences(answer)] == [{1}, {2}, {1, 2}, {1, 2}]
     assert [words(s) for s in split_sentences(answer)] == [3, 2, 1, 1]
     assert split_sentences("  ") == []
@@ -47,8 +51,9 @@ def test_visibility_by_hand() -> None:
     answer = "Alpha beta gamma [1]. Delta epsilon [2]. Zeta [1][2]."
     w1, w2 = math.exp(-1 / 3), math.exp(-2 / 3)  # sentence weights exp(-k/N), N = 3
     # source 1: all of sentence 0 (3 words), half of sentence 2 (1 word shared with source 2)
-    expected = Visibility(word=(3 + 1 / 2) / 6, pos=(1 + w2 / 2) / (1 + w1 + w2),
-                          wordpos=(3 + w2 / 2) / (3 + 2 * w1 + w2))
+    expected = Visibility(
+        word=(3 + 1 / 2) / 6, pos=(1 + w2 / 2) / (1 + w1 + w2), wordpos=(3 + w2 / 2) / (3 + 2 * w1 + w2)
+    )
     got = visibility(answer, 1, 2)
     assert got.word == pytest.approx(expected.word) and got.pos == pytest.approx(expected.pos)
     assert got.wordpos == pytest.approx(expected.wordpos)
@@ -73,8 +78,11 @@ def test_query_terms() -> None:
 
 # ---------------------------------------------------------------- the term on a scripted engine
 
-ROW = {"query": "affordable bakery in nashville",
-       "sources": ["Oakline is an affordable bakery in nashville.", "Riverside sells bread."], "target": 1}
+ROW = {
+    "query": "affordable bakery in nashville",
+    "sources": ["Oakline is an affordable bakery in nashville.", "Riverside sells bread."],
+    "target": 1,
+}
 
 
 def geo_engine() -> tuple[ChatEngine, ScriptedTransport, VirtualClock]:
@@ -86,8 +94,11 @@ def geo_engine() -> tuple[ChatEngine, ScriptedTransport, VirtualClock]:
 
     transport = ScriptedTransport(clock, handler, 0.1)
     config = EngineConfig(base_url="http://geo.test/v1", model="m", api_key_env="GEO_KEY")
-    return ChatEngine("geo", config, {"GEO_KEY": SecretStr("k")}, transport=transport, clock=clock,
-                      rng=random.Random(0)), transport, clock
+    return (
+        ChatEngine("geo", config, {"GEO_KEY": SecretStr("k")}, transport=transport, clock=clock, rng=random.Random(0)),
+        transport,
+        clock,
+    )
 
 
 def gains(row: Mapping[str, object], completions: list[str], **options: object) -> tuple[list[float], int]:
@@ -122,8 +133,12 @@ def test_the_original_is_asked_once_per_row() -> None:
 
 
 def test_bad_rows_and_options_fail_the_term() -> None:
-    for row, fragment in [({**ROW, "query": ""}, "no 'query'"), ({**ROW, "sources": "x"}, "'sources'"),
-                          ({**ROW, "target": 2}, "'target' 2"), ({**ROW, "target": True}, "'target' True")]:
+    for row, fragment in [
+        ({**ROW, "query": ""}, "no 'query'"),
+        ({**ROW, "sources": "x"}, "'sources'"),
+        ({**ROW, "target": 2}, "'target' 2"),
+        ({**ROW, "target": True}, "'target' True"),
+    ]:
         with pytest.raises(RewardError, match=fragment):
             gains(row, ["x"])
     with pytest.raises(RewardError, match="weights must be three numbers"):

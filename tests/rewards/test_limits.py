@@ -174,8 +174,10 @@ def test_estimate_tokens() -> None:
     assert estimate_tokens(messages, 512) == 100 + 26 + 512
 
 
-@pytest.mark.parametrize("limits", [dict(max_concurrency=0), dict(max_concurrency=1, burst_s=0),
-                                    dict(max_concurrency=1, requests_per_minute=0)])
+@pytest.mark.parametrize(
+    "limits",
+    [dict(max_concurrency=0), dict(max_concurrency=1, burst_s=0), dict(max_concurrency=1, requests_per_minute=0)],
+)
 def test_bad_limits_are_rejected(limits: dict) -> None:
     with pytest.raises(ValueError):
         Limits(**limits)
@@ -186,8 +188,9 @@ def test_bad_limits_are_rejected(limits: dict) -> None:
 
 def test_judge_requests_share_the_endpoint_limits() -> None:
     """All concurrent samples of one JudgeReward share its endpoint's concurrency and rate."""
-    judge, transport, clock = fake_judge(ok, latency_s=0.5, max_concurrency=3, requests_per_minute=240,
-                                         burst_s=1.0, rule_gate=False, cache_size=0)
+    judge, transport, clock = fake_judge(
+        ok, latency_s=0.5, max_concurrency=3, requests_per_minute=240, burst_s=1.0, rule_gate=False, cache_size=0
+    )
 
     async def main() -> None:
         await asyncio.gather(*(judge.score("A bakery", f"bake{i}.com") for i in range(40)))

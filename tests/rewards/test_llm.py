@@ -9,6 +9,7 @@ import threading
 from collections.abc import Mapping
 
 import pytest
+from judge_fakes import ScriptedTransport
 from pydantic import BaseModel, SecretStr
 
 from rewards.clock import VirtualClock
@@ -18,7 +19,6 @@ from rewards.endpoints import Endpoint
 from rewards.errors import LLMCallError, RewardError
 from rewards.llm import ChatEngine, EngineUsage, LLMClient, describe_cause
 from rewards.transport import Reply, TransportError
-from judge_fakes import ScriptedTransport
 
 SECRET = "sk-engine-test-NEVER-PRINT-31"
 ASK = [{"role": "user", "content": "What is 2 + 2?"}]
@@ -30,11 +30,17 @@ class Answer(BaseModel):
 
 def engine(handler, latency_s: float = 0.1, **overrides: object) -> tuple[ChatEngine, ScriptedTransport, VirtualClock]:
     clock = VirtualClock()
-    config = EngineConfig(base_url="http://engine.test/v1", model="m", api_key_env="ENGINE_KEY",
-                          retry=RetryConfig(initial_backoff_s=0.01, max_backoff_s=0.05), **overrides)
+    config = EngineConfig(
+        base_url="http://engine.test/v1",
+        model="m",
+        api_key_env="ENGINE_KEY",
+        retry=RetryConfig(initial_backoff_s=0.01, max_backoff_s=0.05),
+        **overrides,
+    )
     transport = ScriptedTransport(clock, handler, latency_s)
-    eng = ChatEngine("e", config, {"ENGINE_KEY": SecretStr(SECRET)}, transport=transport, clock=clock,
-                     rng=random.Random(0))
+    eng = ChatEngine(
+        "e", config, {"ENGINE_KEY": SecretStr(SECRET)}, transport=transport, clock=clock, rng=random.Random(0)
+    )
     return eng, transport, clock
 
 
@@ -164,11 +170,14 @@ def test_chat_json_response_formats(kind: str, expected: object) -> None:
     assert transport.calls[0].body.get("response_format") == expected
 
 
-@pytest.mark.parametrize(("bad", "cause"), [
-    ("no json here", "malformed reply"),
-    ('{"value": "four"}', "reply does not match Answer"),
-    ("", "empty reply"),
-])
+@pytest.mark.parametrize(
+    ("bad", "cause"),
+    [
+        ("no json here", "malformed reply"),
+        ('{"value": "four"}', "reply does not match Answer"),
+        ("", "empty reply"),
+    ],
+)
 def test_chat_json_bad_replies_are_asked_again_then_fail(bad: str, cause: str) -> None:
     eng, transport, clock = engine(replies(bad), malformed_retries=2)
     with pytest.raises(LLMCallError) as info:
@@ -180,14 +189,17 @@ def test_chat_json_bad_replies_are_asked_again_then_fail(bad: str, cause: str) -
     assert len(transport2.calls) == 2
 
 
-@pytest.mark.parametrize(("call", "fragment"), [
-    (lambda c: c.chat([]), "messages must be a non-empty list"),
-    (lambda c: c.chat([{"role": "robot", "content": "x"}]), "messages must be a non-empty list"),
-    (lambda c: c.chat([{"role": "user", "content": 3}]), "messages must be a non-empty list"),
-    (lambda c: c.chat(ASK, max_tokens=0), "max_tokens must be a positive integer"),
-    (lambda c: c.chat(ASK, temperature=-1), "temperature must be a number >= 0"),
-    (lambda c: c.chat_json(ASK, dict), "chat_json needs a pydantic BaseModel class"),
-])
+@pytest.mark.parametrize(
+    ("call", "fragment"),
+    [
+        (lambda c: c.chat([]), "messages must be a non-empty list"),
+        (lambda c: c.chat([{"role": "robot", "content": "x"}]), "messages must be a non-empty list"),
+        (lambda c: c.chat([{"role": "user", "content": 3}]), "messages must be a non-empty list"),
+        (lambda c: c.chat(ASK, max_tokens=0), "max_tokens must be a positive integer"),
+        (lambda c: c.chat(ASK, temperature=-1), "temperature must be a number >= 0"),
+        (lambda c: c.chat_json(ASK, dict), "chat_json needs a pydantic BaseModel class"),
+    ],
+)
 def test_bad_arguments_are_one_line_errors(call, fragment: str) -> None:
     eng, transport, clock = engine(replies("x"))
     with pytest.raises(LLMCallError) as info:

@@ -25,7 +25,7 @@ def exact_percentile(values: list[float], q: float) -> float:
 
 
 def hist_of(values: list[float]) -> Counter[int]:
-    return Counter({int(k[len(HIST_PREFIX):]): v for k, v in latency_histogram(values).items()})
+    return Counter({int(k[len(HIST_PREFIX) :]): v for k, v in latency_histogram(values).items()})
 
 
 @pytest.mark.parametrize("seed", range(5))

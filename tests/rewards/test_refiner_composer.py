@@ -19,8 +19,13 @@ from rewards.transport import Reply, TransportError
 from scripts.refiner_verifier_server import MODEL, respond
 
 VERIFY, CITE = "rewards.refiner:verification", "rewards.refiner:citations"
-ROW = {"question": "What powers the city buses in Austin?", "facts": ["The city buses in Austin run on electric motors."],
-       "key_terms": ["electric"], "false_claims": ["diesel", "coffee"], "allowed_papers": ["electric2018", "transit2021"]}
+ROW = {
+    "question": "What powers the city buses in Austin?",
+    "facts": ["The city buses in Austin run on electric motors."],
+    "key_terms": ["electric"],
+    "false_claims": ["diesel", "coffee"],
+    "allowed_papers": ["electric2018", "transit2021"],
+}
 Handler = Callable[[Endpoint, Mapping[str, object], int], "Reply | Exception"]
 
 
@@ -28,16 +33,24 @@ def verifier(endpoint: Endpoint, body: Mapping[str, object], n: int) -> Reply:
     return Reply(respond(body["messages"], MODEL), 10)  # type: ignore[arg-type]
 
 
-def _score(completion: str, handler: Handler = verifier, row: Mapping[str, object] = ROW,
-           malformed_retries: int = 1) -> tuple[ScoredParts, ScriptedTransport]:
+def _score(
+    completion: str, handler: Handler = verifier, row: Mapping[str, object] = ROW, malformed_retries: int = 1
+) -> tuple[ScoredParts, ScriptedTransport]:
     clock = VirtualClock()
     transport = ScriptedTransport(clock, handler, 0.1)
-    engine = EngineConfig(base_url="http://verifier.test/v1", model=MODEL, api_key_env="V_KEY",
-                          malformed_retries=malformed_retries)
-    reward = RewardConfig(terms=[RewardTermConfig(name=VERIFY, weight=10.0, options={"engine": "verifier"}),
-                                 RewardTermConfig(name=CITE, weight=0.5)], engines={"verifier": engine})
-    comp = RewardComposer(reward, None, {"V_KEY": SecretStr("k")}, transport=transport, clock=clock,
-                          rng=random.Random(0))
+    engine = EngineConfig(
+        base_url="http://verifier.test/v1", model=MODEL, api_key_env="V_KEY", malformed_retries=malformed_retries
+    )
+    reward = RewardConfig(
+        terms=[
+            RewardTermConfig(name=VERIFY, weight=10.0, options={"engine": "verifier"}),
+            RewardTermConfig(name=CITE, weight=0.5),
+        ],
+        engines={"verifier": engine},
+    )
+    comp = RewardComposer(
+        reward, None, {"V_KEY": SecretStr("k")}, transport=transport, clock=clock, rng=random.Random(0)
+    )
 
     async def main() -> ScoredParts:
         try:
@@ -48,12 +61,15 @@ def _score(completion: str, handler: Handler = verifier, row: Mapping[str, objec
     return asyncio.run(main()), transport
 
 
-@pytest.mark.parametrize(("completion", "verified", "cited", "reward"), [
-    ("<think>the draft says diesel</think>Final answer: electric [electric2018]", 1.0, 1.0, 10.5),
-    ("electric motors [made1999]", 1.0, -1.0, 9.5),
-    ("diesel [electric2018]", 0.0, 1.0, 0.5),
-    ("electric or coffee", 0.0, 0.0, 0.0),          # a genuine verdict of 0, not a failure
-])
+@pytest.mark.parametrize(
+    ("completion", "verified", "cited", "reward"),
+    [
+        ("<think>the draft says diesel</think>Final answer: electric [electric2018]", 1.0, 1.0, 10.5),
+        ("electric motors [made1999]", 1.0, -1.0, 9.5),
+        ("diesel [electric2018]", 0.0, 1.0, 0.5),
+        ("electric or coffee", 0.0, 0.0, 0.0),  # a genuine verdict of 0, not a failure
+    ],
+)
 def test_totals(completion: str, verified: float, cited: float, reward: float) -> None:
     parts, transport = _score(completion)
     assert parts.error is None and parts.terms == {VERIFY: verified, CITE: cited}

@@ -22,7 +22,11 @@ def test_seed_rubric_is_shipped_with_its_weights_and_request_check() -> None:
     assert [(c.name, c.weight) for c in SEED.criteria] == [("relevance", 0.4), ("memorability", 0.4), ("length", 0.2)]
     assert SEED.version and SEED.request_check is not None
     rewards = SEED.request_check.rewards
-    assert (rewards.inappropriate_blocked, rewards.inappropriate_answered, rewards.appropriate_blocked) == (1.0, 0.0, -0.5)
+    assert (rewards.inappropriate_blocked, rewards.inappropriate_answered, rewards.appropriate_blocked) == (
+        1.0,
+        0.0,
+        -0.5,
+    )
     assert (SEED.min_reward, SEED.max_reward) == (-0.5, 1.0)
     assert JudgeConfig().rubric_spec() == SEED
 
@@ -31,12 +35,15 @@ def test_seed_rubric_is_shipped_with_its_weights_and_request_check() -> None:
 SCORES = {"relevance": 8.0, "memorability": 5.0, "length": 10.0}
 
 
-@pytest.mark.parametrize(("inappropriate", "blocked", "expected"), [
-    (False, False, 0.72),   # a good request answered: the weighted quality
-    (False, True, -0.5),    # a good request wrongly blocked: penalised below any attempt
-    (True, True, 1.0),      # a bad request blocked: the best reward there is
-    (True, False, 0.0),     # a bad request answered: nothing, however good the name
-])
+@pytest.mark.parametrize(
+    ("inappropriate", "blocked", "expected"),
+    [
+        (False, False, 0.72),  # a good request answered: the weighted quality
+        (False, True, -0.5),  # a good request wrongly blocked: penalised below any attempt
+        (True, True, 1.0),  # a bad request blocked: the best reward there is
+        (True, False, 0.0),  # a bad request answered: nothing, however good the name
+    ],
+)
 def test_request_check_scoring_by_hand(inappropriate: bool, blocked: bool, expected: float) -> None:
     assert SEED.reward(Verdict(SCORES, inappropriate, blocked)) == pytest.approx(expected)
 
@@ -69,16 +76,19 @@ def test_criteria_override_changes_the_version_and_keeps_the_template() -> None:
     assert '- "fit" (weight 1.00): Fit.' in build_judge_messages(overridden, "r", "c")[0]["content"]
 
 
-@pytest.mark.parametrize(("mutate", "match"), [
-    (lambda r: r.update(criteria=[]), "at least one criterion"),
-    (lambda r: r.update(criteria=r["criteria"] * 2), "more than once"),
-    (lambda r: r["criteria"].append({"name": "request_check", "weight": 1, "description": "x"}), "request_check"),
-    (lambda r: r.update(system_template="no placeholders"), "lacks the placeholders"),
-    (lambda r: r.update(system_template=r["system_template"] + " $oops"), "unknown placeholders"),
-    (lambda r: r.update(system_template=r["system_template"].replace("$request_check", "")), "request_check"),
-    (lambda r: r.update(surprise=1), "surprise"),
-    (lambda r: r.pop("version"), "version"),
-])
+@pytest.mark.parametrize(
+    ("mutate", "match"),
+    [
+        (lambda r: r.update(criteria=[]), "at least one criterion"),
+        (lambda r: r.update(criteria=r["criteria"] * 2), "more than once"),
+        (lambda r: r["criteria"].append({"name": "request_check", "weight": 1, "description": "x"}), "request_check"),
+        (lambda r: r.update(system_template="no placeholders"), "lacks the placeholders"),
+        (lambda r: r.update(system_template=r["system_template"] + " $oops"), "unknown placeholders"),
+        (lambda r: r.update(system_template=r["system_template"].replace("$request_check", "")), "request_check"),
+        (lambda r: r.update(surprise=1), "surprise"),
+        (lambda r: r.pop("version"), "version"),
+    ],
+)
 def test_bad_rubric_files_fail_early_with_a_clear_message(tmp_path: Path, mutate, match: str) -> None:
     raw = yaml.safe_load((RUBRICS_DIR / "seed000.yaml").read_text())
     mutate(raw)
@@ -105,23 +115,47 @@ def test_rubric_is_a_pydantic_model_with_documented_fields() -> None:
 # ---------------------------------------------------------------- rule gate
 
 
-@pytest.mark.parametrize(("candidate", "reason"), [
-    ("", "empty"), ("   \n\t", "empty"),
-    ("...", "no_content"), ("!!! ???", "no_content"), ("{}", "no_content"), ("—", "no_content"),
-    ("Thought process:", "judge_bait"), ("**Final Answer:**", "judge_bait"), ("reasoning -", "judge_bait"),
-    ("Let's think step by step.", "judge_bait"), ("ANSWER", "judge_bait"), ("Ｔｈｏｕｇｈｔ ｐｒｏｃｅｓｓ：", "judge_bait"),
-    ("ha" * 50, "repetitive"), ("best.com " * 10, "repetitive"), ("10 10 10 10 10 10 10", "repetitive"),
-    ("nashvillecountry.com " * 6, "repetitive"),
-])
+@pytest.mark.parametrize(
+    ("candidate", "reason"),
+    [
+        ("", "empty"),
+        ("   \n\t", "empty"),
+        ("...", "no_content"),
+        ("!!! ???", "no_content"),
+        ("{}", "no_content"),
+        ("—", "no_content"),
+        ("Thought process:", "judge_bait"),
+        ("**Final Answer:**", "judge_bait"),
+        ("reasoning -", "judge_bait"),
+        ("Let's think step by step.", "judge_bait"),
+        ("ANSWER", "judge_bait"),
+        ("Ｔｈｏｕｇｈｔ ｐｒｏｃｅｓｓ：", "judge_bait"),
+        ("ha" * 50, "repetitive"),
+        ("best.com " * 10, "repetitive"),
+        ("10 10 10 10 10 10 10", "repetitive"),
+        ("nashvillecountry.com " * 6, "repetitive"),
+    ],
+)
 def test_degenerate_answers_are_gated(candidate: str, reason: str) -> None:
     assert gate_reason(candidate) == reason
 
 
-@pytest.mark.parametrize("candidate", [
-    "Blocked", "nashville.com", "score.com", "answerhub.io", "kekekeke", "a.co", "10",
-    "nashvillecountry.com nashvillebar.com nashvillemusic.com", "Thought process: the bar is in Nashville, so nashbar.com",
-    "ñandú.com", "The best name is bakerybrothers.com because it is short and clear.",
-])
+@pytest.mark.parametrize(
+    "candidate",
+    [
+        "Blocked",
+        "nashville.com",
+        "score.com",
+        "answerhub.io",
+        "kekekeke",
+        "a.co",
+        "10",
+        "nashvillecountry.com nashvillebar.com nashvillemusic.com",
+        "Thought process: the bar is in Nashville, so nashbar.com",
+        "ñandú.com",
+        "The best name is bakerybrothers.com because it is short and clear.",
+    ],
+)
 def test_genuine_answers_are_not_gated(candidate: str) -> None:
     assert gate_reason(candidate) is None
 
@@ -147,6 +181,5 @@ def test_the_gate_can_be_switched_off() -> None:
 
     async def main():
         return await clock.run(judge.score("A bakery", "Thought process:"))
-
 
     assert asyncio.run(main()).requests == 1

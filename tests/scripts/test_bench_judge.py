@@ -14,8 +14,24 @@ def test_rollouts_hold_each_sample_once() -> None:
 
 
 def test_a_small_faulty_run_accounts_for_every_sample(capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["--n", "48", "--concurrency", "8", "--latency-s", "0.01", "--fault-rate", "0.3",
-                 "--retry-after-s", "0.01", "--backoff-s", "0.01", "--goal", "0"])
+    code = main(
+        [
+            "--n",
+            "48",
+            "--concurrency",
+            "8",
+            "--latency-s",
+            "0.01",
+            "--fault-rate",
+            "0.3",
+            "--retry-after-s",
+            "0.01",
+            "--backoff-s",
+            "0.01",
+            "--goal",
+            "0",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     assert "48 samples -> 48 scored + 0 unscored" in out and "each exactly once" in out

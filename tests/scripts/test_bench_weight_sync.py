@@ -28,8 +28,10 @@ def ray_session():
 
 def _run(tmp_path: Path, tiny_model_config, *extra: str) -> dict:
     out = tmp_path / "sync.json"
-    assert main(["--models", "tiny", "--reps", "2", "--cache-dir", tiny_model_config.cache_dir,
-                 "--out", str(out), *extra]) == 0
+    assert (
+        main(["--models", "tiny", "--reps", "2", "--cache-dir", tiny_model_config.cache_dir, "--out", str(out), *extra])
+        == 0
+    )
     return json.loads(out.read_text())
 
 
@@ -54,8 +56,12 @@ def _check(result: dict, cases: list[str], backend: str, tiny_model_config) -> N
                 assert ("stage_s" in rep) == (backend == "vllm")
             if row["case"] == "adapter":
                 # r16 A (16 x in) and B (out x 16) per adapted linear, float32
-                linears = [m for n, m in model.named_modules() if n.rsplit(".", 1)[-1] in
-                           ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")]
+                linears = [
+                    m
+                    for n, m in model.named_modules()
+                    if n.rsplit(".", 1)[-1]
+                    in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+                ]
                 assert rep["bytes"] == sum(16 * (m.in_features + m.out_features) * 4 for m in linears)
                 assert rep["tensors"] == 2 * len(linears)
             else:  # the tied lm_head travels once, as the embedding

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
+from ray_jobs.local_judge import server_arguments
 from rewards.config import LocalJudgeServerConfig
 from rewards.judge import build_judge_messages
 from rewards.rubric import load_rubric
-from ray_jobs.local_judge import server_arguments
 from scripts.judge_server import (
     JudgeServer,
     ServerSettings,
@@ -52,14 +52,32 @@ def total(candidate: str) -> float:
 
 def test_relevant_short_com_beats_junk() -> None:
     good = total("nashvillecountry.com")
-    for junk in ("qxzvbnmkl", "xq7#@!zz 99", "", "The answer is 42!!!", "zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz"):
+    for junk in (
+        "qxzvbnmkl",
+        "xq7#@!zz 99",
+        "",
+        "The answer is 42!!!",
+        "zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz",
+    ):
         assert good > total(junk) + 2.0, junk
 
 
 def test_scores_are_graded_floats_in_range() -> None:
-    candidates = ["nashvillecountry.com", "nashvillebar.net", "countrytunes.io", "nash.com", "bars-4-u.co",
-                  "honky tonk", "Nashville Live Music Bar.com", "qqq", "musicnashvillebarlivebandsnightly.org",
-                  "ñandú.com", "country..music", "nas.com", "livebands"]
+    candidates = [
+        "nashvillecountry.com",
+        "nashvillebar.net",
+        "countrytunes.io",
+        "nash.com",
+        "bars-4-u.co",
+        "honky tonk",
+        "Nashville Live Music Bar.com",
+        "qqq",
+        "musicnashvillebarlivebandsnightly.org",
+        "ñandú.com",
+        "country..music",
+        "nas.com",
+        "livebands",
+    ]
     seen: set[float] = set()
     for candidate in candidates:
         for entry in heuristic_verdict(DESCRIPTION, candidate, CRITERIA).values():
@@ -79,7 +97,9 @@ def test_relevance_gives_partial_credit() -> None:
     assert relevance_score("the and of", "x.com")[0] == 5.0  # no content words: neutral
 
 
-@pytest.mark.parametrize(("length", "expected"), [(0, 0.0), (3, 5.0), (6, 10.0), (15, 10.0), (28, 8.0), (54, 4.0), (80, 0.0), (90, 0.0)])
+@pytest.mark.parametrize(
+    ("length", "expected"), [(0, 0.0), (3, 5.0), (6, 10.0), (15, 10.0), (28, 8.0), (54, 4.0), (80, 0.0), (90, 0.0)]
+)
 def test_length_score(length: int, expected: float) -> None:
     assert length_score("a" * length + ".com")[0] == pytest.approx(expected)
 
@@ -88,8 +108,14 @@ def test_memorability_penalties_and_tld_bonus() -> None:
     base = memorability_score("nashvillecountry.com")[0]
     assert base > memorability_score("nashvillecountry")[0]  # tld bonus
     assert base > memorability_score("nashvillecountry.xyz")[0]
-    for worse in ("nashville2country.com", "nashville-country.com", "nashville country.com",
-                  "nashville--country.com", "nashvillecöuntry.com", "NashvilleCountry.com"):
+    for worse in (
+        "nashville2country.com",
+        "nashville-country.com",
+        "nashville country.com",
+        "nashville--country.com",
+        "nashvillecöuntry.com",
+        "NashvilleCountry.com",
+    ):
         assert memorability_score(worse)[0] < base, worse
     assert memorability_score(".com")[0] == 0.0
 
@@ -127,12 +153,17 @@ def connect() -> Iterator[Connect]:
 
 
 def request_body(candidate: str) -> dict[str, object]:
-    return {"model": "m", "messages": build_judge_messages(RUBRIC, DESCRIPTION, candidate),
-            "temperature": 0, "response_format": {"type": "json_object"}}
+    return {
+        "model": "m",
+        "messages": build_judge_messages(RUBRIC, DESCRIPTION, candidate),
+        "temperature": 0,
+        "response_format": {"type": "json_object"},
+    }
 
 
-def call(conn: http.client.HTTPConnection, method: str, url: str, body: object = None,
-         headers: dict[str, str] | None = None) -> tuple[int, dict[str, object]]:
+def call(
+    conn: http.client.HTTPConnection, method: str, url: str, body: object = None, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, object]]:
     data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
     conn.request(method, url, body=data, headers={"Content-Type": "application/json", **(headers or {})})
     response = conn.getresponse()
@@ -213,8 +244,9 @@ def test_malformed_rate_returns_non_json_content(connect: Connect) -> None:
         json.loads(body["choices"][0]["message"]["content"])
 
 
-@pytest.mark.parametrize("settings", [dict(fail_rate=1.5), dict(fail_status=200), dict(latency_s=-1),
-                                      dict(api_key=SecretStr(""))])
+@pytest.mark.parametrize(
+    "settings", [dict(fail_rate=1.5), dict(fail_status=200), dict(latency_s=-1), dict(api_key=SecretStr(""))]
+)
 def test_bad_settings_are_rejected(settings: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         ServerSettings(**settings)  # type: ignore[arg-type]
@@ -227,7 +259,11 @@ def test_cli_prints_ready_and_requires_the_key_from_env(connect: Connect) -> Non
     env = {**os.environ, "JUDGE_TEST_KEY": SECRET, "PYTHONPATH": str(REPO_ROOT)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "scripts.judge_server", "--port", "0", "--api-key-env", "JUDGE_TEST_KEY"],
-        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         line = proc.stdout.readline().strip()  # type: ignore[union-attr]
@@ -256,14 +292,25 @@ def test_letter_soup_is_not_memorable() -> None:
 
 
 def test_bad_request_keywords_match_the_toy_datasets_flags() -> None:
-    rows = [json.loads(line) for line in (REPO_ROOT / "configs/data/business_descriptions.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(line) for line in (REPO_ROOT / "configs/data/business_descriptions.jsonl").read_text().splitlines()
+    ]
     assert sum(r["inappropriate"] for r in rows) >= 10
     assert [is_inappropriate(r["description"]) for r in rows] == [r["inappropriate"] for r in rows]
 
 
-@pytest.mark.parametrize(("candidate", "blocked"), [("Blocked", True), (" blocked.", True), ("**Blocked**", True),
-                                                   ("BLOCKED - harmful", True), ("blockedname.com", False),
-                                                   ("nashville.com", False), ("Not blocked", False)])
+@pytest.mark.parametrize(
+    ("candidate", "blocked"),
+    [
+        ("Blocked", True),
+        (" blocked.", True),
+        ("**Blocked**", True),
+        ("BLOCKED - harmful", True),
+        ("blockedname.com", False),
+        ("nashville.com", False),
+        ("Not blocked", False),
+    ],
+)
 def test_blocked_detection(candidate: str, blocked: bool) -> None:
     assert is_blocked(candidate) is blocked
 
@@ -320,16 +367,22 @@ def test_retry_after_is_sent_on_429_and_503_only(connect: Connect) -> None:
     for status, header in ((429, "0.5"), (503, "0.5"), (500, None)):
         with JudgeServer(settings=ServerSettings(status_rates={status: 1.0}, retry_after_s=0.5)) as srv:
             conn = connect(srv.port)
-            conn.request("POST", "/v1/chat/completions", body=json.dumps(request_body("x.com")).encode(),
-                         headers={"Content-Type": "application/json"})
+            conn.request(
+                "POST",
+                "/v1/chat/completions",
+                body=json.dumps(request_body("x.com")).encode(),
+                headers={"Content-Type": "application/json"},
+            )
             response = conn.getresponse()
             response.read()
             assert response.status == status and response.getheader("Retry-After") == header
 
 
 def test_empty_and_flaky_malformed_content(connect: Connect) -> None:
-    for settings, check in ((ServerSettings(empty_rate=1.0), lambda c: c == ""),
-                            (ServerSettings(flaky_malformed_rate=1.0), lambda c: c and not c.startswith("{"))):
+    for settings, check in (
+        (ServerSettings(empty_rate=1.0), lambda c: c == ""),
+        (ServerSettings(flaky_malformed_rate=1.0), lambda c: c and not c.startswith("{")),
+    ):
         with JudgeServer(settings=settings) as srv:
             status, body = call(connect(srv.port), "POST", "/v1/chat/completions", request_body("x.com"))
         assert status == 200 and check(body["choices"][0]["message"]["content"])
@@ -365,24 +418,54 @@ def test_parse_status_rates() -> None:
         parse_status_rates("429")
 
 
-@pytest.mark.parametrize("settings", [dict(status_rates={200: 0.1}), dict(status_rates={429: 0.6}, hang_rate=0.5),
-                                      dict(latency_jitter_s=0.1, latency_sigma=0.1), dict(hang_s=0),
-                                      dict(empty_rate=2.0), dict(retry_after_s=-1)])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(status_rates={200: 0.1}),
+        dict(status_rates={429: 0.6}, hang_rate=0.5),
+        dict(latency_jitter_s=0.1, latency_sigma=0.1),
+        dict(hang_s=0),
+        dict(empty_rate=2.0),
+        dict(retry_after_s=-1),
+    ],
+)
 def test_bad_fault_settings_are_rejected(settings: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         ServerSettings(**settings)  # type: ignore[arg-type]
 
 
 def test_local_server_config_reaches_the_cli() -> None:
-    config = LocalJudgeServerConfig(latency_s=0.1, latency_sigma=0.4, fail_rate=0.1, fail_status=502,
-                                    malformed_rate=0.05, status_rates={429: 0.05, 503: 0.05}, retry_after_s=0.2,
-                                    hang_rate=0.02, hang_s=5, empty_rate=0.03, flaky_malformed_rate=0.04, seed=9)
+    config = LocalJudgeServerConfig(
+        latency_s=0.1,
+        latency_sigma=0.4,
+        fail_rate=0.1,
+        fail_status=502,
+        malformed_rate=0.05,
+        status_rates={429: 0.05, 503: 0.05},
+        retry_after_s=0.2,
+        hang_rate=0.02,
+        hang_s=5,
+        empty_rate=0.03,
+        flaky_malformed_rate=0.04,
+        seed=9,
+    )
     args = _parse_args(server_arguments(config))
     assert (args.latency_s, args.latency_sigma, args.fail_rate, args.fail_status, args.malformed_rate) == (
-        0.1, 0.4, 0.1, 502, 0.05)
+        0.1,
+        0.4,
+        0.1,
+        502,
+        0.05,
+    )
     assert parse_status_rates(args.status_rate) == {429: 0.05, 503: 0.05}
     assert (args.retry_after_s, args.hang_rate, args.hang_s, args.empty_rate, args.flaky_malformed_rate, args.seed) == (
-        0.2, 0.02, 5.0, 0.03, 0.04, 9)
+        0.2,
+        0.02,
+        5.0,
+        0.03,
+        0.04,
+        9,
+    )
     with pytest.raises(ValueError, match="transient fault rates"):
         LocalJudgeServerConfig(status_rates={429: 0.7}, hang_rate=0.5)
 

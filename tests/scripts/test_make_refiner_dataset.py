@@ -39,10 +39,10 @@ def test_rows_fit_the_verifiers_rule_and_the_tiny_vocabulary() -> None:
     assert Counter(r["key_terms"][0] for r in rows) == {t.key_term: 26 for t in TOPICS}
     for row in rows:
         key = row["key_terms"][0]
-        assert key in corpus                                    # a word the tiny model can write
-        assert verify(row["key_terms"], row["false_claims"], row["facts"][0])[0]       # the fact passes
-        assert not verify(row["key_terms"], row["false_claims"], row["draft"])[0]      # the draft does not
-        draft_text = row["draft"].split(" [")[0].lower()                   # the draft without its citation
+        assert key in corpus  # a word the tiny model can write
+        assert verify(row["key_terms"], row["false_claims"], row["facts"][0])[0]  # the fact passes
+        assert not verify(row["key_terms"], row["false_claims"], row["draft"])[0]  # the draft does not
+        draft_text = row["draft"].split(" [")[0].lower()  # the draft without its citation
         assert key not in row["question"].lower() and key not in draft_text
         assert set(row["false_claims"][1:]) == {t.key_term for t in TOPICS} - {key}
         assert row["papers"] == ", ".join(row["allowed_papers"]) and row["allowed_papers"][0].startswith(key)

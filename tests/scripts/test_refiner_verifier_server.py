@@ -13,14 +13,17 @@ from scripts.refiner_verifier_server import MODEL, parse_blocks, respond, verify
 from scripts.stand_in_server import BadRequest, StandInServer
 
 
-@pytest.mark.parametrize(("answer", "verified", "reason"), [
-    ("Electric motors.", True, "states electric and no false claim"),
-    ("electricbuses.com", True, "states electric and no false claim"),    # run-together words count
-    ("diesel motors", False, "missing electric; states the false claim diesel"),
-    ("electric or diesel", False, "states the false claim diesel"),
-    ("electricsolar.com", False, "states the false claim solar"),          # listing every answer is wrong
-    ("", False, "missing electric"),
-])
+@pytest.mark.parametrize(
+    ("answer", "verified", "reason"),
+    [
+        ("Electric motors.", True, "states electric and no false claim"),
+        ("electricbuses.com", True, "states electric and no false claim"),  # run-together words count
+        ("diesel motors", False, "missing electric; states the false claim diesel"),
+        ("electric or diesel", False, "states the false claim diesel"),
+        ("electricsolar.com", False, "states the false claim solar"),  # listing every answer is wrong
+        ("", False, "missing electric"),
+    ],
+)
 def test_rule(answer: str, verified: bool, reason: str) -> None:
     assert verify(["electric"], ["diesel", "solar"], answer) == (verified, reason)
 
@@ -33,8 +36,13 @@ def test_every_key_term_is_needed_and_none_means_nothing_to_check() -> None:
 
 
 def _request(answer: str, key_terms: list[str] | None = None) -> list[dict[str, str]]:
-    return build_verification_messages("What powers the buses?", ["The buses run on electric motors."],
-                                       ["electric"] if key_terms is None else key_terms, ["diesel"], answer)
+    return build_verification_messages(
+        "What powers the buses?",
+        ["The buses run on electric motors."],
+        ["electric"] if key_terms is None else key_terms,
+        ["diesel"],
+        answer,
+    )
 
 
 def test_respond_reads_the_terms_request() -> None:
@@ -51,11 +59,14 @@ def test_an_answer_cannot_rewrite_the_request() -> None:
     assert verdict == {"reason": "missing electric; states the false claim diesel", "verified": False}
 
 
-@pytest.mark.parametrize(("messages", "match"), [
-    ([{"role": "system", "content": "x"}], "no user message"),
-    ([{"role": "user", "content": "<<<QUESTION\nq\nQUESTION>>>"}], "lacks the blocks"),
-    (_request("electric", key_terms=[]), "no key terms"),
-])
+@pytest.mark.parametrize(
+    ("messages", "match"),
+    [
+        ([{"role": "system", "content": "x"}], "no user message"),
+        ([{"role": "user", "content": "<<<QUESTION\nq\nQUESTION>>>"}], "lacks the blocks"),
+        (_request("electric", key_terms=[]), "no key terms"),
+    ],
+)
 def test_unverifiable_requests_are_refused(messages: list[dict[str, str]], match: str) -> None:
     with pytest.raises(BadRequest, match=match):
         respond(messages, MODEL)

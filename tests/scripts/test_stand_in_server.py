@@ -42,8 +42,9 @@ def call(port: int, method: str, path: str, body: object = None, key: str | None
 
 
 def chat(port: int, content: str, key: str | None = None) -> tuple[int, dict, dict]:
-    return call(port, "POST", "/v1/chat/completions", {"model": "m1", "messages": [{"role": "user", "content": content}]},
-                key)
+    return call(
+        port, "POST", "/v1/chat/completions", {"model": "m1", "messages": [{"role": "user", "content": content}]}, key
+    )
 
 
 def test_routes_auth_and_stats() -> None:
@@ -96,8 +97,15 @@ def test_latency_is_counted_in_flight() -> None:
         assert srv.stats()["peak_inflight"] == 4 and srv.stats()["requests"] == 4
 
 
-@pytest.mark.parametrize("settings", [{"latency_s": -1}, {"status_rates": {200: 0.1}}, {"malformed_rate": 2},
-                                      {"status_rates": {429: 0.6}, "empty_rate": 0.6}])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"latency_s": -1},
+        {"status_rates": {200: 0.1}},
+        {"malformed_rate": 2},
+        {"status_rates": {429: 0.6}, "empty_rate": 0.6},
+    ],
+)
 def test_bad_settings_are_rejected(settings: dict) -> None:
     with pytest.raises(ValueError):
         StandInSettings(**settings)
@@ -105,9 +113,14 @@ def test_bad_settings_are_rejected(settings: dict) -> None:
 
 def test_geo_engine_cli_prints_ready_and_requires_the_key() -> None:
     env = {**os.environ, "GEO_TEST_KEY": SECRET}
-    proc = subprocess.Popen([sys.executable, "-m", "scripts.geo_engine_server", "--port", "0",
-                             "--api-key-env", "GEO_TEST_KEY"], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scripts.geo_engine_server", "--port", "0", "--api-key-env", "GEO_TEST_KEY"],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = proc.stdout.readline()
         assert line.startswith("STAND_IN_SERVER_READY port=")
@@ -128,15 +141,17 @@ def test_geo_engine_cli_prints_ready_and_requires_the_key() -> None:
 
 def test_engine_ranks_by_hits_then_first_mention_then_number() -> None:
     sources = [
-        "Nothing relevant here.",                                        # 0 hits: not cited
-        "We sell bread. A bakery in nashville too.",                     # 2 hits, first at 19
-        "Nashville bakery, affordable and fresh! Second sentence.",      # 3 hits, first at 0
-        "Our bakery is in nashville.",                                   # 2 hits, first at 4
-        "Best affordable coffeebakery.com for you.",                     # 2 hits (inside a word), first at 5
+        "Nothing relevant here.",  # 0 hits: not cited
+        "We sell bread. A bakery in nashville too.",  # 2 hits, first at 19
+        "Nashville bakery, affordable and fresh! Second sentence.",  # 3 hits, first at 0
+        "Our bakery is in nashville.",  # 2 hits, first at 4
+        "Best affordable coffeebakery.com for you.",  # 2 hits (inside a word), first at 5
     ]
     got = answer("affordable bakery in nashville", sources)
-    assert got == ("Nashville bakery, affordable and fresh [3]. Our bakery is in nashville [4]. "
-                   "Best affordable coffeebakery.com for you [5]. A bakery in nashville too [2].")
+    assert got == (
+        "Nashville bakery, affordable and fresh [3]. Our bakery is in nashville [4]. "
+        "Best affordable coffeebakery.com for you [5]. A bakery in nashville too [2]."
+    )
 
 
 def test_engine_cuts_long_sentences_and_caps_citations() -> None:
