@@ -89,7 +89,7 @@ from actors.learner_config import (
     prepare_policy,
 )
 from actors.messages import TrainBatch, TrainResult, WeightsUpdate
-from actors.models import ModelConfig, resolve_model_path
+from actors.models import ModelConfig, apply_torch_threads, resolve_model_path
 from actors.objectives import LossTotals, PerToken, collate, compose_loss, policy_loss
 from actors.sequence_objectives import SequenceObjective
 from actors.sequence_training import SequenceTraining
@@ -175,7 +175,7 @@ class Learner(SequenceTraining):
         total_steps: int | None = None,
         objective: SequenceObjective | None = None,
     ) -> None:
-        torch.set_num_threads(learner.torch_threads)
+        apply_torch_threads(learner.torch_threads)
         torch.manual_seed(seed)
         self.config = learner
         self.algorithm = algorithm

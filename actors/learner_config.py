@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Literal, Protocol
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
 
 class LoraConfig(BaseModel):
@@ -71,7 +71,12 @@ class LearnerConfig(BaseModel):
         default=False,
         description="Keep the ZeRO optimiser state (fp32 master weights, Adam moments) and its update on the CPU (deepspeed backend only; torch's AdamW, no compiled op).",
     )
-    torch_threads: int = Field(default=1, ge=1, description="torch intra-op threads in each learner process.")
+    torch_threads: PositiveInt | Literal["auto"] = Field(
+        default="auto",
+        description="torch intra-op threads in each learner process. 'auto': the train driver gives each stage the cores "
+        "it has (every core when stages run in turn, pipeline.max_staleness 0; shared evenly among the rollout "
+        "workers and learner ranks when they overlap); unresolved, the process keeps torch's own setting.",
+    )
     num_cpus: float = Field(
         default=1.0, ge=0, description="CPUs Ray reserves per learner rank (world_size times this in all)."
     )

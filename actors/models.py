@@ -286,6 +286,13 @@ def resolve_model_path(model: ModelConfig) -> str:
     return model.path
 
 
+def apply_torch_threads(setting: int | str) -> None:
+    """Set this process's torch intra-op threads: a number, or 'auto' that no driver resolved
+    (``rollout.torch_threads`` / ``learner.torch_threads``), which keeps torch's own setting."""
+    if setting != "auto":
+        torch.set_num_threads(int(setting))
+
+
 def default_device() -> torch.device:
     """The GPU Ray granted this process (CUDA_VISIBLE_DEVICES), else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -27,10 +27,17 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 from actors.messages import PromptItem, RolloutResult, Sample, WeightsUpdate
-from actors.models import ModelConfig, default_device, load_causal_lm, load_tokenizer, resolve_model_path
+from actors.models import (
+    ModelConfig,
+    apply_torch_threads,
+    default_device,
+    load_causal_lm,
+    load_tokenizer,
+    resolve_model_path,
+)
 from actors.rollout_vllm import VLLMConfig
 from actors.weight_broadcast import Plan, join_group, receive_buckets
 from actors.weight_sync import ObjectStoreWeightSync, load_full_state
@@ -51,7 +58,12 @@ class RolloutConfig(BaseModel):
     )
     num_cpus_per_worker: float = Field(default=1.0, ge=0, description="CPUs Ray reserves for each rollout worker.")
     num_gpus_per_worker: float = Field(default=0.0, ge=0, description="GPUs Ray reserves for each rollout worker.")
-    torch_threads: int = Field(default=1, ge=1, description="torch intra-op threads in each worker.")
+    torch_threads: PositiveInt | Literal["auto"] = Field(
+        default="auto",
+        description="torch intra-op threads in each worker. 'auto': the train driver gives each stage the cores "
+        "it has (every core when stages run in turn, pipeline.max_staleness 0; shared evenly among the rollout "
+        "workers and learner ranks when they overlap); unresolved, the process keeps torch's own setting.",
+    )
     group_size: int = Field(
         default=4,
         ge=1,
@@ -296,7 +308,7 @@ class RolloutWorker:
         seed: int = 0,
         lora_rank: int | None = None,
     ) -> None:
-        torch.set_num_threads(rollout.torch_threads)
+        apply_torch_threads(rollout.torch_threads)
         torch.manual_seed(seed * 1000 + worker_id)
         self.config = rollout
         self.worker_id = worker_id

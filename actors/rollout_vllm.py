@@ -101,7 +101,7 @@ class VLLMGenerationBackend:
         temperature: float,
         config: VLLMConfig,
         seed: int,
-        torch_threads: int,
+        torch_threads: int | str,
         lora_rank: int | None = None,
     ) -> None:
         from vllm.engine.arg_utils import AsyncEngineArgs
@@ -113,7 +113,8 @@ class VLLMGenerationBackend:
         if on_cpu:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.cpu_kvcache_gib))
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")  # Ray already placed this process
-            os.environ.setdefault("OMP_NUM_THREADS", str(torch_threads))
+            if torch_threads != "auto":  # unresolved 'auto' keeps the process's own setting
+                os.environ.setdefault("OMP_NUM_THREADS", str(torch_threads))
         args = AsyncEngineArgs(
             model=model_path,
             dtype=dtype,

@@ -34,6 +34,7 @@ from actors.rollout import RolloutWorker
 from ray_jobs.eval_config import ConditionConfig, EvaluateConfig
 from ray_jobs.eval_report import ItemResult
 from ray_jobs.faults import ACTOR_START_TIMEOUT_S, RunFaultError, is_actor_fault
+from ray_jobs.offline import auto_threads
 from ray_jobs.sequence_data import encode_prompt_completion
 
 log = logging.getLogger("relay.evaluate")
@@ -253,7 +254,7 @@ def _wait_until_back(actor: Any) -> None:
 def start_workers(cfg: EvaluateConfig, policy_path: str, count: int) -> list:
     """``count`` rollout worker actors generating with ``policy_path`` (their sampling comes per call)."""
     model = cfg.model.model_copy(update={"path": policy_path, "adapter": "merge"})
-    ro = cfg.rollout
+    ro = cfg.rollout.model_copy(update={"torch_threads": auto_threads(cfg.rollout.torch_threads, count)})
     actor = ray.remote(RolloutWorker).options(
         num_cpus=ro.num_cpus_per_worker,
         num_gpus=ro.num_gpus_per_worker,

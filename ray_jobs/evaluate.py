@@ -40,7 +40,7 @@ from ray_jobs.faults import ACTOR_START_TIMEOUT_S, ActorStartError, StopRequeste
 from ray_jobs.hub import HubNameError, check_hub_name
 from ray_jobs.lifecycle import RunDirectoryError, RunLock, flatten
 from ray_jobs.local_judge import LocalJudgeError, rewards_for_run
-from ray_jobs.offline import absolute_model, job_main, ray_session
+from ray_jobs.offline import absolute_model, auto_threads, job_main, ray_session
 from rewards.judge import JudgeUnreachableError, MissingApiKeyError
 
 log = logging.getLogger("relay.evaluate")
@@ -181,6 +181,8 @@ def _evaluate(cfg: EvaluateConfig, run_dir: Path, todo: dict, stop: GracefulStop
     cpus = cfg.rollout.num_workers * cfg.rollout.num_cpus_per_worker + (cfg.learner.num_cpus if critics else 0)
     with contextlib.ExitStack() as stack:
         judge_cfg, reward_cfg, keys = stack.enter_context(rewards_for_run(cfg.judge, cfg.reward, run_dir))
+        most_judged = max(c.k if c.select == "judge" else 1 for c in cfg.conditions.values())
+        judge_cfg = judge_cfg.with_inflight(cfg.run.items_per_call * most_judged)  # one chunk is judged at a time
         stack.enter_context(ray_session(cpus))
         stop.install()  # ray.init replaced our SIGTERM handler
         judge = ray.remote(JudgePool).options(num_cpus=0, max_concurrency=1000).remote(judge_cfg, reward_cfg, keys)
@@ -224,7 +226,11 @@ def _start_critic(cfg: EvaluateConfig, cond: ConditionConfig):
         cfg.model.model_copy(update={"path": cond.critic.path, "adapter": "continue" if is_adapter else "merge"})
     )
     learner = cfg.learner.model_copy(
-        update={"world_size": 1, "lora": cfg.learner.lora.model_copy(update={"enabled": is_adapter})}
+        update={
+            "world_size": 1,
+            "lora": cfg.learner.lora.model_copy(update={"enabled": is_adapter}),
+            "torch_threads": auto_threads(cfg.learner.torch_threads, 1),  # it scores while the workers wait
+        }
     )
     group = LearnerGroup(
         learner,

@@ -49,6 +49,7 @@ from ray_jobs.lifecycle import (
     write_checkpoint,
 )
 from ray_jobs.offline_config import load_job_config
+from ray_jobs.pipeline import stage_threads
 from ray_jobs.sequence_data import SequenceData, SequenceDataConfig, to_batch
 from ray_jobs.tracking import RunRecorder
 
@@ -100,6 +101,15 @@ def ray_session(cpus: float) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+
+
+def auto_threads(setting: int | str, concurrent: int) -> int | str:
+    """A ``torch_threads`` setting with 'auto' resolved on local Ray: an even share of this
+    machine's cores among ``concurrent`` processes that compute at once. On a cluster
+    (``RAY_ADDRESS``) 'auto' stays: Ray sets each actor's OMP_NUM_THREADS from its CPUs."""
+    if setting != "auto" or os.environ.get("RAY_ADDRESS"):
+        return setting
+    return stage_threads(len(os.sched_getaffinity(0)), concurrent)
 
 
 def absolute_model(model: ModelConfig) -> ModelConfig:
@@ -169,8 +179,9 @@ class OfflineRun:
                     )
                 )
             )
+            threads = auto_threads(cfg.learner.torch_threads, cfg.learner.world_size)  # the learner runs alone
             group = LearnerGroup(
-                cfg.learner,
+                cfg.learner.model_copy(update={"torch_threads": threads}),
                 absolute_model(cfg.model),
                 AlgorithmConfig(),
                 1.0,

@@ -27,6 +27,25 @@ def may_launch(batch_index: int, published_version: int, max_staleness: int) -> 
     return batch_index - published_version <= max_staleness
 
 
+def judge_inflight_bound(
+    prompts_per_step: int, group_size: int, max_staleness: int, refills: bool = False, eval_samples: int = 0
+) -> int:
+    """The most samples that can be generating or waiting for the judge at once, which is what
+    ``judge.max_concurrency: auto`` allows (one judge request per sample).
+
+    Admission control keeps at most ``max_staleness + 1`` batches in flight; a dynamic-sampling
+    refill adds at most one step's prompts; a held-out evaluation adds its samples.
+    """
+    per_step = prompts_per_step * group_size
+    return per_step * (max_staleness + 1) + (per_step if refills else 0) + eval_samples
+
+
+def stage_threads(cores: int, concurrent: int) -> int:
+    """torch threads for each of ``concurrent`` processes that compute at the same time on
+    ``cores`` cores (``torch_threads: auto``): an even share, at least 1."""
+    return max(1, cores // max(1, concurrent))
+
+
 class LeastLoadedRouter:
     """Chooses the rollout worker with the fewest outstanding requests (prompts;
     each prompt is one engine request for its whole group), lowest id on ties.

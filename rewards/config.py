@@ -8,12 +8,16 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, PrivateAttr, model_validator
 
 if TYPE_CHECKING:  # rewards.rubric imports this module
     from rewards.rubric import Rubric
 
+AUTO_CONCURRENCY_UNRESOLVED = 64
+"""``judge.max_concurrency: auto`` where no driver resolved it (``JudgeConfig.with_inflight``)."""
+
 __all__ = [
+    "AUTO_CONCURRENCY_UNRESOLVED",
     "CircuitBreakerConfig",
     "CriterionConfig",
     "EndpointConfig",
@@ -230,7 +234,13 @@ class JudgeConfig(BaseModel):
         description="Name of the environment variable that holds the API key (the key itself never goes in a config).",
     )
     timeout_s: float = Field(default=30.0, gt=0, description="Timeout of one judge request, in seconds.")
-    max_concurrency: int = Field(default=32, ge=1, description="Most judge requests in flight at once, per endpoint.")
+    max_concurrency: PositiveInt | Literal["auto"] = Field(
+        default="auto",
+        description="Most judge requests in flight at once, per endpoint. 'auto': what the pipeline can have in flight "
+        "(the train and evaluate drivers set it, e.g. pipeline.prompts_per_step x rollout.group_size x "
+        f"(pipeline.max_staleness + 1)), {AUTO_CONCURRENCY_UNRESOLVED} where no driver does; the rate and token "
+        "limits still hold. A number always wins.",
+    )
     requests_per_minute: float | None = Field(
         default=None, gt=0, description="Request rate limit per endpoint (token bucket; null: none)."
     )
@@ -313,6 +323,18 @@ class JudgeConfig(BaseModel):
             )
         self.rubric_spec()  # loads the rubric now: a bad rubric fails early
         return self
+
+    @property
+    def concurrency(self) -> int:
+        """``max_concurrency`` as a number (``AUTO_CONCURRENCY_UNRESOLVED`` for an unresolved 'auto')."""
+        return AUTO_CONCURRENCY_UNRESOLVED if self.max_concurrency == "auto" else self.max_concurrency
+
+    def with_inflight(self, inflight: int) -> JudgeConfig:
+        """This config with 'auto' resolved to ``inflight``, the most judge requests the
+        driver can have in flight (a number set by the user is kept)."""
+        if self.max_concurrency != "auto":
+            return self
+        return self.model_copy(update={"max_concurrency": max(1, inflight)})
 
     @property
     def uses_local_server(self) -> bool:

@@ -50,7 +50,7 @@ class ChatService(Protocol):
     @property
     def api_key_env(self) -> str: ...
     @property
-    def max_concurrency(self) -> int: ...
+    def max_concurrency(self) -> int | str: ...  # "auto" for the judge (``JudgeConfig.concurrency``)
     @property
     def requests_per_minute(self) -> float | None: ...
     @property
@@ -93,6 +93,11 @@ class Endpoint:
         return f"{display_url(self.base_url)} ({self.model})"
 
 
+def _concurrency(service: ChatService) -> int:
+    """The service's per-endpoint concurrency as a number (the judge's may say 'auto')."""
+    return service.concurrency if isinstance(service, JudgeConfig) else int(service.max_concurrency)
+
+
 def endpoint_configs(service: ChatService, where: str = "judge") -> list[EndpointConfig]:
     """``endpoints``, or the one endpoint of ``base_url``, defaults filled in.
 
@@ -110,7 +115,7 @@ def endpoint_configs(service: ChatService, where: str = "judge") -> list[Endpoin
             update={
                 "model": e.model or service.model,
                 "api_key_env": e.api_key_env or service.api_key_env,
-                "max_concurrency": e.max_concurrency or service.max_concurrency,
+                "max_concurrency": e.max_concurrency or _concurrency(service),
                 "requests_per_minute": e.requests_per_minute or service.requests_per_minute,
                 "tokens_per_minute": e.tokens_per_minute or service.tokens_per_minute,
             }
@@ -182,7 +187,7 @@ def resolve_endpoints(service: ChatService, keys: Mapping[str, SecretStr], where
                 f"no API key for the variable {env} ({where} endpoint {display_url(config.base_url)})"
             )
         limits = Limits(
-            max_concurrency=config.max_concurrency or service.max_concurrency,
+            max_concurrency=config.max_concurrency or _concurrency(service),
             requests_per_minute=config.requests_per_minute,
             tokens_per_minute=config.tokens_per_minute,
             burst_s=service.burst_s,

@@ -1,0 +1,58 @@
+"""``judge.max_concurrency: auto`` and ``torch_threads: auto``: the bounds and how the drivers resolve them."""
+
+import pytest
+
+from ray_jobs import train
+from ray_jobs.config import load_config
+from ray_jobs.offline import auto_threads
+from ray_jobs.pipeline import judge_inflight_bound, stage_threads
+from rewards.config import AUTO_CONCURRENCY_UNRESOLVED, JudgeConfig
+from rewards.endpoints import endpoint_configs
+
+
+def test_inflight_bound_counts_every_batch_admission_control_allows() -> None:
+    # 2 prompts x 8 samples = 16 per batch; k = 2 allows batches b, b+1, b+2 at once: 48
+    assert judge_inflight_bound(2, 8, 2) == 48
+    # a refill adds one step's samples; a held-out evaluation of 10 prompts x 1 sample adds 10
+    assert judge_inflight_bound(2, 8, 2, refills=True, eval_samples=10) == 48 + 16 + 10
+    assert judge_inflight_bound(1, 4, 0) == 4
+
+
+def test_auto_concurrency_resolves_and_a_number_wins() -> None:
+    auto = JudgeConfig(base_url="http://judge")
+    assert auto.max_concurrency == "auto" and auto.concurrency == AUTO_CONCURRENCY_UNRESOLVED
+    assert auto.with_inflight(48).concurrency == 48
+    assert endpoint_configs(auto.with_inflight(48))[0].max_concurrency == 48
+    set_by_user = JudgeConfig(base_url="http://judge", max_concurrency=8)
+    assert set_by_user.with_inflight(48).concurrency == 8
+    with pytest.raises(ValueError):
+        JudgeConfig(base_url="http://judge", max_concurrency=0)
+
+
+def test_stage_threads_share_the_cores() -> None:
+    assert stage_threads(2, 1) == 2
+    assert stage_threads(2, 2) == 1
+    assert stage_threads(2, 3) == 1  # never 0
+    assert stage_threads(16, 3) == 5
+
+
+def test_train_driver_gives_each_stage_its_cores(monkeypatch) -> None:
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr("os.sched_getaffinity", lambda _pid: {0, 1})
+    alone = train._with_stage_threads(load_config(None, ["pipeline.max_staleness=0"]))
+    assert (alone.rollout.torch_threads, alone.learner.torch_threads) == (2, 2)  # stages run in turn
+    overlap = train._with_stage_threads(load_config(None, ["pipeline.max_staleness=2"]))
+    assert (overlap.rollout.torch_threads, overlap.learner.torch_threads) == (1, 1)
+    fixed = train._with_stage_threads(load_config(None, ["pipeline.max_staleness=0", "rollout.torch_threads=1"]))
+    assert (fixed.rollout.torch_threads, fixed.learner.torch_threads) == (1, 2)
+    monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")  # a cluster: each actor keeps Ray's setting
+    assert auto_threads("auto", 1) == "auto"
+
+
+def test_train_driver_resolves_judge_concurrency_from_the_pipeline() -> None:
+    overrides = ["pipeline.prompts_per_step=2", "pipeline.max_staleness=2"]
+    cfg = load_config(None, overrides)
+    resolved = train._with_judge_concurrency(cfg, None)
+    assert resolved.judge.concurrency == 2 * cfg.rollout.group_size * 3
+    fixed = train._with_judge_concurrency(load_config(None, [*overrides, "judge.max_concurrency=5"]), None)
+    assert fixed.judge.concurrency == 5
