@@ -84,6 +84,7 @@ class JudgePool:
                     for s in result.samples
                 )
             )
+        scored_at = time.time()
         scored = [self._record(sample, part) for sample, part in zip(result.samples, parts)]
         failures = [p.judge_error for p in parts if self._is_judge_failure(p)]
         requests = sum(p.judge_requests for p in parts)
@@ -97,6 +98,7 @@ class JudgePool:
             judge_requests=requests,
             judge_failures=len(failures),
             judge_metrics=self._metrics(parts, failures, watch.peak, {n: w.peak for n, w in engine_watches.items()}),
+            score_lags=score_lags(result.samples, scored_at),
         )
 
     def _metrics(
@@ -170,6 +172,15 @@ class JudgePool:
     async def close(self) -> None:
         """Release the judge's HTTP clients and disk cache."""
         await self._composer.aclose()
+
+
+def score_lags(samples: list[Sample], scored_at: float) -> list[float]:
+    """Per group (in order of appearance), seconds from its last finished sample to ``scored_at``;
+    groups whose finish time is unknown (``finished_at`` 0) are left out."""
+    finished: dict[str, float] = {}
+    for s in samples:
+        finished[s.group_id] = max(finished.get(s.group_id, 0.0), s.finished_at)
+    return [scored_at - t for t in finished.values() if t > 0]
 
 
 class _NoWatch:

@@ -49,7 +49,8 @@ class Sample:
     ``sampling_logprobs[t]`` is that of the version that sampled token t.
     Samples share a ``group_id`` exactly when they were generated for the same
     prompt in the same request (the group whose rewards form the baseline);
-    ``group_index`` is the position within the group.
+    ``group_index`` is the position within the group. ``finished_at`` is the
+    wall-clock time (``time.time()``) the worker had its last token (0: unknown).
     """
 
     prompt: PromptItem
@@ -61,6 +62,7 @@ class Sample:
     policy_version: int
     truncated: bool
     final_policy_version: int | None = None
+    finished_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,9 @@ class ScoreResult:
     failures by cause, cache hits, rule-gated samples, peak requests in
     flight, a latency histogram) and its per-term (``term/<name>/*``) and
     per-engine (``engine/<name>/*``) metrics, combined per step by
-    ``rewards.metrics.aggregate_judge_metrics``.
+    ``rewards.metrics.aggregate_judge_metrics``. ``score_lags`` has one entry per
+    group: seconds from the group's last generated token (``Sample.finished_at``)
+    to its score (what streaming to the judge keeps short).
     """
 
     batch_index: int
@@ -110,6 +114,7 @@ class ScoreResult:
     judge_requests: int
     judge_failures: int
     judge_metrics: dict[str, float] = field(default_factory=dict)
+    score_lags: list[float] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -211,6 +212,7 @@ class VLLMGenerationBackend:
         if sorted(completions) != list(range(n)):
             raise RuntimeError(f"vLLM returned samples {sorted(completions)} of {n} for a request")
         last = first if adapter is not None else self.version  # an adapter request never changes weights
+        finished_at = time.time()
         return [
             GeneratedSequence(
                 list(c.token_ids),
@@ -218,6 +220,7 @@ class VLLMGenerationBackend:
                 truncated=c.finish_reason == "length",
                 first_version=first,
                 last_version=last,
+                finished_at=finished_at,
             )
             for c in (completions[i] for i in range(n))
         ]

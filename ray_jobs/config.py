@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
 from actors.learner import LearnerConfig
 from actors.models import ModelConfig
@@ -67,6 +67,10 @@ class RunConfig(BaseModel):
         return Path(self.output_dir) if self.output_dir else Path("runs") / self.name
 
 
+HF_PROMPTS_PER_CALL = 4
+"""``pipeline.prompts_per_call: auto`` with the HF backend."""
+
+
 class PipelineConfig(BaseModel):
     """How rollout, judging and learning overlap."""
 
@@ -80,16 +84,23 @@ class PipelineConfig(BaseModel):
     prompts_per_step: int = Field(
         default=8, ge=1, description="Prompts per learner step; each yields rollout.group_size samples."
     )
-    prompts_per_call: int = Field(
-        default=4,
-        ge=1,
-        description="Prompts per rollout call; each call's samples go to the judge as soon as it returns.",
+    prompts_per_call: PositiveInt | Literal["auto"] = Field(
+        default="auto",
+        description="Prompts per rollout call; each call's groups go to the judge as soon as it returns. 'auto': 1 "
+        "with vLLM (each request is its own call and streams to the judge; the engine batches across calls), "
+        f"{HF_PROMPTS_PER_CALL} with HF (one batched generate returns all its groups at once).",
     )
     max_actor_restarts: int = Field(
         default=3,
         ge=0,
         description="Times Ray restarts each rollout worker and the judge pool after it dies; the calls it held are sent again.",
     )
+
+    def call_size(self, backend: str) -> int:
+        """Prompts per rollout call for the rollout ``backend`` ('auto' resolved)."""
+        if self.prompts_per_call != "auto":
+            return self.prompts_per_call
+        return 1 if backend == "vllm" else HF_PROMPTS_PER_CALL
 
 
 class WeightSyncConfig(BaseModel):

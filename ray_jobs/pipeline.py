@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 
 import torch
@@ -44,6 +44,33 @@ def stage_threads(cores: int, concurrent: int) -> int:
     """torch threads for each of ``concurrent`` processes that compute at the same time on
     ``cores`` cores (``torch_threads: auto``): an even share, at least 1."""
     return max(1, cores // max(1, concurrent))
+
+
+THROUGHPUT_WINDOW_STEPS = 10
+"""Learner steps the steady-state ``throughput/*`` metrics average over."""
+
+
+class ThroughputWindow:
+    """Steady-state throughput over the last ``steps`` learner steps: their samples (and the
+    steps themselves) over the wall time from the step before the window to the newest one.
+
+    Steps come in bursts when batches overlap (a short step after a long one), so a per-step
+    rate swings; over a window it does not. Invariant: at most ``steps + 1`` marks are kept,
+    the oldest being the window's start (at first, the time the loop started).
+    """
+
+    def __init__(self, start: float, steps: int = THROUGHPUT_WINDOW_STEPS) -> None:
+        self._marks: deque[tuple[float, float]] = deque([(start, 0.0)], maxlen=steps + 1)
+
+    def add(self, now: float, samples: float) -> dict[str, float]:
+        """Record a step that finished at ``now`` with ``samples`` generated; the window's rates."""
+        self._marks.append((now, samples))
+        span = max(now - self._marks[0][0], 1e-9)
+        window = list(self._marks)[1:]
+        return {
+            "throughput/samples_per_s": sum(n for _, n in window) / span,
+            "throughput/steps_per_s": len(window) / span,
+        }
 
 
 class LeastLoadedRouter:
@@ -255,6 +282,7 @@ def _batch_metrics(
         "judge/failures": float(sum(r.judge_failures for r in results)),
         "time/generate_s": sum(r.generate_s for r in results),
         "time/judge_s": sum(r.judge_s for r in results),
+        **_lag_metrics([lag for r in results for lag in r.score_lags]),
         "completion/length_mean": statistics.fmean(lengths),
         "completion/length_max": float(max(lengths)),
         "completion/length_min": float(min(lengths)),
@@ -269,6 +297,13 @@ def _batch_metrics(
             metrics[f"reward/{name}"] = statistics.fmean(values)
     metrics.update(_judge_metrics(results))
     return metrics
+
+
+def _lag_metrics(lags: list[float]) -> dict[str, float]:
+    """``time/score_lag_mean_s`` and ``_max_s``: wall seconds from a group's last token to its score."""
+    if not lags:
+        return {}
+    return {"time/score_lag_mean_s": statistics.fmean(lags), "time/score_lag_max_s": max(lags)}
 
 
 def _judge_metrics(results: list[ScoreResult]) -> dict[str, float]:

@@ -178,7 +178,7 @@ class Stages:
         Returns the calls. Calls are numbered from ``first_call`` (refills of a
         batch continue its numbering, so group ids stay unique)."""
         self._reap_finished_calls()
-        per_call = self.cfg.pipeline.prompts_per_call
+        per_call = self.cfg.pipeline.call_size(self.cfg.rollout.backend)
         return [
             self._send(batch_index, call, prompts[lo : lo + per_call])
             for call, lo in enumerate(range(0, len(prompts), per_call), start=first_call)

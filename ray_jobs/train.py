@@ -40,7 +40,7 @@ from ray_jobs.lifecycle import (
 )
 from ray_jobs.local_judge import LocalJudgeError, rewards_for_run
 from ray_jobs.offline import auto_threads
-from ray_jobs.pipeline import assemble_batch, judge_inflight_bound, may_launch
+from ray_jobs.pipeline import ThroughputWindow, assemble_batch, judge_inflight_bound, may_launch
 from ray_jobs.tracking import RunRecorder
 from ray_jobs.train_eval import EvalSet, TrainEval, load_eval_set
 from rewards.judge import JudgeUnreachableError, MissingApiKeyError
@@ -94,6 +94,7 @@ def train_loop(
     """
     k, steps, per_step = cfg.pipeline.max_staleness, cfg.run.steps, cfg.pipeline.prompts_per_step
     launched, last = start + len(inflight), time.perf_counter()
+    window = ThroughputWindow(last)  # steady-state throughput/*: over the last 10 steps, not one
     evals = evals or TrainEval.disabled()
     evals.after_step(start)  # a resumed run evaluates its checkpoint's policy if that is due and missing
     for step in range(start, steps):
@@ -118,7 +119,7 @@ def train_loop(
             "policy_version": float(trained.policy_version),
             "time/step_s": now - last,
             "time/weight_sync_s": stages.completed_sync_seconds(),
-            "throughput/samples_per_s": batch.metrics["samples/generated"] / (now - last),
+            **window.add(now, batch.metrics["samples/generated"]),
         }
         recorder.record_step(step, metrics, batch.scored, batch.advantages)
         evals.after_step(step + 1)  # never waits: finished evaluations are recorded, a due one launched
@@ -335,7 +336,7 @@ def _train(
             stages,
             recorder,
             cfg.run.steps,
-            cfg.pipeline.prompts_per_call,
+            cfg.pipeline.call_size(cfg.rollout.backend),
             cfg.run.seed,
             cfg.rollout.call_timeout_s,
         )

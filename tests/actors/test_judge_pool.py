@@ -215,3 +215,16 @@ def test_gated_and_cached_samples_are_counted() -> None:
     metrics = result.judge_metrics
     assert metrics["judge/cache_hits"] == 1 and metrics["judge/rule_gated"] == 2
     assert metrics["judge/rule_gated/empty"] == 1 and metrics["judge/rule_gated/judge_bait"] == 1
+
+
+def test_score_lags_run_from_each_groups_last_sample() -> None:
+    from dataclasses import replace
+
+    from actors.judge_pool import score_lags
+
+    samples = rollout(["a.com", "b.com", "c.com", "d.com"], group_size=2).samples
+    finished = [10.0, 12.5, 11.0, 0.0]  # group g1's second sample has no finish time
+    samples = [replace(s, finished_at=t) for s, t in zip(samples, finished)]
+    # g0 finished at 12.5 (its later sample), g1 at 11.0; both scored at 13.0
+    assert score_lags(samples, 13.0) == [0.5, 2.0]
+    assert score_lags([replace(s, finished_at=0.0) for s in samples], 13.0) == []

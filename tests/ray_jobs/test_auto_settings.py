@@ -56,3 +56,11 @@ def test_train_driver_resolves_judge_concurrency_from_the_pipeline() -> None:
     assert resolved.judge.concurrency == 2 * cfg.rollout.group_size * 3
     fixed = train._with_judge_concurrency(load_config(None, [*overrides, "judge.max_concurrency=5"]), None)
     assert fixed.judge.concurrency == 5
+
+
+def test_auto_call_size_streams_each_vllm_request_and_batches_hf_calls() -> None:
+    cfg = load_config(None, [])
+    assert cfg.pipeline.prompts_per_call == "auto"
+    assert cfg.pipeline.call_size("vllm") == 1  # each group reaches the judge when its request ends
+    assert cfg.pipeline.call_size("hf") == 4  # one batched generate returns its groups together
+    assert load_config(None, ["pipeline.prompts_per_call=3"]).pipeline.call_size("vllm") == 3

@@ -178,3 +178,19 @@ def test_rloo_and_reinforce_pp_advantages_through_assembly() -> None:
     res = _result(_scored("g", 0.0, length=1), _scored("h", 4.0, length=3))
     adv = assemble_batch(0, [res], AlgorithmConfig(name="reinforce_pp")).train.advantages
     assert adv == pytest.approx([-3 / math.sqrt(3), 1 / math.sqrt(3)], rel=1e-6)
+
+
+def test_throughput_window_averages_bursts_over_the_last_steps() -> None:
+    from ray_jobs.pipeline import ThroughputWindow
+
+    window = ThroughputWindow(start=100.0, steps=2)
+    # 16 samples per step; steps alternate 1.0 s and 0.2 s (bursts)
+    assert window.add(101.0, 16) == {"throughput/samples_per_s": 16.0, "throughput/steps_per_s": 1.0}
+    # window: both steps, 32 samples over 1.2 s
+    rates = window.add(101.2, 16)
+    assert rates["throughput/samples_per_s"] == pytest.approx(32 / 1.2)
+    assert rates["throughput/steps_per_s"] == pytest.approx(2 / 1.2)
+    # the first step leaves the window: steps 2 and 3 (0.2 s + 1.0 s), measured from step 1's end
+    rates = window.add(102.2, 16)
+    assert rates["throughput/samples_per_s"] == pytest.approx(32 / 1.2)
+    assert rates["throughput/steps_per_s"] == pytest.approx(2 / 1.2)
