@@ -75,7 +75,8 @@ class LearnerConfig(BaseModel):
         default="auto",
         description="torch intra-op threads in each learner process. 'auto': the train driver gives each stage the cores "
         "it has (every core when stages run in turn, pipeline.max_staleness 0; shared evenly among the rollout "
-        "workers and learner ranks when they overlap); unresolved, the process keeps torch's own setting.",
+        "workers and learner ranks when they overlap; at most OMP_NUM_THREADS when set); unresolved, the process "
+        "keeps torch's own setting.",
     )
     num_cpus: float = Field(
         default=1.0, ge=0, description="CPUs Ray reserves per learner rank (world_size times this in all)."

@@ -62,7 +62,8 @@ class RolloutConfig(BaseModel):
         default="auto",
         description="torch intra-op threads in each worker. 'auto': the train driver gives each stage the cores "
         "it has (every core when stages run in turn, pipeline.max_staleness 0; shared evenly among the rollout "
-        "workers and learner ranks when they overlap); unresolved, the process keeps torch's own setting.",
+        "workers and learner ranks when they overlap; at most OMP_NUM_THREADS when set); unresolved, the process "
+        "keeps torch's own setting.",
     )
     group_size: int = Field(
         default=4,

@@ -104,12 +104,15 @@ def ray_session(cpus: float) -> Iterator[None]:
 
 
 def auto_threads(setting: int | str, concurrent: int) -> int | str:
-    """A ``torch_threads`` setting with 'auto' resolved on local Ray: an even share of this
-    machine's cores among ``concurrent`` processes that compute at once. On a cluster
+    """A ``torch_threads`` setting with 'auto' resolved on local Ray: an even share of the
+    cores this process may use among ``concurrent`` processes that compute at once, at most
+    ``OMP_NUM_THREADS`` when the environment sets it (the usual per-process cap). On a cluster
     (``RAY_ADDRESS``) 'auto' stays: Ray sets each actor's OMP_NUM_THREADS from its CPUs."""
     if setting != "auto" or os.environ.get("RAY_ADDRESS"):
         return setting
-    return stage_threads(len(os.sched_getaffinity(0)), concurrent)
+    threads = stage_threads(len(os.sched_getaffinity(0)), concurrent)
+    cap = os.environ.get("OMP_NUM_THREADS", "")
+    return min(threads, int(cap)) if cap.isdigit() and int(cap) > 0 else threads
 
 
 def absolute_model(model: ModelConfig) -> ModelConfig:

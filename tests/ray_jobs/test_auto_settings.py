@@ -38,6 +38,7 @@ def test_stage_threads_share_the_cores() -> None:
 
 def test_train_driver_gives_each_stage_its_cores(monkeypatch) -> None:
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr("os.sched_getaffinity", lambda _pid: {0, 1})
     alone = train._with_stage_threads(load_config(None, ["pipeline.max_staleness=0"]))
     assert (alone.rollout.torch_threads, alone.learner.torch_threads) == (2, 2)  # stages run in turn
@@ -45,6 +46,9 @@ def test_train_driver_gives_each_stage_its_cores(monkeypatch) -> None:
     assert (overlap.rollout.torch_threads, overlap.learner.torch_threads) == (1, 1)
     fixed = train._with_stage_threads(load_config(None, ["pipeline.max_staleness=0", "rollout.torch_threads=1"]))
     assert (fixed.rollout.torch_threads, fixed.learner.torch_threads) == (1, 2)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the environment's per-process cap holds
+    assert train._with_stage_threads(alone).rollout.torch_threads == 2  # resolved already: kept
+    assert auto_threads("auto", 1) == 1
     monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")  # a cluster: each actor keeps Ray's setting
     assert auto_threads("auto", 1) == "auto"
 
