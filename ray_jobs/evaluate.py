@@ -29,6 +29,7 @@ import ray
 import yaml
 
 from actors.judge_pool import JudgePool
+from actors.model_files import ModelFileError, is_model_file, locate_model_file, resolve_model_file
 from actors.models import BUILTIN_TINY, AdapterBaseError, adapter_base, load_tokenizer, resolve_model_path
 from ray_jobs.config import ConfigError, redacted
 from ray_jobs.control import GracefulStop
@@ -57,11 +58,16 @@ EVAL_ERRORS = (
     JudgeUnreachableError,
     LocalJudgeError,
     ActorStartError,
+    ModelFileError,
 )
 
 
 def check_model_path(path: str, key: str) -> None:
-    """One line for a policy or critic that cannot be loaded: a missing local directory, an unreachable hub name."""
+    """One line for a policy or critic that cannot be loaded: a missing local directory or model
+    file (or its package), an unreachable hub name."""
+    if is_model_file(path):
+        locate_model_file(path, key)  # ModelFileError when the file or its package is missing
+        return
     if path == BUILTIN_TINY or Path(path).exists():
         if Path(path).exists():
             adapter_base(path)  # AdapterBaseError when its base is missing
@@ -190,7 +196,9 @@ def _evaluate(cfg: EvaluateConfig, run_dir: Path, todo: dict, stop: GracefulStop
         for name, cond in cfg.conditions.items():
             if not todo[name] or stop():
                 continue
-            path = str(Path(policy_path(cond)).resolve()) if Path(policy_path(cond)).exists() else policy_path(cond)
+            path = policy_path(cond)  # a model file: its copy, converted by run() before any actor starts
+            path = resolve_model_file(path, cfg.model.cache_dir) if is_model_file(path) else path
+            path = str(Path(path).resolve()) if Path(path).exists() else path
             if workers is None or workers[0] != path:  # conditions with the same policy share its workers
                 for w in workers[1] if workers else []:
                     ray.kill(w)

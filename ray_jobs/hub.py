@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from actors.model_files import is_model_file
+
 HUB_TIMEOUT_S = 10.0
 
 
@@ -19,8 +21,9 @@ class HubNameError(ValueError):
 
 
 def check_hub_name(name: str, repo_type: Literal["model", "dataset"], key: str) -> None:
-    """Raise ``HubNameError`` unless ``name`` is a local path, cached, or found on the hub."""
-    if Path(name).exists() or name.startswith("builtin:"):
+    """Raise ``HubNameError`` unless ``name`` is a local path, cached, or found on the hub (a model
+    file, ``.gguf`` or ``package:...``, is checked where it is resolved: ``actors/model_files.py``)."""
+    if Path(name).exists() or name.startswith("builtin:") or (repo_type == "model" and is_model_file(name)):
         return
     from huggingface_hub import HfApi, try_to_load_from_cache
     from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError

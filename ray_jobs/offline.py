@@ -29,6 +29,7 @@ from typing import Any
 import ray
 from pydantic import BaseModel
 
+from actors.model_files import ModelFileError
 from actors.models import AdapterBaseError, ModelConfig, adapter_base, resolve_model_path
 from actors.sequence_objectives import SequenceObjective
 from algorithms.config import AlgorithmConfig
@@ -55,7 +56,15 @@ from ray_jobs.tracking import RunRecorder
 
 log = logging.getLogger("relay.offline")
 
-JOB_ERRORS = (AdapterBaseError, ConfigError, DatasetError, HubNameError, LearnerPlacementError, RunDirectoryError)
+JOB_ERRORS = (
+    AdapterBaseError,
+    ConfigError,
+    DatasetError,
+    HubNameError,
+    LearnerPlacementError,
+    ModelFileError,
+    RunDirectoryError,
+)
 
 
 class OfflineRecorder(RunRecorder):

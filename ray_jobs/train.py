@@ -21,6 +21,7 @@ from pathlib import Path
 import ray
 from pydantic import SecretStr
 
+from actors.model_files import ModelFileError
 from actors.models import AdapterBaseError, load_tokenizer, resolve_model_path
 from ray_jobs.config import ConfigError, ExperimentConfig, load_config, redacted
 from ray_jobs.control import GracefulStop, RunControl, command_exit_code, relaunch_inflight
@@ -64,6 +65,7 @@ PREFLIGHT_ERRORS = (
     HubNameError,
     ActorStartError,
     AdapterBaseError,
+    ModelFileError,
 )
 
 
