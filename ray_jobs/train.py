@@ -173,7 +173,8 @@ def judge_endpoint(cfg: ExperimentConfig, run_dir: Path) -> Iterator[tuple[Exper
 
 @contextlib.contextmanager
 def ray_session(cfg: ExperimentConfig) -> Iterator[None]:
-    """Join RAY_ADDRESS's cluster or start a private local Ray, and leave it at the end.
+    """Join RAY_ADDRESS's cluster or start a private local Ray, and leave it at the end; a Ray
+    this process already joined (tests, notebooks) is used as it is and left running.
 
     Fails early, instead of waiting forever, when the cluster has fewer CPUs or
     GPUs than the rollout workers and the learner reserve.
@@ -185,7 +186,10 @@ def ray_session(cfg: ExperimentConfig) -> Iterator[None]:
     engine_cpus = ro.vllm.tensor_parallel_size if ro.backend == "vllm" and ro.vllm.tensor_parallel_size > 1 else 0
     cpus = ro.num_workers * (ro.num_cpus_per_worker + engine_cpus) + learner_cpus
     gpus = ro.num_workers * ro.num_gpus_per_worker + learner_gpus
-    if os.environ.get("RAY_ADDRESS"):
+    joined = ray.is_initialized()
+    if joined:
+        log.info("using the Ray session this process already joined")
+    elif os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=True)  # under `ray job submit` the working dir is already shipped
     else:
         repo_root = str(Path(__file__).resolve().parents[1])
@@ -207,7 +211,8 @@ def ray_session(cfg: ExperimentConfig) -> Iterator[None]:
             )
         yield
     finally:
-        ray.shutdown()  # stops a local instance; only disconnects from a cluster
+        if not joined:
+            ray.shutdown()  # stops a local instance; only disconnects from a cluster
 
 
 def _with_judge_concurrency(cfg: ExperimentConfig, evalset: EvalSet | None) -> ExperimentConfig:

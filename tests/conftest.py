@@ -164,3 +164,16 @@ def random_adapter_update(policy, version: int):
 def make_adapter_update():
     """``random_adapter_update`` as a fixture."""
     return random_adapter_update
+
+
+@pytest.fixture(scope="module")
+def shared_ray():
+    """One local Ray for a module's in-process runs (each driver call uses the Ray this process
+    joined instead of starting its own, and leaves it running); 8 logical CPUs so that every
+    shape the tests run (a two-rank learner beside rollout workers) can be placed."""
+    import ray
+
+    env = {"env_vars": {"PYTHONPATH": str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}}
+    ray.init(address="local", num_cpus=8, include_dashboard=False, runtime_env=env, log_to_driver=True)
+    yield
+    ray.shutdown()

@@ -16,7 +16,7 @@ from run_procs import kill_rollout_worker, run_with_faults, signal_first
 
 from ray_jobs.stages import JUDGE_POOL_NAME
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("shared_ray")]  # one Ray for the module's runs
 
 
 def kill_judge_pool() -> None:

