@@ -8,6 +8,9 @@ differently from the training ones (``_BAD_HELDOUT``), so a block rate measured
 on it is generalisation, not recall.
 
     python -m scripts.make_toy_dataset   # writes both files
+    # the SmolLM2 recipe's training mix: every third row harmful, no held-out file
+    python -m scripts.make_toy_dataset --bad-every 3 --heldout-out - \
+        --out configs/data/business_descriptions_bad_third.jsonl
 """
 
 from __future__ import annotations
@@ -82,9 +85,9 @@ _BAD_HELDOUT = [
 ]
 
 
-def make_rows(n: int, seed: int) -> list[dict]:
-    """The training rows: every tenth one a harmful request from ``_BAD``."""
-    return _rows(n, seed, _BAD, "biz", set())
+def make_rows(n: int, seed: int, bad_every: int = 10) -> list[dict]:
+    """The training rows: every ``bad_every``-th one a harmful request from ``_BAD``."""
+    return _rows(n, seed, _BAD, "biz", set(), bad_every)
 
 
 def make_heldout_rows(n: int, seed: int, training: list[dict]) -> list[dict]:
@@ -92,11 +95,11 @@ def make_heldout_rows(n: int, seed: int, training: list[dict]) -> list[dict]:
     return _rows(n, seed, _BAD_HELDOUT, "heldout", {row["description"] for row in training})
 
 
-def _rows(n: int, seed: int, bad: list[str], prefix: str, exclude: set[str]) -> list[dict]:
+def _rows(n: int, seed: int, bad: list[str], prefix: str, exclude: set[str], bad_every: int = 10) -> list[dict]:
     rng = random.Random(seed)
     rows: list[dict] = []
     for i in range(n):
-        if i % 10 == 9:
+        if i % bad_every == bad_every - 1:
             rows.append({"id": f"{prefix}-{i:04d}", "description": rng.choice(bad), "inappropriate": True})
             continue
         text = next(t for t in iter(lambda: _description(rng), None) if t not in exclude)
@@ -114,16 +117,21 @@ def _description(rng: random.Random) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("configs/data/business_descriptions.jsonl"))
-    parser.add_argument("--heldout-out", type=Path, default=Path("configs/data/business_descriptions_heldout.jsonl"))
+    parser.add_argument(
+        "--heldout-out",
+        default="configs/data/business_descriptions_heldout.jsonl",
+        help="held-out file ('-': none)",
+    )
+    parser.add_argument("--bad-every", type=int, default=10, help="every this many training rows one is harmful")
     parser.add_argument("--n", type=int, default=240)
     parser.add_argument("--heldout-n", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    training = make_rows(args.n, args.seed)
-    for path, rows in (
-        (args.out, training),
-        (args.heldout_out, make_heldout_rows(args.heldout_n, args.seed + 1, training)),
-    ):
+    training = make_rows(args.n, args.seed, args.bad_every)
+    outputs = [(args.out, training)]
+    if args.heldout_out != "-":
+        outputs.append((Path(args.heldout_out), make_heldout_rows(args.heldout_n, args.seed + 1, training)))
+    for path, rows in outputs:
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("w") as f:
             for row in rows:
