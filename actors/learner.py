@@ -360,7 +360,8 @@ class Learner(SequenceTraining):
         if adapter_only:
             if not self.config.lora.enabled:
                 raise ValueError("adapter-only weight sync needs learner.lora.enabled")
-            return self._sync.export_adapter(*self.backend.adapter_state_dict(), version=self.version)
+            state, config = self.backend.adapter_state_dict()
+            return self._sync.export_adapter(state, config, version=self.version)
         return self._sync.export(self.backend.full_state_dict(), self.version)
 
     def weight_plan(self, bucket_bytes: int) -> Plan:
@@ -399,9 +400,9 @@ class Learner(SequenceTraining):
         learner_state.begin_save(path, self.rank)
         extra = {"version": self.version, "rng": learner_state.every_rank_rng_state(self.world_size)}
         self.backend.save_checkpoint(path, extra)  # returns once every rank's files are written
-        size = learner_state.commit_save(path, self._layout, self.version) if self.rank == 0 else 0
+        written = learner_state.commit_save(path, self._layout, self.version) if self.rank == 0 else 0
         size, seconds = learner_state.max_over_ranks(
-            (float(size), time.perf_counter() - start), self.backend.device, self.world_size
+            (float(written), time.perf_counter() - start), self.backend.device, self.world_size
         )
         return {"bytes": size, "seconds": seconds}
 

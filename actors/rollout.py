@@ -39,7 +39,7 @@ from actors.models import (
     resolve_model_path,
 )
 from actors.rollout_vllm import VLLMConfig
-from actors.weight_broadcast import Plan, join_group, receive_buckets
+from actors.weight_broadcast import BroadcastGroup, Plan, join_group, receive_buckets
 from actors.weight_sync import ObjectStoreWeightSync, load_full_state
 from algorithms.logprobs import token_logprobs
 
@@ -165,7 +165,7 @@ class HFGenerationBackend:
         self.version = 0
         self.updates_in_flight = False
         self._sync = ObjectStoreWeightSync()
-        self._group = None
+        self._group: BroadcastGroup | None = None
 
     async def generate(
         self, prompts: list[list[int]], n: int, temperature: float | None = None, seed: int | None = None
@@ -228,6 +228,8 @@ class HFGenerationBackend:
         self._group = join_group(host, port, rank, world_size, backend, self.device)
 
     async def receive_weights(self, plan: Plan, version: int) -> None:
+        if self._group is None:
+            raise RuntimeError("receive_weights before join_weight_group")
         state = dict(named for bucket in receive_buckets(self._group, plan, self.device) for named in bucket)
         load_full_state(self.model, state, f"weight broadcast v{version}")
         self.version = version
