@@ -140,7 +140,8 @@ def _compare(
 ) -> dict[str, Any]:
     """Paired comparison of b against a over the items scored under both. ``significant``:
     the CI excludes 0 and at least two items were paired."""
-    both = [i for i in ids if _score(table[a], i) is not None and _score(table[b], i) is not None]
+    pairs = [(_score(table[a], i), _score(table[b], i)) for i in ids]
+    both = [(x, y) for x, y in pairs if x is not None and y is not None]
     row: dict[str, Any] = {"a": a, "b": b}
     if not both:
         row.update(
@@ -158,8 +159,8 @@ def _compare(
         )
         return row
     cmp = paired_bootstrap(
-        [table[a][i].score for i in both],
-        [table[b][i].score for i in both],  # type: ignore[misc]
+        [x for x, _ in both],
+        [y for _, y in both],
         resamples=resamples,
         seed=seed,
         confidence=confidence,
@@ -410,7 +411,7 @@ def _markdown(results: dict[str, Any], title: str, strata: list[str]) -> str:
 # --- writing ----------------------------------------------------------------------------------------------
 
 
-def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
+def _atomic(path: Path, write: Callable[[Path], object]) -> Path:
     tmp = path.with_name(path.name + ".tmp")
     write(tmp)
     os.replace(tmp, path)
@@ -492,7 +493,8 @@ def write_report(directory: Path, results: dict[str, Any], title: str) -> list[P
     ``results`` is :func:`build_results`' dict, or the same read back from results.json.
     """
     directory.mkdir(parents=True, exist_ok=True)
-    strata = list(next(iter(results["conditions"].values()), {}).get("strata", {}))
+    first: dict[str, Any] = next(iter(results["conditions"].values()), {})
+    strata = list(first.get("strata", {}))
     text = json.dumps(results, indent=2, allow_nan=False) + "\n"
     paths = [_atomic(directory / "results.json", lambda tmp: tmp.write_text(text))]
     md = _markdown(results, title, strata)
