@@ -142,20 +142,21 @@ def bench(name: str, mode: str, args: argparse.Namespace) -> dict:
     learner = Learner(config, model, ALGORITHM, temperature=1.0)
     learner.train(train_batch(learner))
     params = _trainable(learner)
+    reps: list[dict] = []
     row = {
         "model": name,
         "dtype": model.dtype,
         "mode": mode,
         "trainable_params": sum(p.numel() for p in params.values()),
         "trainable_bytes": sum(p.numel() * p.element_size() for p in params.values()),
-        "reps": [],
+        "reps": reps,
     }
     del params
     workdir = Path(tempfile.mkdtemp(prefix="relay-bench-ckpt-", dir=args.workdir))
     try:
         for _ in range(args.repeats):
-            row["reps"].append(repetition(learner, config, model, workdir))
-            print(f"  {name} {mode}: {row['reps'][-1]}", file=sys.stderr, flush=True)
+            reps.append(repetition(learner, config, model, workdir))
+            print(f"  {name} {mode}: {reps[-1]}", file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
         del learner
