@@ -1,17 +1,17 @@
 """Configs of the reward layer: the LLM judge (endpoints, limits, retries,
 circuit breaker, rubric, cache), its local stand-in server, the named LLM
 engines reward terms may call (``reward.engines``), and the weighted
-composition of reward terms."""
+composition of reward terms. ``CriterionConfig`` is the rubric's
+(``rewards/rubric.py``), re-exported here."""
 
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, PrivateAttr, model_validator
 
-if TYPE_CHECKING:  # rewards.rubric imports this module
-    from rewards.rubric import Rubric
+from rewards.rubric import CriterionConfig, Rubric, resolve_rubric
 
 AUTO_CONCURRENCY_UNRESOLVED = 64
 """``judge.max_concurrency: auto`` where no driver resolved it (``JudgeConfig.with_inflight``)."""
@@ -28,16 +28,6 @@ __all__ = [
     "RewardConfig",
     "RewardTermConfig",
 ]
-
-
-class CriterionConfig(BaseModel):
-    """One rubric criterion the judge scores from 0 to 10."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str = Field(description="Key of the criterion in the judge's JSON verdict.")
-    weight: float = Field(ge=0, description="Weight of the criterion; weights are normalised to sum to 1.")
-    description: str = Field(description="What the judge is asked to assess, shown in the judge prompt.")
 
 
 class EndpointConfig(BaseModel):
@@ -347,8 +337,6 @@ class JudgeConfig(BaseModel):
         Loaded at validation and kept with the config (it travels to Ray actors
         with it); reloaded if ``rubric`` or ``criteria`` changed since (model_copy).
         """
-        from rewards.rubric import resolve_rubric
-
         cached = self._rubric
         if not (isinstance(cached, tuple) and cached[0] == self.rubric and cached[1] == self.criteria):
             cached = (self.rubric, self.criteria, resolve_rubric(self.rubric, self.criteria))
