@@ -44,7 +44,7 @@ import torch
 from actors.learner import Learner, LearnerConfig, LoraConfig, collate
 from actors.learner_state import directory_bytes
 from actors.messages import TrainBatch
-from actors.models import ModelConfig
+from actors.models import CausalLM, ModelConfig
 from algorithms.config import AlgorithmConfig
 from algorithms.logprobs import token_logprobs
 from scripts.bench_models import MODELS, ForeignLoad, median, model_config, percent, report
@@ -69,7 +69,8 @@ def learner_config(mode: str, threads: int) -> LearnerConfig:
 def train_batch(learner: Learner, n: int = 2, prompt: int = 8, completion: int = 8, seed: int = 0) -> TrainBatch:
     """Step 0's batch: ``n`` random sequences whose sampling log-probs are the learner's own."""
     gen = torch.Generator().manual_seed(seed)
-    vocab = learner.backend.model.get_input_embeddings().weight.shape[0]
+    model: CausalLM = learner.backend.model  # the torch backend's model is the Hugging Face one
+    vocab = model.get_input_embeddings().weight.shape[0]
     prompts = torch.randint(3, vocab, (n, prompt), generator=gen).tolist()
     completions = torch.randint(3, vocab, (n, completion), generator=gen).tolist()
     draft = TrainBatch(
