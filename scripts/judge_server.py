@@ -5,7 +5,8 @@ This is NOT a real judge. It exists so that the whole pipeline (prompt format,
 HTTP client, concurrency, failure handling, training) can run offline and
 deterministically. The HTTP plumbing (keep-alive, auth, JSON bodies, the
 in-flight gauge, ``GET /stats``, the ready line and parent watch) is
-``scripts/chat_http.py``'s, shared with the stand-in engines. Endpoints
+``scripts/chat_http.py``'s and ``scripts/chat_serve.py``'s, shared with the
+stand-in engines. Endpoints
 (HTTP/1.1 keep-alive, JSON bodies with Content-Length):
 
 * ``GET /v1/models`` lists one model (``--model``).
@@ -111,17 +112,14 @@ from rewards.prompt import (
 from scripts.chat_http import (  # the HTTP plumbing every stand-in shares
     BadRequest,
     ChatHandler,
-    ServerThread,
-    api_key_from_env,
     chat_completion,
     error_body,
     fault_bucket,
     message_text,
     parse_status_rates,
     pick_fault,
-    serve,
-    watch_parent,
 )
+from scripts.chat_serve import ServerThread, api_key_from_env, serve, watch_parent
 
 __all__ = [
     "BadRequest",
