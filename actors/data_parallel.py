@@ -87,7 +87,7 @@ def _accumulate(record: dict[str, float], stats: dict[str, float], share: float,
             record[key] = record.get(key, 0.0) + (0.0 if padding else value * share)
 
 
-def _all_reduce(values: torch.Tensor, op: torch.distributed.ReduceOp, device: torch.device) -> torch.Tensor:
+def _all_reduce(values: torch.Tensor, op: torch.distributed.ReduceOp.RedOpType, device: torch.device) -> torch.Tensor:
     """``values`` reduced over the default process group, back on the CPU (sent from ``device``:
     NCCL only reduces CUDA tensors)."""
     on_device = values.to(device)

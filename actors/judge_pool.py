@@ -76,7 +76,7 @@ class JudgePool:
         judge = self._composer.judge
         gauge = judge.client.gauge if judge is not None else None
         with contextlib.ExitStack() as stack:
-            watch = stack.enter_context(gauge.watch() if gauge is not None else _NoWatch())
+            watch = stack.enter_context(gauge.watch()) if gauge is not None else _NoWatch()
             engine_watches = {n: stack.enter_context(e.gauge.watch()) for n, e in self._composer.engines.items()}
             parts = await asyncio.gather(
                 *(
@@ -184,12 +184,6 @@ def score_lags(samples: list[Sample], scored_at: float) -> list[float]:
 
 
 class _NoWatch:
-    """Stands in for ``InflightGauge.watch()`` without a judge term."""
+    """Stands in for the watch of ``InflightGauge.watch()`` without a judge term."""
 
     peak = 0
-
-    def __enter__(self) -> _NoWatch:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        return None

@@ -7,7 +7,8 @@ composed identically for every backend and every algorithm, from the pure
 functions in ``algorithms/`` (``actors/objectives.py``: ``compose_loss`` is the
 one place that does it). The config and backend contract live in
 ``actors/learner_config.py``, the row shares and reductions of several ranks in
-``actors/data_parallel.py``; this module re-exports their public names.
+``actors/data_parallel.py`` (this module re-exports their public names), step 1
+below in ``actors/train_preparation.py``.
 
 One ``train`` call, in ``AlgorithmSettings`` terms:
 
@@ -68,7 +69,6 @@ from __future__ import annotations
 import time
 
 import torch
-from torch.nn.utils.rnn import pad_sequence
 
 from actors import learner_state
 from actors.data_parallel import (
@@ -93,12 +93,10 @@ from actors.models import ModelConfig, apply_torch_threads, resolve_model_path
 from actors.objectives import LossTotals, PerToken, collate, compose_loss, policy_loss
 from actors.sequence_objectives import SequenceObjective
 from actors.sequence_training import SequenceTraining
+from actors.train_preparation import TrainPreparation
 from actors.weight_broadcast import Plan, broadcast_buckets, bucket_plan, join_group
 from actors.weight_sync import ObjectStoreWeightSync
-from algorithms.advantages import token_advantages
 from algorithms.config import AlgorithmConfig
-from algorithms.kl import kl_estimate
-from algorithms.logprobs import token_logprobs
 
 __all__ = [
     "Learner",
@@ -136,7 +134,7 @@ def build_backend(
     return DeepSpeedLearnerBackend(path, model.dtype, learner, reference=reference, lr_horizon=lr_horizon)
 
 
-class Learner(SequenceTraining):
+class Learner(TrainPreparation, SequenceTraining):
     """Takes the optimiser steps for each rollout batch and publishes versioned weights.
 
     Invariants: ``version`` equals the number of batches trained (each takes
@@ -275,84 +273,6 @@ class Learner(SequenceTraining):
                 combined.update(zip(names, _all_reduce(values, op, self.backend.device).tolist()))
         return {key: combined[key] for key in record}
 
-    def _prepare(self, batch: TrainBatch) -> PerToken:
-        """Proximal and reference log-probs and per-token advantages, as the settings need them."""
-        s = self.settings
-        steps = s.num_iterations * len(_slices(slice(0, len(batch)), s.num_minibatches))
-        per_token = self._no_grad_logprobs(batch, proximal=s.uses_proximal and steps > 1, reference=s.needs_reference)
-        if s.needs_reference and s.kl_penalty == "reward":
-            per_token["advantages"] = self._kl_reward_advantages(batch, per_token["ref_logprobs"])
-        return per_token
-
-    @torch.no_grad()
-    def _no_grad_logprobs(self, batch: TrainBatch, proximal: bool, reference: bool) -> PerToken:
-        """Per-sequence completion log-probs of the current (pre-update) policy and of the reference.
-
-        Every rank returns them for all rows of ``batch``; it computes only its
-        ``shard`` of the rows (with padding forwards, see ``micro_batch_plan``)
-        and gets the others' through ``_share_rows``.
-        """
-        out: PerToken = {name: [] for name, on in (("proximal_logprobs", proximal), ("ref_logprobs", reference)) if on}
-        if not out:
-            return out
-        everything = slice(0, len(batch))
-        for micro in micro_batch_plan(everything, self.rank, self.world_size, self.config.micro_batch_size):
-            t = {k: v.to(self.backend.device) for k, v in collate(batch, micro.rows).items()}
-            keep, targets = t["completion_mask"].bool(), t["input_ids"][:, 1:]
-            forwards = {
-                "proximal_logprobs": lambda t=t: (
-                    self.backend.model(input_ids=t["input_ids"], attention_mask=t["attention_mask"]).logits
-                ),
-                "ref_logprobs": lambda t=t: self.backend.reference_logits(t["input_ids"], t["attention_mask"]),
-            }
-            for name in out:
-                logps = token_logprobs(forwards[name]()[:, :-1], targets, self.temperature)
-                if not micro.padding:
-                    out[name].extend(logps[i][keep[i]].cpu() for i in range(len(keep)))
-        return self._share_rows(batch, shard(everything, self.rank, self.world_size), out)
-
-    def _share_rows(self, batch: TrainBatch, mine: slice, local: PerToken) -> PerToken:
-        """All ranks' rows on every rank, from ``local`` holding rows ``mine`` (unchanged with one rank).
-
-        One flat buffer over every completion token of the batch: each rank
-        writes its rows' values, zeros elsewhere, and the buffers are summed
-        over ranks. Every token has exactly one writer, so each value arrives
-        unchanged (x + 0 == x), in float32.
-        """
-        if self.world_size == 1:
-            return local
-        lengths = [len(c) for c in batch.completion_token_ids]
-        start = sum(lengths[: mine.start])
-        flat = torch.zeros(len(local), sum(lengths))
-        for j, values in enumerate(local.values()):
-            if values:
-                flat[j, start : start + sum(lengths[mine])] = torch.cat(values).float()
-        summed = _all_reduce(flat, torch.distributed.ReduceOp.SUM, self.backend.device)
-        return {name: list(summed[j].split(lengths)) for j, name in enumerate(local)}
-
-    def _kl_reward_advantages(self, batch: TrainBatch, ref_logprobs: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Per-token advantages with ``-beta * KL(behaviour || reference)`` folded into the reward."""
-        s = self.settings
-        if len(batch.rewards) != len(batch) or len(batch.group_ids) != len(batch):
-            raise ValueError("algorithm.kl_penalty 'reward' needs TrainBatch.rewards and group_ids for every sequence")
-        lengths = [len(c) for c in batch.completion_token_ids]
-        mask = pad_sequence([torch.ones(n) for n in lengths], batch_first=True)
-        behaviour = pad_sequence(
-            [torch.tensor(lp, dtype=torch.float32) for lp in batch.sampling_logprobs], batch_first=True
-        )
-        kl = kl_estimate(behaviour, pad_sequence(ref_logprobs, batch_first=True), s.kl_estimator)
-        adv = token_advantages(
-            torch.tensor(batch.rewards),
-            torch.tensor(batch.group_ids),
-            mask,
-            kl,
-            s.beta,
-            s.baseline,
-            s.scale_rewards,
-            s.whiten_advantages,
-        )
-        return [adv[i, :n] for i, n in enumerate(lengths)]
-
     def export_weights(self, adapter_only: bool = False) -> WeightsUpdate:
         """Weights at the current version for the rollout workers: full (LoRA
         merged into the copy) or, with ``adapter_only``, the LoRA adapter alone.
@@ -360,7 +280,8 @@ class Learner(SequenceTraining):
         if adapter_only:
             if not self.config.lora.enabled:
                 raise ValueError("adapter-only weight sync needs learner.lora.enabled")
-            return self._sync.export_adapter(*self.backend.adapter_state_dict(), version=self.version)
+            state, config = self.backend.adapter_state_dict()
+            return self._sync.export_adapter(state, config, version=self.version)
         return self._sync.export(self.backend.full_state_dict(), self.version)
 
     def weight_plan(self, bucket_bytes: int) -> Plan:
@@ -399,9 +320,9 @@ class Learner(SequenceTraining):
         learner_state.begin_save(path, self.rank)
         extra = {"version": self.version, "rng": learner_state.every_rank_rng_state(self.world_size)}
         self.backend.save_checkpoint(path, extra)  # returns once every rank's files are written
-        size = learner_state.commit_save(path, self._layout, self.version) if self.rank == 0 else 0
+        written = learner_state.commit_save(path, self._layout, self.version) if self.rank == 0 else 0
         size, seconds = learner_state.max_over_ranks(
-            (float(size), time.perf_counter() - start), self.backend.device, self.world_size
+            (float(written), time.perf_counter() - start), self.backend.device, self.world_size
         )
         return {"bytes": size, "seconds": seconds}
 

@@ -15,6 +15,8 @@ from typing import Literal, Protocol
 import torch
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
+from actors.models import CausalLM
+
 
 class LoraConfig(BaseModel):
     """Optional LoRA adapters (peft) instead of full fine-tuning."""
@@ -188,7 +190,7 @@ class LearnerBackend(Protocol):
         ...
 
 
-def apply_lora(model: torch.nn.Module, lora: LoraConfig) -> torch.nn.Module:
+def apply_lora(model: CausalLM, lora: LoraConfig) -> CausalLM:
     """Wrap ``model`` with trainable LoRA adapters (base weights frozen)."""
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
@@ -203,7 +205,7 @@ def apply_lora(model: torch.nn.Module, lora: LoraConfig) -> torch.nn.Module:
     return get_peft_model(model, peft_cfg)
 
 
-def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
+def enable_gradient_checkpointing(model: CausalLM) -> None:
     """Activation checkpointing on a Hugging Face ``model``, in place (call before LoRA wrapping).
 
     Non-reentrant checkpointing: gradients reach the parameters even when a
@@ -214,7 +216,7 @@ def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
     model.config.use_cache = False
 
 
-def prepare_policy(model: torch.nn.Module, learner: LearnerConfig) -> torch.nn.Module:
+def prepare_policy(model: CausalLM, learner: LearnerConfig) -> CausalLM:
     """The loaded policy made trainable as ``learner`` says: checkpointing, then LoRA adapters.
 
     A model that already carries a trainable LoRA adapter (loaded from an adapter

@@ -67,7 +67,7 @@ import torch
 
 from actors.learner_config import LearnerConfig, prepare_policy
 from actors.learner_state import build_lr_scheduler
-from actors.models import load_causal_lm
+from actors.models import CausalLM, load_causal_lm
 from actors.weight_sync import adapter_state_dict, merged_state_dict
 
 logger = logging.getLogger(__name__)
@@ -244,7 +244,7 @@ class DeepSpeedLearnerBackend:
         return engine
 
     @property
-    def module(self) -> torch.nn.Module:
+    def module(self) -> CausalLM:
         """The wrapped Hugging Face (or peft) model; its parameters are partitioned under ZeRO-3."""
         return self.engine.module
 
@@ -318,6 +318,7 @@ class DeepSpeedLearnerBackend:
         if self.lora:
             with self.module.disable_adapter():
                 return self.engine(input_ids=input_ids, attention_mask=attention_mask).logits
+        assert self.reference is not None  # built in __init__ with a reference and without LoRA
         return self.reference(input_ids=input_ids, attention_mask=attention_mask).logits
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:

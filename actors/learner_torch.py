@@ -17,7 +17,7 @@ import torch
 
 from actors.learner_config import LearnerConfig, prepare_policy
 from actors.learner_state import build_lr_scheduler
-from actors.models import default_device, load_causal_lm
+from actors.models import CausalLM, default_device, load_causal_lm
 from actors.weight_sync import adapter_state_dict, merged_state_dict
 
 WEIGHTS, OPTIMIZER, STATE = "trainable.safetensors", "optimizer.pt", "trainer_state.pt"
@@ -48,7 +48,7 @@ class TorchLearnerBackend:
         self.model = model
         self.lora = learner.lora.enabled
         self.has_reference = reference
-        self.reference: torch.nn.Module | None = None
+        self.reference: CausalLM | None = None
         if reference and not self.lora:
             self.reference = load_causal_lm(model_path, dtype).to(self.device).eval().requires_grad_(False)
         self.max_grad_norm = learner.max_grad_norm
@@ -117,6 +117,7 @@ class TorchLearnerBackend:
         if self.lora:
             with self.model.disable_adapter():
                 return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        assert self.reference is not None  # built in __init__ with a reference and without LoRA
         return self.reference(input_ids=input_ids, attention_mask=attention_mask).logits
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:

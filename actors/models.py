@@ -20,14 +20,20 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, TypeAlias
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from actors.model_files import is_model_file, resolve_model_file
 
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel
+
 BUILTIN_TINY = "builtin:tiny-qwen"
+# What ``load_causal_lm`` gives: a Hugging Face causal LM, or a peft model over one.
+CausalLM: TypeAlias = "PreTrainedModel | PeftModel"
 
 DOMAIN_TASK_SYSTEM_PROMPT = (
     "You suggest one domain name for the business the user describes. Answer with the domain "
@@ -321,7 +327,7 @@ def load_tokenizer(path: str):
     return tok
 
 
-def load_causal_lm(path: str, dtype: str) -> torch.nn.Module:
+def load_causal_lm(path: str, dtype: str) -> CausalLM:
     """The causal LM in train-ready form (eager attention, fixed dtype). A LoRA adapter directory
     (``model.adapter=continue``) gives its base with the adapter loaded trainable (a peft model)."""
     base = adapter_base(path)
@@ -332,7 +338,7 @@ def load_causal_lm(path: str, dtype: str) -> torch.nn.Module:
     return PeftModel.from_pretrained(_load_plain(base, dtype), path, is_trainable=True)
 
 
-def _load_plain(path: str, dtype: str) -> torch.nn.Module:
+def _load_plain(path: str, dtype: str) -> PreTrainedModel:
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), attn_implementation="eager")

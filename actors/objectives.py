@@ -10,6 +10,7 @@ micro-batch loss is normalised by (so accumulation is exact).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -51,7 +52,10 @@ def collate(batch: TrainBatch, rows: slice, per_token: PerToken | None = None) -
     attention = torch.zeros(n, width, dtype=torch.long)
     mask = torch.zeros(n, width - 1)
     aligned = {name: torch.zeros(n, width - 1) for name in ("old_logprobs", *per_token)}
-    sources = {"old_logprobs": batch.sampling_logprobs[rows], **{k: v[rows] for k, v in per_token.items()}}
+    sources: dict[str, Sequence[list[float] | torch.Tensor]] = {
+        "old_logprobs": batch.sampling_logprobs[rows],
+        **{k: v[rows] for k, v in per_token.items()},
+    }
     for i, (p, c) in enumerate(zip(prompts, completions)):
         seq = p + c
         input_ids[i, : len(seq)] = torch.tensor(seq)

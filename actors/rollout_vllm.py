@@ -40,6 +40,7 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from actors.generation import GeneratedSequence
 from actors.messages import WeightsUpdate
 from actors.weight_sync import stage_update
 
@@ -179,8 +180,6 @@ class VLLMGenerationBackend:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
         from vllm.sampling_params import RequestOutputKind
-
-        from actors.rollout import GeneratedSequence
 
         params = SamplingParams(
             n=n,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -42,7 +43,7 @@ class SequenceTraining:
     version: int
     objective: SequenceObjective | None
 
-    def _combine_over_ranks(self, record: dict[str, float]) -> dict[str, float]: ...  # Learner's
+    _combine_over_ranks: Callable[[dict[str, float]], dict[str, float]]  # Learner's method
 
     def _checked_objective(self, batch: SequenceBatch) -> SequenceObjective:
         if self.objective is None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import timedelta
+from typing import Protocol
 
 import torch
 import torch.distributed as dist
@@ -29,6 +30,13 @@ import torch.distributed as dist
 # (name, dtype, shape) per tensor; a plan is a list of buckets.
 TensorSpec = tuple[str, str, list[int]]
 Plan = list[list[TensorSpec]]
+
+
+class BroadcastGroup(Protocol):
+    """What this module needs of a process group (a gloo or NCCL one from ``join_group``)."""
+
+    def broadcast(self, tensor: torch.Tensor, root: int) -> dist.distributed_c10d.Work: ...
+
 
 _DTYPES = {str(d).removeprefix("torch."): d for d in (torch.float32, torch.bfloat16, torch.float16, torch.float64)}
 
@@ -53,21 +61,22 @@ def bucket_plan(tensors: dict[str, torch.Tensor], bucket_bytes: int) -> Plan:
 
 def join_group(
     host: str, port: int, rank: int, world_size: int, backend: str, device: torch.device, timeout_s: float = 600.0
-) -> dist.Backend:
+) -> BroadcastGroup:
     """A standalone process group of ``world_size`` ranks rendezvousing at
     ``host:port`` (rank 0 hosts the TCP store). Blocks until every rank joined."""
     store = dist.TCPStore(host, port, world_size, is_master=rank == 0, timeout=timedelta(seconds=timeout_s))
     if backend == "gloo":
-        return dist.ProcessGroupGloo(store, rank, world_size, timedelta(seconds=timeout_s))
+        # The ignores: torch's stubs declare broadcast() on ProcessGroup only, not on these backends.
+        return dist.ProcessGroupGloo(store, rank, world_size, timedelta(seconds=timeout_s))  # type: ignore[return-value]
     if backend == "nccl":
         options = dist.ProcessGroupNCCL.Options()
         options._timeout = timedelta(seconds=timeout_s)
         torch.cuda.set_device(device)
-        return dist.ProcessGroupNCCL(store, rank, world_size, options)
+        return dist.ProcessGroupNCCL(store, rank, world_size, options)  # type: ignore[return-value]  # as above
     raise ValueError(f"weight broadcast backend must be gloo or nccl, got {backend!r}")
 
 
-def broadcast_buckets(group: dist.Backend, tensors: dict[str, torch.Tensor], plan: Plan, device: torch.device) -> int:
+def broadcast_buckets(group: BroadcastGroup, tensors: dict[str, torch.Tensor], plan: Plan, device: torch.device) -> int:
     """Rank 0's side: send ``tensors`` bucket by bucket as laid out by ``plan``;
     returns the bytes sent (per receiver)."""
     sent = 0
@@ -78,7 +87,9 @@ def broadcast_buckets(group: dist.Backend, tensors: dict[str, torch.Tensor], pla
     return sent
 
 
-def receive_buckets(group: dist.Backend, plan: Plan, device: torch.device) -> Iterator[list[tuple[str, torch.Tensor]]]:
+def receive_buckets(
+    group: BroadcastGroup, plan: Plan, device: torch.device
+) -> Iterator[list[tuple[str, torch.Tensor]]]:
     """A receiver's side: one list of ``(name, tensor)`` per bucket, in plan order."""
     for bucket in plan:
         dtype = _DTYPES[bucket[0][1]]

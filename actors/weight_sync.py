@@ -44,7 +44,7 @@ class WeightSync(Protocol):
 def _without_aliases(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """``state`` minus every entry that shares its storage with an earlier one
     (a tied ``lm_head.weight`` is the embedding under a second name)."""
-    seen: set[tuple[int, int]] = set()
+    seen: set[tuple[int, int | torch.SymInt]] = set()
     out = {}
     for name, tensor in state.items():
         key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())

@@ -31,8 +31,9 @@ class ConfigError(ValueError):
     """A config that cannot be used; the message is one line naming the key."""
 
 
-class RunConfig(BaseModel):
-    """The run as a whole."""
+class RunSettings(BaseModel):
+    """The keys of every job's ``run`` section: ``RunConfig`` (the RL job's, which always
+    has ``steps``) and ``ray_jobs.offline_config.OfflineRunConfig`` (which may leave it None)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -41,7 +42,7 @@ class RunConfig(BaseModel):
         default=None,
         description="Run directory for config.yaml, metrics.jsonl, samples.jsonl and the final policy. Default: runs/<run.name>.",
     )
-    steps: int = Field(default=120, ge=1, description="Learner steps (one optimiser step per rollout batch).")
+    steps: int | None = Field(default=None, ge=1, description="Optimiser steps (each job's section says more).")
     seed: int = Field(default=0, description="Seed for prompt order, sampling and initialisation.")
     save_final: bool = Field(
         default=True, description="Save the final policy (Hugging Face format) under <output_dir>/final."
@@ -65,6 +66,12 @@ class RunConfig(BaseModel):
     @property
     def directory(self) -> Path:
         return Path(self.output_dir) if self.output_dir else Path("runs") / self.name
+
+
+class RunConfig(RunSettings):
+    """The run as a whole."""
+
+    steps: int = Field(default=120, ge=1, description="Learner steps (one optimiser step per rollout batch).")
 
 
 HF_PROMPTS_PER_CALL = 4
@@ -290,8 +297,9 @@ def check_keys(raw: Any, model: type[BaseModel], prefix: str = "") -> None:
             check_keys(value, sub, dotted)
         elif typing.get_origin(annotation) is dict and isinstance(value, dict):  # name -> section (conditions)
             entry = _model_class(typing.get_args(annotation)[-1])
-            for name, item in value.items() if entry is not None else ():
-                check_keys(item, entry, f"{dotted}.{name}")
+            if entry is not None:
+                for name, item in value.items():
+                    check_keys(item, entry, f"{dotted}.{name}")
 
 
 def apply_override(raw: dict, override: str) -> None:
@@ -346,7 +354,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     return load_validated(ExperimentConfig, path, overrides)
 
 
-def redacted(config: ExperimentConfig) -> dict:
+def redacted(config: BaseModel) -> dict:
     """The resolved config as plain data with any secret-looking value masked.
 
     Keys are never stored in configs (only the *name* of their environment

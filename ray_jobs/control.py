@@ -157,7 +157,8 @@ def command_exit_code(
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except StopRequested:
-        print(f"stopped: checkpoint written; re-run the same command to resume ({cfg.run.directory})", flush=True)
+        where = f" ({cfg.run.directory})" if cfg is not None else ""
+        print(f"stopped: checkpoint written; re-run the same command to resume{where}", flush=True)
         return 143
     except KeyboardInterrupt:
         where = f" ({cfg.run.directory})" if cfg is not None else ""

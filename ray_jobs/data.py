@@ -6,7 +6,7 @@ import logging
 import random
 import string
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -87,13 +87,13 @@ def prompt_text(data: DataConfig, row: dict, i: int, name: str, section: str = "
         if not text.strip():
             raise DatasetError(f"{section}: row {i} of {name} fills data.prompt_template with blank text")
         return text
-    text = row.get(data.prompt_field)
-    if not isinstance(text, str) or not text.strip():
+    value = row.get(data.prompt_field)
+    if not isinstance(value, str) or not value.strip():
         raise DatasetError(
             f"{section}: row {i} of {name} has no usable '{data.prompt_field}' field "
-            f"(got {type(text).__name__}); fields with values: {sorted(k for k, v in row.items() if v is not None)}"
+            f"(got {type(value).__name__}); fields with values: {sorted(k for k, v in row.items() if v is not None)}"
         )
-    return text
+    return value
 
 
 def _load_rows(data: DataConfig, key: str = "data.path") -> tuple[list[dict], str]:
@@ -167,23 +167,27 @@ def load_labelled_prompts(
     return items, labels
 
 
-class PromptSource:
-    """Serves prompts in epochs (reshuffled each epoch when asked). Never runs dry.
+Item = TypeVar("Item")
+
+
+class PromptSource(Generic[Item]):
+    """Serves prompts (or the offline jobs' sequence units) in epochs (reshuffled each epoch when asked).
+    Never runs dry.
 
     Invariant: within an epoch every item is served exactly once; ``state_dict``
     captures the epoch, the rest of its order and the shuffling RNG, so a source
     restored with ``load_state_dict`` serves exactly what this one would next.
     """
 
-    def __init__(self, items: list[PromptItem], shuffle: bool, seed: int) -> None:
+    def __init__(self, items: list[Item], shuffle: bool, seed: int) -> None:
         self.items = items
         self.shuffle = shuffle
         self._rng = random.Random(seed)
         self._order: list[int] = []
         self.epoch = -1
 
-    def take(self, k: int) -> list[PromptItem]:
-        out = []
+    def take(self, k: int) -> list[Item]:
+        out: list[Item] = []
         for _ in range(k):
             if not self._order:
                 self._order = list(range(len(self.items)))

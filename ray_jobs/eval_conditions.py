@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,7 +56,7 @@ def chunk_seed(seed: int, condition: str, chunk: int) -> int:
     return int.from_bytes(digest[:4], "little")
 
 
-def best_index(scores: list[float | None]) -> int | None:
+def best_index(scores: Sequence[float | None]) -> int | None:
     """Index of the highest score (the first on ties); None when nothing was scored."""
     scored = [(s, -i) for i, s in enumerate(scores) if s is not None]
     return -max(scored)[1] if scored else None
@@ -155,6 +155,7 @@ class ConditionRun:
     def _finish(self, items: list[HeldOutItem], generated: RolloutResult) -> list[ItemResult]:
         critic_scores, started = None, time.perf_counter()
         if self.cond.critic is not None:
+            assert self.critic is not None  # a condition with a critic is run with one
             k, texts = self.cond.k, [s.completion_text for s in generated.samples]
             batch = critic_batch(self.critic_tokenizer, items, [texts[i * k : (i + 1) * k] for i in range(len(items))])
             try:

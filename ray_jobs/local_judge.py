@@ -133,6 +133,8 @@ def local_judge_server(
 def _wait_ready(proc: subprocess.Popen, timeout_s: float, log_path: Path, label: str) -> int:
     import selectors
 
+    if proc.stdout is None:
+        raise ValueError(f"{label}: started without stdout=PIPE, so its ready line cannot be read")
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ)
     if sel.select(timeout_s):

@@ -12,12 +12,12 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ray_jobs.config import RunConfig, load_validated
+from ray_jobs.config import RunSettings, load_validated
 
 Job = TypeVar("Job", bound=BaseModel)
 
 
-class OfflineRunConfig(RunConfig):
+class OfflineRunConfig(RunSettings):
     """The run as a whole; ``steps`` may come from ``schedule.epochs`` instead."""
 
     name: str = Field(default="cpu-sft", description="Run name; the run directory defaults to runs/<name>.")

@@ -118,7 +118,7 @@ def shaped_rewards(
     depends on the rollout's length limit, not on the judge.
     """
     buffer = algorithm.overlong_buffer_tokens(max_new_tokens) if max_new_tokens else 0
-    if not buffer:
+    if not max_new_tokens or not buffer:
         return [s.reward for s in scored]
     lengths = torch.tensor([len(s.sample.completion_token_ids) for s in scored])
     penalty = soft_overlong_penalty(lengths, max_new_tokens, buffer, algorithm.overlong_penalty_factor).tolist()
@@ -137,11 +137,18 @@ def signal_groups(scored: list[ScoredSample], rewards: list[float | None]) -> tu
         return [], order
     number = {gid: g for g, gid in enumerate(order)}
     signal = group_has_signal(
-        torch.tensor([float(rewards[i]) for i in usable]),
+        torch.tensor([_known(rewards[i]) for i in usable]),
         torch.tensor([number[scored[i].sample.group_id] for i in usable]),
     )
     with_signal = dict.fromkeys(scored[i].sample.group_id for i, ok in zip(usable, signal.tolist()) if ok)
     return list(with_signal), order
+
+
+def _known(reward: float | None) -> float:
+    """The reward of a sample the caller knows was scored."""
+    if reward is None:
+        raise TypeError("an unscored sample's reward was used")
+    return float(reward)
 
 
 def refill_size(missing: int, kept: int, seen: int, limit: int) -> int:
@@ -209,7 +216,7 @@ def assemble_batch(
         sampling_logprobs=[s.sampling_logprobs for s in samples],
         advantages=[a for _, a in trained],
         policy_versions=[s.policy_version for s in samples],
-        rewards=[float(rewards[i]) for i, _ in trained],
+        rewards=[_known(rewards[i]) for i, _ in trained],
         group_ids=[number[scored[i].sample.group_id] for i, _ in trained],
     )
     metrics = _batch_metrics(step, scored, train, results)
@@ -227,7 +234,7 @@ def _advantages(
 ) -> list[float]:
     """The configured estimator over the kept groups; whitened over tokens (each
     sequence weighted by its length) for REINFORCE++."""
-    r = torch.tensor([float(rewards[i]) for i in members])
+    r = torch.tensor([_known(rewards[i]) for i in members])
     g = torch.tensor([number[scored[i].sample.group_id] for i in members])
     adv = sequence_advantages(r, g, settings.baseline, settings.scale_rewards)
     if settings.whiten_advantages:
@@ -254,7 +261,7 @@ def _sampling_metrics(
         metrics["dynamic_sampling/kept_groups"] = float(len(kept))
     if shaping:
         metrics["reward/overlong_penalty"] = statistics.fmean(
-            r - s.reward for s, r in zip(scored, rewards) if r is not None
+            r - s.reward for s, r in zip(scored, rewards) if r is not None and s.reward is not None
         )
     if settings.overlong_filtering:
         keep = set(kept)
@@ -292,7 +299,7 @@ def _batch_metrics(
         "samples/spanning_versions": float(sum(s.sample.final_policy_version is not None for s in scored)),
     }
     for name in sorted({t for s in scored for t in s.terms}):
-        values = [s.terms[name] for s in scored if s.terms.get(name) is not None]
+        values = [v for s in scored if (v := s.terms.get(name)) is not None]
         if values:
             metrics[f"reward/{name}"] = statistics.fmean(values)
     metrics.update(_judge_metrics(results))

@@ -133,11 +133,15 @@ def _with_eos(tokenizer: Any, text: str | list) -> str | list:
 
 def encode_prompt_completion(tokenizer: Any, prompt: str | list, completion: str | list) -> tuple[list[int], int]:
     """(prompt + completion ids, where the completion starts), as TRL tokenises them."""
-    if isinstance(prompt, list) != isinstance(completion, list):
-        raise ValueError("prompt and completion must both be strings or both be message lists")
     completion = _with_eos(tokenizer, completion)
+    if isinstance(prompt, str) and isinstance(completion, str):
+        joined: str | list = prompt + completion
+    elif isinstance(prompt, list) and isinstance(completion, list):
+        joined = prompt + completion
+    else:
+        raise ValueError("prompt and completion must both be strings or both be message lists")
     prompt_ids = _ids(tokenizer, prompt, generation_prompt=isinstance(prompt, list))
-    full = _ids(tokenizer, prompt + completion)
+    full = _ids(tokenizer, joined)
     return full, common_prefix_length(prompt_ids, full)
 
 
@@ -197,7 +201,9 @@ def preference_unit(tokenizer: Any, row: dict) -> tuple[Unit, int]:
 
 
 def _encode(rows: list[dict], name: str, encode) -> tuple[list[Unit], dict[str, int], int]:
-    units, skipped, truncated = [], {}, 0
+    units: list[Unit] = []
+    skipped: dict[str, int] = {}
+    truncated = 0
     for i, row in enumerate(rows):
         try:
             result = encode(row)
@@ -241,7 +247,9 @@ def _preference_encoder(cfg: PreferenceDataConfig, tokenizer: Any):
 
 def load_sequences(cfg: SftDataConfig | PreferenceDataConfig, tokenizer: Any, seed: int) -> SequenceData:
     """Every usable unit of the training and validation rows; the skips and truncations are logged."""
-    encode = (_preference_encoder if isinstance(cfg, PreferenceDataConfig) else _sft_encoder)(cfg, tokenizer)
+    encode = (
+        _preference_encoder(cfg, tokenizer) if isinstance(cfg, PreferenceDataConfig) else _sft_encoder(cfg, tokenizer)
+    )
     rows, name = _load_rows(DataConfig(path=cfg.path, split=cfg.split))
     if not rows:
         raise DatasetError(f"data.path: {name} has no rows")

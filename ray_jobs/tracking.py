@@ -14,7 +14,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 import yaml
 
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 EVAL_FILE = "eval.jsonl"
 
 
-def _wandb_mode(cfg: WandbConfig) -> str:
+def _wandb_mode(cfg: WandbConfig) -> Literal["online", "offline", "disabled"]:
     if cfg.mode != "auto":
         return cfg.mode
     return "online" if os.environ.get("WANDB_API_KEY") else "offline"
@@ -128,9 +128,10 @@ class RunRecorder:
         row = {"step": step, **metrics}
         self._metrics.write(json.dumps(row) + "\n")
         self._metrics.flush()
-        for s, adv in zip(scored, advantages):
-            self._samples.write(json.dumps(_sample_row(step, s, adv)) + "\n")  # type: ignore[union-attr]
-        self._samples.flush()
+        if self._samples is not None:
+            for s, adv in zip(scored, advantages):
+                self._samples.write(json.dumps(_sample_row(step, s, adv)) + "\n")
+            self._samples.flush()
         print(_console_line(step, self.total_steps, metrics), flush=True)
         self._wandb_step = step
         if self._wandb is not None:

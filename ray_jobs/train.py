@@ -156,7 +156,7 @@ def preflight(cfg: ExperimentConfig) -> tuple[list, object]:
 
 def eval_preflight(cfg: ExperimentConfig, tokenizer) -> EvalSet | None:
     """The held-out prompts of ``eval`` (None when it is off), checked before any actor starts."""
-    if cfg.eval.every_steps and Path(cfg.eval.data or "").suffix.lower() not in LOCAL_FORMATS:
+    if cfg.eval.every_steps and cfg.eval.data and Path(cfg.eval.data).suffix.lower() not in LOCAL_FORMATS:
         check_hub_name(cfg.eval.data, "dataset", "eval.data")
     return load_eval_set(cfg.eval, cfg.data, tokenizer)
 
@@ -349,7 +349,7 @@ def _train(
         )
         control = RunControl(cfg.run, run_dir, recorded, stop, recorder.wandb_id, tokenizer, settle=evals.settle)
         inflight: dict[int, list[RolloutCall]] = {}
-        if state is not None:
+        if checkpoint is not None and state is not None:
             inflight = _restore(stages, checkpoint, state, source, prompts)
             log.info(
                 "resumed from %s at step %d (%d batches in flight generated again)",

@@ -175,7 +175,7 @@ class TrainEval:
     def after_step(self, steps_done: int) -> None:
         """Record the evaluations that finished; launch the one of ``steps_done`` when due
         (the weights of ``steps_done`` are the newest published)."""
-        if self.evalset is None:
+        if self.evalset is None or self.recorder is None:  # disabled: both are None
             return
         self._record_finished()
         if (
@@ -226,6 +226,7 @@ class TrainEval:
 
     def _record(self, pending: _PendingEval) -> None:
         """Fetch what finished (a call lost with its actor, or unfinished, counts as lost) and record it."""
+        assert self.recorder is not None
         results, lost = [], 0
         for call in pending.calls:
             ready, _ = ray.wait([call.scored], timeout=0, fetch_local=False)

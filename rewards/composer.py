@@ -197,7 +197,15 @@ class RewardComposer:
             *(t.evaluate(prompt_text, completion_text, row, self._engines) for t in self._terms)
         )
         judge = next((o for t, o in zip(self._terms, outcomes) if isinstance(t, JudgeTerm)), Outcome(None, None))
-        extra = dict(
+        terms = {t.name: o.value for t, o in zip(self._terms, outcomes)}
+        weighted = [(t, o) for t, o in zip(self._terms, outcomes) if t.weight != 0]
+        failed = [o.error for _, o in weighted if o.error is not None]
+        # An outcome without an error has a value, so none is skipped when none failed.
+        total = None if failed else float(sum(t.weight * o.value for t, o in weighted if o.value is not None))
+        return ScoredParts(
+            total,
+            failed[0] if failed else None,
+            terms,
             criteria=judge.criteria,
             judge_requests=judge.judge_requests,
             judge_error=judge.error,
@@ -206,13 +214,6 @@ class RewardComposer:
             term_seconds={t.name: o.seconds for t, o in zip(self._terms, outcomes)},
             term_usage={t.name: o.usage for t, o in zip(self._terms, outcomes) if o.usage is not None},
         )
-        terms = {t.name: o.value for t, o in zip(self._terms, outcomes)}
-        weighted = [(t, o) for t, o in zip(self._terms, outcomes) if t.weight != 0]
-        failed = [o.error for _, o in weighted if o.error is not None]
-        if failed:
-            return ScoredParts(None, failed[0], terms, **extra)
-        total = sum(t.weight * o.value for t, o in weighted)  # type: ignore[operator]
-        return ScoredParts(float(total), None, terms, **extra)
 
     async def check_endpoint(self) -> None:
         """``GET /models`` on the judge's endpoints (with a ``judge`` term) and every engine's;

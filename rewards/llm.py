@@ -36,7 +36,7 @@ import random
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from pydantic import BaseModel, SecretStr, ValidationError
 
@@ -106,6 +106,11 @@ def _json_object(text: str) -> dict[str, object] | None:
     except ValueError:
         value = None
     return value if isinstance(value, dict) else extract_first_json_object(text)
+
+
+def _messages(body: Mapping[str, object]) -> list[dict[str, str]]:
+    """The checked messages of a body that ``ChatEngine.body`` built."""
+    return cast(list[dict[str, str]], body["messages"])
 
 
 class ChatEngine:
@@ -205,7 +210,7 @@ class ChatEngine:
         if not cache:
             return parse(await self._fresh(body, parse, usage))
         params = {k: v for k, v in body.items() if k != "messages"}
-        key = reply_key(self.models, body["messages"], params)  # type: ignore[arg-type]
+        key = reply_key(self.models, _messages(body), params)
         text, hit = await self._shared.run(key, lambda: self._fresh(body, parse, usage))
         if hit:
             usage.cache_hits += 1
@@ -216,7 +221,7 @@ class ChatEngine:
         """Ask until a reply parses: the client retries transport failures, this re-asks
         after bad replies; raise ``LLMCallError`` once both are spent."""
         trace = JudgeTrace()
-        tokens = estimate_tokens(body["messages"], int(body["max_tokens"]))  # type: ignore[arg-type]
+        tokens = estimate_tokens(_messages(body), cast(int, body["max_tokens"]))
         left = self._config.malformed_retries
         try:
             while True:

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -187,7 +187,7 @@ def engine_metrics(name: str, counts: Mapping[str, int], peak_inflight: int) -> 
 def aggregate_judge_metrics(per_call: Iterable[Mapping[str, float]]) -> dict[str, float]:
     """One step's judge metrics from its calls' ``judge_metrics`` (module docstring)."""
     out: dict[str, float] = {}
-    hist: Counter[int] = Counter()
+    hist: defaultdict[int, float] = defaultdict(float)  # latency bucket -> calls
     for metrics in per_call:
         for key, value in metrics.items():
             if key.startswith(HIST_PREFIX):

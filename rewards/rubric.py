@@ -45,9 +45,8 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from rewards.config import CriterionConfig
-
 __all__ = [
+    "CriterionConfig",
     "REQUEST_CHECK_KEY",
     "RUBRICS_DIR",
     "RequestCheckConfig",
@@ -65,6 +64,16 @@ REQUEST_CHECK_KEY = "request_check"
 """Key of the request-check object in a verdict; no criterion may use it."""
 REQUIRED_PLACEHOLDERS = ("criteria", "fences", "output_format")
 ALLOWED_PLACEHOLDERS = (*REQUIRED_PLACEHOLDERS, "request_check")
+
+
+class CriterionConfig(BaseModel):
+    """One rubric criterion the judge scores from 0 to 10."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(description="Key of the criterion in the judge's JSON verdict.")
+    weight: float = Field(ge=0, description="Weight of the criterion; weights are normalised to sum to 1.")
+    description: str = Field(description="What the judge is asked to assess, shown in the judge prompt.")
 
 
 class RubricError(ValueError):

@@ -199,4 +199,4 @@ def load_term_function(path: str) -> TermFn:
         target = getattr(target, attr)
     if not callable(target):
         raise ValueError(f"reward term {path!r} is not callable")
-    return target  # type: ignore[return-value]
+    return target

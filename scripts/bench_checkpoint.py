@@ -44,7 +44,7 @@ import torch
 from actors.learner import Learner, LearnerConfig, LoraConfig, collate
 from actors.learner_state import directory_bytes
 from actors.messages import TrainBatch
-from actors.models import ModelConfig
+from actors.models import CausalLM, ModelConfig
 from algorithms.config import AlgorithmConfig
 from algorithms.logprobs import token_logprobs
 from scripts.bench_models import MODELS, ForeignLoad, median, model_config, percent, report
@@ -69,7 +69,8 @@ def learner_config(mode: str, threads: int) -> LearnerConfig:
 def train_batch(learner: Learner, n: int = 2, prompt: int = 8, completion: int = 8, seed: int = 0) -> TrainBatch:
     """Step 0's batch: ``n`` random sequences whose sampling log-probs are the learner's own."""
     gen = torch.Generator().manual_seed(seed)
-    vocab = learner.backend.model.get_input_embeddings().weight.shape[0]
+    model: CausalLM = learner.backend.model  # the torch backend's model is the Hugging Face one
+    vocab = model.get_input_embeddings().weight.shape[0]
     prompts = torch.randint(3, vocab, (n, prompt), generator=gen).tolist()
     completions = torch.randint(3, vocab, (n, completion), generator=gen).tolist()
     draft = TrainBatch(
@@ -142,20 +143,21 @@ def bench(name: str, mode: str, args: argparse.Namespace) -> dict:
     learner = Learner(config, model, ALGORITHM, temperature=1.0)
     learner.train(train_batch(learner))
     params = _trainable(learner)
+    reps: list[dict] = []
     row = {
         "model": name,
         "dtype": model.dtype,
         "mode": mode,
         "trainable_params": sum(p.numel() for p in params.values()),
         "trainable_bytes": sum(p.numel() * p.element_size() for p in params.values()),
-        "reps": [],
+        "reps": reps,
     }
     del params
     workdir = Path(tempfile.mkdtemp(prefix="relay-bench-ckpt-", dir=args.workdir))
     try:
         for _ in range(args.repeats):
-            row["reps"].append(repetition(learner, config, model, workdir))
-            print(f"  {name} {mode}: {row['reps'][-1]}", file=sys.stderr, flush=True)
+            reps.append(repetition(learner, config, model, workdir))
+            print(f"  {name} {mode}: {reps[-1]}", file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
         del learner

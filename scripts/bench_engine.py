@@ -74,6 +74,8 @@ def _rollouts(samples: int, per_call: int) -> list[RolloutResult]:
 
 def _server_stats(base_url: str) -> dict:
     parts = urlsplit(base_url)
+    if parts.hostname is None:
+        raise ValueError(f"no host in {base_url!r}")
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
     conn.request("GET", "/stats", headers={"Authorization": f"Bearer {os.environ[KEY_ENV]}"})
     stats = json.loads(conn.getresponse().read())

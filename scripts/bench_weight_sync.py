@@ -54,6 +54,7 @@ from pathlib import Path
 import ray
 import torch
 
+from actors.weight_broadcast import BroadcastGroup
 from scripts.bench_models import MODELS, ForeignLoad, median, model_config, percent, report, vllm_available
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -70,7 +71,7 @@ class SyncLearner:
         torch.set_num_threads(threads)
         self.model = load_causal_lm(path, dtype)
         self.param_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
-        self.group = None
+        self.group: BroadcastGroup | None = None
 
     def enable_lora(self) -> None:
         """Wrap the policy with LoRA adapters (r16, 7 modules), B random so the merge is not a no-op."""
@@ -129,6 +130,8 @@ class SyncLearner:
         start = time.perf_counter()
         state = merged_state_dict(self.model)
         merged = time.perf_counter()
+        if self.group is None:
+            raise RuntimeError("broadcast before join_weight_group")
         sent = broadcast_buckets(self.group, state, plan, torch.device("cpu"))
         return {
             "export_s": merged - start,

@@ -28,8 +28,8 @@ scripts.stand_in_server`` runs it with a ``respond`` that echoes the last user
 message.
 
 The plumbing was factored out of ``scripts/judge_server.py`` into
-``scripts/chat_http.py``, which both import; each keeps only how it answers
-and which faults it injects.
+``scripts/chat_http.py`` and ``scripts/chat_serve.py``, which both import;
+each keeps only how it answers and which faults it injects.
 """
 
 from __future__ import annotations
@@ -48,16 +48,14 @@ from scripts.chat_http import (
     BadRequest,
     ChatHandler,
     ChatHTTPServer,
-    ServerThread,
-    api_key_from_env,
     chat_completion,
     error_body,
     fault_bucket,
     message_text,
     parse_status_rates,
     pick_fault,
-    serve,
 )
+from scripts.chat_serve import ServerThread, api_key_from_env, serve
 
 __all__ = [
     "READY",

@@ -37,10 +37,10 @@ def render(model: BaseModel, indent: int = 0) -> list[str]:
                 dumped = yaml.safe_dump([item.model_dump(mode="json")], sort_keys=False, width=10_000)
                 lines.extend(pad + "  " + line for line in dumped.rstrip().splitlines())
         else:
-            dumped = value.model_dump(mode="json") if isinstance(value, BaseModel) else value
-            if isinstance(dumped, tuple):
-                dumped = list(dumped)
-            lines.append(f"{pad}{name}: {_scalar(dumped)}")
+            plain = value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+            if isinstance(plain, tuple):
+                plain = list(plain)
+            lines.append(f"{pad}{name}: {_scalar(plain)}")
     return lines
 
 
