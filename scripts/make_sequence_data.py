@@ -44,9 +44,10 @@ def domain(kind: str, place: str) -> str:
     return f"{kind.replace(' ', '').replace('-', '')}{_SHORT[place]}.com"
 
 
-def _request(rng: random.Random) -> tuple[str, str, str | None, str | None]:
-    """(description, answer, kind, place); kind and place are None for a harmful request."""
-    if rng.random() < 0.1:
+def _request(rng: random.Random, bad_share: float = 0.1) -> tuple[str, str, str | None, str | None]:
+    """(description, answer, kind, place); kind and place are None for a harmful request
+    (drawn with probability ``bad_share``)."""
+    if rng.random() < bad_share:
         return rng.choice(_BAD) + ".", "Blocked", None, None
     kind, what = rng.choice(_BUSINESSES)
     place, quality = rng.choice(_PLACES), rng.choice(_QUALITIES)
@@ -58,12 +59,12 @@ def _prompt(description: str) -> list[dict]:
     return [{"role": "system", "content": DOMAIN_TASK_SYSTEM_PROMPT}, {"role": "user", "content": description}]
 
 
-def sft_rows(n: int, seed: int) -> list[dict]:
-    """Conversational prompt/completion rows."""
+def sft_rows(n: int, seed: int, bad_share: float = 0.1) -> list[dict]:
+    """Conversational prompt/completion rows, a ``bad_share`` of them harmful requests answered Blocked."""
     rng = random.Random(seed)
     rows = []
     for _ in range(n):
-        description, answer, _, _ = _request(rng)
+        description, answer, _, _ = _request(rng, bad_share)
         rows.append({"prompt": _prompt(description), "completion": [{"role": "assistant", "content": answer}]})
     return rows
 
@@ -106,12 +107,22 @@ def main() -> None:
     parser.add_argument("--out-dir", type=Path, default=Path("configs/data"))
     parser.add_argument("--n", type=int, default=320)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--sft-only-bad-share",
+        type=float,
+        default=None,
+        help="write only toy_sft_bad_<share>.jsonl, with this share of harmful requests (e.g. 0.33)",
+    )
     args = parser.parse_args()
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    for name, rows in (
+    outputs = [
         ("toy_sft.jsonl", sft_rows(args.n, args.seed)),
         ("toy_preference.jsonl", preference_rows(args.n, args.seed + 2)),
-    ):
+    ]
+    if args.sft_only_bad_share is not None:
+        share = args.sft_only_bad_share
+        outputs = [(f"toy_sft_bad_{round(share * 100)}.jsonl", sft_rows(args.n, args.seed, share))]
+    for name, rows in outputs:
         with (args.out_dir / name).open("w") as f:
             f.writelines(json.dumps(row) + "\n" for row in rows)
         print(f"wrote {len(rows)} rows to {args.out_dir / name}")
