@@ -157,7 +157,7 @@ def run_trl(model_dir: str, prompts: Path, url: str, steps: int, lora: bool, run
     out = run_dir / "trl_times.json"
     cmd = [sys.executable, "-m", "scripts.bench_vs_trl_runner", "--model", model_dir, "--prompts", str(prompts)]
     cmd += ["--base-url", url, "--api-key-env", KEY_ENV, "--steps", str(steps), "--out", str(out)]
-    started, load = time.time(), []
+    started, load = time.time(), list[float]()
     timed_lines(cmd + (["--lora"] if lora else []), run_dir / "trl.log", load)
     marks = json.loads(out.read_text())
     return {
@@ -175,7 +175,7 @@ def run_relay(model_path: str, prompts: Path, url: str, k: int, steps: int, lora
     overrides += [f"pipeline.max_staleness={k}", f"run.steps={steps}", f"run.output_dir={run_dir}"]
     overrides += [f"judge.base_url={url}", f"judge.api_key_env={KEY_ENV}", f"judge.model={JUDGE_MODEL}"]
     overrides += ["learner.lora.enabled=true"] if lora else []
-    started, load = time.time(), []
+    started, load = time.time(), list[float]()
     lines = timed_lines([sys.executable, "-m", "ray_jobs.train", *overrides], run_dir.with_suffix(".log"), load)
     ends = [t for t, line in lines if console_step(line) is not None]
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -270,9 +270,9 @@ def main(argv: list[str] | None = None) -> int:
         models[args.name or Path(args.model_path).name] = (args.model_path, trl_dir, count_parameters(trl_dir))
     else:
         for name in args.models.split(","):
-            path, params = build_model(name, root)
-            models[name] = (path, path, params)
-            print(f"model {name}: {params:,} parameters, {path}", flush=True)
+            path, built = build_model(name, root)
+            models[name] = (path, path, built)
+            print(f"model {name}: {built:,} parameters, {path}", flush=True)
     results: dict = {}
     with judge_server(args.judge_latency_s, root / "judge_server.log") as url:
         for name, (path, trl_dir, params) in models.items():

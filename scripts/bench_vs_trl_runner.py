@@ -31,6 +31,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from actors.learner_config import LearnerConfig
 from rewards.config import JudgeConfig
@@ -143,7 +144,7 @@ def run_trl(model_dir: str, prompts: list[str], base_url: str, api_key: str, ste
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOTrainer
 
-    marks: dict[str, list] = {"ends": [], "step_time": []}
+    marks: dict[str, Any] = {"ends": [], "step_time": []}  # + "start": the time training began
 
     class StepClock(TrainerCallback):
         def on_train_begin(self, args, state, control, **kwargs):
