@@ -21,6 +21,7 @@ applies it. Recovery rules:
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -128,3 +129,45 @@ def check_started(actors: dict[str, ray.actor.ActorHandle], timeout_s: float) ->
             ) from None
         except Exception as exc:  # noqa: BLE001 - Ray wraps the constructor's exception
             raise start_error(name, exc) from None
+
+
+def _pid(_actor: object) -> int:
+    """Run inside an actor (``__ray_call__``): its process id, new after every restart."""
+    return os.getpid()
+
+
+class ActorProcesses:
+    """The process behind each restartable actor, to tell a restart from a lost call.
+
+    Invariant: ``_pids[name]`` is the process id the actor last answered from.
+    """
+
+    def __init__(self, actors: dict[str, ray.actor.ActorHandle], max_restarts: int) -> None:
+        self._actors, self._max_restarts = actors, max_restarts
+        self._pids = dict(zip(actors, ray.get([a.__ray_call__.remote(_pid) for a in actors.values()])))
+
+    def restarted(self, name: str) -> bool:
+        """Wait until actor ``name`` answers; True if it is another process than last seen (Ray
+        restarted it). While Ray restarts it, calls fail at once with ``ActorUnavailableError``:
+        ask again, up to ``ACTOR_START_TIMEOUT_S``. Dead for good: ``RunFaultError``."""
+        from ray.exceptions import ActorUnavailableError
+
+        deadline = time.monotonic() + ACTOR_START_TIMEOUT_S
+        while True:
+            try:
+                call = self._actors[name].__ray_call__.remote(_pid)
+                pid = ray.get(call, timeout=max(1.0, deadline - time.monotonic()))
+                break
+            except ActorUnavailableError:
+                if time.monotonic() > deadline:
+                    raise RunFaultError(f"{name} did not come back within {ACTOR_START_TIMEOUT_S:g} s") from None
+                time.sleep(0.25)
+            except Exception as exc:  # noqa: BLE001 - dead for good, or not back in time
+                raise RunFaultError(
+                    f"{name} died and did not come back ({type(exc).__name__}; "
+                    f"pipeline.max_actor_restarts={self._max_restarts}); re-run "
+                    "the same command to resume from the newest checkpoint"
+                ) from None
+        changed = self._pids.get(name) not in (None, pid)
+        self._pids[name] = pid
+        return changed

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 
 import ray
 from pydantic import SecretStr
@@ -28,6 +27,7 @@ from ray_jobs.config import ExperimentConfig
 from ray_jobs.data import PromptSource
 from ray_jobs.faults import (
     ACTOR_START_TIMEOUT_S,
+    ActorProcesses,
     FaultCounters,
     LearnerDied,
     RolloutCall,
@@ -39,25 +39,12 @@ from ray_jobs.faults import (
 )
 from ray_jobs.learner_group import LearnerGroup
 from ray_jobs.pipeline import LeastLoadedRouter, refill_size, shaped_rewards, signal_groups
+from ray_jobs.weight_publish import WeightPublisher
 
 JUDGE_POOL_NAME = "relay-judge-pool"  # + a per-Stages suffix: ray.util.list_named_actors() finds it
 ROLLOUT_WORKER_NAME = "relay-rollout"  # + "-<worker>-" + the same suffix
 
 log = logging.getLogger(__name__)
-
-
-def _pid(_actor: object) -> int:
-    """Run inside an actor (``__ray_call__``): its process id, new after every restart."""
-    import os
-
-    return os.getpid()
-
-
-@dataclass
-class _PendingSync:
-    version: int
-    export_s: float
-    loads: list[ray.ObjectRef] = field(default_factory=list)
 
 
 class Stages:
@@ -109,24 +96,23 @@ class Stages:
             },
             ACTOR_START_TIMEOUT_S,
         )
-        self._pids = dict(
-            zip(
-                [f"rollout worker {w}" for w in range(len(self.rollouts))] + ["judge pool"],
-                ray.get([a.__ray_call__.remote(_pid) for a in [*self.rollouts, self.judge]]),
-            )
+        self._processes = ActorProcesses(
+            {**{f"rollout worker {w}": a for w, a in enumerate(self.rollouts)}, "judge pool": self.judge},
+            restarts,
         )
         self.router = LeastLoadedRouter(len(self.rollouts))
         self._generating: dict[ray.ObjectRef, tuple[int, int]] = {}  # call -> (worker, prompts)
-        self._syncs: list[_PendingSync] = []
-        self.last_sync_s = 0.0
-        self.version = 0
         self.faults = FaultCounters()
         self._worker_epochs = [0] * len(self.rollouts)  # restarts seen per worker
         self._seqs = [0] * len(self.rollouts)  # next call number per worker (RolloutWorker.generate's seq)
         self._progress_at = [time.monotonic()] * len(self.rollouts)  # when each worker last finished a call
         self._killed: set[tuple[int, int]] = set()  # (worker, epoch) restarted for a hung call
-        self._latest_update: ray.ObjectRef | None = None  # what a restarted worker is sent (object store)
-        self._plan = self._join_broadcast() if cfg.weight_sync.transport == "broadcast" else None
+        self.weights = WeightPublisher(cfg, self.learner, self.rollouts)
+
+    @property
+    def version(self) -> int:
+        """The newest policy version sent to every rollout worker."""
+        return self.weights.version
 
     def _start_rollout(self, worker_id: int, lora_rank: int | None) -> ray.actor.ActorHandle:
         """One rollout worker actor. A vLLM engine with tensor parallelism gets a
@@ -157,18 +143,6 @@ class Stages:
             .options(**options)
             .remote(ro, self.cfg.model, worker_id=worker_id, seed=self.cfg.run.seed, lora_rank=lora_rank)
         )
-
-    def _join_broadcast(self) -> list:
-        """Form the weight-broadcast group (learner rank 0 = rank 0, worker i = rank i + 1)
-        and return the bucket plan every sync follows."""
-        ws = self.cfg.weight_sync
-        backend = ws.backend if ws.backend != "auto" else ("nccl" if self.cfg.learner.num_gpus > 0 else "gloo")
-        host, port = self.learner.broadcast_address()
-        world = 1 + len(self.rollouts)
-        joins = [w.join_weight_group.remote(host, port, i + 1, world, backend) for i, w in enumerate(self.rollouts)]
-        self.learner.join_weight_group(host, port, world, backend)
-        ray.get(joins)
-        return self.learner.weight_plan(ws.bucket_mb * 2**20)
 
     def launch_batch(self, batch_index: int, prompts: list[PromptItem], first_call: int = 0) -> list[RolloutCall]:
         """Send a batch's prompts to the rollout workers in calls of
@@ -294,7 +268,7 @@ class Stages:
             )
         self.faults.add("calls_resent")
         if gen_error is None:  # the judge pool died: score the same generation again
-            if self._restarted("judge pool", self.judge):
+            if self._processes.restarted("judge pool"):
                 self.faults.add("judge_restarts")
             log.warning(
                 "judge pool lost batch %d call %d (%s); scoring it again",
@@ -312,7 +286,7 @@ class Stages:
                 self.judge.score.remote(call.generated),
                 resends=call.resends + 1,
             )
-        if self._restarted(f"rollout worker {call.worker}", self.rollouts[call.worker]):
+        if self._processes.restarted(f"rollout worker {call.worker}"):
             self._on_worker_restart(call.worker, gen_error)
         log.warning(
             "rollout worker %d lost batch %d call %d (%s); sending it again",
@@ -323,44 +297,11 @@ class Stages:
         )
         return self._send(call.batch_index, call.call_index, call.prompts, resends=call.resends + 1)
 
-    def _restarted(self, name: str, actor: ray.actor.ActorHandle) -> bool:
-        """Wait until ``actor`` answers; True if it is another process than last seen (restarted).
-
-        While Ray restarts it, calls fail at once with ``ActorUnavailableError``: ask again."""
-        from ray.exceptions import ActorUnavailableError
-
-        deadline = time.monotonic() + ACTOR_START_TIMEOUT_S
-        while True:
-            try:
-                pid = ray.get(actor.__ray_call__.remote(_pid), timeout=max(1.0, deadline - time.monotonic()))
-                break
-            except ActorUnavailableError:
-                if time.monotonic() > deadline:
-                    raise RunFaultError(f"{name} did not come back within {ACTOR_START_TIMEOUT_S:g} s") from None
-                time.sleep(0.25)
-            except Exception as exc:  # noqa: BLE001 - dead for good, or not back in time
-                raise RunFaultError(
-                    f"{name} died and did not come back ({type(exc).__name__}; "
-                    f"pipeline.max_actor_restarts={self.cfg.pipeline.max_actor_restarts}); re-run "
-                    "the same command to resume from the newest checkpoint"
-                ) from None
-        changed = self._pids.get(name) not in (None, pid)
-        self._pids[name] = pid
-        return changed
-
     def _on_worker_restart(self, worker: int, cause: BaseException) -> None:
         """A worker came back as a new process: count it and send it the current weights."""
         self._worker_epochs[worker] += 1
         self.faults.add("rollout_restarts")
-        if self.version == 0:
-            return
-        if self._latest_update is None:
-            raise RunFaultError(
-                f"rollout worker {worker} was restarted ({type(cause).__name__}) but "
-                "weight_sync.transport=broadcast cannot admit a restarted engine to its group; "
-                "re-run the same command to resume from the newest checkpoint"
-            )
-        self.rollouts[worker].restore_weights.remote(self._latest_update)
+        self.weights.resend(worker, cause)
 
     def _restart_hung(self, calls: Iterable[RolloutCall]) -> None:
         """Kill (Ray restarts) the worker of a call that is not done while its worker has
@@ -402,38 +343,12 @@ class Stages:
         return "a rank"
 
     def publish_weights(self) -> None:
-        """Send the learner's new weights to every rollout worker.
-
-        Object store: export once (full weights or the LoRA adapter), then hand
-        every worker the reference, without waiting for the loads. Broadcast:
-        the workers are told to receive and the learner sends; this returns
-        when the learner has sent the last bucket.
-        """
-        start = time.perf_counter()
-        version = self.version + 1
-        if self._plan is not None:
-            loads = [w.receive_weights.remote(self._plan, version) for w in self.rollouts]
-            self.learner.broadcast_weights(self._plan)
-        else:
-            update = self.learner.export_weights(adapter_only=self.cfg.adapter_sync)
-            ray.wait([update], fetch_local=False)
-            loads = [w.update_weights.remote(update) for w in self.rollouts]
-            self._latest_update = update
-        self._syncs.append(_PendingSync(version, time.perf_counter() - start, loads))
-        self.version = version
+        """Send the learner's new weights to every rollout worker (``WeightPublisher.publish``)."""
+        self.weights.publish()
 
     def restore(self, version: int) -> None:
-        """After the learner loaded a checkpoint of ``version``: give every rollout worker
-        those weights and wait until they hold them (a resumed run's first batches need them)."""
-        if self._plan is not None:
-            loads = [w.receive_weights.remote(self._plan, version) for w in self.rollouts]
-            self.learner.broadcast_weights(self._plan)
-        else:
-            update = self.learner.export_weights(adapter_only=self.cfg.adapter_sync)
-            loads = [w.restore_weights.remote(update) for w in self.rollouts]
-            self._latest_update = update
-        ray.get(loads)
-        self.version = version
+        """After the learner loaded a checkpoint of ``version``, give every rollout worker those weights."""
+        self.weights.restore(version)
 
     def rollout_rng_states(self) -> list[list[int]]:
         return ray.get([w.rng_state.remote() for w in self.rollouts])
@@ -451,28 +366,7 @@ class Stages:
         return info
 
     def completed_sync_seconds(self) -> float:
-        """Export time plus the slowest worker's load time of the newest sync
-        that every worker has finished (the previous value if none finished since)."""
-        while self._syncs:
-            sync = self._syncs[0]
-            done, _ = ray.wait(sync.loads, num_returns=len(sync.loads), timeout=0)
-            if len(done) < len(sync.loads):
-                break
-            self.last_sync_s = sync.export_s + max(self._load_times(sync.loads), default=0.0)
-            self._syncs.pop(0)
-        return self.last_sync_s
-
-    @staticmethod
-    def _load_times(loads: list[ray.ObjectRef]) -> list[float]:
-        """The loads' durations, leaving out those lost with a worker that died (it gets the weights again)."""
-        times = []
-        for ref in loads:
-            try:
-                times.append(ray.get(ref))
-            except Exception as exc:  # noqa: BLE001 - classified
-                if not is_actor_fault(exc):
-                    raise
-        return times
+        return self.weights.completed_sync_seconds()
 
     def save(self, path: str) -> None:
         self.learner.save(path)

@@ -40,8 +40,8 @@ from ray_jobs.lifecycle import (
     publish_final,
 )
 from ray_jobs.local_judge import LocalJudgeError, rewards_for_run
-from ray_jobs.offline import auto_threads
-from ray_jobs.pipeline import ThroughputWindow, assemble_batch, judge_inflight_bound, may_launch
+from ray_jobs.pipeline import ThroughputWindow, assemble_batch, may_launch
+from ray_jobs.run_settings import settings_for_run
 from ray_jobs.tracking import RunRecorder
 from ray_jobs.train_eval import EvalSet, TrainEval, load_eval_set
 from rewards.judge import JudgeUnreachableError, MissingApiKeyError
@@ -215,52 +215,6 @@ def ray_session(cfg: ExperimentConfig) -> Iterator[None]:
             ray.shutdown()  # stops a local instance; only disconnects from a cluster
 
 
-def _with_judge_concurrency(cfg: ExperimentConfig, evalset: EvalSet | None) -> ExperimentConfig:
-    """``judge.max_concurrency: auto`` resolved to what this pipeline can have in flight."""
-    eval_samples = len(evalset.items) * cfg.eval.samples_per_prompt if evalset is not None else 0
-    bound = judge_inflight_bound(
-        cfg.pipeline.prompts_per_step,
-        cfg.rollout.group_size,
-        cfg.pipeline.max_staleness,
-        cfg.algorithm.settings.dynamic_sampling,
-        eval_samples,
-    )
-    judge = cfg.judge.with_inflight(bound)
-    log.info(
-        "judge.max_concurrency: %d per endpoint%s",
-        judge.concurrency,
-        " (auto: what the pipeline can have in flight)" if cfg.judge.max_concurrency == "auto" else "",
-    )
-    return cfg.model_copy(update={"judge": judge})
-
-
-def _with_stage_threads(cfg: ExperimentConfig) -> ExperimentConfig:
-    """``torch_threads: auto`` (``ray_jobs.offline.auto_threads``): stages that run in turn
-    (max_staleness 0) get every core each; overlapping rollout workers and learner ranks share them."""
-    ro, lr = cfg.rollout, cfg.learner
-    overlap = cfg.pipeline.max_staleness > 0
-    threads = {
-        "rollout": auto_threads(ro.torch_threads, ro.num_workers + (lr.world_size if overlap else 0)),
-        "learner": auto_threads(lr.torch_threads, lr.world_size + (ro.num_workers if overlap else 0)),
-    }
-    if threads != {"rollout": ro.torch_threads, "learner": lr.torch_threads}:
-        log.info("torch threads (auto): %s", threads)
-    return cfg.model_copy(
-        update={
-            "rollout": ro.model_copy(update={"torch_threads": threads["rollout"]}),
-            "learner": lr.model_copy(update={"torch_threads": threads["learner"]}),
-        }
-    )
-
-
-def _with_absolute_model_path(cfg: ExperimentConfig) -> ExperimentConfig:
-    """Actors may run in another working directory: give them an absolute model path."""
-    path = Path(resolve_model_path(cfg.model))
-    if not path.exists():  # a hub name
-        return cfg
-    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": str(path.resolve())})})
-
-
 def run(cfg: ExperimentConfig) -> Path:
     """One training run end to end, resumed from the run directory's newest
     checkpoint when it has one (``run.resume``); returns the run directory.
@@ -279,7 +233,7 @@ def run(cfg: ExperimentConfig) -> Path:
         evalset = eval_preflight(cfg, tokenizer)
         with contextlib.ExitStack() as stack:
             cfg, keys = stack.enter_context(judge_endpoint(cfg, run_dir))
-            cfg = _with_absolute_model_path(_with_stage_threads(_with_judge_concurrency(cfg, evalset)))
+            cfg = settings_for_run(cfg, evalset)
             stack.enter_context(ray_session(cfg))
             stop.install()  # ray.init replaced our SIGTERM handler with its own
             for attempt in range(cfg.run.max_learner_restarts + 1):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from ray_jobs import train
+from ray_jobs import run_settings
 from ray_jobs.config import load_config
 from ray_jobs.offline import auto_threads
 from ray_jobs.pipeline import judge_inflight_bound, stage_threads
@@ -40,14 +40,14 @@ def test_train_driver_gives_each_stage_its_cores(monkeypatch) -> None:
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr("os.sched_getaffinity", lambda _pid: {0, 1})
-    alone = train._with_stage_threads(load_config(None, ["pipeline.max_staleness=0"]))
+    alone = run_settings.with_stage_threads(load_config(None, ["pipeline.max_staleness=0"]))
     assert (alone.rollout.torch_threads, alone.learner.torch_threads) == (2, 2)  # stages run in turn
-    overlap = train._with_stage_threads(load_config(None, ["pipeline.max_staleness=2"]))
+    overlap = run_settings.with_stage_threads(load_config(None, ["pipeline.max_staleness=2"]))
     assert (overlap.rollout.torch_threads, overlap.learner.torch_threads) == (1, 1)
-    fixed = train._with_stage_threads(load_config(None, ["pipeline.max_staleness=0", "rollout.torch_threads=1"]))
+    fixed = run_settings.with_stage_threads(load_config(None, ["pipeline.max_staleness=0", "rollout.torch_threads=1"]))
     assert (fixed.rollout.torch_threads, fixed.learner.torch_threads) == (1, 2)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the environment's per-process cap holds
-    assert train._with_stage_threads(alone).rollout.torch_threads == 2  # resolved already: kept
+    assert run_settings.with_stage_threads(alone).rollout.torch_threads == 2  # resolved already: kept
     assert auto_threads("auto", 1) == 1
     monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")  # a cluster: each actor keeps Ray's setting
     assert auto_threads("auto", 1) == "auto"
@@ -56,9 +56,9 @@ def test_train_driver_gives_each_stage_its_cores(monkeypatch) -> None:
 def test_train_driver_resolves_judge_concurrency_from_the_pipeline() -> None:
     overrides = ["pipeline.prompts_per_step=2", "pipeline.max_staleness=2"]
     cfg = load_config(None, overrides)
-    resolved = train._with_judge_concurrency(cfg, None)
+    resolved = run_settings.with_judge_concurrency(cfg, None)
     assert resolved.judge.concurrency == 2 * cfg.rollout.group_size * 3
-    fixed = train._with_judge_concurrency(load_config(None, [*overrides, "judge.max_concurrency=5"]), None)
+    fixed = run_settings.with_judge_concurrency(load_config(None, [*overrides, "judge.max_concurrency=5"]), None)
     assert fixed.judge.concurrency == 5
 
 
@@ -68,3 +68,12 @@ def test_auto_call_size_streams_each_vllm_request_and_batches_hf_calls() -> None
     assert cfg.pipeline.call_size("vllm") == 1  # each group reaches the judge when its request ends
     assert cfg.pipeline.call_size("hf") == 4  # one batched generate returns its groups together
     assert load_config(None, ["pipeline.prompts_per_call=3"]).pipeline.call_size("vllm") == 3
+
+
+def test_run_settings_give_actors_an_absolute_model_path(tmp_path, monkeypatch) -> None:
+    (tmp_path / "model").mkdir()
+    monkeypatch.chdir(tmp_path)
+    cfg = run_settings.with_absolute_model_path(load_config(None, ["model.path=model"]))
+    assert cfg.model.path == str(tmp_path / "model")
+    hub = run_settings.with_absolute_model_path(load_config(None, ["model.path=Qwen/Qwen2.5-0.5B-Instruct"]))
+    assert hub.model.path == "Qwen/Qwen2.5-0.5B-Instruct"  # a hub name stays a name

@@ -1,0 +1,126 @@
+"""Policy weights from the learner group to the rollout workers: the object store
+(full weights or the LoRA adapter, exported once and handed to every worker by
+reference) or a process-group broadcast (``weight_sync.transport``).
+
+``WeightPublisher`` is the one place that knows which version the rollout workers
+were sent; ``Stages`` asks it when it starts a generation.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import ray
+
+from ray_jobs.config import ExperimentConfig
+from ray_jobs.faults import RunFaultError, is_actor_fault
+from ray_jobs.learner_group import LearnerGroup
+
+
+@dataclass
+class _PendingSync:
+    version: int
+    export_s: float
+    loads: list[ray.ObjectRef] = field(default_factory=list)
+
+
+class WeightPublisher:
+    """Sends the learner group's weights to ``rollouts`` (Ray actor handles, which stay
+    valid across Ray's restarts of a worker).
+
+    Invariant: ``version`` is the newest policy version sent to every rollout worker;
+    a worker's loads run in the order they were sent, so a generation sent after a
+    publish starts on weights of at least that version.
+    """
+
+    def __init__(self, cfg: ExperimentConfig, learner: LearnerGroup, rollouts: list) -> None:
+        self.cfg, self.learner, self.rollouts = cfg, learner, rollouts
+        self.version = 0
+        self.last_sync_s = 0.0
+        self._syncs: list[_PendingSync] = []
+        self._latest_update: ray.ObjectRef | None = None  # what a restarted worker is sent (object store)
+        self._plan = self._join_broadcast() if cfg.weight_sync.transport == "broadcast" else None
+
+    def _join_broadcast(self) -> list:
+        """Form the weight-broadcast group (learner rank 0 = rank 0, worker i = rank i + 1)
+        and return the bucket plan every sync follows."""
+        ws = self.cfg.weight_sync
+        backend = ws.backend if ws.backend != "auto" else ("nccl" if self.cfg.learner.num_gpus > 0 else "gloo")
+        host, port = self.learner.broadcast_address()
+        world = 1 + len(self.rollouts)
+        joins = [w.join_weight_group.remote(host, port, i + 1, world, backend) for i, w in enumerate(self.rollouts)]
+        self.learner.join_weight_group(host, port, world, backend)
+        ray.get(joins)
+        return self.learner.weight_plan(ws.bucket_mb * 2**20)
+
+    def publish(self) -> None:
+        """Send the learner's new weights to every rollout worker.
+
+        Object store: export once (full weights or the LoRA adapter), then hand
+        every worker the reference, without waiting for the loads. Broadcast:
+        the workers are told to receive and the learner sends; this returns
+        when the learner has sent the last bucket.
+        """
+        start = time.perf_counter()
+        version = self.version + 1
+        if self._plan is not None:
+            loads = [w.receive_weights.remote(self._plan, version) for w in self.rollouts]
+            self.learner.broadcast_weights(self._plan)
+        else:
+            update = self.learner.export_weights(adapter_only=self.cfg.adapter_sync)
+            ray.wait([update], fetch_local=False)
+            loads = [w.update_weights.remote(update) for w in self.rollouts]
+            self._latest_update = update
+        self._syncs.append(_PendingSync(version, time.perf_counter() - start, loads))
+        self.version = version
+
+    def restore(self, version: int) -> None:
+        """After the learner loaded a checkpoint of ``version``: give every rollout worker
+        those weights and wait until they hold them (a resumed run's first batches need them)."""
+        if self._plan is not None:
+            loads = [w.receive_weights.remote(self._plan, version) for w in self.rollouts]
+            self.learner.broadcast_weights(self._plan)
+        else:
+            update = self.learner.export_weights(adapter_only=self.cfg.adapter_sync)
+            loads = [w.restore_weights.remote(update) for w in self.rollouts]
+            self._latest_update = update
+        ray.get(loads)
+        self.version = version
+
+    def resend(self, worker: int, cause: BaseException) -> None:
+        """Worker ``worker`` came back as a new process: send it the newest weights (nothing
+        before the first publish). A broadcast group cannot admit it: ``RunFaultError``."""
+        if self.version == 0:
+            return
+        if self._latest_update is None:
+            raise RunFaultError(
+                f"rollout worker {worker} was restarted ({type(cause).__name__}) but "
+                "weight_sync.transport=broadcast cannot admit a restarted engine to its group; "
+                "re-run the same command to resume from the newest checkpoint"
+            )
+        self.rollouts[worker].restore_weights.remote(self._latest_update)
+
+    def completed_sync_seconds(self) -> float:
+        """Export time plus the slowest worker's load time of the newest sync
+        that every worker has finished (the previous value if none finished since)."""
+        while self._syncs:
+            sync = self._syncs[0]
+            done, _ = ray.wait(sync.loads, num_returns=len(sync.loads), timeout=0)
+            if len(done) < len(sync.loads):
+                break
+            self.last_sync_s = sync.export_s + max(_load_times(sync.loads), default=0.0)
+            self._syncs.pop(0)
+        return self.last_sync_s
+
+
+def _load_times(loads: list[ray.ObjectRef]) -> list[float]:
+    """The loads' durations, leaving out those lost with a worker that died (it gets the weights again)."""
+    times = []
+    for ref in loads:
+        try:
+            times.append(ray.get(ref))
+        except Exception as exc:  # noqa: BLE001 - classified
+            if not is_actor_fault(exc):
+                raise
+    return times
