@@ -22,6 +22,36 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 # would send them to a cluster they did not start.
 os.environ.pop("RAY_ADDRESS", None)
 
+# The longest files (about a minute or more each on our 2-core machine) start first, longest
+# first, so the test processes finish together instead of one running a long file alone at the
+# end; pytest-xdist keeps this order (``--no-loadscope-reorder`` in pyproject.toml). The rest
+# follow in collection order. Only the order depends on this list, never a result.
+LONGEST_FIRST = (
+    "tests/ray_jobs/test_train_scaleout_e2e.py",
+    "tests/ray_jobs/test_actor_faults_e2e.py",
+    "tests/ray_jobs/test_resume_k2_e2e.py",
+    "tests/ray_jobs/test_resume_e2e.py",
+    "tests/ray_jobs/test_offline_e2e.py",
+    "tests/actors/test_rollout_vllm.py",
+    "tests/ray_jobs/test_sft_resume_e2e.py",
+    "tests/ray_jobs/test_presets_e2e.py",
+    "tests/scripts/test_bench_weight_sync.py",
+    "tests/ray_jobs/test_ray_job_submit.py",
+    "tests/ray_jobs/test_resume_deepspeed_e2e.py",
+    "tests/ray_jobs/test_learner_group.py",
+    "tests/actors/test_model_files.py",
+    "tests/ray_jobs/test_train_e2e.py",
+    "tests/ray_jobs/test_evaluate_e2e.py",
+    "tests/ray_jobs/test_learner_group_checkpoint.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Order the collected tests: the files of ``LONGEST_FIRST`` in its order, then the rest
+    as collected (a stable sort, so each file's tests keep their order)."""
+    rank = {path: i for i, path in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
+
 
 @pytest.fixture(scope="session", autouse=True)
 def stale_ray_cluster_file():

@@ -103,11 +103,12 @@ def _submit(address: str, env: dict, *job: str) -> str:
 
 
 def _stop_session(sid: int) -> None:
-    """SIGTERM every process of the session, then SIGKILL what is left after 20 s."""
+    """SIGTERM every process of the session, then SIGKILL what is left after 5 s (the head's
+    daemons are the test's own; nothing of them is kept)."""
     for pid in session_processes(sid):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 5
     while session_processes(sid) and time.monotonic() < deadline:
         time.sleep(0.5)
     reap_session(sid)
