@@ -172,6 +172,20 @@ def check_world_size(world_size: int) -> None:
         )
 
 
+def skip_shared_memory_op() -> None:
+    """Keep DeepSpeed from compiling its shared-memory all-reduce op on CPU, which its first
+    process-group init does in every fresh environment (about 55 s of CPU on our 2-core machine,
+    cached under ``TORCH_EXTENSIONS_DIR``). Only ``inference_all_reduce`` uses that op; training's
+    collectives go through the process group (gloo) with or without it. DeepSpeed builds it only
+    when ``deepspeed.ops.__compatible_ops__`` says it is compatible, a dict it computes once and
+    keeps, so the entry set here holds. With CUDA nothing changes."""
+    if torch.cuda.is_available():
+        return
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
 def init_distributed(world_size: int = 1) -> None:
     """Join (or create) the process group of ``world_size`` ranks: nccl with CUDA, gloo on CPU.
 
@@ -181,6 +195,7 @@ def init_distributed(world_size: int = 1) -> None:
 
     check_world_size(world_size)
     ensure_distributed_env()
+    skip_shared_memory_op()
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
 
 

@@ -165,6 +165,9 @@ def test_deepspeed_steps_match_torch(
     assert math.isfinite(first.metrics["loss"]) and math.isfinite(first.metrics["grad_norm"])
     assert _max_abs_diff(steps[0].weights, initial) > 5 * WEIGHT_ATOL  # the step moved the weights
     assert _mismatches(steps, expected) == []
+    from deepspeed.comm import comm
+
+    assert comm.cdb.shm_comm_op is None  # the unused shared-memory op was not compiled (skip_shared_memory_op)
 
 
 @pytest.mark.parametrize("broken", ["missed-micro-batch", "loss-scaled-twice"])

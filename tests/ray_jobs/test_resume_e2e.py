@@ -22,14 +22,14 @@ from run_procs import (
 
 pytestmark = pytest.mark.slow
 
-STEPS, EVERY = 20, 4
+STEPS, EVERY = 12, 4
 BASE = (f"run.steps={STEPS}", f"run.checkpoint_every={EVERY}", "rollout.backend=hf", "learner.backend=torch")
 SAMPLES_PER_STEP = 8 * 4  # prompts_per_step x group_size
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory: pytest.TempPathFactory, tiny_model_config) -> Path:
-    """The same 20-step run at k = 0, never interrupted."""
+    """The same 12-step run at k = 0, never interrupted."""
     out = tmp_path_factory.mktemp("uninterrupted") / "run"
     run_to_end(
         train_command(out, tiny_model_config.cache_dir, *BASE, "pipeline.max_staleness=0"), out.with_suffix(".log")
