@@ -277,5 +277,7 @@ class VLLMGenerationBackend:
         return self.tokenizer.decode(token_ids, skip_special_tokens=True)
 
     def close(self) -> None:
+        """Shut the engine down. Call it from the engine's event loop (a Ray actor's methods
+        run there): from outside it, vLLM leaves closing its sockets to that loop."""
         self.engine.shutdown()
         shutil.rmtree(self._staging, ignore_errors=True)

@@ -36,11 +36,23 @@ def _worker(tiny_model_config, lora_rank=None, max_new_tokens=8):
     return RolloutWorker(cfg, tiny_model_config, seed=0, lora_rank=lora_rank)
 
 
+def _close(worker, loop) -> None:
+    """Shut the engine down inside its event loop, as the Ray actor does. Shut down from outside
+    it, vLLM leaves closing its sockets to that loop; a loop that never runs again leaves them
+    open, and a later garbage collection of their zmq context blocks in ``zmq_ctx_term`` (seen as
+    a 14-minute stall in a later test of the same process)."""
+
+    async def close() -> None:
+        worker.close()
+
+    loop.run_until_complete(close())
+
+
 @pytest.fixture(scope="module")
 def worker(tiny_model_config, loop):
     w = _worker(tiny_model_config)
     yield w
-    w.close()
+    _close(w, loop)
 
 
 def _prompts(
@@ -166,7 +178,7 @@ def test_lora_adapter_sync_matches_merged_model(loop, tiny_model_config, tiny_to
             samples = loop.run_until_complete(worker.generate(0, 0, _prompts(tiny_tokenizer))).samples
             assert {s.policy_version for s in samples} == {version}
     finally:
-        worker.close()
+        _close(worker, loop)
 
 
 def test_update_in_flight_keeps_requests_and_records_both_versions(loop, tiny_model_config, tiny_tokenizer) -> None:
@@ -198,4 +210,4 @@ def test_update_in_flight_keeps_requests_and_records_both_versions(loop, tiny_mo
         after = loop.run_until_complete(worker.generate(1, 0, prompts[:1])).samples
         assert all(s.policy_version == 1 and s.final_policy_version is None for s in after)
     finally:
-        worker.close()
+        _close(worker, loop)
