@@ -64,29 +64,27 @@ class WeightPublisher:
         """
         start = time.perf_counter()
         version = self.version + 1
-        if self._plan is not None:
-            loads = [w.receive_weights.remote(self._plan, version) for w in self.rollouts]
-            self.learner.broadcast_weights(self._plan)
-        else:
-            update = self.learner.export_weights(adapter_only=self.cfg.adapter_sync)
-            ray.wait([update], fetch_local=False)
-            loads = [w.update_weights.remote(update) for w in self.rollouts]
-            self._latest_update = update
+        loads = self._send(version, load="update_weights")
         self._syncs.append(_PendingSync(version, time.perf_counter() - start, loads))
         self.version = version
 
     def restore(self, version: int) -> None:
         """After the learner loaded a checkpoint of ``version``: give every rollout worker
         those weights and wait until they hold them (a resumed run's first batches need them)."""
+        ray.get(self._send(version, load="restore_weights"))
+        self.version = version
+
+    def _send(self, version: int, load: str) -> list[ray.ObjectRef]:
+        """The learner's current weights to every worker, as ``version``; returns the workers' loads.
+        Object store: the export, once exported, goes to each worker's ``load`` method."""
         if self._plan is not None:
             loads = [w.receive_weights.remote(self._plan, version) for w in self.rollouts]
             self.learner.broadcast_weights(self._plan)
-        else:
-            update = self.learner.export_weights(adapter_only=self.cfg.adapter_sync)
-            loads = [w.restore_weights.remote(update) for w in self.rollouts]
-            self._latest_update = update
-        ray.get(loads)
-        self.version = version
+            return loads
+        update = self.learner.export_weights(adapter_only=self.cfg.adapter_sync)
+        ray.wait([update], fetch_local=False)
+        self._latest_update = update
+        return [getattr(w, load).remote(update) for w in self.rollouts]
 
     def resend(self, worker: int, cause: BaseException) -> None:
         """Worker ``worker`` came back as a new process: send it the newest weights (nothing
