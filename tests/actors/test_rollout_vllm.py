@@ -7,6 +7,8 @@ completions must be token-identical.
 from __future__ import annotations
 
 import asyncio
+import socket
+import threading
 
 import pytest
 import torch
@@ -17,6 +19,7 @@ from actors.learner import LoraConfig, apply_lora  # noqa: E402
 from actors.messages import PromptItem  # noqa: E402
 from actors.models import load_causal_lm, resolve_model_path  # noqa: E402
 from actors.rollout import RolloutConfig, RolloutWorker  # noqa: E402
+from actors.weight_broadcast import broadcast_buckets, bucket_plan, join_group  # noqa: E402
 from actors.weight_sync import ObjectStoreWeightSync, merged_state_dict  # noqa: E402
 from algorithms.logprobs import token_logprobs  # noqa: E402
 
@@ -155,6 +158,37 @@ def test_matches_learner_before_and_after_full_sync(worker, loop, tiny_model_con
     update = ObjectStoreWeightSync().export(merged_state_dict(model), version=worker.version + 1)
     loop.run_until_complete(worker.update_weights(update))
     assert worker.version == update.version
+    _check_against(model, worker, loop, tiny_tokenizer)
+
+
+def test_matches_learner_after_a_weight_broadcast(worker, loop, tiny_model_config, tiny_tokenizer) -> None:
+    """weight_sync.transport=broadcast, the engine's side: the test is rank 0 of a gloo group and
+    sends perturbed weights in buckets of 100 kB (so the tied embedding and lm_head land in
+    different buckets), the engine's worker process is rank 1; then it samples as that model does."""
+    model = load_causal_lm(resolve_model_path(tiny_model_config), "float32").eval()
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    state = merged_state_dict(model)
+    plan = bucket_plan(state, bucket_bytes=100_000)
+    assert len(plan) > 1
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sent: list[int] = []
+
+    def send() -> None:
+        group = join_group("127.0.0.1", port, 0, 2, "gloo", torch.device("cpu"), timeout_s=120)
+        sent.append(broadcast_buckets(group, state, plan, torch.device("cpu")))
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    loop.run_until_complete(worker.join_weight_group("127.0.0.1", port, 1, 2, "gloo"))
+    version = worker.version + 1
+    loop.run_until_complete(worker.receive_weights(plan, version))
+    sender.join(timeout=120)
+    assert sent and worker.version == version
     _check_against(model, worker, loop, tiny_tokenizer)
 
 

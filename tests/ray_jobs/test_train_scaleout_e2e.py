@@ -1,6 +1,11 @@
 """The scale-out shape end to end on CPU, on local Ray with the tiny model: a vLLM engine and a
-two-rank DeepSpeed learner that learn through a killed rollout worker, and vLLM with LoRA adapter
-sync and with the weight broadcast."""
+two-rank DeepSpeed learner that learn through a killed rollout worker, vLLM with LoRA adapter
+sync, and the weight broadcast from a two-rank DeepSpeed learner.
+
+The broadcast run uses the HF rollout backend: the driver's broadcast path is the same for both
+backends, and a vLLM engine receiving the broadcast buckets is checked against the learner's
+weights in tests/scripts/test_bench_weight_sync.py; a third vLLM engine start here would cost
+about 40 s of the suite and test nothing more."""
 
 from __future__ import annotations
 
@@ -33,7 +38,7 @@ def _run(tmp_path: Path, tiny_model_config, overrides: list[str]) -> tuple[list[
 
 def test_lora_adapter_sync_and_broadcast_runs(tmp_path: Path, tiny_model_config, monkeypatch) -> None:
     """Adapter-only sync (vLLM loads each adapter version; a torch learner) and, separately, the gloo
-    broadcast from a two-rank DeepSpeed learner."""
+    broadcast from a two-rank DeepSpeed learner (to an HF rollout worker: module docstring)."""
     monkeypatch.setenv("RELAY_JUDGE_API_KEY", "sk-test")
     lora = [
         "learner.lora.enabled=true",
@@ -47,6 +52,7 @@ def test_lora_adapter_sync_and_broadcast_runs(tmp_path: Path, tiny_model_config,
         tiny_model_config,
         [
             "run.steps=3",
+            "rollout.backend=hf",
             "weight_sync.transport=broadcast",
             "pipeline.max_staleness=0",
             "learner.backend=deepspeed",
