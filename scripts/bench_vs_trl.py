@@ -1,6 +1,6 @@
 """TRL GRPOTrainer and relay side by side, in one run: mean seconds per step.
 
-    python -m scripts.bench_vs_trl [--models tiny,26M] [--ks 0,2,4] [--judge-latency-s 1.0] [--steps 12]
+    python -m scripts.bench_vs_trl [--models tiny,26M] [--ks 0,2,4] [--judge-latency-s 1.0] [--steps 12] [--repeats 1]
                                    [--model-path PATH [--name NAME]] [--lora] [--out runs/bench_vs_trl/results.json]
 
 Both trainers get identical random-weight models (relay's built-in tiny model,
@@ -43,6 +43,7 @@ from scripts.bench_vs_trl_report import (
     console_step,
     durations_from_ends,
     format_markdown,
+    format_repeats,
     format_spread,
     format_table,
     relay_step_s,
@@ -193,13 +194,19 @@ def _load(run: dict) -> str:
     return f"load {statistics.fmean(load):.1f} mean, {max(load):.1f} max"
 
 
-def bench_model(name: str, model_path: str, trl_dir: str, args, prompts: Path, url: str, root: Path) -> dict:
-    """TRL, then relay at each k, on one model; every run's raw per-step times."""
+def bench_model(
+    name: str, model_path: str, trl_dir: str, args, prompts: Path, url: str, root: Path, label: str | None = None
+) -> dict:
+    """TRL, then relay at each k, on one model (runs under ``root / name``, printed as ``label``);
+    every run's raw per-step times."""
+    label = label or name
     result: dict = {"model_path": model_path, "relay": {}}
     before = judge_requests(url)
     result["trl"] = run_trl(trl_dir, prompts, url, args.steps, args.lora, root / name / "trl")
     result["trl"]["server_requests"] = judge_requests(url) - before
-    print(f"[{name}] TRL: {window_stats(result['trl']['durations'], 3, args.last)}; {_load(result['trl'])}", flush=True)
+    print(
+        f"[{label}] TRL: {window_stats(result['trl']['durations'], 3, args.last)}; {_load(result['trl'])}", flush=True
+    )
     for k in args.ks:
         before = judge_requests(url)
         steps = args.steps + (0 if args.drain else k)  # the window's steps each launch a new batch
@@ -208,7 +215,7 @@ def bench_model(name: str, model_path: str, trl_dir: str, args, prompts: Path, u
         result["relay"][str(k)] = relay
         stages = stage_means(relay["stages"], 3, args.last)
         stats = window_stats(relay["durations"], 3, args.last)
-        print(f"[{name}] relay k={k}: {stats}; {_load(relay)}; stages {stages}", flush=True)
+        print(f"[{label}] relay k={k}: {stats}; {_load(relay)}; stages {stages}", flush=True)
     return result
 
 
@@ -217,6 +224,7 @@ def summarise(results: dict, last: int) -> dict:
     summary = {}
     for name, r in results.items():
         summary[name] = {
+            "model": r.get("model", name),
             "params": r.get("params"),
             "trl": window_stats(r["trl"]["durations"], 3, last),
             "trl_step_time": window_stats(r["trl"]["step_time"], 3, last),
@@ -244,6 +252,13 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--steps", type=int, default=12, help="steps per run; the mean is over steps 3..steps")
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="run the whole comparison (TRL, then relay at each k) this many times in turn; each repeat is a "
+        "row ('26M #2') and the ratios' mean and range are printed at the end (runs move by up to ~15%%)",
+    )
+    parser.add_argument(
         "--drain",
         action="store_true",
         help="run relay for exactly --steps (its last k steps, with nothing left to generate, then fall in the "
@@ -255,6 +270,8 @@ def parse_args(argv: list[str] | None):
     args.last = args.steps
     if args.steps < 4:
         parser.error("--steps must be at least 4 (the mean is over steps 3..steps)")
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
     return args
 
 
@@ -275,8 +292,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"model {name}: {built:,} parameters, {path}", flush=True)
     results: dict = {}
     with judge_server(args.judge_latency_s, root / "judge_server.log") as url:
-        for name, (path, trl_dir, params) in models.items():
-            results[name] = {**bench_model(name, path, trl_dir, args, prompts, url, root), "params": params}
+        for repeat in range(1, args.repeats + 1):
+            for name, (path, trl_dir, params) in models.items():
+                label = name if args.repeats == 1 else f"{name} #{repeat}"
+                run_root = root if args.repeats == 1 else root / f"repeat-{repeat}"
+                bench = bench_model(name, path, trl_dir, args, prompts, url, run_root, label)
+                results[label] = {**bench, "params": params, "model": name}
     summary = summarise(results, args.last)
     record = {"settings": vars(args), "summary": summary_json(summary), "results": results}
     out.write_text(json.dumps({**record, "wall_s": time.time() - started}, indent=1))
@@ -284,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(summary, args.ks))
     print("\n" + format_markdown(summary, args.ks))
     print("\n" + format_spread(summary, args.ks))
+    if args.repeats > 1:
+        print("\nTRL / relay over the repeats:\n" + format_repeats(summary, args.ks))
     print("\ncross-check, each trainer's own step timing (mean s/step over the same steps):")
     for name, s in summary.items():
         own = ", ".join(f"relay k={k} time/step_s {v.mean:.3f}" for k, v in s["relay_step_s"].items())

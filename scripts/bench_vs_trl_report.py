@@ -119,3 +119,29 @@ def format_spread(summary: Mapping, ks: Sequence[int]) -> str:
         for label, st in runs:
             lines.append(f"| {name} | {label} | {st.mean:.3f} | {st.sd:.3f} | {st.min:.3f} | {st.max:.3f} | {st.n} |")
     return "\n".join(lines)
+
+
+def repeat_ratios(summary: Mapping, ks: Sequence[int]) -> dict[str, dict[int, list[float]]]:
+    """Per model (``s["model"]``, the name without its repeat) and k: the TRL / relay ratio of
+    each repeat, in run order. Each repeat's ratio compares runs made minutes apart, so the
+    machine's slow drift cancels in it, not between repeats."""
+    ratios: dict[str, dict[int, list[float]]] = {}
+    for s in summary.values():
+        per_k = ratios.setdefault(s.get("model", ""), {})
+        for k in ks:
+            if k in s["relay"]:
+                per_k.setdefault(k, []).append(s["trl"].mean / s["relay"][k].mean)
+    return ratios
+
+
+def format_repeats(summary: Mapping, ks: Sequence[int]) -> str:
+    """One line per model and k: every repeat's ratio, their mean and range."""
+    lines = []
+    for model, per_k in repeat_ratios(summary, ks).items():
+        for k, values in per_k.items():
+            each = ", ".join(f"{v:.2f}" for v in values)
+            lines.append(
+                f"{model} relay k={k}: {statistics.fmean(values):.2f}x mean over {len(values)} repeats "
+                f"(range {min(values):.2f}-{max(values):.2f}; each: {each})"
+            )
+    return "\n".join(lines)

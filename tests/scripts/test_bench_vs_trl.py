@@ -14,9 +14,11 @@ from scripts.bench_vs_trl_report import (
     console_step,
     durations_from_ends,
     format_markdown,
+    format_repeats,
     format_spread,
     format_table,
     relay_step_s,
+    repeat_ratios,
     stage_means,
     window_stats,
 )
@@ -78,6 +80,24 @@ def test_tables_show_means_and_trl_over_relay() -> None:
     spread = format_spread(SUMMARY, [0, 2]).splitlines()
     assert spread[2] == "| tiny | TRL | 1.200 | 0.100 | 1.000 | 1.400 | 10 |"
     assert spread[4] == "| tiny | relay k=2 | 0.600 | 0.300 | 0.200 | 1.000 | 10 |"
+
+
+def test_repeats_give_each_ratio_then_their_mean_and_range() -> None:
+    # repeat 1: 4.0 / 2.0 = 2.00 at k=2; repeat 2: 3.0 / 2.5 = 1.20; mean (2.0 + 1.2) / 2 = 1.60.
+    # k=0 ran in repeat 1 only: 4.0 / 5.0 = 0.80, its own mean and range.
+    summary = {
+        "26M #1": {
+            "model": "26M",
+            "trl": Stats(4.0, 0, 4, 4, 10),
+            "relay": {0: Stats(5.0, 0, 5, 5, 10), 2: Stats(2.0, 0, 2, 2, 10)},
+        },
+        "26M #2": {"model": "26M", "trl": Stats(3.0, 0, 3, 3, 10), "relay": {2: Stats(2.5, 0, 2.5, 2.5, 10)}},
+    }
+    assert repeat_ratios(summary, [0, 2]) == {"26M": {0: pytest.approx([0.8]), 2: pytest.approx([2.0, 1.2])}}
+    assert format_repeats(summary, [0, 2]).splitlines() == [
+        "26M relay k=0: 0.80x mean over 1 repeats (range 0.80-0.80; each: 0.80)",
+        "26M relay k=2: 1.60x mean over 2 repeats (range 1.20-2.00; each: 2.00, 1.20)",
+    ]
 
 
 def test_trl_reward_asks_what_relays_judge_asks() -> None:
