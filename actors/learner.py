@@ -80,6 +80,7 @@ from actors.data_parallel import (
     micro_batch_plan,
     shard,
 )
+from actors.forward_ahead import HeldForward, forward_samples, held_logprobs, held_rows
 from actors.learner_config import (
     LearnerBackend,
     LearnerConfig,
@@ -88,7 +89,7 @@ from actors.learner_config import (
     enable_gradient_checkpointing,
     prepare_policy,
 )
-from actors.messages import TrainBatch, TrainResult, WeightsUpdate
+from actors.messages import RolloutResult, TrainBatch, TrainResult, WeightsUpdate
 from actors.models import ModelConfig, apply_torch_threads, resolve_model_path
 from actors.objectives import LossTotals, PerToken, collate, compose_loss, policy_loss
 from actors.sequence_objectives import SequenceObjective
@@ -196,6 +197,7 @@ class Learner(TrainPreparation, SequenceTraining):
                 f"learner.world_size={learner.world_size} but the backend's process group has {self.world_size} ranks"
             )
         self._sync = ObjectStoreWeightSync()
+        self._held: HeldForward | None = None  # forward_ahead's, until the next train
         lora = learner.lora.model_dump(include={"r", "alpha", "target_modules"}) if learner.lora.enabled else None
         self._layout = learner_state.checkpoint_layout(
             learner.backend, learner.zero_stage, learner.world_size, model.dtype, lora
@@ -213,10 +215,11 @@ class Learner(TrainPreparation, SequenceTraining):
             raise ValueError(f"step {batch.step}: empty batch (every sample unscored?)")
         start = time.perf_counter()
         self.backend.model.train()
+        ahead, ahead_metrics = self._take_held(batch)
         per_token = self._prepare(batch)
         everything = slice(0, len(batch))
         records = [
-            self._optimizer_step(batch, rows, per_token)
+            self._optimizer_step(batch, rows, per_token, ahead)
             for _ in range(self.settings.num_iterations)
             for rows in _slices(everything, self.settings.num_minibatches)
         ]
@@ -225,16 +228,53 @@ class Learner(TrainPreparation, SequenceTraining):
             **_mean_metrics(records),
             "optim/steps": float(len(records)),
             "time/train_s": time.perf_counter() - start,
+            **ahead_metrics,
         }
         return TrainResult(step=batch.step, policy_version=self.version, metrics=metrics)
 
-    def _optimizer_step(self, batch: TrainBatch, rows: slice, per_token: PerToken) -> dict[str, float]:
+    def forward_ahead(self, step: int, *results: RolloutResult) -> float:
+        """Run the gradient pass's forward over step ``step``'s generated samples now, while
+        the judge scores them, and hold it for that step's ``train`` (``actors/forward_ahead.py``).
+
+        Runs only where ``train`` can use it: the learner is at version ``step``, one rank
+        of the torch backend, one optimiser step per batch and the samples in one
+        micro-batch; otherwise holds nothing. Returns the forward's seconds (0: not run).
+        """
+        self._held = None
+        samples = sum(len(r.samples) for r in results)
+        if step != self.version or not self._forward_ahead_fits(samples):
+            return 0.0
+        self.backend.model.train()
+        self._held = forward_samples(self.backend.model, step, list(results), self.temperature, self.backend.device)
+        return self._held.seconds
+
+    def _forward_ahead_fits(self, samples: int) -> bool:
+        """One rank, plain torch, one optimiser step per batch, all ``samples`` in one micro-batch."""
+        s = self.settings
+        single_step = s.num_iterations == 1 and s.num_minibatches == 1
+        one_rank = self.config.backend == "torch" and self.world_size == 1
+        return single_step and one_rank and self.objective is None and 0 < samples <= self.config.micro_batch_size
+
+    def _take_held(self, batch: TrainBatch) -> tuple[tuple[HeldForward, list[int]] | None, dict[str, float]]:
+        """The held forward with the held row of each batch row, when it is this batch's;
+        its metrics (``time/forward_ahead_s``; ``learner/forward_ahead``: 1 used, 0 not matched)."""
+        held, self._held = self._held, None
+        if held is None or held.step != batch.step:
+            return None, {}
+        rows = held_rows(held, batch) if self._forward_ahead_fits(len(batch)) else None
+        metrics = {"time/forward_ahead_s": held.seconds, "learner/forward_ahead": float(rows is not None)}
+        return (held, rows) if rows is not None else None, metrics
+
+    def _optimizer_step(
+        self, batch: TrainBatch, rows: slice, per_token: PerToken, ahead: tuple[HeldForward, list[int]] | None = None
+    ) -> dict[str, float]:
         """One optimiser step on minibatch ``rows`` (this rank's share), accumulated over micro-batches.
 
         Each micro-batch loss is normalised by the whole minibatch's totals and
         multiplied by ``world_size`` (DeepSpeed averages gradients over ranks),
         a padding one by 0, so the applied gradient is the minibatch loss's.
-        Returns the minibatch's metrics, combined over ranks.
+        Returns the minibatch's metrics, combined over ranks. With ``ahead`` (the batch's
+        held forward and rows; one micro-batch, one rank) its log-probs replace the forward.
         """
         totals = LossTotals(
             rows.stop - rows.start, sum(len(c) for c in batch.completion_token_ids[rows]), self.max_new_tokens
@@ -242,7 +282,8 @@ class Learner(TrainPreparation, SequenceTraining):
         record: dict[str, float] = {"loss": 0.0}
         for micro in micro_batch_plan(rows, self.rank, self.world_size, self.config.micro_batch_size):
             tensors = {k: v.to(self.backend.device) for k, v in collate(batch, micro.rows, per_token).items()}
-            loss, stats = policy_loss(self.backend.model, tensors, self.settings, self.temperature, totals)
+            forward = held_logprobs(*ahead, tensors) if ahead is not None else None
+            loss, stats = policy_loss(self.backend.model, tensors, self.settings, self.temperature, totals, forward)
             scale = 0.0 if micro.padding else float(self.world_size)
             self.backend.backward(loss if scale == 1.0 else loss * scale)
             if not micro.padding:

@@ -78,19 +78,32 @@ def policy_loss(
     algorithm: AlgorithmConfig | AlgorithmSettings,
     temperature: float,
     totals: LossTotals | None = None,
+    forward: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Forward pass and the configured policy loss for one micro-batch.
 
     ``tensors`` come from ``collate`` (with ``proximal_logprobs`` /
     ``ref_logprobs`` when prepared); ``totals`` default to this micro-batch's own.
+    ``forward``: this micro-batch's ``forward_logprobs``, already computed (then the
+    model is not called).
     """
     s = algorithm.settings if isinstance(algorithm, AlgorithmConfig) else algorithm
+    logps, entropy = forward if forward is not None else forward_logprobs(model, tensors, temperature)
+    loss, stats = compose_loss(logps, tensors, s, totals)
+    stats["entropy"] = float(masked_mean(entropy, tensors["completion_mask"]))
+    return loss, stats
+
+
+def forward_logprobs(
+    model: torch.nn.Module, tensors: dict[str, torch.Tensor], temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gradient pass's forward: per-token log-probs (B, T-1) of ``input_ids[:, 1:]``, with
+    autograd, and the per-token entropy (B, T-1), detached; aligned with ``completion_mask``."""
     logits = model(input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"]).logits[:, :-1]
     logps = token_logprobs(logits, tensors["input_ids"][:, 1:], temperature)
-    loss, stats = compose_loss(logps, tensors, s, totals)
     with torch.no_grad():
-        stats["entropy"] = float(masked_mean(token_entropy(logits, temperature), tensors["completion_mask"]))
-    return loss, stats
+        entropy = token_entropy(logits, temperature)
+    return logps, entropy
 
 
 def compose_loss(

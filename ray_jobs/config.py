@@ -102,6 +102,14 @@ class PipelineConfig(BaseModel):
         ge=0,
         description="Times Ray restarts each rollout worker and the judge pool after it dies; the calls it held are sent again.",
     )
+    forward_ahead: bool | Literal["auto"] = Field(
+        default="auto",
+        description="On-policy (max_staleness 0), the learner runs its gradient pass's forward on a batch's samples "
+        "while the judge scores them, and only the loss, backward and optimiser step once the scores arrive. It "
+        "needs learner.backend torch with one rank, one optimiser step per batch (algorithm.num_iterations and "
+        "num_minibatches 1), no dynamic sampling, and a step's samples in one learner.micro_batch_size. "
+        "'auto': on wherever that holds; true: an error where it does not.",
+    )
 
     def call_size(self, backend: str) -> int:
         """Prompts per rollout call for the rollout ``backend`` ('auto' resolved)."""
@@ -255,6 +263,30 @@ class ExperimentConfig(BaseModel):
                 f"rollout.vllm.tensor_parallel_size {tp} needs rollout.num_gpus_per_worker: {tp} (got {gpus:g})"
             )
         return self
+
+    @model_validator(mode="after")
+    def _forward_ahead_fits(self) -> ExperimentConfig:
+        if self.pipeline.forward_ahead is True and (why := self.forward_ahead_blocker()):
+            raise ValueError(f"pipeline.forward_ahead: true needs {why}; set it to auto or false")
+        return self
+
+    def forward_ahead_blocker(self) -> str | None:
+        """Why the learner cannot run a batch's forward before it is scored here (None: it can)."""
+        s, lr = self.algorithm.settings, self.learner
+        per_step = self.pipeline.prompts_per_step * self.rollout.group_size
+        checks = {
+            "pipeline.max_staleness 0": self.pipeline.max_staleness == 0,
+            "learner.backend torch": lr.backend == "torch",
+            "algorithm.num_iterations and num_minibatches 1": s.num_iterations == 1 and s.num_minibatches == 1,
+            "no dynamic sampling": not s.dynamic_sampling,
+            f"learner.micro_batch_size >= {per_step} (a step's samples)": lr.micro_batch_size >= per_step,
+        }
+        return next((need for need, ok in checks.items() if not ok), None)
+
+    @property
+    def forward_ahead(self) -> bool:
+        """True when the learner runs each batch's forward while the judge scores it."""
+        return self.pipeline.forward_ahead is not False and self.forward_ahead_blocker() is None
 
     @property
     def adapter_sync(self) -> bool:

@@ -229,6 +229,14 @@ class LearnerGroup:
         """Per row: summed and length-normalised target log-probs under the policy (collective; rank 0's)."""
         return _get_all(self._on_all("score_sequences", ray.put(batch), adapter=adapter))[0]
 
+    def forward_ahead(self, step: int, generated: list[ray.ObjectRef]) -> ray.ObjectRef:
+        """Rank 0's ``Learner.forward_ahead`` on the batch's rollout results (resolved by Ray
+        when they exist), by reference; returns without waiting. One rank only: the
+        forward ahead needs the torch backend."""
+        if len(self.ranks) != 1:
+            raise ValueError("forward_ahead needs a learner of one rank")
+        return self.ranks[0].forward_ahead.remote(step, *generated)
+
     def export_weights(self, **options: Any) -> ray.ObjectRef:
         """Rank 0's ``Learner.export_weights(**options)`` (a ``WeightsUpdate``), by reference;
         returns without waiting.

@@ -108,6 +108,7 @@ class Stages:
         self._progress_at = [time.monotonic()] * len(self.rollouts)  # when each worker last finished a call
         self._killed: set[tuple[int, int]] = set()  # (worker, epoch) restarted for a hung call
         self.weights = WeightPublisher(cfg, self.learner, self.rollouts)
+        self._ahead: dict[int, ray.ObjectRef] = {}  # batch -> its Learner.forward_ahead call
 
     @property
     def version(self) -> int:
@@ -150,13 +151,20 @@ class Stages:
         judge pool. Each call starts on weights of at least the newest version
         sent (``self.version``), which is what admission control counted on.
         Returns the calls. Calls are numbered from ``first_call`` (refills of a
-        batch continue its numbering, so group ids stay unique)."""
+        batch continue its numbering, so group ids stay unique).
+
+        With ``pipeline.forward_ahead`` on, the learner is given the batch's generations
+        too: it runs their forward as soon as they exist, while the judge scores them.
+        """
         self._reap_finished_calls()
         per_call = self.cfg.pipeline.call_size(self.cfg.rollout.backend)
-        return [
+        calls = [
             self._send(batch_index, call, prompts[lo : lo + per_call])
             for call, lo in enumerate(range(0, len(prompts), per_call), start=first_call)
         ]
+        if self.cfg.forward_ahead and first_call == 0:
+            self._ahead[batch_index] = self.learner.forward_ahead(batch_index, [c.generated for c in calls])
+        return calls
 
     def _send(self, batch_index: int, call: int, chunk: list[PromptItem], resends: int = 0) -> RolloutCall:
         worker = self.router.pick(len(chunk))
@@ -328,11 +336,23 @@ class Stages:
     def train(self, batch: TrainBatch) -> TrainResult:
         """One learner step; ``LearnerDied`` (naming the rank) if a rank died."""
         try:
-            return self.learner.train(batch)
+            result = self.learner.train(batch)
         except ray.exceptions.RayActorError as exc:
             raise LearnerDied(
                 f"learner {self._dead_rank()} died during step {batch.step} ({type(exc).__name__})"
             ) from None
+        self._reap_forward_ahead(batch.step)
+        return result
+
+    def _reap_forward_ahead(self, step: int) -> None:
+        """Collect the forward-ahead calls up to ``step`` (done: the learner ran them before
+        ``train``). One fails when a rollout call of its batch was lost and sent again; the
+        step then ran its own forward."""
+        for batch in [b for b in self._ahead if b <= step]:
+            try:
+                ray.get(self._ahead.pop(batch))
+            except ray.exceptions.RayError as exc:
+                log.info("step %d: no forward ahead of the judge (%s); the step ran its own", batch, type(exc).__name__)
 
     def _dead_rank(self) -> str:
         for rank, actor in enumerate(self.learner.ranks):

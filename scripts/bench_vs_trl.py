@@ -170,12 +170,15 @@ def run_trl(model_dir: str, prompts: Path, url: str, steps: int, lora: bool, run
     }
 
 
-def run_relay(model_path: str, prompts: Path, url: str, k: int, steps: int, lora: bool, run_dir: Path) -> dict:
-    """One relay run at ``pipeline.max_staleness=k`` (module docstring)."""
+def run_relay(
+    model_path: str, prompts: Path, url: str, k: int, steps: int, lora: bool, run_dir: Path, extra: list[str]
+) -> dict:
+    """One relay run at ``pipeline.max_staleness=k`` (module docstring), with the ``extra`` overrides last."""
     overrides = [f"model.path={model_path}", f"data.path={prompts}", *STEP_SHAPE, *OUTPUTS_OFF]
     overrides += [f"pipeline.max_staleness={k}", f"run.steps={steps}", f"run.output_dir={run_dir}"]
     overrides += [f"judge.base_url={url}", f"judge.api_key_env={KEY_ENV}", f"judge.model={JUDGE_MODEL}"]
     overrides += ["learner.lora.enabled=true"] if lora else []
+    overrides += extra
     started, load = time.time(), list[float]()
     lines = timed_lines([sys.executable, "-m", "ray_jobs.train", *overrides], run_dir.with_suffix(".log"), load)
     ends = [t for t, line in lines if console_step(line) is not None]
@@ -210,7 +213,7 @@ def bench_model(
     for k in args.ks:
         before = judge_requests(url)
         steps = args.steps + (0 if args.drain else k)  # the window's steps each launch a new batch
-        relay = run_relay(model_path, prompts, url, k, steps, args.lora, root / name / f"relay-k{k}")
+        relay = run_relay(model_path, prompts, url, k, steps, args.lora, root / name / f"relay-k{k}", args.relay_set)
         relay["server_requests"] = judge_requests(url) - before
         result["relay"][str(k)] = relay
         stages = stage_means(relay["stages"], 3, args.last)
@@ -248,6 +251,13 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--name", default=None, help="the --model-path model's name in the table")
     parser.add_argument("--lora", action="store_true", help="LoRA in both (relay: learner.lora.enabled)")
     parser.add_argument("--ks", default="0,2,4", help="relay pipeline.max_staleness values")
+    parser.add_argument(
+        "--relay-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an extra override for every relay run (repeatable), e.g. pipeline.forward_ahead=false",
+    )
     parser.add_argument("--judge-latency-s", type=float, default=1.0)
     parser.add_argument("--steps", type=int, default=12, help="steps per run; the mean is over steps 3..steps")
     parser.add_argument("--prompts", type=int, default=64)

@@ -15,6 +15,7 @@ STAGE_KEYS = (
     "time/generate_s",
     "time/judge_s",
     "time/train_s",
+    "time/forward_ahead_s",
     "time/weight_sync_s",
     "judge/latency_p50_s",
     "judge/latency_p95_s",

@@ -1,9 +1,11 @@
 """``judge.max_concurrency: auto`` and ``torch_threads: auto``: the bounds and how the drivers resolve them."""
 
+import re
+
 import pytest
 
 from ray_jobs import run_settings
-from ray_jobs.config import load_config
+from ray_jobs.config import ConfigError, load_config
 from ray_jobs.offline import auto_threads
 from ray_jobs.pipeline import judge_inflight_bound, stage_threads
 from rewards.config import AUTO_CONCURRENCY_UNRESOLVED, JudgeConfig
@@ -77,3 +79,22 @@ def test_run_settings_give_actors_an_absolute_model_path(tmp_path, monkeypatch) 
     assert cfg.model.path == str(tmp_path / "model")
     hub = run_settings.with_absolute_model_path(load_config(None, ["model.path=Qwen/Qwen2.5-0.5B-Instruct"]))
     assert hub.model.path == "Qwen/Qwen2.5-0.5B-Instruct"  # a hub name stays a name
+
+
+def test_forward_ahead_is_on_where_the_learner_can_run_a_batch_before_its_scores() -> None:
+    assert load_config(None, ["pipeline.max_staleness=0"]).forward_ahead
+    assert not load_config(None, ["pipeline.max_staleness=2"]).forward_ahead  # the learner is busy then
+    assert not load_config(None, ["pipeline.max_staleness=0", "pipeline.forward_ahead=false"]).forward_ahead
+    blocked = {
+        "algorithm.num_iterations=2": "algorithm.num_iterations and num_minibatches 1",
+        "algorithm.name=dapo": "no dynamic sampling",
+        "learner.micro_batch_size=4": "learner.micro_batch_size >= 32 (a step's samples)",  # 8 prompts x 4
+        "learner.backend=deepspeed": "learner.backend torch",
+    }
+    for override, need in blocked.items():
+        cfg = load_config(None, ["pipeline.max_staleness=0", override])
+        assert not cfg.forward_ahead and cfg.forward_ahead_blocker() == need
+        with pytest.raises(
+            ConfigError, match=re.escape(f"pipeline.forward_ahead: true needs {need}; set it to auto or false")
+        ):
+            load_config(None, ["pipeline.max_staleness=0", override, "pipeline.forward_ahead=true"])

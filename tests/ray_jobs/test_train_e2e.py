@@ -54,6 +54,7 @@ def test_on_policy_run_writes_everything(tmp_path: Path, tiny_model_config, judg
     assert all(REQUIRED_METRICS <= m.keys() for m in metrics)
     assert [m["policy_version"] for m in metrics] == [1, 2, 3]
     assert all(m["staleness/max"] == 0 for m in metrics)
+    assert all(m["learner/forward_ahead"] == 1.0 for m in metrics)  # each forward ran while the judge scored
     assert all(s["policy_version"] == s["step"] for s in samples)  # k = 0: on-policy
     assert len(samples) == 3 * 8 * 4  # steps x prompts x group size, none lost
     assert (tmp_path / "final" / "config.json").exists() and (tmp_path / "final" / "tokenizer.json").exists()
