@@ -22,6 +22,7 @@ and applies updates to requests in flight.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import Counter
 from typing import Literal
@@ -35,6 +36,8 @@ from actors.models import ModelConfig, apply_torch_threads, resolve_model_path
 from actors.rollout_hf import HFGenerationBackend
 from actors.rollout_vllm import VLLMConfig
 from actors.weight_broadcast import Plan
+
+log = logging.getLogger(__name__)
 
 
 class RolloutConfig(BaseModel):
@@ -266,10 +269,16 @@ class RolloutWorker:
         torch.set_rng_state(torch.tensor(state, dtype=torch.uint8))
 
     async def update_weights(self, update: WeightsUpdate) -> float:
-        """Apply newer weights; returns the seconds it took. Older versions are refused."""
+        """Apply newer weights; returns the seconds it took (0: not applied).
+
+        An update no newer than the weights held is obsolete and left unapplied: Ray
+        does not order an async actor's calls, so v + 1 may be applied before v. (Every
+        update holds whole weights or a whole adapter, so skipping one loses nothing.)
+        """
         async with self._update_lock:
             if update.version <= self.version:
-                raise ValueError(f"weight update v{update.version} is not newer than v{self.version}")
+                log.info("weight update v%d arrived after v%d: obsolete, not applied", update.version, self.version)
+                return 0.0
             await self._let_older_generations_finish(update.version)
             start = time.perf_counter()
             await self.backend.load_weights(update)

@@ -29,9 +29,10 @@ class WeightPublisher:
     """Sends the learner group's weights to ``rollouts`` (Ray actor handles, which stay
     valid across Ray's restarts of a worker).
 
-    Invariant: ``version`` is the newest policy version sent to every rollout worker;
-    a worker's loads run in the order they were sent, so a generation sent after a
-    publish starts on weights of at least that version.
+    Invariant: ``version`` is the newest policy version sent to every rollout worker,
+    and a generation sent after a publish starts on weights of at least that version
+    (the worker waits for them). Ray does not order an async actor's calls, so a
+    worker may get v + 1 before v; it then skips v (``RolloutWorker.update_weights``).
     """
 
     def __init__(self, cfg: ExperimentConfig, learner: LearnerGroup, rollouts: list) -> None:

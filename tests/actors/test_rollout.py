@@ -61,7 +61,7 @@ def test_sampling_logprobs_match_learner_recomputation(worker, tiny_tokenizer) -
     assert torch.allclose(lp[m], t["old_logprobs"][m], atol=1e-4)
 
 
-def test_weight_update_changes_version_and_refuses_old(tiny_model_config, tiny_tokenizer) -> None:
+def test_weight_update_changes_version_and_skips_one_that_is_not_newer(tiny_model_config, tiny_tokenizer) -> None:
     w = RolloutWorker(RolloutConfig(group_size=2, max_new_tokens=4), tiny_model_config)
     other = load_causal_lm(resolve_model_path(tiny_model_config), "float32")
     with torch.no_grad():
@@ -73,8 +73,12 @@ def test_weight_update_changes_version_and_refuses_old(tiny_model_config, tiny_t
     for (name, a), b in zip(w.backend.model.state_dict().items(), other.state_dict().values()):
         assert torch.equal(a, b), name
     assert all(s.policy_version == 1 for s in asyncio.run(w.generate(0, 0, _prompts(tiny_tokenizer))).samples)
-    with pytest.raises(ValueError, match="not newer"):
-        asyncio.run(w.update_weights(WeightsUpdate(version=1, tensors={}, export_s=0.0)))
+    # v0 or v1 again (Ray may deliver an async actor's calls out of order): not applied, no error
+    for late in (0, 1):
+        assert asyncio.run(w.update_weights(WeightsUpdate(version=late, tensors={}, export_s=0.0))) == 0.0
+    assert w.version == 1
+    for (name, a), b in zip(w.backend.model.state_dict().items(), other.state_dict().values()):
+        assert torch.equal(a, b), name
 
 
 def test_lora_adapter_update_matches_merged_model(tiny_model_config, tiny_tokenizer, make_adapter_update) -> None:
