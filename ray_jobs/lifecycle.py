@@ -75,6 +75,7 @@ SAFE_ON_RESUME = (
     "learner.placement_strategy",
     "learner.resources",
     "pipeline.max_actor_restarts",
+    "pipeline.forward_ahead",  # the same step with or without it
     "schedule.eval_every",
     "schedule.epochs",
 )

@@ -105,3 +105,23 @@ def test_a_hung_rollout_worker_is_restarted_after_the_call_timeout(
         tmp_path / "run", tiny_model_config.cache_dir, 6, [(2, stop_rollout_worker)], "rollout.call_timeout_s=3"
     )
     assert metrics[-1]["faults/rollout_restarts"] == 1 and metrics[-1]["faults/calls_resent"] >= 1
+
+
+def test_on_policy_a_lost_call_makes_its_step_run_its_own_forward(
+    tmp_path: Path, tiny_model_config, monkeypatch
+) -> None:
+    """k = 0: the learner's forward ahead of the judge waits on the batch's generations. When the
+    call is lost (the hung worker is restarted and the call sent again), that forward never runs;
+    the step then runs its own on the resent call's samples, and the other steps use theirs."""
+    monkeypatch.setenv("RELAY_JUDGE_API_KEY", "sk-test")
+    metrics = run_with_faults(
+        tmp_path / "run",
+        tiny_model_config.cache_dir,
+        6,
+        [(2, stop_rollout_worker)],
+        "rollout.call_timeout_s=3",
+        "pipeline.max_staleness=0",
+    )
+    assert metrics[-1]["faults/rollout_restarts"] == 1 and metrics[-1]["faults/calls_resent"] >= 1
+    used = [m.get("learner/forward_ahead") for m in metrics]
+    assert used.count(None) == 1 and used.count(1.0) == len(metrics) - 1, used
