@@ -36,6 +36,7 @@ the first rank failure as soon as it happens, and the caller should then
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections.abc import Sequence
 from typing import Any
@@ -51,6 +52,8 @@ from actors.sequence_objectives import SequenceObjective
 from algorithms.config import AlgorithmConfig
 
 DEFAULT_PLACEMENT_TIMEOUT_S = 120.0
+
+log = logging.getLogger(__name__)
 
 
 class LearnerPlacementError(RuntimeError):
@@ -136,6 +139,7 @@ class LearnerGroup:
         ``objective``: the offline objective (SFT, SimPO, DPO) of ``train_sequences``, if any."""
         self.config = learner
         self.placement_group: PlacementGroup | None = None
+        self._ahead: dict[int, ray.ObjectRef] = {}  # step -> its forward_ahead call, until that step trains
         args = (learner, model, algorithm, temperature, seed, max_new_tokens, total_steps, objective)
         actor = ray.remote(Learner)
         if learner.world_size == 1:
@@ -209,6 +213,7 @@ class LearnerGroup:
         Every rank's metrics are already combined over ranks inside ``Learner``.
         """
         results = _get_all(self._on_all("train", ray.put(batch)))
+        self._collect_forward_ahead(batch.step)
         versions = {result.policy_version for result in results}
         if len(versions) != 1:
             raise RuntimeError(f"learner ranks diverged: policy versions {sorted(versions)} after step {batch.step}")
@@ -229,13 +234,22 @@ class LearnerGroup:
         """Per row: summed and length-normalised target log-probs under the policy (collective; rank 0's)."""
         return _get_all(self._on_all("score_sequences", ray.put(batch), adapter=adapter))[0]
 
-    def forward_ahead(self, step: int, generated: list[ray.ObjectRef]) -> ray.ObjectRef:
-        """Rank 0's ``Learner.forward_ahead`` on the batch's rollout results (resolved by Ray
-        when they exist), by reference; returns without waiting. One rank only: the
-        forward ahead needs the torch backend."""
+    def forward_ahead(self, step: int, generated: list[ray.ObjectRef]) -> None:
+        """Rank 0's ``Learner.forward_ahead`` on step ``step``'s rollout results (resolved by Ray
+        when they exist); returns without waiting. One rank only: it needs the torch backend."""
         if len(self.ranks) != 1:
             raise ValueError("forward_ahead needs a learner of one rank")
-        return self.ranks[0].forward_ahead.remote(step, *generated)
+        self._ahead[step] = self.ranks[0].forward_ahead.remote(step, *generated)
+
+    def _collect_forward_ahead(self, step: int) -> None:
+        """Collect the forward-ahead calls up to ``step`` (done: the learner ran them before
+        ``train``). One fails when a rollout call of its batch was lost and sent again; the
+        step then ran its own forward."""
+        for ahead in [s for s in self._ahead if s <= step]:
+            try:
+                ray.get(self._ahead.pop(ahead))
+            except ray.exceptions.RayError as exc:
+                log.info("step %d: no forward ahead of the judge (%s); the step ran its own", ahead, type(exc).__name__)
 
     def export_weights(self, **options: Any) -> ray.ObjectRef:
         """Rank 0's ``Learner.export_weights(**options)`` (a ``WeightsUpdate``), by reference;

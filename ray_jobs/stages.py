@@ -108,7 +108,6 @@ class Stages:
         self._progress_at = [time.monotonic()] * len(self.rollouts)  # when each worker last finished a call
         self._killed: set[tuple[int, int]] = set()  # (worker, epoch) restarted for a hung call
         self.weights = WeightPublisher(cfg, self.learner, self.rollouts)
-        self._ahead: dict[int, ray.ObjectRef] = {}  # batch -> its Learner.forward_ahead call
 
     @property
     def version(self) -> int:
@@ -163,7 +162,7 @@ class Stages:
             for call, lo in enumerate(range(0, len(prompts), per_call), start=first_call)
         ]
         if self.cfg.forward_ahead and first_call == 0:
-            self._ahead[batch_index] = self.learner.forward_ahead(batch_index, [c.generated for c in calls])
+            self.learner.forward_ahead(batch_index, [c.generated for c in calls])
         return calls
 
     def _send(self, batch_index: int, call: int, chunk: list[PromptItem], resends: int = 0) -> RolloutCall:
@@ -336,23 +335,11 @@ class Stages:
     def train(self, batch: TrainBatch) -> TrainResult:
         """One learner step; ``LearnerDied`` (naming the rank) if a rank died."""
         try:
-            result = self.learner.train(batch)
+            return self.learner.train(batch)
         except ray.exceptions.RayActorError as exc:
             raise LearnerDied(
                 f"learner {self._dead_rank()} died during step {batch.step} ({type(exc).__name__})"
             ) from None
-        self._reap_forward_ahead(batch.step)
-        return result
-
-    def _reap_forward_ahead(self, step: int) -> None:
-        """Collect the forward-ahead calls up to ``step`` (done: the learner ran them before
-        ``train``). One fails when a rollout call of its batch was lost and sent again; the
-        step then ran its own forward."""
-        for batch in [b for b in self._ahead if b <= step]:
-            try:
-                ray.get(self._ahead.pop(batch))
-            except ray.exceptions.RayError as exc:
-                log.info("step %d: no forward ahead of the judge (%s); the step ran its own", batch, type(exc).__name__)
 
     def _dead_rank(self) -> str:
         for rank, actor in enumerate(self.learner.ranks):
