@@ -42,7 +42,7 @@ def test_sft_cpu_default_lowers_eval_loss(sft_run: Path) -> None:
     assert (sft_run / "config.yaml").exists() and not (sft_run / "samples.jsonl").exists()  # no samples offline
 
 
-@pytest.mark.parametrize("name, extra", [("simpo", []), ("dpo", ["schedule.epochs=1"])])
+@pytest.mark.parametrize("name, extra", [("simpo", []), ("dpo", ["schedule.epochs=2"])])
 def test_preference_cpu_default_learns_the_pairs(
     tmp_path: Path, tiny_model_config, name: str, extra: list[str]
 ) -> None:
