@@ -32,8 +32,8 @@ def test_rollout_worker_sigkill_and_judge_pool_kill(tmp_path: Path, tiny_model_c
     metrics = run_with_faults(
         tmp_path / "run",
         tiny_model_config.cache_dir,
-        14,
-        [(3, kill_rollout_worker), (8, kill_judge_pool)],
+        10,
+        [(3, kill_rollout_worker), (6, kill_judge_pool)],
         "rollout.backend=hf",
     )
     last = metrics[-1]
@@ -97,22 +97,13 @@ def stop_rollout_worker() -> None:
     signal_first("ray::RolloutWorker", signal.SIGSTOP)
 
 
-def test_a_hung_rollout_worker_is_restarted_after_the_call_timeout(
+def test_a_hung_rollout_worker_is_restarted_and_its_step_runs_its_own_forward(
     tmp_path: Path, tiny_model_config, monkeypatch
 ) -> None:
-    monkeypatch.setenv("RELAY_JUDGE_API_KEY", "sk-test")
-    metrics = run_with_faults(
-        tmp_path / "run", tiny_model_config.cache_dir, 6, [(2, stop_rollout_worker)], "rollout.call_timeout_s=3"
-    )
-    assert metrics[-1]["faults/rollout_restarts"] == 1 and metrics[-1]["faults/calls_resent"] >= 1
-
-
-def test_on_policy_a_lost_call_makes_its_step_run_its_own_forward(
-    tmp_path: Path, tiny_model_config, monkeypatch
-) -> None:
-    """k = 0: the learner's forward ahead of the judge waits on the batch's generations. When the
-    call is lost (the hung worker is restarted and the call sent again), that forward never runs;
-    the step then runs its own on the resent call's samples, and the other steps use theirs."""
+    """A SIGSTOPped (hung) rollout worker is restarted after ``rollout.call_timeout_s`` and its call
+    sent again (the timeout path is the same at every k; the SIGKILL above runs at k = 2). At k = 0
+    the learner's forward ahead of the judge waits on the batch's generations: the lost call's forward
+    never runs, so that step runs its own on the resent call's samples, and the other steps use theirs."""
     monkeypatch.setenv("RELAY_JUDGE_API_KEY", "sk-test")
     metrics = run_with_faults(
         tmp_path / "run",

@@ -138,7 +138,11 @@ def test_unplaceable_group_fails_early_and_releases_its_reservation(model_config
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("local_ray")
-@pytest.mark.parametrize("zero_stage", [2, 3], ids=["zero2", "zero3"])
+# ZeRO-3 only: the group's code is the same for every stage, and ZeRO-3 is the one whose export must
+# gather partitioned weights; two ZeRO-2 ranks train end to end in test_train_scaleout_e2e.py (their
+# rollout's log-probs equal theirs on on-policy steps) and one is checked step for step against torch
+# in tests/actors/test_learner_deepspeed.py.
+@pytest.mark.parametrize("zero_stage", [3], ids=["zero3"])
 def test_two_ranks_match_one_process(
     model_config: ModelConfig,
     batches: list[TrainBatch],
