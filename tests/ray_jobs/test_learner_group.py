@@ -138,21 +138,20 @@ def test_unplaceable_group_fails_early_and_releases_its_reservation(model_config
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("local_ray")
-# ZeRO-3 only: the group's code is the same for every stage, and ZeRO-3 is the one whose export must
-# gather partitioned weights; two ZeRO-2 ranks train end to end in test_train_scaleout_e2e.py (their
-# rollout's log-probs equal theirs on on-policy steps) and one is checked step for step against torch
-# in tests/actors/test_learner_deepspeed.py.
-@pytest.mark.parametrize("zero_stage", [3], ids=["zero3"])
 def test_two_ranks_match_one_process(
     model_config: ModelConfig,
     batches: list[TrainBatch],
     one_process: tuple[list[TrainResult], dict],
     tmp_path: Path,
-    zero_stage: int,
 ) -> None:
+    """Two ZeRO-3 ranks end with one torch process's results and weights. ZeRO-3 only: the group's
+    code is the same for every stage, and ZeRO-3 is the one whose export must gather partitioned
+    weights; two ZeRO-2 ranks train end to end in test_train_scaleout_e2e.py (their rollout's
+    log-probs equal theirs on on-policy steps), and one is checked step for step against torch in
+    tests/actors/test_learner_deepspeed.py."""
     want, want_weights = one_process
     group = LearnerGroup(
-        _config(backend="deepspeed", zero_stage=zero_stage, world_size=2), model_config, ALGORITHM, 1.0, 0, None
+        _config(backend="deepspeed", zero_stage=3, world_size=2), model_config, ALGORITHM, 1.0, 0, None
     )
     try:
         assert group.placement_group is not None and len(group.ranks) == 2
@@ -186,8 +185,8 @@ def test_two_ranks_match_one_process(
     assert facts[0][0]["MASTER_PORT"] == facts[1][0]["MASTER_PORT"]
     assert [env["RELAY_TEST_JOB_ENV"] for env, *_ in facts] == ["kept", "kept"]  # Ray merges env_vars
     assert [(rank, size) for _, rank, size, _ in facts] == [(0, 2), (1, 2)]
-    if zero_stage == 3:  # each rank holds only its partition of the embedding: the export had to gather
-        assert [numel for *_, numel in facts] == [0, 0]
+    # each rank holds only its partition of the embedding: the export had to gather
+    assert [numel for *_, numel in facts] == [0, 0]
     assert update.version == 2 and exports[0].tensors.keys() == update.tensors.keys() and exports[1].tensors == {}
 
     assert any(r.metrics["clip/frac"] > 0 for r in want) and any(r.metrics["is/clipped_frac"] > 0 for r in want)
