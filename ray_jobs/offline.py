@@ -97,19 +97,31 @@ def ray_session(cpus: float) -> Iterator[None]:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=True)
     else:
-        repo_root = str(Path(__file__).resolve().parents[1])
-        env = {"env_vars": {"PYTHONPATH": repo_root + os.pathsep + os.environ.get("PYTHONPATH", "")}}
-        ray.init(
-            address="local",
-            num_cpus=max(os.cpu_count() or 1, int(cpus + 0.999)),
-            include_dashboard=False,
-            runtime_env=env,
-            log_to_driver=True,
-        )
+        init_local_ray(cpus)
     try:
         yield
     finally:
         ray.shutdown()
+
+
+def init_local_ray(cpus: float) -> None:
+    """Start a private local Ray with at least ``cpus`` logical CPUs (at least one per core).
+
+    The repository reaches the actors on the PYTHONPATH that Ray's processes inherit from this
+    one, not through a job ``runtime_env``: Ray places an actor in one of the Python workers it
+    starts ahead of time only when the job has no runtime env, so with one the first actors wait
+    for fresh processes while the ready ones sit idle.
+    """
+    repo_root = str(Path(__file__).resolve().parents[1])
+    before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = repo_root + (os.pathsep + before if before else "")
+    try:
+        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(cpus + 0.999)), include_dashboard=False)
+    finally:  # Ray's processes have inherited it; this process's environment is left as it was
+        if before is None:
+            os.environ.pop("PYTHONPATH")
+        else:
+            os.environ["PYTHONPATH"] = before
 
 
 def auto_threads(setting: int | str, concurrent: int) -> int | str:

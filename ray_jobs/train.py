@@ -40,6 +40,7 @@ from ray_jobs.lifecycle import (
     publish_final,
 )
 from ray_jobs.local_judge import LocalJudgeError, rewards_for_run
+from ray_jobs.offline import init_local_ray
 from ray_jobs.pipeline import ThroughputWindow, assemble_batch, may_launch
 from ray_jobs.run_settings import settings_for_run
 from ray_jobs.tracking import RunRecorder
@@ -192,15 +193,7 @@ def ray_session(cfg: ExperimentConfig) -> Iterator[None]:
     elif os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=True)  # under `ray job submit` the working dir is already shipped
     else:
-        repo_root = str(Path(__file__).resolve().parents[1])
-        env = {"env_vars": {"PYTHONPATH": repo_root + os.pathsep + os.environ.get("PYTHONPATH", "")}}
-        ray.init(
-            address="local",
-            num_cpus=max(os.cpu_count() or 1, int(cpus + 0.999)),
-            include_dashboard=False,
-            runtime_env=env,
-            log_to_driver=True,
-        )
+        init_local_ray(cpus)
     try:
         have = ray.cluster_resources()
         if have.get("CPU", 0) < cpus or have.get("GPU", 0) < gpus:

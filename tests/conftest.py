@@ -203,7 +203,8 @@ def shared_ray():
     shape the tests run (a two-rank learner beside rollout workers) can be placed."""
     import ray
 
-    env = {"env_vars": {"PYTHONPATH": str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}}
-    ray.init(address="local", num_cpus=8, include_dashboard=False, runtime_env=env, log_to_driver=True)
+    from ray_jobs.offline import init_local_ray
+
+    init_local_ray(8)  # as a run's own local Ray starts, without a job runtime env
     yield
     ray.shutdown()
