@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -62,11 +63,13 @@ def _finite(values: Sequence[float], name: str) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ConditionSummary:
-    """Mean of ``n`` scores with its sample sd (ddof=1) and Student-t confidence interval.
+    """Mean of ``n`` scores with its sample sd (ddof=1) and confidence interval: Wilson's score
+    interval when every score is 0 or 1 (a pass rate), else Student-t (``interval`` says which).
 
     Invariants: ``n == 0`` -> every other field is None; ``n == 1`` -> ``sd``,
-    ``ci_low`` and ``ci_high`` are None; otherwise ``ci_low <= mean <= ci_high``
-    (equal when every score is the same).
+    ``ci_low``, ``ci_high`` and ``interval`` are None; otherwise ``ci_low <= mean <= ci_high``;
+    a Wilson interval lies within [0, 1]; a t interval collapses onto the mean when every score is
+    the same.
     """
 
     n: int
@@ -74,10 +77,14 @@ class ConditionSummary:
     sd: float | None
     ci_low: float | None
     ci_high: float | None
+    interval: Literal["t", "wilson"] | None = None
 
 
 def summarize(scores: Sequence[float], confidence: float = 0.95) -> ConditionSummary:
-    """``mean ± t_{(1+confidence)/2, n-1} · sd / sqrt(n)`` over ``scores`` (all finite)."""
+    """Mean, sd and interval of ``scores`` (all finite). Scores all 0 or 1 get Wilson's score
+    interval (``scipy.stats.binomtest(k, n).proportion_ci(method="wilson")``): the t interval
+    ``mean ± t_{(1+confidence)/2, n-1} · sd / sqrt(n)`` that the others get would leave [0, 1] on
+    a small or lopsided sample (5 passes of 6: up to 1.26) and shrink to a point when all pass."""
     from scipy import stats
 
     if not 0.0 < confidence < 1.0:
@@ -90,8 +97,11 @@ def summarize(scores: Sequence[float], confidence: float = 0.95) -> ConditionSum
     if n == 1:
         return ConditionSummary(1, mean, None, None, None)
     sd = float(arr.std(ddof=1))
+    if np.all((arr == 0.0) | (arr == 1.0)):
+        ci = stats.binomtest(int(arr.sum()), n).proportion_ci(confidence_level=confidence, method="wilson")
+        return ConditionSummary(n, mean, sd, float(ci.low), float(ci.high), "wilson")
     half = float(stats.t.ppf((1.0 + confidence) / 2.0, n - 1)) * sd / math.sqrt(n)
-    return ConditionSummary(n, mean, sd, mean - half, mean + half)
+    return ConditionSummary(n, mean, sd, mean - half, mean + half, "t")
 
 
 @dataclass(frozen=True)

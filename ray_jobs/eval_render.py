@@ -84,7 +84,8 @@ def _markdown(results: dict[str, Any], title: str, strata: list[str]) -> str:
         "",
         (
             f"{len(per)} conditions on {results['items']} held-out items ({base}); paired bootstrap of the mean "
-            f"difference, percentile method, B = {results['resamples']}, seed {results['seed']}; {conf} intervals."
+            f"difference, percentile method, B = {results['resamples']}, seed {results['seed']}; {conf} intervals "
+            "(of a mean score: Student-t; of a pass rate, every score 0 or 1: Wilson's score interval)."
         ),
         "",
         "## Conditions",

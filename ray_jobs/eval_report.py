@@ -99,7 +99,7 @@ def _score(records: dict[str, ItemResult], item_id: str) -> float | None:
 
 def _summary(scores: list[float], confidence: float) -> dict[str, Any]:
     s = summarize(scores, confidence)
-    return {"n": s.n, "mean": s.mean, "sd": s.sd, "ci_low": s.ci_low, "ci_high": s.ci_high}
+    return {"n": s.n, "mean": s.mean, "sd": s.sd, "ci_low": s.ci_low, "ci_high": s.ci_high, "interval": s.interval}
 
 
 def _condition(
@@ -119,7 +119,7 @@ def _condition(
         out["strata"] = {}
         for name in sorted(set(strata.values())):
             part = _summary([s for i in ids if strata[i] == name and (s := _score(records, i)) is not None], confidence)
-            out["strata"][name] = {k: part[k] for k in ("n", "mean", "ci_low", "ci_high")}
+            out["strata"][name] = {k: part[k] for k in ("n", "mean", "ci_low", "ci_high", "interval")}
     return out
 
 

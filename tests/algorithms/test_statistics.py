@@ -122,7 +122,30 @@ def test_summarize_t_interval_by_hand() -> None:
     assert (s.n, s.mean, s.sd) == (3, 2.0, 1.0)
     assert s.ci_low == pytest.approx(2 - t / math.sqrt(3), rel=1e-12)
     assert s.ci_high == pytest.approx(2 + t / math.sqrt(3), rel=1e-12)
-    assert s.ci_high - 2 == pytest.approx(2.484137711750, rel=1e-10)
+    assert s.ci_high - 2 == pytest.approx(2.484137711750, rel=1e-10) and s.interval == "t"
+
+
+def test_summarize_pass_rates_get_wilson_intervals_within_0_and_1() -> None:
+    # Wilson: the p with |p_hat - p| <= z sqrt(p (1 - p) / n), z = Phi^-1(0.975) = 1.959963984540054;
+    # solving the quadratic: centre (p_hat + z^2 / 2n) / (1 + z^2 / n),
+    # half-width z / (1 + z^2 / n) * sqrt(p_hat (1 - p_hat) / n + z^2 / 4n^2).
+    z = 1.959963984540054
+    n, p_hat = 6, 5 / 6
+    centre = (p_hat + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p_hat * (1 - p_hat) / n + z * z / (4 * n * n))
+    s = summarize([1.0, 1.0, 0.0, 1.0, 1.0, 1.0])
+    assert s.interval == "wilson" and s.mean == pytest.approx(p_hat)
+    assert s.ci_low == pytest.approx(centre - half, rel=1e-9) and s.ci_high == pytest.approx(centre + half, rel=1e-9)
+    assert 0.4364 < s.ci_low < 0.4366 and 0.9699 < s.ci_high < 0.9700  # centre 0.70322, half-width 0.26673
+    # the t interval there: sd sqrt(1/6), t_5 = 2.5706: 5/6 + 2.5706 * 0.40825 / sqrt(6) = 1.26 > 1
+    # every item passed: p_hat = 1, so the half-width is z^2 / 2n / (1 + z^2 / n) and the interval
+    # is [n / (n + z^2), 1]; a t interval would be the single point 1
+    every = summarize([1.0, 1.0, 1.0])
+    assert every.ci_low == pytest.approx(3 / (3 + z * z), rel=1e-9) and every.ci_high == pytest.approx(1.0)
+    assert every.ci_low <= every.mean <= every.ci_high
+    none = summarize([0.0, 0.0, 0.0, 0.0])
+    assert none.ci_low == pytest.approx(0.0, abs=1e-12) and none.ci_high == pytest.approx(z * z / (4 + z * z))
+    assert summarize([0.0, 0.5, 1.0]).interval == "t"  # one score off {0, 1}: a mean score, not a rate
 
 
 def test_summarize_small_samples_give_none_not_nan() -> None:

@@ -81,7 +81,7 @@ def test_condition_summaries_by_hand(results: dict) -> None:
     assert per["trained"]["mean"] == pytest.approx(4.3 / 7)
     # best_of_4: (0.75 + 0.25 + 0.5 + 0.5 + 0.5 + 0.5 + 0.25 + 0.5) / 8 = 3.75 / 8
     assert per["best_of_4"]["mean"] == pytest.approx(0.46875)
-    assert per["base"]["ci_low"] < 0.5 < per["base"]["ci_high"]
+    assert per["base"]["ci_low"] < 0.5 < per["base"]["ci_high"] and per["base"]["interval"] == "t"
     assert (results["items"], results["baseline"], results["reference"]) == (8, "base", "base")
 
 
@@ -231,3 +231,19 @@ def test_a_condition_without_records_reports_nulls(tmp_path: Path) -> None:
     write_report(tmp_path, res, "partial")
     md = (tmp_path / "report.md").read_text()
     assert "best_of_4 vs base: no item is scored under both" in md and "too few to judge significance" in md
+
+
+def test_pass_rates_get_wilson_intervals_inside_0_and_1() -> None:
+    """Verification-style scores (every one 0 or 1): the conditions and strata report Wilson
+    intervals, which stay within [0, 1] even when a stratum of four items all pass."""
+    import dataclasses
+
+    items = [
+        dataclasses.replace(r, score=1.0 if r.score is None or r.score >= 0.5 else 0.0, error=None) for r in _items()
+    ]  # >= 0.5 passes; trained's unscored i8 passes too
+    got = build_results(items, CONDITIONS, baseline="base", resamples=200, seed=3)
+    short = got["conditions"]["trained"]["strata"]["short"]  # 0.75, 0.5, 0.6, 0.75: all pass
+    assert (short["n"], short["mean"], short["interval"]) == (4, 1.0, "wilson")
+    assert 0.0 < short["ci_low"] < 1.0 and short["ci_high"] == pytest.approx(1.0)
+    for entry in got["conditions"].values():
+        assert entry["interval"] == "wilson" and 0.0 <= entry["ci_low"] <= entry["mean"] <= entry["ci_high"] <= 1.0
