@@ -25,6 +25,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -78,6 +79,24 @@ SAFE_ON_RESUME = (
     "pipeline.forward_ahead",  # the same step with or without it
     "schedule.eval_every",
     "schedule.epochs",
+    "eval.every_steps",  # evaluations draw nothing from the workers' RNGs; what they measure may not change
+    # how an engine of reward.engines is reached, never which model answers or how it is asked
+    *(
+        f"reward.engines.*.{field}"
+        for field in (
+            "base_url",
+            "endpoints",
+            "api_key_env",
+            "timeout_s",
+            "max_concurrency",
+            "requests_per_minute",
+            "tokens_per_minute",
+            "burst_s",
+            "retry",
+            "circuit_breaker",
+            "cache_size",
+        )
+    ),
 )
 
 
@@ -258,9 +277,15 @@ def changed_keys(saved: dict, current: dict) -> list[str]:
     """Config keys whose values differ between a checkpoint and this run and that may not change."""
     a, b = flatten(saved), flatten(current)
     differ = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
-    return [
-        k for k in differ if not any(k == s or k.startswith(s if s.endswith(".") else s + ".") for s in SAFE_ON_RESUME)
-    ]
+    return [k for k in differ if not any(_covers(safe, k) for safe in SAFE_ON_RESUME)]
+
+
+def _covers(safe: str, key: str) -> bool:
+    """``safe`` (a key, a ``prefix.``, or a pattern whose ``*`` stands for one name) names ``key`` or a parent of it."""
+    if "*" in safe:
+        pattern = re.escape(safe).replace(r"\*", r"[^.]+")
+        return re.fullmatch(pattern + r"(\..+)?", key) is not None
+    return key == safe or key.startswith(safe if safe.endswith(".") else safe + ".")
 
 
 @dataclass(frozen=True)
