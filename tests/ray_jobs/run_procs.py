@@ -17,16 +17,13 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
+def train_overrides(out: Path, cache_dir: str, *overrides: str) -> list[str]:
+    """The overrides of a test run into ``out`` (``train_command``'s, for a run in this process)."""
+    return [f"run.output_dir={out}", f"model.cache_dir={cache_dir}", "wandb.mode=disabled", *overrides]
+
+
 def train_command(out: Path, cache_dir: str, *overrides: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "ray_jobs.train",
-        f"run.output_dir={out}",
-        f"model.cache_dir={cache_dir}",
-        "wandb.mode=disabled",
-        *overrides,
-    ]
+    return [sys.executable, "-m", "ray_jobs.train", *train_overrides(out, cache_dir, *overrides)]
 
 
 class TrainProcess:

@@ -16,8 +16,7 @@ from run_procs import (
     check_complete,
     kill_and_resume,
     read_jsonl,
-    run_to_end,
-    train_command,
+    train_overrides,
 )
 
 pytestmark = pytest.mark.slow
@@ -28,12 +27,14 @@ SAMPLES_PER_STEP = 8 * 4  # prompts_per_step x group_size
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory: pytest.TempPathFactory, tiny_model_config) -> Path:
-    """The same 12-step run at k = 0, never interrupted."""
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory, tiny_model_config, shared_ray) -> Path:
+    """The same 12-step run at k = 0, never interrupted: in this process, on the module's Ray
+    (the same command's config; only the killed runs need processes of their own)."""
+    from ray_jobs.config import load_config
+    from ray_jobs.train import run
+
     out = tmp_path_factory.mktemp("uninterrupted") / "run"
-    run_to_end(
-        train_command(out, tiny_model_config.cache_dir, *BASE, "pipeline.max_staleness=0"), out.with_suffix(".log")
-    )
+    run(load_config(None, train_overrides(out, tiny_model_config.cache_dir, *BASE, "pipeline.max_staleness=0")))
     return out
 
 
