@@ -4,6 +4,7 @@ On-policy (``pipeline.max_staleness`` 0) the stages run in turn: generate, judge
 train. The forward pass does not depend on the rewards, so the learner can run it
 while the judge works and keep its autograd graph; once the scores arrive only the
 loss, the backward pass and the optimiser step are left (``Learner.forward_ahead``).
+With the KL term on, the frozen reference's forward (no gradient) is held too.
 
 A held forward is used only where it equals the forward the step would run
 itself: the batch takes one optimiser step in one micro-batch on one rank, and
@@ -17,12 +18,14 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from actors.messages import RolloutResult, TrainBatch
 from actors.objectives import collate, forward_logprobs
+from algorithms.logprobs import token_logprobs
 
 SequenceKey = tuple[tuple[int, ...], tuple[int, ...]]  # (prompt token ids, completion token ids)
 
@@ -34,7 +37,9 @@ class HeldForward:
     Invariants: computed with the learner's weights of version ``step``, in train
     mode; ``rows[key]`` lists the rows of ``logps`` whose sequence is ``key``;
     ``logps`` and ``entropy`` are (N, W - 1) for the N samples right-padded to
-    width W, aligned as ``collate`` aligns them.
+    width W, aligned as ``collate`` aligns them. ``ref_logps`` (when the KL term
+    needs the frozen reference, else None) holds each row's completion-token
+    reference log-probs, as ``TrainPreparation`` computes them in the step.
     """
 
     step: int
@@ -42,12 +47,20 @@ class HeldForward:
     logps: torch.Tensor
     entropy: torch.Tensor
     seconds: float
+    ref_logps: list[torch.Tensor] | None = None
 
 
 def forward_samples(
-    model: torch.nn.Module, step: int, results: list[RolloutResult], temperature: float, device: torch.device
+    model: torch.nn.Module,
+    step: int,
+    results: list[RolloutResult],
+    temperature: float,
+    device: torch.device,
+    reference: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> HeldForward:
-    """Run the gradient pass's forward over every sample of ``results`` (autograd on)."""
+    """Run the gradient pass's forward over every sample of ``results`` (autograd on) and, given
+    ``reference`` (input ids, attention mask -> the frozen reference's logits), the reference's
+    forward too: it does not change with the weights, so it need not wait for the scores either."""
     start = time.perf_counter()
     samples = [s for r in results for s in r.samples]
     batch = TrainBatch(
@@ -60,10 +73,17 @@ def forward_samples(
     )
     tensors = {k: v.to(device) for k, v in collate(batch, slice(0, len(samples))).items()}
     logps, entropy = forward_logprobs(model, tensors, temperature)
+    ref_logps = None
+    if reference is not None:
+        with torch.no_grad():
+            logits = reference(tensors["input_ids"], tensors["attention_mask"])[:, :-1]
+            ref = token_logprobs(logits, tensors["input_ids"][:, 1:], temperature)
+        keep = tensors["completion_mask"].bool()
+        ref_logps = [ref[i][keep[i]].cpu() for i in range(len(samples))]
     rows: dict[SequenceKey, list[int]] = defaultdict(list)
     for i, s in enumerate(samples):
         rows[_key(s.prompt.prompt_token_ids, s.completion_token_ids)].append(i)
-    return HeldForward(step, dict(rows), logps, entropy, time.perf_counter() - start)
+    return HeldForward(step, dict(rows), logps, entropy, time.perf_counter() - start, ref_logps)
 
 
 def held_rows(held: HeldForward, batch: TrainBatch) -> list[int] | None:
@@ -88,6 +108,11 @@ def held_logprobs(
     width = tensors["completion_mask"].shape[1]
     index = torch.tensor(rows, device=held.logps.device)
     return held.logps[index, :width], held.entropy[index, :width]
+
+
+def held_reference(held: HeldForward, rows: list[int]) -> list[torch.Tensor] | None:
+    """The held reference log-probs of ``rows`` (None when none were computed ahead)."""
+    return [held.ref_logps[r] for r in rows] if held.ref_logps is not None else None
 
 
 def _key(prompt: list[int], completion: list[int]) -> SequenceKey:

@@ -80,7 +80,7 @@ from actors.data_parallel import (
     micro_batch_plan,
     shard,
 )
-from actors.forward_ahead import HeldForward, forward_samples, held_logprobs, held_rows
+from actors.forward_ahead import HeldForward, forward_samples, held_logprobs, held_reference, held_rows
 from actors.learner_config import (
     LearnerBackend,
     LearnerConfig,
@@ -216,7 +216,7 @@ class Learner(TrainPreparation, SequenceTraining):
         start = time.perf_counter()
         self.backend.model.train()
         ahead, ahead_metrics = self._take_held(batch)
-        per_token = self._prepare(batch)
+        per_token = self._prepare(batch, held_reference(*ahead) if ahead else None)
         everything = slice(0, len(batch))
         records = [
             self._optimizer_step(batch, rows, per_token, ahead)
@@ -245,7 +245,10 @@ class Learner(TrainPreparation, SequenceTraining):
         if step != self.version or not self._forward_ahead_fits(samples):
             return 0.0
         self.backend.model.train()
-        self._held = forward_samples(self.backend.model, step, list(results), self.temperature, self.backend.device)
+        reference = self.backend.reference_logits if self.settings.needs_reference else None
+        self._held = forward_samples(
+            self.backend.model, step, list(results), self.temperature, self.backend.device, reference
+        )
         return self._held.seconds
 
     def _forward_ahead_fits(self, samples: int) -> bool:

@@ -39,11 +39,15 @@ class TrainPreparation:
     world_size: int
     temperature: float
 
-    def _prepare(self, batch: TrainBatch) -> PerToken:
-        """Proximal and reference log-probs and per-token advantages, as the settings need them."""
+    def _prepare(self, batch: TrainBatch, held_reference: list[torch.Tensor] | None = None) -> PerToken:
+        """Proximal and reference log-probs and per-token advantages, as the settings need them;
+        ``held_reference``: the batch rows' reference log-probs, computed ahead (``forward_ahead``)."""
         s = self.settings
         steps = s.num_iterations * len(_slices(slice(0, len(batch)), s.num_minibatches))
-        per_token = self._no_grad_logprobs(batch, proximal=s.uses_proximal and steps > 1, reference=s.needs_reference)
+        reference = s.needs_reference and held_reference is None
+        per_token = self._no_grad_logprobs(batch, proximal=s.uses_proximal and steps > 1, reference=reference)
+        if s.needs_reference and held_reference is not None:
+            per_token["ref_logprobs"] = held_reference
         if s.needs_reference and s.kl_penalty == "reward":
             per_token["advantages"] = self._kl_reward_advantages(batch, per_token["ref_logprobs"])
         return per_token

@@ -71,6 +71,32 @@ def test_a_batch_of_some_samples_in_another_order_uses_their_held_rows(tiny_mode
         torch.testing.assert_close(held_weights[name], value, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("kl_penalty", ["loss", "reward"])
+def test_the_reference_forward_runs_ahead_too_and_the_step_is_the_same(tiny_model_config, kl_penalty: str) -> None:
+    """With the KL term on, the frozen reference's forward is held with the policy's: the step
+    calls the reference no more, and its loss, KL and new weights equal a plain step's."""
+
+    def batch(rows: list[int], step: int = 0) -> TrainBatch:  # the KL folded into the reward needs rewards
+        return TrainBatch(**{**_batch(rows, step).__dict__, "rewards": [1.0, 0.0, 0.5, 0.25][: len(rows)]})
+
+    algorithm = {"beta": 0.05, "kl_penalty": kl_penalty}
+    plain, plain_weights = _trained(_learner(tiny_model_config, **algorithm), batch([0, 1, 2, 3]), ahead=False)
+    learner = _learner(tiny_model_config, **algorithm)
+    calls: list[int] = []
+    reference_logits = learner.backend.reference_logits
+    learner.backend.reference_logits = lambda *a: calls.append(len(a[0])) or reference_logits(*a)  # type: ignore[method-assign]
+    assert learner.forward_ahead(0, _generated(0)) > 0 and calls == [4]  # the four samples, ahead
+    held = learner.train(batch([0, 1, 2, 3])).metrics
+    assert calls == [4] and held["learner/forward_ahead"] == 1.0  # none in the step
+    for key in ("loss", "grad_norm", "kl"):
+        assert held[key] == plain[key], key
+    for name, value in plain_weights.items():
+        assert torch.equal(learner.backend.model.state_dict()[name], value), name
+    learner.forward_ahead(1, _generated(1))
+    learner.train(TrainBatch(**{**batch([0, 1], step=1).__dict__, "completion_token_ids": [[20, 21, 2], [30]]}))
+    assert calls == [4, 4, 2]  # a batch the held rows do not cover computes its own
+
+
 def test_a_batch_row_that_was_not_held_makes_the_step_run_its_own_forward(tiny_model_config) -> None:
     batch = _batch([0, 1])
     other = TrainBatch(**{**batch.__dict__, "completion_token_ids": [[20, 21, 2], [30]]})
