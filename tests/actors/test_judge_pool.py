@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 
 import pytest
 from pydantic import SecretStr
@@ -169,18 +168,13 @@ def test_empty_rollout() -> None:
     assert result.scored == [] and result.judge_requests == 0 and result.judge_failures == 0
 
 
-def test_check() -> None:
+def test_check(refused_port: int) -> None:
     with JudgeServer() as srv:
         asyncio.run(pool(srv.base_url).check())
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    try:
-        url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
-        with pytest.raises(JudgeUnreachableError, match=f"judge endpoint {url} is unreachable") as info:
-            asyncio.run(pool(url, key=SECRET).check())
-        assert SECRET not in str(info.value)
-    finally:
-        sock.close()
+    url = f"http://127.0.0.1:{refused_port}/v1"
+    with pytest.raises(JudgeUnreachableError, match=f"judge endpoint {url} is unreachable") as info:
+        asyncio.run(pool(url, key=SECRET).check())
+    assert SECRET not in str(info.value)
 
 
 def test_concurrent_calls_share_the_limits_and_every_sample_is_scored_once() -> None:

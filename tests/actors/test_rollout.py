@@ -112,9 +112,8 @@ def test_lora_adapter_update_matches_merged_model(tiny_model_config, tiny_tokeni
         assert torch.allclose(lp[m], t["old_logprobs"][m], atol=1e-4)
 
 
-def test_weights_by_broadcast(tiny_model_config) -> None:
+def test_weights_by_broadcast(tiny_model_config, free_port: int) -> None:
     """The collective transport (gloo here, NCCL on GPUs) delivers every tensor exactly."""
-    import socket
     import threading
 
     from actors.weight_broadcast import broadcast_buckets, bucket_plan, join_group
@@ -127,9 +126,7 @@ def test_weights_by_broadcast(tiny_model_config) -> None:
             p.mul_(1.5)
     state = merged_state_dict(source)
     plan = bucket_plan(state, bucket_bytes=64 * 1024)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port
 
     def receiver() -> None:
         asyncio.run(w.join_weight_group("127.0.0.1", port, 1, 2, "gloo"))

@@ -7,7 +7,6 @@ completions must be token-identical.
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 
 import pytest
@@ -161,7 +160,9 @@ def test_matches_learner_before_and_after_full_sync(worker, loop, tiny_model_con
     _check_against(model, worker, loop, tiny_tokenizer)
 
 
-def test_matches_learner_after_a_weight_broadcast(worker, loop, tiny_model_config, tiny_tokenizer) -> None:
+def test_matches_learner_after_a_weight_broadcast(
+    worker, loop, tiny_model_config, tiny_tokenizer, free_port: int
+) -> None:
     """weight_sync.transport=broadcast, the engine's side: the test is rank 0 of a gloo group and
     sends perturbed weights in buckets of 100 kB (so the tied embedding and lm_head land in
     different buckets), the engine's worker process is rank 1; then it samples as that model does."""
@@ -173,9 +174,7 @@ def test_matches_learner_after_a_weight_broadcast(worker, loop, tiny_model_confi
     state = merged_state_dict(model)
     plan = bucket_plan(state, bucket_bytes=100_000)
     assert len(plan) > 1
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port
     sent: list[int] = []
 
     def send() -> None:

@@ -1,4 +1,3 @@
-import socket
 import threading
 
 import pytest
@@ -26,13 +25,11 @@ def test_bucket_plan_groups_by_dtype_and_size() -> None:
     ]
 
 
-def test_broadcast_roundtrip_two_receivers() -> None:
+def test_broadcast_roundtrip_two_receivers(free_port: int) -> None:
     torch.manual_seed(0)
     src = {"w": torch.randn(5, 3), "b": torch.randn(7), "h": torch.randn(4, 4).to(torch.bfloat16)}
     plan = bucket_plan(src, bucket_bytes=80)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port
     received: dict[int, dict[str, torch.Tensor]] = {1: {}, 2: {}}
 
     def receiver(rank: int) -> None:
@@ -54,9 +51,7 @@ def test_broadcast_roundtrip_two_receivers() -> None:
             assert received[rank][name].dtype == value.dtype and torch.equal(received[rank][name], value)
 
 
-def test_unknown_backend_is_refused() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+def test_unknown_backend_is_refused(free_port: int) -> None:
+    port = free_port
     with pytest.raises(ValueError, match="gloo or nccl"):
         join_group("127.0.0.1", port, 0, 1, "mpi", torch.device("cpu"))

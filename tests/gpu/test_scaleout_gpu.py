@@ -5,7 +5,6 @@ package is missing)."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 
 import pytest
@@ -20,12 +19,6 @@ from algorithms.logprobs import token_logprobs
 
 pytestmark = pytest.mark.gpu
 two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_vllm_on_cuda_matches_the_learner_after_a_sync(tiny_model_config, tiny_tokenizer) -> None:
@@ -57,11 +50,11 @@ def test_vllm_on_cuda_matches_the_learner_after_a_sync(tiny_model_config, tiny_t
 
 
 @two_gpus
-def test_nccl_broadcast_between_two_gpus() -> None:
+def test_nccl_broadcast_between_two_gpus(free_port: int) -> None:
     torch.manual_seed(0)
     src = {"a": torch.randn(64, 32, device="cuda:0"), "b": torch.randn(7, device="cuda:0").bfloat16()}
     plan = bucket_plan(src, bucket_bytes=4096)
-    port, got = _free_port(), {}
+    port, got = free_port, {}
 
     def receiver() -> None:
         group = join_group("127.0.0.1", port, 1, 2, "nccl", torch.device("cuda:1"))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import socket
 from collections.abc import Mapping
 
 import pytest
@@ -184,22 +183,15 @@ def test_resolve_api_keys_covers_the_engines() -> None:
         resolve_api_keys(JudgeConfig(base_url="http://j/v1"), {"RELAY_JUDGE_API_KEY": "a"}, engines)
 
 
-def test_check_endpoint_names_an_unreachable_engine() -> None:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    try:
-        url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
-        reward = RewardConfig(
-            terms=[RewardTermConfig(name=path("async_ctx"))],
-            engines={"geo": EngineConfig(base_url=url, model="m", api_key_env="GEO_KEY")},
-        )
-        comp = RewardComposer(reward, None, {"GEO_KEY": SecretStr("sk-geo-SECRET-1")})
-        with pytest.raises(
-            JudgeUnreachableError, match=f"^engine geo endpoint {url} is unreachable: connection failed"
-        ):
-            asyncio.run(comp.check_endpoint())
-    finally:
-        sock.close()
+def test_check_endpoint_names_an_unreachable_engine(refused_port: int) -> None:
+    url = f"http://127.0.0.1:{refused_port}/v1"
+    reward = RewardConfig(
+        terms=[RewardTermConfig(name=path("async_ctx"))],
+        engines={"geo": EngineConfig(base_url=url, model="m", api_key_env="GEO_KEY")},
+    )
+    comp = RewardComposer(reward, None, {"GEO_KEY": SecretStr("sk-geo-SECRET-1")})
+    with pytest.raises(JudgeUnreachableError, match=f"^engine geo endpoint {url} is unreachable: connection failed"):
+        asyncio.run(comp.check_endpoint())
 
 
 @pytest.mark.parametrize(

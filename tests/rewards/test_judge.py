@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import socket
 from collections.abc import Iterator
 
 import pytest
@@ -67,13 +66,6 @@ def judge_once(judge: JudgeReward, completion: str) -> JudgeScore:
             await judge.aclose()
 
     return asyncio.run(run())
-
-
-def free_port_nobody_listens_on() -> tuple[socket.socket, int]:
-    """A bound, non-listening socket: connecting to its port is refused."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    return sock, sock.getsockname()[1]
 
 
 # ---------------------------------------------------------------- prompt
@@ -363,18 +355,11 @@ def test_malformed_reply_gives_judge_malformed() -> None:
     assert err.cause == "judge_malformed" and err.requests == 3
 
 
-def test_unreachable_endpoint() -> None:
-    sock, port = free_port_nobody_listens_on()
-    try:
-        url = f"http://127.0.0.1:{port}/v1"
-        assert (
-            score_error(url, retry=RetryConfig(max_attempts=2, initial_backoff_s=0.01)).cause
-            == "judge_connection_error"
-        )
-        with pytest.raises(JudgeUnreachableError, match=rf"judge endpoint {url} is unreachable: connection failed"):
-            asyncio.run(check_endpoint(judge_config(url), SecretStr(SECRET)))
-    finally:
-        sock.close()
+def test_unreachable_endpoint(refused_port: int) -> None:
+    url = f"http://127.0.0.1:{refused_port}/v1"
+    assert score_error(url, retry=RetryConfig(max_attempts=2, initial_backoff_s=0.01)).cause == "judge_connection_error"
+    with pytest.raises(JudgeUnreachableError, match=rf"judge endpoint {url} is unreachable: connection failed"):
+        asyncio.run(check_endpoint(judge_config(url), SecretStr(SECRET)))
 
 
 def test_check_endpoint_passes_on_a_live_server(server: JudgeServer) -> None:

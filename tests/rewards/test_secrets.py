@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import pickle
-import socket
 
 import pytest
 from pydantic import SecretStr
@@ -98,17 +97,12 @@ def test_rejected_key_errors_never_hold_a_key(caplog: pytest.LogCaptureFixture) 
     assert scored.value.__cause__ is None and checked.value.__cause__ is None
 
 
-def test_urls_are_shown_without_user_info_or_query() -> None:
+def test_urls_are_shown_without_user_info_or_query(refused_port: int) -> None:
     url = f"https://user:{SECRET}@judge.example:8443/v1?key={OTHER_SECRET}#frag"
     assert display_url(url) == "https://judge.example:8443/v1"
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    try:
-        bad = f"http://user:{SECRET}@127.0.0.1:{sock.getsockname()[1]}/v1"
-        with pytest.raises(JudgeUnreachableError) as info:
-            asyncio.run(check_endpoint(JudgeConfig(base_url=bad, timeout_s=2), SecretStr(OTHER_SECRET)))
-    finally:
-        sock.close()
+    bad = f"http://user:{SECRET}@127.0.0.1:{refused_port}/v1"
+    with pytest.raises(JudgeUnreachableError) as info:
+        asyncio.run(check_endpoint(JudgeConfig(base_url=bad, timeout_s=2), SecretStr(OTHER_SECRET)))
     for text in texts_of(info.value):
         assert SECRET not in text and OTHER_SECRET not in text
 
