@@ -44,9 +44,9 @@ class TrainPreparation:
         ``held_reference``: the batch rows' reference log-probs, computed ahead (``forward_ahead``)."""
         s = self.settings
         steps = s.num_iterations * len(_slices(slice(0, len(batch)), s.num_minibatches))
-        reference = s.needs_reference and held_reference is None
+        reference = s.needs_reference and held_reference is None  # held only when the KL term is on
         per_token = self._no_grad_logprobs(batch, proximal=s.uses_proximal and steps > 1, reference=reference)
-        if s.needs_reference and held_reference is not None:
+        if held_reference is not None:
             per_token["ref_logprobs"] = held_reference
         if s.needs_reference and s.kl_penalty == "reward":
             per_token["advantages"] = self._kl_reward_advantages(batch, per_token["ref_logprobs"])

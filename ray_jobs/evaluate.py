@@ -32,6 +32,7 @@ from actors.judge_pool import JudgePool
 from actors.model_files import ModelFileError, is_model_file, locate_model_file, resolve_model_file
 from actors.models import BUILTIN_TINY, AdapterBaseError, adapter_base, load_tokenizer, resolve_model_path
 from ray_jobs.config import ConfigError, redacted
+from ray_jobs.config_changes import changed_keys
 from ray_jobs.control import GracefulStop
 from ray_jobs.data import DatasetError, load_labelled_prompts
 from ray_jobs.eval_conditions import ConditionRun, HeldOutItem, start_workers
@@ -39,7 +40,7 @@ from ray_jobs.eval_config import ConditionConfig, EvaluateConfig, _default_condi
 from ray_jobs.eval_report import ItemResult, build_results, comparison_sentence, from_json, to_json, write_report
 from ray_jobs.faults import ACTOR_START_TIMEOUT_S, ActorStartError, StopRequested, check_started
 from ray_jobs.hub import HubNameError, check_hub_name
-from ray_jobs.lifecycle import RunDirectoryError, RunLock, flatten
+from ray_jobs.lifecycle import RunDirectoryError, RunLock
 from ray_jobs.local_judge import LocalJudgeError, rewards_for_run
 from ray_jobs.offline import absolute_model, auto_threads, job_main, ray_session
 from rewards.judge import JudgeUnreachableError, MissingApiKeyError
@@ -114,9 +115,7 @@ def load_done(run_dir: Path, recorded: dict, resume: str, sizes: dict[str, dict[
             f"run directory {run_dir} already holds an evaluation and run.resume=never: set "
             "run.resume=auto to continue it, or choose another run.name / run.output_dir"
         )
-    old = flatten(yaml.safe_load(saved.read_text()) if saved.exists() else {})
-    new = flatten(recorded)
-    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and not k.startswith(MAY_CHANGE))
+    changed = changed_keys(yaml.safe_load(saved.read_text()) if saved.exists() else {}, recorded, MAY_CHANGE)
     if changed:
         raise RunDirectoryError(
             f"cannot continue the evaluation in {run_dir}: these keys differ from its config.yaml: "

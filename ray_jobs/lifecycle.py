@@ -25,7 +25,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import re
 import shutil
 import time
 from collections.abc import Callable
@@ -33,71 +32,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ray_jobs.config_changes import changed_keys
+
 CHECKPOINTS = "checkpoints"
 _OUTPUTS = ("metrics.jsonl", "samples.jsonl", CHECKPOINTS, "final")
 _PACKAGES = ("torch", "transformers", "peft", "deepspeed", "ray", "vllm", "relay")
-
-# Keys that may change when a run resumes: they change how it runs, not what it trains.
-# Any other difference makes the continuation a different experiment and is refused.
-SAFE_ON_RESUME = (
-    "run.steps",
-    "run.checkpoint_every",
-    "run.keep_checkpoints",
-    "run.resume",
-    "run.save_final",
-    "run.max_learner_restarts",
-    "run.name",
-    "run.output_dir",
-    "wandb.",
-    "judge.base_url",
-    "judge.endpoints",
-    "judge.api_key_env",
-    "judge.timeout_s",
-    "judge.max_concurrency",
-    "judge.requests_per_minute",
-    "judge.tokens_per_minute",
-    "judge.burst_s",
-    "judge.retry",
-    "judge.circuit_breaker",
-    "judge.check_endpoint",
-    "judge.local_server",
-    "judge.cache_size",
-    "judge.cache_path",
-    "model.cache_dir",
-    "rollout.num_workers",
-    "rollout.num_cpus_per_worker",
-    "rollout.num_gpus_per_worker",
-    "rollout.torch_threads",
-    "rollout.call_timeout_s",
-    "rollout.resources",
-    "learner.torch_threads",
-    "learner.num_cpus",
-    "learner.num_gpus",
-    "learner.placement_strategy",
-    "learner.resources",
-    "pipeline.max_actor_restarts",
-    "pipeline.forward_ahead",  # the same step with or without it
-    "schedule.eval_every",
-    "schedule.epochs",
-    "eval.every_steps",  # evaluations draw nothing from the workers' RNGs; what they measure may not change
-    # how an engine of reward.engines is reached, never which model answers or how it is asked
-    *(
-        f"reward.engines.*.{field}"
-        for field in (
-            "base_url",
-            "endpoints",
-            "api_key_env",
-            "timeout_s",
-            "max_concurrency",
-            "requests_per_minute",
-            "tokens_per_minute",
-            "burst_s",
-            "retry",
-            "circuit_breaker",
-            "cache_size",
-        )
-    ),
-)
 
 
 class RunDirectoryError(RuntimeError):
@@ -261,31 +200,6 @@ def publish_final(checkpoint: Checkpoint, run_dir: Path) -> Path:
         shutil.rmtree(target)
     os.rename(tmp, target)
     return target
-
-
-def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested config dicts as ``a.b.c -> value`` (lists stay values)."""
-    if not isinstance(node, dict):
-        return {prefix: node}
-    flat: dict[str, Any] = {}
-    for key, value in node.items():
-        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-    return flat
-
-
-def changed_keys(saved: dict, current: dict) -> list[str]:
-    """Config keys whose values differ between a checkpoint and this run and that may not change."""
-    a, b = flatten(saved), flatten(current)
-    differ = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
-    return [k for k in differ if not any(_covers(safe, k) for safe in SAFE_ON_RESUME)]
-
-
-def _covers(safe: str, key: str) -> bool:
-    """``safe`` (a key, a ``prefix.``, or a pattern whose ``*`` stands for one name) names ``key`` or a parent of it."""
-    if "*" in safe:
-        pattern = re.escape(safe).replace(r"\*", r"[^.]+")
-        return re.fullmatch(pattern + r"(\..+)?", key) is not None
-    return key == safe or key.startswith(safe if safe.endswith(".") else safe + ".")
 
 
 @dataclass(frozen=True)

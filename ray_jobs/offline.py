@@ -94,14 +94,20 @@ def ray_session(cpus: float) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=True)
-    else:
-        init_local_ray(cpus)
+    start_ray(cpus)
     try:
         yield
     finally:
         ray.shutdown()
+
+
+def start_ray(cpus: float) -> None:
+    """Join ``RAY_ADDRESS``'s cluster (``ray job submit`` sets it and ships the working dir) or
+    start a private local Ray with at least ``cpus`` CPUs (``init_local_ray``)."""
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=True)
+    else:
+        init_local_ray(cpus)
 
 
 def init_local_ray(cpus: float) -> None:

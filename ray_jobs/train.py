@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import os
 import sys
 import time
 from collections.abc import Iterator
@@ -40,7 +39,7 @@ from ray_jobs.lifecycle import (
     publish_final,
 )
 from ray_jobs.local_judge import LocalJudgeError, rewards_for_run
-from ray_jobs.offline import init_local_ray
+from ray_jobs.offline import start_ray
 from ray_jobs.pipeline import ThroughputWindow, assemble_batch, may_launch
 from ray_jobs.run_settings import settings_for_run
 from ray_jobs.tracking import RunRecorder
@@ -190,10 +189,8 @@ def ray_session(cfg: ExperimentConfig) -> Iterator[None]:
     joined = ray.is_initialized()
     if joined:
         log.info("using the Ray session this process already joined")
-    elif os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=True)  # under `ray job submit` the working dir is already shipped
     else:
-        init_local_ray(cpus)
+        start_ray(cpus)
     try:
         have = ray.cluster_resources()
         if have.get("CPU", 0) < cpus or have.get("GPU", 0) < gpus:
