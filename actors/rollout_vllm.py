@@ -115,6 +115,10 @@ class VLLMGenerationBackend:
         if on_cpu:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.cpu_kvcache_gib))
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")  # Ray already placed this process
+            if config.tensor_parallel_size == 1:
+                # One rank: the engine-core process runs the model itself. vLLM's CPU default
+                # spawns a third process for it, which imports vLLM again (~18 s of a 2-core start).
+                os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
             if torch_threads != "auto":  # unresolved 'auto' keeps the process's own setting
                 os.environ.setdefault("OMP_NUM_THREADS", str(torch_threads))
         args = AsyncEngineArgs(
