@@ -176,14 +176,14 @@ def converted_dir(source: Path, cache_dir: Path) -> Path:
 
 
 @contextlib.contextmanager
-def _exclusive(lock_file: Path) -> Iterator[None]:
+def exclusive(lock_file: Path) -> Iterator[None]:
     """Hold an exclusive ``fcntl`` lock on ``lock_file`` (other processes, and other threads
     with their own open file, wait); the kernel releases it if this process dies."""
     with lock_file.open("a") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            log.info("waiting for another process converting the same model file (%s)", lock_file)
+            log.info("waiting for another process building the same model (%s)", lock_file)
             fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
@@ -198,7 +198,7 @@ def ensure_converted(source: Path, cache_dir: Path, convert: Converter | None = 
     if target.is_dir():
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
-    with _exclusive(cache_dir / f"{target.name}.lock"):
+    with exclusive(cache_dir / f"{target.name}.lock"):
         if target.is_dir():  # made by whoever held the lock before us
             return target
         for stale in cache_dir.glob(f"{target.name}.tmp-*"):  # left by a converter that was killed

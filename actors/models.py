@@ -16,16 +16,19 @@ request (and which TLD is good) is left for RL to learn.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, TypeAlias
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from actors.model_files import is_model_file, resolve_model_file
+from actors.model_files import exclusive, is_model_file, resolve_model_file
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -154,12 +157,34 @@ def _train_tokenizer(vocab_size: int):
 def build_tiny_model(model: ModelConfig) -> Path:
     """Build (once) and cache the tiny model; return its directory.
 
-    Writes to a temporary directory and renames it into place, so concurrent
-    builders never see a half-written model.
+    Writes to a temporary directory and renames it into place, so no reader sees a
+    half-written model; concurrent callers (test processes, actors on one node) build it
+    once: the others wait on a lock next to it and find it made.
     """
     target = tiny_model_dir(model)
     if (target / "config.json").exists():
         return target
+    with _building(target) as missing:
+        if missing:
+            _build_tiny(model, target)
+    return target
+
+
+@contextlib.contextmanager
+def _building(target: Path) -> Iterator[bool]:
+    """Hold ``target``'s build lock; yields whether it still has to be built (nobody who held
+    the lock before made it). A killed builder's ``.tmp-*`` directories are removed first."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive(target.with_name(f"{target.name}.lock")):
+        missing = not (target / "config.json").exists()
+        if missing:
+            for stale in target.parent.glob(f"{target.name}.tmp-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+        yield missing
+
+
+def _build_tiny(model: ModelConfig, target: Path) -> None:
+    """Train the tiny model's tokenizer, initialise and warm up the model, save it at ``target``."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     t = model.tiny
@@ -185,13 +210,7 @@ def build_tiny_model(model: ModelConfig) -> Path:
     tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
     net.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    try:
-        tmp.rename(target)
-    except OSError:  # another process won the race; its copy is identical
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    tmp.rename(target)
 
 
 def _warm_up_example(rng, tokenizer) -> tuple[list[int], list[int]]:
@@ -263,7 +282,7 @@ def merged_adapter_dir(model: ModelConfig, adapter_path: str, base: str) -> Path
     """Base + adapter merged into full weights (with the adapter's tokenizer, else the base's), built once.
 
     Cached under ``model.cache_dir`` by a hash of the adapter's files, written
-    to a temporary directory and renamed into place (concurrent builders agree).
+    to a temporary directory and renamed into place, under a lock (concurrent callers build it once).
     """
     digest = hashlib.sha256()
     for f in sorted(Path(adapter_path).iterdir()):
@@ -272,19 +291,16 @@ def merged_adapter_dir(model: ModelConfig, adapter_path: str, base: str) -> Path
     target = Path(model.cache_dir) / f"merged-{digest.hexdigest()[:12]}"
     if (target / "config.json").exists():
         return target
-    from peft import PeftModel
+    with _building(target) as missing:
+        if missing:
+            from peft import PeftModel
 
-    merged = PeftModel.from_pretrained(_load_plain(base, model.dtype), adapter_path).merge_and_unload()
-    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
-    merged.save_pretrained(tmp)
-    tokenizer_source = adapter_path if (Path(adapter_path) / "tokenizer_config.json").is_file() else base
-    load_tokenizer(tokenizer_source).save_pretrained(tmp)
-    try:
-        tmp.rename(target)
-    except OSError:
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
+            merged = PeftModel.from_pretrained(_load_plain(base, model.dtype), adapter_path).merge_and_unload()
+            tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+            merged.save_pretrained(tmp)
+            tokenizer_source = adapter_path if (Path(adapter_path) / "tokenizer_config.json").is_file() else base
+            load_tokenizer(tokenizer_source).save_pretrained(tmp)
+            tmp.rename(target)
     return target
 
 

@@ -76,8 +76,8 @@ def _restore_dist_env(restore_dist_env) -> None:
 
 
 @pytest.fixture(scope="module")
-def model_config(tmp_path_factory: pytest.TempPathFactory) -> ModelConfig:
-    return ModelConfig(cache_dir=str(tmp_path_factory.mktemp("models")))
+def model_config(tiny_model_config: ModelConfig) -> ModelConfig:
+    return tiny_model_config  # the session's built-in tiny model (conftest), built once
 
 
 @pytest.fixture(scope="module")

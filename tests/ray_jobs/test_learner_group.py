@@ -95,10 +95,8 @@ def local_ray() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def model_config(tmp_path_factory: pytest.TempPathFactory) -> ModelConfig:
-    config = ModelConfig(
-        cache_dir=str(tmp_path_factory.mktemp("models")), tiny=TinyModelConfig(hidden_size=128, warmup_steps=0)
-    )
+def model_config(tiny_model_config: ModelConfig) -> ModelConfig:
+    config = ModelConfig(cache_dir=tiny_model_config.cache_dir, tiny=TinyModelConfig(hidden_size=128, warmup_steps=0))
     resolve_model_path(config)
     return config
 

@@ -46,10 +46,8 @@ def _batch(step: int) -> SequenceBatch:
     return SequenceBatch(step, ids, [[0] * 3 + [1] * (len(s) - 3) for s in ids])
 
 
-def test_two_rank_zero3_sft_step_equals_one_process(local_ray, tmp_path_factory) -> None:
-    model = ModelConfig(
-        cache_dir=str(tmp_path_factory.mktemp("models")), tiny=TinyModelConfig(hidden_size=128, warmup_steps=0)
-    )
+def test_two_rank_zero3_sft_step_equals_one_process(local_ray, tiny_model_config) -> None:
+    model = ModelConfig(cache_dir=tiny_model_config.cache_dir, tiny=TinyModelConfig(hidden_size=128, warmup_steps=0))
     resolve_model_path(model)
     config = {"lr": 1e-3, "micro_batch_size": 2}
     one = Learner(LearnerConfig(**config), model, AlgorithmConfig(), 1.0, objective=SFT)
