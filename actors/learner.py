@@ -66,11 +66,13 @@ of each minibatch's rows, in the micro-batches ``micro_batch_plan`` gives it:
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import torch
 
 from actors import learner_state
+from actors.core_share import board_for
 from actors.data_parallel import (
     MicroBatch,
     _accumulate,
@@ -196,6 +198,10 @@ class Learner(TrainPreparation, SequenceTraining):
             raise RuntimeError(
                 f"learner.world_size={learner.world_size} but the backend's process group has {self.world_size} ranks"
             )
+        self.cores = board_for(learner.torch_threads, self.rank)  # torch backend only: the driver sets a CoreShare then
+        for net in (getattr(self.backend, "model", None), getattr(self.backend, "reference", None)):
+            if self.cores is not None and net is not None:
+                self.cores.attach(net)
         self._sync = ObjectStoreWeightSync()
         self._held: HeldForward | None = None  # forward_ahead's, until the next train
         lora = learner.lora.model_dump(include={"r", "alpha", "target_modules"}) if learner.lora.enabled else None
@@ -214,15 +220,16 @@ class Learner(TrainPreparation, SequenceTraining):
         if len(batch) == 0:
             raise ValueError(f"step {batch.step}: empty batch (every sample unscored?)")
         start = time.perf_counter()
-        self.backend.model.train()
-        ahead, ahead_metrics = self._take_held(batch)
-        per_token = self._prepare(batch, held_reference(*ahead) if ahead else None)
-        everything = slice(0, len(batch))
-        records = [
-            self._optimizer_step(batch, rows, per_token, ahead)
-            for _ in range(self.settings.num_iterations)
-            for rows in _slices(everything, self.settings.num_minibatches)
-        ]
+        with self._computing():
+            self.backend.model.train()
+            ahead, ahead_metrics = self._take_held(batch)
+            per_token = self._prepare(batch, held_reference(*ahead) if ahead else None)
+            everything = slice(0, len(batch))
+            records = [
+                self._optimizer_step(batch, rows, per_token, ahead)
+                for _ in range(self.settings.num_iterations)
+                for rows in _slices(everything, self.settings.num_minibatches)
+            ]
         self.version += 1
         metrics = {
             **_mean_metrics(records),
@@ -246,10 +253,15 @@ class Learner(TrainPreparation, SequenceTraining):
             return 0.0
         self.backend.model.train()
         reference = self.backend.reference_logits if self.settings.needs_reference else None
-        self._held = forward_samples(
-            self.backend.model, step, list(results), self.temperature, self.backend.device, reference
-        )
+        with self._computing():
+            self._held = forward_samples(
+                self.backend.model, step, list(results), self.temperature, self.backend.device, reference
+            )
         return self._held.seconds
+
+    def _computing(self) -> contextlib.AbstractContextManager:
+        """Marks this rank busy on the node's core board while it computes (``actors/core_share.py``)."""
+        return self.cores.busy() if self.cores is not None else contextlib.nullcontext()
 
     def _forward_ahead_fits(self, samples: int) -> bool:
         """One rank, plain torch, one optimiser step per batch, all ``samples`` in one micro-batch."""

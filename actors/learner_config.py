@@ -15,6 +15,7 @@ from typing import Literal, Protocol
 import torch
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
+from actors.core_share import CoreShare
 from actors.models import CausalLM
 
 
@@ -73,12 +74,13 @@ class LearnerConfig(BaseModel):
         default=False,
         description="Keep the ZeRO optimiser state (fp32 master weights, Adam moments) and its update on the CPU (deepspeed backend only; torch's AdamW, no compiled op).",
     )
-    torch_threads: PositiveInt | Literal["auto"] = Field(
+    torch_threads: PositiveInt | Literal["auto"] | CoreShare = Field(
         default="auto",
         description="torch intra-op threads in each learner process. 'auto': the train driver gives each stage the cores "
         "it has (every core when stages run in turn, pipeline.max_staleness 0; shared evenly among the rollout "
-        "workers and learner ranks when they overlap; at most OMP_NUM_THREADS when set); unresolved, the process "
-        "keeps torch's own setting.",
+        "workers and learner ranks when they overlap, and on local Ray on CPU with HF rollouts and the torch "
+        "learner by which of them computes at the moment, actors/core_share.py; at most OMP_NUM_THREADS when set); "
+        "unresolved, the process keeps torch's own setting.",
     )
     num_cpus: float = Field(
         default=1.0, ge=0, description="CPUs Ray reserves per learner rank (world_size times this in all)."

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Literal, TypeAlias
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from actors.core_share import CoreShare, share
 from actors.model_files import exclusive, is_model_file, resolve_model_file
 
 if TYPE_CHECKING:
@@ -317,10 +318,13 @@ def resolve_model_path(model: ModelConfig) -> str:
     return model.path
 
 
-def apply_torch_threads(setting: int | str) -> None:
-    """Set this process's torch intra-op threads: a number, or 'auto' that no driver resolved
-    (``rollout.torch_threads`` / ``learner.torch_threads``), which keeps torch's own setting."""
-    if setting != "auto":
+def apply_torch_threads(setting: int | str | CoreShare) -> None:
+    """Set this process's torch intra-op threads: a number, 'auto' that no driver resolved
+    (``rollout.torch_threads`` / ``learner.torch_threads``), which keeps torch's own setting,
+    or a ``CoreShare``: its even share until the stage's ``CoreBoard`` follows the overlap."""
+    if isinstance(setting, CoreShare):
+        torch.set_num_threads(share(setting.cores, setting.slots))
+    elif setting != "auto":
         torch.set_num_threads(int(setting))
 
 

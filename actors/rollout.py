@@ -22,6 +22,7 @@ and applies updates to requests in flight.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -30,6 +31,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
+from actors.core_share import CoreShare, board_for
 from actors.generation import GenerationBackend
 from actors.messages import PromptItem, RolloutResult, Sample, WeightsUpdate
 from actors.models import ModelConfig, apply_torch_threads, resolve_model_path
@@ -54,12 +56,13 @@ class RolloutConfig(BaseModel):
     )
     num_cpus_per_worker: float = Field(default=1.0, ge=0, description="CPUs Ray reserves for each rollout worker.")
     num_gpus_per_worker: float = Field(default=0.0, ge=0, description="GPUs Ray reserves for each rollout worker.")
-    torch_threads: PositiveInt | Literal["auto"] = Field(
+    torch_threads: PositiveInt | Literal["auto"] | CoreShare = Field(
         default="auto",
         description="torch intra-op threads in each worker. 'auto': the train driver gives each stage the cores "
         "it has (every core when stages run in turn, pipeline.max_staleness 0; shared evenly among the rollout "
-        "workers and learner ranks when they overlap; at most OMP_NUM_THREADS when set); unresolved, the process "
-        "keeps torch's own setting.",
+        "workers and learner ranks when they overlap, and on local Ray on CPU with HF rollouts and the torch "
+        "learner by which of them computes at the moment, actors/core_share.py; at most OMP_NUM_THREADS when set); "
+        "unresolved, the process keeps torch's own setting.",
     )
     group_size: int = Field(
         default=4,
@@ -160,6 +163,9 @@ class RolloutWorker:
         self.config = rollout
         self.worker_id = worker_id
         self.backend: GenerationBackend = build_generation_backend(rollout, model, seed * 1000 + worker_id, lora_rank)
+        self.cores = board_for(rollout.torch_threads, worker_id)  # HF only: the driver sets a CoreShare then
+        if self.cores is not None and isinstance(self.backend, HFGenerationBackend):
+            self.cores.attach(self.backend.model)
         self._update_lock = asyncio.Lock()
         self._changed = asyncio.Condition()  # notified when the version changes or a generation ends
         self._asked: Counter[int] = Counter()  # min_version -> generations asked for it and not finished
@@ -209,7 +215,8 @@ class RolloutWorker:
                 self._started.add(seq)
                 await self._announce()
             start = time.perf_counter()
-            seqs = await self.backend.generate([p.prompt_token_ids for p in prompts], n, temperature, seed)
+            with self.cores.busy() if self.cores is not None else contextlib.nullcontext():
+                seqs = await self.backend.generate([p.prompt_token_ids for p in prompts], n, temperature, seed)
         finally:
             self._asked[min_version] -= 1
             await self._announce()

@@ -103,7 +103,7 @@ class VLLMGenerationBackend:
         temperature: float,
         config: VLLMConfig,
         seed: int,
-        torch_threads: int | str,
+        torch_threads: int | str | object,
         lora_rank: int | None = None,
     ) -> None:
         from vllm.engine.arg_utils import AsyncEngineArgs
@@ -119,7 +119,7 @@ class VLLMGenerationBackend:
                 # One rank: the engine-core process runs the model itself. vLLM's CPU default
                 # spawns a third process for it, which imports vLLM again (~18 s of a 2-core start).
                 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-            if torch_threads != "auto":  # unresolved 'auto' keeps the process's own setting
+            if isinstance(torch_threads, int):  # unresolved 'auto' keeps the process's own setting
                 os.environ.setdefault("OMP_NUM_THREADS", str(torch_threads))
         args = AsyncEngineArgs(
             model=model_path,

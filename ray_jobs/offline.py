@@ -24,7 +24,7 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import ray
 from pydantic import BaseModel
@@ -130,7 +130,10 @@ def init_local_ray(cpus: float) -> None:
             os.environ["PYTHONPATH"] = before
 
 
-def auto_threads(setting: int | str, concurrent: int) -> int | str:
+T = TypeVar("T")  # a torch_threads setting: a number, "auto", or a CoreShare
+
+
+def auto_threads(setting: T, concurrent: int) -> T | int:
     """A ``torch_threads`` setting with 'auto' resolved on local Ray: an even share of the
     cores this process may use among ``concurrent`` processes that compute at once, at most
     ``OMP_NUM_THREADS`` when the environment sets it (the usual per-process cap). On a cluster

@@ -5,7 +5,12 @@ actor receives plain numbers and absolute paths (and the log says what was chose
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
+from pathlib import Path
+from uuid import uuid4
 
+from actors.core_share import CoreShare
 from ray_jobs.config import ExperimentConfig
 from ray_jobs.offline import absolute_model, auto_threads
 from ray_jobs.pipeline import judge_inflight_bound
@@ -40,14 +45,27 @@ def with_judge_concurrency(cfg: ExperimentConfig, evalset: EvalSet | None) -> Ex
 
 def with_stage_threads(cfg: ExperimentConfig) -> ExperimentConfig:
     """``torch_threads: auto`` (``ray_jobs.offline.auto_threads``): stages that run in turn
-    (max_staleness 0) get every core each; overlapping rollout workers and learner ranks share them."""
+    (max_staleness 0) get every core each; overlapping rollout workers and learner ranks share
+    them, by what computes at the moment where ``follows_overlap`` (``actors/core_share.py``),
+    else evenly."""
     ro, lr = cfg.rollout, cfg.learner
     overlap = cfg.pipeline.max_staleness > 0
-    threads = {
+    threads: dict[str, int | str | CoreShare] = {
         "rollout": auto_threads(ro.torch_threads, ro.num_workers + (lr.world_size if overlap else 0)),
         "learner": auto_threads(lr.torch_threads, lr.world_size + (ro.num_workers if overlap else 0)),
     }
-    if threads != {"rollout": ro.torch_threads, "learner": lr.torch_threads}:
+    cores = auto_threads("auto", 1)
+    if follows_overlap(cfg) and isinstance(cores, int) and cores > 1:
+        board = str(
+            Path("/dev/shm" if Path("/dev/shm").is_dir() else tempfile.gettempdir()) / f"relay-cores-{uuid4().hex}"
+        )
+        slots = ro.num_workers + lr.world_size
+        threads = {
+            "rollout": CoreShare(board=board, first_slot=0, slots=slots, cores=cores),
+            "learner": CoreShare(board=board, first_slot=ro.num_workers, slots=slots, cores=cores),
+        }
+        log.info("torch threads (auto): the stages share %d cores by what computes at the moment (%s)", cores, board)
+    elif threads != {"rollout": ro.torch_threads, "learner": lr.torch_threads}:
         log.info("torch threads (auto): %s", threads)
     return cfg.model_copy(
         update={
@@ -55,6 +73,28 @@ def with_stage_threads(cfg: ExperimentConfig) -> ExperimentConfig:
             "learner": lr.model_copy(update={"torch_threads": threads["learner"]}),
         }
     )
+
+
+def follows_overlap(cfg: ExperimentConfig) -> bool:
+    """Whether 'auto' torch threads follow the overlap: both stages 'auto', overlapping
+    (max_staleness > 0), on local Ray and CPU (so on one node), HF rollouts, a torch learner."""
+    ro, lr = cfg.rollout, cfg.learner
+    return (
+        ro.torch_threads == lr.torch_threads == "auto"
+        and cfg.pipeline.max_staleness > 0
+        and not os.environ.get("RAY_ADDRESS")
+        and ro.backend == "hf"
+        and lr.backend == "torch"
+        and ro.num_gpus_per_worker == 0
+        and lr.num_gpus == 0
+    )
+
+
+def remove_core_board(cfg: ExperimentConfig) -> None:
+    """Remove the stages' core board file (``with_stage_threads``), if the run has one."""
+    share = cfg.learner.torch_threads
+    if isinstance(share, CoreShare):
+        Path(share.board).unlink(missing_ok=True)
 
 
 def with_absolute_model_path(cfg: ExperimentConfig) -> ExperimentConfig:

@@ -41,7 +41,7 @@ from ray_jobs.lifecycle import (
 from ray_jobs.local_judge import LocalJudgeError, rewards_for_run
 from ray_jobs.offline import start_ray
 from ray_jobs.pipeline import ThroughputWindow, assemble_batch, may_launch
-from ray_jobs.run_settings import settings_for_run
+from ray_jobs.run_settings import remove_core_board, settings_for_run
 from ray_jobs.tracking import RunRecorder
 from ray_jobs.train_eval import EvalSet, TrainEval, load_eval_set
 from rewards.judge import JudgeUnreachableError, MissingApiKeyError
@@ -224,6 +224,7 @@ def run(cfg: ExperimentConfig) -> Path:
         with contextlib.ExitStack() as stack:
             cfg, keys = stack.enter_context(judge_endpoint(cfg, run_dir))
             cfg = settings_for_run(cfg, evalset)
+            stack.callback(remove_core_board, cfg)
             stack.enter_context(ray_session(cfg))
             stop.install()  # ray.init replaced our SIGTERM handler with its own
             for attempt in range(cfg.run.max_learner_restarts + 1):

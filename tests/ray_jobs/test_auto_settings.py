@@ -1,6 +1,7 @@
 """``judge.max_concurrency: auto`` and ``torch_threads: auto``: the bounds and how the drivers resolve them."""
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -44,8 +45,8 @@ def test_train_driver_gives_each_stage_its_cores(monkeypatch) -> None:
     monkeypatch.setattr("os.sched_getaffinity", lambda _pid: {0, 1})
     alone = run_settings.with_stage_threads(load_config(None, ["pipeline.max_staleness=0"]))
     assert (alone.rollout.torch_threads, alone.learner.torch_threads) == (2, 2)  # stages run in turn
-    overlap = run_settings.with_stage_threads(load_config(None, ["pipeline.max_staleness=2"]))
-    assert (overlap.rollout.torch_threads, overlap.learner.torch_threads) == (1, 1)
+    overlap = run_settings.with_stage_threads(load_config(None, ["pipeline.max_staleness=2", "rollout.backend=vllm"]))
+    assert (overlap.rollout.torch_threads, overlap.learner.torch_threads) == (1, 1)  # an even share
     fixed = run_settings.with_stage_threads(load_config(None, ["pipeline.max_staleness=0", "rollout.torch_threads=1"]))
     assert (fixed.rollout.torch_threads, fixed.learner.torch_threads) == (1, 2)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the environment's per-process cap holds
@@ -98,3 +99,30 @@ def test_forward_ahead_is_on_where_the_learner_can_run_a_batch_before_its_scores
             ConfigError, match=re.escape(f"pipeline.forward_ahead: true needs {need}; set it to auto or false")
         ):
             load_config(None, ["pipeline.max_staleness=0", override, "pipeline.forward_ahead=true"])
+
+
+def test_overlapping_hf_and_torch_stages_share_the_cores_by_what_computes(monkeypatch) -> None:
+    """HF rollouts and a torch learner that overlap on local Ray share one board: rollout
+    worker i at slot i, learner rank j after the workers; anything else keeps the even share."""
+    from actors.core_share import CoreBoard, CoreShare
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("os.sched_getaffinity", lambda _pid: {0, 1})
+    cfg = run_settings.with_stage_threads(load_config(None, ["pipeline.max_staleness=2", "rollout.num_workers=2"]))
+    ro, lr = cfg.rollout.torch_threads, cfg.learner.torch_threads
+    assert isinstance(ro, CoreShare) and isinstance(lr, CoreShare)
+    assert (ro.first_slot, lr.first_slot, ro.slots, ro.cores) == (0, 2, 3, 2) and ro.board == lr.board
+    CoreBoard(lr, 0).close()  # an actor creates the board file; the driver removes it at the end
+    run_settings.remove_core_board(cfg)
+    assert not Path(ro.board).exists()
+    for overrides in (
+        ["pipeline.max_staleness=0"],  # in turn: every core each
+        ["pipeline.max_staleness=2", "learner.torch_threads=1"],  # a number the user set
+        ["pipeline.max_staleness=2", "learner.backend=deepspeed"],
+    ):
+        resolved = run_settings.with_stage_threads(load_config(None, overrides))
+        assert isinstance(resolved.rollout.torch_threads, int), overrides
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # one core to share: nothing to follow
+    one = run_settings.with_stage_threads(load_config(None, ["pipeline.max_staleness=2"]))
+    assert (one.rollout.torch_threads, one.learner.torch_threads) == (1, 1)
