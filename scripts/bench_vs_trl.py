@@ -13,7 +13,7 @@ TRL runs first (``scripts/bench_vs_trl_runner.py``, its own process; time per
 step from a callback at each ``on_step_end``), then relay at each k =
 ``pipeline.max_staleness`` (``python -m ray_jobs.train``, its own process, with
 its defaults except the step shape, model, data, judge and steps; time per step
-= between the wall-clock moments its console lines of consecutive steps arrive,
+= between the moments (``time.monotonic()``) its console lines of consecutive steps arrive,
 checked against ``time/step_s`` in ``metrics.jsonl``). Reported: the MEAN over
 steps 3-12 (1-based), with sd and min/max, since relay's steps with k >= 1 come
 in bursts. A relay run at k lasts 12 + k steps (unless ``--drain``): its last k
@@ -137,14 +137,14 @@ def load_sampled(every_s: float = 5.0) -> Iterator[list[float]]:
 
 
 def timed_lines(cmd: list[str], log: Path, load: list[float] | None = None) -> list[tuple[float, str]]:
-    """Run ``cmd`` (stderr into stdout); every output line with the wall-clock time it arrived;
+    """Run ``cmd`` (stderr into stdout); every output line with the time it arrived (``time.monotonic()``);
     the load average while it ran is appended to ``load``."""
     lines: list[tuple[float, str]] = []
     with load_sampled() as samples, log.open("w") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
         assert proc.stdout is not None
         for line in proc.stdout:
-            lines.append((time.time(), line))
+            lines.append((time.monotonic(), line))
             out.write(line)
         if proc.wait() != 0:
             raise RuntimeError(f"{cmd[2]} exited with {proc.returncode}; log: {log}")
@@ -158,7 +158,7 @@ def run_trl(model_dir: str, prompts: Path, url: str, steps: int, lora: bool, run
     out = run_dir / "trl_times.json"
     cmd = [sys.executable, "-m", "scripts.bench_vs_trl_runner", "--model", model_dir, "--prompts", str(prompts)]
     cmd += ["--base-url", url, "--api-key-env", KEY_ENV, "--steps", str(steps), "--out", str(out)]
-    started, load = time.time(), list[float]()
+    started, load = time.monotonic(), list[float]()
     timed_lines(cmd + (["--lora"] if lora else []), run_dir / "trl.log", load)
     marks = json.loads(out.read_text())
     return {
@@ -166,7 +166,7 @@ def run_trl(model_dir: str, prompts: Path, url: str, steps: int, lora: bool, run
         "durations": durations_from_ends(marks["ends"], marks["start"]),
         "step_time": {s + 1: t for s, t in enumerate(marks["step_time"])},  # TRL's own, a cross-check
         "judge_requests": marks["judge_requests"],
-        "wall_s": time.time() - started,
+        "wall_s": time.monotonic() - started,
     }
 
 
@@ -179,7 +179,7 @@ def run_relay(
     overrides += [f"judge.base_url={url}", f"judge.api_key_env={KEY_ENV}", f"judge.model={JUDGE_MODEL}"]
     overrides += ["learner.lora.enabled=true"] if lora else []
     overrides += extra
-    started, load = time.time(), list[float]()
+    started, load = time.monotonic(), list[float]()
     lines = timed_lines([sys.executable, "-m", "ray_jobs.train", *overrides], run_dir.with_suffix(".log"), load)
     ends = [t for t, line in lines if console_step(line) is not None]
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -187,7 +187,7 @@ def run_relay(
         "durations": durations_from_ends(ends),
         "step_s": relay_step_s(rows),
         "stages": {key: [r.get(key) for r in rows] for key in STAGE_KEYS},
-        "wall_s": time.time() - started,
+        "wall_s": time.monotonic() - started,
         "load_1m": load,
     }
 
@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out).resolve()
     root = out.parent
     root.mkdir(parents=True, exist_ok=True)
-    prompts, started = write_prompts(root, args.prompts), time.time()
+    prompts, started = write_prompts(root, args.prompts), time.monotonic()
     models: dict[str, tuple[str, str, int | None]] = {}  # name: (relay model.path, TRL dir, parameters)
     if args.model_path:
         trl_dir = resolved_dir(args.model_path, root)
@@ -310,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
                 results[label] = {**bench, "params": params, "model": name}
     summary = summarise(results, args.last)
     record = {"settings": vars(args), "summary": summary_json(summary), "results": results}
-    out.write_text(json.dumps({**record, "wall_s": time.time() - started}, indent=1))
+    out.write_text(json.dumps({**record, "wall_s": time.monotonic() - started}, indent=1))
     print(f"\nmean s/step over steps 3-{args.last}, judge latency {args.judge_latency_s} s (ratio = TRL / relay)")
     print(format_table(summary, args.ks))
     print("\n" + format_markdown(summary, args.ks))
@@ -325,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, r in results.items():
         runs = [("TRL", r["trl"])] + [(f"relay k={k}", v) for k, v in r["relay"].items()]
         print(f"  {name}: " + "; ".join(f"{label} {_load(run)}" for label, run in runs))
-    print(f"\nraw per-step times: {out}; whole benchmark {time.time() - started:.0f} s")
+    print(f"\nraw per-step times: {out}; whole benchmark {time.monotonic() - started:.0f} s")
     return 0
 
 

@@ -17,7 +17,8 @@ and scores the verdict with relay's rubric. Like relay it strips ``<think>`` and
 scores degenerate answers by rule (``rewards/gate.py``) without a request.
 
 Writes ``--out``: ``{"start": t, "ends": [t1, t2, ...], "step_time": [...],
-"judge_requests": n}``: wall-clock (``time.time()``) at the start of training and
+"judge_requests": n}``: ``time.monotonic()`` (the clock for durations: a wall-clock
+jump or a paused machine's catch-up is no step's time) at the start of training and
 at the end of each optimiser step (``TrainerCallback.on_step_end``), and TRL's
 own logged ``step_time`` of each step.
 """
@@ -148,10 +149,10 @@ def run_trl(model_dir: str, prompts: list[str], base_url: str, api_key: str, ste
 
     class StepClock(TrainerCallback):
         def on_train_begin(self, args, state, control, **kwargs):
-            marks["start"] = time.time()
+            marks["start"] = time.monotonic()
 
         def on_step_end(self, args, state, control, **kwargs):
-            marks["ends"].append(time.time())
+            marks["ends"].append(time.monotonic())
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "step_time" in logs:  # TRL's own timing of the step, a cross-check
