@@ -19,8 +19,9 @@ def _restore_threads() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
-def _spec(tmp_path: Path, first_slot: int = 0, slots: int = 2, cores: int = 2) -> CoreShare:
-    return CoreShare(board=str(tmp_path / "board"), first_slot=first_slot, slots=slots, cores=cores)
+def _spec(tmp_path: Path, first_slot: int = 0, slots: int = 2, cores: int = 2, min_parameters: int = 0) -> CoreShare:
+    board = str(tmp_path / "board")
+    return CoreShare(board=board, first_slot=first_slot, slots=slots, cores=cores, min_parameters=min_parameters)
 
 
 def test_share_is_an_even_split_of_the_cores_among_the_busy() -> None:
@@ -33,6 +34,7 @@ def test_share_is_an_even_split_of_the_cores_among_the_busy() -> None:
 
 def test_a_process_alone_uses_every_core_and_shares_them_when_another_computes(tmp_path: Path) -> None:
     rollout, learner = CoreBoard(_spec(tmp_path), 0), CoreBoard(_spec(tmp_path), 1)
+    learner.following = True  # as attach sets it for a model large enough
     assert rollout.busy_count() == learner.busy_count() == 0
     with learner.busy():
         assert torch.get_num_threads() == 2 and rollout.busy_count() == 1
@@ -123,3 +125,15 @@ def test_the_hf_rollout_worker_marks_its_slot_while_it_generates(
     asyncio.run(worker.generate(0, 0, [PromptItem("p0", 0, "A bakery in Austin", ids)]))
     assert len(observed) >= 2 and set(observed) == {(1, 1)}  # worker 1's slot, busy while it generates
     assert CoreBoard(spec, 0).busy_count() == 0
+
+
+def test_a_small_model_keeps_the_even_share(tmp_path: Path) -> None:
+    """Under ``min_parameters`` nothing is hooked and a busy block sets no threads."""
+    board = CoreBoard(_spec(tmp_path, min_parameters=1000), 0)
+    seen: list[int] = []
+    blocks = torch.nn.ModuleList([_Recorder(seen), _Recorder(seen)])  # 2 x 20 parameters
+    board.attach(blocks)
+    torch.set_num_threads(1)  # the even share apply_torch_threads set
+    with board.busy():  # alone on the board: following would take both cores
+        blocks[1](blocks[0](torch.ones(2, 4))).sum().backward()
+    assert not board.following and seen == [1, 1]
