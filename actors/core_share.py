@@ -117,12 +117,6 @@ class CoreBoard:
     def _before_backward(self, grad: torch.Tensor) -> None:
         self.follow()
 
-    def close(self) -> None:
-        """Unmark and close this process's slot (the board file stays: the driver removes it)."""
-        with contextlib.suppress(OSError):
-            self._mark(0)
-            os.close(self._fd)
-
 
 def board_for(spec: CoreShare | object, index: int) -> CoreBoard | None:
     """A ``CoreBoard`` when a stage's ``torch_threads`` is a ``CoreShare``, else None."""

@@ -176,7 +176,7 @@ def converted_dir(source: Path, cache_dir: Path) -> Path:
 
 
 @contextlib.contextmanager
-def exclusive(lock_file: Path) -> Iterator[None]:
+def _exclusive(lock_file: Path) -> Iterator[None]:
     """Hold an exclusive ``fcntl`` lock on ``lock_file`` (other processes, and other threads
     with their own open file, wait); the kernel releases it if this process dies."""
     with lock_file.open("a") as f:
@@ -191,18 +191,29 @@ def exclusive(lock_file: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+@contextlib.contextmanager
+def building(target: Path) -> Iterator[bool]:
+    """Hold ``target``'s build lock (``<target>.lock`` beside it); yields whether it still has to
+    be made (nobody who held the lock before made it), after removing the ``.tmp-*`` directories
+    a killed builder left. The builder writes ``<target>.tmp-*`` and renames it into place."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive(target.with_name(f"{target.name}.lock")):
+        missing = not target.is_dir()
+        if missing:
+            for stale in target.parent.glob(f"{target.name}.tmp-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+        yield missing
+
+
 def ensure_converted(source: Path, cache_dir: Path, convert: Converter | None = None) -> Path:
     """``source``'s converted directory, made now (by ``convert``, default ``convert_gguf``) if no
     process made it before; concurrent callers make it once and all return it."""
     target = converted_dir(source, cache_dir)
     if target.is_dir():
         return target
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with exclusive(cache_dir / f"{target.name}.lock"):
-        if target.is_dir():  # made by whoever held the lock before us
+    with building(target) as missing:
+        if not missing:  # made by whoever held the lock before us
             return target
-        for stale in cache_dir.glob(f"{target.name}.tmp-*"):  # left by a converter that was killed
-            shutil.rmtree(stale, ignore_errors=True)
         tmp = cache_dir / f"{target.name}.tmp-{os.getpid()}-{threading.get_ident()}"
         log.info("converting %s into %s (once)", source, target)
         try:

@@ -16,12 +16,9 @@ request (and which TLD is good) is left for RL to learn.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, TypeAlias
 
@@ -29,7 +26,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from actors.core_share import CoreShare, share
-from actors.model_files import exclusive, is_model_file, resolve_model_file
+from actors.model_files import building, is_model_file, resolve_model_file
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -165,23 +162,10 @@ def build_tiny_model(model: ModelConfig) -> Path:
     target = tiny_model_dir(model)
     if (target / "config.json").exists():
         return target
-    with _building(target) as missing:
+    with building(target) as missing:
         if missing:
             _build_tiny(model, target)
     return target
-
-
-@contextlib.contextmanager
-def _building(target: Path) -> Iterator[bool]:
-    """Hold ``target``'s build lock; yields whether it still has to be built (nobody who held
-    the lock before made it). A killed builder's ``.tmp-*`` directories are removed first."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with exclusive(target.with_name(f"{target.name}.lock")):
-        missing = not (target / "config.json").exists()
-        if missing:
-            for stale in target.parent.glob(f"{target.name}.tmp-*"):
-                shutil.rmtree(stale, ignore_errors=True)
-        yield missing
 
 
 def _build_tiny(model: ModelConfig, target: Path) -> None:
@@ -292,7 +276,7 @@ def merged_adapter_dir(model: ModelConfig, adapter_path: str, base: str) -> Path
     target = Path(model.cache_dir) / f"merged-{digest.hexdigest()[:12]}"
     if (target / "config.json").exists():
         return target
-    with _building(target) as missing:
+    with building(target) as missing:
         if missing:
             from peft import PeftModel
 

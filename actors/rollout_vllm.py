@@ -40,6 +40,7 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from actors.core_share import CoreShare
 from actors.generation import GeneratedSequence
 from actors.messages import WeightsUpdate
 from actors.weight_sync import stage_update
@@ -103,7 +104,7 @@ class VLLMGenerationBackend:
         temperature: float,
         config: VLLMConfig,
         seed: int,
-        torch_threads: int | str | object,
+        torch_threads: int | str | CoreShare,
         lora_rank: int | None = None,
     ) -> None:
         from vllm.engine.arg_utils import AsyncEngineArgs

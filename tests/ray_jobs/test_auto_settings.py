@@ -113,7 +113,7 @@ def test_overlapping_hf_and_torch_stages_share_the_cores_by_what_computes(monkey
     ro, lr = cfg.rollout.torch_threads, cfg.learner.torch_threads
     assert isinstance(ro, CoreShare) and isinstance(lr, CoreShare)
     assert (ro.first_slot, lr.first_slot, ro.slots, ro.cores) == (0, 2, 3, 2) and ro.board == lr.board
-    CoreBoard(lr, 0).close()  # an actor creates the board file; the driver removes it at the end
+    CoreBoard(lr, 0)  # an actor creates the board file; the driver removes it at the end
     run_settings.remove_core_board(cfg)
     assert not Path(ro.board).exists()
     for overrides in (
