@@ -56,9 +56,9 @@ def with_stage_threads(cfg: ExperimentConfig) -> ExperimentConfig:
     }
     cores = auto_threads("auto", 1)
     if follows_overlap(cfg) and isinstance(cores, int) and cores > 1:
-        board = str(
-            Path("/dev/shm" if Path("/dev/shm").is_dir() else tempfile.gettempdir()) / f"relay-cores-{uuid4().hex}"
-        )
+        board_dir = Path("/dev/shm" if Path("/dev/shm").is_dir() else tempfile.gettempdir())
+        remove_orphaned_boards(board_dir)
+        board = str(board_dir / f"relay-cores-{os.getpid()}-{uuid4().hex}")
         slots = ro.num_workers + lr.world_size
         threads = {
             "rollout": CoreShare(board=board, first_slot=0, slots=slots, cores=cores),
@@ -88,6 +88,14 @@ def follows_overlap(cfg: ExperimentConfig) -> bool:
         and ro.num_gpus_per_worker == 0
         and lr.num_gpus == 0
     )
+
+
+def remove_orphaned_boards(board_dir: Path) -> None:
+    """Remove the core boards of drivers that are gone (killed before ``remove_core_board``)."""
+    for path in board_dir.glob("relay-cores-*-*"):
+        pid = path.name.split("-")[2]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            path.unlink(missing_ok=True)
 
 
 def remove_core_board(cfg: ExperimentConfig) -> None:

@@ -126,3 +126,18 @@ def test_overlapping_hf_and_torch_stages_share_the_cores_by_what_computes(monkey
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # one core to share: nothing to follow
     one = run_settings.with_stage_threads(load_config(None, ["pipeline.max_staleness=2"]))
     assert (one.rollout.torch_threads, one.learner.torch_threads) == (1, 1)
+
+
+def test_boards_of_drivers_that_are_gone_are_removed(tmp_path: Path) -> None:
+    """A driver killed before its end leaves its board; the next driver removes it, never a live one's."""
+    import os
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = tmp_path / f"relay-cores-{gone.stdout.strip()}-abc"
+    live = tmp_path / f"relay-cores-{os.getpid()}-def"
+    dead.write_bytes(b"\x01\x00")
+    live.write_bytes(b"\x00\x00")
+    run_settings.remove_orphaned_boards(tmp_path)
+    assert not dead.exists() and live.exists()
