@@ -10,6 +10,7 @@ from algorithms.config import AlgorithmConfig
 
 PROMPTS = [[1, 10, 11], [1, 12]]
 COMPLETIONS = [[[20, 21, 2], [22]], [[23, 24], [25, 26, 27, 2]]]  # two samples per prompt
+LR = 1e-2
 
 
 def _generated(step: int = 0) -> RolloutResult:
@@ -36,7 +37,7 @@ def _batch(rows: list[int], step: int = 0) -> TrainBatch:
 
 
 def _learner(model, **algorithm) -> Learner:
-    return Learner(LearnerConfig(lr=1e-2), model, AlgorithmConfig(**algorithm), temperature=0.7)
+    return Learner(LearnerConfig(lr=LR), model, AlgorithmConfig(**algorithm), temperature=0.7)
 
 
 def _trained(learner: Learner, batch: TrainBatch, ahead: bool) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -67,8 +68,17 @@ def test_a_batch_of_some_samples_in_another_order_uses_their_held_rows(tiny_mode
     held, held_weights = _trained(_learner(tiny_model_config), batch, ahead=True)
     assert held["learner/forward_ahead"] == 1.0
     assert held["loss"] == pytest.approx(plain["loss"], rel=1e-5)
+    assert held["grad_norm"] == pytest.approx(plain["grad_norm"], rel=1e-5)
+    # The held rows were computed in a batch of four, padded otherwise, so the gradients agree to
+    # rounding, not bit for bit. Adam's first step moves each weight by lr * g / (|g| + eps): where a
+    # gradient is near eps that rounding can move the update by up to 2 * lr; everywhere else the
+    # weights agree to 1e-6. Wrong rows would change the loss above and most of the weights.
+    total = off = 0
     for name, value in plain_weights.items():
-        torch.testing.assert_close(held_weights[name], value, rtol=1e-5, atol=1e-6)
+        diff = (held_weights[name] - value).abs()
+        assert float(diff.max()) <= 2 * LR, name
+        total, off = total + diff.numel(), off + int((diff > 1e-6).sum())
+    assert off <= total * 1e-3, (off, total)
 
 
 @pytest.mark.parametrize("kl_penalty", ["loss", "reward"])
