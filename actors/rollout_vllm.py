@@ -32,7 +32,6 @@ import itertools
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -43,9 +42,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from actors.core_share import CoreShare
 from actors.generation import GeneratedSequence
 from actors.messages import WeightsUpdate
+from actors.scratch import owned_dir
 from actors.weight_sync import stage_update
 
 log = logging.getLogger(__name__)
+STAGING_PREFIX = "relay-weights"  # <staging_dir>/relay-weights-<pid>-<random>/v<version>/ (actors/scratch.py)
 
 
 class VLLMConfig(BaseModel):
@@ -147,7 +148,9 @@ class VLLMGenerationBackend:
         self.temperature = temperature
         self.version = 0
         self.updates_in_flight = True
-        self._staging = Path(tempfile.mkdtemp(prefix="relay-weights-", dir=config.staging_dir))
+        self._staging, orphans = owned_dir(Path(config.staging_dir), STAGING_PREFIX)
+        if orphans:
+            log.info("removed %d weight-staging directories of rollout workers that are gone", len(orphans))
         self._request_ids = itertools.count()
         self._adapter = None  # the LoRARequest new requests use; None = base weights
         self._adapter_users: Counter[int] = Counter()  # adapter id -> requests in flight on it

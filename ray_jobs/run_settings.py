@@ -11,12 +11,14 @@ from pathlib import Path
 from uuid import uuid4
 
 from actors.core_share import CoreShare
+from actors.scratch import remove_orphans
 from ray_jobs.config import ExperimentConfig
 from ray_jobs.offline import absolute_model, auto_threads
 from ray_jobs.pipeline import judge_inflight_bound
 from ray_jobs.train_eval import EvalSet
 
 log = logging.getLogger("relay.train")
+BOARD_PREFIX = "relay-cores"  # /dev/shm/relay-cores-<driver pid>-<uuid> (actors/scratch.py)
 
 
 def settings_for_run(cfg: ExperimentConfig, evalset: EvalSet | None) -> ExperimentConfig:
@@ -57,8 +59,8 @@ def with_stage_threads(cfg: ExperimentConfig) -> ExperimentConfig:
     cores = auto_threads("auto", 1)
     if follows_overlap(cfg) and isinstance(cores, int) and cores > 1:
         board_dir = Path("/dev/shm" if Path("/dev/shm").is_dir() else tempfile.gettempdir())
-        remove_orphaned_boards(board_dir)
-        board = str(board_dir / f"relay-cores-{os.getpid()}-{uuid4().hex}")
+        remove_orphans(board_dir, BOARD_PREFIX)  # boards of drivers killed before remove_core_board
+        board = str(board_dir / f"{BOARD_PREFIX}-{os.getpid()}-{uuid4().hex}")
         slots = ro.num_workers + lr.world_size
         threads = {
             "rollout": CoreShare(board=board, first_slot=0, slots=slots, cores=cores),
@@ -88,14 +90,6 @@ def follows_overlap(cfg: ExperimentConfig) -> bool:
         and ro.num_gpus_per_worker == 0
         and lr.num_gpus == 0
     )
-
-
-def remove_orphaned_boards(board_dir: Path) -> None:
-    """Remove the core boards of drivers that are gone (killed before ``remove_core_board``)."""
-    for path in board_dir.glob("relay-cores-*-*"):
-        pid = path.name.split("-")[2]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-            path.unlink(missing_ok=True)
 
 
 def remove_core_board(cfg: ExperimentConfig) -> None:

@@ -7,7 +7,9 @@ completions must be token-identical.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -114,6 +116,14 @@ def _check_against(model, worker, loop, tokenizer) -> None:
         assert torch.allclose(torch.tensor(s.sampling_logprobs), expected, atol=1e-4), s.completion_text
     for p in _prompts(tokenizer):
         assert _greedy_vllm(worker, loop, p.prompt_token_ids, 12) == _greedy_hf(model, p.prompt_token_ids, 12)
+
+
+def test_updates_stage_in_a_directory_named_by_this_process(worker) -> None:
+    """Named ``relay-weights-<pid>-*``, so that a SIGKILLed worker's copy of the weights in
+    /dev/shm is removed by the next backend on the node (``actors/scratch.py``)."""
+    staging = worker.backend._staging
+    assert staging.is_dir() and staging.parent == Path(RolloutConfig().vllm.staging_dir)
+    assert staging.name.startswith(f"relay-weights-{os.getpid()}-")
 
 
 def test_groups_versions_and_eos(worker, loop, tiny_tokenizer) -> None:

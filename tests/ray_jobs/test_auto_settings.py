@@ -1,6 +1,7 @@
 """``judge.max_concurrency: auto`` and ``torch_threads: auto``: the bounds and how the drivers resolve them."""
 
 import re
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -128,16 +129,21 @@ def test_overlapping_hf_and_torch_stages_share_the_cores_by_what_computes(monkey
     assert (one.rollout.torch_threads, one.learner.torch_threads) == (1, 1)
 
 
-def test_boards_of_drivers_that_are_gone_are_removed(tmp_path: Path) -> None:
-    """A driver killed before its end leaves its board; the next driver removes it, never a live one's."""
-    import os
+def test_a_board_of_a_driver_that_is_gone_is_removed(monkeypatch) -> None:
+    """A driver killed before its end leaves its board in /dev/shm; the next driver that shares
+    cores removes it (``actors/scratch.py``), and removes its own at the end."""
     import subprocess
     import sys
 
+    from actors.core_share import CoreShare
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("os.sched_getaffinity", lambda _pid: {0, 1})
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    dead = tmp_path / f"relay-cores-{gone.stdout.strip()}-abc"
-    live = tmp_path / f"relay-cores-{os.getpid()}-def"
+    board_dir = Path("/dev/shm" if Path("/dev/shm").is_dir() else tempfile.gettempdir())
+    dead = board_dir / f"{run_settings.BOARD_PREFIX}-{gone.stdout.strip()}-test"
     dead.write_bytes(b"\x01\x00")
-    live.write_bytes(b"\x00\x00")
-    run_settings.remove_orphaned_boards(tmp_path)
-    assert not dead.exists() and live.exists()
+    cfg = run_settings.with_stage_threads(load_config(None, ["pipeline.max_staleness=2"]))
+    assert not dead.exists()
+    assert isinstance(cfg.learner.torch_threads, CoreShare)
+    run_settings.remove_core_board(cfg)
