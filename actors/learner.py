@@ -97,7 +97,7 @@ from actors.objectives import LossTotals, PerToken, collate, compose_loss, polic
 from actors.sequence_objectives import SequenceObjective
 from actors.sequence_training import SequenceTraining
 from actors.train_preparation import TrainPreparation
-from actors.weight_broadcast import Plan, broadcast_buckets, bucket_plan, join_group
+from actors.weight_broadcast import Plan, broadcast_buckets, bucket_plan, join_group, open_store
 from actors.weight_sync import ObjectStoreWeightSync
 from algorithms.config import AlgorithmConfig
 
@@ -346,9 +346,16 @@ class Learner(TrainPreparation, SequenceTraining):
         state = self.backend.full_state_dict()
         return bucket_plan(state, bucket_bytes) if state else []
 
+    def open_weight_group(self, world_size: int) -> int:
+        """Rank 0 only, before ``join_weight_group``: open the weight-broadcast group's store; its port."""
+        self._broadcast_store = open_store(world_size)
+        return int(self._broadcast_store.port)
+
     def join_weight_group(self, host: str, port: int, world_size: int, backend: str) -> None:
-        """Rank 0 only: host the weight-broadcast group as its rank 0 (the sender)."""
-        self._broadcast_group = join_group(host, port, 0, world_size, backend, self.backend.device)
+        """Rank 0 only: host the weight-broadcast group as its rank 0 (the sender), on the store
+        ``open_weight_group`` opened; blocks until every engine joined."""
+        device = self.backend.device
+        self._broadcast_group = join_group(host, port, 0, world_size, backend, device, store=self._broadcast_store)
 
     def broadcast_weights(self, plan: Plan) -> int:
         """Send the current full weights to every engine in the group; returns the bytes sent.

@@ -12,12 +12,10 @@ boundary (finalise, clip, update, zero). ``gradient_accumulation_steps`` stays
 1 and ``backward`` passes ``scale_wrt_gas=False``, so DeepSpeed never rescales
 the caller's loss.
 
-Distributed setup: one process is one rank. Without launcher variables the
-backend makes a one-process group (RANK=0, WORLD_SIZE=1, a free local port);
-with ``WORLD_SIZE > 1`` every variable must be set by whoever starts the ranks
-(``ray_jobs/learner_group.py``), and ``WORLD_SIZE`` must equal
-``learner.world_size``. The group is NCCL with CUDA, else gloo. DeepSpeed
-selects the device ``cuda:LOCAL_RANK``. Every rank must call every method, in
+Distributed setup (``actors/process_group.py``): one process is one rank, in
+a one-process group of its own or one of ``WORLD_SIZE`` ranks started by
+``ray_jobs/learner_group.py``. DeepSpeed selects the device
+``cuda:LOCAL_RANK``. Every rank must call every method, in
 the same order: ``backward`` (gradient reduction) and ``step`` always are
 collective; under ZeRO-3 so are every forward, ``full_state_dict``,
 ``save_pretrained`` and ``reference_logits``.
@@ -58,8 +56,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -68,11 +64,11 @@ import torch
 from actors.learner_config import LearnerConfig, prepare_policy
 from actors.learner_state import build_lr_scheduler
 from actors.models import CausalLM, load_causal_lm
+from actors.process_group import init_distributed
 from actors.weight_sync import adapter_state_dict, merged_state_dict
 
 logger = logging.getLogger(__name__)
 
-_DIST_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 _NEVER_PRINT = 2**31 - 1  # steps_per_print: DeepSpeed's progress log stays silent
 CHECKPOINT_TAG = "deepspeed"  # one checkpoint per directory: a fixed tag
 
@@ -128,75 +124,6 @@ def deepspeed_config(learner: LearnerConfig, dtype: str, num_params: int | None 
         "steps_per_print": _NEVER_PRINT,
         "wall_clock_breakdown": False,
     }
-
-
-def _free_port() -> int:
-    """A TCP port that was free on 127.0.0.1 a moment ago (bound to port 0)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def ensure_distributed_env() -> None:
-    """Fill in the torch.distributed variables for a one-process group.
-
-    Values already set are kept. With ``WORLD_SIZE`` unset or 1 the missing
-    ones default to RANK=0, LOCAL_RANK=0, WORLD_SIZE=1, MASTER_ADDR=127.0.0.1
-    and a free MASTER_PORT. With ``WORLD_SIZE > 1`` nothing is guessed (each
-    rank would pick a different port): all five must be set.
-    """
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        missing = [name for name in _DIST_VARS if name not in os.environ]
-        if missing:
-            raise RuntimeError(
-                f"WORLD_SIZE={os.environ['WORLD_SIZE']} but {', '.join(missing)} not set; "
-                "the launcher of a multi-rank learner must set all of " + ", ".join(_DIST_VARS)
-            )
-        return
-    if os.environ.get("RANK", "0") != "0":
-        raise RuntimeError(f"RANK={os.environ['RANK']} with WORLD_SIZE=1; set WORLD_SIZE for a multi-rank learner")
-    defaults = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}
-    for name, value in defaults.items():
-        os.environ.setdefault(name, value)
-    if "MASTER_PORT" not in os.environ:
-        os.environ["MASTER_PORT"] = str(_free_port())
-
-
-def check_world_size(world_size: int) -> None:
-    """Fail early unless the launcher's ``WORLD_SIZE`` (1 when unset) is ``learner.world_size``."""
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
-    if launched != world_size:
-        raise RuntimeError(
-            f"learner.world_size={world_size} but this process was started with WORLD_SIZE={launched}; "
-            "start multi-rank learners through ray_jobs.learner_group.LearnerGroup"
-        )
-
-
-def skip_shared_memory_op() -> None:
-    """Keep DeepSpeed from compiling its shared-memory all-reduce op on CPU, which its first
-    process-group init does in every fresh environment (about 55 s of CPU on our 2-core machine,
-    cached under ``TORCH_EXTENSIONS_DIR``). Only ``inference_all_reduce`` uses that op; training's
-    collectives go through the process group (gloo) with or without it. DeepSpeed builds it only
-    when ``deepspeed.ops.__compatible_ops__`` says it is compatible, a dict it computes once and
-    keeps, so the entry set here holds. With CUDA nothing changes."""
-    if torch.cuda.is_available():
-        return
-    import deepspeed.ops
-
-    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-
-
-def init_distributed(world_size: int = 1) -> None:
-    """Join (or create) the process group of ``world_size`` ranks: nccl with CUDA, gloo on CPU.
-
-    Idempotent: a group that already exists in this process is reused.
-    """
-    import deepspeed
-
-    check_world_size(world_size)
-    ensure_distributed_env()
-    skip_shared_memory_op()
-    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
 
 
 class DeepSpeedLearnerBackend:

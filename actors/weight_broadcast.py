@@ -3,7 +3,10 @@
 The group is made for the purpose (``join_group``): learner rank 0 is rank 0
 and rollout engine ``i`` is rank ``i + 1``. It is a standalone torch process
 group on its own TCP store, so it never touches the learner's DeepSpeed group or
-vLLM's own tensor-parallel group. Backend ``nccl`` on GPUs (device-to-device,
+vLLM's own tensor-parallel group. Rank 0 opens the store first (``open_store``)
+on a port the kernel assigns while it binds, and the engines are then told that
+port: no port is probed free and bound later, so no other process can take it
+in between. Backend ``nccl`` on GPUs (device-to-device,
 no host copy), ``gloo`` on CPUs, which is how the CPU tests exercise this
 exact code.
 
@@ -59,12 +62,29 @@ def bucket_plan(tensors: dict[str, torch.Tensor], bucket_bytes: int) -> Plan:
     return plan
 
 
+def open_store(world_size: int, timeout_s: float = 600.0) -> dist.TCPStore:
+    """Rank 0's TCP store, already listening on every interface at ``store.port`` (the kernel
+    chose it: bound to port 0), for ``join_group(..., store=...)`` once the others are told it."""
+    return dist.TCPStore(
+        "0.0.0.0", 0, world_size, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=timeout_s)
+    )
+
+
 def join_group(
-    host: str, port: int, rank: int, world_size: int, backend: str, device: torch.device, timeout_s: float = 600.0
+    host: str,
+    port: int,
+    rank: int,
+    world_size: int,
+    backend: str,
+    device: torch.device,
+    timeout_s: float = 600.0,
+    store: dist.TCPStore | None = None,
 ) -> BroadcastGroup:
     """A standalone process group of ``world_size`` ranks rendezvousing at
-    ``host:port`` (rank 0 hosts the TCP store). Blocks until every rank joined."""
-    store = dist.TCPStore(host, port, world_size, is_master=rank == 0, timeout=timedelta(seconds=timeout_s))
+    ``host:port``. Blocks until every rank joined. Rank 0 hosts the TCP store:
+    the one ``open_store`` opened when given, else one it opens on ``port``."""
+    if store is None:
+        store = dist.TCPStore(host, port, world_size, is_master=rank == 0, timeout=timedelta(seconds=timeout_s))
     if backend == "gloo":
         # The ignores: torch's stubs declare broadcast() on ProcessGroup only, not on these backends.
         return dist.ProcessGroupGloo(store, rank, world_size, timedelta(seconds=timeout_s))  # type: ignore[return-value]

@@ -48,8 +48,10 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from actors.learner import Learner, LearnerConfig
 from actors.messages import SequenceBatch, TrainBatch, TrainResult
 from actors.models import ModelConfig
+from actors.process_group import PORT_ATTEMPTS, port_taken
 from actors.sequence_objectives import SequenceObjective
 from algorithms.config import AlgorithmConfig
+from ray_jobs.faults import ACTOR_START_TIMEOUT_S, ActorStartError, check_started
 
 DEFAULT_PLACEMENT_TIMEOUT_S = 120.0
 
@@ -132,11 +134,14 @@ class LearnerGroup:
         max_new_tokens: int | None,
         placement_timeout_s: float = DEFAULT_PLACEMENT_TIMEOUT_S,
         *,
+        start_timeout_s: float = ACTOR_START_TIMEOUT_S,
         total_steps: int | None = None,
         objective: SequenceObjective | None = None,
     ) -> None:
         """``total_steps``: the run's learner batches (``run.steps``), the LR schedule's horizon; every rank gets it.
-        ``objective``: the offline objective (SFT, SimPO, DPO) of ``train_sequences``, if any."""
+        ``objective``: the offline objective (SFT, SimPO, DPO) of ``train_sequences``, if any.
+        ``start_timeout_s``: how long a multi-rank group's ranks may take to start (one rank is not
+        waited for here: callers check it with their other actors)."""
         self.config = learner
         self.placement_group: PlacementGroup | None = None
         self._ahead: dict[int, ray.ObjectRef] = {}  # step -> its forward_ahead call, until that step trains
@@ -147,19 +152,10 @@ class LearnerGroup:
             return
         self.placement_group = self._reserve(placement_timeout_s)
         try:
-            envs = self._rank_envs()
+            self.ranks = self._start_ranks(actor, args, start_timeout_s)
         except BaseException:
             remove_placement_group(self.placement_group)
             raise
-        self.ranks = [
-            actor.options(
-                num_cpus=learner.num_cpus,
-                num_gpus=learner.num_gpus,
-                scheduling_strategy=_in_bundle(self.placement_group, rank),
-                runtime_env={"env_vars": env},
-            ).remote(*args)
-            for rank, env in enumerate(envs)
-        ]
 
     @staticmethod
     def resources(learner: LearnerConfig) -> tuple[float, float]:
@@ -181,6 +177,46 @@ class LearnerGroup:
                 "(learner.world_size, learner.num_cpus, learner.num_gpus, learner.placement_strategy)"
             )
         return group
+
+    def _start_ranks(self, actor: Any, args: tuple, timeout_s: float) -> list[ray.actor.ActorHandle]:
+        """The ranks, started and joined in one process group (their constructors returned).
+
+        Rank 0 hosts the rendezvous store on a port probed free, which another
+        process can take before rank 0 listens on it; rank 0 then fails with
+        ``RendezvousPortTaken`` and every rank starts again on a newly probed
+        port, up to ``PORT_ATTEMPTS`` starts. Any other failure, or no start
+        within ``timeout_s``, is an ``ActorStartError`` naming the rank; the
+        ranks of a failed start are killed.
+        """
+        assert self.placement_group is not None
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            envs = self._rank_envs()
+            ranks = [
+                actor.options(
+                    num_cpus=self.config.num_cpus,
+                    num_gpus=self.config.num_gpus,
+                    scheduling_strategy=_in_bundle(self.placement_group, rank),
+                    runtime_env={"env_vars": env},
+                ).remote(*args)
+                for rank, env in enumerate(envs)
+            ]
+            try:
+                check_started({f"learner rank {r}": rank for r, rank in enumerate(ranks)}, timeout_s)
+                return ranks
+            except ActorStartError as exc:
+                for rank in ranks:
+                    ray.kill(rank)
+                if not port_taken(exc) or attempt == PORT_ATTEMPTS:
+                    raise
+                log.warning(
+                    "learner group: MASTER_PORT=%s was taken before rank 0 listened on it; "
+                    "starting the %d ranks again on another port (start %d of %d)",
+                    envs[0]["MASTER_PORT"],
+                    len(ranks),
+                    attempt + 1,
+                    PORT_ATTEMPTS,
+                )
+        raise AssertionError("unreachable")
 
     def _rank_envs(self) -> list[dict[str, str]]:
         """Each rank's torch.distributed variables, from a probe of every bundle's node."""
@@ -260,9 +296,11 @@ class LearnerGroup:
         """
         return self._on_all("export_weights", **options)[0]
 
-    def broadcast_address(self) -> tuple[str, int]:
-        """(IP, free port) on rank 0's node, where the weight-broadcast group rendezvouses."""
-        _, ip, port = ray.get(self.ranks[0].__ray_call__.remote(lambda _learner: _probe_node()))
+    def open_weight_group(self, world_size: int) -> tuple[str, int]:
+        """Rank 0 opens the weight-broadcast group's store of ``world_size`` ranks; (rank 0's node
+        IP, the store's port): where the engines join."""
+        port = ray.get(self.ranks[0].open_weight_group.remote(world_size))
+        ip = ray.get(self.ranks[0].__ray_call__.remote(lambda _learner: ray.util.get_node_ip_address()))
         return ip, port
 
     def join_weight_group(self, host: str, port: int, world_size: int, backend: str) -> None:

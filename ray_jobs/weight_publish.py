@@ -48,8 +48,8 @@ class WeightPublisher:
         and return the bucket plan every sync follows."""
         ws = self.cfg.weight_sync
         backend = ws.backend if ws.backend != "auto" else ("nccl" if self.cfg.learner.num_gpus > 0 else "gloo")
-        host, port = self.learner.broadcast_address()
         world = 1 + len(self.rollouts)
+        host, port = self.learner.open_weight_group(world)
         joins = [w.join_weight_group.remote(host, port, i + 1, world, backend) for i, w in enumerate(self.rollouts)]
         self.learner.join_weight_group(host, port, world, backend)
         ray.get(joins)

@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import gc
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -107,15 +106,16 @@ class SyncLearner:
             "param_bytes": self.param_bytes,
         }
 
-    def broadcast_address(self) -> tuple[str, int]:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return "127.0.0.1", s.getsockname()[1]
+    def open_weight_group(self, world_size: int) -> tuple[str, int]:
+        from actors.weight_broadcast import open_store
+
+        self.store = open_store(world_size)
+        return "127.0.0.1", int(self.store.port)
 
     def join_weight_group(self, host: str, port: int, world_size: int) -> None:
         from actors.weight_broadcast import join_group
 
-        self.group = join_group(host, port, 0, world_size, "gloo", torch.device("cpu"))
+        self.group = join_group(host, port, 0, world_size, "gloo", torch.device("cpu"), store=self.store)
 
     def weight_plan(self, bucket_bytes: int) -> list:
         from actors.weight_broadcast import bucket_plan
@@ -190,7 +190,7 @@ def _staging_seconds(update) -> float:
 
 
 def _broadcast_syncs(learner, rollout, versions: _Versions, reps: int, bucket_bytes: int) -> list[dict]:
-    host, port = ray.get(learner.broadcast_address.remote())
+    host, port = ray.get(learner.open_weight_group.remote(2))
     ray.get(
         [rollout.join_weight_group.remote(host, port, 1, 2, "gloo"), learner.join_weight_group.remote(host, port, 2)]
     )

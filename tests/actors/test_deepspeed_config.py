@@ -1,16 +1,12 @@
 """The DeepSpeed backend's settings without an engine: the DeepSpeed config it
-builds from the learner's, and the one-process launch environment it fills in."""
+builds from the learner's."""
 
 from __future__ import annotations
-
-import os
 
 import pytest
 
 from actors.learner_config import LearnerConfig
-from actors.learner_deepspeed import deepspeed_config, ensure_distributed_env
-
-_DIST_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+from actors.learner_deepspeed import deepspeed_config
 
 
 def test_deepspeed_config_maps_learner_settings() -> None:
@@ -52,35 +48,6 @@ def test_deepspeed_config_maps_learner_settings() -> None:
         "stage3_prefetch_bucket_size": 1000,
     }
     assert deepspeed_config(learner, "float32", num_params=10**9)["zero_optimization"] == {"stage": 3}
-
-
-def test_ensure_distributed_env_fills_a_one_process_group(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in _DIST_VARS:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("MASTER_PORT", "29999")  # set by someone else: kept
-    ensure_distributed_env()
-    assert {name: os.environ[name] for name in _DIST_VARS} == {
-        "RANK": "0",
-        "LOCAL_RANK": "0",
-        "WORLD_SIZE": "1",
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": "29999",
-    }
-    monkeypatch.delenv("MASTER_PORT")
-    ensure_distributed_env()
-    assert 0 < int(os.environ["MASTER_PORT"]) < 65536
-
-
-def test_ensure_distributed_env_refuses_to_guess_for_several_ranks(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in _DIST_VARS:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("RANK", "1")
-    with pytest.raises(RuntimeError, match="LOCAL_RANK, MASTER_ADDR, MASTER_PORT"):
-        ensure_distributed_env()
-    monkeypatch.setenv("WORLD_SIZE", "1")
-    with pytest.raises(RuntimeError, match="RANK=1"):
-        ensure_distributed_env()
 
 
 def test_deepspeed_config_offloads_the_optimizer_with_torch_adamw() -> None:

@@ -3,7 +3,7 @@ import threading
 import pytest
 import torch
 
-from actors.weight_broadcast import broadcast_buckets, bucket_plan, join_group, receive_buckets
+from actors.weight_broadcast import broadcast_buckets, bucket_plan, join_group, open_store, receive_buckets
 
 
 def test_bucket_plan_groups_by_dtype_and_size() -> None:
@@ -25,11 +25,14 @@ def test_bucket_plan_groups_by_dtype_and_size() -> None:
     ]
 
 
-def test_broadcast_roundtrip_two_receivers(free_port: int) -> None:
+def test_broadcast_roundtrip_two_receivers() -> None:
+    """Rank 0 opens its store first, as the learner does, and the receivers join at its port."""
     torch.manual_seed(0)
     src = {"w": torch.randn(5, 3), "b": torch.randn(7), "h": torch.randn(4, 4).to(torch.bfloat16)}
     plan = bucket_plan(src, bucket_bytes=80)
-    port = free_port
+    store = open_store(3)
+    port = store.port
+    assert port > 0  # the kernel's choice, listening since open_store returned
     received: dict[int, dict[str, torch.Tensor]] = {1: {}, 2: {}}
 
     def receiver(rank: int) -> None:
@@ -40,7 +43,7 @@ def test_broadcast_roundtrip_two_receivers(free_port: int) -> None:
     threads = [threading.Thread(target=receiver, args=(r,)) for r in (1, 2)]
     for t in threads:
         t.start()
-    group = join_group("127.0.0.1", port, 0, 3, "gloo", torch.device("cpu"))
+    group = join_group("127.0.0.1", port, 0, 3, "gloo", torch.device("cpu"), store=store)
     sent = broadcast_buckets(group, src, plan, torch.device("cpu"))
     for t in threads:
         t.join(timeout=60)

@@ -31,8 +31,10 @@ relies on it for ``PYTHONPATH``).
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -198,6 +200,41 @@ def test_two_ranks_match_one_process(
     assert _max_abs_diff(update.tensors, want_weights) < WEIGHT_ATOL
     saved = load_causal_lm(str(tmp_path), "float32").state_dict()
     assert max(float((saved[k] - torch.tensor(update.tensors[k])).abs().max()) for k in update.tensors) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("local_ray")
+def test_a_port_taken_before_rank_0_listens_starts_the_ranks_again(
+    model_config: ModelConfig, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Rank 0's rendezvous port is probed free, then bound by rank 0's process; any process can
+    take it in between (seen in CI: EADDRINUSE). Here the first start is told a port a listening
+    socket holds: rank 0 fails, every rank starts again on a newly probed port, and the group forms."""
+    probe = LearnerGroup._rank_envs
+    told: list[str] = []
+
+    def first_told_a_taken_port(self: LearnerGroup) -> list[dict[str, str]]:
+        envs = probe(self)
+        if not told:
+            envs = [{**env, "MASTER_PORT": str(taken)} for env in envs]
+        told.append(envs[0]["MASTER_PORT"])
+        return envs
+
+    monkeypatch.setattr(LearnerGroup, "_rank_envs", first_told_a_taken_port)
+    with socket.socket() as held:
+        held.bind(("", 0))
+        held.listen()
+        taken = held.getsockname()[1]
+        with caplog.at_level(logging.WARNING, logger="ray_jobs.learner_group"):
+            group = LearnerGroup(_config(backend="deepspeed", world_size=2), model_config, ALGORITHM, 1.0, 0, None)
+        try:
+            ports = ray.get([rank.__ray_call__.remote(lambda _: os.environ["MASTER_PORT"]) for rank in group.ranks])
+            sizes = ray.get([rank.__ray_call__.remote(lambda learner: learner.world_size) for rank in group.ranks])
+        finally:
+            group.kill()
+    assert told[0] == str(taken) and len(told) == 2 and told[1] != str(taken)
+    assert ports == [told[1], told[1]] and sizes == [2, 2]  # both constructors joined the group
+    assert f"MASTER_PORT={taken} was taken before rank 0 listened on it" in caplog.text
 
 
 @pytest.mark.slow
