@@ -112,11 +112,11 @@ def test_lora_adapter_update_matches_merged_model(tiny_model_config, tiny_tokeni
         assert torch.allclose(lp[m], t["old_logprobs"][m], atol=1e-4)
 
 
-def test_weights_by_broadcast(tiny_model_config, free_port: int) -> None:
+def test_weights_by_broadcast(tiny_model_config) -> None:
     """The collective transport (gloo here, NCCL on GPUs) delivers every tensor exactly."""
     import threading
 
-    from actors.weight_broadcast import broadcast_buckets, bucket_plan, join_group
+    from actors.weight_broadcast import broadcast_buckets, bucket_plan, join_group, open_store
     from actors.weight_sync import merged_state_dict
 
     w = RolloutWorker(RolloutConfig(group_size=2, max_new_tokens=4), tiny_model_config)
@@ -126,7 +126,8 @@ def test_weights_by_broadcast(tiny_model_config, free_port: int) -> None:
             p.mul_(1.5)
     state = merged_state_dict(source)
     plan = bucket_plan(state, bucket_bytes=64 * 1024)
-    port = free_port
+    store = open_store(2)
+    port = store.port
 
     def receiver() -> None:
         asyncio.run(w.join_weight_group("127.0.0.1", port, 1, 2, "gloo"))
@@ -134,7 +135,7 @@ def test_weights_by_broadcast(tiny_model_config, free_port: int) -> None:
 
     thread = threading.Thread(target=receiver)
     thread.start()
-    group = join_group("127.0.0.1", port, 0, 2, "gloo", torch.device("cpu"))
+    group = join_group("127.0.0.1", port, 0, 2, "gloo", torch.device("cpu"), store=store)
     broadcast_buckets(group, state, plan, torch.device("cpu"))
     thread.join(timeout=60)
     assert w.version == 1

@@ -20,7 +20,7 @@ from actors.learner import LoraConfig, apply_lora  # noqa: E402
 from actors.messages import PromptItem  # noqa: E402
 from actors.models import load_causal_lm, resolve_model_path  # noqa: E402
 from actors.rollout import RolloutConfig, RolloutWorker  # noqa: E402
-from actors.weight_broadcast import broadcast_buckets, bucket_plan, join_group  # noqa: E402
+from actors.weight_broadcast import broadcast_buckets, bucket_plan, join_group, open_store  # noqa: E402
 from actors.weight_sync import ObjectStoreWeightSync, merged_state_dict  # noqa: E402
 from algorithms.logprobs import token_logprobs  # noqa: E402
 
@@ -170,9 +170,7 @@ def test_matches_learner_before_and_after_full_sync(worker, loop, tiny_model_con
     _check_against(model, worker, loop, tiny_tokenizer)
 
 
-def test_matches_learner_after_a_weight_broadcast(
-    worker, loop, tiny_model_config, tiny_tokenizer, free_port: int
-) -> None:
+def test_matches_learner_after_a_weight_broadcast(worker, loop, tiny_model_config, tiny_tokenizer) -> None:
     """weight_sync.transport=broadcast, the engine's side: the test is rank 0 of a gloo group and
     sends perturbed weights in buckets of 100 kB (so the tied embedding and lm_head land in
     different buckets), the engine's worker process is rank 1; then it samples as that model does."""
@@ -184,11 +182,12 @@ def test_matches_learner_after_a_weight_broadcast(
     state = merged_state_dict(model)
     plan = bucket_plan(state, bucket_bytes=100_000)
     assert len(plan) > 1
-    port = free_port
+    store = open_store(2, timeout_s=120)  # rank 0's store, listening before the engine is told its port
+    port = store.port
     sent: list[int] = []
 
     def send() -> None:
-        group = join_group("127.0.0.1", port, 0, 2, "gloo", torch.device("cpu"), timeout_s=120)
+        group = join_group("127.0.0.1", port, 0, 2, "gloo", torch.device("cpu"), timeout_s=120, store=store)
         sent.append(broadcast_buckets(group, state, plan, torch.device("cpu")))
 
     sender = threading.Thread(target=send, daemon=True)

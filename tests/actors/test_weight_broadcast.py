@@ -54,7 +54,7 @@ def test_broadcast_roundtrip_two_receivers() -> None:
             assert received[rank][name].dtype == value.dtype and torch.equal(received[rank][name], value)
 
 
-def test_unknown_backend_is_refused(free_port: int) -> None:
-    port = free_port
+def test_unknown_backend_is_refused() -> None:
+    store = open_store(1)
     with pytest.raises(ValueError, match="gloo or nccl"):
-        join_group("127.0.0.1", port, 0, 1, "mpi", torch.device("cpu"))
+        join_group("127.0.0.1", store.port, 0, 1, "mpi", torch.device("cpu"), store=store)

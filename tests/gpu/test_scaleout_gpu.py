@@ -13,7 +13,7 @@ import torch
 from actors.messages import PromptItem
 from actors.models import load_causal_lm, resolve_model_path
 from actors.rollout import RolloutConfig, RolloutWorker
-from actors.weight_broadcast import broadcast_buckets, bucket_plan, join_group, receive_buckets
+from actors.weight_broadcast import broadcast_buckets, bucket_plan, join_group, open_store, receive_buckets
 from actors.weight_sync import ObjectStoreWeightSync, merged_state_dict
 from algorithms.logprobs import token_logprobs
 
@@ -50,11 +50,12 @@ def test_vllm_on_cuda_matches_the_learner_after_a_sync(tiny_model_config, tiny_t
 
 
 @two_gpus
-def test_nccl_broadcast_between_two_gpus(free_port: int) -> None:
+def test_nccl_broadcast_between_two_gpus() -> None:
     torch.manual_seed(0)
     src = {"a": torch.randn(64, 32, device="cuda:0"), "b": torch.randn(7, device="cuda:0").bfloat16()}
     plan = bucket_plan(src, bucket_bytes=4096)
-    port, got = free_port, {}
+    store = open_store(2)
+    port, got = store.port, {}
 
     def receiver() -> None:
         group = join_group("127.0.0.1", port, 1, 2, "nccl", torch.device("cuda:1"))
@@ -63,7 +64,7 @@ def test_nccl_broadcast_between_two_gpus(free_port: int) -> None:
 
     thread = threading.Thread(target=receiver)
     thread.start()
-    group = join_group("127.0.0.1", port, 0, 2, "nccl", torch.device("cuda:0"))
+    group = join_group("127.0.0.1", port, 0, 2, "nccl", torch.device("cuda:0"), store=store)
     broadcast_buckets(group, src, plan, torch.device("cuda:0"))
     thread.join(timeout=120)
     assert all(torch.equal(got[k], v) for k, v in src.items())
