@@ -136,6 +136,29 @@ def test_unplaceable_group_fails_early_and_releases_its_reservation(model_config
     assert states <= {"REMOVED"}
 
 
+@pytest.fixture
+def first_start_told_a_taken_port(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[int, list[str]]]:
+    """The next group's first start is told a port a listening socket holds, as when another
+    process takes the probed port before rank 0 listens on it (seen in CI: EADDRINUSE).
+    (the held port, the MASTER_PORT each start was told)."""
+    probe = LearnerGroup._rank_envs
+    told: list[str] = []
+    with socket.socket() as held:
+        held.bind(("", 0))
+        held.listen()
+        taken = held.getsockname()[1]
+
+        def rank_envs(self: LearnerGroup) -> list[dict[str, str]]:
+            envs = probe(self)
+            if not told:
+                envs = [{**env, "MASTER_PORT": str(taken)} for env in envs]
+            told.append(envs[0]["MASTER_PORT"])
+            return envs
+
+        monkeypatch.setattr(LearnerGroup, "_rank_envs", rank_envs)
+        yield taken, told
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures("local_ray")
 def test_two_ranks_match_one_process(
@@ -143,16 +166,25 @@ def test_two_ranks_match_one_process(
     batches: list[TrainBatch],
     one_process: tuple[list[TrainResult], dict],
     tmp_path: Path,
+    first_start_told_a_taken_port: tuple[int, list[str]],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Two ZeRO-3 ranks end with one torch process's results and weights. ZeRO-3 only: the group's
     code is the same for every stage, and ZeRO-3 is the one whose export must gather partitioned
     weights; two ZeRO-2 ranks train end to end in test_train_scaleout_e2e.py (their rollout's
     log-probs equal theirs on on-policy steps), and one is checked step for step against torch in
-    tests/actors/test_learner_deepspeed.py."""
+    tests/actors/test_learner_deepspeed.py.
+
+    The group's first start is told a taken port: rank 0 fails to listen, and every rank starts
+    again on a newly probed port; the group that trains is the second."""
     want, want_weights = one_process
-    group = LearnerGroup(
-        _config(backend="deepspeed", zero_stage=3, world_size=2), model_config, ALGORITHM, 1.0, 0, None
-    )
+    taken, told = first_start_told_a_taken_port
+    with caplog.at_level(logging.WARNING, logger="ray_jobs.learner_group"):
+        group = LearnerGroup(
+            _config(backend="deepspeed", zero_stage=3, world_size=2), model_config, ALGORITHM, 1.0, 0, None
+        )
+    assert f"MASTER_PORT={taken} was taken before rank 0 listened on it" in caplog.text
+    assert told[0] == str(taken) and len(told) == 2 and told[1] != str(taken)
     try:
         assert group.placement_group is not None and len(group.ranks) == 2
         got = [group.train(b) for b in batches]
@@ -182,7 +214,7 @@ def test_two_ranks_match_one_process(
         ("0", "0", "2"),
         ("1", "1", "2"),
     ]
-    assert facts[0][0]["MASTER_PORT"] == facts[1][0]["MASTER_PORT"]
+    assert facts[0][0]["MASTER_PORT"] == facts[1][0]["MASTER_PORT"] == told[1]
     assert [env["RELAY_TEST_JOB_ENV"] for env, *_ in facts] == ["kept", "kept"]  # Ray merges env_vars
     assert [(rank, size) for _, rank, size, _ in facts] == [(0, 2), (1, 2)]
     # each rank holds only its partition of the embedding: the export had to gather
@@ -200,41 +232,6 @@ def test_two_ranks_match_one_process(
     assert _max_abs_diff(update.tensors, want_weights) < WEIGHT_ATOL
     saved = load_causal_lm(str(tmp_path), "float32").state_dict()
     assert max(float((saved[k] - torch.tensor(update.tensors[k])).abs().max()) for k in update.tensors) == 0
-
-
-@pytest.mark.slow
-@pytest.mark.usefixtures("local_ray")
-def test_a_port_taken_before_rank_0_listens_starts_the_ranks_again(
-    model_config: ModelConfig, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    """Rank 0's rendezvous port is probed free, then bound by rank 0's process; any process can
-    take it in between (seen in CI: EADDRINUSE). Here the first start is told a port a listening
-    socket holds: rank 0 fails, every rank starts again on a newly probed port, and the group forms."""
-    probe = LearnerGroup._rank_envs
-    told: list[str] = []
-
-    def first_told_a_taken_port(self: LearnerGroup) -> list[dict[str, str]]:
-        envs = probe(self)
-        if not told:
-            envs = [{**env, "MASTER_PORT": str(taken)} for env in envs]
-        told.append(envs[0]["MASTER_PORT"])
-        return envs
-
-    monkeypatch.setattr(LearnerGroup, "_rank_envs", first_told_a_taken_port)
-    with socket.socket() as held:
-        held.bind(("", 0))
-        held.listen()
-        taken = held.getsockname()[1]
-        with caplog.at_level(logging.WARNING, logger="ray_jobs.learner_group"):
-            group = LearnerGroup(_config(backend="deepspeed", world_size=2), model_config, ALGORITHM, 1.0, 0, None)
-        try:
-            ports = ray.get([rank.__ray_call__.remote(lambda _: os.environ["MASTER_PORT"]) for rank in group.ranks])
-            sizes = ray.get([rank.__ray_call__.remote(lambda learner: learner.world_size) for rank in group.ranks])
-        finally:
-            group.kill()
-    assert told[0] == str(taken) and len(told) == 2 and told[1] != str(taken)
-    assert ports == [told[1], told[1]] and sizes == [2, 2]  # both constructors joined the group
-    assert f"MASTER_PORT={taken} was taken before rank 0 listened on it" in caplog.text
 
 
 @pytest.mark.slow
