@@ -37,7 +37,7 @@ class RendezvousPortTaken(RuntimeError):
 def port_taken(error: BaseException | str) -> bool:
     """Whether an error (or its text, e.g. a Ray actor's creation failure) says a port was in use."""
     text = str(error)
-    return RendezvousPortTaken.__name__ in text or "EADDRINUSE" in text or "ddress already in use" in text
+    return RendezvousPortTaken.__name__ in text or "EADDRINUSE" in text or "address already in use" in text.lower()
 
 
 def free_port() -> int:

@@ -13,9 +13,9 @@ ranks of one DeepSpeed process group (gloo on CPU, NCCL on GPU):
 2. One resource-free probe task per bundle reports the bundle's node; the
    probe in bundle 0, where rank 0 will run, also reports that node's IP and
    a TCP port free there (``MASTER_ADDR``/``MASTER_PORT``: rank 0 hosts the
-   rendezvous store). The port is free when probed, not reserved: another
-   process could take it before rank 0 binds it, which fails the group's
-   start loudly, never silently.
+   rendezvous store). The port is free when probed, not reserved: if another
+   process takes it before rank 0 listens on it, every rank starts again on a
+   newly probed port (``_start_ranks``; a warning is logged).
 3. Rank r starts in bundle r with ``runtime_env={"env_vars": ...}`` setting
    ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``
    (merged by Ray with the job's own ``env_vars``).
@@ -134,14 +134,11 @@ class LearnerGroup:
         max_new_tokens: int | None,
         placement_timeout_s: float = DEFAULT_PLACEMENT_TIMEOUT_S,
         *,
-        start_timeout_s: float = ACTOR_START_TIMEOUT_S,
         total_steps: int | None = None,
         objective: SequenceObjective | None = None,
     ) -> None:
         """``total_steps``: the run's learner batches (``run.steps``), the LR schedule's horizon; every rank gets it.
-        ``objective``: the offline objective (SFT, SimPO, DPO) of ``train_sequences``, if any.
-        ``start_timeout_s``: how long a multi-rank group's ranks may take to start (one rank is not
-        waited for here: callers check it with their other actors)."""
+        ``objective``: the offline objective (SFT, SimPO, DPO) of ``train_sequences``, if any."""
         self.config = learner
         self.placement_group: PlacementGroup | None = None
         self._ahead: dict[int, ray.ObjectRef] = {}  # step -> its forward_ahead call, until that step trains
@@ -152,7 +149,7 @@ class LearnerGroup:
             return
         self.placement_group = self._reserve(placement_timeout_s)
         try:
-            self.ranks = self._start_ranks(actor, args, start_timeout_s)
+            self.ranks = self._start_ranks(actor, args)
         except BaseException:
             remove_placement_group(self.placement_group)
             raise
@@ -178,14 +175,15 @@ class LearnerGroup:
             )
         return group
 
-    def _start_ranks(self, actor: Any, args: tuple, timeout_s: float) -> list[ray.actor.ActorHandle]:
-        """The ranks, started and joined in one process group (their constructors returned).
+    def _start_ranks(self, actor: Any, args: tuple) -> list[ray.actor.ActorHandle]:
+        """The ranks, started and joined in one process group (their constructors returned; a
+        single rank is not waited for here: callers check it with their other actors).
 
         Rank 0 hosts the rendezvous store on a port probed free, which another
         process can take before rank 0 listens on it; rank 0 then fails with
         ``RendezvousPortTaken`` and every rank starts again on a newly probed
         port, up to ``PORT_ATTEMPTS`` starts. Any other failure, or no start
-        within ``timeout_s``, is an ``ActorStartError`` naming the rank; the
+        within ``ACTOR_START_TIMEOUT_S``, is an ``ActorStartError`` naming the rank; the
         ranks of a failed start are killed.
         """
         assert self.placement_group is not None
@@ -201,7 +199,7 @@ class LearnerGroup:
                 for rank, env in enumerate(envs)
             ]
             try:
-                check_started({f"learner rank {r}": rank for r, rank in enumerate(ranks)}, timeout_s)
+                check_started({f"learner rank {r}": rank for r, rank in enumerate(ranks)}, ACTOR_START_TIMEOUT_S)
                 return ranks
             except ActorStartError as exc:
                 for rank in ranks:
@@ -299,9 +297,11 @@ class LearnerGroup:
     def open_weight_group(self, world_size: int) -> tuple[str, int]:
         """Rank 0 opens the weight-broadcast group's store of ``world_size`` ranks; (rank 0's node
         IP, the store's port): where the engines join."""
-        port = ray.get(self.ranks[0].open_weight_group.remote(world_size))
-        ip = ray.get(self.ranks[0].__ray_call__.remote(lambda _learner: ray.util.get_node_ip_address()))
-        return ip, port
+        return ray.get(
+            self.ranks[0].__ray_call__.remote(
+                lambda learner: (ray.util.get_node_ip_address(), learner.open_weight_group(world_size))
+            )
+        )
 
     def join_weight_group(self, host: str, port: int, world_size: int, backend: str) -> None:
         """Rank 0 joins the weight-broadcast group as its sender (blocks until every engine joined)."""
