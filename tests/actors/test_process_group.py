@@ -38,7 +38,7 @@ def taken_port() -> Iterator[int]:
 @pytest.fixture
 def stores(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[dist.TCPStore]]:
     """``deepspeed.init_distributed`` stood in for by its rendezvous alone: rank 0's store on
-    MASTER_ADDR:MASTER_PORT. The stores made, closed afterwards."""
+    MASTER_ADDR:MASTER_PORT. The stores made, dropped afterwards (which closes them)."""
     import deepspeed
 
     made: list[dist.TCPStore] = []
