@@ -136,7 +136,8 @@ def _restarted_by_ray() -> bool:
 class RolloutWorker:
     """Generates groups of samples, stamped with the policy versions that made them.
 
-    Invariants: versions only increase; a generation sent after a weight update
+    Invariants: versions only increase, except by a restore (a resumed run or a restarted learner
+    group sending its checkpoint's weights, which may be older); a generation sent after a weight update
     starts on the updated weights (module docstring); every ``Sample`` carries
     the version that generated its first token, and, when the weights changed
     while it was generated, the version that generated its last.
@@ -172,6 +173,7 @@ class RolloutWorker:
         self.restarted = _restarted_by_ray()
         self._started: set[int] = set()  # seq of calls that started generating (the two newest are kept)
         self._restored = False
+        self._joined = False  # in a weight-broadcast group (weight_sync.transport=broadcast)
 
     @property
     def version(self) -> int:
@@ -295,12 +297,45 @@ class RolloutWorker:
     async def join_weight_group(self, host: str, port: int, rank: int, world_size: int, backend: str) -> None:
         """Join the learner's weight-broadcast group (blocks until every member joined)."""
         await self.backend.join_weight_group(host, port, rank, world_size, backend)
+        self._joined = True
 
-    async def receive_weights(self, plan: Plan, version: int) -> float:
-        """Receive a broadcast of full weights of ``version``; returns the seconds it took."""
+    async def check_receive(self, version: int, restore: bool = False) -> None:
+        """Raise now what ``receive_weights(plan, version, restore)`` would raise before receiving.
+
+        The driver asks every engine before learner rank 0 enters the broadcast, which
+        it cannot leave until every engine took part (for its timeout, or forever under
+        NCCL): a refused broadcast then fails at once, with the reason.
+        """
+        refusal = self._broadcast_refusal(version, restore)
+        if refusal is not None:
+            raise refusal
+
+    def _broadcast_refusal(self, version: int, restore: bool) -> Exception | None:
+        if not self._joined:
+            return RuntimeError(f"rollout worker {self.worker_id} has not joined a weight-broadcast group")
+        if version < 0:
+            return ValueError(f"weight broadcast v{version}: a version is never negative")
+        if not restore and version <= self.version:
+            return ValueError(
+                f"weight broadcast v{version} is not newer than v{self.version} (only a restore may be "
+                "of the version held or an older one)"
+            )
+        return None
+
+    async def receive_weights(self, plan: Plan, version: int, restore: bool = False) -> float:
+        """Receive a broadcast of full weights of ``version``; returns the seconds it took.
+
+        An update must be newer than the weights held. A restore (``restore``: a resumed
+        run, or a restarted learner group, sends its checkpoint's weights) may be of the
+        version held (a run resumed from its step-0 checkpoint) or an older one (a
+        rollback): the engine takes the weights and that version. The driver asked
+        ``check_receive`` first; a refusal here leaves the sender waiting in the collective.
+        """
         async with self._update_lock:
-            if version <= self.version:
-                raise ValueError(f"weight broadcast v{version} is not newer than v{self.version}")
+            refusal = self._broadcast_refusal(version, restore)
+            if refusal is not None:
+                raise refusal
+            self._restored = self._restored or restore
             await self._let_older_generations_finish(version)
             start = time.perf_counter()
             await self.backend.receive_weights(plan, version)

@@ -4,6 +4,14 @@ reference) or a process-group broadcast (``weight_sync.transport``).
 
 ``WeightPublisher`` is the one place that knows which version the rollout workers
 were sent; ``Stages`` asks it when it starts a generation.
+
+A broadcast is a collective that learner rank 0 cannot leave until every engine
+took part (gloo: its 600 s timeout; NCCL: never), so the engines are asked first
+whether they will take it (``RolloutWorker.check_receive``) and a refusal fails
+the sync at once, before anyone enters it. A restore (a resumed run, or a learner
+group restarted from its checkpoint, which also forms a new group: ``Stages`` is
+started again) is sent as one: the engines take it even when they already hold
+its version (the step-0 checkpoint) or a newer one.
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ from dataclasses import dataclass, field
 import ray
 
 from ray_jobs.config import ExperimentConfig
-from ray_jobs.faults import RunFaultError, is_actor_fault
+from ray_jobs.faults import LearnerDied, RunFaultError, is_actor_fault
 from ray_jobs.learner_group import LearnerGroup
 
 
@@ -65,27 +73,52 @@ class WeightPublisher:
         """
         start = time.perf_counter()
         version = self.version + 1
-        loads = self._send(version, load="update_weights")
+        loads = self._send(version, restore=False)
         self._syncs.append(_PendingSync(version, time.perf_counter() - start, loads))
         self.version = version
 
     def restore(self, version: int) -> None:
         """After the learner loaded a checkpoint of ``version``: give every rollout worker
-        those weights and wait until they hold them (a resumed run's first batches need them)."""
-        ray.get(self._send(version, load="restore_weights"))
+        those weights and wait until they hold them (a resumed run's first batches need them),
+        whatever version they hold now."""
+        ray.get(self._send(version, restore=True))
         self.version = version
 
-    def _send(self, version: int, load: str) -> list[ray.ObjectRef]:
+    def _send(self, version: int, restore: bool) -> list[ray.ObjectRef]:
         """The learner's current weights to every worker, as ``version``; returns the workers' loads.
-        Object store: the export, once exported, goes to each worker's ``load`` method."""
+        Object store: the export, once exported, goes to each worker's ``restore_weights`` (a
+        restore) or ``update_weights``."""
         if self._plan is not None:
-            loads = [w.receive_weights.remote(self._plan, version) for w in self.rollouts]
-            self.learner.broadcast_weights(self._plan)
-            return loads
+            return self._broadcast(self._plan, version, restore)
         update = self.learner.export_weights(adapter_only=self.cfg.adapter_sync)
         ray.wait([update], fetch_local=False)
         self._latest_update = update
+        load = "restore_weights" if restore else "update_weights"
         return [getattr(w, load).remote(update) for w in self.rollouts]
+
+    def _broadcast(self, plan: list, version: int, restore: bool) -> list[ray.ObjectRef]:
+        """Every engine agrees to take ``version`` (else ``RunFaultError``, before the collective),
+        then receives while learner rank 0 sends; returns when it sent the last bucket. A learner
+        rank lost on the way is ``LearnerDied`` (the run may restart the group)."""
+        checks = [w.check_receive.remote(version, restore) for w in self.rollouts]
+        for worker, check in enumerate(checks):
+            try:
+                ray.get(check)
+            except Exception as exc:  # noqa: BLE001 - a refusal or a lost worker: either way nobody sends
+                cause = "it died" if is_actor_fault(exc) else str(getattr(exc, "cause", exc)).splitlines()[0]
+                raise RunFaultError(
+                    f"rollout worker {worker} cannot take weight broadcast v{version}"
+                    f"{' (a restore)' if restore else ''}: {cause}; nothing was sent; re-run the "
+                    "same command to resume from the newest checkpoint"
+                ) from None
+        loads = [w.receive_weights.remote(plan, version, restore) for w in self.rollouts]
+        try:
+            self.learner.broadcast_weights(plan)
+        except ray.exceptions.RayActorError as exc:
+            raise LearnerDied(
+                f"a learner rank died during weight broadcast v{version} ({type(exc).__name__})"
+            ) from None
+        return loads
 
     def resend(self, worker: int, cause: BaseException) -> None:
         """Worker ``worker`` came back as a new process: send it the newest weights (nothing

@@ -146,6 +146,61 @@ def test_weights_by_broadcast(tiny_model_config) -> None:
     assert torch.equal(received["lm_head.weight"], state["model.embed_tokens.weight"])
 
 
+def test_broadcast_restore_of_the_version_held_or_an_older_one(tiny_model_config) -> None:
+    """A run resumed from its step-0 checkpoint broadcasts v0 to engines that hold v0 (and a
+    rollback broadcasts an older version than they hold): as a restore, the engine accepts it
+    and holds the sent weights. An update that is not newer is refused by ``check_receive``,
+    which the driver calls before anyone enters the collective, so the sender never waits on
+    a receiver that will not receive."""
+    import threading
+
+    from actors.weight_broadcast import broadcast_buckets, bucket_plan, join_group, open_store
+    from actors.weight_sync import merged_state_dict
+
+    w = RolloutWorker(RolloutConfig(group_size=2, max_new_tokens=4), tiny_model_config)
+    source = load_causal_lm(resolve_model_path(tiny_model_config), "float32")
+    plan = bucket_plan(merged_state_dict(source), bucket_bytes=64 * 1024)
+    with pytest.raises(RuntimeError, match="has not joined a weight-broadcast group"):
+        asyncio.run(w.check_receive(0, restore=True))
+    store = open_store(2, timeout_s=60)  # the sender fails within a minute if a receiver refuses
+    joined = threading.Thread(target=lambda: asyncio.run(w.join_weight_group("127.0.0.1", store.port, 1, 2, "gloo")))
+    joined.start()
+    group = join_group("127.0.0.1", store.port, 0, 2, "gloo", torch.device("cpu"), timeout_s=60, store=store)
+    joined.join(timeout=60)
+
+    def send(version: int, restore: bool, scale: float) -> dict[str, torch.Tensor]:
+        asyncio.run(w.check_receive(version, restore))  # raises before the collective if refused
+        with torch.no_grad():
+            for p in source.parameters():
+                p.mul_(scale)
+        state = merged_state_dict(source)
+        errors: list[BaseException] = []
+
+        def receive() -> None:
+            try:
+                asyncio.run(w.receive_weights(plan, version, restore))
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        receiver = threading.Thread(target=receive)
+        receiver.start()
+        broadcast_buckets(group, state, plan, torch.device("cpu"))
+        receiver.join(timeout=60)
+        assert not errors, errors
+        return state
+
+    for version, restore, scale in [(0, True, 1.5), (1, False, 0.5), (1, True, 2.0), (0, True, 0.25)]:
+        state = send(version, restore, scale)
+        assert w.version == version
+        received = w.backend.model.state_dict()
+        for name, value in state.items():
+            assert torch.equal(received[name], value), (version, restore, name)
+    with pytest.raises(ValueError, match="weight broadcast v0 is not newer than v0"):  # an update, not a restore
+        asyncio.run(w.check_receive(0, restore=False))
+    with pytest.raises(ValueError, match="never negative"):
+        asyncio.run(w.check_receive(-1, restore=True))
+
+
 def test_generation_waits_for_the_version_it_needs(tiny_model_config, tiny_tokenizer) -> None:
     """An update may start after a later generation (Ray's async actors do not order
     calls); a generation that needs version 1 waits for it instead of sampling v0."""
