@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import torch
 
 from actors.messages import RolloutResult, TrainBatch
+from actors.model_logprobs import LogprobSettings
 from actors.objectives import collate, forward_logprobs
-from algorithms.logprobs import token_logprobs
 
 SequenceKey = tuple[tuple[int, ...], tuple[int, ...]]  # (prompt token ids, completion token ids)
 
@@ -56,11 +56,13 @@ def forward_samples(
     results: list[RolloutResult],
     temperature: float,
     device: torch.device,
-    reference: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    reference: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None,
+    logprobs: LogprobSettings | None = None,
 ) -> HeldForward:
     """Run the gradient pass's forward over every sample of ``results`` (autograd on) and, given
-    ``reference`` (input ids, attention mask -> the frozen reference's logits), the reference's
-    forward too: it does not change with the weights, so it need not wait for the scores either."""
+    ``reference`` (``collate`` tensors -> the frozen reference's (B, T-1) log-probs, no gradient),
+    the reference's forward too: it does not change with the weights, so it need not wait for the
+    scores either. ``logprobs``: the backend's chunking and autocast."""
     start = time.perf_counter()
     samples = [s for r in results for s in r.samples]
     batch = TrainBatch(
@@ -72,12 +74,10 @@ def forward_samples(
         policy_versions=[s.policy_version for s in samples],
     )
     tensors = {k: v.to(device) for k, v in collate(batch, slice(0, len(samples))).items()}
-    logps, entropy = forward_logprobs(model, tensors, temperature)
+    logps, entropy = forward_logprobs(model, tensors, temperature, logprobs)
     ref_logps = None
     if reference is not None:
-        with torch.no_grad():
-            logits = reference(tensors["input_ids"], tensors["attention_mask"])[:, :-1]
-            ref = token_logprobs(logits, tensors["input_ids"][:, 1:], temperature)
+        ref = reference(tensors)
         keep = tensors["completion_mask"].bool()
         ref_logps = [ref[i][keep[i]].cpu() for i in range(len(samples))]
     rows: dict[SequenceKey, list[int]] = defaultdict(list)

@@ -131,10 +131,14 @@ def build_backend(
     if learner.backend == "torch":
         from actors.learner_torch import TorchLearnerBackend
 
-        return TorchLearnerBackend(path, model.dtype, learner, reference=reference, lr_horizon=lr_horizon)
+        return TorchLearnerBackend(
+            path, model.dtype, learner, reference=reference, lr_horizon=lr_horizon, attention=model.attention
+        )
     from actors.learner_deepspeed import DeepSpeedLearnerBackend
 
-    return DeepSpeedLearnerBackend(path, model.dtype, learner, reference=reference, lr_horizon=lr_horizon)
+    return DeepSpeedLearnerBackend(
+        path, model.dtype, learner, reference=reference, lr_horizon=lr_horizon, attention=model.attention
+    )
 
 
 class Learner(TrainPreparation, SequenceTraining):
@@ -206,7 +210,7 @@ class Learner(TrainPreparation, SequenceTraining):
         self._held: HeldForward | None = None  # forward_ahead's, until the next train
         lora = learner.lora.model_dump(include={"r", "alpha", "target_modules"}) if learner.lora.enabled else None
         self._layout = learner_state.checkpoint_layout(
-            learner.backend, learner.zero_stage, learner.world_size, model.dtype, lora
+            learner.backend, learner.zero_stage, learner.world_size, self.backend.param_dtype, lora
         )
 
     def train(self, batch: TrainBatch) -> TrainResult:
@@ -252,10 +256,16 @@ class Learner(TrainPreparation, SequenceTraining):
         if step != self.version or not self._forward_ahead_fits(samples):
             return 0.0
         self.backend.model.train()
-        reference = self.backend.reference_logits if self.settings.needs_reference else None
+        reference = self._reference_logprobs if self.settings.needs_reference else None
         with self._computing():
             self._held = forward_samples(
-                self.backend.model, step, list(results), self.temperature, self.backend.device, reference
+                self.backend.model,
+                step,
+                list(results),
+                self.temperature,
+                self.backend.device,
+                reference,
+                self.backend.logprobs,
             )
         return self._held.seconds
 
@@ -298,7 +308,9 @@ class Learner(TrainPreparation, SequenceTraining):
         for micro in micro_batch_plan(rows, self.rank, self.world_size, self.config.micro_batch_size):
             tensors = {k: v.to(self.backend.device) for k, v in collate(batch, micro.rows, per_token).items()}
             forward = held_logprobs(*ahead, tensors) if ahead is not None else None
-            loss, stats = policy_loss(self.backend.model, tensors, self.settings, self.temperature, totals, forward)
+            loss, stats = policy_loss(
+                self.backend.model, tensors, self.settings, self.temperature, totals, forward, self.backend.logprobs
+            )
             scale = 0.0 if micro.padding else float(self.world_size)
             self.backend.backward(loss if scale == 1.0 else loss * scale)
             if not micro.padding:

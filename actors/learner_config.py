@@ -10,12 +10,14 @@ without a cycle.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Literal, Protocol
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
 from actors.core_share import CoreShare
+from actors.model_logprobs import LogprobSettings
 from actors.models import CausalLM
 
 
@@ -95,6 +97,18 @@ class LearnerConfig(BaseModel):
         description="Ray placement-group strategy for the ranks' bundles (world_size > 1): PACK fills few nodes, SPREAD spreads over nodes; STRICT_ variants fail instead of falling back.",
     )
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA adapters.")
+    precision: Literal["mixed", "pure"] = Field(
+        default="mixed",
+        description="How the learner keeps its weights when model.dtype resolves to bfloat16. mixed: float32 master weights, gradients and AdamW state, forward and backward computed in bfloat16 (torch.autocast; DeepSpeed's bf16 mode, which keeps float32 masters in its optimiser). pure: parameters and AdamW state in bfloat16 (torch backend only): at learning rates below about 1e-4 most updates are smaller than half a bfloat16 step and round away, so the weights barely move. No effect in float32.",
+    )
+    logprob_chunk_tokens: PositiveInt = Field(
+        default=1024,
+        description="Tokens whose logits exist at a time when the learner computes log-probs and entropies: only completion positions are scored, from the hidden states, this many rows of (tokens x vocabulary) at a time (each chunk recomputed in the backward pass). Memory of that step is about 3 x this x vocabulary x 4 bytes.",
+    )
+    disable_dropout: bool = Field(
+        default=True,
+        description="Set the policy's dropout to 0 (attention, hidden and embedding dropout of the base model; a LoRA adapter's own dropout is kept), so that the gradient pass's log-probs equal the proximal and rollout ones at the same weights (TRL's disable_dropout).",
+    )
     lr_scheduler: Literal["constant", "linear", "cosine"] = Field(
         default="constant",
         description="Learning-rate schedule over the run's optimiser steps (run.steps x num_iterations x num_minibatches), after the warm-up: constant, linear decay to 0, or cosine decay to 0 (transformers' get_scheduler).",
@@ -127,6 +141,11 @@ class LearnerConfig(BaseModel):
                 f"learner.world_size={self.world_size} needs learner.backend=deepspeed "
                 f"(the {self.backend} backend runs one process)"
             )
+        if self.precision == "pure" and self.backend != "torch":
+            raise ValueError(
+                "learner.precision=pure needs learner.backend=torch (DeepSpeed's bf16 mode always keeps "
+                "float32 master weights)"
+            )
         if self.offload_optimizer and self.backend != "deepspeed":
             raise ValueError(
                 "learner.offload_optimizer needs learner.backend=deepspeed (it offloads ZeRO's optimiser state)"
@@ -149,12 +168,16 @@ class LearnerBackend(Protocol):
 
     Contract: ``backward`` may be called several times (one per micro-batch)
     before one ``step``; ``step`` clips, updates, zeroes the gradients and
-    returns the pre-clip gradient norm. ``reference_logits`` is available iff
-    the backend was built with ``reference=True``.
+    returns the pre-clip gradient norm. ``reference_model`` is available iff
+    the backend was built with ``reference=True``. ``logprobs`` says how the
+    learner computes log-probs with this backend (chunk size, autocast dtype).
     """
 
     model: torch.nn.Module
     device: torch.device
+    compute_dtype: str  # model.dtype resolved on this device: what forwards compute in and weights sync in
+    param_dtype: str  # what the trainable parameters are kept in (float32 master weights in mixed precision)
+    logprobs: LogprobSettings
     rank: int  # this process's rank in the data-parallel group (0 for one process)
     world_size: int  # ranks in the group (1 for one process)
 
@@ -175,8 +198,9 @@ class LearnerBackend(Protocol):
         """Restore what ``save_checkpoint`` wrote into this (freshly built) backend; return ``extra``."""
         ...
 
-    def reference_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Logits of the frozen reference policy, without gradient (LoRA: adapters disabled)."""
+    def reference_model(self) -> contextlib.AbstractContextManager[torch.nn.Module]:
+        """A context giving the frozen reference policy to forward without gradient, in eval mode
+        (LoRA: the policy with its adapters disabled for the block)."""
         ...
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
@@ -228,6 +252,8 @@ def prepare_policy(model: CausalLM, learner: LearnerConfig) -> CausalLM:
     from peft import PeftModel
 
     if isinstance(model, PeftModel):
+        if learner.disable_dropout:
+            disable_dropout(model.get_base_model())
         if not learner.lora.enabled:
             raise ValueError(
                 "model.adapter=continue trains the adapter of model.path: set learner.lora.enabled=true "
@@ -236,6 +262,26 @@ def prepare_policy(model: CausalLM, learner: LearnerConfig) -> CausalLM:
         if learner.gradient_checkpointing:
             enable_gradient_checkpointing(model.get_base_model())
         return model
+    if learner.disable_dropout:
+        disable_dropout(model)
     if learner.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     return apply_lora(model, learner.lora) if learner.lora.enabled else model
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Dropout off in ``model``, in place, in train mode too: every ``nn.Dropout`` gets p = 0, and every
+    float ``attention_dropout``/``dropout`` attribute (the rate Hugging Face attention modules pass to
+    their kernels) and config ``*dropout*`` rate becomes 0. A LoRA adapter's own dropout
+    (``lora_dropout``) is kept: it is the user's choice (``learner.lora.dropout``)."""
+    for name, module in model.named_modules():
+        if "lora_dropout" in name:
+            continue
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        for rate in ("attention_dropout", "dropout"):
+            if isinstance(getattr(module, rate, None), float):
+                setattr(module, rate, 0.0)
+    config = getattr(model, "config", None)
+    for key in [k for k, v in vars(config).items() if "dropout" in k and isinstance(v, float)] if config else []:
+        setattr(config, key, 0.0)

@@ -63,7 +63,8 @@ import torch
 
 from actors.learner_config import LearnerConfig, prepare_policy
 from actors.learner_state import build_lr_scheduler
-from actors.models import CausalLM, load_causal_lm
+from actors.model_logprobs import LogprobSettings
+from actors.models import CausalLM, default_device, eval_mode, load_causal_lm, resolve_attention, resolve_dtype
 from actors.process_group import init_distributed
 from actors.weight_sync import adapter_state_dict, merged_state_dict
 
@@ -144,11 +145,16 @@ class DeepSpeedLearnerBackend:
         learner: LearnerConfig,
         reference: bool = False,
         lr_horizon: int | None = None,
+        attention: str = "auto",
     ) -> None:
         import deepspeed
 
         init_distributed(learner.world_size)
-        module = prepare_policy(load_causal_lm(model_path, dtype), learner)
+        dtype = resolve_dtype(dtype, default_device())
+        attention = resolve_attention(attention, default_device())
+        self.compute_dtype = self.param_dtype = dtype  # bf16: DeepSpeed keeps the fp32 masters itself
+        self.logprobs = LogprobSettings(learner.logprob_chunk_tokens)
+        module = prepare_policy(load_causal_lm(model_path, dtype, attention), learner)
         config = deepspeed_config(learner, dtype, sum(p.numel() for p in module.parameters()))
         params = [p for p in module.parameters() if p.requires_grad]
 
@@ -170,14 +176,14 @@ class DeepSpeedLearnerBackend:
         self.has_reference = reference
         self.reference: torch.nn.Module | None = None
         if reference and not self.lora:
-            self.reference = self._frozen_reference(model_path, dtype, config)
+            self.reference = self._frozen_reference(model_path, dtype, attention, config)
         self._pending_backwards = 0
 
-    def _frozen_reference(self, model_path: str, dtype: str, config: dict[str, Any]) -> torch.nn.Module:
+    def _frozen_reference(self, model_path: str, dtype: str, attention: str, config: dict[str, Any]) -> torch.nn.Module:
         """The initial policy, frozen: a plain copy (ZeRO-2) or an optimiser-less ZeRO-3 engine."""
         import deepspeed
 
-        module = load_causal_lm(model_path, dtype).eval().requires_grad_(False)
+        module = load_causal_lm(model_path, dtype, attention).eval().requires_grad_(False)
         if self.zero_stage != 3:
             return module.to(self.device)
         ref_config = {k: v for k, v in config.items() if k not in ("optimizer", "gradient_clipping")}
@@ -252,16 +258,18 @@ class DeepSpeedLearnerBackend:
     def _is_rank_zero(self) -> bool:
         return self.rank == 0
 
-    @torch.no_grad()
-    def reference_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Logits of the frozen reference. Collective under ZeRO-3 (the forward gathers)."""
+    @contextlib.contextmanager
+    def reference_model(self) -> Iterator[torch.nn.Module]:
+        """The frozen reference to forward (no gradient; collective under ZeRO-3, the forward gathers),
+        in eval mode; with LoRA the engine with its adapters disabled for the block."""
         if not self.has_reference:
             raise RuntimeError("no reference policy: the backend was built without one (algorithm.beta = 0)")
         if self.lora:
-            with self.module.disable_adapter():
-                return self.engine(input_ids=input_ids, attention_mask=attention_mask).logits
+            with self.module.disable_adapter(), eval_mode(self.engine):
+                yield self.engine
+            return
         assert self.reference is not None  # built in __init__ with a reference and without LoRA
-        return self.reference(input_ids=input_ids, attention_mask=attention_mask).logits
+        yield self.reference
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """Full weights with plain Hugging Face names (LoRA merged), as CPU clones.

@@ -11,13 +11,16 @@ back bit for bit, so training resumes bit-exactly.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 import torch
 
 from actors.learner_config import LearnerConfig, prepare_policy
 from actors.learner_state import build_lr_scheduler
-from actors.models import CausalLM, default_device, load_causal_lm
+from actors.model_logprobs import LogprobSettings
+from actors.models import CausalLM, default_device, eval_mode, load_causal_lm, resolve_attention, resolve_dtype
 from actors.weight_sync import adapter_state_dict, merged_state_dict
 
 WEIGHTS, OPTIMIZER, STATE = "trainable.safetensors", "optimizer.pt", "trainer_state.pt"
@@ -27,6 +30,15 @@ class TorchLearnerBackend:
     """AdamW on one device (the GPU Ray granted, else the CPU); gradients
     accumulate until ``step``. One process: ``rank`` 0 of ``world_size`` 1.
     Activation checkpointing when ``learner.gradient_checkpointing``.
+
+    Precision (``dtype`` is ``model.dtype``, resolved on the device): in float32
+    everything is float32. In bfloat16 with ``learner.precision = mixed`` the
+    parameters, gradients and AdamW state are float32 (the master weights) and
+    the forward runs under ``torch.autocast`` in bfloat16 (``logprobs.autocast``;
+    the backward follows it), so an update smaller than a bfloat16 step still
+    accumulates; with ``pure`` the parameters and AdamW state are bfloat16.
+    ``full_state_dict`` gives the weights in the compute dtype, what the rollout
+    engines run in.
 
     Reference policy (``reference=True``): with LoRA it is the policy itself with
     its adapters disabled (peft's ``disable_adapter``), so no second copy is
@@ -41,16 +53,23 @@ class TorchLearnerBackend:
         learner: LearnerConfig,
         reference: bool = False,
         lr_horizon: int | None = None,
+        attention: str = "auto",
     ) -> None:
         self.device = default_device()
         self.rank, self.world_size = 0, 1
-        model = prepare_policy(load_causal_lm(model_path, dtype).to(self.device), learner)
+        self.compute_dtype = resolve_dtype(dtype, self.device)
+        mixed = learner.precision == "mixed" and self.compute_dtype != "float32"
+        self.param_dtype = "float32" if mixed else self.compute_dtype
+        self.logprobs = LogprobSettings(learner.logprob_chunk_tokens, torch.bfloat16 if mixed else None)
+        attention = resolve_attention(attention, self.device)
+        model = prepare_policy(load_causal_lm(model_path, self.param_dtype, attention).to(self.device), learner)
         self.model = model
         self.lora = learner.lora.enabled
         self.has_reference = reference
         self.reference: CausalLM | None = None
-        if reference and not self.lora:
-            self.reference = load_causal_lm(model_path, dtype).to(self.device).eval().requires_grad_(False)
+        if reference and not self.lora:  # frozen: kept in the compute dtype, no master copy needed
+            frozen = load_causal_lm(model_path, self.compute_dtype, attention)
+            self.reference = frozen.to(self.device).eval().requires_grad_(False)
         self.max_grad_norm = learner.max_grad_norm
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
@@ -110,18 +129,23 @@ class TorchLearnerBackend:
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         return state["extra"]
 
-    @torch.no_grad()
-    def reference_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    @contextlib.contextmanager
+    def reference_model(self) -> Iterator[torch.nn.Module]:
+        """The frozen reference policy to forward (without gradient), in eval mode; with LoRA the
+        policy itself with its adapters disabled for the duration of the block."""
         if not self.has_reference:
             raise RuntimeError("no reference policy: the backend was built without one (algorithm.beta = 0)")
         if self.lora:
-            with self.model.disable_adapter():
-                return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+            with self.model.disable_adapter(), eval_mode(self.model):
+                yield self.model
+            return
         assert self.reference is not None  # built in __init__ with a reference and without LoRA
-        return self.reference(input_ids=input_ids, attention_mask=attention_mask).logits
+        yield self.reference
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
-        return merged_state_dict(self.model)
+        """Full weights (LoRA merged) in the compute dtype, what the rollout engines run in."""
+        dtype = getattr(torch, self.compute_dtype)
+        return {name: t.to(dtype) for name, t in merged_state_dict(self.model).items()}
 
     def adapter_state_dict(self) -> tuple[dict[str, torch.Tensor], dict]:
         return adapter_state_dict(self.model)

@@ -16,9 +16,11 @@ request (and which TLD is good) is left for RL to learn.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, TypeAlias
 
@@ -82,8 +84,13 @@ class ModelConfig(BaseModel):
         default=".cache/relay",
         description="Where the built-in tiny model is built, merged adapters and converted .gguf files are cached.",
     )
-    dtype: Literal["float32", "bfloat16"] = Field(
-        default="float32", description="Parameter dtype of policy and rollout models."
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        default="auto",
+        description="Compute dtype: what the rollout engines run in and the learner computes in (learner.precision says how the learner keeps its weights). auto: bfloat16 on a GPU, float32 on a CPU, decided in each process by the device it was given.",
+    )
+    attention: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
+        default="auto",
+        description="Attention implementation of the Hugging Face models (learner, HF rollouts, critics). auto: flash_attention_2 on a GPU where the flash-attn package is installed, else sdpa (torch's fused attention: no (B, heads, T, T) matrix is kept). eager materialises that matrix; use it only to compare.",
     )
     tiny: TinyModelConfig = Field(default_factory=TinyModelConfig, description="Shape of the built-in tiny model.")
     adapter: Literal["merge", "continue"] = Field(
@@ -280,7 +287,9 @@ def merged_adapter_dir(model: ModelConfig, adapter_path: str, base: str) -> Path
         if missing:
             from peft import PeftModel
 
-            merged = PeftModel.from_pretrained(_load_plain(base, model.dtype), adapter_path).merge_and_unload()
+            merged = PeftModel.from_pretrained(
+                _load_plain(base, _merge_dtype(model.dtype), "sdpa"), adapter_path
+            ).merge_and_unload()
             tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
             merged.save_pretrained(tmp)
             tokenizer_source = adapter_path if (Path(adapter_path) / "tokenizer_config.json").is_file() else base
@@ -331,18 +340,55 @@ def load_tokenizer(path: str):
     return tok
 
 
-def load_causal_lm(path: str, dtype: str) -> CausalLM:
-    """The causal LM in train-ready form (eager attention, fixed dtype). A LoRA adapter directory
-    (``model.adapter=continue``) gives its base with the adapter loaded trainable (a peft model)."""
+def resolve_dtype(dtype: str, device: torch.device) -> str:
+    """``model.dtype`` for a process on ``device``: ``auto`` is bfloat16 on a GPU, float32 elsewhere."""
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if device.type == "cuda" else "float32"
+
+
+def resolve_attention(attention: str, device: torch.device) -> str:
+    """``model.attention`` for a process on ``device``: ``auto`` is flash_attention_2 on a GPU where
+    the flash-attn package is installed, else sdpa."""
+    if attention != "auto":
+        return attention
+    import importlib.util
+
+    return "flash_attention_2" if device.type == "cuda" and importlib.util.find_spec("flash_attn") else "sdpa"
+
+
+def load_causal_lm(path: str, dtype: str, attention: str = "sdpa") -> CausalLM:
+    """The causal LM in train-ready form (``dtype`` and ``attention`` resolved, see ``resolve_dtype`` and
+    ``resolve_attention``). A LoRA adapter directory (``model.adapter=continue``) gives its base with the
+    adapter loaded trainable (a peft model)."""
     base = adapter_base(path)
     if base is None:
-        return _load_plain(path, dtype)
+        return _load_plain(path, dtype, attention)
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(_load_plain(base, dtype), path, is_trainable=True)
+    return PeftModel.from_pretrained(_load_plain(base, dtype, attention), path, is_trainable=True)
 
 
-def _load_plain(path: str, dtype: str) -> PreTrainedModel:
+def _load_plain(path: str, dtype: str, attention: str) -> PreTrainedModel:
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), attn_implementation="eager")
+    if dtype == "auto" or attention == "auto":
+        raise ValueError(f"load_causal_lm needs a resolved dtype and attention, got {dtype!r}, {attention!r}")
+    return AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), attn_implementation=attention)
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """``model`` in eval mode (dropout off) for the block, then back in the mode it was in."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def _merge_dtype(dtype: str) -> str:
+    """The dtype an adapter is merged in: ``model.dtype``, float32 for ``auto`` (each process then loads
+    the merged weights in its own dtype)."""
+    return "float32" if dtype == "auto" else dtype

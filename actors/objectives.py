@@ -16,10 +16,11 @@ from dataclasses import dataclass
 import torch
 
 from actors.messages import TrainBatch
+from actors.model_logprobs import LogprobSettings, masked_logprobs
 from algorithms.config import AlgorithmConfig, AlgorithmSettings
 from algorithms.importance import rollout_correction_weights
 from algorithms.kl import kl_estimate
-from algorithms.logprobs import masked_mean, token_entropy, token_logprobs
+from algorithms.logprobs import masked_mean
 from algorithms.losses import aggregate_loss, clip_stats, clipped_surrogate, importance_log_ratio
 
 PerToken = dict[str, list[torch.Tensor]]  # name -> one 1-D tensor per sequence, over its completion tokens
@@ -79,30 +80,41 @@ def policy_loss(
     temperature: float,
     totals: LossTotals | None = None,
     forward: tuple[torch.Tensor, torch.Tensor] | None = None,
+    logprobs: LogprobSettings | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Forward pass and the configured policy loss for one micro-batch.
 
     ``tensors`` come from ``collate`` (with ``proximal_logprobs`` /
     ``ref_logprobs`` when prepared); ``totals`` default to this micro-batch's own.
     ``forward``: this micro-batch's ``forward_logprobs``, already computed (then the
-    model is not called).
+    model is not called). ``logprobs``: the backend's chunking and autocast.
     """
     s = algorithm.settings if isinstance(algorithm, AlgorithmConfig) else algorithm
-    logps, entropy = forward if forward is not None else forward_logprobs(model, tensors, temperature)
+    logps, entropy = forward if forward is not None else forward_logprobs(model, tensors, temperature, logprobs)
     loss, stats = compose_loss(logps, tensors, s, totals)
     stats["entropy"] = float(masked_mean(entropy, tensors["completion_mask"]))
     return loss, stats
 
 
 def forward_logprobs(
-    model: torch.nn.Module, tensors: dict[str, torch.Tensor], temperature: float
+    model: torch.nn.Module,
+    tensors: dict[str, torch.Tensor],
+    temperature: float,
+    logprobs: LogprobSettings | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The gradient pass's forward: per-token log-probs (B, T-1) of ``input_ids[:, 1:]``, with
-    autograd, and the per-token entropy (B, T-1), detached; aligned with ``completion_mask``."""
-    logits = model(input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"]).logits[:, :-1]
-    logps = token_logprobs(logits, tensors["input_ids"][:, 1:], temperature)
-    with torch.no_grad():
-        entropy = token_entropy(logits, temperature)
+    autograd, and the per-token entropy (B, T-1), detached; aligned with ``completion_mask`` and
+    computed at its positions only (zeros elsewhere; ``actors/model_logprobs.py``)."""
+    logps, entropy = masked_logprobs(
+        model,
+        tensors["input_ids"],
+        tensors["attention_mask"],
+        tensors["completion_mask"],
+        temperature,
+        logprobs,
+        entropy=True,
+    )
+    assert entropy is not None  # asked for
     return logps, entropy
 
 

@@ -8,7 +8,7 @@ import torch
 
 from actors.generation import GeneratedSequence
 from actors.messages import WeightsUpdate
-from actors.models import default_device, load_causal_lm, load_tokenizer
+from actors.models import default_device, load_causal_lm, load_tokenizer, resolve_attention, resolve_dtype
 from actors.weight_broadcast import BroadcastGroup, Plan, join_group, receive_buckets
 from actors.weight_sync import ObjectStoreWeightSync, load_full_state
 from algorithms.logprobs import token_logprobs
@@ -24,10 +24,13 @@ class HFGenerationBackend:
     those of the untempered distribution (``token_logprobs`` at temperature 1).
     """
 
-    def __init__(self, model_path: str, dtype: str, max_new_tokens: int, temperature: float) -> None:
+    def __init__(
+        self, model_path: str, dtype: str, max_new_tokens: int, temperature: float, attention: str = "auto"
+    ) -> None:
         self.tokenizer = load_tokenizer(model_path)
         self.device = default_device()
-        self.model = load_causal_lm(model_path, dtype).to(self.device).eval()
+        dtype, attention = resolve_dtype(dtype, self.device), resolve_attention(attention, self.device)
+        self.model = load_causal_lm(model_path, dtype, attention).to(self.device).eval()
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
         self.eos_id = self.tokenizer.eos_token_id

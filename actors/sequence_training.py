@@ -22,9 +22,10 @@ import torch
 
 from actors.data_parallel import _accumulate, _all_reduce, micro_batch_plan, shard
 from actors.messages import SequenceBatch, TrainResult
+from actors.model_logprobs import masked_logprobs
 from actors.objectives import LossTotals
 from actors.sequence_objectives import SequenceObjective, collate_sequences, sequence_loss
-from algorithms.logprobs import sequence_logprobs, token_logprobs
+from algorithms.logprobs import sequence_logprobs
 
 
 class SequenceTraining:
@@ -106,12 +107,13 @@ class SequenceTraining:
         return self._combine_over_ranks(record)
 
     def _target_logps(self, t: dict[str, torch.Tensor], reference: bool = False) -> torch.Tensor:
-        """(B, T-1) log-probs of each next token, under the policy or (no gradient) the reference."""
-        if reference:
-            logits = self.backend.reference_logits(t["input_ids"], t["attention_mask"])
-        else:
-            logits = self.backend.model(input_ids=t["input_ids"], attention_mask=t["attention_mask"]).logits
-        return token_logprobs(logits[:, :-1], t["input_ids"][:, 1:])
+        """(B, T-1) log-probs of each target token (``loss_mask``; zeros elsewhere), under the policy or
+        (no gradient, eval mode) the reference; computed at the target positions only."""
+        ids, attention, mask = t["input_ids"], t["attention_mask"], t["loss_mask"]
+        if not reference:
+            return masked_logprobs(self.backend.model, ids, attention, mask, 1.0, self.backend.logprobs)[0]
+        with torch.no_grad(), self.backend.reference_model() as model:
+            return masked_logprobs(model, ids, attention, mask, 1.0, self.backend.logprobs)[0]
 
     @torch.no_grad()
     def score_sequences(self, batch: SequenceBatch, adapter: bool = True) -> list[dict[str, float]]:

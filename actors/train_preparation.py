@@ -22,11 +22,12 @@ from torch.nn.utils.rnn import pad_sequence
 from actors.data_parallel import _all_reduce, _slices, micro_batch_plan, shard
 from actors.learner_config import LearnerBackend, LearnerConfig
 from actors.messages import TrainBatch
+from actors.model_logprobs import masked_logprobs
+from actors.models import eval_mode
 from actors.objectives import PerToken, collate
 from algorithms.advantages import token_advantages
 from algorithms.config import AlgorithmSettings
 from algorithms.kl import kl_estimate
-from algorithms.logprobs import token_logprobs
 
 
 class TrainPreparation:
@@ -66,18 +67,41 @@ class TrainPreparation:
         everything = slice(0, len(batch))
         for micro in micro_batch_plan(everything, self.rank, self.world_size, self.config.micro_batch_size):
             t = {k: v.to(self.backend.device) for k, v in collate(batch, micro.rows).items()}
-            keep, targets = t["completion_mask"].bool(), t["input_ids"][:, 1:]
-            forwards = {
-                "proximal_logprobs": lambda t=t: (
-                    self.backend.model(input_ids=t["input_ids"], attention_mask=t["attention_mask"]).logits
-                ),
-                "ref_logprobs": lambda t=t: self.backend.reference_logits(t["input_ids"], t["attention_mask"]),
-            }
+            keep = t["completion_mask"].bool()
             for name in out:
-                logps = token_logprobs(forwards[name]()[:, :-1], targets, self.temperature)
+                logps = self._policy_logprobs(t) if name == "proximal_logprobs" else self._reference_logprobs(t)
                 if not micro.padding:
                     out[name].extend(logps[i][keep[i]].cpu() for i in range(len(keep)))
         return self._share_rows(batch, shard(everything, self.rank, self.world_size), out)
+
+    @torch.no_grad()
+    def _policy_logprobs(self, t: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The current policy's log-probs (B, T-1) at ``t``'s completion positions, in eval mode (no
+        dropout), without gradient."""
+        with eval_mode(self.backend.model) as model:
+            logps, _ = masked_logprobs(
+                model,
+                t["input_ids"],
+                t["attention_mask"],
+                t["completion_mask"],
+                self.temperature,
+                self.backend.logprobs,
+            )
+        return logps
+
+    @torch.no_grad()
+    def _reference_logprobs(self, t: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The frozen reference's log-probs (B, T-1) at ``t``'s completion positions (eval mode)."""
+        with self.backend.reference_model() as model:
+            logps, _ = masked_logprobs(
+                model,
+                t["input_ids"],
+                t["attention_mask"],
+                t["completion_mask"],
+                self.temperature,
+                self.backend.logprobs,
+            )
+        return logps
 
     def _share_rows(self, batch: TrainBatch, mine: slice, local: PerToken) -> PerToken:
         """All ranks' rows on every rank, from ``local`` holding rows ``mine`` (unchanged with one rank).

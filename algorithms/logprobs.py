@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+from torch.utils.checkpoint import checkpoint
 
 
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -48,3 +51,57 @@ def sequence_logprobs(logprobs: torch.Tensor, mask: torch.Tensor) -> tuple[torch
     """
     keep = mask.bool()
     return torch.where(keep, logprobs, torch.zeros_like(logprobs)).sum(-1), keep.to(logprobs.dtype).sum(-1)
+
+
+def chunked_token_logprobs(
+    hidden: torch.Tensor,
+    head: Callable[[torch.Tensor], torch.Tensor],
+    tokens: torch.Tensor,
+    temperature: float = 1.0,
+    chunk_tokens: int = 1024,
+    entropy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``token_logprobs`` (and ``token_entropy``) of ``tokens`` from hidden states, a chunk at a time.
+
+    ``hidden`` (N, H) are the states that predict ``tokens`` (N,) (already shifted
+    and selected, e.g. the completion positions only); ``head`` maps (n, H) to
+    logits (n, V). Returns log-probs (N,) in float32 and, with ``entropy``, the
+    entropies (N,), detached. Invariant: at most ``chunk_tokens`` rows of logits
+    exist at a time, in float32 only within the chunk, so memory is
+    O(chunk_tokens * V) instead of O(N * V); with autograd on, each chunk is
+    checkpointed (its logits are recomputed in the backward pass instead of being
+    kept). Values equal ``token_logprobs(head(hidden), tokens)`` up to float
+    rounding.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if chunk_tokens < 1:
+        raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
+    logps, entropies = [], []
+    for lo in range(0, hidden.shape[0], chunk_tokens):
+        h, t = hidden[lo : lo + chunk_tokens], tokens[lo : lo + chunk_tokens]
+        if torch.is_grad_enabled() and h.requires_grad:
+            logp, ent = checkpoint(_chunk, h, t, head, temperature, entropy, use_reentrant=False)
+        else:
+            logp, ent = _chunk(h, t, head, temperature, entropy)
+        logps.append(logp)
+        entropies.append(ent)
+    if not logps:
+        empty = hidden.new_zeros(0, dtype=torch.float32)
+        return empty, empty if entropy else None
+    return torch.cat(logps), torch.cat(entropies) if entropy else None
+
+
+def _chunk(
+    hidden: torch.Tensor,
+    tokens: torch.Tensor,
+    head: Callable[[torch.Tensor], torch.Tensor],
+    temperature: float,
+    entropy: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One chunk's log-probs (with autograd) and entropies (detached; empty without ``entropy``)."""
+    logits = head(hidden)
+    logp = token_logprobs(logits, tokens, temperature)
+    with torch.no_grad():
+        ent = token_entropy(logits.detach(), temperature) if entropy else logp.new_zeros(0)
+    return logp, ent

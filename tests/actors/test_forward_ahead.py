@@ -93,8 +93,8 @@ def test_the_reference_forward_runs_ahead_too_and_the_step_is_the_same(tiny_mode
     plain, plain_weights = _trained(_learner(tiny_model_config, **algorithm), batch([0, 1, 2, 3]), ahead=False)
     learner = _learner(tiny_model_config, **algorithm)
     calls: list[int] = []
-    reference_logits = learner.backend.reference_logits
-    learner.backend.reference_logits = lambda *a: calls.append(len(a[0])) or reference_logits(*a)  # type: ignore[method-assign]
+    reference_logprobs = learner._reference_logprobs
+    learner._reference_logprobs = lambda t: calls.append(len(t["input_ids"])) or reference_logprobs(t)  # type: ignore[method-assign]
     assert learner.forward_ahead(0, _generated(0)) > 0 and calls == [4]  # the four samples, ahead
     held = learner.train(batch([0, 1, 2, 3])).metrics
     assert calls == [4] and held["learner/forward_ahead"] == 1.0  # none in the step
