@@ -57,7 +57,9 @@ class GenerationBackend(Protocol):
         ...
 
     async def join_weight_group(self, host: str, port: int, rank: int, world_size: int, backend: str) -> None:
-        """Join the learner's weight-broadcast group (``actors/weight_broadcast.py``) at ``rank``."""
+        """Join the learner's weight-broadcast group (``actors/weight_broadcast.py``) at ``rank``; an
+        engine of several processes (vLLM tensor parallelism) joins at ``rank`` and the next ones
+        (``group_ranks``)."""
         ...
 
     async def receive_weights(self, plan: Plan, version: int) -> None:

@@ -55,7 +55,11 @@ class RolloutConfig(BaseModel):
         default=1, ge=1, description="Number of rollout worker actors; calls are balanced by outstanding work."
     )
     num_cpus_per_worker: float = Field(default=1.0, ge=0, description="CPUs Ray reserves for each rollout worker.")
-    num_gpus_per_worker: float = Field(default=0.0, ge=0, description="GPUs Ray reserves for each rollout worker.")
+    num_gpus_per_worker: float = Field(
+        default=0.0,
+        ge=0,
+        description="GPUs Ray reserves for each rollout worker; with vllm.tensor_parallel_size above 1 it must equal it, and they are reserved for the engine's shard workers, one GPU each, on the worker's node.",
+    )
     torch_threads: PositiveInt | Literal["auto"] | CoreShare = Field(
         default="auto",
         description="torch intra-op threads in each worker. 'auto': the train driver gives each stage the cores "

@@ -43,6 +43,7 @@ class RelayWorkerExtension:
     """Weight loading for RL: mixed into vLLM's worker (``self.model_runner`` is vLLM's)."""
 
     model_runner: Any
+    rank: int  # vLLM's worker rank within its engine (WorkerBase.rank)
 
     def relay_load_weights(self, path: str) -> int:
         """Load full weights (Hugging Face names) from a safetensors file, in place.
@@ -58,10 +59,13 @@ class RelayWorkerExtension:
             self.model_runner.model.load_weights(weights=((name, f.get_tensor(name)) for name in names))
         return len(names)
 
-    def relay_join_weight_group(self, host: str, port: int, rank: int, world_size: int, backend: str) -> None:
-        """Join the learner's weight-broadcast process group at ``rank`` (>= 1)."""
+    def relay_join_weight_group(self, host: str, port: int, first_rank: int, world_size: int, backend: str) -> None:
+        """Join the learner's weight-broadcast process group at ``first_rank`` plus this worker's
+        rank in its engine (``self.rank``: 0 with one process, the shard 0..t-1 with tensor
+        parallelism t), so every shard of every engine has a rank of its own (``group_ranks``)."""
         from actors.weight_broadcast import join_group
 
+        rank = first_rank + self.rank
         self._relay_group = join_group(host, port, rank, world_size, backend, self._relay_device())
 
     def relay_receive_weights(self, plan: list[list[tuple[str, str, list[int]]]]) -> int:

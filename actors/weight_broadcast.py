@@ -1,7 +1,10 @@
 """Weight sync over a process group: the learner's rank 0 broadcasts to every engine.
 
-The group is made for the purpose (``join_group``): learner rank 0 is rank 0
-and rollout engine ``i`` is rank ``i + 1``. It is a standalone torch process
+The group is made for the purpose (``join_group``): learner rank 0 is rank 0,
+then every process of every rollout engine that holds weights, engine by engine
+(``group_ranks``): a vLLM engine with tensor parallelism ``t`` has ``t`` shard
+workers, each loading its slice of every broadcast tensor, so each is a member
+at a rank of its own. It is a standalone torch process
 group on its own TCP store, so it never touches the learner's DeepSpeed group or
 vLLM's own tensor-parallel group. Rank 0 opens the store first (``open_store``)
 on a port the kernel assigns while it binds, and the engines are then told that
@@ -60,6 +63,16 @@ def bucket_plan(tensors: dict[str, torch.Tensor], bucket_bytes: int) -> Plan:
     if current:
         plan.append(current)
     return plan
+
+
+def group_ranks(shards: list[int]) -> tuple[list[int], int]:
+    """The group's layout for engines of ``shards[i]`` processes each: (engine i's first rank,
+    the world size). Rank 0 is the sender; engine i's shard s is rank ``first[i] + s``, so
+    ``first[i] = 1 + sum(shards[:i])`` and the world is ``1 + sum(shards)``."""
+    if any(n < 1 for n in shards):
+        raise ValueError(f"every engine has at least one process, got {shards}")
+    firsts = [1 + sum(shards[:i]) for i in range(len(shards))]
+    return firsts, 1 + sum(shards)
 
 
 def open_store(world_size: int, timeout_s: float = 600.0) -> dist.TCPStore:

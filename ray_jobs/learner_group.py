@@ -7,7 +7,9 @@ variables). With ``world_size = N > 1`` it starts N ``Learner`` actors, the
 ranks of one DeepSpeed process group (gloo on CPU, NCCL on GPU):
 
 1. A placement group reserves N bundles of ``{"CPU": num_cpus, "GPU":
-   num_gpus}`` (zero entries left out) with ``learner.placement_strategy``; a
+   num_gpus}`` (zero entries left out) with ``learner.placement_strategy``
+   (``ray_jobs/placement.py``'s ``learner_placement``: rank r runs in bundle r
+   asking exactly what the bundle holds, so each GPU rank gets a GPU of its own); a
    group Ray cannot place within ``placement_timeout_s`` is an early, explicit
    ``LearnerPlacementError`` (it would otherwise wait forever).
 2. One resource-free probe task per bundle reports the bundle's node; the
@@ -52,6 +54,7 @@ from actors.process_group import PORT_ATTEMPTS, port_taken
 from actors.sequence_objectives import SequenceObjective
 from algorithms.config import AlgorithmConfig
 from ray_jobs.faults import ACTOR_START_TIMEOUT_S, ActorStartError, check_started
+from ray_jobs.placement import learner_placement, ray_options
 
 DEFAULT_PLACEMENT_TIMEOUT_S = 120.0
 
@@ -85,8 +88,8 @@ def rank_env(rank: int, world_size: int, local_rank: int, master_addr: str, mast
 
 
 def _bundle(learner: LearnerConfig) -> dict[str, float]:
-    """One rank's reservation, zero entries left out (``LearnerConfig`` guarantees it is not empty)."""
-    return {name: amount for name, amount in (("CPU", learner.num_cpus), ("GPU", learner.num_gpus)) if amount > 0}
+    """One rank's bundle (``world_size > 1``), zero entries left out (``LearnerConfig`` guarantees it is not empty)."""
+    return learner_placement(learner).groups[0].bundles[0]
 
 
 def _probe_node() -> tuple[str, str, int]:
@@ -144,8 +147,9 @@ class LearnerGroup:
         self._ahead: dict[int, ray.ObjectRef] = {}  # step -> its forward_ahead call, until that step trains
         args = (learner, model, algorithm, temperature, seed, max_new_tokens, total_steps, objective)
         actor = ray.remote(Learner)
+        self._plan = learner_placement(learner)
         if learner.world_size == 1:
-            self.ranks = [actor.options(num_cpus=learner.num_cpus, num_gpus=learner.num_gpus).remote(*args)]
+            self.ranks = [actor.options(**ray_options(self._plan.actors[0])).remote(*args)]
             return
         self.placement_group = self._reserve(placement_timeout_s)
         try:
@@ -162,7 +166,8 @@ class LearnerGroup:
     def _reserve(self, timeout_s: float) -> PlacementGroup:
         """A placement group of one bundle per rank, ready, or ``LearnerPlacementError``."""
         lr = self.config
-        group = placement_group([_bundle(lr)] * lr.world_size, strategy=lr.placement_strategy)
+        spec = self._plan.groups[0]
+        group = placement_group([dict(bundle) for bundle in spec.bundles], strategy=spec.strategy)
         ready, _ = ray.wait([group.ready()], timeout=timeout_s)
         if not ready:
             remove_placement_group(group)
@@ -191,10 +196,7 @@ class LearnerGroup:
             envs = self._rank_envs()
             ranks = [
                 actor.options(
-                    num_cpus=self.config.num_cpus,
-                    num_gpus=self.config.num_gpus,
-                    scheduling_strategy=_in_bundle(self.placement_group, rank),
-                    runtime_env={"env_vars": env},
+                    **ray_options(self._plan.actors[rank], self.placement_group), runtime_env={"env_vars": env}
                 ).remote(*args)
                 for rank, env in enumerate(envs)
             ]

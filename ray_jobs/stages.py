@@ -17,8 +17,7 @@ from collections.abc import Callable, Iterable
 
 import ray
 from pydantic import SecretStr
-from ray.util.placement_group import placement_group, remove_placement_group
-from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+from ray.util.placement_group import remove_placement_group
 
 from actors.judge_pool import JudgePool
 from actors.messages import PromptItem, ScoreResult, TrainBatch, TrainResult
@@ -39,10 +38,12 @@ from ray_jobs.faults import (
 )
 from ray_jobs.learner_group import LearnerGroup
 from ray_jobs.pipeline import LeastLoadedRouter, refill_size, shaped_rewards, signal_groups
+from ray_jobs.placement import JUDGE_POOL, ray_options, reserve_group, rollout_placement
 from ray_jobs.weight_publish import WeightPublisher
 
 JUDGE_POOL_NAME = "relay-judge-pool"  # + a per-Stages suffix: ray.util.list_named_actors() finds it
 ROLLOUT_WORKER_NAME = "relay-rollout"  # + "-<worker>-" + the same suffix
+ENGINE_PLACEMENT_TIMEOUT_S = 300.0  # how long Ray may take to place a tensor-parallel engine's group
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ class Stages:
         self.judge = (
             ray.remote(JudgePool)
             .options(
-                num_cpus=0,
+                **ray_options(JUDGE_POOL),
                 max_concurrency=1000,
                 max_restarts=restarts,
                 max_task_retries=0,
@@ -115,32 +116,26 @@ class Stages:
         return self.weights.version
 
     def _start_rollout(self, worker_id: int, lora_rank: int | None) -> ray.actor.ActorHandle:
-        """One rollout worker actor. A vLLM engine with tensor parallelism gets a
-        placement group of one GPU bundle per shard; vLLM's Ray executor starts
-        its shard workers inside it (the worker itself reserves no GPU)."""
+        """One rollout worker actor, placed as ``ray_jobs/placement.py``'s ``rollout_placement``
+        says. A vLLM engine with tensor parallelism gets a STRICT_PACK placement group of its
+        own (the worker's CPUs, one GPU bundle per shard: vLLM's Ray executor starts its shard
+        workers in those; the worker itself asks for no GPU), removed by ``close``."""
         ro = self.cfg.rollout
-        options: dict = {
-            "num_cpus": ro.num_cpus_per_worker,
-            "num_gpus": ro.num_gpus_per_worker,
-            "max_concurrency": 1000,
-            "resources": dict(ro.resources),
-            "max_restarts": self.cfg.pipeline.max_actor_restarts,
-            "max_task_retries": 0,
-        }
-        if ro.backend == "vllm" and ro.vllm.tensor_parallel_size > 1:
-            group = placement_group([{"GPU": 1, "CPU": 1}] * ro.vllm.tensor_parallel_size, strategy="PACK")
-            ray.get(group.ready(), timeout=300)
+        plan = rollout_placement(ro, worker_id)
+        group = None
+        if plan.groups:
+            group = reserve_group(plan.groups[0], ENGINE_PLACEMENT_TIMEOUT_S)
             self._engine_groups.append(group)
-            options.update(
-                num_gpus=0,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(
-                    group, placement_group_bundle_index=0, placement_group_capture_child_tasks=True
-                ),
-            )
-        options["name"] = f"{ROLLOUT_WORKER_NAME}-{worker_id}-{id(self):x}"
+        options = ray_options(plan.actor(f"rollout worker {worker_id}"), group, capture_child_tasks=True)
         return (
             ray.remote(RolloutWorker)
-            .options(**options)
+            .options(
+                **options,
+                max_concurrency=1000,
+                max_restarts=self.cfg.pipeline.max_actor_restarts,
+                max_task_retries=0,
+                name=f"{ROLLOUT_WORKER_NAME}-{worker_id}-{id(self):x}",
+            )
             .remote(ro, self.cfg.model, worker_id=worker_id, seed=self.cfg.run.seed, lora_rank=lora_rank)
         )
 

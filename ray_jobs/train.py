@@ -179,13 +179,9 @@ def ray_session(cfg: ExperimentConfig) -> Iterator[None]:
     Fails early, instead of waiting forever, when the cluster has fewer CPUs or
     GPUs than the rollout workers and the learner reserve.
     """
-    from ray_jobs.learner_group import LearnerGroup
+    from ray_jobs.placement import run_placement, total_resources
 
-    ro = cfg.rollout
-    learner_cpus, learner_gpus = LearnerGroup.resources(cfg.learner)
-    engine_cpus = ro.vllm.tensor_parallel_size if ro.backend == "vllm" and ro.vllm.tensor_parallel_size > 1 else 0
-    cpus = ro.num_workers * (ro.num_cpus_per_worker + engine_cpus) + learner_cpus
-    gpus = ro.num_workers * ro.num_gpus_per_worker + learner_gpus
+    cpus, gpus = total_resources(run_placement(cfg))
     joined = ray.is_initialized()
     if joined:
         log.info("using the Ray session this process already joined")

@@ -21,9 +21,11 @@ from dataclasses import dataclass, field
 
 import ray
 
+from actors.weight_broadcast import group_ranks
 from ray_jobs.config import ExperimentConfig
 from ray_jobs.faults import LearnerDied, RunFaultError, is_actor_fault
 from ray_jobs.learner_group import LearnerGroup
+from ray_jobs.placement import engine_shards
 
 
 @dataclass
@@ -52,13 +54,13 @@ class WeightPublisher:
         self._plan = self._join_broadcast() if cfg.weight_sync.transport == "broadcast" else None
 
     def _join_broadcast(self) -> list:
-        """Form the weight-broadcast group (learner rank 0 = rank 0, worker i = rank i + 1)
-        and return the bucket plan every sync follows."""
+        """Form the weight-broadcast group (learner rank 0 = rank 0, then each worker's engine
+        processes: ``group_ranks``) and return the bucket plan every sync follows."""
         ws = self.cfg.weight_sync
         backend = ws.backend if ws.backend != "auto" else ("nccl" if self.cfg.learner.num_gpus > 0 else "gloo")
-        world = 1 + len(self.rollouts)
+        firsts, world = group_ranks([engine_shards(self.cfg.rollout)] * len(self.rollouts))
         host, port = self.learner.open_weight_group(world)
-        joins = [w.join_weight_group.remote(host, port, i + 1, world, backend) for i, w in enumerate(self.rollouts)]
+        joins = [w.join_weight_group.remote(host, port, f, world, backend) for f, w in zip(firsts, self.rollouts)]
         self.learner.join_weight_group(host, port, world, backend)
         ray.get(joins)
         return self.learner.weight_plan(ws.bucket_mb * 2**20)

@@ -3,7 +3,7 @@ import threading
 import pytest
 import torch
 
-from actors.weight_broadcast import broadcast_buckets, bucket_plan, join_group, open_store, receive_buckets
+from actors.weight_broadcast import broadcast_buckets, bucket_plan, group_ranks, join_group, open_store, receive_buckets
 
 
 def test_bucket_plan_groups_by_dtype_and_size() -> None:
@@ -52,6 +52,35 @@ def test_broadcast_roundtrip_two_receivers() -> None:
         assert received[rank].keys() == src.keys()
         for name, value in src.items():
             assert received[rank][name].dtype == value.dtype and torch.equal(received[rank][name], value)
+
+
+def test_every_shard_of_tensor_parallel_engines_receives_the_broadcast() -> None:
+    """Two engines of two shards each (vLLM tensor parallelism 2): shard s of an engine joins at
+    the engine's first rank + s (``actors/vllm_worker.py``), as ``group_ranks`` lays the group
+    out; the group forms and every shard receives every tensor."""
+    torch.manual_seed(1)
+    src = {"w": torch.randn(6, 2), "b": torch.randn(3)}
+    plan = bucket_plan(src, bucket_bytes=32)
+    shards = [2, 2]
+    firsts, world = group_ranks(shards)
+    store = open_store(world)
+    received: dict[int, dict[str, torch.Tensor]] = {}
+
+    def shard(rank: int) -> None:
+        group = join_group("127.0.0.1", store.port, rank, world, "gloo", torch.device("cpu"), timeout_s=60)
+        received[rank] = {name: t for bucket in receive_buckets(group, plan, torch.device("cpu")) for name, t in bucket}
+
+    ranks = [first + s for first, n in zip(firsts, shards) for s in range(n)]
+    threads = [threading.Thread(target=shard, args=(r,), daemon=True) for r in ranks]
+    for t in threads:
+        t.start()
+    sender = join_group("127.0.0.1", store.port, 0, world, "gloo", torch.device("cpu"), timeout_s=60, store=store)
+    broadcast_buckets(sender, src, plan, torch.device("cpu"))
+    for t in threads:
+        t.join(timeout=60)
+    assert world == 5 and sorted(received) == [1, 2, 3, 4]
+    for got in received.values():
+        assert all(torch.equal(got[name], value) for name, value in src.items())
 
 
 def test_unknown_backend_is_refused() -> None:
