@@ -47,12 +47,103 @@ def kill_learner() -> None:
 
 
 def test_learner_death_restarts_the_group_from_the_newest_checkpoint(
-    tmp_path: Path, tiny_model_config, monkeypatch
+    tmp_path: Path, tiny_model_config, monkeypatch, caplog
 ) -> None:
+    """With weight_sync.transport=broadcast, killed before the first periodic checkpoint: the new
+    group forms a new broadcast group with new engines and restores step 0's checkpoint, whose v0
+    the engines already hold (sent as a restore)."""
     monkeypatch.setenv("RELAY_JUDGE_API_KEY", "sk-test")
     out = tmp_path / "run"
-    run_with_faults(out, tiny_model_config.cache_dir, 10, [(5, kill_learner)], "run.checkpoint_every=3")
-    # the steps after step-3's checkpoint were trained again by the new group, and logged once
+    run_with_faults(
+        out,
+        tiny_model_config.cache_dir,
+        10,
+        [(2, kill_learner)],
+        "run.checkpoint_every=3",
+        "weight_sync.transport=broadcast",
+    )
+    # the steps after step-0's checkpoint were trained again by the new group, and logged once
+    restarts = [r.getMessage() for r in caplog.records if "restarting the learner group" in r.getMessage()]
+    assert len(restarts) == 1 and restarts[0].endswith(f"from {out / 'checkpoints' / 'step-0'} (1 of 1 restarts)")
+
+
+class _Learner:
+    """``LearnerGroup``'s broadcast calls, counting the broadcasts it entered (or dying in one)."""
+
+    def __init__(self, dies: bool = False) -> None:
+        self.dies, self.broadcasts = dies, 0
+
+    def open_weight_group(self, world_size: int) -> tuple[str, int]:
+        return "127.0.0.1", 1
+
+    def join_weight_group(self, host: str, port: int, world_size: int, backend: str) -> None:
+        pass
+
+    def weight_plan(self, bucket_bytes: int) -> list:
+        return []
+
+    def broadcast_weights(self, plan: list) -> int:
+        if self.dies:
+            raise ray.exceptions.RayActorError()
+        self.broadcasts += 1
+        return 0
+
+
+def _publisher(learner: _Learner, refusals: list[str | None]):
+    """A broadcast ``WeightPublisher`` from ``learner`` to an engine per refusal (None: takes every broadcast)."""
+    from ray_jobs.config import load_config
+    from ray_jobs.weight_publish import WeightPublisher
+
+    class Engine:  # defined here, so that Ray ships it by value (the workers cannot import this module)
+        """A rollout worker's broadcast calls: refuses every broadcast when told to."""
+
+        def __init__(self, refusal: str | None) -> None:
+            self.refusal, self.received = refusal, []
+
+        def join_weight_group(self, host: str, port: int, rank: int, world_size: int, backend: str) -> None:
+            pass
+
+        def check_receive(self, version: int, restore: bool = False) -> None:
+            if self.refusal:
+                raise ValueError(self.refusal)
+
+        def receive_weights(self, plan: list, version: int, restore: bool = False) -> float:
+            self.received.append((version, restore))
+            return 0.0
+
+        def got(self) -> list:
+            return self.received
+
+    engines = [ray.remote(Engine).options(num_cpus=0).remote(r) for r in refusals]
+    return WeightPublisher(load_config(None, ["weight_sync.transport=broadcast"]), learner, engines), engines
+
+
+def test_a_refused_weight_broadcast_fails_before_anyone_enters_it() -> None:
+    """Learner rank 0 cannot leave a broadcast an engine refuses (gloo: 600 s, NCCL: never): the
+    engines are asked first, and a refusal is a one-line error with no broadcast entered."""
+    from ray_jobs.faults import RunFaultError
+
+    learner = _Learner()
+    publisher, engines = _publisher(learner, [None, "weight broadcast v1 is not newer than v3"])
+    with pytest.raises(RunFaultError) as refused:
+        publisher.publish()
+    assert str(refused.value).startswith(
+        "rollout worker 1 cannot take weight broadcast v1: weight broadcast v1 is not newer than v3; nothing was sent"
+    )
+    assert "\n" not in str(refused.value)
+    assert learner.broadcasts == 0 and ray.get(engines[0].got.remote()) == []
+    publisher, engines = _publisher(learner, [None, None])
+    publisher.restore(0)  # a restore is sent as one, to every engine
+    assert learner.broadcasts == 1 and [ray.get(e.got.remote()) for e in engines] == [[(0, True)]] * 2
+
+
+def test_a_learner_rank_lost_in_a_weight_broadcast_is_a_learner_death() -> None:
+    """So that the run restarts the learner group from its newest checkpoint (``run``)."""
+    from ray_jobs.faults import LearnerDied
+
+    publisher, _ = _publisher(_Learner(dies=True), [None])
+    with pytest.raises(LearnerDied, match="a learner rank died during weight broadcast v1"):
+        publisher.publish()
 
 
 def test_learner_death_without_restarts_names_the_rank_and_checkpoint(

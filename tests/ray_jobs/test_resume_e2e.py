@@ -1,5 +1,6 @@
 """Kill the driver at a random step at k = 0, re-run the same command, and get the uninterrupted run
-(k = 2 with SIGKILL and SIGTERM: ``test_resume_k2_e2e.py``).
+(k = 2 with SIGKILL and SIGTERM: ``test_resume_k2_e2e.py``); the same with the weights broadcast to
+the engine, killed before the first periodic checkpoint (resumed from step 0's).
 
 The runs are separate processes killed with SIGKILL (the whole process group),
 so nothing but what was on disk survives. The kill steps are drawn at random
@@ -13,11 +14,16 @@ from pathlib import Path
 
 import pytest
 from run_procs import (
+    TrainProcess,
     check_complete,
     kill_and_resume,
     read_jsonl,
+    run_to_end,
+    train_command,
     train_overrides,
 )
+
+from ray_jobs.lifecycle import checkpoints
 
 pytestmark = pytest.mark.slow
 
@@ -51,3 +57,30 @@ def test_sigkill_at_random_steps_k0_repeats_the_uninterrupted_run(
         assert g["reward/mean"] == pytest.approx(w["reward/mean"], abs=1e-6), g["step"]
         assert g["loss"] == pytest.approx(w["loss"], abs=1e-6), g["step"]
     assert (out / "final" / "config.json").exists()
+
+
+def test_broadcast_sigkill_before_the_first_checkpoint_resumes_from_step_0(
+    tmp_path: Path, tiny_model_config, uninterrupted: Path
+) -> None:
+    """weight_sync.transport=broadcast (gloo), killed before the first periodic checkpoint: the
+    re-run resumes from the step-0 checkpoint, whose v0 the new engine already holds (it is sent
+    as a restore), and repeats the uninterrupted run (object store: the same weights reach the
+    engine either way), every step once with its full batch."""
+    kill_at = random.randint(1, EVERY - 1)
+    print(f"killing at step {kill_at}")
+    out = tmp_path / "run"
+    cmd = train_command(
+        out, tiny_model_config.cache_dir, *BASE, "pipeline.max_staleness=0", "weight_sync.transport=broadcast"
+    )
+    log = out.with_suffix(".log")
+    proc = TrainProcess(cmd, log)
+    proc.wait_for_step(out / "metrics.jsonl", kill_at)
+    proc.kill()
+    assert [c.step for c in checkpoints(out)] == [0]
+    run_to_end(cmd, log)
+    assert log.read_text().count("resumed from") == 1
+    got, _ = check_complete(out, STEPS, SAMPLES_PER_STEP)
+    want = read_jsonl(uninterrupted / "metrics.jsonl")
+    for g, w in zip(got, want):
+        assert g["reward/mean"] == pytest.approx(w["reward/mean"], abs=1e-6), g["step"]
+        assert g["loss"] == pytest.approx(w["loss"], abs=1e-6), g["step"]
