@@ -30,7 +30,8 @@ compute dtype, 2 for bf16 and 4 for fp32):
   kv = kv heads x head_dim, i the MLP width: the two norms' inputs and outputs, q/k/v, the
   attention output, the SwiGLU gate, up, activation and product). Without activation
   checkpointing: layers x A x B x L x c. With it: layers x h x B x L x c (each layer's
-  input) plus one layer's A x B x L x c (recomputed in the backward pass).
+  input) plus one layer's A x B x L x c (recomputed in the backward pass). ``model.attention:
+  eager`` adds 2 x B x heads x L x L x c per layer kept (the scores and their softmax).
 * Log-prob buffers (``logprob_buffers``): log-probs are computed at completion positions
   in chunks of ``learner.logprob_chunk_tokens`` tokens over the vocabulary, about three fp32
   (chunk, vocab) tensors at a time (logits, log-softmax, its gradient): 3 x min(chunk,
@@ -124,14 +125,17 @@ def layer_activation_elements(shape: ModelShape) -> int:
 
 
 def training_activations(
-    shape: ModelShape, sequences: int, seq_len: int, checkpointing: bool, compute_bytes: int
+    shape: ModelShape, sequences: int, seq_len: int, checkpointing: bool, compute_bytes: int, eager: bool = False
 ) -> float:
-    """Activation bytes of one micro-batch's forward and backward (see the module docstring)."""
+    """Activation bytes of one micro-batch's forward and backward (see the module docstring);
+    ``eager`` attention adds its (B, heads, T, T) scores and probabilities per layer kept."""
     tokens = sequences * seq_len
-    layer = layer_activation_elements(shape)
+    layer = layer_activation_elements(shape) * tokens
+    if eager:
+        layer += 2 * sequences * shape.num_heads * seq_len * seq_len
     if checkpointing:
-        return float((shape.num_layers * shape.hidden_size + layer) * tokens * compute_bytes)
-    return float(shape.num_layers * layer * tokens * compute_bytes)
+        return float((shape.num_layers * shape.hidden_size * tokens + layer) * compute_bytes)
+    return float(shape.num_layers * layer * compute_bytes)
 
 
 def logprob_buffers(vocab_size: int, tokens: int, chunk_tokens: int) -> float:

@@ -101,6 +101,10 @@ def test_activations_by_hand() -> None:
     assert training_activations(TOY, 3, 10, checkpointing=False, compute_bytes=2) == 2 * 120 * 30 * 2
     # checkpointing: each of 2 layers keeps its input (h = 8), one layer is recomputed (120)
     assert training_activations(TOY, 3, 10, checkpointing=True, compute_bytes=2) == (2 * 8 + 120) * 30 * 2
+    # eager attention: each layer kept also holds scores and softmax, 2 x 3 sequences x 2 heads x 10 x 10
+    eager = 2 * 3 * 2 * 10 * 10
+    assert training_activations(TOY, 3, 10, False, 2, eager=True) == 2 * (120 * 30 + eager) * 2
+    assert training_activations(TOY, 3, 10, True, 2, eager=True) == (2 * 8 * 30 + 120 * 30 + eager) * 2
 
 
 def test_logprob_buffers_by_hand() -> None:
