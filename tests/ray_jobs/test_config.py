@@ -103,3 +103,13 @@ def test_redaction_masks_secret_values_but_not_env_names() -> None:
             return data2
 
     assert config_module.redacted(Fake())["x"] == {"api_key": "***", "auth_token": "***", "max_tokens": 5}
+
+
+@pytest.mark.parametrize("path", [p for p in _training_configs() if p.name.startswith("gpu_")], ids=lambda p: p.name)
+def test_gpu_configs_train_with_master_weights_and_rollout_correction(path: Path) -> None:
+    """vLLM samples in bf16 with its own kernels, so its log-probs differ from the learner's by 1e-3 to
+    1e-2 per token: more than GSPO's whole clip band. The shipped GPU recipes correct that mismatch
+    (the clip's old policy is the learner's own recompute) and keep float32 master weights."""
+    cfg = load_config(path)
+    assert cfg.rollout.backend != "vllm" or cfg.algorithm.settings.rollout_correction != "none"
+    assert cfg.learner.precision == "mixed"
