@@ -190,6 +190,18 @@ class TrainEvalConfig(BaseModel):
         return self
 
 
+def context_too_long(max_prompt_tokens: int, rollout: RolloutConfig) -> str | None:
+    """Why the longest prompt plus completion cannot fit a vLLM engine's context (None: it fits,
+    or the backend is not vLLM): vLLM rejects a request longer than ``max_model_len``."""
+    total, limit = max_prompt_tokens + rollout.max_new_tokens, rollout.vllm.max_model_len
+    if rollout.backend != "vllm" or total <= limit:
+        return None
+    return (
+        f"data.max_prompt_tokens ({max_prompt_tokens}) + rollout.max_new_tokens ({rollout.max_new_tokens}) = "
+        f"{total} exceeds rollout.vllm.max_model_len ({limit}); lower one or raise max_model_len"
+    )
+
+
 class ExperimentConfig(BaseModel):
     """Everything one training run needs, one section per component."""
 
@@ -258,6 +270,12 @@ class ExperimentConfig(BaseModel):
             raise ValueError(
                 f"rollout.vllm.tensor_parallel_size {tp} needs rollout.num_gpus_per_worker: {tp} (got {gpus:g})"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _context_fits(self) -> ExperimentConfig:
+        if why := context_too_long(self.data.max_prompt_tokens, self.rollout):
+            raise ValueError(why)
         return self
 
     @model_validator(mode="after")

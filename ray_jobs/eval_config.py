@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from actors.learner_config import LearnerConfig
 from actors.models import BUILTIN_TINY, ModelConfig
 from actors.rollout import RolloutConfig
-from ray_jobs.config import WandbConfig
+from ray_jobs.config import WandbConfig, context_too_long
 from ray_jobs.data import DataConfig
 from rewards.config import JudgeConfig, RewardConfig
 
@@ -205,4 +205,10 @@ class EvaluateConfig(BaseModel):
             raise ValueError(
                 f"statistics.baseline '{base}' is not a condition (conditions: {', '.join(self.conditions)})"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _context_fits(self) -> EvaluateConfig:
+        if why := context_too_long(self.data.max_prompt_tokens, self.rollout):
+            raise ValueError(why)
         return self

@@ -43,6 +43,7 @@ from ray_jobs.hub import HubNameError, check_hub_name
 from ray_jobs.lifecycle import RunDirectoryError, RunLock
 from ray_jobs.local_judge import LocalJudgeError, rewards_for_run
 from ray_jobs.offline import absolute_model, auto_threads, job_main, ray_session
+from ray_jobs.plan import plan_evaluate
 from rewards.judge import JudgeUnreachableError, MissingApiKeyError
 
 log = logging.getLogger("relay.evaluate")
@@ -337,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         argv,
         errors=EVAL_ERRORS,
         load=load_eval_config,
+        plan=plan_evaluate,
     )
 
 

@@ -22,7 +22,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -51,6 +51,7 @@ from ray_jobs.lifecycle import (
 )
 from ray_jobs.offline_config import load_job_config
 from ray_jobs.pipeline import stage_threads
+from ray_jobs.plan import NodeShape, Plan, add_plan_arguments, dry_run
 from ray_jobs.sequence_data import SequenceData, SequenceDataConfig, to_batch
 from ray_jobs.tracking import RunRecorder
 
@@ -308,13 +309,19 @@ def job_main(
     argv: list[str] | None,
     errors: tuple[type[BaseException], ...] = JOB_ERRORS,
     load=None,
+    plan: Callable[[Any, NodeShape], Plan] | None = None,
 ) -> int:
     """Parse ``--config FILE a.b=value ...``, run, and map bad input (``errors``) to ``error: ...`` and
-    exit code 2; ``load(path, overrides)`` replaces the plain config loader."""
+    exit code 2; ``load(path, overrides)`` replaces the plain config loader. With ``--dry-run``,
+    ``plan(cfg, node)`` builds the plan shown instead of running (``ray_jobs/plan.py``)."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--config", help="YAML config (default: the embedded CPU default)")
     parser.add_argument("overrides", nargs="*", help="overrides such as run.steps=10 learner.lr=1e-4")
+    if plan is not None:
+        add_plan_arguments(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     loader = load or (lambda path, overrides: load_job_config(config_class, path, overrides))
+    if plan is not None and args.dry_run:
+        return dry_run(args, lambda: loader(args.config, args.overrides), plan, errors)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return command_exit_code(lambda: loader(args.config, args.overrides), run_job, errors)

@@ -28,6 +28,7 @@ from actors.sequence_objectives import SequenceObjective
 from ray_jobs.config import WandbConfig, redacted
 from ray_jobs.offline import check_sources, job_main, run_offline
 from ray_jobs.offline_config import OfflineRunConfig, ScheduleConfig
+from ray_jobs.plan import NodeShape, Plan, plan_offline
 from ray_jobs.sequence_data import PreferenceDataConfig, load_sequences
 
 PRESETS: dict[str, dict[str, float]] = {"simpo": {"beta": 2.0, "gamma": 1.0}, "dpo": {"beta": 0.1, "gamma": 0.0}}
@@ -144,7 +145,15 @@ def main(argv: list[str] | None = None) -> int:
         PreferenceConfig,
         run,
         argv,
+        plan=plan,
     )
+
+
+def plan(cfg: PreferenceConfig, node: NodeShape) -> Plan:
+    """The dry-run plan (``--dry-run``): the learner ranks on a chosen and a rejected sequence per
+    pair; DPO keeps a frozen reference (without LoRA, a copy)."""
+    reference = cfg.algorithm.name == "dpo"
+    return plan_offline(cfg.model, cfg.learner, cfg.data, pairs=True, reference=reference, node=node)
 
 
 if __name__ == "__main__":

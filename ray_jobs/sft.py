@@ -23,6 +23,7 @@ from actors.sequence_objectives import SequenceObjective
 from ray_jobs.config import WandbConfig, redacted
 from ray_jobs.offline import check_sources, job_main, run_offline
 from ray_jobs.offline_config import OfflineRunConfig, ScheduleConfig
+from ray_jobs.plan import NodeShape, Plan, plan_offline
 from ray_jobs.sequence_data import SftDataConfig, load_sequences
 
 
@@ -94,7 +95,14 @@ def run(cfg: SftConfig) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return job_main("python -m ray_jobs.sft", "Supervised fine-tuning on the learner group.", SftConfig, run, argv)
+    return job_main(
+        "python -m ray_jobs.sft", "Supervised fine-tuning on the learner group.", SftConfig, run, argv, plan=plan
+    )
+
+
+def plan(cfg: SftConfig, node: NodeShape) -> Plan:
+    """The dry-run plan (``--dry-run``): the learner ranks on one sequence per row."""
+    return plan_offline(cfg.model, cfg.learner, cfg.data, pairs=False, reference=False, node=node)
 
 
 if __name__ == "__main__":

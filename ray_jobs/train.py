@@ -41,6 +41,7 @@ from ray_jobs.lifecycle import (
 from ray_jobs.local_judge import LocalJudgeError, rewards_for_run
 from ray_jobs.offline import start_ray
 from ray_jobs.pipeline import ThroughputWindow, assemble_batch, may_launch
+from ray_jobs.plan import add_plan_arguments, dry_run, plan_train
 from ray_jobs.run_settings import remove_core_board, settings_for_run
 from ray_jobs.tracking import RunRecorder
 from ray_jobs.train_eval import EvalSet, TrainEval, load_eval_set
@@ -344,7 +345,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--config", help="YAML experiment config (default: the embedded CPU default)")
     parser.add_argument("overrides", nargs="*", help="overrides such as run.steps=10 pipeline.max_staleness=0")
+    add_plan_arguments(parser)
     args = parser.parse_args(argv)
+    if args.dry_run:
+        return dry_run(args, lambda: load_config(args.config, args.overrides), plan_train, PREFLIGHT_ERRORS)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return command_exit_code(lambda: load_config(args.config, args.overrides), run, PREFLIGHT_ERRORS)
 
