@@ -24,6 +24,8 @@ from ray_jobs.config_loading import check_keys as check_keys
 from ray_jobs.config_loading import load_validated
 from ray_jobs.config_loading import redacted as redacted
 from ray_jobs.data import DataConfig
+from ray_jobs.faults import ACTOR_START_TIMEOUT_S
+from ray_jobs.run_paths import DEFAULT_OUTPUT_ROOT, run_directory
 from rewards.config import JudgeConfig, RewardConfig
 
 
@@ -33,10 +35,16 @@ class RunSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(default="cpu-default", description="Run name; the run directory defaults to runs/<name>.")
+    name: str = Field(
+        default="cpu-default", description="Run name; the run directory defaults to <run.output_root>/<name>."
+    )
     output_dir: str | None = Field(
         default=None,
-        description="Run directory for config.yaml, metrics.jsonl, samples.jsonl and the final policy. Default: runs/<run.name>.",
+        description="Run directory for config.yaml, metrics.jsonl, samples.jsonl and the final policy. Default: <run.output_root>/<run.name>.",
+    )
+    output_root: str = Field(
+        default=DEFAULT_OUTPUT_ROOT,
+        description="Directory that holds run directories: the run directory defaults to <output_root>/<run.name>, and a model path written run:<name>/<rest> (model.path; the evaluation's policy and critic paths) means <output_root>/<name>/<rest>, e.g. run:qwen3-1.7b-lora-sft/final for a previous stage's final policy. On a Ray cluster of several nodes it (or run.output_dir) must be an absolute path on storage every node mounts.",
     )
     steps: int | None = Field(default=None, ge=1, description="Optimiser steps (each job's section says more).")
     seed: int = Field(default=0, description="Seed for prompt order, sampling and initialisation.")
@@ -59,9 +67,15 @@ class RunSettings(BaseModel):
         description="Times the driver restarts a learner group that died (from the newest checkpoint) before the run ends with an error.",
     )
 
+    actor_start_timeout_s: float = Field(
+        default=ACTOR_START_TIMEOUT_S,
+        gt=0,
+        description="Seconds an actor's constructor may take (a model's first download and load, a vLLM engine's start with CUDA-graph capture) before the run fails with an error naming it; also how long the driver waits for a restarted actor to answer. GPU runs of multi-GB models may need 1800 or more.",
+    )
+
     @property
     def directory(self) -> Path:
-        return Path(self.output_dir) if self.output_dir else Path("runs") / self.name
+        return run_directory(self.output_dir, self.output_root, self.name)
 
 
 class RunConfig(RunSettings):

@@ -19,6 +19,8 @@ SAFE_ON_RESUME = (
     "run.max_learner_restarts",
     "run.name",
     "run.output_dir",
+    "run.output_root",
+    "run.actor_start_timeout_s",
     "wandb.",
     "judge.base_url",
     "judge.endpoints",

@@ -16,6 +16,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from ray_jobs.run_paths import with_run_paths
+
 _SECRET_NAMES = ("api_key", "apikey", "access_key", "token", "secret", "password")
 
 
@@ -100,6 +102,10 @@ def load_validated(
     for override in overrides:
         apply_override(raw, override)
     check_keys(raw, model)
+    try:
+        raw = with_run_paths(raw)  # run:<name>/... model paths under run.output_root
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     try:
         return model.model_validate(raw)
     except ValidationError as exc:

@@ -33,7 +33,7 @@ from actors.messages import PromptItem, RolloutResult, ScoreResult, SequenceBatc
 from actors.rollout import RolloutWorker
 from ray_jobs.eval_config import ConditionConfig, EvaluateConfig
 from ray_jobs.eval_report import ItemResult
-from ray_jobs.faults import ACTOR_START_TIMEOUT_S, RunFaultError, is_actor_fault
+from ray_jobs.faults import RunFaultError, is_actor_fault
 from ray_jobs.offline import auto_threads
 from ray_jobs.sequence_data import encode_prompt_completion
 
@@ -130,7 +130,7 @@ class ConditionRun:
                     raise
                 cause = type(exc).__name__
             log.warning("%s: rollout worker %d lost chunk %d (%s); sending it again", self.name, worker, index, cause)
-            _wait_until_back(self.workers[worker])
+            _wait_until_back(self.workers[worker], self.cfg.run.actor_start_timeout_s)
             call = self._send(worker, index, items)
         raise RunFaultError(
             f"{self.name}: rollout worker {worker} failed chunk {index} "
@@ -146,7 +146,7 @@ class ConditionRun:
                 if not is_actor_fault(exc):
                     raise
                 log.warning("%s: the judge pool died (%s); asking again", self.name, type(exc).__name__)
-                _wait_until_back(self.judge)
+                _wait_until_back(self.judge, self.cfg.run.actor_start_timeout_s)
         raise RunFaultError(
             f"{self.name}: the judge pool failed {self.cfg.run.max_actor_restarts + 1} times; "
             "re-run the same command to continue"
@@ -233,10 +233,10 @@ def finish_chunk(
     return results
 
 
-def _wait_until_back(actor: Any) -> None:
+def _wait_until_back(actor: Any, timeout_s: float) -> None:
     """Until Ray has restarted ``actor`` (its constructor ran again), or ``RunFaultError`` after
-    ``ACTOR_START_TIMEOUT_S`` (it is then dead for good: restarts used up, or it cannot start)."""
-    deadline = time.monotonic() + ACTOR_START_TIMEOUT_S
+    ``timeout_s`` (``run.actor_start_timeout_s``; it is then dead for good: restarts used up, or it cannot start)."""
+    deadline = time.monotonic() + timeout_s
     while True:
         try:
             ray.get(actor.__ray_ready__.remote(), timeout=max(1.0, deadline - time.monotonic()))
@@ -248,7 +248,8 @@ def _wait_until_back(actor: Any) -> None:
         except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
             break
     raise RunFaultError(
-        f"an actor did not come back within {ACTOR_START_TIMEOUT_S:g} s; re-run the same command to continue"
+        f"an actor did not come back within {timeout_s:g} s (run.actor_start_timeout_s); re-run the same command "
+        "to continue"
     )
 
 

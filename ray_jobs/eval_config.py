@@ -22,6 +22,8 @@ from actors.models import BUILTIN_TINY, ModelConfig
 from actors.rollout import RolloutConfig
 from ray_jobs.config import WandbConfig, context_too_long
 from ray_jobs.data import DataConfig
+from ray_jobs.faults import ACTOR_START_TIMEOUT_S
+from ray_jobs.run_paths import DEFAULT_OUTPUT_ROOT, run_directory
 from rewards.config import JudgeConfig, RewardConfig
 
 HELDOUT = "configs/data/business_descriptions_heldout.jsonl"
@@ -101,10 +103,16 @@ class EvalRunConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(default="cpu-default-eval", description="Run name; the run directory defaults to runs/<name>.")
+    name: str = Field(
+        default="cpu-default-eval", description="Run name; the run directory defaults to <run.output_root>/<name>."
+    )
     output_dir: str | None = Field(
         default=None,
-        description="Run directory for config.yaml, items.jsonl, results.json, report.md and the plots. Default: runs/<run.name>.",
+        description="Run directory for config.yaml, items.jsonl, results.json, report.md and the plots. Default: <run.output_root>/<run.name>.",
+    )
+    output_root: str = Field(
+        default=DEFAULT_OUTPUT_ROOT,
+        description="Directory that holds run directories: the default run directory's parent, and where a condition's policy or critic.path written run:<name>/<rest> is (<output_root>/<name>/<rest>, e.g. run:qwen3-1.7b-lora-sft/final). Absolute, on storage every node mounts, on a Ray cluster of several nodes.",
     )
     seed: int = Field(
         default=0,
@@ -123,9 +131,15 @@ class EvalRunConfig(BaseModel):
         description="Times Ray restarts a rollout worker or the judge pool that died (a worker that finished nothing for rollout.call_timeout_s is restarted too); the chunk is sent again, sampled from its own seed.",
     )
 
+    actor_start_timeout_s: float = Field(
+        default=ACTOR_START_TIMEOUT_S,
+        gt=0,
+        description="Seconds an actor's constructor may take (model download and load, a vLLM engine's start) before the evaluation fails; also how long a restarted actor may take to answer.",
+    )
+
     @property
     def directory(self) -> Path:
-        return Path(self.output_dir) if self.output_dir else Path("runs") / self.name
+        return run_directory(self.output_dir, self.output_root, self.name)
 
 
 class EvalDataConfig(DataConfig):

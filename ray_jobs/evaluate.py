@@ -38,12 +38,13 @@ from ray_jobs.data import DatasetError, load_labelled_prompts
 from ray_jobs.eval_conditions import ConditionRun, HeldOutItem, start_workers
 from ray_jobs.eval_config import ConditionConfig, EvaluateConfig, _default_conditions
 from ray_jobs.eval_report import ItemResult, build_results, comparison_sentence, from_json, to_json, write_report
-from ray_jobs.faults import ACTOR_START_TIMEOUT_S, ActorStartError, StopRequested, check_started
+from ray_jobs.faults import ActorStartError, StopRequested, check_started
 from ray_jobs.hub import HubNameError, check_hub_name
 from ray_jobs.lifecycle import RunDirectoryError, RunLock
 from ray_jobs.local_judge import LocalJudgeError, rewards_for_run
 from ray_jobs.offline import absolute_model, auto_threads, job_main, ray_session
 from ray_jobs.plan import plan_evaluate
+from ray_jobs.run_paths import SharedPathError, check_shared_paths
 from rewards.judge import JudgeUnreachableError, MissingApiKeyError
 
 log = logging.getLogger("relay.evaluate")
@@ -61,6 +62,7 @@ EVAL_ERRORS = (
     LocalJudgeError,
     ActorStartError,
     ModelFileError,
+    SharedPathError,
 )
 
 
@@ -190,6 +192,7 @@ def _evaluate(cfg: EvaluateConfig, run_dir: Path, todo: dict, stop: GracefulStop
         most_judged = max(c.k if c.select == "judge" else 1 for c in cfg.conditions.values())
         judge_cfg = judge_cfg.with_inflight(cfg.run.items_per_call * most_judged)  # one chunk is judged at a time
         stack.enter_context(ray_session(cpus))
+        check_shared_paths(run_dir, _model_paths(cfg))
         stop.install()  # ray.init replaced our SIGTERM handler
         judge = ray.remote(JudgePool).options(num_cpus=0, max_concurrency=1000).remote(judge_cfg, reward_cfg, keys)
         workers: tuple[str, list] | None = None
@@ -210,7 +213,7 @@ def _evaluate(cfg: EvaluateConfig, run_dir: Path, todo: dict, stop: GracefulStop
                     **{f"rollout worker {w} ({name})": a for w, a in enumerate(workers[1])},
                     **({f"critic ({name})": critic.ranks[0]} if critic is not None else {}),
                 },
-                ACTOR_START_TIMEOUT_S,
+                cfg.run.actor_start_timeout_s,
             )
             try:
                 runner = ConditionRun(name, cond, cfg, workers[1], judge, critic, critic_tok)
@@ -249,8 +252,18 @@ def _start_critic(cfg: EvaluateConfig, cond: ConditionConfig):
         None,
         total_steps=1,
         objective=SequenceObjective(name="sft"),
+        start_timeout_s=cfg.run.actor_start_timeout_s,
     )
     return group, load_tokenizer(resolve_model_path(model))
+
+
+def _model_paths(cfg: EvaluateConfig) -> dict[str, str]:
+    """Every condition's policy and critic path, by config key (``check_shared_paths``)."""
+    paths = {f"conditions.{name}.policy": cond.policy for name, cond in cfg.conditions.items()}
+    paths.update(
+        {f"conditions.{n}.critic.path": c.critic.path for n, c in cfg.conditions.items() if c.critic is not None}
+    )
+    return paths
 
 
 def _report(cfg: EvaluateConfig, run_dir: Path, sizes: dict) -> Path:

@@ -40,7 +40,8 @@ class ActorStartError(RuntimeError):
 
 
 ACTOR_START_TIMEOUT_S = 600.0
-"""How long an actor's constructor may take (model loading, a vLLM engine start) before it counts as failed."""
+"""Default of ``run.actor_start_timeout_s``: how long an actor's constructor may take (model
+loading, a vLLM engine start) before it counts as failed. Callers pass the configured value."""
 
 
 class RunFaultError(RuntimeError):
@@ -142,17 +143,22 @@ class ActorProcesses:
     Invariant: ``_pids[name]`` is the process id the actor last answered from.
     """
 
-    def __init__(self, actors: dict[str, ray.actor.ActorHandle], max_restarts: int) -> None:
-        self._actors, self._max_restarts = actors, max_restarts
+    def __init__(
+        self,
+        actors: dict[str, ray.actor.ActorHandle],
+        max_restarts: int,
+        start_timeout_s: float = ACTOR_START_TIMEOUT_S,
+    ) -> None:
+        self._actors, self._max_restarts, self._start_timeout_s = actors, max_restarts, start_timeout_s
         self._pids = dict(zip(actors, ray.get([a.__ray_call__.remote(_pid) for a in actors.values()])))
 
     def restarted(self, name: str) -> bool:
         """Wait until actor ``name`` answers; True if it is another process than last seen (Ray
         restarted it). While Ray restarts it, calls fail at once with ``ActorUnavailableError``:
-        ask again, up to ``ACTOR_START_TIMEOUT_S``. Dead for good: ``RunFaultError``."""
+        ask again, up to ``start_timeout_s`` (``run.actor_start_timeout_s``). Dead for good: ``RunFaultError``."""
         from ray.exceptions import ActorUnavailableError
 
-        deadline = time.monotonic() + ACTOR_START_TIMEOUT_S
+        deadline = time.monotonic() + self._start_timeout_s
         while True:
             try:
                 call = self._actors[name].__ray_call__.remote(_pid)
@@ -160,7 +166,9 @@ class ActorProcesses:
                 break
             except ActorUnavailableError:
                 if time.monotonic() > deadline:
-                    raise RunFaultError(f"{name} did not come back within {ACTOR_START_TIMEOUT_S:g} s") from None
+                    raise RunFaultError(
+                        f"{name} did not come back within {self._start_timeout_s:g} s (run.actor_start_timeout_s)"
+                    ) from None
                 time.sleep(0.25)
             except Exception as exc:  # noqa: BLE001 - dead for good, or not back in time
                 raise RunFaultError(

@@ -139,10 +139,13 @@ class LearnerGroup:
         *,
         total_steps: int | None = None,
         objective: SequenceObjective | None = None,
+        start_timeout_s: float = ACTOR_START_TIMEOUT_S,
     ) -> None:
         """``total_steps``: the run's learner batches (``run.steps``), the LR schedule's horizon; every rank gets it.
-        ``objective``: the offline objective (SFT, SimPO, DPO) of ``train_sequences``, if any."""
+        ``objective``: the offline objective (SFT, SimPO, DPO) of ``train_sequences``, if any.
+        ``start_timeout_s``: how long the ranks' constructors may take (``run.actor_start_timeout_s``)."""
         self.config = learner
+        self.start_timeout_s = start_timeout_s
         self.placement_group: PlacementGroup | None = None
         self._ahead: dict[int, ray.ObjectRef] = {}  # step -> its forward_ahead call, until that step trains
         args = (learner, model, algorithm, temperature, seed, max_new_tokens, total_steps, objective)
@@ -188,7 +191,7 @@ class LearnerGroup:
         process can take before rank 0 listens on it; rank 0 then fails with
         ``RendezvousPortTaken`` and every rank starts again on a newly probed
         port, up to ``PORT_ATTEMPTS`` starts. Any other failure, or no start
-        within ``ACTOR_START_TIMEOUT_S``, is an ``ActorStartError`` naming the rank; the
+        within ``start_timeout_s``, is an ``ActorStartError`` naming the rank; the
         ranks of a failed start are killed.
         """
         assert self.placement_group is not None
@@ -201,7 +204,7 @@ class LearnerGroup:
                 for rank, env in enumerate(envs)
             ]
             try:
-                check_started({f"learner rank {r}": rank for r, rank in enumerate(ranks)}, ACTOR_START_TIMEOUT_S)
+                check_started({f"learner rank {r}": rank for r, rank in enumerate(ranks)}, self.start_timeout_s)
                 return ranks
             except ActorStartError as exc:
                 for rank in ranks:

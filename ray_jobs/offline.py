@@ -36,7 +36,7 @@ from algorithms.config import AlgorithmConfig
 from ray_jobs.config import ConfigError
 from ray_jobs.control import GracefulStop, command_exit_code
 from ray_jobs.data import LOCAL_FORMATS, DatasetError, PromptSource
-from ray_jobs.faults import StopRequested
+from ray_jobs.faults import StopRequested, check_started
 from ray_jobs.hub import HubNameError, check_hub_name
 from ray_jobs.learner_group import LearnerGroup, LearnerPlacementError
 from ray_jobs.lifecycle import (
@@ -52,6 +52,7 @@ from ray_jobs.lifecycle import (
 from ray_jobs.offline_config import load_job_config
 from ray_jobs.pipeline import stage_threads
 from ray_jobs.plan import NodeShape, Plan, add_plan_arguments, dry_run
+from ray_jobs.run_paths import SharedPathError, check_shared_paths
 from ray_jobs.sequence_data import SequenceData, SequenceDataConfig, to_batch
 from ray_jobs.tracking import RunRecorder
 
@@ -65,6 +66,7 @@ JOB_ERRORS = (
     LearnerPlacementError,
     ModelFileError,
     RunDirectoryError,
+    SharedPathError,
 )
 
 
@@ -223,8 +225,10 @@ class OfflineRun:
                 None,
                 total_steps=self.steps,
                 objective=self.objective,
+                start_timeout_s=cfg.run.actor_start_timeout_s,
             )
             stack.callback(group.kill)
+            check_started({f"learner rank {r}": a for r, a in enumerate(group.ranks)}, cfg.run.actor_start_timeout_s)
             if checkpoint is not None and state is not None:
                 group.load_checkpoint(str(checkpoint.learner_dir.resolve()))
                 self.source.load_state_dict(state.source)
@@ -281,6 +285,7 @@ def run_offline(cfg: Any, recorded: dict, data: SequenceData, objective: Sequenc
             )
             return run_dir
         with ray_session(LearnerGroup.resources(cfg.learner)[0]):
+            check_shared_paths(run_dir, {"model.path": cfg.model.path})
             stop.install()
             OfflineRun(cfg, recorded, data, objective, tokenizer, steps, stop).train(plan.checkpoint)
     finally:

@@ -20,7 +20,9 @@ Job = TypeVar("Job", bound=BaseModel)
 class OfflineRunConfig(RunSettings):
     """The run as a whole; ``steps`` may come from ``schedule.epochs`` instead."""
 
-    name: str = Field(default="cpu-sft", description="Run name; the run directory defaults to runs/<name>.")
+    name: str = Field(
+        default="cpu-sft", description="Run name; the run directory defaults to <run.output_root>/<name>."
+    )
     steps: int | None = Field(
         default=None,
         ge=1,

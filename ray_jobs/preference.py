@@ -66,7 +66,9 @@ class PreferenceAlgorithmConfig(BaseModel):
 class PreferenceRunConfig(OfflineRunConfig):
     """The run as a whole (named for the preference CPU default)."""
 
-    name: str = Field(default="cpu-simpo", description="Run name; the run directory defaults to runs/<name>.")
+    name: str = Field(
+        default="cpu-simpo", description="Run name; the run directory defaults to <run.output_root>/<name>."
+    )
 
 
 class PreferenceScheduleConfig(ScheduleConfig):

@@ -25,7 +25,6 @@ from actors.rollout import RolloutWorker
 from ray_jobs.config import ExperimentConfig
 from ray_jobs.data import PromptSource
 from ray_jobs.faults import (
-    ACTOR_START_TIMEOUT_S,
     ActorProcesses,
     FaultCounters,
     LearnerDied,
@@ -88,6 +87,7 @@ class Stages:
             seed=cfg.run.seed,
             max_new_tokens=ro.max_new_tokens,
             total_steps=cfg.run.steps,
+            start_timeout_s=cfg.run.actor_start_timeout_s,
         )
         check_started(
             {
@@ -95,11 +95,12 @@ class Stages:
                 "judge pool": self.judge,
                 **{f"learner rank {r}": a for r, a in enumerate(self.learner.ranks)},
             },
-            ACTOR_START_TIMEOUT_S,
+            cfg.run.actor_start_timeout_s,
         )
         self._processes = ActorProcesses(
             {**{f"rollout worker {w}": a for w, a in enumerate(self.rollouts)}, "judge pool": self.judge},
             restarts,
+            cfg.run.actor_start_timeout_s,
         )
         self.router = LeastLoadedRouter(len(self.rollouts))
         self._generating: dict[ray.ObjectRef, tuple[int, int]] = {}  # call -> (worker, prompts)

@@ -42,6 +42,7 @@ from ray_jobs.local_judge import LocalJudgeError, rewards_for_run
 from ray_jobs.offline import start_ray
 from ray_jobs.pipeline import ThroughputWindow, assemble_batch, may_launch
 from ray_jobs.plan import add_plan_arguments, dry_run, plan_train
+from ray_jobs.run_paths import SharedPathError, check_shared_paths
 from ray_jobs.run_settings import remove_core_board, settings_for_run
 from ray_jobs.tracking import RunRecorder
 from ray_jobs.train_eval import EvalSet, TrainEval, load_eval_set
@@ -67,6 +68,7 @@ PREFLIGHT_ERRORS = (
     ActorStartError,
     AdapterBaseError,
     ModelFileError,
+    SharedPathError,
 )
 
 
@@ -223,6 +225,7 @@ def run(cfg: ExperimentConfig) -> Path:
             cfg = settings_for_run(cfg, evalset)
             stack.callback(remove_core_board, cfg)
             stack.enter_context(ray_session(cfg))
+            check_shared_paths(run_dir, {"model.path": recorded["model"]["path"]})  # as written, not made absolute
             stop.install()  # ray.init replaced our SIGTERM handler with its own
             for attempt in range(cfg.run.max_learner_restarts + 1):
                 try:
