@@ -35,6 +35,7 @@ from ray_jobs.eval_config import ConditionConfig, EvaluateConfig
 from ray_jobs.eval_report import ItemResult
 from ray_jobs.faults import RunFaultError, is_actor_fault
 from ray_jobs.offline import auto_threads
+from ray_jobs.placement import rollout_worker_options
 from ray_jobs.sequence_data import encode_prompt_completion
 
 log = logging.getLogger("relay.evaluate")
@@ -253,16 +254,21 @@ def _wait_until_back(actor: Any, timeout_s: float) -> None:
     )
 
 
-def start_workers(cfg: EvaluateConfig, policy_path: str, count: int) -> list:
-    """``count`` rollout worker actors generating with ``policy_path`` (their sampling comes per call)."""
+def start_workers(cfg: EvaluateConfig, policy_path: str, count: int, engine_groups: list | None = None) -> list:
+    """``count`` rollout worker actors generating with ``policy_path`` (their sampling comes per call),
+    placed as ``ray_jobs/placement.py`` plans them. A tensor-parallel engine's worker runs in a
+    placement group of its own: ``engine_groups[w]`` for worker w, reserved on first use and kept
+    for later calls (the previous policy's workers, closed, left it free)."""
     model = cfg.model.model_copy(update={"path": policy_path, "adapter": "merge"})
     ro = cfg.rollout.model_copy(update={"torch_threads": auto_threads(cfg.rollout.torch_threads, count)})
-    actor = ray.remote(RolloutWorker).options(
-        num_cpus=ro.num_cpus_per_worker,
-        num_gpus=ro.num_gpus_per_worker,
-        resources=dict(ro.resources),
-        max_concurrency=1000,
-        max_restarts=cfg.run.max_actor_restarts,
-        max_task_retries=0,
-    )
-    return [actor.remote(ro, model, worker_id=w, seed=cfg.run.seed) for w in range(count)]
+    groups = [] if engine_groups is None else engine_groups
+    workers = []
+    for w in range(count):
+        group, options = rollout_worker_options(ro, w, groups[w] if w < len(groups) else None)
+        if group is not None and w == len(groups):
+            groups.append(group)
+        actor = ray.remote(RolloutWorker).options(
+            **options, max_concurrency=1000, max_restarts=cfg.run.max_actor_restarts, max_task_retries=0
+        )
+        workers.append(actor.remote(ro, model, worker_id=w, seed=cfg.run.seed))
+    return workers

@@ -196,6 +196,7 @@ def _evaluate(cfg: EvaluateConfig, run_dir: Path, todo: dict, stop: GracefulStop
         stop.install()  # ray.init replaced our SIGTERM handler
         judge = ray.remote(JudgePool).options(num_cpus=0, max_concurrency=1000).remote(judge_cfg, reward_cfg, keys)
         workers: tuple[str, list] | None = None
+        engine_groups: list = []  # tensor-parallel engines' placement groups, one per worker, kept across policies
         for name, cond in cfg.conditions.items():
             if not todo[name] or stop():
                 continue
@@ -203,9 +204,12 @@ def _evaluate(cfg: EvaluateConfig, run_dir: Path, todo: dict, stop: GracefulStop
             path = resolve_model_file(path, cfg.model.cache_dir) if is_model_file(path) else path
             path = str(Path(path).resolve()) if Path(path).exists() else path
             if workers is None or workers[0] != path:  # conditions with the same policy share its workers
-                for w in workers[1] if workers else []:
+                old = workers[1] if workers else []
+                if old:  # their engines shut down first: a tensor-parallel engine's shards free its GPUs
+                    ray.wait([w.close.remote() for w in old], num_returns=len(old), timeout=60)
+                for w in old:
                     ray.kill(w)
-                workers = (path, start_workers(cfg, path, cfg.rollout.num_workers))
+                workers = (path, start_workers(cfg, path, cfg.rollout.num_workers, engine_groups))
             critic, critic_tok = _start_critic(cfg, cond) if cond.critic is not None else (None, None)
             check_started(
                 {

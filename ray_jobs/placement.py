@@ -338,6 +338,10 @@ def assign_nodes(
 # The Ray edge: the two calls that turn a plan into Ray objects (Ray is imported only here).
 
 
+ENGINE_PLACEMENT_TIMEOUT_S = 300.0
+"""How long Ray may take to place a tensor-parallel engine's placement group."""
+
+
 class PlacementTimeout(RuntimeError):
     """Ray did not place a placement group in time (too few resources, or a strategy nodes cannot meet)."""
 
@@ -377,3 +381,16 @@ def ray_options(actor: ActorSpec, group: Any = None, capture_child_tasks: bool =
     if actor.env:
         options["runtime_env"] = {"env_vars": dict(actor.env)}
     return options
+
+
+def rollout_worker_options(rollout: RolloutConfig, worker_id: int, group: Any = None) -> tuple[Any, dict[str, Any]]:
+    """(its placement group or None, its ``.options(...)``) for rollout worker ``worker_id`` as
+    ``rollout_placement`` plans it. A tensor-parallel engine's group is reserved here, unless
+    ``group`` (reserved for the same worker before, and free again) is given; whoever holds the
+    group removes it when the worker is gone. Child tasks are captured by the group."""
+    plan = rollout_placement(rollout, worker_id)
+    if not plan.groups:
+        group = None
+    elif group is None:
+        group = reserve_group(plan.groups[0], ENGINE_PLACEMENT_TIMEOUT_S)
+    return group, ray_options(plan.actor(f"rollout worker {worker_id}"), group, capture_child_tasks=True)

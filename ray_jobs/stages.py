@@ -37,12 +37,11 @@ from ray_jobs.faults import (
 )
 from ray_jobs.learner_group import LearnerGroup
 from ray_jobs.pipeline import LeastLoadedRouter, refill_size, shaped_rewards, signal_groups
-from ray_jobs.placement import JUDGE_POOL, ray_options, reserve_group, rollout_placement
+from ray_jobs.placement import JUDGE_POOL, ray_options, rollout_worker_options
 from ray_jobs.weight_publish import WeightPublisher
 
 JUDGE_POOL_NAME = "relay-judge-pool"  # + a per-Stages suffix: ray.util.list_named_actors() finds it
 ROLLOUT_WORKER_NAME = "relay-rollout"  # + "-<worker>-" + the same suffix
-ENGINE_PLACEMENT_TIMEOUT_S = 300.0  # how long Ray may take to place a tensor-parallel engine's group
 
 log = logging.getLogger(__name__)
 
@@ -122,12 +121,9 @@ class Stages:
         own (the worker's CPUs, one GPU bundle per shard: vLLM's Ray executor starts its shard
         workers in those; the worker itself asks for no GPU), removed by ``close``."""
         ro = self.cfg.rollout
-        plan = rollout_placement(ro, worker_id)
-        group = None
-        if plan.groups:
-            group = reserve_group(plan.groups[0], ENGINE_PLACEMENT_TIMEOUT_S)
+        group, options = rollout_worker_options(ro, worker_id)
+        if group is not None:
             self._engine_groups.append(group)
-        options = ray_options(plan.actor(f"rollout worker {worker_id}"), group, capture_child_tasks=True)
         return (
             ray.remote(RolloutWorker)
             .options(

@@ -33,7 +33,7 @@ class RolloutStandIn:
     """Takes ``RolloutWorker``'s constructor arguments; ``start_engine`` places the shards as vLLM does."""
 
     def __init__(self, rollout, model, worker_id: int = 0, seed: int = 0, lora_rank=None) -> None:
-        self.tp = rollout.vllm.tensor_parallel_size
+        self.tp = rollout.vllm.tensor_parallel_size if rollout is not None else 0  # None: no config to import
 
     def where(self) -> dict:
         return _where()
@@ -48,7 +48,7 @@ class RolloutStandIn:
         nodes = ray.util.placement_group_table(group)["bundles_to_node_id"]
         assert ray.get_runtime_context().get_node_id() in nodes.values(), "vLLM: driver node not in the group"
         per_shard = float(os.environ.get("VLLM_RAY_PER_WORKER_GPUS", "1.0"))
-        shards = [
+        self.shards = [
             ray.remote(Shard)
             .options(
                 num_cpus=0,
@@ -60,7 +60,12 @@ class RolloutStandIn:
             .remote()
             for b in bundles
         ]
-        return ray.get([s.where.remote() for s in shards], timeout=START_TIMEOUT_S)
+        return ray.get([s.where.remote() for s in self.shards], timeout=START_TIMEOUT_S)
+
+    def close(self) -> None:
+        """As vLLM's engine shutdown: its shard workers end, their GPUs are free again."""
+        for shard in getattr(self, "shards", []):
+            ray.kill(shard)
 
     def join_weight_group(self, host: str, port: int, rank: int, world_size: int, backend: str) -> None:
         self.joined = (rank, world_size)

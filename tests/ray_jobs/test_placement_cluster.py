@@ -27,8 +27,9 @@ from placement_standins import START_TIMEOUT_S, LearnerStandIn, RolloutStandIn
 
 from actors.models import ModelConfig
 from algorithms.config import AlgorithmConfig
-from ray_jobs import learner_group, stages
+from ray_jobs import eval_conditions, learner_group, stages
 from ray_jobs.config import ExperimentConfig
+from ray_jobs.eval_config import EvaluateConfig
 from ray_jobs.placement import assign_nodes, learner_placement, rollout_placement
 from ray_jobs.weight_publish import WeightPublisher
 
@@ -130,7 +131,7 @@ def test_the_broadcast_group_ranks_every_shard_of_every_engine(gpu_cluster) -> N
     """Two TP=2 engines: learner rank 0 is rank 0, engine 0's shards 1-2, engine 1's 3-4 (each
     engine's shard s joins at its first rank + s, ``actors/vllm_worker.py``); world 5."""
     cfg = _config()
-    engines = [ray.remote(RolloutStandIn).options(num_cpus=0).remote(cfg.rollout, None) for _ in range(2)]
+    engines = [ray.remote(RolloutStandIn).options(num_cpus=0).remote(None, None) for _ in range(2)]
     learner = _BroadcastLearner()
     WeightPublisher(cfg, learner, engines)  # type: ignore[arg-type]  # the stand-in learner
     tp = cfg.rollout.vllm.tensor_parallel_size
@@ -139,3 +140,22 @@ def test_the_broadcast_group_ranks_every_shard_of_every_engine(gpu_cluster) -> N
     assert learner.world == learner.joined_world == 1 + 2 * tp
     assert {world for _, world in joined} == {learner.world}
     assert sorted(shard_ranks) == list(range(1, learner.world))  # every rank but the sender's, once
+
+
+def test_evaluation_workers_use_and_reuse_their_engine_groups(gpu_cluster, monkeypatch) -> None:
+    """The evaluate job starts rollout workers per policy: a TP=2 engine's worker runs in its own
+    STRICT_PACK group, and the next policy's worker reuses it once the first one is closed."""
+    monkeypatch.setattr(eval_conditions, "RolloutWorker", RolloutStandIn)
+    cfg = EvaluateConfig.model_validate({"rollout": _config().rollout.model_dump()})
+    groups: list = []
+    nodes = []
+    for policy in ("first", "second"):
+        (worker,) = eval_conditions.start_workers(cfg, policy, 1, groups)
+        node = ray.get(worker.where.remote(), timeout=START_TIMEOUT_S)["node"]
+        shards = ray.get(worker.start_engine.remote(), timeout=START_TIMEOUT_S)
+        assert {s["node"] for s in shards} == {node} and len({s["gpus"] for s in shards}) == 2
+        nodes.append(node)
+        ray.get(worker.close.remote())
+        ray.kill(worker)
+    assert len(groups) == 1 and nodes[0] == nodes[1]  # one group, reserved once
+    ray.util.remove_placement_group(groups[0])
