@@ -103,7 +103,7 @@ class LearnerConfig(BaseModel):
     )
     logprob_chunk_tokens: PositiveInt = Field(
         default=1024,
-        description="Tokens whose logits exist at a time when the learner computes log-probs and entropies: only completion positions are scored, from the hidden states, this many rows of (tokens x vocabulary) at a time (each chunk recomputed in the backward pass). Memory of that step is about 3 x this x vocabulary x 4 bytes.",
+        description="Tokens whose logits exist at a time when the learner computes log-probs and entropies: only completion positions are scored, from the hidden states, this many rows of (tokens x vocabulary) at a time (each chunk recomputed in the backward pass; under DeepSpeed ZeRO-3 the backward keeps the completion positions' float32 logits instead). Memory of that step is about 3 x this x vocabulary x 4 bytes.",
     )
     disable_dropout: bool = Field(
         default=True,

@@ -153,7 +153,7 @@ class DeepSpeedLearnerBackend:
         dtype = resolve_dtype(dtype, default_device())
         attention = resolve_attention(attention, default_device())
         self.compute_dtype = self.param_dtype = dtype  # bf16: DeepSpeed keeps the fp32 masters itself
-        self.logprobs = LogprobSettings(learner.logprob_chunk_tokens)
+        self.logprobs = LogprobSettings(learner.logprob_chunk_tokens, recompute=learner.zero_stage != 3)
         module = prepare_policy(load_causal_lm(model_path, dtype, attention), learner)
         config = deepspeed_config(learner, dtype, sum(p.numel() for p in module.parameters()))
         params = [p for p in module.parameters() if p.requires_grad]

@@ -40,10 +40,16 @@ class LogprobSettings:
 
     ``autocast`` None: the forward runs in the parameters' dtype (float32
     training, pure bf16, or DeepSpeed, which casts the module itself).
+    ``recompute``: each chunk's logits are recomputed in the backward pass
+    rather than kept. Off under DeepSpeed ZeRO-3, whose partitioned output
+    embedding is not gathered again for a recomputation outside the model's
+    forward; there the backward keeps the completion positions' logits (still
+    never the prompt's).
     """
 
     chunk_tokens: int = 1024
     autocast: torch.dtype | None = None
+    recompute: bool = True
 
     def compute(self, device: torch.device) -> contextlib.AbstractContextManager:
         """The context the forward runs in: ``torch.autocast`` when set, else nothing."""
@@ -82,7 +88,9 @@ def masked_logprobs(
             with _captured_head_input(head) as captured:
                 model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
             hidden = captured[0][:, :-1][keep]
-            logps, ent = chunked_token_logprobs(hidden, head, targets, temperature, settings.chunk_tokens, entropy)
+            logps, ent = chunked_token_logprobs(
+                hidden, head, targets, temperature, settings.chunk_tokens, entropy, settings.recompute
+            )
     return _scatter(logps, keep), (_scatter(ent, keep) if ent is not None else None)
 
 

@@ -60,6 +60,7 @@ def chunked_token_logprobs(
     temperature: float = 1.0,
     chunk_tokens: int = 1024,
     entropy: bool = False,
+    recompute: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``token_logprobs`` (and ``token_entropy``) of ``tokens`` from hidden states, a chunk at a time.
 
@@ -68,9 +69,10 @@ def chunked_token_logprobs(
     logits (n, V). Returns log-probs (N,) in float32 and, with ``entropy``, the
     entropies (N,), detached. Invariant: at most ``chunk_tokens`` rows of logits
     exist at a time, in float32 only within the chunk, so memory is
-    O(chunk_tokens * V) instead of O(N * V); with autograd on, each chunk is
-    checkpointed (its logits are recomputed in the backward pass instead of being
-    kept). Values equal ``token_logprobs(head(hidden), tokens)`` up to float
+    O(chunk_tokens * V) instead of O(N * V); with autograd on and ``recompute``,
+    each chunk is checkpointed (its logits are recomputed in the backward pass
+    instead of being kept; without ``recompute`` autograd keeps every chunk's
+    float32 logits, O(N * V) for the backward). Values equal ``token_logprobs(head(hidden), tokens)`` up to float
     rounding.
     """
     if temperature <= 0:
@@ -80,7 +82,7 @@ def chunked_token_logprobs(
     logps, entropies = [], []
     for lo in range(0, hidden.shape[0], chunk_tokens):
         h, t = hidden[lo : lo + chunk_tokens], tokens[lo : lo + chunk_tokens]
-        if torch.is_grad_enabled() and h.requires_grad:
+        if recompute and torch.is_grad_enabled() and h.requires_grad:
             logp, ent = checkpoint(_chunk, h, t, head, temperature, entropy, use_reentrant=False)
         else:
             logp, ent = _chunk(h, t, head, temperature, entropy)

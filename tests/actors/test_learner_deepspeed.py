@@ -330,3 +330,22 @@ def test_offload_and_checkpointing_match_torch(
     assert learner.backend.module.is_gradient_checkpointing is checkpointing
     assert isinstance(engine.optimizer.optimizer, torch.optim.AdamW)  # not DeepSpeed's compiled CPUAdam
     assert _mismatches(_run(learner, batches), torch_reference(2, False)) == []
+
+
+def test_bf16_steps_update_float32_master_weights(model_config: ModelConfig, batches: list[TrainBatch]) -> None:
+    """DeepSpeed's bf16 mode (``deepspeed_config``: ``bf16.enabled``, no bf16 master weights) keeps the
+    optimiser's weights in float32: at a real run's lr (1e-5) nearly every master element moves, while
+    most of the bf16 module weights cannot (an update below half a bf16 step rounds away: |w| > ~5e-3)."""
+    bf16 = model_config.model_copy(update={"dtype": "bfloat16"})
+    config = LearnerConfig(backend="deepspeed", zero_stage=2, lr=1e-5, micro_batch_size=8)
+    learner = Learner(config, bf16, AlgorithmConfig(), temperature=1.0)
+    masters = learner.backend.engine.optimizer.single_partition_of_fp32_groups
+    assert masters and all(m.dtype == torch.float32 for m in masters)
+    before = torch.cat([m.detach().clone() for m in masters])
+    weights = torch.cat([p.detach().float().flatten().clone() for p in learner.backend.module.parameters()])
+    for batch in batches:
+        learner.train(batch)
+    moved = torch.cat([m.detach() for m in masters]) != before
+    module_moved = torch.cat([p.detach().float().flatten() for p in learner.backend.module.parameters()]) != weights
+    assert float(moved.float().mean()) > 0.99
+    assert float(module_moved.float().mean()) < 0.5
