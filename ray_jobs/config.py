@@ -66,7 +66,6 @@ class RunSettings(BaseModel):
         ge=0,
         description="Times the driver restarts a learner group that died (from the newest checkpoint) before the run ends with an error.",
     )
-
     actor_start_timeout_s: float = Field(
         default=ACTOR_START_TIMEOUT_S,
         gt=0,

@@ -149,8 +149,18 @@ def auto_threads(setting: T, concurrent: int) -> T | int:
 
 
 def absolute_model(model: ModelConfig) -> ModelConfig:
-    """``model`` with an absolute local path (actors may run in another working directory)."""
+    """``model`` as actors receive it, with absolute local paths (they may run in another working
+    directory, or on another node).
+
+    A LoRA adapter to merge (``model.adapter: merge``) stays the adapter's own path, with an
+    absolute ``cache_dir``: each actor merges it on its own node (``resolve_model_path``: once per
+    node, under the cache's build lock), because a merged copy made here is on this node's disk
+    only. It is merged here too, first, so that a bad adapter fails before any actor starts.
+    """
     path = Path(resolve_model_path(model))
+    if model.adapter == "merge" and adapter_base(model.path) is not None:
+        local = {"path": str(Path(model.path).resolve()), "cache_dir": str(Path(model.cache_dir).resolve())}
+        return model.model_copy(update=local)
     return model.model_copy(update={"path": str(path.resolve())}) if path.exists() else model
 
 

@@ -77,3 +77,26 @@ def test_adapter_without_its_base_is_a_one_line_error(adapter_dir, tmp_path: Pat
     from ray_jobs import sft
 
     assert sft.main([f"model.path={moved}", "wandb.mode=disabled", f"run.output_dir={tmp_path / 'run'}"]) == 2
+
+
+def test_an_actor_on_another_node_merges_the_adapter_into_its_own_cache(adapter_dir, tmp_path: Path) -> None:
+    """The driver hands actors the adapter's path (shared storage) and the cache path, never its own merged
+    copy: on a node whose cache lacks the merge (here node 1's cache moved away, as node 2 would not see
+    it) the actor merges there, under the cache's lock, into the same weights."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from ray_jobs.offline import absolute_model
+
+    path, _ = adapter_dir
+    node1 = tmp_path / "cache"
+    shipped = absolute_model(ModelConfig(path=str(path), cache_dir=str(node1)))  # the driver's side, on node 1
+    on_node1 = Path(resolve_model_path(shipped))
+    assert on_node1.parent == node1 and (on_node1 / "config.json").is_file()
+    merged1 = load_file(on_node1 / "model.safetensors")
+    shutil.move(node1, tmp_path / "node1-disk")  # node 2: the same cache path, without node 1's files
+    on_node2 = Path(resolve_model_path(shipped))
+    assert (on_node2 / "config.json").is_file() and on_node2.parent == node1
+    merged2 = load_file(on_node2 / "model.safetensors")
+    assert merged1.keys() == merged2.keys() and all(torch.equal(merged1[k], merged2[k]) for k in merged1)
