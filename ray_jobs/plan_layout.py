@@ -111,7 +111,8 @@ def layout(placement: Placement, memory: Memory, node: NodeShape) -> tuple[list[
         if " shard " in spec.name:
             note = "vLLM shard, started by the engine"
         elif spec.num_gpus == 0 and mem is not None:
-            note, mem = f"{note}; its GPUs are its shards'", None
+            engine = group is not None and any(" shard " in a.name for a in placement.actors if a.group == group.name)
+            note, mem = (f"{note}; its GPUs are its shards'" if engine else "on CPU"), None
         actors.append(
             Actor(
                 spec.name,

@@ -170,3 +170,21 @@ def test_max_model_len_is_checked_by_config_validation_too() -> None:
 def test_refuses_a_missing_data_file(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = dry_run("train", ["--config", REFINER, "data.path=configs/data/missing.jsonl"], capsys)
     refused(code, err, "data.path: file configs/data/missing.jsonl does not exist")
+
+
+def test_a_cpu_config_plans_no_gpu(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = dry_run("train", ["--config", "configs/cpu_default.yaml"], capsys)
+    assert code == 0, err
+    assert "GPUs: 0 on 1 node(s)" in out and not gpu_lines(out)
+    assert re.search(r"learner rank 0 .*-> node 0 \(no GPU\): -  \[on CPU\]", out)
+
+
+def test_tensor_parallel_shards_share_a_node_and_each_holds_the_share(capsys: pytest.CaptureFixture[str]) -> None:
+    tp2 = ["rollout.vllm.tensor_parallel_size=2", "rollout.num_gpus_per_worker=2"]
+    code, out, err = dry_run("train", ["--config", REFINER, "--gpus-per-node", "3", *tp2], capsys)
+    assert code == 0, err
+    for engine in (0, 1):
+        shards = re.findall(rf"rollout worker {engine} shard \d .*-> node (\d) GPU \d: ([\d.]+)", out)
+        assert len(shards) == 2 and shards[0][0] == shards[1][0], out  # one node per engine
+        assert [float(gib) for _, gib in shards] == [0.85 * 80] * 2
+    assert "GPUs: 6 on 3 node(s) of 3 x 80 GiB" in out  # PACK keeps the two learner ranks together
