@@ -14,6 +14,7 @@ pytestmark = pytest.mark.gpu
 
 
 def test_generate_then_train_on_cuda(tiny_model_config, tiny_tokenizer) -> None:
+    tiny_model_config = tiny_model_config.model_copy(update={"dtype": "float32"})  # exact agreement: no bf16
     worker = RolloutWorker(RolloutConfig(group_size=4, max_new_tokens=8), tiny_model_config)
     assert worker.backend.device.type == "cuda"
     text = tiny_tokenizer.apply_chat_template(
