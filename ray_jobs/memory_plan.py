@@ -35,7 +35,8 @@ compute dtype, 2 for bf16 and 4 for fp32):
 * Log-prob buffers (``logprob_buffers``): log-probs are computed at completion positions
   in chunks of ``learner.logprob_chunk_tokens`` tokens over the vocabulary, about three fp32
   (chunk, vocab) tensors at a time (logits, log-softmax, its gradient): 3 x min(chunk,
-  tokens) x V x 4 B.
+  tokens) x V x 4 B, each chunk recomputed in the backward pass; under ZeRO-3 chunks are not
+  recomputed (``actors/model_logprobs.py``) and the backward keeps them all: 3 x tokens x V x 4 B.
 * vLLM engine (``vllm_engine``): it takes ``gpu_memory_utilization`` x the GPU's memory on
   each of its GPUs whatever the model; inside that share, weights P x c / TP, a fixed
   ``VLLM_RUNTIME_BYTES`` for its activation peak and CUDA graphs, and the rest is KV cache
@@ -138,9 +139,10 @@ def training_activations(
     return float(shape.num_layers * layer * compute_bytes)
 
 
-def logprob_buffers(vocab_size: int, tokens: int, chunk_tokens: int) -> float:
-    """About three fp32 (chunk, vocab) tensors: 3 x min(chunk, tokens) x V x 4 B."""
-    return float(3 * min(chunk_tokens, tokens) * vocab_size * 4)
+def logprob_buffers(vocab_size: int, tokens: int, chunk_tokens: int, recompute: bool = True) -> float:
+    """About three fp32 (chunk, vocab) tensors: 3 x min(chunk, tokens) x V x 4 B; without
+    ``recompute`` (ZeRO-3) the backward keeps every chunk's: 3 x tokens x V x 4 B."""
+    return float(3 * (min(chunk_tokens, tokens) if recompute else tokens) * vocab_size * 4)
 
 
 @dataclass(frozen=True)

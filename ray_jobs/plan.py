@@ -93,7 +93,9 @@ def learner_memory(
         chk = learner.gradient_checkpointing
         eager = model.attention == "eager"
         memory["activations"] = training_activations(shape, sequences, seq_len, chk, c, eager)
-        memory["log-prob buffers"] = logprob_buffers(shape.vocab_size, logprob_tokens, learner.logprob_chunk_tokens)
+        recompute = not (learner.backend == "deepspeed" and learner.zero_stage == 3)  # as learner_deepspeed.py
+        chunk = learner.logprob_chunk_tokens
+        memory["log-prob buffers"] = logprob_buffers(shape.vocab_size, logprob_tokens, chunk, recompute)
         memory["CUDA context"] = float(CUDA_CONTEXT_BYTES)
     zero = f" ZeRO-{learner.zero_stage}" if learner.backend == "deepspeed" else ""
     kind = "fp32" if c == 4 else ("bf16 mixed precision" if mixed else "bf16 pure")

@@ -110,6 +110,8 @@ def test_activations_by_hand() -> None:
 def test_logprob_buffers_by_hand() -> None:
     assert logprob_buffers(100, tokens=50, chunk_tokens=20) == 3 * 20 * 100 * 4
     assert logprob_buffers(100, tokens=50, chunk_tokens=1024) == 3 * 50 * 100 * 4
+    # ZeRO-3 does not recompute chunks: the backward keeps all 50 tokens' tensors
+    assert logprob_buffers(100, tokens=50, chunk_tokens=20, recompute=False) == 3 * 50 * 100 * 4
 
 
 def test_vllm_engine_by_hand() -> None:

@@ -73,6 +73,8 @@ def test_the_4b_refiner_fits_80gb_cards(capsys: pytest.CaptureFixture[str]) -> N
     assert len(learners) == 2 and len(engines) == 2 and len(gpus) == 4
     # the optimiser state alone: fp32 master + Adam (12 B) x 4,022,468,096 parameters / 2 ranks (ZeRO-3)
     assert f"optimiser {12 * 4_022_468_096 / 2 / GIB:.1f}" in out
+    # ZeRO-3 keeps every log-prob chunk for the backward: 2 x 1024 completion tokens x 151936 x 3 fp32
+    assert f"log-prob buffers {3 * 2048 * 151936 * 4 / GIB:.1f}" in out
     assert all(gib < 80 for gib in learners) and engines == [0.85 * 80] * 2
 
 
