@@ -136,3 +136,12 @@ def test_broadcast_group_ranks_every_shard_once() -> None:
     assert group_ranks([1, 1]) == ([1, 2], 3)  # one process per engine: engine i is rank i + 1, as before
     with pytest.raises(ValueError):
         group_ranks([2, 0])
+
+
+def test_a_run_reserves_what_its_workers_and_learner_ask() -> None:
+    """ray_session checks the cluster against this: an engine's GPU bundles hold no CPU."""
+    cfg = _run_config(tp=2, workers=3)
+    ro, lr = cfg.rollout, cfg.learner
+    want_cpus = ro.num_workers * ro.num_cpus_per_worker + lr.world_size * lr.num_cpus
+    want_gpus = ro.num_workers * ro.vllm.tensor_parallel_size + lr.world_size * lr.num_gpus
+    assert total_resources(run_placement(cfg)) == (want_cpus, want_gpus) == (10.0, 8.0)
