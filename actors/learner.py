@@ -355,7 +355,7 @@ class Learner(TrainPreparation, SequenceTraining):
     def weight_plan(self, bucket_bytes: int) -> Plan:
         """The bucket layout of every broadcast (names, dtypes and shapes never change).
         Collective; rank 0's plan is the one that counts."""
-        state = self.backend.full_state_dict()
+        state = self.backend.full_state_dict(on_device=True)  # names, dtypes and shapes only: no host copy
         return bucket_plan(state, bucket_bytes) if state else []
 
     def open_weight_group(self, world_size: int) -> int:
@@ -371,8 +371,9 @@ class Learner(TrainPreparation, SequenceTraining):
 
     def broadcast_weights(self, plan: Plan) -> int:
         """Send the current full weights to every engine in the group; returns the bytes sent.
-        Collective (the ZeRO-3 gather): every rank calls it, rank 0 sends."""
-        state = self.backend.full_state_dict()
+        Collective (the ZeRO-3 gather): every rank calls it, rank 0 sends, from its device (no
+        host round trip: ``full_state_dict(on_device=True)``)."""
+        state = self.backend.full_state_dict(on_device=True)
         if self.backend.rank != 0:
             return 0
         return broadcast_buckets(self._broadcast_group, state, plan, self.backend.device)

@@ -203,8 +203,11 @@ class LearnerBackend(Protocol):
         (LoRA: the policy with its adapters disabled for the block)."""
         ...
 
-    def full_state_dict(self) -> dict[str, torch.Tensor]:
-        """Full weights with Hugging Face names (LoRA merged), for weight sync."""
+    def full_state_dict(self, on_device: bool = False) -> dict[str, torch.Tensor]:
+        """Full weights with Hugging Face names (LoRA merged), for weight sync: CPU copies for the
+        object store, or with ``on_device`` (the broadcast transport) tensors on the backend's
+        device, no host round trip: the parameters themselves where no cast or merge is needed,
+        valid until the next optimiser step."""
         ...
 
     def adapter_state_dict(self) -> tuple[dict[str, torch.Tensor], dict]:

@@ -271,8 +271,10 @@ class DeepSpeedLearnerBackend:
         assert self.reference is not None  # built in __init__ with a reference and without LoRA
         yield self.reference
 
-    def full_state_dict(self) -> dict[str, torch.Tensor]:
-        """Full weights with plain Hugging Face names (LoRA merged), as CPU clones.
+    def full_state_dict(self, on_device: bool = False) -> dict[str, torch.Tensor]:
+        """Full weights with plain Hugging Face names (LoRA merged), as CPU clones, or with
+        ``on_device`` on this rank's device: views of the module's parameters (ZeRO-2), device
+        copies under ZeRO-3 (its gathered parameters are released when the gather ends).
 
         Collective: every rank must call it. Rank 0 gets the weights; other
         ranks get an empty dict (they take part in the gather only).
@@ -280,8 +282,10 @@ class DeepSpeedLearnerBackend:
         with self._full_parameters():
             if not self._is_rank_zero():
                 return {}
-            state = merged_state_dict(self.module)
-        return {name: tensor.cpu() for name, tensor in state.items()}
+            state = merged_state_dict(self.module, None if on_device else "cpu")
+            if on_device and self.zero_stage == 3:
+                state = {name: tensor.clone() for name, tensor in state.items()}
+        return state
 
     def adapter_state_dict(self) -> tuple[dict[str, torch.Tensor], dict]:
         """The LoRA adapter (peft names, CPU clones) and its config; collective like

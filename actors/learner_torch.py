@@ -142,10 +142,13 @@ class TorchLearnerBackend:
         assert self.reference is not None  # built in __init__ with a reference and without LoRA
         yield self.reference
 
-    def full_state_dict(self) -> dict[str, torch.Tensor]:
-        """Full weights (LoRA merged) in the compute dtype, what the rollout engines run in."""
+    def full_state_dict(self, on_device: bool = False) -> dict[str, torch.Tensor]:
+        """Full weights (LoRA merged) in the compute dtype, what the rollout engines run in: CPU
+        copies, or with ``on_device`` on the learner's device (views of the parameters when they
+        are already in the compute dtype; a cast or a merge is made there)."""
         dtype = getattr(torch, self.compute_dtype)
-        return {name: t.to(dtype) for name, t in merged_state_dict(self.model).items()}
+        state = merged_state_dict(self.model, None if on_device else "cpu")
+        return {name: t.to(dtype) for name, t in state.items()}
 
     def adapter_state_dict(self) -> tuple[dict[str, torch.Tensor], dict]:
         return adapter_state_dict(self.model)

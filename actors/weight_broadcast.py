@@ -111,10 +111,18 @@ def join_group(
 
 def broadcast_buckets(group: BroadcastGroup, tensors: dict[str, torch.Tensor], plan: Plan, device: torch.device) -> int:
     """Rank 0's side: send ``tensors`` bucket by bucket as laid out by ``plan``;
-    returns the bytes sent (per receiver)."""
+    returns the bytes sent (per receiver).
+
+    Tensors already on ``device`` (the learner's GPU) never leave it: a bucket of one
+    contiguous tensor is broadcast from the tensor's own memory (the root only reads it), a
+    bucket of several is packed into one buffer there; only tensors elsewhere are moved."""
     sent = 0
     for bucket in plan:
-        flat = torch.cat([tensors[name].detach().reshape(-1).to(device) for name, _, _ in bucket])
+        parts = [tensors[name].detach().reshape(-1) for name, _, _ in bucket]
+        if len(parts) == 1 and _on(parts[0], device) and parts[0].is_contiguous():
+            flat = parts[0]
+        else:
+            flat = torch.cat([part if _on(part, device) else part.to(device) for part in parts])
         group.broadcast(flat, 0).wait()
         sent += flat.numel() * flat.element_size()
     return sent
@@ -131,6 +139,14 @@ def receive_buckets(
         group.broadcast(flat, 0).wait()
         parts = flat.split(sizes)
         yield [(name, part.view(shape)) for (name, _, shape), part in zip(bucket, parts)]
+
+
+def _on(tensor: torch.Tensor, device: torch.device) -> bool:
+    """Whether ``tensor`` is on ``device`` (``cuda`` without an index: the current CUDA device)."""
+    if tensor.device.type != device.type:
+        return False
+    index = device.index if device.index is not None or device.type != "cuda" else torch.cuda.current_device()
+    return tensor.device.index == index
 
 
 def _numel(shape: list[int]) -> int:

@@ -55,8 +55,13 @@ def _without_aliases(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def merged_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Full weights with plain Hugging Face names, on the CPU, LoRA adapters merged in.
+def merged_state_dict(model: torch.nn.Module, device: torch.device | str | None = "cpu") -> dict[str, torch.Tensor]:
+    """Full weights with plain Hugging Face names, LoRA adapters merged in.
+
+    ``device``: where the tensors are returned, as copies ("cpu", the default: what the object
+    store ships). None: where the model's parameters are, without a copy: detached views of the
+    parameters themselves, and each LoRA-merged weight computed there (the broadcast transport
+    sends from the GPU); they change with the next optimiser step, so read them before it.
 
     Tied weights travel once, under their first name (the embedding, not
     ``lm_head.weight``); the receivers tie them again. For a peft model each
@@ -69,7 +74,8 @@ def merged_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     from peft.tuners.lora import LoraLayer
 
     if not isinstance(model, PeftModel):
-        return {k: v.detach().to("cpu", copy=True) for k, v in _without_aliases(model.state_dict()).items()}
+        state = _without_aliases(model.state_dict())
+        return {k: v.detach() if device is None else v.detach().to(device, copy=True) for k, v in state.items()}
     base = model.get_base_model()
     deltas: dict[str, torch.Tensor] = {}
     for name, module in base.named_modules():
@@ -81,8 +87,11 @@ def merged_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
         if "lora_" in name:
             continue
         plain = name.replace(".base_layer.", ".")
-        merged = tensor.detach() + deltas[plain].to(tensor.dtype) if plain in deltas else tensor.detach()
-        out[plain] = merged.to("cpu", copy=True)
+        if plain in deltas:  # a new tensor, on the parameter's device
+            merged = tensor.detach() + deltas[plain].to(tensor.dtype)
+            out[plain] = merged if device is None else merged.to(device)
+        else:
+            out[plain] = tensor.detach() if device is None else tensor.detach().to(device, copy=True)
     return out
 
 

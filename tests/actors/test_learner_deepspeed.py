@@ -216,6 +216,9 @@ def test_zero3_full_state_dict_gathers_partitioned_weights(
         assert tensor.device.type == "cpu"
     assert _max_abs_diff(full, torch_reference(8, False)[0].weights) < WEIGHT_ATOL  # see WEIGHT_ATOL
     assert _partitioned(module), "the gather must not leave weights materialised"
+    on_device = learner.backend.full_state_dict(on_device=True)  # the broadcast's: copies that outlive the gather
+    assert on_device.keys() == full.keys() and all(torch.equal(on_device[k], full[k]) for k in full)
+    assert _partitioned(module)
 
 
 @pytest.mark.usefixtures("zero3_partitions_everything")

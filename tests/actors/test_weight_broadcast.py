@@ -87,3 +87,83 @@ def test_unknown_backend_is_refused() -> None:
     store = open_store(1)
     with pytest.raises(ValueError, match="gloo or nccl"):
         join_group("127.0.0.1", store.port, 0, 1, "mpi", torch.device("cpu"), store=store)
+
+
+class _RecordingGroup:
+    """A one-rank stand-in for the weight group: records the memory each broadcast reads."""
+
+    def __init__(self) -> None:
+        self.sent: list[torch.Tensor] = []
+
+    def broadcast(self, tensor: torch.Tensor, root: int):
+        self.sent.append(tensor)
+        return self
+
+    def wait(self) -> None:
+        return None
+
+
+def _learner(tiny_model_config, lora: bool):
+    from actors.learner import Learner, LearnerConfig, LoraConfig
+    from algorithms.config import AlgorithmConfig
+
+    config = LearnerConfig(lora=LoraConfig(enabled=lora, r=4, alpha=8))
+    return Learner(config, tiny_model_config, AlgorithmConfig(), 1.0)
+
+
+def test_the_learner_broadcasts_from_its_parameters_without_a_copy(tiny_model_config) -> None:
+    """Broadcast transport: every tensor is already on the learner's device (here the CPU, as the GPU on
+    a GPU learner), so each one-tensor bucket is broadcast from the parameter's own memory, with no
+    clone to the host and back; the object-store path still gets copies."""
+    learner = _learner(tiny_model_config, lora=False)
+    plan = learner.weight_plan(bucket_bytes=1)  # one tensor per bucket
+    group = _RecordingGroup()
+    learner._broadcast_group = group
+    learner.broadcast_weights(plan)
+    params = learner.backend.model.state_dict()
+    names = [name for bucket in plan for name, _, _ in bucket]
+    assert len(group.sent) == len(names) == len(plan)
+    for name, sent in zip(names, group.sent):
+        assert sent.data_ptr() == params[name].data_ptr(), f"{name} was copied before its broadcast"
+    exported = learner.backend.full_state_dict()
+    assert all(exported[name].data_ptr() != params[name].data_ptr() for name in names)  # the store's copies
+
+
+def test_lora_weights_are_merged_on_the_device_and_arrive_intact(tiny_model_config) -> None:
+    """A LoRA learner's broadcast over gloo: the merged weights (computed beside the parameters, not
+    on a host copy) reach the receiver equal to the object-store export; unadapted weights are sent
+    from the parameters themselves."""
+    from actors.weight_sync import merged_state_dict
+
+    learner = _learner(tiny_model_config, lora=True)
+    for module in learner.backend.model.modules():  # a nonzero adapter, so merging changes the weights
+        if hasattr(module, "lora_B"):
+            torch.nn.init.normal_(module.lora_B["default"].weight, std=0.1)
+    on_device = learner.backend.full_state_dict(on_device=True)
+    base = learner.backend.model.get_base_model().state_dict()
+    params = {name.replace(".base_layer.", "."): t for name, t in base.items() if "lora_" not in name}
+    adapted = {name.replace(".base_layer.", ".") for name in base if name.endswith(".base_layer.weight")}
+    assert adapted and set(on_device) <= set(params)
+    for name, tensor in on_device.items():
+        if name in adapted:  # merged: a new tensor, on the parameter's device
+            assert tensor.data_ptr() != params[name].data_ptr() and tensor.device == params[name].device
+            assert not torch.equal(tensor, params[name])
+        else:
+            assert tensor.data_ptr() == params[name].data_ptr()
+    expected = merged_state_dict(learner.backend.model)
+    plan = bucket_plan(expected, bucket_bytes=4096)
+    store = open_store(2)
+    received: dict[str, torch.Tensor] = {}
+
+    def receiver() -> None:
+        group = join_group("127.0.0.1", store.port, 1, 2, "gloo", torch.device("cpu"), timeout_s=60)
+        for bucket in receive_buckets(group, plan, torch.device("cpu")):
+            received.update(bucket)
+
+    thread = threading.Thread(target=receiver, daemon=True)
+    thread.start()
+    learner._broadcast_group = join_group("127.0.0.1", store.port, 0, 2, "gloo", torch.device("cpu"), store=store)
+    learner.broadcast_weights(plan)
+    thread.join(timeout=60)
+    assert received.keys() == expected.keys()
+    assert all(torch.equal(received[name], expected[name]) for name in expected)
