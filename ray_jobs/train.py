@@ -41,6 +41,7 @@ from ray_jobs.lifecycle import (
 from ray_jobs.local_judge import LocalJudgeError, rewards_for_run
 from ray_jobs.offline import start_ray
 from ray_jobs.pipeline import ThroughputWindow, assemble_batch, may_launch
+from ray_jobs.placement import PlacementTimeout
 from ray_jobs.plan import add_plan_arguments, dry_run, plan_train
 from ray_jobs.run_paths import SharedPathError, check_shared_paths
 from ray_jobs.run_settings import remove_core_board, settings_for_run
@@ -63,6 +64,7 @@ PREFLIGHT_ERRORS = (
     LocalJudgeError,
     ClusterResourcesError,
     LearnerPlacementError,
+    PlacementTimeout,
     RunDirectoryError,
     HubNameError,
     ActorStartError,
