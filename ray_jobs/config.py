@@ -157,9 +157,17 @@ class WandbConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     mode: Literal["auto", "online", "offline", "disabled"] = Field(
-        default="auto", description="auto: online when WANDB_API_KEY is set, else offline."
+        default="auto",
+        description="auto: online when wandb finds credentials (WANDB_API_KEY, WANDB_IDENTITY_TOKEN_FILE, or the ~/.netrc entry `wandb login` writes, for WANDB_BASE_URL or api.wandb.ai), else offline (upload later with `wandb sync <run dir>/wandb/offline-run-*`).",
     )
     project: str = Field(default="relay", description="wandb project.")
+    entity: str | None = Field(
+        default=None, description="wandb entity (user or team) that owns the project; null: your default entity."
+    )
+    group: str | None = Field(
+        default=None, description="wandb group: runs that share it are shown together (e.g. one sweep); null: none."
+    )
+    tags: list[str] = Field(default_factory=list, description="wandb tags of the run, e.g. [gspo, qwen2.5-0.5b].")
     table_every: int = Field(default=10, ge=1, description="Log a completions table every this many steps.")
     table_rows: int = Field(default=16, ge=1, description="Rows in each completions table.")
 

@@ -26,10 +26,43 @@ log = logging.getLogger(__name__)
 EVAL_FILE = "eval.jsonl"
 
 
+WANDB_DEFAULT_HOST = "https://api.wandb.ai"
+
+
+def wandb_credentials() -> str | None:
+    """Where wandb would find credentials for its server, without reading the key out or calling
+    the network: ``WANDB_API_KEY``, ``WANDB_IDENTITY_TOKEN_FILE``, or the netrc entry ``wandb
+    login`` writes (``$NETRC``, else ``~/.netrc``) for ``WANDB_BASE_URL`` (default api.wandb.ai),
+    found as wandb 0.31 finds it; None when there are none. A netrc entry wandb would refuse (not
+    an API key) counts as none, with a warning that names the file only."""
+    for var in ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE"):
+        if os.environ.get(var):
+            return var
+    from wandb.errors import AuthenticationError
+    from wandb.sdk.lib.wbauth import HostUrl
+    from wandb.sdk.lib.wbauth.wbnetrc import read_netrc_auth_with_source
+
+    host = os.environ.get("WANDB_BASE_URL") or WANDB_DEFAULT_HOST
+    try:
+        found = read_netrc_auth_with_source(host=HostUrl(host))
+    except (AuthenticationError, ValueError) as e:
+        log.warning(
+            "wandb: the netrc entry for %s is not a usable API key (%s); running offline", host, type(e).__name__
+        )
+        return None
+    return None if found is None else found.source
+
+
 def _wandb_mode(cfg: WandbConfig) -> Literal["online", "offline", "disabled"]:
+    """``cfg.mode``; ``auto`` is online exactly when ``wandb_credentials`` finds credentials."""
     if cfg.mode != "auto":
         return cfg.mode
-    return "online" if os.environ.get("WANDB_API_KEY") else "offline"
+    source = wandb_credentials()
+    if source is None:
+        log.info("wandb: no credentials found (wandb login or WANDB_API_KEY); logging offline")
+        return "offline"
+    log.info("wandb: online with the credentials from %s", source)
+    return "online"
 
 
 def start_wandb(directory: Path, cfg: WandbConfig, config: dict, run_name: str, run_id: str | None):
@@ -47,6 +80,9 @@ def start_wandb(directory: Path, cfg: WandbConfig, config: dict, run_name: str, 
     os.environ.setdefault("WANDB_SILENT", "true")
     return wandb.init(
         project=cfg.project,
+        entity=cfg.entity,
+        group=cfg.group,
+        tags=list(cfg.tags) or None,
         name=run_name,
         config=config,
         mode=mode,
