@@ -57,7 +57,7 @@ class VLLMConfig(BaseModel):
     tensor_parallel_size: int = Field(
         default=1,
         ge=1,
-        description="GPUs per engine (tensor parallelism); each engine gets a placement group of this many GPU bundles.",
+        description="GPUs per engine (tensor parallelism, GPU only; needs rollout.num_gpus_per_worker equal to it). Each engine above 1 gets a STRICT_PACK placement group on one node: the worker's CPUs and one GPU bundle per shard, where vLLM's Ray executor starts its shard workers (ray_jobs/placement.py).",
     )
     gpu_memory_utilization: float = Field(
         default=0.5,
@@ -109,11 +109,15 @@ class VLLMGenerationBackend:
         lora_rank: int | None = None,
     ) -> None:
         from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.platforms import current_platform
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        from actors.models import load_tokenizer
+        from actors.models import load_tokenizer, resolve_dtype
 
-        on_cpu = not torch.cuda.is_available()
+        # vLLM's own platform (NVML, blind to CUDA_VISIBLE_DEVICES): a tensor-parallel engine's
+        # worker actor holds no GPU (ray_jobs/placement.py), its shard workers do.
+        on_cpu = current_platform.is_cpu()
+        dtype = resolve_dtype(dtype, torch.device("cpu" if on_cpu else "cuda"))  # auto: bf16 on a GPU
         if on_cpu:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.cpu_kvcache_gib))
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")  # Ray already placed this process
