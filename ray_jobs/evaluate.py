@@ -348,7 +348,7 @@ def load_eval_config(path: str | None, overrides: list[str]) -> EvaluateConfig:
 
 def main(argv: list[str] | None = None) -> int:
     return job_main(
-        "python -m ray_jobs.evaluate",
+        "relay evaluate",
         "Held-out evaluation of named conditions.",
         EvaluateConfig,
         run,

