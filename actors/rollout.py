@@ -99,7 +99,7 @@ def build_generation_backend(
     """The configured backend with the policy's initial weights loaded."""
     path = resolve_model_path(model)
     if rollout.backend == "hf":
-        return HFGenerationBackend(path, model.dtype, rollout.max_new_tokens, rollout.temperature)
+        return HFGenerationBackend(path, model.dtype, rollout.max_new_tokens, rollout.temperature, model.attention)
     from actors.rollout_vllm import VLLMGenerationBackend
 
     return VLLMGenerationBackend(
