@@ -21,7 +21,8 @@ Weight updates, while requests are in flight:
   (vLLM's prefix cache is keyed by adapter, so nothing needs resetting); an old
   adapter is removed once its last request finishes.
 
-Invariant: ``version`` only increases; a request started at version v records
+Invariant: ``version`` only increases between restores (a resume's restore may set it to the
+checkpoint's version, lower than an engine's); a request started at version v records
 ``first_version = v``, the lower bound used for staleness.
 """
 
