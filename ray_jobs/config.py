@@ -10,7 +10,7 @@ Loading, overrides and key checks are ``ray_jobs/config_loading.py`` (re-exporte
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
@@ -25,6 +25,7 @@ from ray_jobs.config_loading import load_validated
 from ray_jobs.config_loading import redacted as redacted
 from ray_jobs.data import DataConfig
 from ray_jobs.faults import ACTOR_START_TIMEOUT_S
+from ray_jobs.own_task import check_own_task, own_task_defaults
 from ray_jobs.run_paths import DEFAULT_OUTPUT_ROOT, run_directory
 from rewards.config import JudgeConfig, RewardConfig
 
@@ -198,7 +199,7 @@ class TrainEvalConfig(BaseModel):
     )
     label_field: str | None = Field(
         default="inappropriate",
-        description="Boolean row field saying the request should be blocked; rows that have it give eval/block_rate and eval/false_block_rate (needs a rubric with a request check). null: none.",
+        description="Boolean row field saying the request should be blocked; rows that have it give eval/block_rate and eval/false_block_rate (needs a rubric with a request check). null: none (the default on one's own data.path).",
     )
 
     @model_validator(mode="after")
@@ -242,6 +243,17 @@ class ExperimentConfig(BaseModel):
     )
     wandb: WandbConfig = Field(default_factory=WandbConfig, description="wandb monitoring.")
     eval: TrainEvalConfig = Field(default_factory=TrainEvalConfig, description="Held-out evaluation during training.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _own_task(cls, raw: Any) -> Any:
+        """On one's own data.path, no demo default applies (``ray_jobs/own_task.py``)."""
+        return own_task_defaults(raw, DataConfig.model_fields["path"].default)
+
+    @model_validator(mode="after")
+    def _judge_term_configured(self) -> ExperimentConfig:
+        check_own_task(self.data.path, self.data.system_prompt, self.judge, self.reward.terms)
+        return self
 
     @model_validator(mode="after")
     def _rollout_fits_training(self) -> ExperimentConfig:

@@ -13,7 +13,7 @@ it can call the judge too). Conditions are a mapping from name to settings, so
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -23,6 +23,7 @@ from actors.rollout import RolloutConfig
 from ray_jobs.config import WandbConfig, context_too_long
 from ray_jobs.data import DataConfig
 from ray_jobs.faults import ACTOR_START_TIMEOUT_S
+from ray_jobs.own_task import check_own_task, own_task_defaults
 from ray_jobs.run_paths import DEFAULT_OUTPUT_ROOT, run_directory
 from rewards.config import JudgeConfig, RewardConfig
 
@@ -209,6 +210,17 @@ class EvaluateConfig(BaseModel):
     )
     statistics: StatisticsConfig = Field(default_factory=StatisticsConfig, description="Comparisons and intervals.")
     wandb: WandbConfig = Field(default_factory=WandbConfig, description="wandb monitoring.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _own_task(cls, raw: Any) -> Any:
+        """On one's own data.path, no demo default applies (``ray_jobs/own_task.py``)."""
+        return own_task_defaults(raw, EvalDataConfig.model_fields["path"].default, label_section="data")
+
+    @model_validator(mode="after")
+    def _judge_term_configured(self) -> EvaluateConfig:
+        check_own_task(self.data.path, self.data.system_prompt, self.judge, self.reward.terms)
+        return self
 
     @model_validator(mode="after")
     def _baseline_exists(self) -> EvaluateConfig:

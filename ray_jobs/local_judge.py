@@ -14,6 +14,7 @@ is stopped at the end. Its stdout carries only the ready line
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import secrets
@@ -26,6 +27,7 @@ from pydantic import SecretStr
 
 from rewards.config import JudgeConfig, LocalJudgeServerConfig, RewardConfig
 
+log = logging.getLogger(__name__)
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 _READY_RE = re.compile(r"^[A-Z][A-Z_]*_READY port=(\d+)")
 
@@ -118,7 +120,13 @@ def local_server(
 def local_judge_server(
     judge: JudgeConfig, log_path: Path, start_timeout_s: float = 30.0
 ) -> contextlib.AbstractContextManager[str]:
-    """Run the stand-in judge for the duration of the block; yields its base URL."""
+    """Run the stand-in judge for the duration of the block; yields its base URL. Logs (warning)
+    that it is a stand-in: a rule-based scorer of domain names, not an LLM judge."""
+    log.warning(
+        "judge: starting the STAND-IN judge (scripts/judge_server.py): it scores domain names by rule and is "
+        "not an LLM judge; set judge.base_url to use a real one (log: %s)",
+        log_path,
+    )
     return local_server(
         "scripts.judge_server",
         judge.api_key_env,
@@ -152,13 +160,14 @@ def rewards_for_run(
     judge: JudgeConfig, reward: RewardConfig, run_dir: Path
 ) -> Iterator[tuple[JudgeConfig, RewardConfig, dict[str, SecretStr]]]:
     """The judge and reward config a run uses, and every endpoint's key: the stand-in judge
-    (when no judge endpoint is configured) and each engine's ``local_server`` are started here,
+    (``judge.uses_local_server``: the demo without a judge endpoint, or asked for by
+    ``judge.local_server.enabled: true``) and each engine's ``local_server`` are started here,
     for the block, and their URLs filled in. Every key (judge and engines) is read here, in the
     driver's environment, and handed to the judge actor; with ``judge.check_endpoint`` every
     endpoint is checked before anything else starts (a one-line error naming the judge or engine)."""
     import asyncio
 
-    from rewards.endpoints import resolve_api_keys
+    from rewards.endpoints import resolve_api_keys, service_api_keys
 
     with contextlib.ExitStack() as stack:
         if judge.uses_local_server:
@@ -180,7 +189,14 @@ def rewards_for_run(
                 )
                 engines[name] = engine.model_copy(update={"base_url": url})
         reward = reward.model_copy(update={"engines": engines})
-        keys = resolve_api_keys(judge, engines=engines)
+        if judge.is_remote:
+            keys = resolve_api_keys(judge, engines=engines)
+        else:  # no judge endpoint (own data without a judge term): only the engines' keys
+            keys = {
+                k: v
+                for n, e in engines.items()
+                for k, v in service_api_keys(e, os.environ, f"reward.engines.{n}").items()
+            }
         if judge.check_endpoint:
             asyncio.run(check_all_endpoints(judge, reward, keys))
         yield judge, reward, keys
@@ -191,7 +207,8 @@ async def check_all_endpoints(judge: JudgeConfig, reward: RewardConfig, keys: di
     from rewards.endpoints import resolve_endpoints
     from rewards.judge import JudgeReward, check_endpoints
 
-    await JudgeReward(judge, keys).check_endpoint()
+    if judge.is_remote:  # a run without a judge endpoint has no judge term (the config checks it)
+        await JudgeReward(judge, keys).check_endpoint()
     for name, engine in reward.engines.items():
         endpoints = resolve_endpoints(engine, keys, f"reward.engines.{name}")
         await check_endpoints(endpoints, engine.timeout_s, f"engine {name}")

@@ -52,7 +52,7 @@ class LocalJudgeServerConfig(BaseModel):
 
     enabled: bool | None = Field(
         default=None,
-        description="Start the heuristic judge server on 127.0.0.1 for this run and stop it at the end (judge.base_url then points at it). Default (null): only when judge.base_url and judge.endpoints are unset.",
+        description="Start the heuristic stand-in judge (scripts/judge_server.py: it scores domain names by rule, it is not an LLM) on 127.0.0.1 for this run and stop it at the end (judge.base_url then points at it). null: only for the built-in domain-name demo's data.path when judge.base_url and judge.endpoints are unset (with your own data.path null means false); true: always; false: never (then a judge term needs judge.base_url or judge.endpoints).",
     )
     latency_s: float = Field(
         default=0.0,
@@ -130,7 +130,7 @@ class JudgeConfig(BaseModel):
 
     base_url: str | None = Field(
         default=None,
-        description="Base URL of the OpenAI-compatible API, e.g. https://api.cerebras.ai/v1 (the one-endpoint form; see endpoints). Unset with no endpoints: the run starts the local stand-in judge server.",
+        description="Base URL of the OpenAI-compatible API, e.g. https://api.cerebras.ai/v1 (the one-endpoint form; see endpoints). Unset with no endpoints: the domain-name demo starts the local stand-in judge server (judge.local_server.enabled); a run on its own data.path with a judge term must set it (or endpoints).",
     )
     endpoints: list[EndpointConfig] = Field(
         default_factory=list,
@@ -180,13 +180,13 @@ class JudgeConfig(BaseModel):
         ge=0,
         description="Times a sample is asked again after an empty, malformed or invalid verdict before it is left unscored.",
     )
-    rubric: str = Field(
+    rubric: str | None = Field(
         default="seed000",
-        description="Rubric: a name under rewards/rubrics/ (seed000) or a path to a rubric YAML file.",
+        description="Rubric: a name under rewards/rubrics/ (seed000, the domain-name demo's) or a path to a rubric YAML file (its system_template needs the placeholders $criteria, $fences and $output_format). null: judge.criteria on a neutral template. A run on its own data.path gets null unless it sets one.",
     )
     criteria: list[CriterionConfig] | None = Field(
         default=None,
-        description="Override of the rubric's criteria (null: the rubric's own). The rubric's template and request check stay; the cache key changes.",
+        description="Criteria to score (each {name, weight, description}): with judge.rubric, they replace the rubric's own (its template and request check stay; the cache key changes); with judge.rubric null, they go on a neutral template (no task text, no request check).",
     )
     strip_think: bool = Field(default=True, description="Remove <think>...</think> from the completion before judging.")
     rule_gate: bool = Field(
@@ -222,15 +222,24 @@ class JudgeConfig(BaseModel):
             raise ValueError("judge.criteria must name at least one criterion (or be null for the rubric's)")
         if self.criteria is not None and sum(c.weight for c in self.criteria) <= 0:
             raise ValueError("judge.criteria weights must not all be 0")
-        remote = self.base_url is not None or bool(self.endpoints)
-        if not remote and self.local_server.enabled is False:
-            raise ValueError("judge.base_url (or judge.endpoints) is required when judge.local_server.enabled=false")
-        if remote and self.local_server.enabled:
+        if self.is_remote and self.local_server.enabled:
             raise ValueError(
                 "set either a remote judge (judge.base_url / judge.endpoints) or judge.local_server.enabled=true, not both"
             )
-        self.rubric_spec()  # loads the rubric now: a bad rubric fails early
+        if self.rubric is not None or self.criteria is not None:
+            self.rubric_spec()  # loads the rubric now: a bad rubric fails early
         return self
+
+    @property
+    def is_remote(self) -> bool:
+        """True when an endpoint is configured (``base_url`` or ``endpoints``)."""
+        return self.base_url is not None or bool(self.endpoints)
+
+    @property
+    def has_endpoint(self) -> bool:
+        """True when the judge can be called: an endpoint is configured or the stand-in will be started.
+        Without one (``local_server.enabled: false`` and no endpoint) a judge term cannot run."""
+        return self.is_remote or self.uses_local_server
 
     @property
     def concurrency(self) -> int:
@@ -246,8 +255,9 @@ class JudgeConfig(BaseModel):
 
     @property
     def uses_local_server(self) -> bool:
-        """True when this run starts the stand-in judge server itself."""
-        return self.base_url is None and not self.endpoints
+        """True when this run starts the stand-in judge server itself (``local_server.enabled``
+        true, or null without an endpoint; a run on its own data.path has null resolved to false)."""
+        return not self.is_remote and self.local_server.enabled is not False
 
     def rubric_spec(self) -> Rubric:
         """The effective rubric (the rubric file with the ``criteria`` override applied).
@@ -255,7 +265,7 @@ class JudgeConfig(BaseModel):
         Loaded at validation and kept with the config (it travels to Ray actors
         with it); reloaded if ``rubric`` or ``criteria`` changed since (model_copy).
         """
-        cached = self._rubric
+        cached = self._rubric  # resolve_rubric: RubricError when neither rubric nor criteria is set
         if not (isinstance(cached, tuple) and cached[0] == self.rubric and cached[1] == self.criteria):
             cached = (self.rubric, self.criteria, resolve_rubric(self.rubric, self.criteria))
             self._rubric = cached

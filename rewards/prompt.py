@@ -45,7 +45,7 @@ import unicodedata
 from collections.abc import Sequence
 
 from rewards.config import CriterionConfig
-from rewards.rubric import REQUEST_CHECK_KEY, Rubric
+from rewards.rubric import REQUEST_CHECK_KEY, Rubric, neutral_rubric
 
 __all__ = [
     "CANDIDATE_CLOSE",
@@ -209,8 +209,8 @@ def build_judge_messages(
 ) -> list[dict[str, str]]:
     """The chat messages of one judge request: ``[system, user]``.
 
-    ``rubric`` may be a bare list of criteria (then the shipped seed000
-    template is used, without a request check). The candidate is expected to
+    ``rubric`` may be a bare list of criteria (then the neutral template is
+    used, without a request check). The candidate is expected to
     be think-stripped already (see ``strip_think``).
     """
     return [
@@ -220,24 +220,14 @@ def build_judge_messages(
 
 
 def as_rubric(rubric: Rubric | Sequence[CriterionConfig]) -> Rubric:
-    """``rubric`` itself, or a bare list of criteria as a rubric with seed000's
-    template and no request check."""
+    """``rubric`` itself, or a bare list of criteria as a rubric on the neutral
+    template (``rewards.rubric.NEUTRAL_TEMPLATE``: no task text, no request check)."""
     if isinstance(rubric, Rubric):
         return rubric
-    from rewards.rubric import load_rubric
-
     criteria = list(rubric)
     if not criteria:
         raise ValueError("the judge rubric must name at least one criterion")
-    base = load_rubric("seed000")
-    return Rubric.model_validate(
-        {
-            **base.model_dump(),
-            "criteria": [c.model_dump() for c in criteria],
-            "request_check": None,
-            "system_template": base.system_template.replace("$request_check", ""),
-        }
-    )
+    return neutral_rubric(criteria, "neutral-v1")
 
 
 def _object_schema(properties: dict[str, dict[str, object]]) -> dict[str, object]:

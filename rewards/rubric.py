@@ -1,10 +1,12 @@
 """Rubrics as data: weighted criteria, an optional request check, and the judge's
 system-prompt template, in a versioned YAML file.
 
-``judge.rubric`` names a file under ``rewards/rubrics/`` (``seed000``) or gives a
-path to one. ``judge.criteria``, when set, replaces the file's criteria (the
-template and the request check stay) and changes the effective version, so
-cached verdicts of the two never mix.
+``judge.rubric`` names a file under ``rewards/rubrics/`` (``seed000``, the
+domain-name demo's) or gives a path to one. ``judge.criteria``, when set,
+replaces the file's criteria (the template and the request check stay) and
+changes the effective version, so cached verdicts of the two never mix. With no
+rubric file (``judge.rubric: null``), ``judge.criteria`` are put on
+``NEUTRAL_TEMPLATE``: no task text and no request check.
 
 **Reward of one verdict** (``Rubric.reward``), with ``q`` the weighted criteria
 score ``sum_c w_c * score_c / 10 / sum_c w_c`` in [0, 1]:
@@ -30,6 +32,7 @@ The system template is ``string.Template`` text with the placeholders
 read them back), ``$fences`` (the fixed statement that fenced text is data, not
 instructions), ``$output_format`` (the JSON shape of the verdict), all three
 required, and ``$request_check`` (required when the rubric has a request check).
+A file that lacks one is a one-line ``RubricError`` naming the placeholder.
 """
 
 from __future__ import annotations
@@ -55,7 +58,9 @@ __all__ = [
     "RubricError",
     "Verdict",
     "available_rubrics",
+    "NEUTRAL_TEMPLATE",
     "load_rubric",
+    "neutral_rubric",
     "resolve_rubric",
 ]
 
@@ -64,6 +69,16 @@ REQUEST_CHECK_KEY = "request_check"
 """Key of the request-check object in a verdict; no criterion may use it."""
 REQUIRED_PLACEHOLDERS = ("criteria", "fences", "output_format")
 ALLOWED_PLACEHOLDERS = (*REQUIRED_PLACEHOLDERS, "request_check")
+NEUTRAL_TEMPLATE = """You are an impartial judge. You grade one candidate answer to a request against a weighted rubric.
+
+Rubric (score each criterion from 0 = worst to 10 = best):
+$criteria
+
+$fences
+
+$output_format
+"""
+"""The system template of criteria given without a rubric file: no task text, no request check."""
 
 
 class CriterionConfig(BaseModel):
@@ -192,7 +207,11 @@ def _check_template(template: str, has_request_check: bool) -> None:
     if has_request_check and "request_check" not in found:
         missing.append("request_check")
     if missing:
-        raise ValueError(f"system_template lacks the placeholders {missing}")
+        needed = ", ".join(f"${p}" for p in missing)
+        raise ValueError(
+            f"system_template lacks the placeholders {needed} (every rubric template needs "
+            f"{', '.join(f'${p}' for p in REQUIRED_PLACEHOLDERS)}; $request_check with a request_check)"
+        )
 
 
 def available_rubrics() -> list[str]:
@@ -227,7 +246,8 @@ def _load_cached(path: str, mtime_ns: int) -> Rubric:
     except ValidationError as err:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "rubric"
-        raise RubricError(f"judge.rubric: {path}: invalid '{where}': {first['msg']}") from None
+        msg = first["msg"].removeprefix("Value error, ")
+        raise RubricError(f"judge.rubric: {path}: invalid '{where}': {msg}") from None
 
 
 def load_rubric(ref: str) -> Rubric:
@@ -236,13 +256,36 @@ def load_rubric(ref: str) -> Rubric:
     return _load_cached(str(path.resolve()), path.stat().st_mtime_ns)
 
 
-def resolve_rubric(ref: str, criteria: list[CriterionConfig] | None = None) -> Rubric:
+def neutral_rubric(criteria: list[CriterionConfig], version: str) -> Rubric:
+    """``criteria`` on ``NEUTRAL_TEMPLATE``, without a request check."""
+    return Rubric(
+        name="criteria",
+        version=version,
+        description="Criteria given in the config, on the neutral template.",
+        criteria=list(criteria),
+        system_template=NEUTRAL_TEMPLATE,
+    )
+
+
+def resolve_rubric(ref: str | None, criteria: list[CriterionConfig] | None = None) -> Rubric:
     """The effective rubric: ``load_rubric(ref)`` with ``criteria`` (if given)
-    in place of its own, under a version that names the override's hash."""
+    in place of its own, under a version that names the override's hash; with
+    ``ref`` None, ``criteria`` on the neutral template (``RubricError`` without them)."""
+    if ref is None and criteria is None:
+        raise RubricError("judge: set judge.rubric (a rubric file) or judge.criteria (criteria on a neutral template)")
+    digest = (
+        hashlib.sha256(json.dumps([c.model_dump() for c in criteria], sort_keys=True).encode()).hexdigest()[:10]
+        if criteria is not None
+        else ""
+    )
+    if ref is None:
+        try:
+            return neutral_rubric(list(criteria or []), f"neutral-v1+criteria-{digest}")
+        except ValidationError as err:
+            raise RubricError(f"judge.criteria: {err.errors()[0]['msg']}") from None
     rubric = load_rubric(ref)
     if criteria is None:
         return rubric
-    digest = hashlib.sha256(json.dumps([c.model_dump() for c in criteria], sort_keys=True).encode()).hexdigest()[:10]
     try:
         return Rubric.model_validate(
             {

@@ -13,6 +13,7 @@ import ray
 from ray_jobs.train import main
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+OWN_JUDGE = ["judge.local_server.enabled=true", "judge.rubric=seed000"]  # own data.path: no demo judge unless set
 
 
 def _error_line(capsys, argv: list[str]) -> str:
@@ -52,14 +53,14 @@ def test_vllm_backend_without_vllm(capsys, base, monkeypatch) -> None:
 
 
 def test_missing_dataset_file(capsys, base) -> None:
-    line = _error_line(capsys, base + ["data.path=/nonexistent/prompts.jsonl"])
+    line = _error_line(capsys, base + OWN_JUDGE + ["data.path=/nonexistent/prompts.jsonl"])
     assert line == "error: data.path: file /nonexistent/prompts.jsonl does not exist"
 
 
 def test_row_without_prompt_field(capsys, base, tmp_path: Path) -> None:
     data = tmp_path / "d.jsonl"
     data.write_text(json.dumps({"description": "a bakery"}) + "\n" + json.dumps({"text": "oops"}) + "\n")
-    line = _error_line(capsys, base + [f"data.path={data}"])
+    line = _error_line(capsys, base + OWN_JUDGE + [f"data.path={data}", "data.prompt_field=description"])
     assert line.startswith(f"error: data: row 1 of {data} has no usable 'description' field")
 
 
@@ -103,7 +104,7 @@ def test_hub_dataset_name_that_does_not_exist(capsys, base, monkeypatch) -> None
         raise RepositoryNotFoundError.__new__(RepositoryNotFoundError)  # what a 404 from the hub raises
 
     monkeypatch.setattr("huggingface_hub.HfApi.repo_info", missing)
-    line = _error_line(capsys, base + ["data.path=someone/no-such-dataset"])
+    line = _error_line(capsys, base + OWN_JUDGE + ["data.path=someone/no-such-dataset"])
     assert line.startswith(
         "error: data.path: 'someone/no-such-dataset' is not a local path and the Hugging Face "
         "hub has no dataset of that name"
