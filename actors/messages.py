@@ -23,7 +23,9 @@ class PromptItem:
     ``prompt_text`` (with the generation prompt appended); ``prompt_text`` is the
     raw user text a judge sees. ``fields`` is the dataset row the prompt came
     from, as plain JSON values (what reward terms read as ``ctx.row``; empty
-    when the prompt was not loaded from a dataset).
+    when the prompt was not loaded from a dataset). ``messages`` is the chat
+    conversation of a conversational row as the dataset gave it (what TRL-style
+    reward functions get as ``prompts``; None for a text prompt).
     """
 
     prompt_id: str
@@ -31,6 +33,7 @@ class PromptItem:
     prompt_text: str
     prompt_token_ids: list[int]
     fields: dict[str, Any] = field(default_factory=dict)
+    messages: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,13 @@
-"""Prompt datasets: load, validate every row up front, tokenise, and serve in epochs."""
+"""Prompt datasets: load, validate every row up front, tokenise, and serve in epochs.
+
+A row's prompt is its ``data.prompt_field`` (or ``data.prompt_template`` filled from its
+fields) in one of TRL's prompt-only forms: *standard*, a string, shown to the policy as one
+user message after ``data.system_prompt``; or *conversational*, a list of ``{"role",
+"content"}`` messages (string content), to which the chat template is applied as given
+(``data.system_prompt`` is added only when the list has no system message; a last
+assistant message is continued, as TRL does). The judge sees a conversational prompt's
+last user message. A row without a usable prompt is a one-line ``DatasetError`` naming it.
+"""
 
 from __future__ import annotations
 
@@ -36,7 +45,7 @@ class DataConfig(BaseModel):
     split: str = Field(default="train", description="Split to load for hub datasets.")
     prompt_field: str = Field(
         default="description",
-        description="Row field holding the prompt text (what the judge sees as the request); unused with prompt_template.",
+        description="Row field holding the prompt: a string (TRL's standard form; what the judge sees as the request) or a list of {role, content} messages (TRL's conversational form; the judge sees the last user message). Default: the demo's 'description'; 'prompt' on one's own data.path. Unused with prompt_template.",
     )
     prompt_template: str | None = Field(
         default=None,
@@ -51,7 +60,7 @@ class DataConfig(BaseModel):
     )
     system_prompt: str | None = Field(
         default=DEFAULT_SYSTEM_PROMPT,
-        description="System message shown to the policy before each prompt (null for none).",
+        description="System message shown to the policy before each prompt (null for none; not added to a conversational prompt that has its own). Default: the domain-name demo's; none on one's own data.path.",
     )
     max_prompt_tokens: int = Field(
         default=256, ge=1, description="Rows whose formatted prompt is longer are skipped (counted and logged)."
@@ -88,12 +97,47 @@ def prompt_text(data: DataConfig, row: dict, i: int, name: str, section: str = "
             raise DatasetError(f"{section}: row {i} of {name} fills data.prompt_template with blank text")
         return text
     value = row.get(data.prompt_field)
+    if isinstance(value, list):
+        messages = conversation(data, row, i, name, section) or []
+        return next(m["content"] for m in reversed(messages) if m["role"] == "user")
     if not isinstance(value, str) or not value.strip():
         raise DatasetError(
             f"{section}: row {i} of {name} has no usable '{data.prompt_field}' field "
             f"(got {type(value).__name__}); fields with values: {sorted(k for k, v in row.items() if v is not None)}"
         )
     return value
+
+
+def conversation(data: DataConfig, row: dict, i: int, name: str, section: str = "data") -> list[dict] | None:
+    """Row ``i``'s prompt as chat messages when its ``data.prompt_field`` is a list (TRL's
+    conversational form), else None; ``DatasetError`` (one line, naming the row and message)
+    when a message is not a ``{"role": str, "content": str}`` mapping or none is a user's."""
+    value = row.get(data.prompt_field)
+    if data.prompt_template is not None or not isinstance(value, list):
+        return None
+    where = f"{section}: row {i} of {name}: '{data.prompt_field}'"
+    shape = 'a conversational prompt is a list of {"role": ..., "content": "<text>"} messages'
+    for j, message in enumerate(value):
+        if not isinstance(message, dict):
+            raise DatasetError(f"{where} message {j} is a {type(message).__name__}; {shape}")
+        for key in ("role", "content"):
+            if not isinstance(message.get(key), str):
+                got = "missing" if message.get(key) is None else f"a {type(message[key]).__name__}"
+                raise DatasetError(f"{where} message {j} has no string '{key}' ({got}); {shape}")
+    users = [m for m in value if m["role"] == "user"]
+    if not users or not users[-1]["content"].strip():
+        raise DatasetError(f"{where} has no user message with text; {shape}")
+    return [dict(m) for m in value]
+
+
+def chat_messages(data: DataConfig, text: str, messages: list[dict] | None) -> list[dict]:
+    """The messages the chat template is applied to: a conversational row's as given (with
+    ``data.system_prompt`` first only when they have no system message), else the system prompt
+    (if any) and ``text`` as the user's message."""
+    system = [{"role": "system", "content": data.system_prompt}] if data.system_prompt else []
+    if messages is not None:
+        return messages if any(m["role"] == "system" for m in messages) else system + messages
+    return [*system, {"role": "user", "content": text}]
 
 
 def _load_rows(data: DataConfig, key: str = "data.path") -> tuple[list[dict], str]:
@@ -140,17 +184,14 @@ def load_labelled_prompts(
             raise DatasetError(
                 f"{section}: row {i} of {name} has '{label_field}' = {label!r}; a label must be true, false or null"
             )
-        messages = [{"role": "system", "content": data.system_prompt}] if data.system_prompt else []
-        messages.append({"role": "user", "content": text})
-        ids = tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=False, **data.chat_template_kwargs
-        )
-        token_ids = tokenizer(ids, add_special_tokens=False)["input_ids"]
+        given = conversation(data, row, i, name, section)
+        messages = chat_messages(data, text, given)
+        token_ids = tokenizer(_formatted(tokenizer, messages, data), add_special_tokens=False)["input_ids"]
         if len(token_ids) > data.max_prompt_tokens:
             too_long += 1
             continue
         row_id = row.get(data.id_field) if data.id_field else None
-        items.append(PromptItem(str(row_id if row_id is not None else i), i, text, token_ids, row))
+        items.append(PromptItem(str(row_id if row_id is not None else i), i, text, token_ids, row, given))
         labels.append(label)
     if too_long:
         log.warning(
@@ -165,6 +206,18 @@ def load_labelled_prompts(
             f"{section}: every row of {name} is longer than data.max_prompt_tokens={data.max_prompt_tokens}"
         )
     return items, labels
+
+
+def _formatted(tokenizer, messages: list[dict], data: DataConfig) -> str:
+    """The chat template applied to ``messages``: a generation prompt after them, or, when the last
+    is the assistant's (a prefill), that message continued (TRL's ``continue_final_message``)."""
+    if messages[-1]["role"] == "assistant":
+        return tokenizer.apply_chat_template(
+            messages, continue_final_message=True, tokenize=False, **data.chat_template_kwargs
+        )
+    return tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=False, **data.chat_template_kwargs
+    )
 
 
 Item = TypeVar("Item")
