@@ -6,12 +6,12 @@ event loop and shares one ``JudgeReward`` and one ``ChatEngine`` per reward
 engine: their per-endpoint limits (concurrency, requests/min, tokens/min),
 circuit breakers, caches and in-flight gauges apply across all concurrent
 ``score`` calls. Each sample is scored with its prompt's dataset row
-(``PromptItem.fields``), which terms taking ``ctx`` read as ``ctx.row``.
+(``PromptItem.fields``), which terms taking ``ctx`` read as ``ctx.row``;
+a TRL-style reward function gets the call's samples as one batch.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from pydantic import SecretStr
 
 from actors.messages import RolloutResult, Sample, ScoredSample, ScoreResult
-from rewards.composer import JUDGE_TERM, RewardComposer, ScoredParts
+from rewards.composer import JUDGE_TERM, RewardComposer, ScoredParts, ScoreInput
 from rewards.config import JudgeConfig, RewardConfig
 from rewards.llm import EngineUsage
 from rewards.metrics import JudgeTrace, call_metrics, engine_metrics, term_metrics
@@ -65,7 +65,7 @@ class JudgePool:
         await self._composer.check_endpoint()
 
     async def score(self, result: RolloutResult) -> ScoreResult:
-        """Score every sample of ``result`` concurrently.
+        """Score every sample of ``result`` concurrently (TRL-style terms once, for the whole call).
 
         ``judge_s`` is the wall time of this call, ``judge_requests`` the HTTP
         requests sent to the judge, ``judge_failures`` the samples left
@@ -78,11 +78,17 @@ class JudgePool:
         with contextlib.ExitStack() as stack:
             watch = stack.enter_context(gauge.watch()) if gauge is not None else _NoWatch()
             engine_watches = {n: stack.enter_context(e.gauge.watch()) for n, e in self._composer.engines.items()}
-            parts = await asyncio.gather(
-                *(
-                    self._composer.score(s.prompt.prompt_text, s.completion_text, s.prompt.fields)
+            parts = await self._composer.score_batch(
+                [
+                    ScoreInput(
+                        s.prompt.prompt_text,
+                        s.completion_text,
+                        s.prompt.fields,
+                        s.prompt.messages,
+                        s.completion_token_ids,
+                    )
                     for s in result.samples
-                )
+                ]
             )
         scored_at = time.time()
         scored = [self._record(sample, part) for sample, part in zip(result.samples, parts)]

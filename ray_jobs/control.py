@@ -22,6 +22,7 @@ from ray_jobs.config import RunConfig
 from ray_jobs.data import PromptSource
 from ray_jobs.faults import RolloutCall, RunFaultError, StopRequested
 from ray_jobs.lifecycle import Checkpoint, DriverState, directory_bytes, write_checkpoint
+from rewards.trl_terms import TermContractError
 
 log = logging.getLogger("relay.train")
 
@@ -144,7 +145,8 @@ def command_exit_code(
     load: Callable[[], Any], job: Callable[[Any], object], bad_input: tuple[type[BaseException], ...]
 ) -> int:
     """Load a job's config and run it, as a command: bad input is ``error: ...`` and exit code 2,
-    a fault the run cannot recover from exit code 1, a graceful stop 143 (checkpoint written),
+    a fault the run cannot recover from (or a reward function breaking its contract) exit code 1,
+    a graceful stop 143 (checkpoint written),
     a second signal 130; each with one line saying how to go on."""
     cfg = None
     try:
@@ -155,6 +157,9 @@ def command_exit_code(
         return 2
     except RunFaultError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except TermContractError as exc:  # raised in the judge pool: Ray's wrapper keeps the one-line cause
+        print(f"error: {getattr(exc, 'cause', exc)}", file=sys.stderr)
         return 1
     except StopRequested:
         where = f" ({cfg.run.directory})" if cfg is not None else ""

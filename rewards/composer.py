@@ -5,8 +5,11 @@ rule from ``rewards.rules.RULE_TERMS``) or by a dotted path
 ``package.module:function`` to a user function ``(prompt, completion) -> float | None``
 or ``(prompt, completion, ctx: RewardContext) -> float | None``, sync or async
 (``rewards/terms.py``; sync user functions run in a worker thread via
-``asyncio.to_thread``; the built-in rules are cheap and run inline). A term's
-``options`` are passed to it as keyword arguments.
+``asyncio.to_thread``; the built-in rules are cheap and run inline), or a
+TRL-style reward function ``f(completions, **kwargs) -> list[float | None]``
+called once per batch with TRL's arguments (``rewards/trl_terms.py``; told
+apart by ``reward.terms[*].style``, by default by its ``completions``
+parameter). A term's ``options`` are passed to it as keyword arguments.
 
 Sync user functions never block the event loop (the judge pool's requests keep
 flowing while they run); the default executor bounds how many run at once.
@@ -16,7 +19,8 @@ engines (``ctx.llm(name)``): one ``ChatEngine`` per ``reward.engines`` entry
 and ``judge`` for the judge's endpoints (sharing the judge term's client),
 built once here and shared by every term and sample (``rewards/llm.py``).
 
-``RewardComposer.score`` evaluates all terms of one sample concurrently. The
+``RewardComposer.score_batch`` evaluates all terms of a batch's samples
+concurrently (``score``: one sample). For each sample the
 total is ``sum(weight * value)`` over the terms with a non-zero weight; if any
 of those fails (raises ``RewardError``, e.g. an ``LLMCallError``, returns None,
 returns a non-number or a non-finite number, or raises anything else), the
@@ -31,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,13 +50,16 @@ from rewards.llm import ChatEngine
 from rewards.metrics import JudgeTrace
 from rewards.rules import RULE_TERMS
 from rewards.terms import FunctionTerm, JudgeTerm, Outcome, TermFn, load_term_function
+from rewards.trl_terms import BatchFunctionTerm, ScoreInput, TermContractError, is_trl_style
 
 __all__ = [
     "JUDGE_TERM",
     "REGISTERED_TERMS",
     "RewardComposer",
     "RewardError",
+    "ScoreInput",
     "ScoredParts",
+    "TermContractError",
     "TermFn",
     "load_term_function",
 ]
@@ -90,7 +97,7 @@ class ScoredParts:
     term_usage: dict[str, TermUsage] = field(default_factory=dict, compare=False)
 
 
-_Term = JudgeTerm | FunctionTerm
+_Term = JudgeTerm | FunctionTerm | BatchFunctionTerm
 
 
 def _given_keys(judge: JudgeConfig | None, api_key: SecretStr | Mapping[str, SecretStr] | None) -> dict[str, SecretStr]:
@@ -162,9 +169,10 @@ class RewardComposer:
         if term.name in RULE_TERMS:
             return FunctionTerm(term.name, term.weight, RULE_TERMS[term.name], in_thread=False)
         if ":" in term.name:
-            return FunctionTerm(
-                term.name, term.weight, load_term_function(term.name), in_thread=True, options=term.options
-            )
+            fn = load_term_function(term.name)
+            if term.style == "trl" or (term.style == "auto" and is_trl_style(fn)):
+                return BatchFunctionTerm(term.name, term.weight, fn, term.options)
+            return FunctionTerm(term.name, term.weight, fn, in_thread=True, options=term.options)
         raise ValueError(
             f"unknown reward term {term.name!r}: registered terms are {list(REGISTERED_TERMS)}, "
             "or give a user function as 'package.module:function'"
@@ -183,7 +191,7 @@ class RewardComposer:
             where = f"reward.engines.{name}"
             engines[name] = ChatEngine(name, config, keys_from(config, given, os.environ, where), where=where, **inject)
         with_ctx = any(isinstance(t, FunctionTerm) and t.with_ctx for t in self._terms)
-        if with_ctx and judge is not None and api_key is not None:
+        if with_ctx and judge is not None and api_key is not None and judge.is_remote:
             client = self._judge.client if self._judge is not None else None
             keys = {} if client is not None else keys_from(judge, given, os.environ, "judge")
             engines[JUDGE_ENGINE] = ChatEngine(JUDGE_ENGINE, judge, keys, where="judge", client=client, **inject)
@@ -192,10 +200,33 @@ class RewardComposer:
     async def score(self, prompt_text: str, completion_text: str, row: Mapping[str, Any] | None = None) -> ScoredParts:
         """Evaluate all terms concurrently and combine them (see module docstring);
         ``row`` is the prompt's dataset row, ``ctx.row`` of the terms that take ``ctx``."""
-        row = row or {}
-        outcomes = await asyncio.gather(
-            *(t.evaluate(prompt_text, completion_text, row, self._engines) for t in self._terms)
-        )
+        return (await self.score_batch([ScoreInput(prompt_text, completion_text, row or {})]))[0]
+
+    async def score_batch(self, inputs: Sequence[ScoreInput]) -> list[ScoredParts]:
+        """``score`` for each of ``inputs`` (one ``ScoredParts`` each, in order): per-sample terms
+        per input and TRL-style terms once for the batch, all concurrently. A TRL term's
+        ``TermContractError`` (wrong number of values) cancels the rest and is raised."""
+        per_sample = [t for t in self._terms if not isinstance(t, BatchFunctionTerm)]
+        batch_terms = [t for t in self._terms if isinstance(t, BatchFunctionTerm)]
+        jobs = [
+            *(
+                asyncio.gather(*(t.evaluate(i.prompt, i.completion, i.row, self._engines) for t in per_sample))
+                for i in inputs
+            ),
+            *(t.evaluate_batch(inputs) for t in batch_terms),
+        ]
+        done = await _all_or_cancel(jobs)
+        sample_outcomes, batch_outcomes = done[: len(inputs)], done[len(inputs) :]
+        parts = []
+        for n, outcomes in enumerate(sample_outcomes):
+            by_term: dict[str, Outcome] = dict(zip((t.name for t in per_sample), outcomes))
+            for t, b in zip(batch_terms, batch_outcomes):
+                by_term[t.name] = Outcome(b.values[n], b.errors[n], seconds=b.seconds / len(inputs))
+            parts.append(self._combine([by_term[t.name] for t in self._terms]))
+        return parts
+
+    def _combine(self, outcomes: list[Outcome]) -> ScoredParts:
+        """One sample's ``ScoredParts`` from its terms' outcomes (in config order)."""
         judge = next((o for t, o in zip(self._terms, outcomes) if isinstance(t, JudgeTerm)), Outcome(None, None))
         terms = {t.name: o.value for t, o in zip(self._terms, outcomes)}
         weighted = [(t, o) for t, o in zip(self._terms, outcomes) if t.weight != 0]
@@ -231,3 +262,14 @@ class RewardComposer:
             await self._judge.aclose()
         for engine in self._engines.values():
             await engine.aclose()
+
+
+async def _all_or_cancel(jobs: list[Awaitable[Any]]) -> list[Any]:
+    """``asyncio.gather`` of ``jobs``; when one raises, the others are cancelled before it propagates."""
+    tasks = [asyncio.ensure_future(j) for j in jobs]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        raise

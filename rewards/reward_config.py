@@ -123,12 +123,16 @@ class RewardTermConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(
-        description="Registered reward name ('judge', 'domain_format', ...) or a dotted path 'package.module:function'."
+        description="Registered reward name ('judge', 'domain_format', ...) or a dotted path 'package.module:function' (a relay per-sample function or a TRL reward function; see style)."
     )
     weight: float = Field(default=1.0, description="Weight of this term in the total reward.")
     options: dict[str, Any] = Field(
         default_factory=dict,
         description="Keyword arguments passed to a user function term on every call (e.g. {engine: geo}); registered terms take none.",
+    )
+    style: Literal["auto", "sample", "trl"] = Field(
+        default="auto",
+        description="How a user function is called. sample: relay's per-sample fn(prompt, completion[, ctx]); trl: TRL's GRPOTrainer convention, batched fn(prompts=..., completions=..., completion_ids=..., <dataset columns>=...) -> list[float | None]; auto: trl when the function has a parameter named completions, else sample.",
     )
 
 
