@@ -2,6 +2,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from shipped_configs import job_of, shipped_configs
 
 from ray_jobs.config import ConfigError, ExperimentConfig, apply_override, load_config, redacted
 
@@ -9,17 +10,16 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _training_configs() -> list[Path]:
-    """Shipped configs of ``ray_jobs.train``: those whose first line does not name an offline job
-    (``tests/ray_jobs/test_offline_config.py`` loads those)."""
-    offline = ("ray_jobs.sft", "ray_jobs.preference", "ray_jobs.evaluate")
-    return [
-        p
-        for p in sorted((REPO_ROOT / "configs").glob("*.yaml"))
-        if not any(job in p.read_text().splitlines()[0] for job in offline)
-    ]
+    """Shipped configs of ``relay train`` (any folder of ``configs/``): those whose first line names
+    that job (``tests/ray_jobs/test_offline_config.py`` loads the others)."""
+    return [p for p in shipped_configs() if job_of(p) == "train"]
 
 
-@pytest.mark.parametrize("path", _training_configs(), ids=lambda p: p.name)
+def _name(path: Path) -> str:
+    return str(path.relative_to(REPO_ROOT / "configs"))
+
+
+@pytest.mark.parametrize("path", _training_configs(), ids=_name)
 def test_every_shipped_config_loads(path: Path) -> None:
     cfg = load_config(path)
     assert isinstance(cfg, ExperimentConfig)
@@ -105,7 +105,7 @@ def test_redaction_masks_secret_values_but_not_env_names() -> None:
     assert config_module.redacted(Fake())["x"] == {"api_key": "***", "auth_token": "***", "max_tokens": 5}
 
 
-@pytest.mark.parametrize("path", [p for p in _training_configs() if p.name.startswith("gpu_")], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [p for p in _training_configs() if p.name.startswith("gpu_")], ids=_name)
 def test_gpu_configs_train_with_master_weights_and_rollout_correction(path: Path) -> None:
     """vLLM samples in bf16 with its own kernels, so its log-probs differ from the learner's by 1e-3 to
     1e-2 per token: more than GSPO's whole clip band. The shipped GPU recipes correct that mismatch

@@ -65,7 +65,7 @@ def test_chat_template_kwargs_reach_the_template(tmp_path: Path, tiny_tokenizer)
 def test_the_shipped_geo_dataset_loads_with_its_template(tiny_tokenizer) -> None:
     from ray_jobs.config import load_config
 
-    cfg = load_config(REPO_ROOT / "configs/cpu_geo_grpo.yaml")
+    cfg = load_config(REPO_ROOT / "configs/sft_then_grpo_geo/cpu_2_grpo.yaml")
     items = load_prompts(cfg.data.model_copy(update={"path": str(REPO_ROOT / cfg.data.path)}), tiny_tokenizer)
     assert len(items) == 100
     for item in items:

@@ -1,5 +1,6 @@
-"""Seed 001's CPU GEO recipe end to end on local Ray: the tiny policy, the stand-in engine started
-by the driver (with injected faults), the LLM-calling reward term and its metrics."""
+"""The GEO task's CPU recipe (stage 2 of sft_then_grpo_geo, here from the built-in tiny model) end
+to end on local Ray: the tiny policy, the stand-in engine started by the driver (with injected
+faults), the LLM-calling reward term and its metrics."""
 
 from __future__ import annotations
 
@@ -19,8 +20,9 @@ TERM = "rewards.geo:visibility_gain"
 def test_cpu_geo_recipe_runs_with_a_faulty_engine(tmp_path: Path, tiny_model_config) -> None:
     faults = "[--latency-s, '0.02', --status-rate, '429=0.1,503=0.1', --retry-after-s, '0', --empty-rate, '0.05']"
     cfg = load_config(
-        REPO_ROOT / "configs/cpu_geo_grpo.yaml",
+        REPO_ROOT / "configs/sft_then_grpo_geo/cpu_2_grpo.yaml",
         [
+            "model.path=builtin:tiny-qwen",  # not stage 1's output: the recipe's stage 2 alone
             f"run.output_dir={tmp_path}",
             f"model.cache_dir={tiny_model_config.cache_dir}",
             "wandb.mode=disabled",

@@ -16,7 +16,7 @@ from ray_jobs.train import main as train_main
 from rewards.rubric import load_rubric
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-GPU_RECIPE = REPO_ROOT / "configs" / "gpu_qwen2.5_0.5b_gspo.yaml"
+GPU_RECIPE = REPO_ROOT / "configs" / "domain_names_gspo" / "gpu_1_gspo.yaml"
 
 
 def _descriptions(model: BaseModel) -> list[str]:

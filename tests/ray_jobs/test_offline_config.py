@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from shipped_configs import job_of, shipped_configs
 
 from ray_jobs import preference, sft
 from ray_jobs.config import ConfigError
@@ -12,50 +13,52 @@ from ray_jobs.eval_config import EvaluateConfig
 from ray_jobs.offline_config import ScheduleConfig, load_job_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-JOBS = {
-    "ray_jobs.sft": sft.SftConfig,
-    "ray_jobs.preference": preference.PreferenceConfig,
-    "ray_jobs.evaluate": EvaluateConfig,
+JOBS: dict[str, type] = {
+    "sft": sft.SftConfig,
+    "preference": preference.PreferenceConfig,
+    "evaluate": EvaluateConfig,
 }
+SFT_GEO = REPO_ROOT / "configs" / "sft_then_grpo_geo"
+CRITIC = REPO_ROOT / "configs" / "simpo_critic_best_of_n"
 
 
 def _offline_configs() -> list[tuple[Path, type]]:
-    """Shipped configs whose first line is the command of an offline job."""
-    found = []
-    for path in sorted((REPO_ROOT / "configs").glob("*.yaml")):
-        first = path.read_text().splitlines()[0]
-        found += [(path, cls) for job, cls in JOBS.items() if f"python -m {job} " in first]
-    return found
+    """Shipped configs (any folder of configs/) whose first line is the command of an offline job."""
+    return [(path, JOBS[job_of(path)]) for path in shipped_configs() if job_of(path) in JOBS]
 
 
 def test_the_recipes_are_shipped() -> None:
-    names = {p.name for p, _ in _offline_configs()}
+    names = {str(p.relative_to(REPO_ROOT / "configs")) for p, _ in _offline_configs()}
     assert {
-        "cpu_sft_then_grpo_1_sft.yaml",
-        "cpu_simpo_critic.yaml",
-        "gpu_qwen3_1.7b_sft_then_grpo_1_sft.yaml",
-        "gpu_qwen3_1.7b_simpo_critic.yaml",
-        "cpu_eval_simpo_critic.yaml",
-        "gpu_qwen3_1.7b_eval_critic_rs.yaml",
+        "sft_then_grpo_geo/cpu_1_sft.yaml",
+        "sft_then_grpo_geo/gpu_1_sft.yaml",
+        "simpo_critic_best_of_n/cpu_1_critic.yaml",
+        "simpo_critic_best_of_n/gpu_1_critic.yaml",
+        "simpo_critic_best_of_n/cpu_2_eval.yaml",
+        "simpo_critic_best_of_n/gpu_2_eval.yaml",
+        "domain_names_gspo/cpu_smollm2_1_sft.yaml",
+        "domain_names_gspo/cpu_smollm2_3_eval.yaml",
     } <= names
 
 
-@pytest.mark.parametrize("path, cls", _offline_configs(), ids=lambda x: getattr(x, "name", ""))
+@pytest.mark.parametrize(
+    "path, cls", _offline_configs(), ids=lambda x: str(x.relative_to(REPO_ROOT)) if isinstance(x, Path) else ""
+)
 def test_every_shipped_offline_config_loads(path: Path, cls: type) -> None:
     assert isinstance(load_job_config(cls, path), cls)
 
 
 def test_cpu_recipes_are_the_embedded_defaults_under_another_name() -> None:
-    recipe = load_job_config(sft.SftConfig, REPO_ROOT / "configs" / "cpu_sft_then_grpo_1_sft.yaml")
+    recipe = load_job_config(sft.SftConfig, SFT_GEO / "cpu_1_sft.yaml")
     assert recipe.model_dump(exclude={"run"}) == sft.SftConfig().model_dump(exclude={"run"})
-    critic = load_job_config(preference.PreferenceConfig, REPO_ROOT / "configs" / "cpu_simpo_critic.yaml")
+    critic = load_job_config(preference.PreferenceConfig, CRITIC / "cpu_1_critic.yaml")
     default = preference.PreferenceConfig()
     assert critic.model_dump(exclude={"run", "algorithm"}) == default.model_dump(exclude={"run", "algorithm"})
     assert critic.algorithm.objective == default.algorithm.objective  # the recipe spells out the preset
 
 
-def test_seed_003_hyperparameters() -> None:
-    cfg = load_job_config(preference.PreferenceConfig, REPO_ROOT / "configs" / "gpu_qwen3_1.7b_simpo_critic.yaml")
+def test_the_gpu_critic_has_the_recipe_hyperparameters() -> None:
+    cfg = load_job_config(preference.PreferenceConfig, CRITIC / "gpu_1_critic.yaml")
     objective = cfg.algorithm.objective
     assert (objective.name, objective.beta, objective.gamma) == ("simpo", 2.0, 1.0)
     assert (cfg.learner.lr, cfg.learner.lr_scheduler, cfg.learner.warmup_ratio) == (5e-6, "cosine", 0.1)

@@ -18,8 +18,8 @@ from ray_jobs.memory_plan import GIB
 from ray_jobs.offline_config import load_job_config
 
 REPO = Path(__file__).resolve().parents[2]
-GPU_CONFIGS = sorted((REPO / "configs").glob("gpu_*.yaml"))
-REFINER = "configs/gpu_qwen3_4b_refiner_grpo.yaml"
+GPU_CONFIGS = sorted((REPO / "configs").rglob("gpu_*.yaml"))
+REFINER = "configs/refiner_grpo/gpu_1_grpo.yaml"
 
 
 @pytest.fixture(autouse=True)
@@ -34,8 +34,8 @@ def _no_ray(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def own_job(config: Path) -> str:
-    """The job a config's header tells users to run it with (python -m ray_jobs.<job> --config <it>)."""
-    found = re.search(rf"python -m ray_jobs\.(\w+) --config configs/{re.escape(config.name)}", config.read_text())
+    """The job a config's header tells users to run it with (its first line: relay <job> --config <it>)."""
+    found = re.match(rf"# relay (\w+) --config {re.escape(str(config.relative_to(REPO)))}\n", config.read_text())
     assert found, f"{config.name} names no command"
     return found.group(1)
 
@@ -54,7 +54,7 @@ def gpu_lines(out: str) -> dict[str, tuple[float, str]]:
     }
 
 
-@pytest.mark.parametrize("config", GPU_CONFIGS, ids=lambda p: p.name)
+@pytest.mark.parametrize("config", GPU_CONFIGS, ids=lambda p: str(p.relative_to(REPO / "configs")))
 def test_every_shipped_gpu_config_passes_its_dry_run(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = dry_run(own_job(config), ["--config", str(config.relative_to(REPO))], capsys)
     assert code == 0, err
@@ -78,7 +78,7 @@ def test_the_4b_refiner_fits_80gb_cards(capsys: pytest.CaptureFixture[str]) -> N
     assert all(gib < 80 for gib in learners) and engines == [0.85 * 80] * 2
 
 
-@pytest.mark.parametrize("config", ["gpu_qwen3_1.7b_sft_then_grpo_2_grpo.yaml", "gpu_qwen3_1.7b_geo_grpo.yaml"])
+@pytest.mark.parametrize("config", ["domain_names_gspo/gpu_sft_2_grpo.yaml", "sft_then_grpo_geo/gpu_2_grpo.yaml"])
 def test_stage_two_estimates_memory_once_stage_one_wrote_its_adapter(
     config: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -102,7 +102,7 @@ def test_rollout_and_learner_sharing_a_gpu_add_up(capsys: pytest.CaptureFixture[
         "learner.num_gpus=0.5",
         "weight_sync.backend=auto",
     ]
-    code, out, err = dry_run("train", ["--config", "configs/gpu_qwen2.5_0.5b_gspo.yaml", *overrides], capsys)
+    code, out, err = dry_run("train", ["--config", "configs/domain_names_gspo/gpu_1_gspo.yaml", *overrides], capsys)
     assert code == 0, err
     (gib, who), *_ = gpu_lines(out).values()
     assert len(gpu_lines(out)) == 1 and who == "rollout worker 0, learner rank 0"
@@ -127,7 +127,7 @@ def test_refuses_an_engine_larger_than_a_node(capsys: pytest.CaptureFixture[str]
 def test_refuses_a_fractional_gpu_count_above_one(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = dry_run(
         "sft",
-        ["--config", "configs/gpu_qwen3_1.7b_sft_then_grpo_1_sft.yaml", "learner.world_size=1", "learner.num_gpus=1.5"],
+        ["--config", "configs/sft_then_grpo_geo/gpu_1_sft.yaml", "learner.world_size=1", "learner.num_gpus=1.5"],
         capsys,
     )
     refused(code, err, "cannot schedule learner rank 0")
@@ -148,7 +148,7 @@ def test_refuses_a_vllm_share_without_room_for_one_sequence(capsys: pytest.Captu
 
 def test_refuses_an_offline_job_that_cannot_fit(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = dry_run(
-        "preference", ["--config", "configs/gpu_qwen3_1.7b_simpo_critic.yaml", "--gpu-memory-gib", "4"], capsys
+        "preference", ["--config", "configs/simpo_critic_best_of_n/gpu_1_critic.yaml", "--gpu-memory-gib", "4"], capsys
     )
     refused(code, err, "cannot fit node 0 GPU 0")
 
@@ -165,7 +165,9 @@ def test_max_model_len_is_checked_by_config_validation_too() -> None:
     with pytest.raises(ConfigError, match=r"9216 exceeds rollout.vllm.max_model_len \(8192\)"):
         load_config(REFINER, ["rollout.max_new_tokens=2048"])
     with pytest.raises(ConfigError, match="exceeds rollout.vllm.max_model_len"):
-        load_job_config(EvaluateConfig, "configs/gpu_qwen3_1.7b_eval_critic_rs.yaml", ["rollout.max_new_tokens=4000"])
+        load_job_config(
+            EvaluateConfig, "configs/simpo_critic_best_of_n/gpu_2_eval.yaml", ["rollout.max_new_tokens=4000"]
+        )
     load_config(REFINER, ["rollout.max_new_tokens=2048", "rollout.backend=hf"])  # HF has no such limit
 
 

@@ -1,4 +1,4 @@
-"""Seed 004's CPU refiner recipe end to end on local Ray: the tiny policy, the stand-in verifier
+"""The refiner task's CPU recipe end to end on local Ray: the tiny policy, the stand-in verifier
 started by the driver (with injected malformed replies), the verification and citation terms and
 their metrics; a failed verification is "no score" with the engine's cause, never 0."""
 
@@ -19,7 +19,7 @@ VERIFY, CITE = "rewards.refiner:verification", "rewards.refiner:citations"
 
 def test_cpu_refiner_recipe_runs_and_leaves_failed_verifications_unscored(tmp_path: Path, tiny_model_config) -> None:
     cfg = load_config(
-        REPO_ROOT / "configs/cpu_refiner_grpo.yaml",
+        REPO_ROOT / "configs/refiner_grpo/cpu_1_grpo.yaml",
         [
             f"run.output_dir={tmp_path}",
             f"model.cache_dir={tiny_model_config.cache_dir}",
