@@ -7,7 +7,7 @@ criteria and a system template with the placeholders ``$criteria``, ``$fences`` 
 prompt-only form, ``{"prompt": ...}``). The config points at the other two; it sets no demo
 value (no system prompt, no shipped rubric, no eval label field) and names a judge endpoint
 to replace. ``--gpu`` takes the model, vLLM, DeepSpeed and pipeline settings of the one-node
-GPU recipe (``configs/gpu_qwen2.5_0.5b_gspo.yaml``); without it the built-in tiny model on CPU.
+GPU recipe (``configs/domain_names_gspo/gpu_1_gspo.yaml``); without it the built-in tiny model on CPU.
 
 Invariants: the written config loads (``ray_jobs.config.load_config``) to exactly the starter
 model; nothing is written when any of the three files exists (one-line error, exit 2).

@@ -2,7 +2,7 @@
 
 The policy (a *refiner*) rewrites a draft answer to a question. Its reward is
 
-    10.0 * verification + 0.5 * citations          (configs/*refiner_grpo.yaml)
+    10.0 * verification + 0.5 * citations          (configs/refiner_grpo/)
 
 **Answer-only mode** (``answer_only``). The judge sees the refined answer only,
 never the reasoning: the completion loses its reasoning (``<think>…</think>``

@@ -26,7 +26,7 @@ no key term or false claim contains another one.
 Why four topics: with 24 the tiny policy (64-dim, 2 layers) showed no learning
 in 200 steps, with eight it reached about 6 %; with four it learns to state one
 topic's key term whatever the question, so the pass rate rises from about 1 %
-to about 25 % (configs/cpu_refiner_grpo.yaml), and the other topics' key terms
+to about 25 % (configs/refiner_grpo/cpu_1_grpo.yaml), and the other topics' key terms
 among the false claims keep it from listing every key term. Conditioning on
 the question is beyond it at this scale.
 

@@ -2,7 +2,7 @@
 
 It answers the verification requests of ``rewards.refiner.verification`` by a
 transparent rule that a policy can honestly learn at toy scale, so the refiner
-recipe runs offline and deterministically on CPU (configs/cpu_refiner_grpo.yaml).
+recipe runs offline and deterministically on CPU (configs/refiner_grpo/cpu_1_grpo.yaml).
 
 **Request.** The last user message holds the fenced blocks
 ``rewards.refiner.VERIFY_BLOCKS`` (``<<<NAME`` … ``NAME>>>``): the question, the
@@ -30,7 +30,7 @@ The HTTP side (auth, faults, latency, the ready line) is
     python -m scripts.refiner_verifier_server --port 0 [--latency-s 0.1 --status-rate 503=0.1]
 
 ``reward.engines.<name>.local_server: scripts.refiner_verifier_server`` makes the
-training driver start it for the run (configs/cpu_refiner_grpo.yaml).
+training driver start it for the run (configs/refiner_grpo/cpu_1_grpo.yaml).
 """
 
 from __future__ import annotations
