@@ -1,8 +1,8 @@
 """Every job command the documentation shows runs: each ``relay <job> ... --config <path>`` or
-``python -m ray_jobs.<job> ... --config <path>`` line in a code block of README.md or docs/
-names a config that exists and passes ``--dry-run`` with the line's own arguments (in process:
-no Ray, no weights). A config that ``relay init DIR`` writes is made first, as a reader would.
-Also: README.md stays short."""
+``python -m ray_jobs.<job> ... --config <path>`` line in a code block of README.md, docs/ or a
+recipe folder's README names a config that exists and passes ``--dry-run`` with the line's own
+arguments (in process: no Ray, no weights). A config that ``relay init DIR`` writes is made
+first, as a reader would. Also: README.md's links lead somewhere (mkdocs checks docs/'s own)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import ray
+from markdown.extensions.toc import slugify
 
 from ray_jobs.cli import COMMANDS
 
@@ -179,3 +180,32 @@ def test_extraction_finds_commands_and_skips_usage_lines(tmp_path: Path) -> None
         (4, "train", ("--config", "mytask/config.yaml"), ("mytask", "--gpu")),
         (5, "preference", ("--config", "configs/x.yaml", "algorithm.name=dpo"), None),
     ]
+
+
+LINK = re.compile(r"\]\((?P<target>[^)\s]+)\)")
+
+
+def anchors(markdown_file: Path) -> set[str]:
+    """The heading ids mkdocs (Python-Markdown's toc) gives a page, outside code blocks."""
+    found, inside = set(), False
+    for line in markdown_file.read_text().splitlines():
+        if FENCE.match(line):
+            inside = not inside
+        elif not inside and (heading := re.match(r"^#{1,6}\s+(.*?)\s*#*$", line)):
+            found.add(slugify(re.sub(r"[`*]", "", heading.group(1)), "-"))
+    return found
+
+
+def test_every_relative_link_of_the_readme_leads_to_a_file_and_heading() -> None:
+    broken = []
+    for match in LINK.finditer((REPO / "README.md").read_text()):
+        target = match["target"]
+        if re.match(r"^[a-z]+:", target):
+            continue
+        path, _, anchor = target.partition("#")
+        file = REPO / path if path else REPO / "README.md"
+        if not file.exists():
+            broken.append(f"{target}: no such file")
+        elif anchor and file.suffix == ".md" and anchor not in anchors(file):
+            broken.append(f"{target}: no heading #{anchor} in {path or 'README.md'}")
+    assert not broken, broken
