@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import ray
-from markdown.extensions.toc import slugify
+from markdown.extensions.toc import slugify  # type: ignore[import-untyped]  # mkdocs's Markdown; no stubs
 
 from ray_jobs.cli import COMMANDS
 
