@@ -5,7 +5,8 @@ A function term is a rule (``rewards.rules``) or a user function loaded from
 when it has a third positional parameter without a default (or one named ``ctx``),
 ``(prompt, completion, ctx: RewardContext) -> float | None``; sync or async.
 ``reward.terms[*].options`` are passed as keyword arguments on every call;
-an option the function cannot take is an error at construction.
+an option the function cannot take is an error at construction. A TRL-style
+reward function (batched, ``f(completions, **kwargs)``) is ``rewards/trl_terms.py``'s.
 
 Outcome of one term for one sample: a finite number, or an error cause (a
 ``RewardError``'s cause, ``<name>_no_score`` for None,
