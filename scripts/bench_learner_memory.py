@@ -100,7 +100,7 @@ def run_case(case: str, steps: int, cache: Path) -> dict:
         )
         shape = (8, 64, 64)
     learner = Learner(learner_cfg, model, AlgorithmConfig(), temperature=1.0)
-    vocab = int(learner.backend.model.config.vocab_size)  # type: ignore[union-attr]
+    vocab = int(learner.backend.model.config.vocab_size)  # type: ignore[union-attr,arg-type]
     loaded = _rss_mib()
     times = []
     for step in range(steps):
