@@ -99,3 +99,25 @@ def _mean_metrics(records: list[dict[str, float]]) -> dict[str, float]:
     """Per-optimiser-step metrics to one value each: the max for ``*_max`` keys, else the mean."""
     keys = dict.fromkeys(k for r in records for k in r)
     return {k: (max if k.endswith("_max") else statistics.fmean)([r[k] for r in records if k in r]) for k in keys}
+
+
+def combine_over_ranks(record: dict[str, float], world_size: int, device: torch.device) -> dict[str, float]:
+    """``record`` summed over the default group's ranks (``*_max`` keys: their max); unchanged
+    with one rank. Collective.
+
+    Every rank must hold the same keys (``_accumulate`` adds padding
+    micro-batches' keys too, and the statistics' keys depend on the settings
+    only), so the values line up when sent in sorted key order.
+    """
+    if world_size == 1:
+        return record
+    combined: dict[str, float] = {}
+    keys = sorted(record)
+    for op, names in (
+        (torch.distributed.ReduceOp.SUM, [k for k in keys if not k.endswith("_max")]),
+        (torch.distributed.ReduceOp.MAX, [k for k in keys if k.endswith("_max")]),
+    ):
+        if names:
+            values = torch.tensor([record[k] for k in names], dtype=torch.float64)
+            combined.update(zip(names, _all_reduce(values, op, device).tolist()))
+    return {key: combined[key] for key in record}

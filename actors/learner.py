@@ -76,9 +76,9 @@ from actors.core_share import board_for
 from actors.data_parallel import (
     MicroBatch,
     _accumulate,
-    _all_reduce,
     _mean_metrics,
     _slices,
+    combine_over_ranks,
     micro_batch_plan,
     shard,
 )
@@ -322,24 +322,8 @@ class Learner(TrainPreparation, SequenceTraining):
         return record
 
     def _combine_over_ranks(self, record: dict[str, float]) -> dict[str, float]:
-        """``record`` summed over ranks (``*_max`` keys: their max); unchanged with one rank.
-
-        Every rank holds the same keys (``_accumulate`` adds padding
-        micro-batches' keys too, and the statistics' keys depend on the settings
-        only), so the values line up when sent in sorted key order.
-        """
-        if self.world_size == 1:
-            return record
-        combined: dict[str, float] = {}
-        keys = sorted(record)
-        for op, names in (
-            (torch.distributed.ReduceOp.SUM, [k for k in keys if not k.endswith("_max")]),
-            (torch.distributed.ReduceOp.MAX, [k for k in keys if k.endswith("_max")]),
-        ):
-            if names:
-                values = torch.tensor([record[k] for k in names], dtype=torch.float64)
-                combined.update(zip(names, _all_reduce(values, op, self.backend.device).tolist()))
-        return {key: combined[key] for key in record}
+        """``record`` summed over ranks (``*_max`` keys: their max); unchanged with one rank."""
+        return combine_over_ranks(record, self.world_size, self.backend.device)
 
     def export_weights(self, adapter_only: bool = False) -> WeightsUpdate:
         """Weights at the current version for the rollout workers: full (LoRA
