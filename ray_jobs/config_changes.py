@@ -47,7 +47,6 @@ SAFE_ON_RESUME = (
     "learner.num_cpus",
     "learner.num_gpus",
     "learner.placement_strategy",
-    "learner.resources",
     "pipeline.max_actor_restarts",
     "pipeline.forward_ahead",  # the same step with or without it
     "schedule.eval_every",
