@@ -209,3 +209,8 @@ def test_every_relative_link_of_the_readme_leads_to_a_file_and_heading() -> None
         elif anchor and file.suffix == ".md" and anchor not in anchors(file):
             broken.append(f"{target}: no heading #{anchor} in {path or 'README.md'}")
     assert not broken, broken
+
+
+def test_the_readme_is_at_most_250_lines() -> None:
+    lines = len((REPO / "README.md").read_text().splitlines())
+    assert lines <= README_MAX_LINES, f"README.md has {lines} lines (at most {README_MAX_LINES}: details go in docs/)"
