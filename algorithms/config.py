@@ -95,7 +95,7 @@ class AlgorithmConfig(BaseModel):
 
     name: PresetName = Field(
         default="grpo",
-        description="Preset with the papers' defaults: grpo, gspo, dr_grpo, dapo, rloo, reinforce_pp (table in README 'Losses'). Fields left null take the preset's value.",
+        description="Preset with the papers' defaults: grpo, gspo, dr_grpo, dapo, rloo, reinforce_pp (table in docs/concepts/algorithms.md). Fields left null take the preset's value.",
     )
     epsilon: float | None = Field(
         default=None, ge=0, lt=1, description="Lower clip range (ratio >= 1-epsilon)." + _preset("0.2; 3e-4 for gspo")

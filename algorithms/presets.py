@@ -1,8 +1,8 @@
 """Algorithm presets: the papers' defaults, selected by ``algorithm.name``.
 
 A preset only supplies defaults; every knob set explicitly in the config wins
-(``AlgorithmConfig`` fills only the fields left unset). The table in README.md
-("Losses") is this module in prose.
+(``AlgorithmConfig`` fills only the fields left unset). The presets table in
+docs/concepts/algorithms.md is this module in prose.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ def _free_port() -> int:
 
 @pytest.fixture
 def ray_head():
-    """A one-node Ray head on 127.0.0.1 with token auth off (see README: Ray 2.60 auth), on free ports.
+    """A one-node Ray head on 127.0.0.1 with token auth off (see docs/guides/cluster.md: Ray 2.60 auth), on free ports.
 
     Its temp dir is short: Ray's Unix socket paths must stay under ~107 characters.
     """
