@@ -74,34 +74,21 @@ class TrainPreparation:
                     out[name].extend(logps[i][keep[i]].cpu() for i in range(len(keep)))
         return self._share_rows(batch, shard(everything, self.rank, self.world_size), out)
 
-    @torch.no_grad()
     def _policy_logprobs(self, t: dict[str, torch.Tensor]) -> torch.Tensor:
         """The current policy's log-probs (B, T-1) at ``t``'s completion positions, in eval mode (no
         dropout), without gradient."""
         with eval_mode(self.backend.model) as model:
-            logps, _ = masked_logprobs(
-                model,
-                t["input_ids"],
-                t["attention_mask"],
-                t["completion_mask"],
-                self.temperature,
-                self.backend.logprobs,
-            )
-        return logps
+            return self._completion_logprobs(model, t)
 
-    @torch.no_grad()
     def _reference_logprobs(self, t: dict[str, torch.Tensor]) -> torch.Tensor:
         """The frozen reference's log-probs (B, T-1) at ``t``'s completion positions (eval mode)."""
         with self.backend.reference_model() as model:
-            logps, _ = masked_logprobs(
-                model,
-                t["input_ids"],
-                t["attention_mask"],
-                t["completion_mask"],
-                self.temperature,
-                self.backend.logprobs,
-            )
-        return logps
+            return self._completion_logprobs(model, t)
+
+    @torch.no_grad()
+    def _completion_logprobs(self, model: torch.nn.Module, t: dict[str, torch.Tensor]) -> torch.Tensor:
+        ids, attention, mask = t["input_ids"], t["attention_mask"], t["completion_mask"]
+        return masked_logprobs(model, ids, attention, mask, self.temperature, self.backend.logprobs)[0]
 
     def _share_rows(self, batch: TrainBatch, mine: slice, local: PerToken) -> PerToken:
         """All ranks' rows on every rank, from ``local`` holding rows ``mine`` (unchanged with one rank).

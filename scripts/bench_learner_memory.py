@@ -30,7 +30,6 @@ import time
 from pathlib import Path
 
 CASES = ("long", "smollm2-lora")
-QWEN3_VOCAB = 151936
 
 
 def _rss_mib() -> float:
@@ -43,19 +42,11 @@ def _long_model(cache: Path) -> str:
     import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
+    from scripts.bench_models import QWEN3_VOCAB_2LAYER_SHAPE
+
     target = cache / "qwen3-vocab-2layer"
     if not (target / "config.json").exists():
-        config = Qwen3Config(
-            vocab_size=QWEN3_VOCAB,
-            hidden_size=512,
-            intermediate_size=1536,
-            num_hidden_layers=2,
-            num_attention_heads=8,
-            num_key_value_heads=2,
-            head_dim=64,
-            max_position_embeddings=8192,
-            tie_word_embeddings=True,
-        )
+        config = Qwen3Config(**QWEN3_VOCAB_2LAYER_SHAPE)
         torch.manual_seed(0)
         Qwen3ForCausalLM(config).save_pretrained(target)
     return str(target)

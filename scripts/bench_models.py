@@ -41,6 +41,21 @@ QWEN05B_SHAPE = dict(
 )
 
 
+# A small model at Qwen3's vocabulary (151 936): where the output embedding and the log-probs
+# dominate a step's memory (scripts/bench_learner_memory.py, tests/gpu).
+QWEN3_VOCAB_2LAYER_SHAPE = dict(
+    vocab_size=151936,
+    hidden_size=512,
+    intermediate_size=1536,
+    num_hidden_layers=2,
+    num_attention_heads=8,
+    num_key_value_heads=2,
+    head_dim=64,
+    max_position_embeddings=8192,
+    tie_word_embeddings=True,
+)
+
+
 def build_qwen05b_shape(cache_dir: str, seed: int = 0) -> Path:
     """Build (once) the random Qwen2.5-0.5B-shaped model; return its directory."""
     target = Path(cache_dir).resolve() / "qwen2.5-0.5b-shape"

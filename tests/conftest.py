@@ -231,3 +231,15 @@ def shared_ray():
     init_local_ray(8)  # as a run's own local Ray starts, without a job runtime env
     yield
     ray.shutdown()
+
+
+@pytest.fixture
+def dry_run_without_ray(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In the repository root, with ``ray.init`` refusing: a dry run that tried to start Ray fails."""
+    import ray
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the dry run started Ray")
+
+    monkeypatch.setattr(ray, "init", refuse)
+    monkeypatch.chdir(REPO_ROOT)

@@ -47,17 +47,9 @@ def test_bf16_mixed_learner_moves_weights_as_float32_on_cuda(tiny_model_config) 
 def _qwen3_vocab_model(attention: str) -> torch.nn.Module:
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    config = Qwen3Config(
-        vocab_size=QWEN3_VOCAB,
-        hidden_size=512,
-        intermediate_size=1536,
-        num_hidden_layers=2,
-        num_attention_heads=8,
-        num_key_value_heads=2,
-        head_dim=64,
-        max_position_embeddings=8192,
-        attn_implementation=attention,
-    )
+    from scripts.bench_models import QWEN3_VOCAB_2LAYER_SHAPE
+
+    config = Qwen3Config(**QWEN3_VOCAB_2LAYER_SHAPE, attn_implementation=attention)
     torch.manual_seed(0)
     return Qwen3ForCausalLM(config).to("cuda", torch.bfloat16)
 

@@ -10,7 +10,6 @@ import re
 from pathlib import Path
 
 import pytest
-import ray
 
 from ray_jobs.config import load_config
 from ray_jobs.eval_config import EvaluateConfig
@@ -23,14 +22,8 @@ REFINER = "configs/refiner_grpo/gpu_1_grpo.yaml"
 
 
 @pytest.fixture(autouse=True)
-def _no_ray(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A dry run that tried to start Ray would fail here."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("the dry run started Ray")
-
-    monkeypatch.setattr(ray, "init", refuse)
-    monkeypatch.chdir(REPO)
+def _no_ray(dry_run_without_ray: None) -> None:
+    """A dry run that tried to start Ray would fail here (conftest's ``dry_run_without_ray``)."""
 
 
 def own_job(config: Path) -> str:

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import ray
 from markdown.extensions.toc import slugify  # type: ignore[import-untyped]  # mkdocs's Markdown; no stubs
 
 from ray_jobs.cli import COMMANDS
@@ -123,14 +122,8 @@ COMMANDS_IN_DOCS = doc_commands()
 
 
 @pytest.fixture(autouse=True)
-def _no_ray(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A dry run that tried to start Ray would fail here."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("the dry run started Ray")
-
-    monkeypatch.setattr(ray, "init", refuse)
-    monkeypatch.chdir(REPO)
+def _no_ray(dry_run_without_ray: None) -> None:
+    """A dry run that tried to start Ray would fail here (conftest's ``dry_run_without_ray``)."""
 
 
 def run_job(job: str, argv: list[str]) -> int:
