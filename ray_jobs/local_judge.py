@@ -189,6 +189,7 @@ def rewards_for_run(
                 )
                 engines[name] = engine.model_copy(update={"base_url": url})
         reward = reward.model_copy(update={"engines": engines})
+        judge = _unused_judge_dropped(judge, reward)
         if judge.is_remote:
             keys = resolve_api_keys(judge, engines=engines)
         else:  # no judge endpoint (own data without a judge term): only the engines' keys
@@ -212,3 +213,23 @@ async def check_all_endpoints(judge: JudgeConfig, reward: RewardConfig, keys: di
     for name, engine in reward.engines.items():
         endpoints = resolve_endpoints(engine, keys, f"reward.engines.{name}")
         await check_endpoints(endpoints, engine.timeout_s, f"engine {name}")
+
+
+def _unused_judge_dropped(judge: JudgeConfig, reward: RewardConfig) -> JudgeConfig:
+    """``judge`` without its endpoint when no reward term is ``judge`` and its key variables are unset
+    (a starter config keeps a judge endpoint after its judge term was dropped): logged, not an error.
+    A set key keeps the endpoint, for terms that call it (``ctx.llm("judge")``)."""
+    from rewards.endpoints import MissingApiKeyError, service_api_keys
+
+    if not judge.is_remote or any(t.name == "judge" for t in reward.terms):
+        return judge
+    try:
+        service_api_keys(judge, os.environ, "judge")
+    except MissingApiKeyError:
+        log.warning(
+            "reward.terms has no 'judge' term and the judge's key variable is unset: the judge endpoint "
+            "is not used (ctx.llm('judge') is unavailable to reward terms)"
+        )
+        server = judge.local_server.model_copy(update={"enabled": False})
+        return judge.model_copy(update={"base_url": None, "endpoints": [], "local_server": server})
+    return judge

@@ -149,3 +149,27 @@ def test_the_train_command_refuses_it_in_one_line_before_anything_starts(capsys)
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith("error: ") and "judge.base_url" in line and "judge.rubric" in line
     assert not ray.is_initialized()
+
+
+def test_a_judge_endpoint_without_a_judge_term_needs_no_key(monkeypatch, tmp_path: Path, caplog) -> None:
+    """A starter config keeps its judge endpoint after the judge term is dropped: with the key unset
+    the run goes on without the judge (logged); with the key set the endpoint stays, for terms that
+    call it. A judge term still needs the key."""
+    from ray_jobs.local_judge import rewards_for_run
+    from rewards.errors import MissingApiKeyError
+
+    own_terms = "reward.terms=[{name: 'rewards.rules:completion_length_penalty', weight: 1.0}]"
+    cfg = load_config(None, OWN + REMOTE + ["judge.api_key_env=MY_JUDGE_KEY", "judge.check_endpoint=false", own_terms])
+    monkeypatch.delenv("MY_JUDGE_KEY", raising=False)
+    with caplog.at_level(logging.WARNING, logger="ray_jobs.local_judge"):
+        with rewards_for_run(cfg.judge, cfg.reward, tmp_path) as (judge, _, keys):
+            assert not judge.is_remote and not judge.uses_local_server and keys == {}
+    assert any("no 'judge' term" in r.getMessage() for r in caplog.records)
+    monkeypatch.setenv("MY_JUDGE_KEY", "k")
+    with rewards_for_run(cfg.judge, cfg.reward, tmp_path) as (judge, _, keys):
+        assert judge.base_url == "http://127.0.0.1:9/v1" and "MY_JUDGE_KEY" in keys
+    monkeypatch.delenv("MY_JUDGE_KEY")
+    with_judge = load_config(None, OWN + REMOTE + [CRITERIA, "judge.api_key_env=MY_JUDGE_KEY"])
+    with pytest.raises(MissingApiKeyError, match="MY_JUDGE_KEY"):
+        with rewards_for_run(with_judge.judge, with_judge.reward, tmp_path):
+            pass
