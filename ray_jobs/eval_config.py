@@ -45,7 +45,7 @@ class CriticConfig(BaseModel):
     beta: float = Field(
         default=2.0,
         gt=0,
-        description="Each candidate's critic score is beta x its mean token log-prob (seed 003: the SimPO beta, 2.0).",
+        description="Each candidate's critic score is beta x its mean token log-prob (the SimPO critic recipe: its SimPO beta, 2.0).",
     )
 
 

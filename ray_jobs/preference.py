@@ -46,10 +46,12 @@ class PreferenceAlgorithmConfig(BaseModel):
     beta: float | None = Field(
         default=None,
         gt=0,
-        description="Reward scale beta. Preset: 2.0 for simpo (seed 003), 0.1 for dpo (the DPO paper).",
+        description="Reward scale beta. Preset: 2.0 for simpo (the SimPO critic recipe), 0.1 for dpo (the DPO paper).",
     )
     gamma: float | None = Field(
-        default=None, ge=0, description="SimPO target reward margin gamma (simpo only). Preset: 1.0 (seed 003)."
+        default=None,
+        ge=0,
+        description="SimPO target reward margin gamma (simpo only). Preset: 1.0 (the SimPO critic recipe).",
     )
 
     @property
@@ -77,7 +79,7 @@ class PreferenceScheduleConfig(ScheduleConfig):
     batch_size: int = Field(
         default=8,
         ge=1,
-        description="Pairs per optimiser step: the effective batch (seed 003: 8). Each rank's share is split into micro-batches of learner.micro_batch_size pairs, whose gradients accumulate.",
+        description="Pairs per optimiser step: the effective batch (the SimPO critic recipe: 8). Each rank's share is split into micro-batches of learner.micro_batch_size pairs, whose gradients accumulate.",
     )
     epochs: float = Field(
         default=4.0,
@@ -92,7 +94,7 @@ class PreferenceLearnerConfig(LearnerConfig):
     lr: float = Field(
         default=2e-3,
         gt=0,
-        description="AdamW learning rate (2e-3 suits the built-in tiny model; seed 003 uses 5e-6 with LoRA on Qwen3-1.7B).",
+        description="AdamW learning rate (2e-3 suits the built-in tiny model; the SimPO critic recipe uses 5e-6 with LoRA on Qwen3-1.7B).",
     )
     lr_scheduler: Literal["constant", "linear", "cosine"] = Field(
         default="cosine", description="Learning-rate schedule over the run's optimiser steps, after the warm-up."
