@@ -147,8 +147,10 @@ class TorchLearnerBackend:
         copies, or with ``on_device`` on the learner's device (views of the parameters when they
         are already in the compute dtype; a cast or a merge is made there)."""
         dtype = getattr(torch, self.compute_dtype)
-        state = merged_state_dict(self.model, None if on_device else "cpu")
-        return {name: t.to(dtype) for name, t in state.items()}
+        state = merged_state_dict(self.model, None)  # on the device: the cast and the copy are one step
+        if on_device:
+            return {name: t.to(dtype) for name, t in state.items()}
+        return {name: t.to("cpu", dtype, copy=True) for name, t in state.items()}
 
     def adapter_state_dict(self) -> tuple[dict[str, torch.Tensor], dict]:
         return adapter_state_dict(self.model)

@@ -18,7 +18,7 @@ WIDTH = 100
 """Comment lines are wrapped to this many characters (indentation included)."""
 
 
-def _scalar(value: object) -> str:
+def scalar(value: object) -> str:
     text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
     return text[: -len("...")].strip() if text.endswith("...") else text
 
@@ -47,7 +47,7 @@ def render(model: BaseModel, indent: int = 0, notes: Mapping[str, str] | None = 
             plain = value.model_dump(mode="json") if isinstance(value, BaseModel) else value
             if isinstance(plain, tuple):
                 plain = list(plain)
-            lines.append(f"{pad}{name}: {_scalar(plain)}{note}")
+            lines.append(f"{pad}{name}: {scalar(plain)}{note}")
     return lines
 
 

@@ -32,7 +32,7 @@ from pydantic_core import PydanticUndefined
 
 from ray_jobs.cli import COMMANDS
 from ray_jobs.config import ExperimentConfig
-from ray_jobs.config_yaml import _scalar as yaml_scalar  # the default config's rendering of a value
+from ray_jobs.config_yaml import scalar as yaml_scalar  # the default config's rendering of a value
 from ray_jobs.eval_config import EvaluateConfig
 from ray_jobs.preference import PreferenceConfig
 from ray_jobs.sft import SftConfig
