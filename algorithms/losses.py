@@ -5,7 +5,7 @@ Conventions for every function: tensors are (B, T) over completion tokens,
 current policy's (with grad), ``old_logprobs`` the clip's "old" policy (no
 grad), ``advantages`` is (B,) (one per sequence) or (B, T) (one per token).
 
-A loss is composed in three steps (``actors/learner.py::policy_loss`` does it):
+A loss is composed in three steps (``actors/learner/learner.py::policy_loss`` does it):
 
 1. ``importance_log_ratio``: the log of the ratio pi / pi_old at the configured
    level (token, sequence = GSPO, sequence_token = GSPO-token);

@@ -2,11 +2,11 @@
 
     python -m ray_jobs.evaluate [--config FILE] [a.b=value ...]
 
-Every condition (``ray_jobs/eval_config.py``) answers the same held-out items
+Every condition (``ray_jobs/config/evaluation.py``) answers the same held-out items
 on rollout workers (HF or vLLM); the evaluation judge pool scores the selected
 completion of each, with its limits, retries and no-score semantics. Outputs in
 the run directory: ``config.yaml``, ``items.jsonl`` (every item x condition),
-``results.json``, ``report.md`` and PNG plots (``ray_jobs/eval_report.py``).
+``results.json``, ``report.md`` and PNG plots (``ray_jobs/evaluation/report.py``).
 
 Invariants: ``items.jsonl`` grows one whole chunk at a time (one write,
 fsynced); re-running the same command keeps every complete chunk and evaluates
@@ -29,23 +29,25 @@ import ray
 import yaml
 
 from actors.judge_pool import JudgePool
-from actors.model_files import ModelFileError, is_model_file, locate_model_file, resolve_model_file
-from actors.models import BUILTIN_TINY, AdapterBaseError, adapter_base, load_tokenizer, resolve_model_path
-from ray_jobs.config import ConfigError, redacted
-from ray_jobs.config_changes import changed_keys
-from ray_jobs.control import GracefulStop
-from ray_jobs.data import DatasetError, load_labelled_prompts
-from ray_jobs.eval_conditions import ConditionRun, HeldOutItem, start_workers
-from ray_jobs.eval_config import ConditionConfig, EvaluateConfig, _default_conditions
-from ray_jobs.eval_report import ItemResult, build_results, comparison_sentence, from_json, to_json, write_report
-from ray_jobs.faults import ActorStartError, StopRequested, check_started
-from ray_jobs.hub import HubNameError, check_hub_name
-from ray_jobs.lifecycle import RunDirectoryError, RunLock
-from ray_jobs.local_judge import LocalJudgeError, rewards_for_run
-from ray_jobs.offline import absolute_model, auto_threads, job_main, ray_session
-from ray_jobs.plan import plan_evaluate
-from ray_jobs.run_paths import SharedPathError, check_shared_paths
-from rewards.judge import JudgeUnreachableError, MissingApiKeyError
+from actors.model.files import ModelFileError, is_model_file, locate_model_file, resolve_model_file
+from actors.model.loading import BUILTIN_TINY, AdapterBaseError, adapter_base, load_tokenizer, resolve_model_path
+from ray_jobs.config.changes import changed_keys
+from ray_jobs.config.evaluation import ConditionConfig, EvaluateConfig, _default_conditions
+from ray_jobs.config.experiment import ConfigError, redacted
+from ray_jobs.config.run_paths import SharedPathError, check_shared_paths
+from ray_jobs.data.prompts import DatasetError, load_labelled_prompts
+from ray_jobs.dry_run.plan import plan_evaluate
+from ray_jobs.evaluation.conditions import ConditionRun, HeldOutItem, start_workers
+from ray_jobs.evaluation.report import ItemResult, build_results, comparison_sentence, from_json, to_json, write_report
+from ray_jobs.job_command import job_main
+from ray_jobs.runtime.actor_settings import absolute_model, auto_threads
+from ray_jobs.runtime.control import GracefulStop
+from ray_jobs.runtime.faults import ActorStartError, StopRequested, check_started
+from ray_jobs.runtime.hub import HubNameError, check_hub_name
+from ray_jobs.runtime.lifecycle import RunDirectoryError, RunLock
+from ray_jobs.runtime.local_servers import LocalJudgeError, rewards_for_run
+from ray_jobs.runtime.ray_session import ray_session
+from rewards.judge.llm_judge import JudgeUnreachableError, MissingApiKeyError
 
 log = logging.getLogger("relay.evaluate")
 
@@ -231,9 +233,9 @@ def _evaluate(cfg: EvaluateConfig, run_dir: Path, todo: dict, stop: GracefulStop
 
 def _start_critic(cfg: EvaluateConfig, cond: ConditionConfig):
     """The critic as a one-rank learner group (nothing trained) and its tokenizer."""
-    from actors.sequence_objectives import SequenceObjective
+    from actors.learner.sequence_objectives import SequenceObjective
     from algorithms.config import AlgorithmConfig
-    from ray_jobs.learner_group import LearnerGroup
+    from ray_jobs.runtime.learner_group import LearnerGroup
 
     assert cond.critic is not None
     is_adapter = Path(cond.critic.path).exists() and adapter_base(cond.critic.path) is not None
@@ -292,7 +294,7 @@ def _report(cfg: EvaluateConfig, run_dir: Path, sizes: dict) -> Path:
 
 def _log_wandb(cfg: EvaluateConfig, run_dir: Path, results: dict, written: list[Path]) -> None:
     """The summary, the comparisons table and the plots to wandb, when it is on."""
-    from ray_jobs.tracking import start_wandb
+    from ray_jobs.runtime.tracking import start_wandb
 
     wb = start_wandb(run_dir, cfg.wandb, redacted(cfg), cfg.run.name, None)
     if wb is None:
@@ -335,7 +337,7 @@ def _log_wandb(cfg: EvaluateConfig, run_dir: Path, results: dict, written: list[
 def load_eval_config(path: str | None, overrides: list[str]) -> EvaluateConfig:
     """``load_validated``, except that ``conditions.<name>.<key>=value`` overrides patch the default
     conditions (not replace them) when the config file names none."""
-    from ray_jobs.config import load_validated
+    from ray_jobs.config.experiment import load_validated
 
     file_has = (
         path is not None and Path(path).is_file() and "conditions" in (yaml.safe_load(Path(path).read_text()) or {})

@@ -1,7 +1,7 @@
 """``relay init DIR [--gpu]``: a starter for one's own task, written into DIR.
 
 Three files: ``config.yaml`` (every field of the RL job's config with its description as a
-comment, ``ray_jobs/config_yaml.py``), ``rubric.yaml`` (a neutral judge rubric: weighted
+comment, ``ray_jobs/config/commented_yaml.py``), ``rubric.yaml`` (a neutral judge rubric: weighted
 criteria and a system template with the placeholders ``$criteria``, ``$fences`` and
 ``$output_format``, no request check) and ``data.jsonl`` (sample prompts in TRL's standard
 prompt-only form, ``{"prompt": ...}``). The config points at the other two; it sets no demo
@@ -9,7 +9,7 @@ value (no system prompt, no shipped rubric, no eval label field) and names a jud
 to replace. ``--gpu`` takes the model, vLLM, DeepSpeed and pipeline settings of the one-node
 GPU recipe (``configs/domain_names_gspo/gpu_1_gspo.yaml``); without it the built-in tiny model on CPU.
 
-Invariants: the written config loads (``ray_jobs.config.load_config``) to exactly the starter
+Invariants: the written config loads (``ray_jobs.config.experiment.load_config``) to exactly the starter
 model; nothing is written when any of the three files exists (one-line error, exit 2).
 """
 
@@ -21,8 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ray_jobs.config import ExperimentConfig
-from ray_jobs.config_yaml import commented_yaml
+from ray_jobs.config.commented_yaml import commented_yaml
+from ray_jobs.config.experiment import ExperimentConfig
 
 CONFIG_FILE, RUBRIC_FILE, DATA_FILE = "config.yaml", "rubric.yaml", "data.jsonl"
 JUDGE_URL = "http://localhost:8000/v1"
@@ -71,7 +71,7 @@ SAMPLE_PROMPTS = (
 )
 
 RUBRIC = """\
-# The judge's rubric for your task (relay init). Format: rewards/rubric.py and the docs' judge guide.
+# The judge's rubric for your task (relay init). Format: rewards/judge/rubric.py and the docs' judge guide.
 # Edit the criteria (name, weight, what the judge assesses; each scored 0-10) and the task
 # paragraph of system_template; bump `version` on every change (it is part of the verdict-cache key).
 # system_template must keep the placeholders $criteria (the criteria, written by relay),

@@ -4,7 +4,7 @@
 
 The same learner, backends, LoRA, run directory, checkpoints and resume as
 ``ray_jobs.train`` and ``ray_jobs.sft``; pairs in TRL's preference formats
-(``ray_jobs/sequence_data.py``). ``algorithm.name`` picks the preset: SimPO
+(``ray_jobs/data/sequences.py``). ``algorithm.name`` picks the preset: SimPO
 (beta 2.0, gamma 1.0: seed 003's, which are within the paper's ranges; no
 reference model) or DPO (beta 0.1, the paper's; the reference is a frozen copy
 of the initial policy, or the same model with its adapters disabled under
@@ -22,14 +22,15 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from actors.learner_config import LearnerConfig
-from actors.models import ModelConfig, load_tokenizer, resolve_model_path
-from actors.sequence_objectives import SequenceObjective
-from ray_jobs.config import WandbConfig, redacted
-from ray_jobs.offline import check_sources, job_main, run_offline
-from ray_jobs.offline_config import OfflineRunConfig, ScheduleConfig
-from ray_jobs.plan import NodeShape, Plan, plan_offline
-from ray_jobs.sequence_data import PreferenceDataConfig, load_sequences
+from actors.learner.config import LearnerConfig
+from actors.learner.sequence_objectives import SequenceObjective
+from actors.model.loading import ModelConfig, load_tokenizer, resolve_model_path
+from ray_jobs.config.experiment import WandbConfig, redacted
+from ray_jobs.config.offline import OfflineRunConfig, ScheduleConfig
+from ray_jobs.data.sequences import PreferenceDataConfig, load_sequences
+from ray_jobs.dry_run.plan import NodeShape, Plan, plan_offline
+from ray_jobs.job_command import job_main
+from ray_jobs.offline.driver import check_sources, run_offline
 
 PRESETS: dict[str, dict[str, float]] = {"simpo": {"beta": 2.0, "gamma": 1.0}, "dpo": {"beta": 0.1, "gamma": 0.0}}
 

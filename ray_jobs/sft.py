@@ -4,7 +4,7 @@
 
 The same learner, backends (torch, or DeepSpeed ZeRO-2/3 over
 ``learner.world_size`` ranks), LoRA, run directory, checkpoints and resume as
-``ray_jobs.train``; data in TRL's SFT formats (``ray_jobs/sequence_data.py``).
+``ray_jobs.train``; data in TRL's SFT formats (``ray_jobs/data/sequences.py``).
 The final policy (or adapter) in ``<run dir>/final`` serves as ``model.path``
 of a later RL, SFT or preference run.
 """
@@ -17,14 +17,15 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from actors.learner_config import LearnerConfig
-from actors.models import ModelConfig, load_tokenizer, resolve_model_path
-from actors.sequence_objectives import SequenceObjective
-from ray_jobs.config import WandbConfig, redacted
-from ray_jobs.offline import check_sources, job_main, run_offline
-from ray_jobs.offline_config import OfflineRunConfig, ScheduleConfig
-from ray_jobs.plan import NodeShape, Plan, plan_offline
-from ray_jobs.sequence_data import SftDataConfig, load_sequences
+from actors.learner.config import LearnerConfig
+from actors.learner.sequence_objectives import SequenceObjective
+from actors.model.loading import ModelConfig, load_tokenizer, resolve_model_path
+from ray_jobs.config.experiment import WandbConfig, redacted
+from ray_jobs.config.offline import OfflineRunConfig, ScheduleConfig
+from ray_jobs.data.sequences import SftDataConfig, load_sequences
+from ray_jobs.dry_run.plan import NodeShape, Plan, plan_offline
+from ray_jobs.job_command import job_main
+from ray_jobs.offline.driver import check_sources, run_offline
 
 
 class SftScheduleConfig(ScheduleConfig):

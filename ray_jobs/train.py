@@ -17,18 +17,22 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import ray
 from pydantic import SecretStr
 
-from actors.model_files import ModelFileError
-from actors.models import AdapterBaseError, load_tokenizer, resolve_model_path
-from ray_jobs.config import ConfigError, ExperimentConfig, load_config, redacted
-from ray_jobs.control import GracefulStop, RunControl, command_exit_code, relaunch_inflight
-from ray_jobs.data import LOCAL_FORMATS, DatasetError, PromptSource, load_prompts
-from ray_jobs.faults import ActorStartError, LearnerDied, RolloutCall, RunFaultError, StopRequested
-from ray_jobs.hub import HubNameError, check_hub_name
-from ray_jobs.learner_group import LearnerPlacementError
-from ray_jobs.lifecycle import (
+from actors.model.files import ModelFileError
+from actors.model.loading import AdapterBaseError, load_tokenizer, resolve_model_path
+from ray_jobs.config.experiment import ConfigError, ExperimentConfig, load_config, redacted
+from ray_jobs.config.run_paths import SharedPathError, check_shared_paths
+from ray_jobs.data.prompts import LOCAL_FORMATS, DatasetError, PromptSource, load_prompts
+from ray_jobs.dry_run.plan import add_plan_arguments, dry_run, plan_train
+from ray_jobs.rl.pipeline import ThroughputWindow, assemble_batch, may_launch
+from ray_jobs.rl.run_settings import remove_core_board, settings_for_run
+from ray_jobs.rl.train_eval import EvalSet, TrainEval, load_eval_set
+from ray_jobs.runtime.control import GracefulStop, RunControl, command_exit_code, relaunch_inflight
+from ray_jobs.runtime.faults import ActorStartError, LearnerDied, RolloutCall, RunFaultError, StopRequested
+from ray_jobs.runtime.hub import HubNameError, check_hub_name
+from ray_jobs.runtime.learner_group import LearnerPlacementError
+from ray_jobs.runtime.lifecycle import (
     Checkpoint,
     DriverState,
     ResumePlan,
@@ -38,22 +42,13 @@ from ray_jobs.lifecycle import (
     plan_resume,
     publish_final,
 )
-from ray_jobs.local_judge import LocalJudgeError, rewards_for_run
-from ray_jobs.offline import start_ray
-from ray_jobs.pipeline import ThroughputWindow, assemble_batch, may_launch
-from ray_jobs.placement import PlacementTimeout
-from ray_jobs.plan import add_plan_arguments, dry_run, plan_train
-from ray_jobs.run_paths import SharedPathError, check_shared_paths
-from ray_jobs.run_settings import remove_core_board, settings_for_run
-from ray_jobs.tracking import RunRecorder
-from ray_jobs.train_eval import EvalSet, TrainEval, load_eval_set
-from rewards.judge import JudgeUnreachableError, MissingApiKeyError
+from ray_jobs.runtime.local_servers import LocalJudgeError, rewards_for_run
+from ray_jobs.runtime.placement import PlacementTimeout, run_placement, total_resources
+from ray_jobs.runtime.ray_session import ClusterResourcesError, ray_session
+from ray_jobs.runtime.tracking import RunRecorder
+from rewards.judge.llm_judge import JudgeUnreachableError, MissingApiKeyError
 
 log = logging.getLogger("relay.train")
-
-
-class ClusterResourcesError(RuntimeError):
-    """The Ray cluster cannot place the actors this config asks for."""
 
 
 PREFLIGHT_ERRORS = (
@@ -97,7 +92,7 @@ def train_loop(
     ``inflight``. A stop request ends it with ``StopRequested`` after a
     checkpoint of the last completed step. ``evals`` launches held-out
     evaluations beside training and records those that finished, without
-    waiting (``ray_jobs/train_eval.py``); their samples never enter a batch.
+    waiting (``ray_jobs/rl/train_eval.py``); their samples never enter a batch.
     """
     k, steps, per_step = cfg.pipeline.max_staleness, cfg.run.steps, cfg.pipeline.prompts_per_step
     launched, last = start + len(inflight), time.perf_counter()
@@ -168,42 +163,12 @@ def eval_preflight(cfg: ExperimentConfig, tokenizer) -> EvalSet | None:
 
 @contextlib.contextmanager
 def judge_endpoint(cfg: ExperimentConfig, run_dir: Path) -> Iterator[tuple[ExperimentConfig, dict[str, SecretStr]]]:
-    """The judge and engines to use (``ray_jobs.local_judge.rewards_for_run``): the stand-in judge
+    """The judge and engines to use (``ray_jobs.runtime.local_servers.rewards_for_run``): the stand-in judge
     when no base_url is set and each engine's ``local_server``, started for the block; every key is
     read here, in the driver's environment, and handed to the judge actor, so the actors need no
     keys in their own environment; endpoints are checked before training."""
     with rewards_for_run(cfg.judge, cfg.reward, run_dir) as (judge, reward, keys):
         yield cfg.model_copy(update={"judge": judge, "reward": reward}), keys
-
-
-@contextlib.contextmanager
-def ray_session(cfg: ExperimentConfig) -> Iterator[None]:
-    """Join RAY_ADDRESS's cluster or start a private local Ray, and leave it at the end; a Ray
-    this process already joined (tests, notebooks) is used as it is and left running.
-
-    Fails early, instead of waiting forever, when the cluster has fewer CPUs or
-    GPUs than the rollout workers and the learner reserve.
-    """
-    from ray_jobs.placement import run_placement, total_resources
-
-    cpus, gpus = total_resources(run_placement(cfg))
-    joined = ray.is_initialized()
-    if joined:
-        log.info("using the Ray session this process already joined")
-    else:
-        start_ray(cpus)
-    try:
-        have = ray.cluster_resources()
-        if have.get("CPU", 0) < cpus or have.get("GPU", 0) < gpus:
-            raise ClusterResourcesError(
-                f"the Ray cluster has {have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs; this config "
-                f"reserves {cpus:g} CPUs and {gpus:g} GPUs (rollout.num_workers, rollout.num_*_per_worker, "
-                "rollout.vllm.tensor_parallel_size, learner.world_size, learner.num_cpus, learner.num_gpus)"
-            )
-        yield
-    finally:
-        if not joined:
-            ray.shutdown()  # stops a local instance; only disconnects from a cluster
 
 
 def run(cfg: ExperimentConfig) -> Path:
@@ -226,7 +191,7 @@ def run(cfg: ExperimentConfig) -> Path:
             cfg, keys = stack.enter_context(judge_endpoint(cfg, run_dir))
             cfg = settings_for_run(cfg, evalset)
             stack.callback(remove_core_board, cfg)
-            stack.enter_context(ray_session(cfg))
+            stack.enter_context(ray_session(*total_resources(run_placement(cfg))))
             check_shared_paths(run_dir, {"model.path": recorded["model"]["path"]})  # as written, not made absolute
             stop.install()  # ray.init replaced our SIGTERM handler with its own
             for attempt in range(cfg.run.max_learner_restarts + 1):
@@ -267,7 +232,7 @@ def _train(
 ) -> None:
     """Start the actors, restore the checkpoint (or write step 0's), train (``data``: the
     training prompts and the held-out set), publish ``final/``."""
-    from ray_jobs.stages import Stages
+    from ray_jobs.rl.actor_set import Stages
 
     prompts, evalset = data
     state = checkpoint.driver_state() if checkpoint else None

@@ -41,11 +41,11 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from rewards.config import JudgeConfig, RewardConfig, RewardTermConfig
+from rewards.client.endpoints import key_variables, keys_from
 from rewards.context import JUDGE_ENGINE, TermUsage
-from rewards.endpoints import key_variables, keys_from
 from rewards.errors import RewardError
-from rewards.judge import JudgeReward, check_endpoints
+from rewards.judge.config import JudgeConfig, RewardConfig, RewardTermConfig
+from rewards.judge.llm_judge import JudgeReward, check_endpoints
 from rewards.llm import ChatEngine
 from rewards.metrics import JudgeTrace
 from rewards.rules import RULE_TERMS

@@ -2,11 +2,11 @@
 
 ``ChatEngine`` is one LLM a term may call: an engine of ``reward.engines``
 (``EngineConfig``) or ``judge``, the judge's own endpoints. It sends every
-request through a ``JudgeClient`` (``rewards/client.py``: endpoint balancing,
+request through a ``JudgeClient`` (``rewards/client/chat_client.py``: endpoint balancing,
 per-endpoint concurrency, request and token limits, retries with backoff and a
 per-call deadline, circuit breakers; the judge engine shares the judge term's
 client, so its limits too), and keeps replies in a ``TextCache`` behind
-``SharedCalls`` (``rewards/cache.py``: identical calls in flight share one
+``SharedCalls`` (``rewards/judge/cache.py``: identical calls in flight share one
 request; only valid replies are kept), keyed by the engine's models, the
 messages and the request parameters.
 
@@ -40,16 +40,16 @@ from typing import Any, TypeVar, cast
 
 from pydantic import BaseModel, SecretStr, ValidationError
 
-from rewards.cache import SharedCalls, TextCache, reply_key
-from rewards.client import JudgeClient
-from rewards.clock import Clock
-from rewards.config import EngineConfig, JudgeConfig
-from rewards.endpoints import resolve_endpoints
+from rewards.client.chat_client import JudgeClient
+from rewards.client.clock import Clock
+from rewards.client.endpoints import resolve_endpoints
+from rewards.client.limits import estimate_tokens
+from rewards.client.transport import OpenAITransport, Transport, TransportError
 from rewards.errors import LLMCallError, RewardError
-from rewards.limits import estimate_tokens
+from rewards.judge.cache import SharedCalls, TextCache, reply_key
+from rewards.judge.config import EngineConfig, JudgeConfig
+from rewards.judge.verdict import extract_first_json_object
 from rewards.metrics import InflightGauge, JudgeTrace
-from rewards.transport import OpenAITransport, Transport, TransportError
-from rewards.verdict import extract_first_json_object
 
 __all__ = ["ChatEngine", "EngineUsage", "LLMCallError", "LLMClient", "describe_cause"]
 

@@ -64,7 +64,7 @@ class JudgeTrace:
     """What scoring one sample took. ``requests`` counts HTTP requests sent;
     ``retries`` the requests sent again, by the cause of the failure before;
     ``latencies_s`` one entry per request; ``cache_hit`` and ``gated`` (a
-    ``rewards.gate`` reason) mark samples that sent no request."""
+    ``rewards.judge.gate`` reason) mark samples that sent no request."""
 
     requests: int = 0
     retries: Counter[str] = field(default_factory=Counter)

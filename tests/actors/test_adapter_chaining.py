@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from actors.learner import Learner, LearnerConfig, LoraConfig
+from actors.learner.learner import Learner, LearnerConfig, LoraConfig
+from actors.learner.sequence_objectives import SequenceObjective
 from actors.messages import SequenceBatch
-from actors.models import AdapterBaseError, ModelConfig, load_tokenizer, resolve_model_path
-from actors.sequence_objectives import SequenceObjective
+from actors.model.loading import AdapterBaseError, ModelConfig, load_tokenizer, resolve_model_path
 from algorithms.config import AlgorithmConfig
 
 SFT = SequenceObjective(name="sft")
@@ -87,7 +87,7 @@ def test_an_actor_on_another_node_merges_the_adapter_into_its_own_cache(adapter_
 
     from safetensors.torch import load_file
 
-    from ray_jobs.offline import absolute_model
+    from ray_jobs.runtime.actor_settings import absolute_model
 
     path, _ = adapter_dir
     node1 = tmp_path / "cache"

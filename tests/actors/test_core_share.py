@@ -95,8 +95,8 @@ def _observe(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
 def test_the_learner_marks_its_slot_while_it_trains(
     tmp_path: Path, tiny_model_config, make_train_batch, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from actors.learner import Learner
-    from actors.learner_config import LearnerConfig
+    from actors.learner.config import LearnerConfig
+    from actors.learner.learner import Learner
     from algorithms.config import AlgorithmConfig
 
     spec = _spec(tmp_path, first_slot=1)
@@ -116,7 +116,7 @@ def test_the_hf_rollout_worker_marks_its_slot_while_it_generates(
     import asyncio
 
     from actors.messages import PromptItem
-    from actors.rollout import RolloutConfig, RolloutWorker
+    from actors.rollout.worker import RolloutConfig, RolloutWorker
 
     spec = _spec(tmp_path, first_slot=0, slots=3)
     worker = RolloutWorker(RolloutConfig(group_size=2, max_new_tokens=4, torch_threads=spec), tiny_model_config, 1)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from actors.learner_config import LearnerConfig
-from actors.learner_deepspeed import deepspeed_config
+from actors.learner.config import LearnerConfig
+from actors.learner.deepspeed_backend import deepspeed_config
 
 
 def test_deepspeed_config_maps_learner_settings() -> None:

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from actors.forward_ahead import HeldForward, held_rows
-from actors.learner import Learner, LearnerConfig
+from actors.learner.forward_ahead import HeldForward, held_rows
+from actors.learner.learner import Learner, LearnerConfig
 from actors.messages import PromptItem, RolloutResult, Sample, TrainBatch
 from algorithms.config import AlgorithmConfig
 

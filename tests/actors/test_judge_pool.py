@@ -10,10 +10,10 @@ from pydantic import SecretStr
 
 from actors.judge_pool import JudgePool
 from actors.messages import PromptItem, RolloutResult, Sample, ScoreResult
-from rewards.config import JudgeConfig, RetryConfig, RewardConfig, RewardTermConfig
 from rewards.errors import JudgeUnreachableError
+from rewards.judge.config import JudgeConfig, RetryConfig, RewardConfig, RewardTermConfig
 from rewards.metrics import aggregate_judge_metrics
-from scripts.judge_server import JudgeServer, ServerSettings, injects_failure
+from rewards.stand_in.judge_server import JudgeServer, ServerSettings, injects_failure
 
 SECRET = "sk-pool-test-SHOULD-NOT-APPEAR-99"
 DESCRIPTION = "A bakery in Portland that sells sourdough bread and vegan pastries."

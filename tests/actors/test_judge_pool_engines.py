@@ -13,10 +13,10 @@ from pydantic import BaseModel, SecretStr
 
 from actors.judge_pool import JudgePool
 from actors.messages import PromptItem, RolloutResult, Sample, ScoreResult
-from rewards.config import EngineConfig, JudgeConfig, RewardConfig, RewardTermConfig
 from rewards.context import RewardContext
+from rewards.judge.config import EngineConfig, JudgeConfig, RewardConfig, RewardTermConfig
 from rewards.metrics import aggregate_judge_metrics
-from scripts.stand_in_server import StandInServer, StandInSettings
+from rewards.stand_in.server import StandInServer, StandInSettings
 
 SECRET = "sk-flaky-engine-NEVER-PRINT-12"
 CALLS_PER_SAMPLE = 3

@@ -3,10 +3,10 @@ import math
 import pytest
 import torch
 
-from actors.learner import Learner, LearnerConfig, LoraConfig, collate
+from actors.learner.learner import Learner, LearnerConfig, LoraConfig, collate
 from actors.messages import TrainBatch
-from actors.models import load_causal_lm, resolve_model_path
-from actors.weight_sync import ObjectStoreWeightSync
+from actors.model.loading import load_causal_lm, resolve_model_path
+from actors.weights.sync import ObjectStoreWeightSync
 from algorithms.config import AlgorithmConfig
 from algorithms.logprobs import token_logprobs
 
@@ -114,7 +114,7 @@ def test_bf16_weights_travel_through_numpy(tiny_model_config) -> None:
 
 def test_lora_export_never_modifies_the_training_model(tiny_model_config) -> None:
     """Exports compute W + delta on the side; in bf16 an in-place merge/unmerge would drift W."""
-    from actors.models import ModelConfig
+    from actors.model.loading import ModelConfig
 
     cfg = ModelConfig(cache_dir=tiny_model_config.cache_dir, dtype="bfloat16")
     lora = LoraConfig(enabled=True, r=4, alpha=8)
@@ -266,7 +266,7 @@ def test_constant_aggregation_needs_the_length_limit(tiny_model_config) -> None:
 
 
 def test_shards_and_micro_batch_plans_by_hand() -> None:
-    from actors.learner import MicroBatch, micro_batch_plan, shard
+    from actors.learner.learner import MicroBatch, micro_batch_plan, shard
 
     # 5 rows (10..14) over 2 ranks: bounds 10 + 5*k//2 = 10, 12, 15 -> shares of 2 and 3 rows.
     assert [shard(slice(10, 15), r, 2) for r in range(2)] == [slice(10, 12), slice(12, 15)]
@@ -295,7 +295,7 @@ def test_shards_and_micro_batch_plans_by_hand() -> None:
 @pytest.mark.parametrize("world_size", [1, 2, 3, 4])
 @pytest.mark.parametrize("micro_batch_size", [1, 2, 3, 64])
 def test_micro_batch_plans_cover_every_row_once_with_equal_lengths(world_size: int, micro_batch_size: int) -> None:
-    from actors.learner import micro_batch_plan
+    from actors.learner.learner import micro_batch_plan
 
     for start, n in [(0, 1), (0, 2), (3, 5), (7, 9), (0, 64), (5, 65)]:
         rows = slice(start, start + n)

@@ -46,10 +46,10 @@ if shutil.which("ninja") is None:  # DeepSpeed compiles its comm op with the ven
 import torch  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 
-from actors.learner import Learner, LearnerConfig, LoraConfig  # noqa: E402
-from actors.learner_state import MANIFEST, directory_bytes  # noqa: E402
+from actors.learner.learner import Learner, LearnerConfig, LoraConfig  # noqa: E402
+from actors.learner.state import MANIFEST, directory_bytes  # noqa: E402
 from actors.messages import TrainBatch, TrainResult  # noqa: E402
-from actors.models import ModelConfig, load_causal_lm, resolve_model_path  # noqa: E402
+from actors.model.loading import ModelConfig, load_causal_lm, resolve_model_path  # noqa: E402
 from algorithms.config import AlgorithmConfig  # noqa: E402
 
 DEEPSPEED_ATOL = 1e-6  # see the module docstring

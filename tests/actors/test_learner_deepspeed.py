@@ -34,13 +34,13 @@ if shutil.which("ninja") is None:  # DeepSpeed compiles its comm op with the ven
 
 import torch  # noqa: E402
 
-from actors.learner import Learner, LearnerConfig, LoraConfig  # noqa: E402
-from actors.learner_deepspeed import (  # noqa: E402
+from actors.learner.deepspeed_backend import (  # noqa: E402
     DeepSpeedLearnerBackend,
 )
+from actors.learner.learner import Learner, LearnerConfig, LoraConfig  # noqa: E402
 from actors.messages import TrainBatch, TrainResult  # noqa: E402
-from actors.models import ModelConfig, load_causal_lm, resolve_model_path  # noqa: E402
-from actors.weight_sync import merged_state_dict  # noqa: E402
+from actors.model.loading import ModelConfig, load_causal_lm, resolve_model_path  # noqa: E402
+from actors.weights.sync import merged_state_dict  # noqa: E402
 from algorithms.config import AlgorithmConfig  # noqa: E402
 
 LR = 1e-3  # every learner in this module
@@ -181,7 +181,7 @@ def test_tolerances_catch_broken_variants(
     """The comparison above is tight enough to fail a learner with a real bug: one that leaves
     the last micro-batch of every minibatch out, or one whose loss normaliser is off by 2
     (Adam hides a scale in the weights; the gradient norm shows it)."""
-    import actors.learner as learner_module
+    import actors.learner.learner as learner_module
 
     want = torch_reference(2, False)  # before anything is broken
     learner = _learner(model_config, "deepspeed", micro_batch_size=2, zero_stage=3)

@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from actors.learner import Learner, LearnerConfig
+from actors.learner.learner import Learner, LearnerConfig
 from actors.messages import TrainBatch
-from actors.models import ModelConfig, load_causal_lm, resolve_model_path
+from actors.model.loading import ModelConfig, load_causal_lm, resolve_model_path
 from algorithms.config import AlgorithmConfig
 
 STEPS = 10
@@ -86,7 +86,7 @@ def dropout_model(tiny_model_config, tmp_path_factory) -> ModelConfig:
 def test_log_prob_passes_are_free_of_dropout(dropout_model) -> None:
     """The proximal pass (no gradient) is deterministic, and the gradient pass computes the same
     log-probs at the same weights: the first minibatch's ratio to the proximal policy is exactly 1."""
-    from actors.objectives import collate, forward_logprobs
+    from actors.learner.objectives import collate, forward_logprobs
 
     learner = Learner(LearnerConfig(), dropout_model, AlgorithmConfig(num_iterations=2), 1.0)
     learner.backend.model.train()  # as in a step

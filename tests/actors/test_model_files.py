@@ -1,4 +1,4 @@
-"""Model files as ``model.path`` (``actors/model_files.py``): the packaged SmolLM2-135M-Instruct GGUF
+"""Model files as ``model.path`` (``actors/model/files.py``): the packaged SmolLM2-135M-Instruct GGUF
 converted once per test session into a temporary cache, by two resolvers at once, and shared by
 the tests here (one RL step through the training driver included); the locking, the temporary
 directories and the one-line errors with stand-in converters and packages.
@@ -24,9 +24,15 @@ import pydantic
 import pytest
 import ray
 
-from actors import model_files
-from actors.model_files import SMOLLM2, ModelFileError, ensure_converted, locate_model_file
-from actors.models import DOMAIN_TASK_SYSTEM_PROMPT, ModelConfig, load_causal_lm, load_tokenizer, resolve_model_path
+from actors.model import files as model_files
+from actors.model.files import SMOLLM2, ModelFileError, ensure_converted, locate_model_file
+from actors.model.loading import (
+    DOMAIN_TASK_SYSTEM_PROMPT,
+    ModelConfig,
+    load_causal_lm,
+    load_tokenizer,
+    resolve_model_path,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 requires_smollm2 = pytest.mark.skipif(
@@ -104,7 +110,7 @@ def test_later_resolutions_reuse_the_copy(smollm2: Converted, monkeypatch) -> No
     assert resolve_model_path(ModelConfig(path=SMOLLM2, cache_dir=str(smollm2.cache_dir))) == str(converted)
     # a new process (no in-process memo) finds it from the file's hash alone
     script = (
-        "import sys; from actors import model_files as m\n"
+        "import sys; from actors.model import files as m\n"
         "m.load_gguf = lambda source: sys.exit('converted again')\n"
         f"print(m.resolve_model_file({SMOLLM2!r}, {str(smollm2.cache_dir)!r}))"
     )
@@ -138,7 +144,7 @@ def test_converted_copy_answers_like_the_gguf_model(smollm2: Converted) -> None:
 @requires_smollm2
 @pytest.mark.slow
 def test_one_lora_rl_step_on_the_converted_model(smollm2: Converted, tmp_path: Path, monkeypatch) -> None:
-    from ray_jobs.config import load_config
+    from ray_jobs.config.experiment import load_config
     from ray_jobs.train import run
 
     monkeypatch.setenv("RELAY_JUDGE_API_KEY", "sk-test-model-files")
@@ -183,7 +189,7 @@ def test_parallel_processes_convert_once(tmp_path: Path) -> None:
     script = f"""
 import os, time
 from pathlib import Path
-from actors.model_files import ensure_converted
+from actors.model.files import ensure_converted
 
 def convert(source, out):
     out.mkdir()

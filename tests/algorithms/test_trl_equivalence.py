@@ -23,7 +23,7 @@ import torch
 trl = pytest.importorskip("trl", reason="trl is not installed (pip install -e '.[dev]')")
 from trl.trainer.grpo_trainer import GRPOTrainer  # noqa: E402
 
-from actors.learner import LossTotals, compose_loss  # noqa: E402
+from actors.learner.learner import LossTotals, compose_loss  # noqa: E402
 from algorithms.config import AlgorithmConfig  # noqa: E402
 from algorithms.logprobs import sequence_logprobs  # noqa: E402
 from algorithms.preference import dpo_loss, simpo_loss  # noqa: E402

@@ -18,12 +18,12 @@ import torch
 
 pytest.importorskip("trl")
 
-from actors.learner import Learner  # noqa: E402
-from actors.models import load_causal_lm, load_tokenizer, resolve_model_path  # noqa: E402
+from actors.learner.learner import Learner  # noqa: E402
+from actors.model.loading import load_causal_lm, load_tokenizer, resolve_model_path  # noqa: E402
 from algorithms.config import AlgorithmConfig  # noqa: E402
 from ray_jobs import preference, sft  # noqa: E402
-from ray_jobs.offline_config import load_job_config  # noqa: E402
-from ray_jobs.sequence_data import load_sequences, to_batch  # noqa: E402
+from ray_jobs.config.offline import load_job_config  # noqa: E402
+from ray_jobs.data.sequences import load_sequences, to_batch  # noqa: E402
 
 ATOL = 1e-5
 ROWS = 6

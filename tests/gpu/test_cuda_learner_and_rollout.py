@@ -5,9 +5,9 @@ import asyncio
 import pytest
 import torch
 
-from actors.learner import Learner, LearnerConfig
+from actors.learner.learner import Learner, LearnerConfig
 from actors.messages import PromptItem, TrainBatch
-from actors.rollout import RolloutConfig, RolloutWorker
+from actors.rollout.worker import RolloutConfig, RolloutWorker
 from algorithms.config import AlgorithmConfig
 
 pytestmark = pytest.mark.gpu

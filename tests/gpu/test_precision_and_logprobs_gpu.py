@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from actors.learner import Learner, LearnerConfig
+from actors.learner.learner import Learner, LearnerConfig
 from actors.messages import TrainBatch
-from actors.model_logprobs import LogprobSettings, masked_logprobs
+from actors.model.logprobs import LogprobSettings, masked_logprobs
 from algorithms.config import AlgorithmConfig
 from algorithms.logprobs import token_logprobs
 
@@ -47,7 +47,7 @@ def test_bf16_mixed_learner_moves_weights_as_float32_on_cuda(tiny_model_config) 
 def _qwen3_vocab_model(attention: str) -> torch.nn.Module:
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    from scripts.bench_models import QWEN3_VOCAB_2LAYER_SHAPE
+    from scripts.bench.models import QWEN3_VOCAB_2LAYER_SHAPE
 
     config = Qwen3Config(**QWEN3_VOCAB_2LAYER_SHAPE, attn_implementation=attention)
     torch.manual_seed(0)

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from actors.messages import PromptItem
-from actors.models import load_causal_lm, resolve_model_path
-from actors.rollout import RolloutConfig, RolloutWorker
-from actors.weight_broadcast import broadcast_buckets, bucket_plan, join_group, open_store, receive_buckets
-from actors.weight_sync import ObjectStoreWeightSync, merged_state_dict
+from actors.model.loading import load_causal_lm, resolve_model_path
+from actors.rollout.worker import RolloutConfig, RolloutWorker
+from actors.weights.broadcast import broadcast_buckets, bucket_plan, join_group, open_store, receive_buckets
+from actors.weights.sync import ObjectStoreWeightSync, merged_state_dict
 from algorithms.logprobs import token_logprobs
 
 pytestmark = pytest.mark.gpu

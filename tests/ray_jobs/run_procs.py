@@ -161,7 +161,7 @@ def _inject(metrics: Path, faults: list[tuple[int, Callable[[], None]]], errors:
 def run_with_faults(out: Path, cache_dir: str, steps: int, faults, *overrides: str) -> list[dict]:
     """``ray_jobs.train.run`` in this process while a thread injects ``faults`` (step, fault) as the
     steps complete; every step must still train its full batch."""
-    from ray_jobs.config import load_config
+    from ray_jobs.config.experiment import load_config
     from ray_jobs.train import run
 
     errors: list[BaseException] = []

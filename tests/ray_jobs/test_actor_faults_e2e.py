@@ -14,7 +14,7 @@ import pytest
 import ray
 from run_procs import kill_rollout_worker, run_with_faults, signal_first
 
-from ray_jobs.stages import JUDGE_POOL_NAME
+from ray_jobs.rl.actor_set import JUDGE_POOL_NAME
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("shared_ray")]  # one Ray for the module's runs
 
@@ -91,8 +91,8 @@ class _Learner:
 
 def _publisher(learner: _Learner, refusals: list[str | None]):
     """A broadcast ``WeightPublisher`` from ``learner`` to an engine per refusal (None: takes every broadcast)."""
-    from ray_jobs.config import load_config
-    from ray_jobs.weight_publish import WeightPublisher
+    from ray_jobs.config.experiment import load_config
+    from ray_jobs.rl.weight_publish import WeightPublisher
 
     class Engine:  # defined here, so that Ray ships it by value (the workers cannot import this module)
         """A rollout worker's broadcast calls: refuses every broadcast when told to."""
@@ -121,7 +121,7 @@ def _publisher(learner: _Learner, refusals: list[str | None]):
 def test_a_refused_weight_broadcast_fails_before_anyone_enters_it() -> None:
     """Learner rank 0 cannot leave a broadcast an engine refuses (gloo: 600 s, NCCL: never): the
     engines are asked first, and a refusal is a one-line error with no broadcast entered."""
-    from ray_jobs.faults import RunFaultError
+    from ray_jobs.runtime.faults import RunFaultError
 
     learner = _Learner()
     publisher, engines = _publisher(learner, [None, "weight broadcast v1 is not newer than v3"])
@@ -139,7 +139,7 @@ def test_a_refused_weight_broadcast_fails_before_anyone_enters_it() -> None:
 
 def test_a_learner_rank_lost_in_a_weight_broadcast_is_a_learner_death() -> None:
     """So that the run restarts the learner group from its newest checkpoint (``run``)."""
-    from ray_jobs.faults import LearnerDied
+    from ray_jobs.runtime.faults import LearnerDied
 
     publisher, _ = _publisher(_Learner(dies=True), [None])
     with pytest.raises(LearnerDied, match="a learner rank died during weight broadcast v1"):
@@ -149,7 +149,7 @@ def test_a_learner_rank_lost_in_a_weight_broadcast_is_a_learner_death() -> None:
 def test_learner_death_without_restarts_names_the_rank_and_checkpoint(
     tmp_path: Path, tiny_model_config, monkeypatch
 ) -> None:
-    from ray_jobs.faults import RunFaultError
+    from ray_jobs.runtime.faults import RunFaultError
 
     monkeypatch.setenv("RELAY_JUDGE_API_KEY", "sk-test")
     with pytest.raises(RunFaultError, match=r"learner rank 0 died during step \d+.*newest checkpoint: .*step-3"):
@@ -170,7 +170,7 @@ def test_an_actor_failing_in_its_constructor_is_a_one_line_error(
     broken: the rollout worker dies in its constructor, named with the cause, exit code 2."""
     import shutil
 
-    from actors.models import resolve_model_path
+    from actors.model.loading import resolve_model_path
     from ray_jobs.train import main
 
     monkeypatch.setenv("RELAY_JUDGE_API_KEY", "sk-test")

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from ray_jobs import run_settings
-from ray_jobs.config import ConfigError, load_config
-from ray_jobs.offline import auto_threads
-from ray_jobs.pipeline import judge_inflight_bound, stage_threads
-from rewards.config import AUTO_CONCURRENCY_UNRESOLVED, JudgeConfig
-from rewards.endpoints import endpoint_configs
+from ray_jobs.config.experiment import ConfigError, load_config
+from ray_jobs.rl import run_settings
+from ray_jobs.rl.pipeline import judge_inflight_bound
+from ray_jobs.runtime.actor_settings import auto_threads, stage_threads
+from rewards.client.endpoints import endpoint_configs
+from rewards.judge.config import AUTO_CONCURRENCY_UNRESOLVED, JudgeConfig
 
 
 def test_inflight_bound_counts_every_batch_admission_control_allows() -> None:

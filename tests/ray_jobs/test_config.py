@@ -4,7 +4,7 @@ import pytest
 import yaml
 from shipped_configs import job_of, shipped_configs
 
-from ray_jobs.config import ConfigError, ExperimentConfig, apply_override, load_config, redacted
+from ray_jobs.config.experiment import ConfigError, ExperimentConfig, apply_override, load_config, redacted
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -96,7 +96,7 @@ def test_redaction_masks_secret_values_but_not_env_names() -> None:
     assert data["judge"]["api_key_env"] == "RELAY_JUDGE_API_KEY"
     assert data["data"]["max_prompt_tokens"] == 256 and data["rollout"]["max_new_tokens"] == 12
     data2 = {"x": {"api_key": "sk-live", "auth_token": "t", "max_tokens": 5}}
-    from ray_jobs import config as config_module
+    from ray_jobs.config import experiment as config_module
 
     class Fake:
         def model_dump(self, mode):

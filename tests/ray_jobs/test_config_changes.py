@@ -1,6 +1,6 @@
-"""Which config keys may differ when a job continues a run directory (``ray_jobs/config_changes.py``)."""
+"""Which config keys may differ when a job continues a run directory (``ray_jobs/config/changes.py``)."""
 
-from ray_jobs.config_changes import changed_keys
+from ray_jobs.config.changes import changed_keys
 from ray_jobs.evaluate import MAY_CHANGE
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from ray_jobs.config import ConfigError, load_config
+from ray_jobs.config.experiment import ConfigError, load_config
 
 
 def test_training_needs_a_group() -> None:

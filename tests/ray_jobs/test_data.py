@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from ray_jobs.data import DataConfig, DatasetError, PromptSource, load_prompts
+from ray_jobs.data.prompts import DataConfig, DatasetError, PromptSource, load_prompts
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

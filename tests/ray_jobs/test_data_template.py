@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from ray_jobs.data import DataConfig, DatasetError, load_prompts
+from ray_jobs.data.prompts import DataConfig, DatasetError, load_prompts
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -63,7 +63,7 @@ def test_chat_template_kwargs_reach_the_template(tmp_path: Path, tiny_tokenizer)
 
 
 def test_the_shipped_geo_dataset_loads_with_its_template(tiny_tokenizer) -> None:
-    from ray_jobs.config import load_config
+    from ray_jobs.config.experiment import load_config
 
     cfg = load_config(REPO_ROOT / "configs/sft_then_grpo_geo/cpu_2_grpo.yaml")
     items = load_prompts(cfg.data.model_copy(update={"path": str(REPO_ROOT / cfg.data.path)}), tiny_tokenizer)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ray_jobs.config import load_config
-from ray_jobs.data import DataConfig, DatasetError, load_prompts
+from ray_jobs.config.experiment import load_config
+from ray_jobs.data.prompts import DataConfig, DatasetError, load_prompts
 
 SYSTEM = {"role": "system", "content": "You answer in one word."}
 USER = {"role": "user", "content": "Name a fruit."}

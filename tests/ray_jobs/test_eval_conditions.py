@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from actors.messages import PromptItem, RolloutResult, Sample, ScoredSample, ScoreResult
-from ray_jobs.eval_conditions import HeldOutItem, best_index, chunk_seed, critic_batch, finish_chunk
-from ray_jobs.eval_config import ConditionConfig, CriticConfig
+from ray_jobs.config.evaluation import ConditionConfig, CriticConfig
+from ray_jobs.evaluation.conditions import HeldOutItem, best_index, chunk_seed, critic_batch, finish_chunk
 
 
 def _items(n: int) -> list[HeldOutItem]:
@@ -105,7 +105,7 @@ def test_single_keeps_the_judge_error_of_an_unscored_answer() -> None:
 
 
 def test_critic_rows_mask_only_the_candidate(tiny_model_config) -> None:
-    from actors.models import load_tokenizer, resolve_model_path
+    from actors.model.loading import load_tokenizer, resolve_model_path
 
     tok = load_tokenizer(resolve_model_path(tiny_model_config))
     batch = critic_batch(tok, _items(1), [["abc.com", "Blocked"]])

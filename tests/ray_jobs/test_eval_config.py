@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from ray_jobs import evaluate
-from ray_jobs.config import ConfigError
+from ray_jobs.config.experiment import ConfigError
 from ray_jobs.evaluate import load_eval_config
 
 

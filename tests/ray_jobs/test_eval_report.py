@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ray_jobs.eval_report import ItemResult, build_results, comparison_sentence, from_json, to_json, write_report
+from ray_jobs.evaluation.report import ItemResult, build_results, comparison_sentence, from_json, to_json, write_report
 
 CONDITIONS = ["base", "trained", "best_of_4"]
 IDS = [f"i{k}" for k in range(1, 9)]

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from ray_jobs.config import load_config
+from ray_jobs.config.experiment import load_config
 from ray_jobs.train import run
 
 pytestmark = pytest.mark.slow
 REPO_ROOT = Path(__file__).resolve().parents[2]
-TERM = "rewards.geo:visibility_gain"
+TERM = "rewards.recipes.geo:visibility_gain"
 
 
 def test_cpu_geo_recipe_runs_with_a_faulty_engine(tmp_path: Path, tiny_model_config) -> None:

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from ray_jobs.config import load_config
+from ray_jobs.config.experiment import load_config
 from ray_jobs.init_task import main, starter_config, write_starter
 from ray_jobs.train import main as train_main
-from rewards.rubric import load_rubric
+from rewards.judge.rubric import load_rubric
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 GPU_RECIPE = REPO_ROOT / "configs" / "domain_names_gspo" / "gpu_1_gspo.yaml"
@@ -91,7 +91,9 @@ def test_the_gpu_starter_passes_the_dry_run_on_one_node_of_4_gpus(
 
 def test_the_gpu_starter_keeps_the_gpu_recipe_s_engine_learner_and_sync_settings(tmp_path: Path) -> None:
     (tmp_path / "t").mkdir()
-    (tmp_path / "t" / "rubric.yaml").write_text((REPO_ROOT / "rewards" / "rubrics" / "seed000.yaml").read_text())
+    (tmp_path / "t" / "rubric.yaml").write_text(
+        (REPO_ROOT / "rewards" / "judge" / "rubrics" / "seed000.yaml").read_text()
+    )
     starter, recipe = starter_config(tmp_path / "t", gpu=True), load_config(GPU_RECIPE)
     for section in ("model", "learner", "weight_sync", "algorithm", "pipeline"):
         assert getattr(starter, section) == getattr(recipe, section), section

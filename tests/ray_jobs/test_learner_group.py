@@ -49,11 +49,11 @@ if shutil.which("ninja") is None:  # DeepSpeed compiles its comm op with the ven
 import ray  # noqa: E402
 import torch  # noqa: E402
 
-from actors.learner import Learner, LearnerConfig  # noqa: E402
+from actors.learner.learner import Learner, LearnerConfig  # noqa: E402
 from actors.messages import TrainBatch, TrainResult  # noqa: E402
-from actors.models import ModelConfig, TinyModelConfig, load_causal_lm, resolve_model_path  # noqa: E402
+from actors.model.loading import ModelConfig, TinyModelConfig, load_causal_lm, resolve_model_path  # noqa: E402
 from algorithms.config import AlgorithmConfig  # noqa: E402
-from ray_jobs.learner_group import LearnerGroup, LearnerPlacementError, local_ranks, rank_env  # noqa: E402
+from ray_jobs.runtime.learner_group import LearnerGroup, LearnerPlacementError, local_ranks, rank_env  # noqa: E402
 
 ALGORITHM = AlgorithmConfig(beta=0.1, num_minibatches=2, rollout_correction="truncate", epsilon=0.02, epsilon_high=0.02)
 WEIGHT_ATOL = 1e-5
@@ -179,7 +179,7 @@ def test_two_ranks_match_one_process(
     again on a newly probed port; the group that trains is the second."""
     want, want_weights = one_process
     taken, told = first_start_told_a_taken_port
-    with caplog.at_level(logging.WARNING, logger="ray_jobs.learner_group"):
+    with caplog.at_level(logging.WARNING, logger="ray_jobs.runtime.learner_group"):
         group = LearnerGroup(
             _config(backend="deepspeed", zero_stage=3, world_size=2), model_config, ALGORITHM, 1.0, 0, None
         )

@@ -33,12 +33,12 @@ if shutil.which("ninja") is None:  # DeepSpeed compiles its comm op with the ven
 import numpy as np  # noqa: E402
 import ray  # noqa: E402
 
-from actors.learner import LearnerConfig  # noqa: E402
-from actors.learner_state import MANIFEST  # noqa: E402
+from actors.learner.learner import LearnerConfig  # noqa: E402
+from actors.learner.state import MANIFEST  # noqa: E402
 from actors.messages import TrainBatch, TrainResult  # noqa: E402
-from actors.models import ModelConfig, TinyModelConfig, load_causal_lm, resolve_model_path  # noqa: E402
+from actors.model.loading import ModelConfig, TinyModelConfig, load_causal_lm, resolve_model_path  # noqa: E402
 from algorithms.config import AlgorithmConfig  # noqa: E402
-from ray_jobs.learner_group import LearnerGroup  # noqa: E402
+from ray_jobs.runtime.learner_group import LearnerGroup  # noqa: E402
 
 ATOL = 1e-6  # see the module docstring
 CONFIG = LearnerConfig(

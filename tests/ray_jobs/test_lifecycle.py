@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from actors.messages import PromptItem
-from ray_jobs.config_changes import changed_keys
-from ray_jobs.control import GracefulStop
-from ray_jobs.data import DatasetError, PromptSource
-from ray_jobs.lifecycle import (
+from ray_jobs.config.changes import changed_keys
+from ray_jobs.data.prompts import DatasetError, PromptSource
+from ray_jobs.runtime.control import GracefulStop
+from ray_jobs.runtime.lifecycle import (
     DriverState,
     RunDirectoryError,
     RunLock,
@@ -136,8 +136,8 @@ def test_first_signal_asks_to_stop_second_stops_at_once() -> None:
 
 
 def test_a_resumed_recorder_continues_the_same_wandb_run(tmp_path: Path) -> None:
-    from ray_jobs.config import WandbConfig
-    from ray_jobs.tracking import RunRecorder
+    from ray_jobs.config.experiment import WandbConfig
+    from ray_jobs.runtime.tracking import RunRecorder
 
     first = RunRecorder(tmp_path, {"run": {}}, WandbConfig(mode="offline"), "x", 4)
     first.close()

@@ -1,4 +1,4 @@
-"""``ray_jobs.offline.init_local_ray``, the private local Ray every job starts without ``RAY_ADDRESS``:
+"""``ray_jobs.runtime.ray_session.init_local_ray``, the private local Ray every job starts without ``RAY_ADDRESS``:
 the repository reaches the actors through the environment Ray's processes inherit, the job has no
 runtime env, and so an actor can start in one of the Python workers Ray has ready."""
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import ray
 
-from ray_jobs import offline
+from ray_jobs.runtime import ray_session as session
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,8 +29,8 @@ def test_the_repository_goes_first_on_the_inherited_path_and_this_process_keeps_
     def fake_init(**kwargs) -> None:
         seen.update(kwargs, pythonpath=os.environ.get("PYTHONPATH"))
 
-    monkeypatch.setattr(offline.ray, "init", fake_init)
-    offline.init_local_ray(0.5)
+    monkeypatch.setattr(session.ray, "init", fake_init)
+    session.init_local_ray(0.5)
     assert seen["pythonpath"] == str(REPO_ROOT) + ("" if before is None else os.pathsep + before)
     assert "runtime_env" not in seen and seen["address"] == "local"
     assert seen["num_cpus"] == (os.cpu_count() or 1)  # at least one logical CPU per core
@@ -39,16 +39,16 @@ def test_the_repository_goes_first_on_the_inherited_path_and_this_process_keeps_
     def failing_init(**kwargs) -> None:
         raise RuntimeError("no Ray")
 
-    monkeypatch.setattr(offline.ray, "init", failing_init)
+    monkeypatch.setattr(session.ray, "init", failing_init)
     with pytest.raises(RuntimeError, match="no Ray"):
-        offline.init_local_ray(64)
+        session.init_local_ray(64)
     assert os.environ.get("PYTHONPATH") == before  # restored when Ray does not start, too
 
 
 @pytest.fixture
 def fresh_local_ray() -> Iterator[None]:
     """A Ray of its own: the test needs one whose ready workers no earlier test took."""
-    offline.init_local_ray(2)
+    session.init_local_ray(2)
     yield
     ray.shutdown()
 

@@ -8,19 +8,19 @@ from pathlib import Path
 
 import pytest
 
-from ray_jobs.local_judge import LocalJudgeError, rewards_for_run
+from ray_jobs.runtime.local_servers import LocalJudgeError, rewards_for_run
 from rewards.composer import RewardComposer
-from rewards.config import EngineConfig, JudgeConfig, RewardConfig, RewardTermConfig
 from rewards.errors import MissingApiKeyError
+from rewards.judge.config import EngineConfig, JudgeConfig, RewardConfig, RewardTermConfig
 
-GEO_TERM = RewardTermConfig(name="rewards.geo:visibility_gain")
+GEO_TERM = RewardTermConfig(name="rewards.recipes.geo:visibility_gain")
 ROW = {"query": "coffee in town", "sources": ["Fresh coffee downtown.", "Tea only."], "target": 1}
 
 
 def test_engine_local_server_is_started_checked_used_and_stopped(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.delenv("RELAY_GEO_TEST_KEY", raising=False)
     engine = EngineConfig(
-        local_server="scripts.geo_engine_server",
+        local_server="rewards.stand_in.geo_engine",
         model="geo-m",
         api_key_env="RELAY_GEO_TEST_KEY",
         local_server_args=["--latency-s", "0.01"],

@@ -1,4 +1,4 @@
-"""The dry-run's memory formulas (ray_jobs/memory_plan.py) and shapes (ray_jobs/model_shapes.py),
+"""The dry-run's memory formulas (ray_jobs/dry_run/memory.py) and shapes (ray_jobs/dry_run/model_shapes.py),
 against figures worked out by hand in each test."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from ray_jobs.memory_plan import (
+from ray_jobs.dry_run.memory import (
     GIB,
     LearnerSetup,
     learner_state,
@@ -16,7 +16,7 @@ from ray_jobs.memory_plan import (
     training_activations,
     vllm_engine,
 )
-from ray_jobs.model_shapes import SHIPPED_SHAPES, ModelShape, find_shape, parameter_count, shape_from_config
+from ray_jobs.dry_run.model_shapes import SHIPPED_SHAPES, ModelShape, find_shape, parameter_count, shape_from_config
 
 # A toy shape: hidden 8, 2 layers, 2 heads of 4 (q 8), 1 kv head (kv 4), MLP 16, vocabulary 100, tied.
 TOY = ModelShape(8, 2, 2, 1, 4, 16, 100, True, False, False, parameters=1992)

@@ -11,8 +11,8 @@ import pytest
 import ray
 from run_procs import check_complete
 
-from ray_jobs.config import load_config
-from ray_jobs.stages import ROLLOUT_WORKER_NAME
+from ray_jobs.config.experiment import load_config
+from ray_jobs.rl.actor_set import ROLLOUT_WORKER_NAME
 from ray_jobs.train import run
 
 pytestmark = pytest.mark.slow

@@ -8,9 +8,9 @@ import pytest
 from shipped_configs import job_of, shipped_configs
 
 from ray_jobs import preference, sft
-from ray_jobs.config import ConfigError
-from ray_jobs.eval_config import EvaluateConfig
-from ray_jobs.offline_config import ScheduleConfig, load_job_config
+from ray_jobs.config.evaluation import EvaluateConfig
+from ray_jobs.config.experiment import ConfigError
+from ray_jobs.config.offline import ScheduleConfig, load_job_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 JOBS: dict[str, type] = {

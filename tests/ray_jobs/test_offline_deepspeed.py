@@ -21,12 +21,12 @@ pytest.importorskip("deepspeed")
 import ray  # noqa: E402
 import torch  # noqa: E402
 
-from actors.learner import Learner, LearnerConfig  # noqa: E402
+from actors.learner.learner import Learner, LearnerConfig  # noqa: E402
+from actors.learner.sequence_objectives import SequenceObjective  # noqa: E402
 from actors.messages import SequenceBatch  # noqa: E402
-from actors.models import ModelConfig, TinyModelConfig, resolve_model_path  # noqa: E402
-from actors.sequence_objectives import SequenceObjective  # noqa: E402
+from actors.model.loading import ModelConfig, TinyModelConfig, resolve_model_path  # noqa: E402
 from algorithms.config import AlgorithmConfig  # noqa: E402
-from ray_jobs.learner_group import LearnerGroup  # noqa: E402
+from ray_jobs.runtime.learner_group import LearnerGroup  # noqa: E402
 
 pytestmark = pytest.mark.slow
 SFT = SequenceObjective(name="sft")

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from ray_jobs import preference, sft
-from ray_jobs.config import load_config
-from ray_jobs.offline_config import load_job_config
+from ray_jobs.config.experiment import load_config
+from ray_jobs.config.offline import load_job_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("shared_ray")]  # one Ray for the module's runs
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from actors.models import DOMAIN_TASK_SYSTEM_PROMPT
-from ray_jobs.config import ConfigError, ExperimentConfig, load_config
+from actors.model.loading import DOMAIN_TASK_SYSTEM_PROMPT
+from ray_jobs.config.experiment import ConfigError, ExperimentConfig, load_config
 from ray_jobs.evaluate import load_eval_config
-from rewards.prompt import system_message
-from rewards.rubric import load_rubric
+from rewards.judge.prompt import system_message
+from rewards.judge.rubric import load_rubric
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 OWN = ["data.path=/data/mine.jsonl"]
@@ -24,7 +24,7 @@ SEED000 = load_rubric("seed000")
 
 
 def test_the_demo_keeps_every_default() -> None:
-    from ray_jobs.own_task import is_demo_data
+    from ray_jobs.config.own_task import is_demo_data
 
     for cfg in (load_config(None, []), load_config(REPO_ROOT / "configs/cpu_default.yaml", [])):
         assert cfg == ExperimentConfig()
@@ -130,11 +130,11 @@ def test_a_rubric_file_missing_a_placeholder_is_a_one_line_error(tmp_path: Path,
 def test_the_stand_in_says_it_is_one(monkeypatch, tmp_path: Path, caplog) -> None:
     import contextlib
 
-    import ray_jobs.local_judge as local_judge
+    import ray_jobs.runtime.local_servers as local_judge
 
     monkeypatch.setattr(local_judge, "local_server", lambda *a, **k: contextlib.nullcontext("http://x/v1"))
     cfg = load_config(None, OWN + ["judge.local_server.enabled=true", CRITERIA])
-    with caplog.at_level(logging.WARNING, logger="ray_jobs.local_judge"):
+    with caplog.at_level(logging.WARNING, logger="ray_jobs.runtime.local_servers"):
         with local_judge.local_judge_server(cfg.judge, tmp_path / "judge.log") as url:
             assert url == "http://x/v1"
     assert any("STAND-IN judge" in r.getMessage() and "not an LLM judge" in r.getMessage() for r in caplog.records)
@@ -155,13 +155,13 @@ def test_a_judge_endpoint_without_a_judge_term_needs_no_key(monkeypatch, tmp_pat
     """A starter config keeps its judge endpoint after the judge term is dropped: with the key unset
     the run goes on without the judge (logged); with the key set the endpoint stays, for terms that
     call it. A judge term still needs the key."""
-    from ray_jobs.local_judge import rewards_for_run
+    from ray_jobs.runtime.local_servers import rewards_for_run
     from rewards.errors import MissingApiKeyError
 
     own_terms = "reward.terms=[{name: 'rewards.rules:completion_length_penalty', weight: 1.0}]"
     cfg = load_config(None, OWN + REMOTE + ["judge.api_key_env=MY_JUDGE_KEY", "judge.check_endpoint=false", own_terms])
     monkeypatch.delenv("MY_JUDGE_KEY", raising=False)
-    with caplog.at_level(logging.WARNING, logger="ray_jobs.local_judge"):
+    with caplog.at_level(logging.WARNING, logger="ray_jobs.runtime.local_servers"):
         with rewards_for_run(cfg.judge, cfg.reward, tmp_path) as (judge, _, keys):
             assert not judge.is_remote and not judge.uses_local_server and keys == {}
     assert any("no 'judge' term" in r.getMessage() for r in caplog.records)

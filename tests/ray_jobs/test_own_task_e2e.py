@@ -14,10 +14,10 @@ import yaml
 from pydantic import SecretStr
 
 import ray_jobs.train as train
-from actors.models import DOMAIN_TASK_SYSTEM_PROMPT
-from rewards.rubric import load_rubric
-from scripts.chat_serve import ServerThread
-from scripts.judge_server import ServerSettings, _Handler
+from actors.model.loading import DOMAIN_TASK_SYSTEM_PROMPT
+from rewards.judge.rubric import load_rubric
+from rewards.stand_in.judge_server import ServerSettings, _Handler
+from rewards.stand_in.serve import ServerThread
 from tests.rewards.trl_reward_functions import letter_share
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("shared_ray")]

@@ -4,7 +4,7 @@ import pytest
 
 from actors.messages import PromptItem, Sample, ScoredSample, ScoreResult
 from algorithms.config import AlgorithmConfig
-from ray_jobs.pipeline import LeastLoadedRouter, assemble_batch, may_launch, refill_size
+from ray_jobs.rl.pipeline import LeastLoadedRouter, assemble_batch, may_launch, refill_size
 
 
 def _scored(
@@ -181,7 +181,7 @@ def test_rloo_and_reinforce_pp_advantages_through_assembly() -> None:
 
 
 def test_throughput_window_averages_bursts_over_the_last_steps() -> None:
-    from ray_jobs.pipeline import ThroughputWindow
+    from ray_jobs.rl.pipeline import ThroughputWindow
 
     window = ThroughputWindow(start=100.0, steps=2)
     # 16 samples per step; steps alternate 1.0 s and 0.2 s (bursts)

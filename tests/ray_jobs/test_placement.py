@@ -1,15 +1,15 @@
-"""ray_jobs/placement.py as pure code: the layouts it plans, the check that an actor fits its
+"""ray_jobs/runtime/placement.py as pure code: the layouts it plans, the check that an actor fits its
 bundle, and its first-fit layout on nodes of a given shape (no Ray running)."""
 
 from __future__ import annotations
 
 import pytest
 
-from actors.learner_config import LearnerConfig
-from actors.rollout import RolloutConfig
-from actors.weight_broadcast import group_ranks
-from ray_jobs.config import ExperimentConfig
-from ray_jobs.placement import (
+from actors.learner.config import LearnerConfig
+from actors.rollout.worker import RolloutConfig
+from actors.weights.broadcast import group_ranks
+from ray_jobs.config.experiment import ExperimentConfig
+from ray_jobs.runtime.placement import (
     ActorSpec,
     GroupSpec,
     Placement,

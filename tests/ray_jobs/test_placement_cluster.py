@@ -25,13 +25,15 @@ import pytest
 import ray
 from placement_standins import START_TIMEOUT_S, LearnerStandIn, RolloutStandIn
 
-from actors.models import ModelConfig
+from actors.model.loading import ModelConfig
 from algorithms.config import AlgorithmConfig
-from ray_jobs import eval_conditions, learner_group, stages
-from ray_jobs.config import ExperimentConfig
-from ray_jobs.eval_config import EvaluateConfig
-from ray_jobs.placement import assign_nodes, learner_placement, rollout_placement
-from ray_jobs.weight_publish import WeightPublisher
+from ray_jobs.config.evaluation import EvaluateConfig
+from ray_jobs.config.experiment import ExperimentConfig
+from ray_jobs.evaluation import conditions as eval_conditions
+from ray_jobs.rl import actor_set as stages
+from ray_jobs.rl.weight_publish import WeightPublisher
+from ray_jobs.runtime import learner_group
+from ray_jobs.runtime.placement import assign_nodes, learner_placement, rollout_placement
 
 GPUS_PER_NODE, CPUS_PER_NODE = 2, 4
 
@@ -129,7 +131,7 @@ class _BroadcastLearner:
 
 def test_the_broadcast_group_ranks_every_shard_of_every_engine(gpu_cluster) -> None:
     """Two TP=2 engines: learner rank 0 is rank 0, engine 0's shards 1-2, engine 1's 3-4 (each
-    engine's shard s joins at its first rank + s, ``actors/vllm_worker.py``); world 5."""
+    engine's shard s joins at its first rank + s, ``actors/rollout/vllm_worker.py``); world 5."""
     cfg = _config()
     engines = [ray.remote(RolloutStandIn).options(num_cpus=0).remote(None, None) for _ in range(2)]
     learner = _BroadcastLearner()

@@ -1,4 +1,4 @@
-"""``--dry-run`` of the four jobs (ray_jobs/plan.py): every shipped GPU config passes its own
+"""``--dry-run`` of the four jobs (ray_jobs/dry_run/plan.py): every shipped GPU config passes its own
 dry-run, the 4B refiner fits 80 GB cards, and configs that cannot be scheduled or cannot fit
 are refused with one line on stderr and exit code 2. No Ray starts, no weights load."""
 
@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from ray_jobs.config import load_config
-from ray_jobs.eval_config import EvaluateConfig
-from ray_jobs.memory_plan import GIB
-from ray_jobs.offline_config import load_job_config
+from ray_jobs.config.evaluation import EvaluateConfig
+from ray_jobs.config.experiment import load_config
+from ray_jobs.config.offline import load_job_config
+from ray_jobs.dry_run.memory import GIB
 
 REPO = Path(__file__).resolve().parents[2]
 GPU_CONFIGS = sorted((REPO / "configs").rglob("gpu_*.yaml"))
@@ -153,7 +153,7 @@ def test_refuses_prompt_plus_completion_beyond_max_model_len(capsys: pytest.Capt
 
 
 def test_max_model_len_is_checked_by_config_validation_too() -> None:
-    from ray_jobs.config import ConfigError
+    from ray_jobs.config.experiment import ConfigError
 
     with pytest.raises(ConfigError, match=r"9216 exceeds rollout.vllm.max_model_len \(8192\)"):
         load_config(REFINER, ["rollout.max_new_tokens=2048"])

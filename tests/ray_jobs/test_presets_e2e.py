@@ -18,11 +18,13 @@ from pathlib import Path
 import pytest
 
 from algorithms.presets import PRESETS
-from ray_jobs.config import ExperimentConfig, load_config, redacted
-from ray_jobs.control import GracefulStop, RunControl
-from ray_jobs.data import PromptSource
-from ray_jobs.tracking import RunRecorder
-from ray_jobs.train import judge_endpoint, preflight, ray_session, train_loop
+from ray_jobs.config.experiment import ExperimentConfig, load_config, redacted
+from ray_jobs.data.prompts import PromptSource
+from ray_jobs.runtime.control import GracefulStop, RunControl
+from ray_jobs.runtime.placement import run_placement, total_resources
+from ray_jobs.runtime.ray_session import ray_session
+from ray_jobs.runtime.tracking import RunRecorder
+from ray_jobs.train import judge_endpoint, preflight, train_loop
 
 pytestmark = pytest.mark.slow
 
@@ -82,12 +84,15 @@ def session(tiny_model_config, tmp_path_factory: pytest.TempPathFactory) -> Iter
         ],
     )
     prompts, tokenizer = preflight(cfg)
-    with judge_endpoint(cfg, tmp_path_factory.mktemp("judge")) as (cfg, key), ray_session(cfg):
+    with (
+        judge_endpoint(cfg, tmp_path_factory.mktemp("judge")) as (cfg, key),
+        ray_session(*total_resources(run_placement(cfg))),
+    ):
         yield cfg, key, prompts, tokenizer
 
 
 def _train(session: tuple, preset: str, out: Path) -> list[dict]:
-    from ray_jobs.stages import Stages
+    from ray_jobs.rl.actor_set import Stages
 
     base, key, prompts, tokenizer = session
     raw = base.model_dump()

@@ -18,8 +18,8 @@ from shipped_configs import (
     shipped_configs,
 )
 
-from ray_jobs.eval_config import EvaluateConfig
-from ray_jobs.offline_config import load_job_config
+from ray_jobs.config.evaluation import EvaluateConfig
+from ray_jobs.config.offline import load_job_config
 
 RECIPES = [p for p in shipped_configs() if p != GENERATED_DEFAULT]
 CRITIC = REPO_ROOT / "configs" / "simpo_critic_best_of_n"

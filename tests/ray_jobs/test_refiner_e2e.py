@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from ray_jobs.config import load_config
+from ray_jobs.config.experiment import load_config
 from ray_jobs.train import run
 
 pytestmark = pytest.mark.slow
 REPO_ROOT = Path(__file__).resolve().parents[2]
-VERIFY, CITE = "rewards.refiner:verification", "rewards.refiner:citations"
+VERIFY, CITE = "rewards.recipes.refiner:verification", "rewards.recipes.refiner:citations"
 
 
 def test_cpu_refiner_recipe_runs_and_leaves_failed_verifications_unscored(tmp_path: Path, tiny_model_config) -> None:

@@ -23,7 +23,7 @@ from run_procs import (
     train_overrides,
 )
 
-from ray_jobs.lifecycle import checkpoints
+from ray_jobs.runtime.lifecycle import checkpoints
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +36,7 @@ SAMPLES_PER_STEP = 8 * 4  # prompts_per_step x group_size
 def uninterrupted(tmp_path_factory: pytest.TempPathFactory, tiny_model_config, shared_ray) -> Path:
     """The same 12-step run at k = 0, never interrupted: in this process, on the module's Ray
     (the same command's config; only the killed runs need processes of their own)."""
-    from ray_jobs.config import load_config
+    from ray_jobs.config.experiment import load_config
     from ray_jobs.train import run
 
     out = tmp_path_factory.mktemp("uninterrupted") / "run"

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from run_procs import TrainProcess, check_complete, read_jsonl, run_to_end, session_processes, train_command
 
-from ray_jobs.config import load_config
-from ray_jobs.data import PromptSource
+from ray_jobs.config.experiment import load_config
+from ray_jobs.data.prompts import PromptSource
 from ray_jobs.train import preflight
 
 pytestmark = pytest.mark.slow

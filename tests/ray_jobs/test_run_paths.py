@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import ray
 
-from ray_jobs import faults, learner_group
-from ray_jobs.config import ConfigError, load_config
+from ray_jobs.config.experiment import ConfigError, load_config
+from ray_jobs.config.offline import load_job_config
+from ray_jobs.config.run_paths import SharedPathError, check_shared_paths
 from ray_jobs.evaluate import load_eval_config
-from ray_jobs.offline_config import load_job_config
-from ray_jobs.run_paths import SharedPathError, check_shared_paths
+from ray_jobs.runtime import faults, learner_group
 from ray_jobs.sft import SftConfig
 
 ROOT = "/shared/relay/runs"

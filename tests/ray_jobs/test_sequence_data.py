@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from ray_jobs.data import DatasetError
-from ray_jobs.sequence_data import (
+from ray_jobs.data.prompts import DatasetError
+from ray_jobs.data.sequences import (
     PreferenceDataConfig,
     SftDataConfig,
     implicit_prompt,

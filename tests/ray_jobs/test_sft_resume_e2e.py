@@ -12,7 +12,7 @@ import pytest
 from run_procs import TrainProcess, reap_session, run_to_end
 
 from ray_jobs import sft
-from ray_jobs.offline_config import load_job_config
+from ray_jobs.config.offline import load_job_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("shared_ray")]  # the uninterrupted run is in-process
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from ray_jobs.config import WandbConfig, load_config
-from ray_jobs.tracking import _wandb_mode, start_wandb, wandb_credentials
+from ray_jobs.config.experiment import WandbConfig, load_config
+from ray_jobs.runtime.tracking import _wandb_mode, start_wandb, wandb_credentials
 
 FAKE_KEY = "local-" + "k3y" * 14  # the format wandb accepts: a prefix, a dash, 40+ word characters
 CREDENTIAL_VARS = ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_BASE_URL", "NETRC")

@@ -83,7 +83,7 @@ def test_judge_endpoint_unreachable(capsys, base, monkeypatch) -> None:
 
 def test_hub_model_name_that_cannot_be_reached(capsys, base, monkeypatch) -> None:
     """No hub here (or a typo): one line, at once, instead of transformers' retries and traceback."""
-    import ray_jobs.hub as hub
+    import ray_jobs.runtime.hub as hub
 
     def unreachable(*args, **kwargs):
         raise ConnectionError("Name or service not known")
@@ -112,7 +112,7 @@ def test_hub_dataset_name_that_does_not_exist(capsys, base, monkeypatch) -> None
 
 
 def test_a_run_directory_in_use_or_with_unresumable_outputs(capsys, base, tmp_path: Path) -> None:
-    from ray_jobs.lifecycle import RunLock
+    from ray_jobs.runtime.lifecycle import RunLock
 
     lock = RunLock(tmp_path / "run")  # another job holds it
     line = _error_line(capsys, base)

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from actors.messages import PromptItem, Sample, ScoredSample, ScoreResult
-from ray_jobs.config import ConfigError, TrainEvalConfig, WandbConfig, load_config
-from ray_jobs.data import DataConfig, DatasetError
-from ray_jobs.tracking import RunRecorder
-from ray_jobs.train_eval import eval_due, eval_metrics, load_eval_set
+from ray_jobs.config.experiment import ConfigError, TrainEvalConfig, WandbConfig, load_config
+from ray_jobs.data.prompts import DataConfig, DatasetError
+from ray_jobs.rl.train_eval import eval_due, eval_metrics, load_eval_set
+from ray_jobs.runtime.tracking import RunRecorder
 
 
 def _scored(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ray_jobs.config import load_config
+from ray_jobs.config.experiment import load_config
 from ray_jobs.train import run
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("shared_ray")]  # one Ray for the module's runs

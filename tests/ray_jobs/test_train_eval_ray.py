@@ -13,8 +13,8 @@ import pytest
 import ray
 
 from actors.messages import PromptItem, RolloutResult, Sample, ScoredSample, ScoreResult
-from ray_jobs.config import TrainEvalConfig
-from ray_jobs.train_eval import EvalSet, TrainEval
+from ray_jobs.config.experiment import TrainEvalConfig
+from ray_jobs.rl.train_eval import EvalSet, TrainEval
 
 
 class FakeWorker:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ray_jobs.config import load_config
+from ray_jobs.config.experiment import load_config
 from ray_jobs.train import run
 
 pytestmark = pytest.mark.slow

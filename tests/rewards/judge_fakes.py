@@ -8,12 +8,12 @@ from dataclasses import dataclass, field
 
 from pydantic import SecretStr
 
-from rewards.clock import VirtualClock
-from rewards.config import JudgeConfig
-from rewards.endpoints import Endpoint
-from rewards.judge import JudgeReward
-from rewards.rubric import Rubric
-from rewards.transport import Reply, TransportError
+from rewards.client.clock import VirtualClock
+from rewards.client.endpoints import Endpoint
+from rewards.client.transport import Reply, TransportError
+from rewards.judge.config import JudgeConfig
+from rewards.judge.llm_judge import JudgeReward
+from rewards.judge.rubric import Rubric
 
 SECRET = "sk-fake-judge-KEY-7f3a9"
 HANG = "hang"

@@ -10,12 +10,12 @@ import pytest
 from judge_fakes import SECRET, ScriptedTransport, verdict_json
 from pydantic import SecretStr
 
-from rewards.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
-from rewards.clock import VirtualClock
-from rewards.config import CircuitBreakerConfig, EndpointConfig, JudgeConfig, RetryConfig
+from rewards.client.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
+from rewards.client.clock import VirtualClock
+from rewards.client.transport import Reply, TransportError
 from rewards.errors import JudgeError
-from rewards.judge import JudgeReward
-from rewards.transport import Reply, TransportError
+from rewards.judge.config import CircuitBreakerConfig, EndpointConfig, JudgeConfig, RetryConfig
+from rewards.judge.llm_judge import JudgeReward
 
 # ---------------------------------------------------------------- the state machine
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from judge_fakes import fake_judge, ok, verdict_json
 
-from rewards.cache import VerdictCache, verdict_from_json, verdict_key, verdict_to_json
-from rewards.config import CriterionConfig
+from rewards.client.transport import Reply, TransportError
 from rewards.errors import JudgeError
-from rewards.rubric import Verdict
-from rewards.transport import Reply, TransportError
+from rewards.judge.cache import VerdictCache, verdict_from_json, verdict_key, verdict_to_json
+from rewards.judge.config import CriterionConfig
+from rewards.judge.rubric import Verdict
 
 V1 = Verdict({"relevance": 8.0, "memorability": 5.0, "length": 10.0}, False, True, {"relevance": "fits"})
 V2 = Verdict({"relevance": 1.0, "memorability": 2.0, "length": 3.0})

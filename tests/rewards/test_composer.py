@@ -9,10 +9,10 @@ import pytest
 from pydantic import SecretStr
 
 from rewards.composer import REGISTERED_TERMS, RewardComposer, ScoredParts
-from rewards.config import JudgeConfig, RewardConfig, RewardTermConfig
 from rewards.errors import RewardError
-from rewards.judge import weighted_score
-from scripts.judge_server import JudgeServer, ServerSettings, heuristic_verdict
+from rewards.judge.config import JudgeConfig, RewardConfig, RewardTermConfig
+from rewards.judge.llm_judge import weighted_score
+from rewards.stand_in.judge_server import JudgeServer, ServerSettings, heuristic_verdict
 
 DESCRIPTION = "A country music bar in Nashville with live bands every night."
 THREADS_SEEN: list[str] = []

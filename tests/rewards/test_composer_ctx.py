@@ -10,14 +10,14 @@ import pytest
 from judge_fakes import ScriptedTransport
 from pydantic import SecretStr, ValidationError
 
-from rewards.clock import VirtualClock
+from rewards.client.clock import VirtualClock
+from rewards.client.endpoints import Endpoint, resolve_api_keys
+from rewards.client.transport import Reply, TransportError
 from rewards.composer import RewardComposer, ScoredParts
-from rewards.config import EngineConfig, JudgeConfig, RewardConfig, RewardTermConfig
 from rewards.context import RewardContext
-from rewards.endpoints import Endpoint, resolve_api_keys
 from rewards.errors import JudgeUnreachableError, MissingApiKeyError
+from rewards.judge.config import EngineConfig, JudgeConfig, RewardConfig, RewardTermConfig
 from rewards.terms import takes_context
-from rewards.transport import Reply, TransportError
 
 SEEN: list[object] = []
 

@@ -11,12 +11,14 @@ import pytest
 from judge_fakes import ScriptedTransport
 from pydantic import SecretStr
 
-from rewards.clock import VirtualClock
-from rewards.config import EngineConfig
+from rewards.client.clock import VirtualClock
+from rewards.client.endpoints import Endpoint
+from rewards.client.transport import Reply
 from rewards.context import RewardContext, TermUsage
-from rewards.endpoints import Endpoint
 from rewards.errors import RewardError
-from rewards.geo import (
+from rewards.judge.config import EngineConfig
+from rewards.llm import ChatEngine
+from rewards.recipes.geo import (
     Visibility,
     citations,
     engine_messages,
@@ -26,9 +28,7 @@ from rewards.geo import (
     visibility_gain,
     words,
 )
-from rewards.llm import ChatEngine
-from rewards.transport import Reply
-from scripts.geo_engine_server import respond
+from rewards.stand_in.geo_engine import respond
 
 # ---------------------------------------------------------------- pure metrics
 

@@ -16,11 +16,12 @@ import pytest
 from judge_fakes import fake_judge
 from pydantic import SecretStr
 
-from rewards.config import JudgeConfig
+from rewards.client.transport import Reply
 from rewards.errors import JudgeError
-from rewards.gate import gate_reason
-from rewards.judge import JudgeReward
-from rewards.prompt import (
+from rewards.judge.config import JudgeConfig
+from rewards.judge.gate import gate_reason
+from rewards.judge.llm_judge import JudgeReward
+from rewards.judge.prompt import (
     CANDIDATE_CLOSE,
     CANDIDATE_OPEN,
     REQUEST_CLOSE,
@@ -30,9 +31,8 @@ from rewards.prompt import (
     neutralize_fences,
     strip_think,
 )
-from rewards.rubric import load_rubric
-from rewards.transport import Reply
-from scripts.judge_server import JudgeServer, parse_judge_request
+from rewards.judge.rubric import load_rubric
+from rewards.stand_in.judge_server import JudgeServer, parse_judge_request
 
 RUBRIC = load_rubric("seed000")
 DESCRIPTION = "A bakery in Portland that sells sourdough bread and vegan pastries."

@@ -12,9 +12,10 @@ import pytest
 from judge_fakes import fake_judge, verdict_json
 from pydantic import SecretStr
 
-from rewards.config import CriterionConfig, EndpointConfig, JudgeConfig, LocalJudgeServerConfig, RetryConfig
+from rewards.client.transport import Reply
 from rewards.errors import RewardError
-from rewards.judge import (
+from rewards.judge.config import CriterionConfig, EndpointConfig, JudgeConfig, LocalJudgeServerConfig, RetryConfig
+from rewards.judge.llm_judge import (
     CANDIDATE_CLOSE,
     CANDIDATE_OPEN,
     CRITERION_LINE_RE,
@@ -34,10 +35,9 @@ from rewards.judge import (
     strip_think,
     weighted_score,
 )
-from rewards.prompt import response_format_for, verdict_schema
-from rewards.rubric import Verdict, load_rubric
-from rewards.transport import Reply
-from scripts.judge_server import JudgeServer, ServerSettings, heuristic_verdict, parse_judge_request
+from rewards.judge.prompt import response_format_for, verdict_schema
+from rewards.judge.rubric import Verdict, load_rubric
+from rewards.stand_in.judge_server import JudgeServer, ServerSettings, heuristic_verdict, parse_judge_request
 
 SECRET = "sk-test-DO-NOT-LEAK-4242"
 DESCRIPTION = "A country music bar in Nashville with live bands every night."

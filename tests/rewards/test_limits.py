@@ -8,8 +8,8 @@ import random
 import pytest
 from judge_fakes import fake_judge, ok
 
-from rewards.clock import VirtualClock
-from rewards.limits import EndpointLimiter, LimiterRegistry, Limits, TokenBucket, estimate_tokens
+from rewards.client.clock import VirtualClock
+from rewards.client.limits import EndpointLimiter, LimiterRegistry, Limits, TokenBucket, estimate_tokens
 
 EPS = 1e-9
 

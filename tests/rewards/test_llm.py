@@ -12,13 +12,13 @@ import pytest
 from judge_fakes import ScriptedTransport
 from pydantic import BaseModel, SecretStr
 
-from rewards.clock import VirtualClock
-from rewards.config import EngineConfig, RetryConfig
+from rewards.client.clock import VirtualClock
+from rewards.client.endpoints import Endpoint
+from rewards.client.transport import Reply, TransportError
 from rewards.context import RewardContext, TermUsage
-from rewards.endpoints import Endpoint
 from rewards.errors import LLMCallError, RewardError
+from rewards.judge.config import EngineConfig, RetryConfig
 from rewards.llm import ChatEngine, EngineUsage, LLMClient, describe_cause
-from rewards.transport import Reply, TransportError
 
 SECRET = "sk-engine-test-NEVER-PRINT-31"
 ASK = [{"role": "user", "content": "What is 2 + 2?"}]

@@ -11,7 +11,7 @@ import pytest
 from pydantic import BaseModel
 
 from rewards.errors import LLMCallError, RewardError
-from rewards.refiner import (
+from rewards.recipes.refiner import (
     VERIFY_BLOCKS,
     VERIFY_HEADER,
     VerificationVerdict,

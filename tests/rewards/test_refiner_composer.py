@@ -11,14 +11,14 @@ import pytest
 from judge_fakes import ScriptedTransport
 from pydantic import SecretStr
 
-from rewards.clock import VirtualClock
+from rewards.client.clock import VirtualClock
+from rewards.client.endpoints import Endpoint
+from rewards.client.transport import Reply, TransportError
 from rewards.composer import RewardComposer, ScoredParts
-from rewards.config import EngineConfig, RewardConfig, RewardTermConfig
-from rewards.endpoints import Endpoint
-from rewards.transport import Reply, TransportError
-from scripts.refiner_verifier_server import MODEL, respond
+from rewards.judge.config import EngineConfig, RewardConfig, RewardTermConfig
+from rewards.stand_in.refiner_verifier import MODEL, respond
 
-VERIFY, CITE = "rewards.refiner:verification", "rewards.refiner:citations"
+VERIFY, CITE = "rewards.recipes.refiner:verification", "rewards.recipes.refiner:citations"
 ROW = {
     "question": "What powers the city buses in Austin?",
     "facts": ["The city buses in Austin run on electric motors."],

@@ -9,10 +9,18 @@ import pytest
 import yaml
 from judge_fakes import fake_judge, ok
 
-from rewards.config import CriterionConfig, JudgeConfig
-from rewards.gate import gate_reason
-from rewards.prompt import build_judge_messages, verdict_schema
-from rewards.rubric import RUBRICS_DIR, Rubric, RubricError, Verdict, available_rubrics, load_rubric, resolve_rubric
+from rewards.judge.config import CriterionConfig, JudgeConfig
+from rewards.judge.gate import gate_reason
+from rewards.judge.prompt import build_judge_messages, verdict_schema
+from rewards.judge.rubric import (
+    RUBRICS_DIR,
+    Rubric,
+    RubricError,
+    Verdict,
+    available_rubrics,
+    load_rubric,
+    resolve_rubric,
+)
 
 SEED = load_rubric("seed000")
 

@@ -12,11 +12,11 @@ from pydantic import SecretStr
 
 from actors.judge_pool import JudgePool
 from actors.messages import PromptItem, RolloutResult, Sample
-from rewards.config import CircuitBreakerConfig, EndpointConfig, JudgeConfig, RetryConfig, RewardConfig
-from rewards.endpoints import display_url, resolve_api_keys, resolve_endpoints
+from rewards.client.endpoints import display_url, resolve_api_keys, resolve_endpoints
 from rewards.errors import JudgeError, JudgeUnreachableError, MissingApiKeyError
-from rewards.judge import JudgeReward, check_endpoint, resolve_api_key
-from scripts.judge_server import JudgeServer, ServerSettings
+from rewards.judge.config import CircuitBreakerConfig, EndpointConfig, JudgeConfig, RetryConfig, RewardConfig
+from rewards.judge.llm_judge import JudgeReward, check_endpoint, resolve_api_key
+from rewards.stand_in.judge_server import JudgeServer, ServerSettings
 
 SECRET = "sk-live-SECRET-d41d8cd98f00b204"
 OTHER_SECRET = "sk-other-SECRET-e3b0c44298fc1c14"

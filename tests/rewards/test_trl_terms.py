@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from rewards.composer import RewardComposer, ScoreInput, TermContractError
-from rewards.config import RewardConfig, RewardTermConfig
+from rewards.judge.config import RewardConfig, RewardTermConfig
 from rewards.trl_terms import BatchFunctionTerm, is_trl_style, trl_arguments
 from tests.rewards import trl_reward_functions as fns
 
@@ -90,7 +90,7 @@ def test_the_command_prints_the_error_raised_in_the_judge_pool_as_one_line(capsy
     """Ray hands the driver a RayTaskError that is also a TermContractError; its str is a traceback."""
     from ray.exceptions import RayTaskError
 
-    from ray_jobs.control import command_exit_code
+    from ray_jobs.runtime.control import command_exit_code
 
     cause = TermContractError("reward term 'm:f' (TRL style) returned 1 values for 2 completions")
     wrapped = RayTaskError("score", "Traceback (most recent call last):\n  ...\n", cause).as_instanceof_cause()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from scripts.bench_checkpoint import COLUMNS, MODES, main
+from scripts.bench.checkpoint import COLUMNS, MODES, main
 
 
 def test_tiny_table_and_accounting(tmp_path: Path, tiny_model_config, capsys) -> None:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from scripts.bench_generation import main
-from scripts.bench_models import vllm_available
+from scripts.bench.generation import main
+from scripts.bench.models import vllm_available
 
 pytestmark = pytest.mark.slow
 

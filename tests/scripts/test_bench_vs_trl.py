@@ -1,4 +1,4 @@
-"""The pure parts of scripts/bench_vs_trl.py (step times, the window mean, the tables), and
+"""The pure parts of scripts/bench/vs_trl.py (step times, the window mean, the tables), and
 the TRL side's judge reward against relay's own judge client on the stand-in server."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import math
 import pytest
 from pydantic import SecretStr
 
-from scripts.bench_vs_trl_report import (
+from scripts.bench.vs_trl_report import (
     Stats,
     console_step,
     durations_from_ends,
@@ -103,10 +103,10 @@ def test_repeats_give_each_ratio_then_their_mean_and_range() -> None:
 def test_trl_reward_asks_what_relays_judge_asks() -> None:
     """The TRL side's async reward and relay's JudgeReward get the same verdict from the stand-in
     (which parses the fenced request and the rubric's criteria out of the messages), one request each."""
-    from rewards.config import JudgeConfig
-    from rewards.judge import JudgeReward
-    from scripts.bench_vs_trl_runner import make_judge_reward
-    from scripts.judge_server import JudgeServer, ServerSettings
+    from rewards.judge.config import JudgeConfig
+    from rewards.judge.llm_judge import JudgeReward
+    from rewards.stand_in.judge_server import JudgeServer, ServerSettings
+    from scripts.bench.vs_trl_runner import make_judge_reward
 
     description = "An organic bakery in Portland baking sourdough bread."
     answers = ["portlandbakery.com", "zzqx-9 bread!!", ""]  # the empty one is scored by rule, no request

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from scripts.bench_models import vllm_available
-from scripts.bench_weight_sync import CASES, main
+from scripts.bench.models import vllm_available
+from scripts.bench.weight_sync import CASES, main
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +36,7 @@ def _run(tmp_path: Path, tiny_model_config, *extra: str) -> dict:
 
 
 def _check(result: dict, cases: list[str], backend: str, tiny_model_config) -> None:
-    from actors.models import load_causal_lm, resolve_model_path
+    from actors.model.loading import load_causal_lm, resolve_model_path
 
     model = load_causal_lm(resolve_model_path(tiny_model_config), "float32")
     full_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.check_import_cycles import PACKAGES, cycles, import_graph, main, module_imports
+from scripts.tools.check_import_cycles import PACKAGES, cycles, import_graph, main, module_imports
 
 
 def test_no_cycle_in_a_dag() -> None:

@@ -1,4 +1,4 @@
-"""docs/reference/configuration.md is current (scripts/write_config_reference.py), and it
+"""docs/reference/configuration.md is current (scripts/tools/write_config_reference.py), and it
 documents every key of every job's config with its default."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import re
 
 from pydantic import BaseModel
 
-from scripts.write_config_reference import COMMAND, JOBS, REFERENCE, reference
+from scripts.tools.write_config_reference import COMMAND, JOBS, REFERENCE, reference
 
 
 def test_the_committed_configuration_reference_is_current() -> None:

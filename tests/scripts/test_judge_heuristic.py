@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from rewards.rubric import load_rubric
-from scripts.judge_heuristic import (
+from rewards.judge.rubric import load_rubric
+from rewards.stand_in.judge_heuristic import (
     heuristic_verdict,
     is_blocked,
     is_inappropriate,

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from ray_jobs.local_judge import server_arguments
-from rewards.config import LocalJudgeServerConfig
-from rewards.judge import build_judge_messages
-from rewards.rubric import load_rubric
-from scripts.judge_server import (
+from ray_jobs.runtime.local_servers import server_arguments
+from rewards.judge.config import LocalJudgeServerConfig
+from rewards.judge.llm_judge import build_judge_messages
+from rewards.judge.rubric import load_rubric
+from rewards.stand_in.judge_server import (
     JudgeServer,
     ServerSettings,
     _parse_args,
@@ -168,7 +168,7 @@ def test_bad_settings_are_rejected(settings: dict[str, object]) -> None:
 def test_cli_prints_ready_and_requires_the_key_from_env(connect: Connect) -> None:
     env = {**os.environ, "JUDGE_TEST_KEY": SECRET, "PYTHONPATH": str(REPO_ROOT)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "scripts.judge_server", "--port", "0", "--api-key-env", "JUDGE_TEST_KEY"],
+        [sys.executable, "-m", "rewards.stand_in.judge_server", "--port", "0", "--api-key-env", "JUDGE_TEST_KEY"],
         cwd=REPO_ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -348,7 +348,7 @@ def test_watch_parent_stops_the_server_when_its_parent_is_gone() -> None:
     import os
     import threading
 
-    from scripts.chat_serve import watch_parent
+    from rewards.stand_in.serve import watch_parent
 
     alive, gone = threading.Event(), threading.Event()
     watch_parent(os.getppid(), alive, every_s=0.02)  # our real parent: still there

@@ -9,23 +9,23 @@ from pathlib import Path
 
 import pytest
 
-from rewards.refiner import citation_reward
-from scripts.make_refiner_dataset import ADJECTIVES, PLACES, TOPICS, make_rows
-from scripts.refiner_verifier_server import verify
+from rewards.recipes.refiner import citation_reward
+from rewards.stand_in.refiner_verifier import verify
+from scripts.data.make_refiner_dataset import ADJECTIVES, PLACES, TOPICS, make_rows
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "configs" / "data" / "toy_refiner.jsonl"
 
 
 def _tiny_corpus_words() -> set[str]:
-    """``actors.models._CORPUS_WORDS``, read from the source (importing it would import torch: seconds)."""
-    tree = ast.parse((REPO / "actors" / "models.py").read_text())
+    """``actors.model.loading._CORPUS_WORDS``, read from the source (importing it would import torch: seconds)."""
+    tree = ast.parse((REPO / "actors" / "model" / "loading.py").read_text())
     for node in tree.body:
         if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "_CORPUS_WORDS":
             call = node.value
             assert isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
             return set(ast.literal_eval(call.func.value).split())
-    raise AssertionError("actors/models.py has no _CORPUS_WORDS")
+    raise AssertionError("actors/model/loading.py has no _CORPUS_WORDS")
 
 
 def test_shipped_file_is_the_generators_output() -> None:

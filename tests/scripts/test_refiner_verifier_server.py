@@ -8,9 +8,9 @@ import urllib.request
 
 import pytest
 
-from rewards.refiner import VERIFY_BLOCKS, VerificationVerdict, build_verification_messages
-from scripts.refiner_verifier_server import MODEL, parse_blocks, respond, verify
-from scripts.stand_in_server import BadRequest, StandInServer
+from rewards.recipes.refiner import VERIFY_BLOCKS, VerificationVerdict, build_verification_messages
+from rewards.stand_in.refiner_verifier import MODEL, parse_blocks, respond, verify
+from rewards.stand_in.server import BadRequest, StandInServer
 
 
 @pytest.mark.parametrize(

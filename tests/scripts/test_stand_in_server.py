@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from scripts.geo_engine_server import MAX_WORDS, NO_ANSWER, answer, parse_engine_request
-from scripts.stand_in_server import BadRequest, StandInServer, StandInSettings
+from rewards.stand_in.geo_engine import MAX_WORDS, NO_ANSWER, answer, parse_engine_request
+from rewards.stand_in.server import BadRequest, StandInServer, StandInSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SECRET = "sk-stand-in-NEVER-PRINT-55"
@@ -114,7 +114,7 @@ def test_bad_settings_are_rejected(settings: dict) -> None:
 def test_geo_engine_cli_prints_ready_and_requires_the_key() -> None:
     env = {**os.environ, "GEO_TEST_KEY": SECRET}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "scripts.geo_engine_server", "--port", "0", "--api-key-env", "GEO_TEST_KEY"],
+        [sys.executable, "-m", "rewards.stand_in.geo_engine", "--port", "0", "--api-key-env", "GEO_TEST_KEY"],
         cwd=REPO_ROOT,
         env=env,
         stdout=subprocess.PIPE,

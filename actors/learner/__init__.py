@@ -1,0 +1,1 @@
+"""The learner: optimiser steps on ``TrainBatch``/``SequenceBatch``, its objectives, backends (torch, DeepSpeed), data parallelism and state."""

@@ -1,0 +1,1 @@
+"""Rollout generation: the rollout worker and its generation backends (HF ``generate``, vLLM)."""

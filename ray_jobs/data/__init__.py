@@ -1,0 +1,1 @@
+"""Datasets: prompts for RL and evaluation, supervised and preference sequences (TRL formats)."""

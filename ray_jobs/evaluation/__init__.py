@@ -1,0 +1,1 @@
+"""The evaluation job's parts: running conditions, the report and its files."""

@@ -1,0 +1,1 @@
+"""The driver the offline jobs (SFT, preference) share."""

@@ -1,0 +1,1 @@
+"""What every job shares at run time: the Ray session, placement, the learner group, control, lifecycle, faults, tracking."""

@@ -1,0 +1,196 @@
+"""The endpoints of the judge and of the reward engines (``reward.engines``),
+resolved from ``base_url`` or ``endpoints``, with their keys and limits.
+
+The judge's config and every ``EngineConfig`` have the same endpoint fields
+(``ChatService``), so one implementation serves both; ``where`` names the
+config section in messages (``judge``, ``reward.engines.geo``).
+
+An ``Endpoint`` carries its API key as a ``SecretStr`` (never in ``repr``) and
+a ``display`` name for logs: the base URL without user info, query or
+fragment, plus the model. Nothing derived from a key ever enters a message.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import SecretStr
+
+from rewards.client.limits import Limits
+from rewards.errors import MissingApiKeyError
+from rewards.judge.config import EndpointConfig, EngineConfig, JudgeConfig
+
+__all__ = [
+    "ChatService",
+    "Endpoint",
+    "display_url",
+    "endpoint_configs",
+    "key_variables",
+    "read_api_key",
+    "keys_from",
+    "resolve_api_keys",
+    "resolve_endpoints",
+    "service_api_keys",
+]
+
+
+class ChatService(Protocol):
+    """The endpoint fields ``JudgeConfig`` and ``EngineConfig`` share."""
+
+    @property
+    def base_url(self) -> str | None: ...
+    @property
+    def endpoints(self) -> Sequence[EndpointConfig]: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def api_key_env(self) -> str: ...
+    @property
+    def max_concurrency(self) -> int | str: ...  # "auto" for the judge (``JudgeConfig.concurrency``)
+    @property
+    def requests_per_minute(self) -> float | None: ...
+    @property
+    def tokens_per_minute(self) -> float | None: ...
+    @property
+    def burst_s(self) -> float: ...
+
+
+def display_url(url: str) -> str:
+    """``url`` without user info, query string or fragment (where keys sometimes hide)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One endpoint serving the judge or an engine. ``key`` identifies it (limiter and breaker);
+    ``index`` is its position in the config (ties in balancing go to the lowest)."""
+
+    index: int
+    base_url: str
+    model: str
+    api_key_env: str
+    limits: Limits
+    api_key: SecretStr = field(repr=False, compare=False)
+
+    @property
+    def key(self) -> str:
+        return f"{self.index}|{self.base_url}|{self.model}"
+
+    @property
+    def display(self) -> str:
+        """A key-free name for logs: ``<url> (<model>)``."""
+        return f"{display_url(self.base_url)} ({self.model})"
+
+
+def _concurrency(service: ChatService) -> int:
+    """The service's per-endpoint concurrency as a number (the judge's may say 'auto')."""
+    return service.concurrency if isinstance(service, JudgeConfig) else int(service.max_concurrency)
+
+
+def endpoint_configs(service: ChatService, where: str = "judge") -> list[EndpointConfig]:
+    """``endpoints``, or the one endpoint of ``base_url``, defaults filled in.
+
+    Raises ValueError when neither is set (a local server's URL is filled in
+    by the driver before the judge or engine is built).
+    """
+    raw = list(service.endpoints) or ([EndpointConfig(base_url=service.base_url)] if service.base_url else [])
+    if not raw:
+        raise ValueError(
+            f"{where}.base_url is not set; with a local server the driver must "
+            "set it to the started server's URL before building the client"
+        )
+    return [
+        e.model_copy(
+            update={
+                "model": e.model or service.model,
+                "api_key_env": e.api_key_env or service.api_key_env,
+                "max_concurrency": e.max_concurrency or _concurrency(service),
+                "requests_per_minute": e.requests_per_minute or service.requests_per_minute,
+                "tokens_per_minute": e.tokens_per_minute or service.tokens_per_minute,
+            }
+        )
+        for e in raw
+    ]
+
+
+def read_api_key(name: str, environ: Mapping[str, str], where: str) -> SecretStr:
+    """The key in ``environ[name]``, surrounding whitespace removed; ``MissingApiKeyError``
+    (naming ``where`` and the variable, never a value) when it is unset or empty."""
+    value = environ.get(name, "")
+    if not value.strip():
+        raise MissingApiKeyError(
+            f"{where} names {name}, which is not set in the environment "
+            "(or is empty); export the API key in that variable"
+        )
+    return SecretStr(value.strip())
+
+
+def resolve_api_keys(
+    judge: JudgeConfig, environ: Mapping[str, str] | None = None, engines: Mapping[str, EngineConfig] | None = None
+) -> dict[str, SecretStr]:
+    """The key of every variable the judge's endpoints and the ``engines``' endpoints
+    name (``key_variables``), read from ``environ`` (default ``os.environ``);
+    ``MissingApiKeyError`` (naming the config key and the variable) for one unset or empty."""
+    environ = os.environ if environ is None else environ
+    keys = service_api_keys(judge, environ, "judge")
+    for name, engine in (engines or {}).items():
+        keys.update(service_api_keys(engine, environ, f"reward.engines.{name}"))
+    return keys
+
+
+def service_api_keys(service: ChatService, environ: Mapping[str, str], where: str) -> dict[str, SecretStr]:
+    """The keys of one judge or engine (``where`` names its config section in messages)."""
+    return keys_from(service, {}, environ, where)
+
+
+def keys_from(
+    service: ChatService, given: Mapping[str, SecretStr], environ: Mapping[str, str], where: str
+) -> dict[str, SecretStr]:
+    """The keys of one judge or engine: from ``given`` (variable name -> key), else read from ``environ``."""
+    return {
+        name: given[name]
+        if isinstance(given.get(name), SecretStr)
+        else read_api_key(name, environ, _where(service, name, where))
+        for name in key_variables(service)
+    }
+
+
+def _where(service: ChatService, name: str, where: str) -> str:
+    return f"{where}.api_key_env" if name == service.api_key_env else f"{where}.endpoints[*].api_key_env"
+
+
+def key_variables(service: ChatService) -> list[str]:
+    """Names of the environment variables holding the endpoints' keys, first one first."""
+    names = [e.api_key_env or service.api_key_env for e in service.endpoints] or [service.api_key_env]
+    return list(dict.fromkeys(names))
+
+
+def resolve_endpoints(service: ChatService, keys: Mapping[str, SecretStr], where: str = "judge") -> list[Endpoint]:
+    """The endpoints of a judge or engine with their keys (``keys`` maps variable names to keys)."""
+    endpoints = []
+    for i, config in enumerate(endpoint_configs(service, where)):
+        env = config.api_key_env or service.api_key_env
+        key = keys.get(env)
+        if not isinstance(key, SecretStr):
+            raise MissingApiKeyError(
+                f"no API key for the variable {env} ({where} endpoint {display_url(config.base_url)})"
+            )
+        limits = Limits(
+            max_concurrency=config.max_concurrency or _concurrency(service),
+            requests_per_minute=config.requests_per_minute,
+            tokens_per_minute=config.tokens_per_minute,
+            burst_s=service.burst_s,
+        )
+        endpoints.append(Endpoint(i, config.base_url, config.model or service.model, env, limits, key))
+    return endpoints

@@ -1,0 +1,1 @@
+"""The LLM judge: its config, rubrics, fenced prompt, validated verdicts, rule gate, reply cache and the judge itself."""

@@ -1,0 +1,380 @@
+"""Development stand-in judge: an OpenAI-compatible HTTP server that scores
+domain-name answers by a transparent heuristic.
+
+This is NOT a real judge. It exists so that the whole pipeline (prompt format,
+HTTP client, concurrency, failure handling, training) can run offline and
+deterministically. The HTTP plumbing (keep-alive, auth, JSON bodies, the
+in-flight gauge, ``GET /stats``, the ready line and parent watch) is
+``rewards/stand_in/http.py``'s and ``rewards/stand_in/serve.py``'s, shared with the
+stand-in engines. Endpoints
+(HTTP/1.1 keep-alive, JSON bodies with Content-Length):
+
+* ``GET /v1/models`` lists one model (``--model``).
+* ``POST /v1/chat/completions`` reads the *last user message*, takes the
+  business description between ``<<<REQUEST`` / ``REQUEST>>>`` and the candidate
+  between ``<<<CANDIDATE`` / ``CANDIDATE>>>`` (the fences of
+  ``rewards/judge/llm_judge.py``), reads the rubric's criterion names from the system
+  message (lines matching ``rewards.judge.llm_judge.CRITERION_LINE_RE``), and answers a
+  standard chat completion whose ``choices[0].message.content`` is the JSON
+  verdict ``{"<criterion>": {"reason": ..., "score": ...}}`` plus ``usage``
+  (token counts approximated as whitespace-separated words). Bad requests get
+  400 with a JSON error body; unknown paths 404.
+
+Verdicts: ``rewards/stand_in/judge_heuristic.py``'s scores (relevance, memorability,
+length; any other criterion their mean) and, when the system message asks for
+one, its request check.
+
+Latency (``--latency-s`` L): fixed, or uniform in L +/- ``--latency-jitter-s``
+(clipped at 0), or log-normal with mean L and ``--latency-sigma``; drawn per
+(request, attempt) from ``--seed``, so runs are reproducible.
+
+Faults, for tests. *Persistent* faults are deterministic per candidate, so a
+given sample always fails or always succeeds: with ``--fail-rate F`` a request
+whose candidate has ``fault_bucket(candidate, "fail") < F`` gets
+``--fail-status`` (default 500) and a JSON error body; otherwise, with
+``--malformed-rate M``, one whose ``fault_bucket(candidate, "malformed") < M``
+gets a 200 completion whose content is not JSON. *Transient* faults are drawn
+per (seed, attempt number, request), where the attempt number counts how
+often this server has seen the same (description, candidate), so a retry
+draws again and can succeed: ``--hang-rate`` (the request is held for
+``--hang-s`` and the connection dropped without an answer), ``--status-rate
+429=0.05,503=0.05`` (answered at once with that status; 429 and 503 carry
+``Retry-After: --retry-after-s`` when given), ``--empty-rate`` (content
+``""``) and ``--flaky-malformed-rate`` (non-JSON content). One uniform draw
+picks at most one transient fault, in that order (rates must sum to <= 1).
+
+Auth: with ``--api-key-env NAME`` and NAME set (non-empty), every request must
+carry ``Authorization: Bearer <value>``, else 401. The key is never printed.
+
+Run: ``python -m rewards.stand_in.judge_server --port 0`` prints one line
+``JUDGE_SERVER_READY port=<port>`` (flushed) once listening, then serves until
+SIGINT/SIGTERM, and then writes its request and fault counts to stderr
+(``STATS_PREFIX``). Tests use ``JudgeServer`` in-process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import random
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from pydantic import SecretStr
+
+from rewards.judge.prompt import (
+    CANDIDATE_CLOSE,
+    CANDIDATE_OPEN,
+    CRITERION_LINE_RE,
+    REQUEST_CHECK_KEY,
+    REQUEST_CLOSE,
+    REQUEST_OPEN,
+)
+from rewards.stand_in.http import (  # the HTTP plumbing every stand-in shares
+    BadRequest,
+    ChatHandler,
+    chat_completion,
+    error_body,
+    fault_bucket,
+    message_text,
+    parse_status_rates,
+    pick_fault,
+)
+from rewards.stand_in.judge_heuristic import heuristic_verdict
+from rewards.stand_in.serve import ServerThread, api_key_from_env, serve, watch_parent
+
+__all__ = [
+    "BadRequest",
+    "JudgeRequest",
+    "JudgeServer",
+    "ServerSettings",
+    "chat_completion",
+    "error_body",
+    "fault_bucket",
+    "heuristic_verdict",
+    "main",
+    "parse_judge_request",
+    "parse_status_rates",
+    "watch_parent",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "relay-heuristic-judge"
+STATS_PREFIX = "judge_server: stats "
+"""On exit the CLI writes one stderr line ``STATS_PREFIX + {"completions_served", "faults"}`` (JSON)."""
+_FAIL_SALT = "fail"
+_MALFORMED_SALT = "malformed"
+_MALFORMED_CONTENT = "I am sorry, I cannot produce a verdict in JSON today."
+
+
+def injects_failure(candidate: str, fail_rate: float) -> bool:
+    """Whether a server with ``--fail-rate fail_rate`` fails this candidate."""
+    return fault_bucket(candidate, _FAIL_SALT) < fail_rate
+
+
+def injects_malformed(candidate: str, malformed_rate: float) -> bool:
+    """Whether a server with ``--malformed-rate`` answers this candidate with non-JSON
+    content (only checked for candidates that do not fail)."""
+    return fault_bucket(candidate, _MALFORMED_SALT) < malformed_rate
+
+
+def transient_fault(settings: ServerSettings, description: str, candidate: str, attempt: int) -> str | None:
+    """The transient fault of this (request, attempt): "hang", "status:<code>",
+    "empty", "malformed" or None (see the module docstring)."""
+    draw = fault_bucket(f"{settings.seed}\0{attempt}\0{description}\0{candidate}", "transient")
+    return pick_fault(draw, settings.transient_plan())
+
+
+def reply_latency(settings: ServerSettings, description: str, candidate: str, attempt: int) -> float:
+    """Seconds to wait before answering this (request, attempt) (see the module docstring)."""
+    mean = settings.latency_s
+    if mean <= 0:
+        return 0.0
+    if settings.latency_jitter_s <= 0 and settings.latency_sigma <= 0:
+        return mean
+    seed = fault_bucket(f"{settings.seed}\0{attempt}\0{description}\0{candidate}", "latency")
+    rng = random.Random(seed)
+    if settings.latency_sigma > 0:
+        sigma = settings.latency_sigma
+        return rng.lognormvariate(math.log(mean) - sigma * sigma / 2.0, sigma)
+    return max(0.0, rng.uniform(mean - settings.latency_jitter_s, mean + settings.latency_jitter_s))
+
+
+# --------------------------------------------------------------------------
+# Request parsing (pure)
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JudgeRequest:
+    """What the server needs from one chat-completion request."""
+
+    model: str
+    description: str
+    candidate: str
+    criteria: list[str]
+    request_check: bool = False
+
+
+def _fenced(text: str, opening: str, closing: str) -> str:
+    match = re.search(rf"^{re.escape(opening)}\n(.*?)\n{re.escape(closing)}$", text, re.DOTALL | re.MULTILINE)
+    if match is None:
+        raise BadRequest(f"the last user message has no {opening} ... {closing} block")
+    return match.group(1)
+
+
+def parse_judge_request(body: object) -> JudgeRequest:
+    """Extract description, candidate and criterion names; BadRequest if impossible."""
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+        raise BadRequest("'messages' must be a list of message objects")
+    users = [m for m in messages if m.get("role") == "user"]
+    if not users:
+        raise BadRequest("'messages' has no user message")
+    user_text = message_text(users[-1])
+    system_text = "\n".join(message_text(m) for m in messages if m.get("role") == "system")
+    criteria = [json.loads(m.group(1)) for m in CRITERION_LINE_RE.finditer(system_text)]
+    model = body.get("model")
+    return JudgeRequest(
+        model=model if isinstance(model, str) and model else DEFAULT_MODEL,
+        description=_fenced(user_text, REQUEST_OPEN, REQUEST_CLOSE),
+        candidate=_fenced(user_text, CANDIDATE_OPEN, CANDIDATE_CLOSE),
+        criteria=criteria,
+        request_check=json.dumps(REQUEST_CHECK_KEY) in system_text,
+    )
+
+
+# --------------------------------------------------------------------------
+# HTTP server
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Behaviour of one server (module docstring); ``api_key`` None means no auth."""
+
+    model: str = DEFAULT_MODEL
+    latency_s: float = 0.0
+    api_key: SecretStr | None = None
+    fail_rate: float = 0.0
+    fail_status: int = 500
+    malformed_rate: float = 0.0
+    latency_jitter_s: float = 0.0
+    latency_sigma: float = 0.0
+    status_rates: Mapping[int, float] = field(default_factory=dict)
+    retry_after_s: float | None = None
+    hang_rate: float = 0.0
+    hang_s: float = 30.0
+    empty_rate: float = 0.0
+    flaky_malformed_rate: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("latency_s", "latency_jitter_s", "latency_sigma"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        if self.latency_jitter_s > 0 and self.latency_sigma > 0:
+            raise ValueError("set latency_jitter_s or latency_sigma, not both")
+        for name in ("fail_rate", "malformed_rate", "hang_rate", "empty_rate", "flaky_malformed_rate"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1]")
+        if not 400 <= self.fail_status <= 599:
+            raise ValueError("fail_status must be an HTTP error status (400-599)")
+        for status, rate in self.status_rates.items():
+            if not 400 <= status <= 599 or not 0.0 <= rate <= 1.0:
+                raise ValueError(f"status_rates: {status}={rate} needs a 4xx/5xx status and a rate in [0, 1]")
+        if sum(rate for _, rate in self.transient_plan()) > 1.0 + 1e-9:
+            raise ValueError("the transient fault rates add up to more than 1")
+        if self.retry_after_s is not None and self.retry_after_s < 0:
+            raise ValueError("retry_after_s must be >= 0")
+        if self.hang_s <= 0:
+            raise ValueError("hang_s must be > 0")
+        if self.api_key is not None and not self.api_key.get_secret_value():
+            raise ValueError("api_key must not be empty (pass None for no auth)")
+
+    def transient_plan(self) -> list[tuple[str, float]]:
+        """The transient faults and their rates, in draw order."""
+        plan = [("hang", self.hang_rate)]
+        plan += [(f"status:{status}", rate) for status, rate in sorted(self.status_rates.items())]
+        return plan + [("empty", self.empty_rate), ("malformed", self.flaky_malformed_rate)]
+
+
+def _request_key(request: JudgeRequest) -> bytes:
+    return hashlib.sha256(f"{request.description}\0{request.candidate}".encode("utf-8", "surrogatepass")).digest()
+
+
+class _Handler(ChatHandler):
+    """Answers chat completions with heuristic verdicts (module docstring)."""
+
+    def answer(self, raw: bytes) -> None:
+        try:
+            request = parse_judge_request(json.loads(raw.decode("utf-8")))
+        except (BadRequest, UnicodeDecodeError, json.JSONDecodeError) as err:
+            self.send_json(400, error_body(f"bad request: {err}", "invalid_request_error"))
+            return
+        self._answer(request, prompt_words=len(raw.split()))
+
+    def _answer(self, request: JudgeRequest, prompt_words: int) -> None:
+        settings: ServerSettings = self.server.settings
+        attempt = self.server.next_attempt(_request_key(request))
+        fault = transient_fault(settings, request.description, request.candidate, attempt)
+        if fault is not None:
+            self.server.count_fault(fault)
+        self.server.begin_completion()
+        try:
+            if fault is not None and fault.startswith("status:"):
+                self.send_status(int(fault.split(":", 1)[1]), settings.retry_after_s)
+                return
+            if fault == "hang":
+                self.server.stopping.wait(settings.hang_s)
+                self.close_connection = True  # drop it unanswered; the client gave up long ago
+                return
+            delay = reply_latency(settings, request.description, request.candidate, attempt)
+            if delay > 0:
+                time.sleep(delay)
+        finally:
+            self.server.end_completion()
+        if injects_failure(request.candidate, settings.fail_rate):
+            self.send_json(settings.fail_status, error_body("injected failure", "server_error"))
+            return
+        self.send_json(200, chat_completion(request.model, self._content(request, fault), prompt_words))
+
+    def _content(self, request: JudgeRequest, fault: str | None) -> str:
+        settings: ServerSettings = self.server.settings
+        if fault == "empty":
+            return ""
+        if fault == "malformed" or injects_malformed(request.candidate, settings.malformed_rate):
+            return _MALFORMED_CONTENT
+        verdict = heuristic_verdict(request.description, request.candidate, request.criteria, request.request_check)
+        return json.dumps(verdict)
+
+
+class JudgeServer(ServerThread):
+    """The heuristic judge server, runnable in-process (``start``/``stop`` or ``with``).
+
+    Invariant: between ``start`` and ``stop`` it listens on ``host:port``
+    (``port`` is the real port, also when 0 was asked for).
+    """
+
+    name = "judge server"
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, settings: ServerSettings | None = None) -> None:
+        super().__init__(host, port, settings or ServerSettings(), _Handler)
+
+
+# --------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--latency-s", type=float, default=0.0, help="sleep before each completion")
+    parser.add_argument("--api-key-env", default=None, help="require 'Authorization: Bearer $NAME' when NAME is set")
+    parser.add_argument("--latency-jitter-s", type=float, default=0.0, help="uniform latency in L +/- this")
+    parser.add_argument("--latency-sigma", type=float, default=0.0, help="log-normal latency with mean L")
+    parser.add_argument("--fail-rate", type=float, default=0.0, help="persistent: share of candidates failed")
+    parser.add_argument("--fail-status", type=int, default=500)
+    parser.add_argument("--malformed-rate", type=float, default=0.0, help="persistent: share of candidates")
+    parser.add_argument("--status-rate", default="", help="transient: e.g. 429=0.05,503=0.05")
+    parser.add_argument("--retry-after-s", type=float, default=None, help="Retry-After of injected 429/503")
+    parser.add_argument("--hang-rate", type=float, default=0.0, help="transient: share of requests held")
+    parser.add_argument("--hang-s", type=float, default=30.0, help="how long a hung request is held")
+    parser.add_argument("--empty-rate", type=float, default=0.0, help="transient: empty content")
+    parser.add_argument("--flaky-malformed-rate", type=float, default=0.0, help="transient: non-JSON content")
+    parser.add_argument("--seed", type=int, default=0, help="seed of transient faults and latency draws")
+    parser.add_argument(
+        "--parent-pid",
+        type=int,
+        default=None,
+        help="exit when this process (the training driver) is gone, however it ended",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    try:
+        settings = ServerSettings(
+            model=args.model,
+            latency_s=args.latency_s,
+            api_key=api_key_from_env(args.api_key_env),
+            fail_rate=args.fail_rate,
+            fail_status=args.fail_status,
+            malformed_rate=args.malformed_rate,
+            latency_jitter_s=args.latency_jitter_s,
+            latency_sigma=args.latency_sigma,
+            status_rates=parse_status_rates(args.status_rate),
+            retry_after_s=args.retry_after_s,
+            hang_rate=args.hang_rate,
+            hang_s=args.hang_s,
+            empty_rate=args.empty_rate,
+            flaky_malformed_rate=args.flaky_malformed_rate,
+            seed=args.seed,
+        )
+    except ValueError as err:
+        raise SystemExit(f"judge_server: {err}") from None
+    server = JudgeServer(args.host, args.port, settings)
+    return serve(
+        server,
+        "JUDGE_SERVER_READY",
+        "judge_server",
+        args.api_key_env,
+        args.parent_pid,
+        lambda: {"completions_served": server.completions_served, "faults": server.faults},
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Benchmarks: each measures one thing and prints a table (docs/benchmarks.md)."""

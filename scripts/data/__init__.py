@@ -1,0 +1,1 @@
+"""Toy dataset generators: write the files under configs/data."""
