@@ -22,7 +22,8 @@ from pydantic import SecretStr
 
 from actors.messages import RolloutResult, Sample, ScoredSample, ScoreResult
 from rewards.composer import JUDGE_TERM, RewardComposer, ScoredParts, ScoreInput
-from rewards.judge.config import JudgeConfig, RewardConfig
+from rewards.config import RewardConfig
+from rewards.judge.config import JudgeConfig
 from rewards.llm import EngineUsage
 from rewards.metrics import JudgeTrace, call_metrics, engine_metrics, term_metrics
 

@@ -232,7 +232,7 @@ def _train(
 ) -> None:
     """Start the actors, restore the checkpoint (or write step 0's), train (``data``: the
     training prompts and the held-out set), publish ``final/``."""
-    from ray_jobs.rl.actor_set import Stages
+    from ray_jobs.rl.actor_set import ActorSet
 
     prompts, evalset = data
     state = checkpoint.driver_state() if checkpoint else None
@@ -247,7 +247,7 @@ def _train(
             )
         )
         log.info("algorithm (preset filled in): %s", cfg.algorithm.settings)
-        stages = Stages(cfg, keys)
+        stages = ActorSet(cfg, keys)
         stack.callback(stages.close)
         evals = TrainEval(
             cfg.eval,

@@ -41,10 +41,11 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from rewards.client.endpoints import key_variables, keys_from
+from rewards.config import RewardConfig, RewardTermConfig
 from rewards.context import JUDGE_ENGINE, TermUsage
 from rewards.errors import RewardError
-from rewards.judge.config import JudgeConfig, RewardConfig, RewardTermConfig
+from rewards.judge.config import JudgeConfig
+from rewards.judge.endpoints import key_variables, keys_from
 from rewards.judge.llm_judge import JudgeReward, check_endpoints
 from rewards.llm import ChatEngine
 from rewards.metrics import JudgeTrace

@@ -42,12 +42,13 @@ from pydantic import BaseModel, SecretStr, ValidationError
 
 from rewards.client.chat_client import JudgeClient
 from rewards.client.clock import Clock
-from rewards.client.endpoints import resolve_endpoints
 from rewards.client.limits import estimate_tokens
 from rewards.client.transport import OpenAITransport, Transport, TransportError
+from rewards.config import EngineConfig
 from rewards.errors import LLMCallError, RewardError
 from rewards.judge.cache import SharedCalls, TextCache, reply_key
-from rewards.judge.config import EngineConfig, JudgeConfig
+from rewards.judge.config import JudgeConfig
+from rewards.judge.endpoints import resolve_endpoints
 from rewards.judge.verdict import extract_first_json_object
 from rewards.metrics import InflightGauge, JudgeTrace
 

@@ -20,12 +20,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from actors.learner.config import LearnerConfig
 from actors.model.loading import BUILTIN_TINY, ModelConfig
 from actors.rollout.worker import RolloutConfig
-from ray_jobs.config.experiment import WandbConfig, context_too_long
+from ray_jobs.config.experiment import ACTOR_START_TIMEOUT_S, WandbConfig, context_too_long
 from ray_jobs.config.own_task import check_own_task, own_task_defaults
 from ray_jobs.config.run_paths import DEFAULT_OUTPUT_ROOT, run_directory
 from ray_jobs.data.prompts import DataConfig
-from ray_jobs.runtime.faults import ACTOR_START_TIMEOUT_S
-from rewards.judge.config import JudgeConfig, RewardConfig
+from rewards.config import RewardConfig
+from rewards.judge.config import JudgeConfig
 
 HELDOUT = "configs/data/business_descriptions_heldout.jsonl"
 TRAINED = "runs/cpu-default/final"

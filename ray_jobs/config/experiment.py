@@ -26,8 +26,12 @@ from ray_jobs.config.loading import redacted as redacted
 from ray_jobs.config.own_task import check_own_task, own_task_defaults
 from ray_jobs.config.run_paths import DEFAULT_OUTPUT_ROOT, run_directory
 from ray_jobs.data.prompts import DataConfig
-from ray_jobs.runtime.faults import ACTOR_START_TIMEOUT_S
-from rewards.judge.config import JudgeConfig, RewardConfig
+from rewards.config import RewardConfig
+from rewards.judge.config import JudgeConfig
+
+ACTOR_START_TIMEOUT_S = 600.0
+"""Default of ``run.actor_start_timeout_s``: how long an actor's constructor may take (model
+loading, a vLLM engine start) before it counts as failed. Callers pass the configured value."""
 
 
 class RunSettings(BaseModel):

@@ -1,7 +1,7 @@
-"""The Ray edge: the plain classes become actors here (the learner's ranks in
+"""The RL job's set of actors: the plain classes become actors here (the learner's ranks in
 ``ray_jobs/runtime/learner_group.py``), and nowhere else.
 
-``Stages`` owns the rollout workers, the judge pool and the learner group, and
+``ActorSet`` owns the rollout workers, the judge pool and the learner group, and
 the few calls the driver makes on them. Rollout results flow to the judge pool
 by object reference (Ray resolves them when the rollout finishes), so the
 driver never waits on generation or judging except when it needs a step's
@@ -40,13 +40,13 @@ from ray_jobs.runtime.faults import (
 from ray_jobs.runtime.learner_group import LearnerGroup
 from ray_jobs.runtime.placement import JUDGE_POOL, ray_options, rollout_worker_options
 
-JUDGE_POOL_NAME = "relay-judge-pool"  # + a per-Stages suffix: ray.util.list_named_actors() finds it
+JUDGE_POOL_NAME = "relay-judge-pool"  # + a per-ActorSet suffix: ray.util.list_named_actors() finds it
 ROLLOUT_WORKER_NAME = "relay-rollout"  # + "-<worker>-" + the same suffix
 
 log = logging.getLogger(__name__)
 
 
-class Stages:
+class ActorSet:
     """Rollout workers + judge pool + learner group as Ray actors.
 
     Invariant: ``version`` is the newest policy version sent to every rollout

@@ -3,13 +3,13 @@
 reference) or a process-group broadcast (``weight_sync.transport``).
 
 ``WeightPublisher`` is the one place that knows which version the rollout workers
-were sent; ``Stages`` asks it when it starts a generation.
+were sent; ``ActorSet`` asks it when it starts a generation.
 
 A broadcast is a collective that learner rank 0 cannot leave until every engine
 took part (gloo: its 600 s timeout; NCCL: never), so the engines are asked first
 whether they will take it (``RolloutWorker.check_receive``) and a refusal fails
 the sync at once, before anyone enters it. A restore (a resumed run, or a learner
-group restarted from its checkpoint, which also forms a new group: ``Stages`` is
+group restarted from its checkpoint, which also forms a new group: ``ActorSet`` is
 started again) is sent as one: the engines take it even when they already hold
 its version (the step-0 checkpoint) or a newer one.
 """

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import ray
 
 from actors.messages import PromptItem
+from ray_jobs.config.experiment import ACTOR_START_TIMEOUT_S
 
 
 class StopRequested(Exception):
@@ -37,11 +38,6 @@ class StopRequested(Exception):
 
 class ActorStartError(RuntimeError):
     """An actor failed in its constructor; the message names the actor and the cause (one line)."""
-
-
-ACTOR_START_TIMEOUT_S = 600.0
-"""Default of ``run.actor_start_timeout_s``: how long an actor's constructor may take (model
-loading, a vLLM engine start) before it counts as failed. Callers pass the configured value."""
 
 
 class RunFaultError(RuntimeError):

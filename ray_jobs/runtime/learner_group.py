@@ -53,7 +53,8 @@ from actors.learner.sequence_objectives import SequenceObjective
 from actors.messages import SequenceBatch, TrainBatch, TrainResult
 from actors.model.loading import ModelConfig
 from algorithms.config import AlgorithmConfig
-from ray_jobs.runtime.faults import ACTOR_START_TIMEOUT_S, ActorStartError, check_started
+from ray_jobs.config.experiment import ACTOR_START_TIMEOUT_S
+from ray_jobs.runtime.faults import ActorStartError, check_started
 from ray_jobs.runtime.placement import learner_placement, ray_options
 
 DEFAULT_PLACEMENT_TIMEOUT_S = 120.0

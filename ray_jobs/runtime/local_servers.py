@@ -25,7 +25,8 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from rewards.judge.config import JudgeConfig, LocalJudgeServerConfig, RewardConfig
+from rewards.config import RewardConfig
+from rewards.judge.config import JudgeConfig, LocalJudgeServerConfig
 
 log = logging.getLogger(__name__)
 _REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -167,7 +168,7 @@ def rewards_for_run(
     endpoint is checked before anything else starts (a one-line error naming the judge or engine)."""
     import asyncio
 
-    from rewards.client.endpoints import resolve_api_keys, service_api_keys
+    from rewards.judge.endpoints import resolve_api_keys, service_api_keys
 
     with contextlib.ExitStack() as stack:
         if judge.uses_local_server:
@@ -205,7 +206,7 @@ def rewards_for_run(
 
 async def check_all_endpoints(judge: JudgeConfig, reward: RewardConfig, keys: dict[str, SecretStr]) -> None:
     """``GET /models`` on the judge's and every engine's endpoints (``JudgeUnreachableError``)."""
-    from rewards.client.endpoints import resolve_endpoints
+    from rewards.judge.endpoints import resolve_endpoints
     from rewards.judge.llm_judge import JudgeReward, check_endpoints
 
     if judge.is_remote:  # a run without a judge endpoint has no judge term (the config checks it)
@@ -219,7 +220,7 @@ def _unused_judge_dropped(judge: JudgeConfig, reward: RewardConfig) -> JudgeConf
     """``judge`` without its endpoint when no reward term is ``judge`` and its key variables are unset
     (a starter config keeps a judge endpoint after its judge term was dropped): logged, not an error.
     A set key keeps the endpoint, for terms that call it (``ctx.llm("judge")``)."""
-    from rewards.client.endpoints import MissingApiKeyError, service_api_keys
+    from rewards.judge.endpoints import MissingApiKeyError, service_api_keys
 
     if not judge.is_remote or any(t.name == "judge" for t in reward.terms):
         return judge

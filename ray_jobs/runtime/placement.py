@@ -156,7 +156,7 @@ JUDGE_POOL = ActorSpec("judge pool", 0.0, 0.0)
 
 
 def run_placement(cfg: ExperimentConfig) -> Placement:
-    """A training run's whole layout, in the order ``Stages`` starts it: rollout workers
+    """A training run's whole layout, in the order ``ActorSet`` starts it: rollout workers
     (and their engine groups), the judge pool, the learner."""
     plan = Placement()
     for worker in range(cfg.rollout.num_workers):

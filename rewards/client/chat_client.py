@@ -41,11 +41,11 @@ from dataclasses import dataclass, field
 
 from rewards.client.breaker import CircuitBreaker
 from rewards.client.clock import Clock, SystemClock
-from rewards.client.endpoints import Endpoint
+from rewards.client.config import CircuitBreakerConfig, RetryConfig
+from rewards.client.endpoint import Endpoint
 from rewards.client.limits import EndpointLimiter, LimiterRegistry
 from rewards.client.retry import RetryPolicy, trips_breaker
 from rewards.client.transport import Reply, Transport, TransportError
-from rewards.judge.config import CircuitBreakerConfig, RetryConfig
 from rewards.metrics import InflightGauge, JudgeTrace
 
 __all__ = ["JudgeClient"]

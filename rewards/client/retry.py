@@ -20,7 +20,7 @@ import math
 import random
 from collections.abc import Mapping
 
-from rewards.judge.config import RetryConfig
+from rewards.client.config import RetryConfig
 
 __all__ = [
     "BREAKER_CAUSES",

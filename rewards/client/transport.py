@@ -25,7 +25,7 @@ import openai
 from pydantic import SecretStr
 
 from rewards.client.clock import Clock, SystemClock
-from rewards.client.endpoints import Endpoint
+from rewards.client.endpoint import Endpoint
 from rewards.client.retry import is_retryable, parse_retry_after
 from rewards.errors import RewardError
 

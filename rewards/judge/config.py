@@ -1,10 +1,9 @@
 """Configs of the judge: the LLM judge (endpoints, limits, retries, circuit
 breaker, rubric, cache) and its local stand-in server.
 
-This is also where the reward layer's configs are imported from: the
-endpoint, retry and circuit-breaker sections (``rewards/client/config.py``),
-the reward terms and engines (``rewards/config.py``) and the rubric
-criteria (``rewards/judge/rubric.py``) are re-exported here.
+Its sections come from their own modules: the endpoint, retry and circuit-breaker
+sections from ``rewards/client/config.py``, the rubric criteria from
+``rewards/judge/rubric.py``; the reward terms and engines are ``rewards/config.py``'s.
 """
 
 from __future__ import annotations
@@ -14,24 +13,12 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, PrivateAttr, model_validator
 
 from rewards.client.config import CircuitBreakerConfig, EndpointConfig, RetryConfig
-from rewards.config import EngineConfig, RewardConfig, RewardTermConfig
 from rewards.judge.rubric import CriterionConfig, Rubric, resolve_rubric
 
 AUTO_CONCURRENCY_UNRESOLVED = 64
 """``judge.max_concurrency: auto`` where no driver resolved it (``JudgeConfig.with_inflight``)."""
 
-__all__ = [
-    "AUTO_CONCURRENCY_UNRESOLVED",
-    "CircuitBreakerConfig",
-    "CriterionConfig",
-    "EndpointConfig",
-    "EngineConfig",
-    "JudgeConfig",
-    "LocalJudgeServerConfig",
-    "RetryConfig",
-    "RewardConfig",
-    "RewardTermConfig",
-]
+__all__ = ["AUTO_CONCURRENCY_UNRESOLVED", "JudgeConfig", "LocalJudgeServerConfig"]
 
 
 def _default_status_rates() -> dict[int, float]:

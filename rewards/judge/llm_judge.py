@@ -40,19 +40,13 @@ from pydantic import SecretStr
 
 from rewards.client.chat_client import JudgeClient
 from rewards.client.clock import Clock
-from rewards.client.endpoints import (
-    Endpoint,
-    display_url,
-    key_variables,
-    read_api_key,
-    resolve_api_keys,
-    resolve_endpoints,
-)
+from rewards.client.endpoint import Endpoint, display_url
 from rewards.client.limits import estimate_tokens
 from rewards.client.transport import OpenAITransport, Transport, TransportError, make_client
 from rewards.errors import JudgeError, JudgeUnreachableError, MissingApiKeyError, RewardError
 from rewards.judge.cache import SharedCalls, VerdictCache, verdict_key
-from rewards.judge.config import CriterionConfig, JudgeConfig
+from rewards.judge.config import JudgeConfig
+from rewards.judge.endpoints import key_variables, read_api_key, resolve_api_keys, resolve_endpoints
 from rewards.judge.gate import gate_reason
 from rewards.judge.prompt import (
     CANDIDATE_CLOSE,
@@ -69,7 +63,7 @@ from rewards.judge.prompt import (
     system_message,
     user_message,
 )
-from rewards.judge.rubric import Rubric, Verdict
+from rewards.judge.rubric import CriterionConfig, Rubric, Verdict
 from rewards.judge.verdict import extract_first_json_object, parse_verdict
 from rewards.metrics import JudgeTrace
 

@@ -44,8 +44,7 @@ import string
 import unicodedata
 from collections.abc import Sequence
 
-from rewards.judge.config import CriterionConfig
-from rewards.judge.rubric import REQUEST_CHECK_KEY, Rubric, neutral_rubric
+from rewards.judge.rubric import REQUEST_CHECK_KEY, CriterionConfig, Rubric, neutral_rubric
 
 __all__ = [
     "CANDIDATE_CLOSE",

@@ -29,9 +29,8 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError
 
 from rewards.errors import RewardError
-from rewards.judge.config import CriterionConfig
 from rewards.judge.prompt import CANDIDATE_CLOSE, CANDIDATE_OPEN, REQUEST_CLOSE, REQUEST_OPEN, as_rubric
-from rewards.judge.rubric import REQUEST_CHECK_KEY, Rubric, Verdict
+from rewards.judge.rubric import REQUEST_CHECK_KEY, CriterionConfig, Rubric, Verdict
 
 __all__ = [
     "CriterionVerdict",

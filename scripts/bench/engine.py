@@ -32,9 +32,10 @@ from urllib.parse import urlsplit
 from actors.judge_pool import JudgePool
 from actors.messages import PromptItem, RolloutResult, Sample, ScoreResult
 from ray_jobs.runtime.local_servers import local_server
-from rewards.client.endpoints import resolve_api_keys
+from rewards.config import EngineConfig, RewardConfig, RewardTermConfig
 from rewards.context import RewardContext
-from rewards.judge.config import EngineConfig, JudgeConfig, RewardConfig, RewardTermConfig
+from rewards.judge.config import JudgeConfig
+from rewards.judge.endpoints import resolve_api_keys
 from rewards.metrics import aggregate_judge_metrics
 
 KEY_ENV = "RELAY_BENCH_ENGINE_KEY"

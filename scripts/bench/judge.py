@@ -35,8 +35,10 @@ from pathlib import Path
 from actors.judge_pool import JudgePool
 from actors.messages import PromptItem, RolloutResult, Sample, ScoreResult
 from ray_jobs.runtime.local_servers import local_judge_server
-from rewards.client.endpoints import resolve_api_keys
-from rewards.judge.config import JudgeConfig, LocalJudgeServerConfig, RetryConfig, RewardConfig
+from rewards.client.config import RetryConfig
+from rewards.config import RewardConfig
+from rewards.judge.config import JudgeConfig, LocalJudgeServerConfig
+from rewards.judge.endpoints import resolve_api_keys
 from rewards.metrics import aggregate_judge_metrics
 from rewards.stand_in.judge_server import STATS_PREFIX
 

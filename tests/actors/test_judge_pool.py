@@ -10,8 +10,10 @@ from pydantic import SecretStr
 
 from actors.judge_pool import JudgePool
 from actors.messages import PromptItem, RolloutResult, Sample, ScoreResult
+from rewards.client.config import RetryConfig
+from rewards.config import RewardConfig, RewardTermConfig
 from rewards.errors import JudgeUnreachableError
-from rewards.judge.config import JudgeConfig, RetryConfig, RewardConfig, RewardTermConfig
+from rewards.judge.config import JudgeConfig
 from rewards.metrics import aggregate_judge_metrics
 from rewards.stand_in.judge_server import JudgeServer, ServerSettings, injects_failure
 

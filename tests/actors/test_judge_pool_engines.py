@@ -13,8 +13,9 @@ from pydantic import BaseModel, SecretStr
 
 from actors.judge_pool import JudgePool
 from actors.messages import PromptItem, RolloutResult, Sample, ScoreResult
+from rewards.config import EngineConfig, RewardConfig, RewardTermConfig
 from rewards.context import RewardContext
-from rewards.judge.config import EngineConfig, JudgeConfig, RewardConfig, RewardTermConfig
+from rewards.judge.config import JudgeConfig
 from rewards.metrics import aggregate_judge_metrics
 from rewards.stand_in.server import StandInServer, StandInSettings
 

@@ -10,8 +10,8 @@ from ray_jobs.config.experiment import ConfigError, load_config
 from ray_jobs.rl import run_settings
 from ray_jobs.rl.pipeline import judge_inflight_bound
 from ray_jobs.runtime.actor_settings import auto_threads, stage_threads
-from rewards.client.endpoints import endpoint_configs
 from rewards.judge.config import AUTO_CONCURRENCY_UNRESOLVED, JudgeConfig
+from rewards.judge.endpoints import endpoint_configs
 
 
 def test_inflight_bound_counts_every_batch_admission_control_allows() -> None:

@@ -10,8 +10,9 @@ import pytest
 
 from ray_jobs.runtime.local_servers import LocalJudgeError, rewards_for_run
 from rewards.composer import RewardComposer
+from rewards.config import EngineConfig, RewardConfig, RewardTermConfig
 from rewards.errors import MissingApiKeyError
-from rewards.judge.config import EngineConfig, JudgeConfig, RewardConfig, RewardTermConfig
+from rewards.judge.config import JudgeConfig
 
 GEO_TERM = RewardTermConfig(name="rewards.recipes.geo:visibility_gain")
 ROW = {"query": "coffee in town", "sources": ["Fresh coffee downtown.", "Tea only."], "target": 1}

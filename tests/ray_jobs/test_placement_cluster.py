@@ -1,6 +1,6 @@
 """GPU placement on a simulated cluster: two Ray nodes on this machine, each declaring 2 GPUs.
 
-The real edge code starts the actors (``Stages._start_rollout``, ``LearnerGroup``) with
+The real edge code starts the actors (``ActorSet._start_rollout``, ``LearnerGroup``) with
 light stand-ins in place of ``RolloutWorker`` and ``Learner``, so the options under test are
 exactly the ones a run uses. vLLM cannot start here: the rollout stand-in does what vLLM
 0.32's Ray executor does in the engine it starts (``v1/executor/ray_executor.py``
@@ -80,7 +80,7 @@ def test_tp2_engine_and_two_rank_learner_land_where_the_plan_says(gpu_cluster, m
     cfg = _config()
     monkeypatch.setattr(stages, "RolloutWorker", RolloutStandIn)
     monkeypatch.setattr(learner_group, "Learner", LearnerStandIn)
-    edge = stages.Stages.__new__(stages.Stages)  # only _start_rollout's state: the config and its groups
+    edge = stages.ActorSet.__new__(stages.ActorSet)  # only _start_rollout's state: the config and its groups
     edge.cfg, edge._engine_groups = cfg, []
     worker = edge._start_rollout(0, None)
     seen = {"rollout worker 0": ray.get(worker.where.remote(), timeout=START_TIMEOUT_S)}

@@ -1,7 +1,7 @@
 """Every algorithm preset trains end to end on CPU: 2 steps each, all in one Ray session.
 
 The module starts Ray and the local judge once; each preset gets its own actors
-(``Stages``) and run directory and goes through the real driver loop
+(``ActorSet``) and run directory and goes through the real driver loop
 (``train_loop``). DAPO runs with a reward that is constant for about half of the
 prompts, so that dynamic sampling has groups to drop and refills to make.
 """
@@ -92,7 +92,7 @@ def session(tiny_model_config, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 
 def _train(session: tuple, preset: str, out: Path) -> list[dict]:
-    from ray_jobs.rl.actor_set import Stages
+    from ray_jobs.rl.actor_set import ActorSet
 
     base, key, prompts, tokenizer = session
     raw = base.model_dump()
@@ -101,7 +101,7 @@ def _train(session: tuple, preset: str, out: Path) -> list[dict]:
     if preset == "dapo":
         raw["reward"] = {"terms": [{"name": "tests.ray_jobs.test_presets_e2e:half_constant_reward", "weight": 1.0}]}
     cfg = ExperimentConfig.model_validate(raw)
-    stages = Stages(cfg, key)
+    stages = ActorSet(cfg, key)
     try:
         with contextlib.closing(RunRecorder(out, redacted(cfg), cfg.wandb, cfg.run.name, cfg.run.steps)) as rec:
             control = RunControl(cfg.run, out, redacted(cfg), GracefulStop(), rec.wandb_id, tokenizer)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pydantic import SecretStr
 
 from rewards.client.clock import VirtualClock
-from rewards.client.endpoints import Endpoint
+from rewards.client.endpoint import Endpoint
 from rewards.client.transport import Reply, TransportError
 from rewards.judge.config import JudgeConfig
 from rewards.judge.llm_judge import JudgeReward

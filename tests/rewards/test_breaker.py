@@ -12,9 +12,10 @@ from pydantic import SecretStr
 
 from rewards.client.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 from rewards.client.clock import VirtualClock
+from rewards.client.config import CircuitBreakerConfig, EndpointConfig, RetryConfig
 from rewards.client.transport import Reply, TransportError
 from rewards.errors import JudgeError
-from rewards.judge.config import CircuitBreakerConfig, EndpointConfig, JudgeConfig, RetryConfig
+from rewards.judge.config import JudgeConfig
 from rewards.judge.llm_judge import JudgeReward
 
 # ---------------------------------------------------------------- the state machine

@@ -12,8 +12,7 @@ from judge_fakes import fake_judge, ok, verdict_json
 from rewards.client.transport import Reply, TransportError
 from rewards.errors import JudgeError
 from rewards.judge.cache import VerdictCache, verdict_from_json, verdict_key, verdict_to_json
-from rewards.judge.config import CriterionConfig
-from rewards.judge.rubric import Verdict
+from rewards.judge.rubric import CriterionConfig, Verdict
 
 V1 = Verdict({"relevance": 8.0, "memorability": 5.0, "length": 10.0}, False, True, {"relevance": "fits"})
 V2 = Verdict({"relevance": 1.0, "memorability": 2.0, "length": 3.0})

@@ -9,8 +9,9 @@ import pytest
 from pydantic import SecretStr
 
 from rewards.composer import REGISTERED_TERMS, RewardComposer, ScoredParts
+from rewards.config import RewardConfig, RewardTermConfig
 from rewards.errors import RewardError
-from rewards.judge.config import JudgeConfig, RewardConfig, RewardTermConfig
+from rewards.judge.config import JudgeConfig
 from rewards.judge.llm_judge import weighted_score
 from rewards.stand_in.judge_server import JudgeServer, ServerSettings, heuristic_verdict
 

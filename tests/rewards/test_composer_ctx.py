@@ -11,12 +11,14 @@ from judge_fakes import ScriptedTransport
 from pydantic import SecretStr, ValidationError
 
 from rewards.client.clock import VirtualClock
-from rewards.client.endpoints import Endpoint, resolve_api_keys
+from rewards.client.endpoint import Endpoint
 from rewards.client.transport import Reply, TransportError
 from rewards.composer import RewardComposer, ScoredParts
+from rewards.config import EngineConfig, RewardConfig, RewardTermConfig
 from rewards.context import RewardContext
 from rewards.errors import JudgeUnreachableError, MissingApiKeyError
-from rewards.judge.config import EngineConfig, JudgeConfig, RewardConfig, RewardTermConfig
+from rewards.judge.config import JudgeConfig
+from rewards.judge.endpoints import resolve_api_keys
 from rewards.terms import takes_context
 
 SEEN: list[object] = []

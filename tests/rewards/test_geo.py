@@ -12,11 +12,11 @@ from judge_fakes import ScriptedTransport
 from pydantic import SecretStr
 
 from rewards.client.clock import VirtualClock
-from rewards.client.endpoints import Endpoint
+from rewards.client.endpoint import Endpoint
 from rewards.client.transport import Reply
+from rewards.config import EngineConfig
 from rewards.context import RewardContext, TermUsage
 from rewards.errors import RewardError
-from rewards.judge.config import EngineConfig
 from rewards.llm import ChatEngine
 from rewards.recipes.geo import (
     Visibility,

@@ -12,9 +12,10 @@ import pytest
 from judge_fakes import fake_judge, verdict_json
 from pydantic import SecretStr
 
+from rewards.client.config import EndpointConfig, RetryConfig
 from rewards.client.transport import Reply
 from rewards.errors import RewardError
-from rewards.judge.config import CriterionConfig, EndpointConfig, JudgeConfig, LocalJudgeServerConfig, RetryConfig
+from rewards.judge.config import JudgeConfig, LocalJudgeServerConfig
 from rewards.judge.llm_judge import (
     CANDIDATE_CLOSE,
     CANDIDATE_OPEN,
@@ -36,7 +37,7 @@ from rewards.judge.llm_judge import (
     weighted_score,
 )
 from rewards.judge.prompt import response_format_for, verdict_schema
-from rewards.judge.rubric import Verdict, load_rubric
+from rewards.judge.rubric import CriterionConfig, Verdict, load_rubric
 from rewards.stand_in.judge_server import JudgeServer, ServerSettings, heuristic_verdict, parse_judge_request
 
 SECRET = "sk-test-DO-NOT-LEAK-4242"

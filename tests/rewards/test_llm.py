@@ -13,11 +13,12 @@ from judge_fakes import ScriptedTransport
 from pydantic import BaseModel, SecretStr
 
 from rewards.client.clock import VirtualClock
-from rewards.client.endpoints import Endpoint
+from rewards.client.config import RetryConfig
+from rewards.client.endpoint import Endpoint
 from rewards.client.transport import Reply, TransportError
+from rewards.config import EngineConfig
 from rewards.context import RewardContext, TermUsage
 from rewards.errors import LLMCallError, RewardError
-from rewards.judge.config import EngineConfig, RetryConfig
 from rewards.llm import ChatEngine, EngineUsage, LLMClient, describe_cause
 
 SECRET = "sk-engine-test-NEVER-PRINT-31"

@@ -12,10 +12,10 @@ from judge_fakes import ScriptedTransport
 from pydantic import SecretStr
 
 from rewards.client.clock import VirtualClock
-from rewards.client.endpoints import Endpoint
+from rewards.client.endpoint import Endpoint
 from rewards.client.transport import Reply, TransportError
 from rewards.composer import RewardComposer, ScoredParts
-from rewards.judge.config import EngineConfig, RewardConfig, RewardTermConfig
+from rewards.config import EngineConfig, RewardConfig, RewardTermConfig
 from rewards.stand_in.refiner_verifier import MODEL, respond
 
 VERIFY, CITE = "rewards.recipes.refiner:verification", "rewards.recipes.refiner:citations"

@@ -10,10 +10,10 @@ import random
 import pytest
 from judge_fakes import HANG, ScriptedTransport, fake_judge, verdict_json
 
+from rewards.client.config import RetryConfig
 from rewards.client.retry import RetryPolicy, is_retryable, parse_retry_after, trips_breaker
 from rewards.client.transport import Reply, TransportError
 from rewards.errors import JudgeError, RewardError
-from rewards.judge.config import RetryConfig
 
 NOW = 1_700_000_000.0
 

@@ -9,11 +9,12 @@ import pytest
 import yaml
 from judge_fakes import fake_judge, ok
 
-from rewards.judge.config import CriterionConfig, JudgeConfig
+from rewards.judge.config import JudgeConfig
 from rewards.judge.gate import gate_reason
 from rewards.judge.prompt import build_judge_messages, verdict_schema
 from rewards.judge.rubric import (
     RUBRICS_DIR,
+    CriterionConfig,
     Rubric,
     RubricError,
     Verdict,

@@ -12,9 +12,12 @@ from pydantic import SecretStr
 
 from actors.judge_pool import JudgePool
 from actors.messages import PromptItem, RolloutResult, Sample
-from rewards.client.endpoints import display_url, resolve_api_keys, resolve_endpoints
+from rewards.client.config import CircuitBreakerConfig, EndpointConfig, RetryConfig
+from rewards.client.endpoint import display_url
+from rewards.config import RewardConfig
 from rewards.errors import JudgeError, JudgeUnreachableError, MissingApiKeyError
-from rewards.judge.config import CircuitBreakerConfig, EndpointConfig, JudgeConfig, RetryConfig, RewardConfig
+from rewards.judge.config import JudgeConfig
+from rewards.judge.endpoints import resolve_api_keys, resolve_endpoints
 from rewards.judge.llm_judge import JudgeReward, check_endpoint, resolve_api_key
 from rewards.stand_in.judge_server import JudgeServer, ServerSettings
 

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from rewards.composer import RewardComposer, ScoreInput, TermContractError
-from rewards.judge.config import RewardConfig, RewardTermConfig
+from rewards.config import RewardConfig, RewardTermConfig
 from rewards.trl_terms import BatchFunctionTerm, is_trl_style, trl_arguments
 from tests.rewards import trl_reward_functions as fns
 

@@ -14,20 +14,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Protocol
-from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import SecretStr
 
+from rewards.client.config import EndpointConfig
+from rewards.client.endpoint import Endpoint, display_url
 from rewards.client.limits import Limits
+from rewards.config import EngineConfig
 from rewards.errors import MissingApiKeyError
-from rewards.judge.config import EndpointConfig, EngineConfig, JudgeConfig
+from rewards.judge.config import JudgeConfig
 
 __all__ = [
     "ChatService",
-    "Endpoint",
-    "display_url",
     "endpoint_configs",
     "key_variables",
     "read_api_key",
@@ -57,40 +56,6 @@ class ChatService(Protocol):
     def tokens_per_minute(self) -> float | None: ...
     @property
     def burst_s(self) -> float: ...
-
-
-def display_url(url: str) -> str:
-    """``url`` without user info, query string or fragment (where keys sometimes hide)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable url>"
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """One endpoint serving the judge or an engine. ``key`` identifies it (limiter and breaker);
-    ``index`` is its position in the config (ties in balancing go to the lowest)."""
-
-    index: int
-    base_url: str
-    model: str
-    api_key_env: str
-    limits: Limits
-    api_key: SecretStr = field(repr=False, compare=False)
-
-    @property
-    def key(self) -> str:
-        return f"{self.index}|{self.base_url}|{self.model}"
-
-    @property
-    def display(self) -> str:
-        """A key-free name for logs: ``<url> (<model>)``."""
-        return f"{display_url(self.base_url)} ({self.model})"
 
 
 def _concurrency(service: ChatService) -> int:
