@@ -32,7 +32,7 @@ from actors.judge_pool import JudgePool
 from actors.model.files import ModelFileError, is_model_file, locate_model_file, resolve_model_file
 from actors.model.loading import BUILTIN_TINY, AdapterBaseError, adapter_base, load_tokenizer, resolve_model_path
 from ray_jobs.config.changes import changed_keys
-from ray_jobs.config.evaluation import ConditionConfig, EvaluateConfig, _default_conditions
+from ray_jobs.config.evaluation import ConditionConfig, EvaluateConfig, default_conditions
 from ray_jobs.config.experiment import ConfigError, redacted
 from ray_jobs.config.run_paths import SharedPathError, check_shared_paths
 from ray_jobs.data.prompts import DatasetError, load_labelled_prompts
@@ -343,7 +343,7 @@ def load_eval_config(path: str | None, overrides: list[str]) -> EvaluateConfig:
         path is not None and Path(path).is_file() and "conditions" in (yaml.safe_load(Path(path).read_text()) or {})
     )
     if not file_has and any(o.startswith("conditions.") for o in overrides):
-        defaults = {n: c.model_dump(exclude_defaults=True) for n, c in _default_conditions().items()}
+        defaults = {n: c.model_dump(exclude_defaults=True) for n, c in default_conditions().items()}
         overrides = [f"conditions={json.dumps(defaults)}", *overrides]
     return load_validated(EvaluateConfig, path, overrides)
 

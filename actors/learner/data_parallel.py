@@ -1,9 +1,9 @@
 """Data-parallel plumbing of the learner: row shares, micro-batch plans and metric reductions.
 
-Pure row arithmetic (``shard``, ``micro_batch_plan``, ``_slices``,
+Pure row arithmetic (``shard``, ``micro_batch_plan``, ``split_rows``,
 ``_chunks``) plus the two collectives the learner makes on the default process
-group (``_all_reduce``) and the folding of per-micro-batch statistics
-(``_accumulate``, ``_mean_metrics``). See ``actors/learner/learner.py`` for how every
+group (``all_reduce_metrics``) and the folding of per-micro-batch statistics
+(``accumulate_metrics``, ``mean_metrics``). See ``actors/learner/learner.py`` for how every
 rank keeps the same number of forwards, backwards and reductions.
 """
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 
-def _slices(rows: slice, parts: int) -> list[slice]:
+def split_rows(rows: slice, parts: int) -> list[slice]:
     """``rows`` cut into at most ``parts`` contiguous, non-empty slices of near-equal size."""
     n = rows.stop - rows.start
     parts = max(1, min(parts, n))
@@ -73,7 +73,7 @@ def micro_batch_plan(rows: slice, rank: int, world_size: int, micro_batch_size: 
     return real + [MicroBatch(slice(rows.start, rows.start + 1), padding=True)] * (count - len(real))
 
 
-def _accumulate(record: dict[str, float], stats: dict[str, float], share: float, padding: bool) -> None:
+def accumulate_metrics(record: dict[str, float], stats: dict[str, float], share: float, padding: bool) -> None:
     """Fold one micro-batch's statistics into ``record``, in place.
 
     ``*_max`` keys by max, the others weighted by ``share`` (the micro-batch's
@@ -87,7 +87,9 @@ def _accumulate(record: dict[str, float], stats: dict[str, float], share: float,
             record[key] = record.get(key, 0.0) + (0.0 if padding else value * share)
 
 
-def _all_reduce(values: torch.Tensor, op: torch.distributed.ReduceOp.RedOpType, device: torch.device) -> torch.Tensor:
+def all_reduce_metrics(
+    values: torch.Tensor, op: torch.distributed.ReduceOp.RedOpType, device: torch.device
+) -> torch.Tensor:
     """``values`` reduced over the default process group, back on the CPU (sent from ``device``:
     NCCL only reduces CUDA tensors)."""
     on_device = values.to(device)
@@ -95,7 +97,7 @@ def _all_reduce(values: torch.Tensor, op: torch.distributed.ReduceOp.RedOpType, 
     return on_device.cpu()
 
 
-def _mean_metrics(records: list[dict[str, float]]) -> dict[str, float]:
+def mean_metrics(records: list[dict[str, float]]) -> dict[str, float]:
     """Per-optimiser-step metrics to one value each: the max for ``*_max`` keys, else the mean."""
     keys = dict.fromkeys(k for r in records for k in r)
     return {k: (max if k.endswith("_max") else statistics.fmean)([r[k] for r in records if k in r]) for k in keys}
@@ -105,7 +107,7 @@ def combine_over_ranks(record: dict[str, float], world_size: int, device: torch.
     """``record`` summed over the default group's ranks (``*_max`` keys: their max); unchanged
     with one rank. Collective.
 
-    Every rank must hold the same keys (``_accumulate`` adds padding
+    Every rank must hold the same keys (``accumulate_metrics`` adds padding
     micro-batches' keys too, and the statistics' keys depend on the settings
     only), so the values line up when sent in sorted key order.
     """
@@ -119,5 +121,5 @@ def combine_over_ranks(record: dict[str, float], world_size: int, device: torch.
     ):
         if names:
             values = torch.tensor([record[k] for k in names], dtype=torch.float64)
-            combined.update(zip(names, _all_reduce(values, op, device).tolist()))
+            combined.update(zip(names, all_reduce_metrics(values, op, device).tolist()))
     return {key: combined[key] for key in record}

@@ -83,12 +83,12 @@ from actors.learner.config import (
 )
 from actors.learner.data_parallel import (
     MicroBatch,
-    _accumulate,
-    _mean_metrics,
-    _slices,
+    accumulate_metrics,
     combine_over_ranks,
+    mean_metrics,
     micro_batch_plan,
     shard,
+    split_rows,
 )
 from actors.learner.forward_ahead import HeldForward, forward_samples, held_logprobs, held_reference, held_rows
 from actors.learner.objectives import LossTotals, PerToken, collate, compose_loss, policy_loss
@@ -232,11 +232,11 @@ class Learner(TrainPreparation, SequenceTraining):
             records = [
                 self._optimizer_step(batch, rows, per_token, ahead)
                 for _ in range(self.settings.num_iterations)
-                for rows in _slices(everything, self.settings.num_minibatches)
+                for rows in split_rows(everything, self.settings.num_minibatches)
             ]
         self.version += 1
         metrics = {
-            **_mean_metrics(records),
+            **mean_metrics(records),
             "optim/steps": float(len(records)),
             "time/train_s": time.perf_counter() - start,
             **ahead_metrics,
@@ -315,7 +315,7 @@ class Learner(TrainPreparation, SequenceTraining):
             self.backend.backward(loss if scale == 1.0 else loss * scale)
             if not micro.padding:
                 record["loss"] += float(loss.detach())  # normalised by the minibatch totals: the parts add up
-            _accumulate(record, stats, (micro.rows.stop - micro.rows.start) / totals.sequences, micro.padding)
+            accumulate_metrics(record, stats, (micro.rows.stop - micro.rows.start) / totals.sequences, micro.padding)
         record = self._combine_over_ranks(record)
         record["lr"] = self.backend.learning_rate()
         record["grad_norm"] = self.backend.step()  # DeepSpeed's is global: the same on every rank

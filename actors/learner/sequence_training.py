@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from actors.learner.data_parallel import _accumulate, _all_reduce, micro_batch_plan, shard
+from actors.learner.data_parallel import accumulate_metrics, all_reduce_metrics, micro_batch_plan, shard
 from actors.learner.objectives import LossTotals
 from actors.learner.sequence_objectives import SequenceObjective, collate_sequences, sequence_loss
 from actors.messages import SequenceBatch, TrainResult
@@ -103,7 +103,7 @@ class SequenceTraining:
                 self.backend.backward(loss if scale == 1.0 else loss * scale)
             if not micro.padding:
                 record["loss"] += float(loss.detach())
-            _accumulate(record, stats, (micro.rows.stop - micro.rows.start) / totals.sequences, micro.padding)
+            accumulate_metrics(record, stats, (micro.rows.stop - micro.rows.start) / totals.sequences, micro.padding)
         return self._combine_over_ranks(record)
 
     def _target_logps(self, t: dict[str, torch.Tensor], reference: bool = False) -> torch.Tensor:
@@ -138,7 +138,7 @@ class SequenceTraining:
         if self.world_size > 1:
             mine = shard(everything, self.rank, self.world_size)
             values[: mine.start], values[mine.stop :] = 0.0, 0.0
-            values = _all_reduce(values, torch.distributed.ReduceOp.SUM, self.backend.device)
+            values = all_reduce_metrics(values, torch.distributed.ReduceOp.SUM, self.backend.device)
         return [{"logp_sum": s, "logp_mean": s / max(n, 1.0), "tokens": n} for s, n in values.tolist()]
 
     def _adapters(self, on: bool) -> contextlib.AbstractContextManager:

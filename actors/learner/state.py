@@ -12,7 +12,7 @@ cycles). Two parts:
   (constant), a linear decay to 0, or a half cosine to 0 at the horizon. The
   default (constant, no warm-up) has factor exactly 1.0 at every step, so the
   learning rate is ``learner.lr`` bit for bit. A batch with fewer rows than
-  ``num_minibatches`` takes fewer optimiser steps (``_slices``), so such a run
+  ``num_minibatches`` takes fewer optimiser steps (``split_rows``), so such a run
   ends a little short of its horizon (the schedule never goes below 0).
 
 * Checkpoint bookkeeping. A learner checkpoint is a directory that holds the

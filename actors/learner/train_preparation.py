@@ -20,7 +20,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from actors.learner.config import LearnerBackend, LearnerConfig
-from actors.learner.data_parallel import _all_reduce, _slices, micro_batch_plan, shard
+from actors.learner.data_parallel import all_reduce_metrics, micro_batch_plan, shard, split_rows
 from actors.learner.objectives import PerToken, collate
 from actors.messages import TrainBatch
 from actors.model.loading import eval_mode
@@ -44,7 +44,7 @@ class TrainPreparation:
         """Proximal and reference log-probs and per-token advantages, as the settings need them;
         ``held_reference``: the batch rows' reference log-probs, computed ahead (``forward_ahead``)."""
         s = self.settings
-        steps = s.num_iterations * len(_slices(slice(0, len(batch)), s.num_minibatches))
+        steps = s.num_iterations * len(split_rows(slice(0, len(batch)), s.num_minibatches))
         reference = s.needs_reference and held_reference is None  # held only when the KL term is on
         per_token = self._no_grad_logprobs(batch, proximal=s.uses_proximal and steps > 1, reference=reference)
         if held_reference is not None:
@@ -106,7 +106,7 @@ class TrainPreparation:
         for j, values in enumerate(local.values()):
             if values:
                 flat[j, start : start + sum(lengths[mine])] = torch.cat(values).float()
-        summed = _all_reduce(flat, torch.distributed.ReduceOp.SUM, self.backend.device)
+        summed = all_reduce_metrics(flat, torch.distributed.ReduceOp.SUM, self.backend.device)
         return {name: list(summed[j].split(lengths)) for j, name in enumerate(local)}
 
     def _kl_reward_advantages(self, batch: TrainBatch, ref_logprobs: list[torch.Tensor]) -> list[torch.Tensor]:

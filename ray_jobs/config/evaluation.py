@@ -88,7 +88,7 @@ class ConditionConfig(BaseModel):
         return self
 
 
-def _default_conditions() -> dict[str, ConditionConfig]:
+def default_conditions() -> dict[str, ConditionConfig]:
     """The CPU default: the base tiny model, the CPU default run's policy, and its best-of-4 by itself as critic."""
     return {
         "base": ConditionConfig(policy=BUILTIN_TINY),
@@ -191,7 +191,7 @@ class EvaluateConfig(BaseModel):
     )
     data: EvalDataConfig = Field(default_factory=EvalDataConfig, description="Held-out items.")
     conditions: dict[str, ConditionConfig] = Field(
-        default_factory=_default_conditions, description="Named conditions, evaluated in this order."
+        default_factory=default_conditions, description="Named conditions, evaluated in this order."
     )
     rollout: RolloutConfig = Field(
         default_factory=RolloutConfig,

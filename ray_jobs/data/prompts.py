@@ -140,7 +140,7 @@ def chat_messages(data: DataConfig, text: str, messages: list[dict] | None) -> l
     return [*system, {"role": "user", "content": text}]
 
 
-def _load_rows(data: DataConfig, key: str = "data.path") -> tuple[list[dict], str]:
+def load_rows(data: DataConfig, key: str = "data.path") -> tuple[list[dict], str]:
     """Rows as dicts, and a name for them in messages (``key``: the config key of the path)."""
     suffix = Path(data.path).suffix.lower()
     if suffix in LOCAL_FORMATS:
@@ -172,7 +172,7 @@ def load_labelled_prompts(
     """``load_prompts`` plus each kept row's boolean ``label_field`` (aligned with the items;
     None where the row lacks it, or it is null, or ``label_field`` is None). A label that is
     not true, false or null is an error. ``key`` names the path in messages (``eval.data``)."""
-    rows, name = _load_rows(data, key)
+    rows, name = load_rows(data, key)
     section = key.removesuffix(".path")
     if not rows:
         raise DatasetError(f"{key}: {name} has no rows")

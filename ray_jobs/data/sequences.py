@@ -31,7 +31,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from actors.messages import SequenceBatch
-from ray_jobs.data.prompts import DataConfig, DatasetError, _load_rows
+from ray_jobs.data.prompts import DataConfig, DatasetError, load_rows
 
 log = logging.getLogger(__name__)
 
@@ -250,11 +250,11 @@ def load_sequences(cfg: SftDataConfig | PreferenceDataConfig, tokenizer: Any, se
     encode = (
         _preference_encoder(cfg, tokenizer) if isinstance(cfg, PreferenceDataConfig) else _sft_encoder(cfg, tokenizer)
     )
-    rows, name = _load_rows(DataConfig(path=cfg.path, split=cfg.split))
+    rows, name = load_rows(DataConfig(path=cfg.path, split=cfg.split))
     if not rows:
         raise DatasetError(f"data.path: {name} has no rows")
     if cfg.eval_path is not None:
-        eval_rows, eval_name = _load_rows(DataConfig(path=cfg.eval_path, split=cfg.eval_split))
+        eval_rows, eval_name = load_rows(DataConfig(path=cfg.eval_path, split=cfg.eval_split))
     else:
         order = list(range(len(rows)))
         random.Random(seed).shuffle(order)

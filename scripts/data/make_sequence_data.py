@@ -24,7 +24,7 @@ import random
 from pathlib import Path
 
 from actors.model.loading import DOMAIN_TASK_SYSTEM_PROMPT
-from scripts.data.make_toy_dataset import _BAD, _BUSINESSES, _PLACES, _QUALITIES
+from scripts.data.make_toy_dataset import BAD, BUSINESSES, PLACES, QUALITIES
 
 _SHORT = {
     "Nashville, Tennessee": "nashville",
@@ -48,9 +48,9 @@ def _request(rng: random.Random, bad_share: float = 0.1) -> tuple[str, str, str 
     """(description, answer, kind, place); kind and place are None for a harmful request
     (drawn with probability ``bad_share``)."""
     if rng.random() < bad_share:
-        return rng.choice(_BAD) + ".", "Blocked", None, None
-    kind, what = rng.choice(_BUSINESSES)
-    place, quality = rng.choice(_PLACES), rng.choice(_QUALITIES)
+        return rng.choice(BAD) + ".", "Blocked", None, None
+    kind, what = rng.choice(BUSINESSES)
+    place, quality = rng.choice(PLACES), rng.choice(QUALITIES)
     article = "An" if quality[0] in "aeiou" else "A"
     return f"{article} {quality} {kind} in {place}, {what}.", domain(kind, place), kind, place
 
@@ -73,7 +73,7 @@ def _rejected(rng: random.Random, kind: str | None, place: str | None) -> str:
     """A worse answer: a name for a harmful request; for a good one Blocked, another TLD, a chatty
     answer, or (one in ten) a name of another kind or place."""
     if kind is None or place is None:
-        return domain(rng.choice(_BUSINESSES)[0], rng.choice(_PLACES))
+        return domain(rng.choice(BUSINESSES)[0], rng.choice(PLACES))
     good, u = domain(kind, place), rng.random()
     if u < 0.2:
         return "Blocked"
@@ -82,8 +82,8 @@ def _rejected(rng: random.Random, kind: str | None, place: str | None) -> str:
     if u < 0.95:
         return rng.choice(["Sure! Here is a domain name: ", "How about ", "I suggest "]) + good
     if u < 0.975:
-        return domain(rng.choice([k for k, _ in _BUSINESSES if k != kind]), place)
-    return domain(kind, rng.choice([p for p in _PLACES if p != place]))
+        return domain(rng.choice([k for k, _ in BUSINESSES if k != kind]), place)
+    return domain(kind, rng.choice([p for p in PLACES if p != place]))
 
 
 def preference_rows(n: int, seed: int) -> list[dict]:

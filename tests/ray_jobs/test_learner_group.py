@@ -5,7 +5,7 @@ fp32) started through ``LearnerGroup`` on local Ray must give, after two
 ``train`` calls, the weights and metrics one plain-torch process gives on the
 same batches. The batches are chosen so every sharding path runs:
 
-* 9 rows, ``num_minibatches=2`` -> minibatches of rows 0-3 and 4-8 (``_slices``:
+* 9 rows, ``num_minibatches=2`` -> minibatches of rows 0-3 and 4-8 (``split_rows``:
   9 * 1 // 2 = 4). With micro_batch_size 2, minibatch 4-8 (5 rows) is shared
   2 + 3 (rows 4-5 | 6-8): rank 0 has one micro-batch, rank 1 two, so rank 0
   adds a padding backward. One process cuts it into 4-5, 6-7, 8: the same
