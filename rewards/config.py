@@ -3,14 +3,39 @@ engines (``reward.engines``) that user terms may call."""
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from rewards.client.config import CircuitBreakerConfig, EndpointConfig, RetryConfig
 
 __all__ = ["EngineConfig", "RewardConfig", "RewardTermConfig"]
+
+log = logging.getLogger(__name__)
+
+MOVED_MODULES = {
+    "rewards.geo": "rewards.recipes.geo",
+    "rewards.refiner": "rewards.recipes.refiner",
+    "scripts.geo_engine_server": "rewards.stand_in.geo_engine",
+    "scripts.refiner_verifier_server": "rewards.stand_in.refiner_verifier",
+}
+"""Modules a config may name by the path they had before the packages were regrouped
+(docs/changelog.md): a term ``rewards.geo:visibility_gain`` or an engine's ``local_server:
+scripts.geo_engine_server`` still loads, under its new name, with a warning."""
+
+
+def current_module_path(path: str, key: str) -> str:
+    """``path`` (``module`` or ``module:attribute``) with a moved module's old name replaced by
+    its new one (``MOVED_MODULES``), logged once per load under ``key``; other paths unchanged."""
+    module, sep, rest = path.partition(":")
+    if module not in MOVED_MODULES:
+        return path
+    new = MOVED_MODULES[module] + sep + rest
+    log.warning("%s: %s has moved; loading it as %s (write the new name to silence this)", key, path, new)
+    return new
+
 
 _ENGINE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 _MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
@@ -90,6 +115,11 @@ class EngineConfig(BaseModel):
         description="Extra command-line arguments of the local server, e.g. [--latency-s, '0.1', --status-rate, '429=0.1,503=0.1'].",
     )
 
+    @field_validator("local_server", mode="before")
+    @classmethod
+    def _moved_server(cls, value: Any) -> Any:
+        return current_module_path(value, "local_server") if isinstance(value, str) else value
+
     @model_validator(mode="after")
     def _check(self) -> EngineConfig:
         given = [
@@ -134,6 +164,11 @@ class RewardTermConfig(BaseModel):
         default="auto",
         description="How a user function is called. sample: relay's per-sample fn(prompt, completion[, ctx]); trl: TRL's GRPOTrainer convention, batched fn(prompts=..., completions=..., completion_ids=..., <dataset columns>=...) -> list[float | None]; auto: trl when the function has a parameter named completions, else sample.",
     )
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _moved_function(cls, value: Any) -> Any:
+        return current_module_path(value, "reward.terms[*].name") if isinstance(value, str) else value
 
 
 class RewardConfig(BaseModel):
