@@ -22,11 +22,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from actors.learner.config import LearnerConfig
 from actors.learner.sequence_objectives import SequenceObjective
 from actors.model.loading import ModelConfig, load_tokenizer, resolve_model_path
 from ray_jobs.config.experiment import WandbConfig, redacted
-from ray_jobs.config.offline import OfflineRunConfig, ScheduleConfig
+from ray_jobs.config.offline import OfflineLearnerConfig, OfflineRunConfig, ScheduleConfig
 from ray_jobs.data.sequences import PreferenceDataConfig, load_sequences
 from ray_jobs.dry_run.plan import NodeShape, Plan, plan_offline
 from ray_jobs.job_command import job_main
@@ -89,22 +88,13 @@ class PreferenceScheduleConfig(ScheduleConfig):
     )
 
 
-class PreferenceLearnerConfig(LearnerConfig):
+class PreferenceLearnerConfig(OfflineLearnerConfig):
     """The learner with the preference CPU default's optimiser settings (the built-in tiny model)."""
 
     lr: float = Field(
         default=2e-3,
         gt=0,
         description="AdamW learning rate (2e-3 suits the built-in tiny model; the SimPO critic recipe uses 5e-6 with LoRA on Qwen3-1.7B).",
-    )
-    lr_scheduler: Literal["constant", "linear", "cosine"] = Field(
-        default="cosine", description="Learning-rate schedule over the run's optimiser steps, after the warm-up."
-    )
-    warmup_ratio: float = Field(
-        default=0.1,
-        ge=0,
-        lt=1,
-        description="Warm-up as a fraction of the run's optimiser steps (rounded up); instead of warmup_steps.",
     )
 
 

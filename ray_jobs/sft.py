@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from actors.learner.config import LearnerConfig
 from actors.learner.sequence_objectives import SequenceObjective
 from actors.model.loading import ModelConfig, load_tokenizer, resolve_model_path
 from ray_jobs.config.experiment import WandbConfig, redacted
-from ray_jobs.config.offline import OfflineRunConfig, ScheduleConfig
+from ray_jobs.config.offline import OfflineLearnerConfig, OfflineRunConfig, ScheduleConfig
 from ray_jobs.data.sequences import SftDataConfig, load_sequences
 from ray_jobs.dry_run.plan import NodeShape, Plan, plan_offline
 from ray_jobs.job_command import job_main
@@ -48,22 +46,13 @@ class SftScheduleConfig(ScheduleConfig):
     )
 
 
-class SftLearnerConfig(LearnerConfig):
+class SftLearnerConfig(OfflineLearnerConfig):
     """The learner with the SFT CPU default's optimiser settings (the built-in tiny model)."""
 
     lr: float = Field(
         default=1e-2,
         gt=0,
         description="AdamW learning rate (1e-2 suits the built-in tiny model; real 1-4B policies want about 1e-5 full, 1e-4 LoRA).",
-    )
-    lr_scheduler: Literal["constant", "linear", "cosine"] = Field(
-        default="cosine", description="Learning-rate schedule over the run's optimiser steps, after the warm-up."
-    )
-    warmup_ratio: float = Field(
-        default=0.1,
-        ge=0,
-        lt=1,
-        description="Warm-up as a fraction of the run's optimiser steps (rounded up); instead of warmup_steps.",
     )
 
 

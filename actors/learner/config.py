@@ -11,13 +11,14 @@ without a cycle.
 from __future__ import annotations
 
 import contextlib
-from typing import Literal, Protocol
+from collections.abc import Iterator
+from typing import Any, Literal, Protocol
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
 from actors.core_share import CoreShare
-from actors.model.loading import CausalLM
+from actors.model.loading import CausalLM, eval_mode
 from actors.model.logprobs import LogprobSettings
 
 
@@ -217,6 +218,23 @@ class LearnerBackend(Protocol):
     def save_pretrained(self, path: str) -> None:
         """The policy in Hugging Face format (the adapter only, with LoRA)."""
         ...
+
+
+@contextlib.contextmanager
+def reference_forward(
+    has_reference: bool, lora: bool, adapters: Any, policy: torch.nn.Module, reference: torch.nn.Module | None
+) -> Iterator[torch.nn.Module]:
+    """What every backend's ``reference_model`` yields: with LoRA ``policy`` in eval mode with the
+    adapters of ``adapters`` (its peft model) disabled for the block, else the frozen ``reference``.
+    RuntimeError when the backend was built without a reference."""
+    if not has_reference:
+        raise RuntimeError("no reference policy: the backend was built without one (algorithm.beta = 0)")
+    if lora:
+        with adapters.disable_adapter(), eval_mode(policy):
+            yield policy
+        return
+    assert reference is not None  # built with a reference and without LoRA
+    yield reference
 
 
 def apply_lora(model: CausalLM, lora: LoraConfig) -> CausalLM:

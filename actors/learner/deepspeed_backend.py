@@ -61,10 +61,10 @@ from typing import Any
 
 import torch
 
-from actors.learner.config import LearnerConfig, prepare_policy
+from actors.learner.config import LearnerConfig, prepare_policy, reference_forward
 from actors.learner.process_group import init_distributed
 from actors.learner.state import build_lr_scheduler
-from actors.model.loading import CausalLM, default_device, eval_mode, load_causal_lm, resolve_attention, resolve_dtype
+from actors.model.loading import CausalLM, default_device, load_causal_lm, resolve_attention, resolve_dtype
 from actors.model.logprobs import LogprobSettings
 from actors.weights.sync import adapter_state_dict, merged_state_dict
 
@@ -258,18 +258,10 @@ class DeepSpeedLearnerBackend:
     def _is_rank_zero(self) -> bool:
         return self.rank == 0
 
-    @contextlib.contextmanager
-    def reference_model(self) -> Iterator[torch.nn.Module]:
+    def reference_model(self) -> contextlib.AbstractContextManager[torch.nn.Module]:
         """The frozen reference to forward (no gradient; collective under ZeRO-3, the forward gathers),
         in eval mode; with LoRA the engine with its adapters disabled for the block."""
-        if not self.has_reference:
-            raise RuntimeError("no reference policy: the backend was built without one (algorithm.beta = 0)")
-        if self.lora:
-            with self.module.disable_adapter(), eval_mode(self.engine):
-                yield self.engine
-            return
-        assert self.reference is not None  # built in __init__ with a reference and without LoRA
-        yield self.reference
+        return reference_forward(self.has_reference, self.lora, self.module, self.engine, self.reference)
 
     def full_state_dict(self, on_device: bool = False) -> dict[str, torch.Tensor]:
         """Full weights with plain Hugging Face names (LoRA merged), as CPU clones, or with

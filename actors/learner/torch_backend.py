@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
 
 import torch
 
-from actors.learner.config import LearnerConfig, prepare_policy
+from actors.learner.config import LearnerConfig, prepare_policy, reference_forward
 from actors.learner.state import build_lr_scheduler
-from actors.model.loading import CausalLM, default_device, eval_mode, load_causal_lm, resolve_attention, resolve_dtype
+from actors.model.loading import CausalLM, default_device, load_causal_lm, resolve_attention, resolve_dtype
 from actors.model.logprobs import LogprobSettings
 from actors.weights.sync import adapter_state_dict, merged_state_dict
 
@@ -129,18 +128,10 @@ class TorchLearnerBackend:
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         return state["extra"]
 
-    @contextlib.contextmanager
-    def reference_model(self) -> Iterator[torch.nn.Module]:
+    def reference_model(self) -> contextlib.AbstractContextManager[torch.nn.Module]:
         """The frozen reference policy to forward (without gradient), in eval mode; with LoRA the
         policy itself with its adapters disabled for the duration of the block."""
-        if not self.has_reference:
-            raise RuntimeError("no reference policy: the backend was built without one (algorithm.beta = 0)")
-        if self.lora:
-            with self.model.disable_adapter(), eval_mode(self.model):
-                yield self.model
-            return
-        assert self.reference is not None  # built in __init__ with a reference and without LoRA
-        yield self.reference
+        return reference_forward(self.has_reference, self.lora, self.model, self.model, self.reference)
 
     def full_state_dict(self, on_device: bool = False) -> dict[str, torch.Tensor]:
         """Full weights (LoRA merged) in the compute dtype, what the rollout engines run in: CPU

@@ -8,13 +8,28 @@ override syntax and one-line errors.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from actors.learner.config import LearnerConfig
 from ray_jobs.config.experiment import RunSettings, load_validated
 
 Job = TypeVar("Job", bound=BaseModel)
+
+
+class OfflineLearnerConfig(LearnerConfig):
+    """The learner with the offline jobs' schedule: cosine decay after a 10 % warm-up (each job sets its ``lr``)."""
+
+    lr_scheduler: Literal["constant", "linear", "cosine"] = Field(
+        default="cosine", description="Learning-rate schedule over the run's optimiser steps, after the warm-up."
+    )
+    warmup_ratio: float = Field(
+        default=0.1,
+        ge=0,
+        lt=1,
+        description="Warm-up as a fraction of the run's optimiser steps (rounded up); instead of warmup_steps.",
+    )
 
 
 class OfflineRunConfig(RunSettings):

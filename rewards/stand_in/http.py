@@ -104,6 +104,18 @@ def parse_status_rates(text: str) -> dict[int, float]:
     return rates
 
 
+def check_fault_settings(status_rates: Mapping[int, float], retry_after_s: float | None, api_key: Any) -> None:
+    """The checks every stand-in's settings share: injected statuses are 4xx/5xx with rates in
+    [0, 1], ``Retry-After`` is not negative, and a key (a ``SecretStr``) is not empty."""
+    for status, rate in status_rates.items():
+        if not 400 <= status <= 599 or not 0.0 <= rate <= 1.0:
+            raise ValueError(f"status_rates: {status}={rate} needs a 4xx/5xx status and a rate in [0, 1]")
+    if retry_after_s is not None and retry_after_s < 0:
+        raise ValueError("retry_after_s must be >= 0")
+    if api_key is not None and not api_key.get_secret_value():
+        raise ValueError("api_key must not be empty (pass None for no auth)")
+
+
 def message_text(message: Mapping[str, object]) -> str:
     """A message's text (a string, or the text of its content parts)."""
     content = message.get("content")
@@ -269,6 +281,13 @@ class ChatHandler(BaseHTTPRequestHandler):
             return True
         self.send_json(401, error_body("missing or invalid API key", "invalid_request_error", "invalid_api_key"))
         return False
+
+    def sent_status_fault(self, fault: str | None, retry_after_s: float | None) -> bool:
+        """For an injected ``status:<code>`` fault, send that status and return True; else False."""
+        if fault is None or not fault.startswith("status:"):
+            return False
+        self.send_status(int(fault.split(":", 1)[1]), retry_after_s)
+        return True
 
     def send_status(self, status: int, retry_after_s: float | None) -> None:
         """An injected HTTP error (429 and 503 with ``Retry-After`` when given)."""

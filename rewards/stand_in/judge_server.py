@@ -79,6 +79,7 @@ from rewards.stand_in.http import (  # the HTTP plumbing every stand-in shares
     BadRequest,
     ChatHandler,
     chat_completion,
+    check_fault_settings,
     error_body,
     fault_bucket,
     message_text,
@@ -228,17 +229,11 @@ class ServerSettings:
                 raise ValueError(f"{name} must be in [0, 1]")
         if not 400 <= self.fail_status <= 599:
             raise ValueError("fail_status must be an HTTP error status (400-599)")
-        for status, rate in self.status_rates.items():
-            if not 400 <= status <= 599 or not 0.0 <= rate <= 1.0:
-                raise ValueError(f"status_rates: {status}={rate} needs a 4xx/5xx status and a rate in [0, 1]")
+        check_fault_settings(self.status_rates, self.retry_after_s, self.api_key)
         if sum(rate for _, rate in self.transient_plan()) > 1.0 + 1e-9:
             raise ValueError("the transient fault rates add up to more than 1")
-        if self.retry_after_s is not None and self.retry_after_s < 0:
-            raise ValueError("retry_after_s must be >= 0")
         if self.hang_s <= 0:
             raise ValueError("hang_s must be > 0")
-        if self.api_key is not None and not self.api_key.get_secret_value():
-            raise ValueError("api_key must not be empty (pass None for no auth)")
 
     def transient_plan(self) -> list[tuple[str, float]]:
         """The transient faults and their rates, in draw order."""
@@ -270,8 +265,7 @@ class _Handler(ChatHandler):
             self.server.count_fault(fault)
         self.server.begin_completion()
         try:
-            if fault is not None and fault.startswith("status:"):
-                self.send_status(int(fault.split(":", 1)[1]), settings.retry_after_s)
+            if self.sent_status_fault(fault, settings.retry_after_s):
                 return
             if fault == "hang":
                 self.server.stopping.wait(settings.hang_s)

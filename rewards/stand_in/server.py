@@ -49,6 +49,7 @@ from rewards.stand_in.http import (
     ChatHandler,
     ChatHTTPServer,
     chat_completion,
+    check_fault_settings,
     error_body,
     fault_bucket,
     message_text,
@@ -91,17 +92,11 @@ class StandInSettings:
     def __post_init__(self) -> None:
         if self.latency_s < 0:
             raise ValueError("latency_s must be >= 0")
-        for status, rate in self.status_rates.items():
-            if not 400 <= status <= 599 or not 0.0 <= rate <= 1.0:
-                raise ValueError(f"status_rates: {status}={rate} needs a 4xx/5xx status and a rate in [0, 1]")
+        check_fault_settings(self.status_rates, self.retry_after_s, self.api_key)
         if not all(0.0 <= r <= 1.0 for r in (self.empty_rate, self.malformed_rate)):
             raise ValueError("empty_rate and malformed_rate must be in [0, 1]")
         if sum(rate for _, rate in self.fault_plan()) > 1.0 + 1e-9:
             raise ValueError("the fault rates add up to more than 1")
-        if self.retry_after_s is not None and self.retry_after_s < 0:
-            raise ValueError("retry_after_s must be >= 0")
-        if self.api_key is not None and not self.api_key.get_secret_value():
-            raise ValueError("api_key must not be empty (pass None for no auth)")
 
     def fault_plan(self) -> list[tuple[str, float]]:
         """The faults and their rates, in draw order."""
@@ -143,24 +138,25 @@ class _StandInHandler(ChatHandler):
         )
         if fault is not None:
             self.server.count_fault(fault)
+        failed: tuple[int, dict[str, object]] | None = None
         self.server.begin_completion()
         try:
-            if fault is not None and fault.startswith("status:"):
-                self.send_status(int(fault.split(":", 1)[1]), settings.retry_after_s)
+            if self.sent_status_fault(fault, settings.retry_after_s):
                 return
             if settings.latency_s > 0:
                 self.server.stopping.wait(settings.latency_s)
             try:
                 content = type(self).respond(messages, model or settings.model)
             except BadRequest as err:
-                self.send_json(400, error_body(f"bad request: {err}", "invalid_request_error"))
-                return
+                failed = 400, error_body(f"bad request: {err}", "invalid_request_error")
             except Exception as err:  # noqa: BLE001 - a respond bug is the server's 500
                 logger.exception("respond failed")
-                self.send_json(500, error_body(f"respond failed: {type(err).__name__}", "server_error"))
-                return
+                failed = 500, error_body(f"respond failed: {type(err).__name__}", "server_error")
         finally:
-            self.server.end_completion()
+            self.server.end_completion()  # before any reply: a client's next request is never counted beside this one
+        if failed is not None:
+            self.send_json(*failed)
+            return
         content = {"empty": "", "malformed": MALFORMED_CONTENT}.get(fault or "", content)
         self.send_json(200, chat_completion(model or settings.model, content, len(raw.split())))
 
