@@ -125,6 +125,16 @@ class PipelineConfig(BaseModel):
         "'auto': on wherever that holds; true: an error where it does not.",
     )
 
+    placement: Literal["auto", "separate", "colocated"] = Field(
+        default="auto",
+        description="Where generation runs. separate: the rollout workers are processes (and devices) of their own, "
+        "sent new weights after every step. colocated: generation shares the learner's device; with rollout.backend "
+        "hf it runs in the learner's process on the policy's own weights (no second copy, no weight sync; LoRA "
+        "generates with the live adapter), with vllm the engine is its own actor on a fraction of the learner's GPU "
+        "(rollout.vllm.sleep_level releases its memory while the learner trains). Needs learner.world_size 1 and "
+        "rollout.num_workers 1. 'auto': separate.",
+    )
+
     def call_size(self, backend: str) -> int:
         """Prompts per rollout call for the rollout ``backend`` ('auto' resolved)."""
         if self.prompts_per_call != "auto":
@@ -214,6 +224,17 @@ class TrainEvalConfig(BaseModel):
                 "name a held-out prompt file or hub dataset"
             )
         return self
+
+
+def colocation_blocker(learner: LearnerConfig, rollout: RolloutConfig) -> str | None:
+    """Why generation cannot share the learner's device with these sections (None: it can)."""
+    if learner.world_size != 1:
+        return f"needs learner.world_size 1 (got {learner.world_size}): generation shares one learner's device"
+    if rollout.num_workers != 1:
+        return f"needs rollout.num_workers 1 (got {rollout.num_workers}): one engine shares the learner's device"
+    if rollout.backend == "vllm" and learner.num_gpus < 1:
+        return "with rollout.backend vllm needs a GPU (learner.num_gpus: 1); on CPU use rollout.backend hf"
+    return None
 
 
 def context_too_long(max_prompt_tokens: int, rollout: RolloutConfig) -> str | None:
@@ -310,6 +331,12 @@ class ExperimentConfig(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _placement_fits(self) -> ExperimentConfig:
+        if self.pipeline.placement == "colocated" and (why := colocation_blocker(self.learner, self.rollout)):
+            raise ValueError(f"pipeline.placement: colocated {why}")
+        return self
+
+    @model_validator(mode="after")
     def _context_fits(self) -> ExperimentConfig:
         if why := context_too_long(self.data.max_prompt_tokens, self.rollout):
             raise ValueError(why)
@@ -338,6 +365,11 @@ class ExperimentConfig(BaseModel):
     def forward_ahead(self) -> bool:
         """True when the learner runs each batch's forward while the judge scores it."""
         return self.pipeline.forward_ahead is not False and self.forward_ahead_blocker() is None
+
+    @property
+    def colocated(self) -> bool:
+        """True when generation shares the learner's device (``pipeline.placement``, 'auto' resolved)."""
+        return self.pipeline.placement == "colocated"
 
     @property
     def adapter_sync(self) -> bool:
