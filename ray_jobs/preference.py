@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from actors.learner.sequence_objectives import SequenceObjective
 from actors.model.loading import ModelConfig, load_tokenizer, resolve_model_path
@@ -123,6 +123,11 @@ class PreferenceConfig(BaseModel):
         description="Policy learner (backend, ranks, optimiser, LR schedule, LoRA); learner.micro_batch_size counts pairs.",
     )
     wandb: WandbConfig = Field(default_factory=WandbConfig, description="wandb monitoring.")
+
+    @model_validator(mode="after")
+    def _token_budget_fits(self) -> PreferenceConfig:
+        self.learner.check_token_budget(2 * self.data.max_length, "a pair, 2 x data.max_length")
+        return self
 
 
 def run(cfg: PreferenceConfig) -> Path:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from actors.learner.sequence_objectives import SequenceObjective
 from actors.model.loading import ModelConfig, load_tokenizer, resolve_model_path
@@ -74,6 +74,11 @@ class SftConfig(BaseModel):
         default_factory=SftLearnerConfig, description="Policy learner (backend, ranks, optimiser, LR schedule, LoRA)."
     )
     wandb: WandbConfig = Field(default_factory=WandbConfig, description="wandb monitoring.")
+
+    @model_validator(mode="after")
+    def _token_budget_fits(self) -> SftConfig:
+        self.learner.check_token_budget(self.data.max_length, "data.max_length")
+        return self
 
 
 def run(cfg: SftConfig) -> Path:

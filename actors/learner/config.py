@@ -67,7 +67,13 @@ class LearnerConfig(BaseModel):
     betas: tuple[float, float] = Field(default=(0.9, 0.999), description="AdamW betas.")
     max_grad_norm: float = Field(default=1.0, gt=0, description="Gradient clipping norm.")
     micro_batch_size: int = Field(
-        default=64, ge=1, description="Sequences per forward/backward on each rank; larger shares accumulate gradients."
+        default=64,
+        ge=1,
+        description="Sequences per forward/backward on each rank (at most, with max_tokens_per_micro_batch); larger shares accumulate gradients.",
+    )
+    max_tokens_per_micro_batch: PositiveInt | None = Field(
+        default=None,
+        description="Token budget of a micro-batch: each rank's rows of a minibatch are sorted by length (prompt + completion tokens; offline: the row, or a pair's two rows) and packed greedily into micro-batches whose padded size (rows x the longest row in it) stays within this budget and that hold at most micro_batch_size rows, each padded only to its own longest row; the loss is the same (every micro-batch is normalised by the minibatch's totals). Must hold the longest possible sample (data.max_prompt_tokens + rollout.max_new_tokens; offline data.max_length, twice that for pairs). None: micro-batches of micro_batch_size consecutive rows, each padded to its longest.",
     )
     gradient_checkpointing: bool = Field(
         default=False,
@@ -125,6 +131,16 @@ class LearnerConfig(BaseModel):
         lt=1,
         description="Warm-up as a fraction of the run's optimiser steps (rounded up); instead of warmup_steps.",
     )
+
+    def check_token_budget(self, sample_tokens: int, source: str) -> None:
+        """ValueError (one line) when ``max_tokens_per_micro_batch`` cannot hold one sample of
+        ``sample_tokens`` tokens, the most a sample can need (``source`` says where that comes from)."""
+        budget = self.max_tokens_per_micro_batch
+        if budget is not None and budget < sample_tokens:
+            raise ValueError(
+                f"learner.max_tokens_per_micro_batch={budget} is smaller than one sample can need "
+                f"({source} = {sample_tokens})"
+            )
 
     @model_validator(mode="after")
     def _check_schedule(self) -> LearnerConfig:

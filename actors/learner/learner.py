@@ -21,9 +21,10 @@ One ``train`` call, in ``AlgorithmSettings`` terms:
    per-token KL between the behaviour policy and the reference).
 2. ``num_iterations`` passes over the batch, each split into ``num_minibatches``
    contiguous minibatches, one optimiser step per minibatch, gradients
-   accumulated over micro-batches of ``micro_batch_size`` sequences. Each
-   micro-batch loss is normalised by its minibatch's totals (``LossTotals``), so
-   the accumulated gradient is the minibatch loss's whatever the micro-batch size.
+   accumulated over micro-batches (``micro_batch_size`` sequences, or by token
+   budget). Each micro-batch loss is normalised by its minibatch's totals
+   (``LossTotals``), so the accumulated gradient is the minibatch loss's
+   whatever the split.
 
 The clip's "old" policy. By default it is the *behaviour* policy, the
 log-probs the rollout recorded while sampling (computed as the learner computes
@@ -37,31 +38,14 @@ version). With ``num_iterations > 1`` and ``rollout_correction = none`` the
 behaviour/proximal mismatch (staleness, engine differences) is left
 uncorrected: use that on-policy (``pipeline.max_staleness = 0``) only.
 
-Data parallelism (``learner.world_size > 1``, DeepSpeed only). Every rank gets
-the same full ``TrainBatch`` and takes the same optimiser steps; rank ``r``
-forwards and backwards only ``shard(rows, r, world_size)``, a contiguous share
-of each minibatch's rows, in the micro-batches ``micro_batch_plan`` gives it:
-
-* Gradient: each micro-batch loss is still normalised by the GLOBAL minibatch
-  ``LossTotals`` and multiplied by ``world_size`` before ``backward``; DeepSpeed
-  averages gradients over ranks, so the applied gradient is the sum of the
-  ranks' parts, i.e. the single-process minibatch gradient.
-* Collectives: ZeRO reduces gradients in every ``backward`` and ZeRO-3 gathers
-  parameters in every forward, so every rank must run the same number of each.
-  ``micro_batch_plan`` pads a rank's list with *padding* micro-batches (the
-  minibatch's first row again, loss times 0, statistics ignored) up to the
-  count of the largest share, which every rank computes alike from the row
-  count alone. The no-gradient log-probs (proximal, reference) are sharded the
-  same way over the whole batch and then summed across ranks into every rank's
-  copy (each token has one owner, the others add zeros: exact).
-* Metrics: after each optimiser step one ``all_reduce`` on the default process
-  group sums the row-weighted statistics and the loss parts and takes the max
-  of ``*_max`` keys, so every rank (rank 0 included) reports what one process
-  would with the same micro-batches; ``grad_norm`` is DeepSpeed's global norm.
-  Statistics that are per-micro-batch means (clip fractions, entropy) are
-  weighted by rows, as in one process, so they equal the single-process values
-  exactly when the micro-batch boundaries coincide (e.g. each share a multiple
-  of ``micro_batch_size``), and otherwise differ only in that weighting.
+Micro-batches and data parallelism (``learner.world_size > 1``, DeepSpeed only):
+``actors/learner/data_parallel.py`` says how each rank's share of a minibatch is
+cut (``micro_batch_size`` rows) or packed by a token budget
+(``max_tokens_per_micro_batch``: sorted by length, each micro-batch padded to
+its own longest row), how every rank keeps the same number of forwards,
+backwards and collectives, and how the metrics are combined over ranks.
+``learner/padding_fraction`` reports the share of the gradient pass's token
+positions that were padding.
 """
 
 from __future__ import annotations
@@ -87,11 +71,14 @@ from actors.learner.data_parallel import (
     combine_over_ranks,
     mean_metrics,
     micro_batch_plan,
+    padding_fraction,
+    row_count,
     shard,
     split_rows,
+    take,
 )
 from actors.learner.forward_ahead import HeldForward, forward_samples, held_logprobs, held_reference, held_rows
-from actors.learner.objectives import LossTotals, PerToken, collate, compose_loss, policy_loss
+from actors.learner.objectives import LossTotals, PerToken, collate, compose_loss, policy_loss, sequence_lengths
 from actors.learner.sequence_objectives import SequenceObjective
 from actors.learner.sequence_training import SequenceTraining
 from actors.learner.train_preparation import TrainPreparation
@@ -228,16 +215,17 @@ class Learner(TrainPreparation, SequenceTraining):
             self.backend.model.train()
             ahead, ahead_metrics = self._take_held(batch)
             per_token = self._prepare(batch, held_reference(*ahead) if ahead else None)
-            everything = slice(0, len(batch))
+            minibatches = split_rows(slice(0, len(batch)), self.settings.num_minibatches)
             records = [
                 self._optimizer_step(batch, rows, per_token, ahead)
                 for _ in range(self.settings.num_iterations)
-                for rows in split_rows(everything, self.settings.num_minibatches)
+                for rows in minibatches
             ]
         self.version += 1
         metrics = {
             **mean_metrics(records),
             "optim/steps": float(len(records)),
+            "learner/padding_fraction": padding_fraction(minibatches, self.world_size, *self._batching(batch)),
             "time/train_s": time.perf_counter() - start,
             **ahead_metrics,
         }
@@ -252,8 +240,8 @@ class Learner(TrainPreparation, SequenceTraining):
         micro-batch; otherwise holds nothing. Returns the forward's seconds (0: not run).
         """
         self._held = None
-        samples = sum(len(r.samples) for r in results)
-        if step != self.version or not self._forward_ahead_fits(samples):
+        lengths = [len(s.prompt.prompt_token_ids) + len(s.completion_token_ids) for r in results for s in r.samples]
+        if step != self.version or not self._forward_ahead_fits(lengths):
             return 0.0
         self.backend.model.train()
         reference = self._reference_logprobs if self.settings.needs_reference else None
@@ -273,12 +261,14 @@ class Learner(TrainPreparation, SequenceTraining):
         """Marks this rank busy on the node's core board while it computes (``actors/core_share.py``)."""
         return self.cores.busy() if self.cores is not None else contextlib.nullcontext()
 
-    def _forward_ahead_fits(self, samples: int) -> bool:
-        """One rank, plain torch, one optimiser step per batch, all ``samples`` in one micro-batch."""
-        s = self.settings
+    def _forward_ahead_fits(self, lengths: list[int]) -> bool:
+        """One rank, plain torch, one optimiser step per batch, all samples (of ``lengths`` tokens) in one
+        micro-batch."""
+        s, budget, n = self.settings, self.config.max_tokens_per_micro_batch, len(lengths)
         single_step = s.num_iterations == 1 and s.num_minibatches == 1
         one_rank = self.config.backend == "torch" and self.world_size == 1
-        return single_step and one_rank and self.objective is None and 0 < samples <= self.config.micro_batch_size
+        one_micro = 0 < n <= self.config.micro_batch_size and (budget is None or n * max(lengths) <= budget)
+        return single_step and one_rank and self.objective is None and one_micro
 
     def _take_held(self, batch: TrainBatch) -> tuple[tuple[HeldForward, list[int]] | None, dict[str, float]]:
         """The held forward with the held row of each batch row, when it is this batch's;
@@ -286,7 +276,7 @@ class Learner(TrainPreparation, SequenceTraining):
         held, self._held = self._held, None
         if held is None or held.step != batch.step:
             return None, {}
-        rows = held_rows(held, batch) if self._forward_ahead_fits(len(batch)) else None
+        rows = held_rows(held, batch) if self._forward_ahead_fits(sequence_lengths(batch)) else None
         metrics = {"time/forward_ahead_s": held.seconds, "learner/forward_ahead": float(rows is not None)}
         return (held, rows) if rows is not None else None, metrics
 
@@ -305,9 +295,9 @@ class Learner(TrainPreparation, SequenceTraining):
             rows.stop - rows.start, sum(len(c) for c in batch.completion_token_ids[rows]), self.max_new_tokens
         )
         record: dict[str, float] = {"loss": 0.0}
-        for micro in micro_batch_plan(rows, self.rank, self.world_size, self.config.micro_batch_size):
+        for micro in micro_batch_plan(rows, self.rank, self.world_size, *self._batching(batch)):
             tensors = {k: v.to(self.backend.device) for k, v in collate(batch, micro.rows, per_token).items()}
-            forward = held_logprobs(*ahead, tensors) if ahead is not None else None
+            forward = held_logprobs(ahead[0], take(ahead[1], micro.rows), tensors) if ahead is not None else None
             loss, stats = policy_loss(
                 self.backend.model, tensors, self.settings, self.temperature, totals, forward, self.backend.logprobs
             )
@@ -315,7 +305,7 @@ class Learner(TrainPreparation, SequenceTraining):
             self.backend.backward(loss if scale == 1.0 else loss * scale)
             if not micro.padding:
                 record["loss"] += float(loss.detach())  # normalised by the minibatch totals: the parts add up
-            accumulate_metrics(record, stats, (micro.rows.stop - micro.rows.start) / totals.sequences, micro.padding)
+            accumulate_metrics(record, stats, row_count(micro.rows) / totals.sequences, micro.padding)
         record = self._combine_over_ranks(record)
         record["lr"] = self.backend.learning_rate()
         record["grad_norm"] = self.backend.step()  # DeepSpeed's is global: the same on every rank

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from actors.learner.data_parallel import Rows, take
 from actors.messages import TrainBatch
 from actors.model.logprobs import LogprobSettings, masked_logprobs
 from algorithms.config import AlgorithmConfig, AlgorithmSettings
@@ -35,8 +36,9 @@ class LossTotals:
     max_length: int | None = None
 
 
-def collate(batch: TrainBatch, rows: slice, per_token: PerToken | None = None) -> dict[str, torch.Tensor]:
-    """Right-padded tensors for sequences ``rows`` of the batch.
+def collate(batch: TrainBatch, rows: Rows, per_token: PerToken | None = None) -> dict[str, torch.Tensor]:
+    """Right-padded tensors for sequences ``rows`` of the batch (a slice or row indices), padded to
+    their longest.
 
     ``input_ids`` is prompt + completion; ``completion_mask[b, t]`` is 1 where
     ``input_ids[b, t + 1]`` is a completion token, so that logits[:, t] predict
@@ -45,8 +47,8 @@ def collate(batch: TrainBatch, rows: slice, per_token: PerToken | None = None) -
     batch, unless ``per_token`` holds per-token ``advantages``, which replace it.
     """
     per_token = per_token or {}
-    prompts = batch.prompt_token_ids[rows]
-    completions = batch.completion_token_ids[rows]
+    prompts = take(batch.prompt_token_ids, rows)
+    completions = take(batch.completion_token_ids, rows)
     width = max(len(p) + len(c) for p, c in zip(prompts, completions))
     n = len(prompts)
     input_ids = torch.zeros(n, width, dtype=torch.long)
@@ -54,8 +56,8 @@ def collate(batch: TrainBatch, rows: slice, per_token: PerToken | None = None) -
     mask = torch.zeros(n, width - 1)
     aligned = {name: torch.zeros(n, width - 1) for name in ("old_logprobs", *per_token)}
     sources: dict[str, Sequence[list[float] | torch.Tensor]] = {
-        "old_logprobs": batch.sampling_logprobs[rows],
-        **{k: v[rows] for k, v in per_token.items()},
+        "old_logprobs": take(batch.sampling_logprobs, rows),
+        **{k: take(v, rows) for k, v in per_token.items()},
     }
     for i, (p, c) in enumerate(zip(prompts, completions)):
         seq = p + c
@@ -68,9 +70,15 @@ def collate(batch: TrainBatch, rows: slice, per_token: PerToken | None = None) -
         "input_ids": input_ids,
         "attention_mask": attention,
         "completion_mask": mask,
-        "advantages": torch.tensor(batch.advantages[rows], dtype=torch.float32),
+        "advantages": torch.tensor(take(batch.advantages, rows), dtype=torch.float32),
         **aligned,
     }
+
+
+def sequence_lengths(batch: TrainBatch) -> list[int]:
+    """Each row's tokens, prompt + completion: the width ``collate`` pads a micro-batch to is its
+    rows' longest."""
+    return [len(p) + len(c) for p, c in zip(batch.prompt_token_ids, batch.completion_token_ids)]
 
 
 def policy_loss(

@@ -6,9 +6,12 @@ learner's ``backend``, ``config``, ``rank``, ``world_size``, ``version``,
 ``objective`` and ``_combine_over_ranks``. Data parallelism is the RL path's:
 every rank gets the same full batch, forwards and backwards only its
 ``shard`` of the units in the micro-batches ``micro_batch_plan`` gives it
-(``learner.micro_batch_size`` units: rows for SFT, pairs for preference),
-normalises each micro-batch loss by the GLOBAL totals and multiplies it by
-``world_size``; metrics are summed over ranks after the pass.
+(``learner.micro_batch_size`` units: rows for SFT, pairs for preference; with
+``learner.max_tokens_per_micro_batch`` packed by that budget, a unit's length
+being its row's, or for a pair twice its longer row's, so that units x longest
+is the micro-batch's padded size), normalises each micro-batch loss by the
+GLOBAL totals and multiplies it by ``world_size``; metrics are summed over
+ranks after the pass.
 """
 
 from __future__ import annotations
@@ -20,7 +23,16 @@ from typing import Any
 
 import torch
 
-from actors.learner.data_parallel import accumulate_metrics, all_reduce_metrics, micro_batch_plan, shard
+from actors.learner.data_parallel import (
+    Rows,
+    accumulate_metrics,
+    all_reduce_metrics,
+    micro_batch_plan,
+    padding_fraction,
+    row_count,
+    row_indices,
+    shard,
+)
 from actors.learner.objectives import LossTotals
 from actors.learner.sequence_objectives import SequenceObjective, collate_sequences, sequence_loss
 from actors.messages import SequenceBatch, TrainResult
@@ -70,6 +82,9 @@ class SequenceTraining:
         tokens = sum(len(s) for s in batch.input_ids)
         record.update(
             {
+                "learner/padding_fraction": padding_fraction(
+                    [slice(0, len(batch))], self.world_size, *self._unit_batching(batch), unit_tokens(batch)
+                ),
                 "time/train_s": seconds,
                 "throughput/tokens_per_s": tokens / seconds,
                 "tokens/targets": float(batch.target_tokens(slice(0, len(batch)))),
@@ -93,8 +108,8 @@ class SequenceTraining:
         everything = slice(0, len(batch))
         totals = LossTotals(len(batch), batch.target_tokens(everything))
         record: dict[str, float] = {"loss": 0.0}
-        for micro in micro_batch_plan(everything, self.rank, self.world_size, self.config.micro_batch_size):
-            t = {k: v.to(self.backend.device) for k, v in collate_sequences(batch, micro.rows).items()}
+        for micro in micro_batch_plan(everything, self.rank, self.world_size, *self._unit_batching(batch)):
+            t = {k: v.to(self.backend.device) for k, v in collate_units(batch, micro.rows).items()}
             logps = self._target_logps(t)
             ref = self._target_logps(t, reference=True) if objective.needs_reference else None
             loss, stats = sequence_loss(logps, t, objective, totals, ref)
@@ -103,8 +118,12 @@ class SequenceTraining:
                 self.backend.backward(loss if scale == 1.0 else loss * scale)
             if not micro.padding:
                 record["loss"] += float(loss.detach())
-            accumulate_metrics(record, stats, (micro.rows.stop - micro.rows.start) / totals.sequences, micro.padding)
+            accumulate_metrics(record, stats, row_count(micro.rows) / totals.sequences, micro.padding)
         return self._combine_over_ranks(record)
+
+    def _unit_batching(self, batch: SequenceBatch) -> tuple[int, int | None, list[int]]:
+        """``micro_batch_plan``'s arguments after rank and world size, for ``batch``'s units."""
+        return self.config.micro_batch_size, self.config.max_tokens_per_micro_batch, unit_lengths(batch)
 
     def _target_logps(self, t: dict[str, torch.Tensor], reference: bool = False) -> torch.Tensor:
         """(B, T-1) log-probs of each target token (``loss_mask``; zeros elsewhere), under the policy or
@@ -128,11 +147,11 @@ class SequenceTraining:
         self.backend.model.eval()
         try:
             with self._adapters(adapter):
-                for micro in micro_batch_plan(everything, self.rank, self.world_size, self.config.micro_batch_size):
-                    t = {k: v.to(self.backend.device) for k, v in collate_sequences(rows, micro.rows).items()}
+                for micro in micro_batch_plan(everything, self.rank, self.world_size, *self._unit_batching(rows)):
+                    t = {k: v.to(self.backend.device) for k, v in collate_units(rows, micro.rows).items()}
                     summed, lengths = sequence_logprobs(self._target_logps(t), t["loss_mask"])
                     if not micro.padding:
-                        values[micro.rows] = torch.stack([summed, lengths], dim=1).double().cpu()
+                        values[row_indices(micro.rows)] = torch.stack([summed, lengths], dim=1).double().cpu()
         finally:
             self.backend.model.train()
         if self.world_size > 1:
@@ -147,3 +166,30 @@ class SequenceTraining:
             return contextlib.nullcontext()
         module = getattr(self.backend, "module", self.backend.model)  # DeepSpeed: the engine's module
         return module.disable_adapter()
+
+
+def unit_lengths(batch: SequenceBatch) -> list[int]:
+    """Each unit's padded cost per unit of width: a row's tokens, or for a pair twice its longer
+    row's, so that units x the longest of these is a micro-batch's padded size (rows x width)."""
+    if not batch.pairs:
+        return [len(ids) for ids in batch.input_ids]
+    return [2 * max(len(a), len(b)) for a, b in zip(batch.input_ids[::2], batch.input_ids[1::2])]
+
+
+def unit_tokens(batch: SequenceBatch) -> list[int]:
+    """Each unit's real tokens (a pair: both rows')."""
+    if not batch.pairs:
+        return [len(ids) for ids in batch.input_ids]
+    return [len(a) + len(b) for a, b in zip(batch.input_ids[::2], batch.input_ids[1::2])]
+
+
+def collate_units(batch: SequenceBatch, units: Rows) -> dict[str, torch.Tensor]:
+    """``collate_sequences`` of ``units`` (a slice, or unit indices from a token-budget plan)."""
+    if isinstance(units, slice):
+        return collate_sequences(batch, units)
+    per = 2 if batch.pairs else 1
+    rows = [u * per + k for u in units for k in range(per)]
+    picked = SequenceBatch(
+        batch.step, [batch.input_ids[r] for r in rows], [batch.loss_masks[r] for r in rows], batch.pairs
+    )
+    return collate_sequences(picked, slice(0, len(units)))

@@ -7,9 +7,10 @@ the *proximal* log-probs (the learner's own under the pre-update weights), the
 *reference* log-probs, and per-token advantages with ``-beta * KL`` folded
 into the reward (``kl_penalty: reward``).
 
-With several ranks each rank forwards only its ``shard`` of the rows (padding
-micro-batches keep the collectives in step, ``micro_batch_plan``) and the
-shares are summed into every rank's copy; each token has one writer, so the
+Its forwards use the gradient pass's micro-batches (``_batching``: by row count
+or by token budget, ``micro_batch_plan``). With several ranks each rank forwards
+only its ``shard`` of the rows (padding micro-batches keep the collectives in
+step) and the shares are summed into every rank's copy; each token has one writer, so the
 values arrive unchanged. Invariant: every rank returns the same ``PerToken``
 for all rows of the batch.
 """
@@ -20,8 +21,8 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from actors.learner.config import LearnerBackend, LearnerConfig
-from actors.learner.data_parallel import all_reduce_metrics, micro_batch_plan, shard, split_rows
-from actors.learner.objectives import PerToken, collate
+from actors.learner.data_parallel import all_reduce_metrics, micro_batch_plan, row_indices, shard, split_rows
+from actors.learner.objectives import PerToken, collate, sequence_lengths
 from actors.messages import TrainBatch
 from actors.model.loading import eval_mode
 from actors.model.logprobs import masked_logprobs
@@ -39,6 +40,11 @@ class TrainPreparation:
     rank: int
     world_size: int
     temperature: float
+
+    def _batching(self, batch: TrainBatch) -> tuple[int, int | None, list[int]]:
+        """``micro_batch_plan``'s arguments after rank and world size, for ``batch``: the row cap,
+        the token budget and each row's tokens."""
+        return self.config.micro_batch_size, self.config.max_tokens_per_micro_batch, sequence_lengths(batch)
 
     def _prepare(self, batch: TrainBatch, held_reference: list[torch.Tensor] | None = None) -> PerToken:
         """Proximal and reference log-probs and per-token advantages, as the settings need them;
@@ -65,14 +71,18 @@ class TrainPreparation:
         if not out:
             return out
         everything = slice(0, len(batch))
-        for micro in micro_batch_plan(everything, self.rank, self.world_size, self.config.micro_batch_size):
+        by_row: dict[str, dict[int, torch.Tensor]] = {name: {} for name in out}
+        for micro in micro_batch_plan(everything, self.rank, self.world_size, *self._batching(batch)):
             t = {k: v.to(self.backend.device) for k, v in collate(batch, micro.rows).items()}
             keep = t["completion_mask"].bool()
             for name in out:
                 logps = self._policy_logprobs(t) if name == "proximal_logprobs" else self._reference_logprobs(t)
                 if not micro.padding:
-                    out[name].extend(logps[i][keep[i]].cpu() for i in range(len(keep)))
-        return self._share_rows(batch, shard(everything, self.rank, self.world_size), out)
+                    by_row[name].update((r, logps[i][keep[i]].cpu()) for i, r in enumerate(row_indices(micro.rows)))
+        mine = shard(everything, self.rank, self.world_size)
+        for name, values in by_row.items():  # the plan may have sorted the rows: back in row order
+            out[name] = [values[r] for r in range(mine.start, mine.stop)]
+        return self._share_rows(batch, mine, out)
 
     def _policy_logprobs(self, t: dict[str, torch.Tensor]) -> torch.Tensor:
         """The current policy's log-probs (B, T-1) at ``t``'s completion positions, in eval mode (no

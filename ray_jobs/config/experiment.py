@@ -343,6 +343,12 @@ class ExperimentConfig(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _token_budget_fits(self) -> ExperimentConfig:
+        longest = self.data.max_prompt_tokens + self.rollout.max_new_tokens
+        self.learner.check_token_budget(longest, "data.max_prompt_tokens + rollout.max_new_tokens")
+        return self
+
+    @model_validator(mode="after")
     def _forward_ahead_fits(self) -> ExperimentConfig:
         if self.pipeline.forward_ahead is True and (why := self.forward_ahead_blocker()):
             raise ValueError(f"pipeline.forward_ahead: true needs {why}; set it to auto or false")
