@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import torch
 
 from actors.messages import WeightsUpdate
-from actors.model.loading import default_device, load_causal_lm, load_tokenizer, resolve_attention, resolve_dtype
+from actors.model.loading import (
+    CausalLM,
+    default_device,
+    load_causal_lm,
+    load_tokenizer,
+    resolve_attention,
+    resolve_dtype,
+)
 from actors.rollout.generation import GeneratedSequence
 from actors.weights.broadcast import BroadcastGroup, Plan, join_group, receive_buckets
 from actors.weights.sync import ObjectStoreWeightSync, load_full_state
@@ -24,13 +32,11 @@ class HFGenerationBackend:
     those of the untempered distribution (``token_logprobs`` at temperature 1).
     """
 
-    def __init__(
-        self, model_path: str, dtype: str, max_new_tokens: int, temperature: float, attention: str = "auto"
-    ) -> None:
-        self.tokenizer = load_tokenizer(model_path)
-        self.device = default_device()
-        dtype, attention = resolve_dtype(dtype, self.device), resolve_attention(attention, self.device)
-        self.model = load_causal_lm(model_path, dtype, attention).to(self.device).eval()
+    def __init__(self, model: CausalLM, tokenizer: Any, max_new_tokens: int, temperature: float) -> None:
+        """Generation with ``model`` as it is (its device, dtype and weights); ``load`` builds one from a path."""
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = next(model.parameters()).device
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
         self.eos_id = self.tokenizer.eos_token_id
@@ -39,6 +45,16 @@ class HFGenerationBackend:
         self.updates_in_flight = False
         self._sync = ObjectStoreWeightSync()
         self._group: BroadcastGroup | None = None
+
+    @classmethod
+    def load(
+        cls, model_path: str, dtype: str, max_new_tokens: int, temperature: float, attention: str = "auto"
+    ) -> HFGenerationBackend:
+        """A backend with its own copy of the policy from ``model_path``, on the GPU Ray granted (else the CPU)."""
+        device = default_device()
+        dtype, attention = resolve_dtype(dtype, device), resolve_attention(attention, device)
+        model = load_causal_lm(model_path, dtype, attention).to(device).eval()
+        return cls(model, load_tokenizer(model_path), max_new_tokens, temperature)
 
     async def generate(
         self, prompts: list[list[int]], n: int, temperature: float | None = None, seed: int | None = None

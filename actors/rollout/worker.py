@@ -99,7 +99,7 @@ def build_generation_backend(
     """The configured backend with the policy's initial weights loaded."""
     path = resolve_model_path(model)
     if rollout.backend == "hf":
-        return HFGenerationBackend(path, model.dtype, rollout.max_new_tokens, rollout.temperature, model.attention)
+        return HFGenerationBackend.load(path, model.dtype, rollout.max_new_tokens, rollout.temperature, model.attention)
     from actors.rollout.vllm_backend import VLLMGenerationBackend
 
     return VLLMGenerationBackend(
@@ -162,12 +162,17 @@ class RolloutWorker:
         worker_id: int = 0,
         seed: int = 0,
         lora_rank: int | None = None,
+        backend: GenerationBackend | None = None,
     ) -> None:
+        """``backend``: one already built (generation on the learner's own model when colocated,
+        ``actors/colocated.py``); by default the configured one, with its own copy of the policy."""
         apply_torch_threads(rollout.torch_threads)
         torch.manual_seed(seed * 1000 + worker_id)
         self.config = rollout
         self.worker_id = worker_id
-        self.backend: GenerationBackend = build_generation_backend(rollout, model, seed * 1000 + worker_id, lora_rank)
+        self.backend: GenerationBackend = backend or build_generation_backend(
+            rollout, model, seed * 1000 + worker_id, lora_rank
+        )
         self.cores = board_for(rollout.torch_threads, worker_id)  # HF only: the driver sets a CoreShare then
         if self.cores is not None and isinstance(self.backend, HFGenerationBackend):
             self.cores.attach(self.backend.model)
@@ -353,6 +358,11 @@ class RolloutWorker:
             return
         async with self._changed:
             await self._changed.wait_for(lambda: not any(n for v, n in self._asked.items() if v < version))
+
+    async def version_changed(self) -> None:
+        """Wake the generations waiting for a version: the backend's weights changed in place
+        (a colocated learner's step), not through ``update_weights``."""
+        await self._announce()
 
     async def _announce(self) -> None:
         async with self._changed:

@@ -66,7 +66,23 @@ class ActorSet:
         self._engine_groups: list = []
         lora_rank = lr.lora.r if cfg.adapter_sync else None
         restarts = cfg.pipeline.max_actor_restarts
-        self.rollouts = [self._start_rollout(w, lora_rank) for w in range(ro.num_workers)]
+        self.learner = LearnerGroup(
+            lr,
+            cfg.model,
+            cfg.algorithm,
+            ro.temperature,
+            seed=cfg.run.seed,
+            max_new_tokens=ro.max_new_tokens,
+            total_steps=cfg.run.steps,
+            start_timeout_s=cfg.run.actor_start_timeout_s,
+            colocated_rollout=ro if cfg.colocated else None,
+        )
+        # colocated: the learner's one rank also generates (actors/colocated.py); it is no restartable worker
+        self.rollouts = (
+            list(self.learner.ranks)
+            if cfg.colocated
+            else [self._start_rollout(w, lora_rank) for w in range(ro.num_workers)]
+        )
         self.judge = (
             ray.remote(JudgePool)
             .options(
@@ -78,16 +94,6 @@ class ActorSet:
             )
             .remote(cfg.judge, cfg.reward, api_keys)
         )
-        self.learner = LearnerGroup(
-            lr,
-            cfg.model,
-            cfg.algorithm,
-            ro.temperature,
-            seed=cfg.run.seed,
-            max_new_tokens=ro.max_new_tokens,
-            total_steps=cfg.run.steps,
-            start_timeout_s=cfg.run.actor_start_timeout_s,
-        )
         check_started(
             {
                 **{f"rollout worker {w}": a for w, a in enumerate(self.rollouts)},
@@ -96,8 +102,9 @@ class ActorSet:
             },
             cfg.run.actor_start_timeout_s,
         )
+        workers = {} if cfg.colocated else {f"rollout worker {w}": a for w, a in enumerate(self.rollouts)}
         self._processes = ActorProcesses(
-            {**{f"rollout worker {w}": a for w, a in enumerate(self.rollouts)}, "judge pool": self.judge},
+            {**workers, "judge pool": self.judge},
             restarts,
             cfg.run.actor_start_timeout_s,
         )
@@ -284,6 +291,10 @@ class ActorSet:
                 call.generated,
                 self.judge.score.remote(call.generated),
                 resends=call.resends + 1,
+            )
+        if self.cfg.colocated:  # the learner's process: the run restarts it from the newest checkpoint
+            raise LearnerDied(
+                f"the colocated learner died during batch {call.batch_index} ({type(gen_error).__name__})"
             )
         if self._processes.restarted(f"rollout worker {call.worker}"):
             self._on_worker_restart(call.worker, gen_error)

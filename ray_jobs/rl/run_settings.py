@@ -46,12 +46,12 @@ def with_judge_concurrency(cfg: ExperimentConfig, evalset: EvalSet | None) -> Ex
 
 
 def with_stage_threads(cfg: ExperimentConfig) -> ExperimentConfig:
-    """``torch_threads: auto`` (``ray_jobs.offline.driver.auto_threads``): stages that run in turn
-    (max_staleness 0) get every core each; overlapping rollout workers and learner ranks share
+    """``torch_threads: auto`` (``ray_jobs.runtime.actor_settings.auto_threads``): stages that run in turn
+    (max_staleness 0, or colocated in one process) get every core each; overlapping rollout workers and learner ranks share
     them, by what computes at the moment where ``follows_overlap`` (``actors/core_share.py``),
     else evenly."""
     ro, lr = cfg.rollout, cfg.learner
-    overlap = cfg.pipeline.max_staleness > 0
+    overlap = cfg.pipeline.max_staleness > 0 and not cfg.colocated  # colocated: one process takes turns
     threads: dict[str, int | str | CoreShare] = {
         "rollout": auto_threads(ro.torch_threads, ro.num_workers + (lr.world_size if overlap else 0)),
         "learner": auto_threads(lr.torch_threads, lr.world_size + (ro.num_workers if overlap else 0)),
@@ -84,6 +84,7 @@ def follows_overlap(cfg: ExperimentConfig) -> bool:
     return (
         ro.torch_threads == lr.torch_threads == "auto"
         and cfg.pipeline.max_staleness > 0
+        and not cfg.colocated
         and not os.environ.get("RAY_ADDRESS")
         and ro.backend == "hf"
         and lr.backend == "torch"

@@ -51,7 +51,8 @@ class WeightPublisher:
         self.last_sync_s = 0.0
         self._syncs: list[_PendingSync] = []
         self._latest_update: ray.ObjectRef | None = None  # what a restarted worker is sent (object store)
-        self._plan = self._join_broadcast() if cfg.weight_sync.transport == "broadcast" else None
+        broadcast = cfg.weight_sync.transport == "broadcast" and not cfg.colocated
+        self._plan = self._join_broadcast() if broadcast else None
 
     def _join_broadcast(self) -> list:
         """Form the weight-broadcast group (learner rank 0 = rank 0, then each worker's engine
@@ -90,6 +91,8 @@ class WeightPublisher:
         """The learner's current weights to every worker, as ``version``; returns the workers' loads.
         Object store: the export, once exported, goes to each worker's ``restore_weights`` (a
         restore) or ``update_weights``."""
+        if self.cfg.colocated:  # generation reads the learner's own weights: the version is all that changes
+            return []
         if self._plan is not None:
             return self._broadcast(self._plan, version, restore)
         update = self.learner.export_weights(adapter_only=self.cfg.adapter_sync)

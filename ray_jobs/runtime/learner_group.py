@@ -47,11 +47,13 @@ import ray
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from actors.colocated import ColocatedWorker
 from actors.learner.learner import Learner, LearnerConfig
 from actors.learner.process_group import PORT_ATTEMPTS, port_taken
 from actors.learner.sequence_objectives import SequenceObjective
 from actors.messages import SequenceBatch, TrainBatch, TrainResult
 from actors.model.loading import ModelConfig
+from actors.rollout.worker import RolloutConfig
 from algorithms.config import AlgorithmConfig
 from ray_jobs.config.experiment import ACTOR_START_TIMEOUT_S
 from ray_jobs.runtime.faults import ActorStartError, check_started
@@ -141,10 +143,13 @@ class LearnerGroup:
         total_steps: int | None = None,
         objective: SequenceObjective | None = None,
         start_timeout_s: float = ACTOR_START_TIMEOUT_S,
+        colocated_rollout: RolloutConfig | None = None,
     ) -> None:
         """``total_steps``: the run's learner batches (``run.steps``), the LR schedule's horizon; every rank gets it.
         ``objective``: the offline objective (SFT, SimPO, DPO) of ``train_sequences``, if any.
-        ``start_timeout_s``: how long the ranks' constructors may take (``run.actor_start_timeout_s``)."""
+        ``start_timeout_s``: how long the ranks' constructors may take (``run.actor_start_timeout_s``).
+        ``colocated_rollout``: the one rank is a ``ColocatedWorker`` that also generates, with this
+        rollout section (``pipeline.placement: colocated``; one rank only)."""
         self.config = learner
         self.start_timeout_s = start_timeout_s
         self.placement_group: PlacementGroup | None = None
@@ -152,6 +157,10 @@ class LearnerGroup:
         args = (learner, model, algorithm, temperature, seed, max_new_tokens, total_steps, objective)
         actor = ray.remote(Learner)
         self._plan = learner_placement(learner)
+        if colocated_rollout is not None:  # an async actor: its generations wait for versions while others run
+            colocated = ray.remote(ColocatedWorker).options(**ray_options(self._plan.actors[0]), max_concurrency=1000)
+            self.ranks = [colocated.remote(*args, colocated_rollout)]
+            return
         if learner.world_size == 1:
             self.ranks = [actor.options(**ray_options(self._plan.actors[0])).remote(*args)]
             return

@@ -55,7 +55,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("ray_jobs.config",),
     ("ray_jobs.data",),
     # actors: the plain classes the Ray actors run
-    ("actors.judge_pool",),
+    ("actors.judge_pool", "actors.colocated"),
     ("actors.rollout", "actors.learner"),
     ("actors.weights", "actors.model"),
     ("actors.messages", "actors.core_share", "actors.scratch"),
