@@ -1,6 +1,7 @@
 """Kill the driver at a random step at k = 0, re-run the same command, and get the uninterrupted run
 (k = 2 with SIGKILL and SIGTERM: ``test_resume_k2_e2e.py``); the same with the weights broadcast to
-the engine, killed before the first periodic checkpoint (resumed from step 0's).
+the engine, killed before the first periodic checkpoint (resumed from step 0's); and the same
+colocated (generation in the learner's process), which at k = 0 repeats the separate run exactly.
 
 The runs are separate processes killed with SIGKILL (the whole process group),
 so nothing but what was on disk survives. The kill steps are drawn at random
@@ -57,6 +58,24 @@ def test_sigkill_at_random_steps_k0_repeats_the_uninterrupted_run(
         assert g["reward/mean"] == pytest.approx(w["reward/mean"], abs=1e-6), g["step"]
         assert g["loss"] == pytest.approx(w["loss"], abs=1e-6), g["step"]
     assert (out / "final" / "config.json").exists()
+
+
+def test_colocated_sigkill_at_random_steps_k0_repeats_the_uninterrupted_separate_run(
+    tmp_path: Path, tiny_model_config, uninterrupted: Path
+) -> None:
+    """Colocated, the learner's process generates with its own weights from a sampling stream
+    seeded as a separate worker 0's: on the same weights (k = 0, float32) it samples the same
+    completions, so a killed and resumed colocated run repeats the uninterrupted separate one."""
+    kill_at = random.randint(EVERY + 1, STEPS - 3)
+    print(f"killing at step {kill_at}")
+    out = tmp_path / "run"
+    overrides = (*BASE, "pipeline.max_staleness=0", "pipeline.placement=colocated")
+    kill_and_resume(out, tiny_model_config.cache_dir, [kill_at], *overrides)
+    got, _ = check_complete(out, STEPS, SAMPLES_PER_STEP)
+    want = read_jsonl(uninterrupted / "metrics.jsonl")
+    for g, w in zip(got, want):
+        assert g["reward/mean"] == pytest.approx(w["reward/mean"], abs=1e-6), g["step"]
+        assert g["loss"] == pytest.approx(w["loss"], abs=1e-6), g["step"]
 
 
 def test_broadcast_sigkill_before_the_first_checkpoint_resumes_from_step_0(

@@ -57,13 +57,18 @@ def _sigterm(proc: TrainProcess, out: Path, at_step: int) -> None:
     assert "stopped: checkpoint written; re-run the same command to resume" in proc.tail()
 
 
-def test_sigkill_then_sigterm_k2_trains_every_prompt_as_often(tmp_path: Path, tiny_model_config) -> None:
+@pytest.mark.parametrize("placement", ["separate", "colocated"])
+def test_sigkill_then_sigterm_k2_trains_every_prompt_as_often(
+    tmp_path: Path, tiny_model_config, placement: str
+) -> None:
     """SIGKILL at a random step, SIGTERM (the graceful stop) a few steps after the resume, and the
-    same command once more to the end: a resumed run is itself resumed."""
+    same command once more to the end: a resumed run is itself resumed. Colocated, the learner's
+    process generates the next batches between its steps and keeps the same guarantees."""
     kill_at = random.randint(EVERY + 1, STEPS - 8)
     print(f"killing at step {kill_at}, SIGTERM at {kill_at + 4}")
     out = tmp_path / "run"
-    cmd = train_command(out, tiny_model_config.cache_dir, *BASE, "pipeline.max_staleness=2")
+    overrides = (*BASE, "pipeline.max_staleness=2", f"pipeline.placement={placement}")
+    cmd = train_command(out, tiny_model_config.cache_dir, *overrides)
     log = out.with_suffix(".log")
     proc = TrainProcess(cmd, log)
     proc.wait_for_step(out / "metrics.jsonl", kill_at)
