@@ -1,8 +1,9 @@
 """What a rollout worker needs of a generation backend, and what a backend gives back.
 
 ``GenerationBackend`` is the contract the HF (``actors/rollout/hf_backend.py``) and vLLM
-(``actors/rollout/vllm_backend.py``) backends honour; ``GeneratedSequence`` is one
-sampled completion. The backends and the worker (``actors/rollout/worker.py``) import
+(``actors/rollout/vllm_backend.py``) backends honour, ``SleepingBackend`` what a backend that can
+release its device memory while a colocated learner trains adds (vLLM's sleep mode);
+``GeneratedSequence`` is one sampled completion. The backends and the worker (``actors/rollout/worker.py``) import
 this module, and it imports none of them.
 """
 
@@ -72,4 +73,25 @@ class GenerationBackend(Protocol):
 
     def close(self) -> None:
         """Release the engine."""
+        ...
+
+
+class SleepingBackend(GenerationBackend, Protocol):
+    """A backend that can give its device memory back while a learner on the same GPU trains
+    (``rollout.vllm.sleep_level``, ``pipeline.placement: colocated``). Around a learner step the
+    caller runs, each call finished before the next is sent: ``sleep()``, the learner's step,
+    ``wake_up(["weights"])``, the new weights (``load_weights`` or ``receive_weights``), then
+    ``wake_up(["kv_cache"])``. Calls in flight are kept, paused, and finish after the wake-up."""
+
+    sleep_level: int
+
+    async def sleep(self) -> None:
+        """Pause generation keeping the requests in flight, then release the weights (level 1: to CPU
+        memory; level 2: dropped) and the KV cache. Nothing at level 0 or when already asleep."""
+        ...
+
+    async def wake_up(self, tags: list[str] | None = None) -> None:
+        """Bring back ``tags`` (``"weights"``, ``"kv_cache"``; None: both), weights first; generation
+        resumes once both are awake. Level 2's dropped weights must be loaded before the KV cache
+        wakes (``RuntimeError`` otherwise)."""
         ...

@@ -21,6 +21,13 @@ Weight updates, while requests are in flight:
   (vLLM's prefix cache is keyed by adapter, so nothing needs resetting); an old
   adapter is removed once its last request finishes.
 
+Sleep mode (``VLLMConfig.sleep_level`` > 0, a colocated engine sharing the learner's GPU; vLLM's
+documented API, CUDA/ROCm only, so it has never run on our CPU machines: its tests record
+the engine's calls): ``sleep`` pauses the scheduler keeping the requests in flight and frees
+the engine's weights (level 1: to CPU RAM; level 2: discarded) and KV cache while the learner
+trains; ``wake_up(["weights"])``, a weight load, then ``wake_up(["kv_cache"])`` brings it back
+with the new weights and resumes the kept requests, recomputed from their tokens so far.
+
 Invariant: ``version`` only increases between restores (a resume's restore may set it to the
 checkpoint's version, lower than an engine's); a request started at version v records
 ``first_version = v``, the lower bound used for staleness.
@@ -36,6 +43,7 @@ import shutil
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -48,6 +56,8 @@ from actors.weights.sync import stage_update
 
 log = logging.getLogger(__name__)
 STAGING_PREFIX = "relay-weights"  # <staging_dir>/relay-weights-<pid>-<random>/v<version>/ (actors/scratch.py)
+SLEEP_TAGS = ("weights", "kv_cache")
+"""What a sleeping vLLM engine releases, in the order ``wake_up`` brings them back."""
 
 
 class VLLMConfig(BaseModel):
@@ -84,6 +94,41 @@ class VLLMConfig(BaseModel):
         default="/dev/shm",
         description="Where weight updates are staged as files for the engine (shared memory skips the disk).",
     )
+    sleep_level: Literal[0, 1, 2] = Field(
+        default=0,
+        description="vLLM sleep mode for an engine that shares the learner's GPU (pipeline.placement: colocated; "
+        "GPU only). 0: never sleeps. 1: while the learner trains, the engine's weights move to CPU RAM (as much "
+        "RAM as they take) and its KV cache is dropped. 2: both are dropped and the weights come back with the "
+        "next weight sync (full weights only: with LoRA adapter sync use 1). Requests in flight are kept, "
+        "paused, and finish after the engine wakes. Built against vLLM 0.32's documented API; not yet run on a GPU.",
+    )
+
+
+def engine_arguments(
+    model_path: str, dtype: str, config: VLLMConfig, seed: int, on_cpu: bool, lora_rank: int | None
+) -> dict[str, Any]:
+    """vLLM's ``AsyncEngineArgs`` for one engine (``dtype`` resolved). ``enable_sleep_mode`` only with
+    ``config.sleep_level`` > 0: it makes vLLM allocate weights and KV cache from its own CUDA memory
+    pool, which ``sleep`` can release (CUDA/ROCm only; vLLM refuses it on CPU)."""
+    return {
+        "model": model_path,
+        "dtype": dtype,
+        "seed": seed,
+        "max_model_len": config.max_model_len,
+        "max_num_seqs": config.max_num_seqs,
+        "enable_prefix_caching": config.enable_prefix_caching,
+        "enforce_eager": config.enforce_eager or on_cpu,
+        "gpu_memory_utilization": config.gpu_memory_utilization,
+        "tensor_parallel_size": config.tensor_parallel_size,
+        "distributed_executor_backend": "ray" if config.tensor_parallel_size > 1 else None,
+        "logprobs_mode": "processed_logprobs",
+        "worker_extension_cls": "actors.rollout.vllm_worker.RelayWorkerExtension",
+        "enable_lora": lora_rank is not None,
+        "max_lora_rank": lora_rank or 16,
+        "max_loras": config.max_loras,
+        "disable_log_stats": True,
+        "enable_sleep_mode": config.sleep_level > 0,
+    }
 
 
 def exit_dead_engine(exc: BaseException) -> None:
@@ -128,26 +173,23 @@ class VLLMGenerationBackend:
                 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
             if isinstance(torch_threads, int):  # unresolved 'auto' keeps the process's own setting
                 os.environ.setdefault("OMP_NUM_THREADS", str(torch_threads))
-        args = AsyncEngineArgs(
-            model=model_path,
-            dtype=dtype,
-            seed=seed,
-            max_model_len=config.max_model_len,
-            max_num_seqs=config.max_num_seqs,
-            enable_prefix_caching=config.enable_prefix_caching,
-            enforce_eager=config.enforce_eager or on_cpu,
-            gpu_memory_utilization=config.gpu_memory_utilization,
-            tensor_parallel_size=config.tensor_parallel_size,
-            distributed_executor_backend="ray" if config.tensor_parallel_size > 1 else None,
-            logprobs_mode="processed_logprobs",
-            worker_extension_cls="actors.rollout.vllm_worker.RelayWorkerExtension",
-            enable_lora=lora_rank is not None,
-            max_lora_rank=lora_rank or 16,
-            max_loras=config.max_loras,
-            disable_log_stats=True,
-        )
-        self.engine = AsyncLLM.from_engine_args(args)
-        self.tokenizer = load_tokenizer(model_path)
+        args = AsyncEngineArgs(**engine_arguments(model_path, dtype, config, seed, on_cpu, lora_rank))
+        engine = AsyncLLM.from_engine_args(args)
+        self._attach(engine, load_tokenizer(model_path), max_new_tokens, temperature, config)
+
+    @classmethod
+    def around(
+        cls, engine: Any, tokenizer: Any, max_new_tokens: int, temperature: float, config: VLLMConfig
+    ) -> VLLMGenerationBackend:
+        """A backend around an engine built elsewhere (anything with ``AsyncLLM``'s methods: the
+        tests' recording fake)."""
+        backend = cls.__new__(cls)
+        backend._attach(engine, tokenizer, max_new_tokens, temperature, config)
+        return backend
+
+    def _attach(self, engine: Any, tokenizer: Any, max_new_tokens: int, temperature: float, config: VLLMConfig) -> None:
+        self.engine = engine
+        self.tokenizer = tokenizer
         self.eos_id = self.tokenizer.eos_token_id
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
@@ -160,6 +202,9 @@ class VLLMGenerationBackend:
         self._adapter = None  # the LoRARequest new requests use; None = base weights
         self._adapter_users: Counter[int] = Counter()  # adapter id -> requests in flight on it
         self._retired: dict[int, Path] = {}  # replaced adapters still used by a request
+        self.sleep_level = config.sleep_level
+        self._asleep: set[str] = set()  # SLEEP_TAGS the engine holds released
+        self._weights_discarded = False  # level 2 dropped the weights; no full load since
 
     async def generate(
         self, prompts: list[list[int]], n: int, temperature: float | None = None, seed: int | None = None
@@ -239,6 +284,7 @@ class VLLMGenerationBackend:
 
     async def load_weights(self, update: WeightsUpdate) -> None:
         """Apply ``update`` while generation continues (module docstring)."""
+        self._check_weights_awake(f"load v{update.version}")
         staged = await asyncio.to_thread(stage_update, update, self._staging / f"v{update.version}")
         if update.is_adapter:
             await self._add_adapter(update.version, staged)
@@ -250,15 +296,64 @@ class VLLMGenerationBackend:
 
     async def _load_paused(self, method: str, args: tuple, version: int) -> None:
         """Pause keeping in-flight requests, run the worker's loader ``method``, mark
-        ``version``, reset the prefix cache (paused requests' blocks included), resume."""
+        ``version``, reset the prefix cache (paused requests' blocks included), resume (not while
+        the KV cache sleeps: ``wake_up`` resumes once everything is awake)."""
+        self._check_weights_awake(f"load v{version}")
         await self.engine.pause_generation(mode="keep", clear_cache=False)
         try:
             await self.engine.collective_rpc(method, args=args)
             self.version = version
+            self._weights_discarded = False
             if not await self.engine.reset_prefix_cache(reset_running_requests=True):
                 raise RuntimeError(f"vLLM could not reset its prefix cache after loading v{version}")
         finally:
+            if not self._asleep:
+                await self.engine.resume_generation()
+
+    async def sleep(self) -> None:
+        """Release the engine's GPU memory while the learner trains (``VLLMConfig.sleep_level``:
+        1 moves the weights to CPU RAM, 2 drops them; both drop the KV cache). The scheduler
+        pauses keeping every request in flight (vLLM's ``mode="keep"``; its default would abort
+        them); new requests queue. Nothing at level 0 or when already asleep.
+
+        Invariant: asleep, the engine schedules nothing until ``wake_up`` has woken every tag."""
+        if self.sleep_level == 0 or self._asleep == set(SLEEP_TAGS):
+            return
+        if self._asleep:
+            raise RuntimeError(f"sleep() while the engine is partly awake ({sorted(self._asleep)} asleep)")
+        await self.engine.sleep(self.sleep_level, mode="keep")
+        self._asleep = set(SLEEP_TAGS)
+        self._weights_discarded = self.sleep_level == 2
+
+    async def wake_up(self, tags: list[str] | None = None) -> None:
+        """Bring back ``tags`` (``SLEEP_TAGS``; None: all of them) in vLLM's order for RL: the
+        weights first (``wake_up(["weights"])``), then new weights loaded (``load_weights`` or
+        ``receive_weights``: the KV cache is not yet reallocated, so both fit), then
+        ``wake_up(["kv_cache"])``; generation resumes once every tag is awake. Tags already awake
+        are skipped (vLLM would ignore the whole call for one of them).
+
+        A KV cache cannot wake while level 2's dropped weights have not been loaded again (the
+        engine would generate from uninitialised memory): ``RuntimeError``."""
+        wanted = list(SLEEP_TAGS) if tags is None else list(tags)
+        unknown = [t for t in wanted if t not in SLEEP_TAGS]
+        if unknown:
+            raise ValueError(f"wake_up tags {unknown}: vLLM's are {list(SLEEP_TAGS)}")
+        waking = [t for t in SLEEP_TAGS if t in wanted and t in self._asleep]
+        if not waking:
+            return
+        if "kv_cache" in waking and self._weights_discarded:
+            raise RuntimeError(
+                "rollout.vllm.sleep_level 2 dropped the engine's weights: wake 'weights', load new weights, "
+                "then wake 'kv_cache'"
+            )
+        await self.engine.wake_up(waking)
+        self._asleep -= set(waking)
+        if not self._asleep:
             await self.engine.resume_generation()
+
+    def _check_weights_awake(self, what: str) -> None:
+        if "weights" in self._asleep:
+            raise RuntimeError(f"cannot {what} while the engine's weights sleep: wake_up(['weights']) first")
 
     async def _add_adapter(self, version: int, directory: Path) -> None:
         from vllm.lora.request import LoRARequest

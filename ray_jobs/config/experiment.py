@@ -25,6 +25,7 @@ from ray_jobs.config.loading import load_validated
 from ray_jobs.config.loading import redacted as redacted
 from ray_jobs.config.own_task import check_own_task, own_task_defaults
 from ray_jobs.config.run_paths import DEFAULT_OUTPUT_ROOT, run_directory
+from ray_jobs.config.shared_engine import shared_engine_blocker
 from ray_jobs.data.prompts import DataConfig
 from rewards.config import RewardConfig
 from rewards.judge.config import JudgeConfig
@@ -334,6 +335,9 @@ class ExperimentConfig(BaseModel):
     def _placement_fits(self) -> ExperimentConfig:
         if self.pipeline.placement == "colocated" and (why := colocation_blocker(self.learner, self.rollout)):
             raise ValueError(f"pipeline.placement: colocated {why}")
+        ws = self.weight_sync
+        if why := shared_engine_blocker(self.colocated, self.rollout, self.adapter_sync, ws.transport, ws.backend):
+            raise ValueError(why)
         return self
 
     @model_validator(mode="after")
