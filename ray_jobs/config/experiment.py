@@ -235,6 +235,8 @@ def colocation_blocker(learner: LearnerConfig, rollout: RolloutConfig) -> str | 
         return f"needs rollout.num_workers 1 (got {rollout.num_workers}): one engine shares the learner's device"
     if rollout.backend == "vllm" and learner.num_gpus < 1:
         return "with rollout.backend vllm needs a GPU (learner.num_gpus: 1); on CPU use rollout.backend hf"
+    if rollout.backend == "hf" and learner.backend != "torch":
+        return "with rollout.backend hf needs learner.backend torch (generation runs on its policy module)"
     return None
 
 
