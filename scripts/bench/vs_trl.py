@@ -1,6 +1,7 @@
 """TRL GRPOTrainer and relay side by side, in one run: mean seconds per step.
 
-    python -m scripts.bench.vs_trl [--models tiny,26M] [--ks 0,2,4] [--judge-latency-s 1.0] [--steps 12] [--repeats 1]
+    python -m scripts.bench.vs_trl [--models tiny,26M] [--ks 0,2,4] [--placements separate,colocated]
+                                   [--judge-latency-s 1.0] [--steps 12] [--repeats 1]
                                    [--model-path PATH [--name NAME]] [--lora] [--out runs/bench_vs_trl/results.json]
 
 Both trainers get identical random-weight models (relay's built-in tiny model,
@@ -11,7 +12,9 @@ shape (2 prompts x 8 samples x 32 new tokens, temperature 1) and ONE stand-in
 judge server (``rewards/stand_in/judge_server.py``) answering after ``--judge-latency-s``.
 TRL runs first (``scripts/bench/vs_trl_runner.py``, its own process; time per
 step from a callback at each ``on_step_end``), then relay at each k =
-``pipeline.max_staleness`` (``python -m ray_jobs.train``, its own process, with
+``pipeline.max_staleness``, once per ``--placements`` entry (``pipeline.placement``;
+columns ``relay k=K`` for separate, ``colocated k=K`` for colocated, each k's side by
+side) (``python -m ray_jobs.train``, its own process, with
 its defaults except the step shape, model, data, judge and steps; time per step
 = between the moments (``time.monotonic()``) its console lines of consecutive steps arrive,
 checked against ``time/step_s`` in ``metrics.jsonl``). Reported: the MEAN over
@@ -26,28 +29,33 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
-import statistics
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import asdict
 from pathlib import Path
 
 from scripts.bench.vs_trl_report import (
+    PLACEMENTS,
     STAGE_KEYS,
+    columns,
     console_step,
     durations_from_ends,
+    format_cross_check,
+    format_load,
+    format_loads,
     format_markdown,
     format_repeats,
     format_spread,
+    format_stages,
     format_table,
     relay_step_s,
     stage_means,
+    summarise,
+    summary_json,
     window_stats,
 )
 
@@ -173,11 +181,21 @@ def run_trl(model_dir: str, prompts: Path, url: str, steps: int, lora: bool, run
 
 
 def run_relay(
-    model_path: str, prompts: Path, url: str, k: int, steps: int, lora: bool, run_dir: Path, extra: list[str]
+    model_path: str,
+    prompts: Path,
+    url: str,
+    run: tuple[str, int],
+    steps: int,
+    lora: bool,
+    run_dir: Path,
+    extra: list[str],
 ) -> dict:
-    """One relay run at ``pipeline.max_staleness=k`` (module docstring), with the ``extra`` overrides last."""
+    """One relay run at ``run`` = (``pipeline.placement``, ``pipeline.max_staleness``) (module
+    docstring), with the ``extra`` overrides last."""
+    placement, k = run
     overrides = [f"model.path={model_path}", f"data.path={prompts}", *STEP_SHAPE, *OUTPUTS_OFF]
-    overrides += [f"pipeline.max_staleness={k}", f"run.steps={steps}", f"run.output_dir={run_dir}"]
+    overrides += [f"pipeline.placement={placement}", f"pipeline.max_staleness={k}"]
+    overrides += [f"run.steps={steps}", f"run.output_dir={run_dir}"]
     overrides += [f"judge.base_url={url}", f"judge.api_key_env={KEY_ENV}", f"judge.model={JUDGE_MODEL}"]
     overrides += ["learner.lora.enabled=true"] if lora else []
     overrides += extra
@@ -186,6 +204,8 @@ def run_relay(
     ends = [t for t, line in lines if console_step(line) is not None]
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return {
+        "placement": placement,
+        "k": k,
         "durations": durations_from_ends(ends),
         "step_s": relay_step_s(rows),
         "stages": {key: [r.get(key) for r in rows] for key in STAGE_KEYS},
@@ -194,56 +214,32 @@ def run_relay(
     }
 
 
-def _load(run: dict) -> str:
-    load = run["load_1m"] or [math.nan]
-    return f"load {statistics.fmean(load):.1f} mean, {max(load):.1f} max"
-
-
 def bench_model(
     name: str, model_path: str, trl_dir: str, args, prompts: Path, url: str, root: Path, label: str | None = None
 ) -> dict:
-    """TRL, then relay at each k, on one model (runs under ``root / name``, printed as ``label``);
-    every run's raw per-step times."""
+    """TRL, then relay at each k and placement, on one model (runs under ``root / name``, printed as
+    ``label``); every run's raw per-step times, relay's keyed by column."""
     label = label or name
     result: dict = {"model_path": model_path, "relay": {}}
     before = judge_requests(url)
     result["trl"] = run_trl(trl_dir, prompts, url, args.steps, args.lora, root / name / "trl")
     result["trl"]["server_requests"] = judge_requests(url) - before
     print(
-        f"[{label}] TRL: {window_stats(result['trl']['durations'], 3, args.last)}; {_load(result['trl'])}", flush=True
+        f"[{label}] TRL: {window_stats(result['trl']['durations'], 3, args.last)}; "
+        f"{format_load(result['trl']['load_1m'])}",
+        flush=True,
     )
-    for k in args.ks:
+    for placement, k, col in columns(args.placements, args.ks):
         before = judge_requests(url)
         steps = args.steps + (0 if args.drain else k)  # the window's steps each launch a new batch
-        relay = run_relay(model_path, prompts, url, k, steps, args.lora, root / name / f"relay-k{k}", args.relay_set)
+        run_dir = root / name / col.replace(" ", "-").replace("=", "")  # relay-k0, colocated-k2
+        relay = run_relay(model_path, prompts, url, (placement, k), steps, args.lora, run_dir, args.relay_set)
         relay["server_requests"] = judge_requests(url) - before
-        result["relay"][str(k)] = relay
+        result["relay"][col] = relay
         stages = stage_means(relay["stages"], 3, args.last)
         stats = window_stats(relay["durations"], 3, args.last)
-        print(f"[{label}] relay k={k}: {stats}; {_load(relay)}; stages {stages}", flush=True)
+        print(f"[{label}] {col}: {stats}; {format_load(relay['load_1m'])}; stages {stages}", flush=True)
     return result
-
-
-def summarise(results: dict, last: int) -> dict:
-    """Per model: TRL's and each k's window statistics (and relay's own time/step_s)."""
-    summary = {}
-    for name, r in results.items():
-        summary[name] = {
-            "model": r.get("model", name),
-            "params": r.get("params"),
-            "trl": window_stats(r["trl"]["durations"], 3, last),
-            "trl_step_time": window_stats(r["trl"]["step_time"], 3, last),
-            "relay": {int(k): window_stats(v["durations"], 3, last) for k, v in r["relay"].items()},
-            "relay_step_s": {int(k): window_stats(v["step_s"], 3, last) for k, v in r["relay"].items()},
-        }
-    return summary
-
-
-def summary_json(summary: dict) -> dict:
-    """``summarise``'s statistics as plain data."""
-    plain = {"relay": lambda d: {k: asdict(v) for k, v in d.items()}, "trl": asdict, "trl_step_time": asdict}
-    plain["relay_step_s"] = plain["relay"]
-    return {name: {key: plain.get(key, lambda v: v)(value) for key, value in s.items()} for name, s in summary.items()}
 
 
 def parse_args(argv: list[str] | None):
@@ -253,6 +249,11 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--name", default=None, help="the --model-path model's name in the table")
     parser.add_argument("--lora", action="store_true", help="LoRA in both (relay: learner.lora.enabled)")
     parser.add_argument("--ks", default="0,2,4", help="relay pipeline.max_staleness values")
+    parser.add_argument(
+        "--placements",
+        default="separate",
+        help=f"relay pipeline.placement values, of {', '.join(PLACEMENTS)}: relay runs once per k and placement",
+    )
     parser.add_argument(
         "--relay-set",
         action="append",
@@ -279,6 +280,9 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--out", default="runs/bench_vs_trl/results.json")
     args = parser.parse_args(argv)
     args.ks = [int(k) for k in args.ks.split(",") if k.strip()]
+    args.placements = [p.strip() for p in args.placements.split(",") if p.strip()]
+    if not args.placements or any(p not in PLACEMENTS for p in args.placements):
+        parser.error(f"--placements takes a comma list of {', '.join(PLACEMENTS)} (got {args.placements})")
     args.last = args.steps
     if args.steps < 4:
         parser.error("--steps must be at least 4 (the mean is over steps 3..steps)")
@@ -313,22 +317,25 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarise(results, args.last)
     record = {"settings": vars(args), "summary": summary_json(summary), "results": results}
     out.write_text(json.dumps({**record, "wall_s": time.monotonic() - started}, indent=1))
-    print(f"\nmean s/step over steps 3-{args.last}, judge latency {args.judge_latency_s} s (ratio = TRL / relay)")
-    print(format_table(summary, args.ks))
-    print("\n" + format_markdown(summary, args.ks))
-    print("\n" + format_spread(summary, args.ks))
-    if args.repeats > 1:
-        print("\nTRL / relay over the repeats:\n" + format_repeats(summary, args.ks))
-    print("\ncross-check, each trainer's own step timing (mean s/step over the same steps):")
-    for name, s in summary.items():
-        own = ", ".join(f"relay k={k} time/step_s {v.mean:.3f}" for k, v in s["relay_step_s"].items())
-        print(f"  {name}: TRL step_time {s['trl_step_time'].mean:.3f}, {own}")
-    print("\nload average during each run (1 min; the run itself accounts for about 2):")
-    for name, r in results.items():
-        runs = [("TRL", r["trl"])] + [(f"relay k={k}", v) for k, v in r["relay"].items()]
-        print(f"  {name}: " + "; ".join(f"{label} {_load(run)}" for label, run in runs))
+    report(summary, results, args)
     print(f"\nraw per-step times: {out}; whole benchmark {time.monotonic() - started:.0f} s")
     return 0
+
+
+def report(summary: dict, results: dict, args) -> None:
+    """Print the tables (plain and markdown), the spread, the stage times, the cross-check and the load."""
+    cols = [col for _, _, col in columns(args.placements, args.ks)]
+    print(f"\nmean s/step over steps 3-{args.last}, judge latency {args.judge_latency_s} s (ratio = TRL / relay)")
+    print(format_table(summary, cols))
+    print("\n" + format_markdown(summary, cols))
+    print("\n" + format_spread(summary, cols))
+    print(f"\nrelay's own stage times (time/*, mean s/step over steps 3-{args.last}):\n" + format_stages(summary, cols))
+    if args.repeats > 1:
+        print("\nTRL / relay over the repeats:\n" + format_repeats(summary, cols))
+    print("\ncross-check, each trainer's own step timing (mean s/step over the same steps):")
+    print(format_cross_check(summary))
+    print("\nload average during each run (1 min; the run itself accounts for about 2):")
+    print(format_loads(results))
 
 
 if __name__ == "__main__":
