@@ -359,6 +359,20 @@ class RolloutWorker:
         async with self._changed:
             await self._changed.wait_for(lambda: not any(n for v, n in self._asked.items() if v < version))
 
+    async def sleep(self) -> None:
+        """Give the engine's device memory back while a learner on the same GPU trains (a vLLM
+        engine with ``rollout.vllm.sleep_level`` > 0; nothing otherwise). Calls in flight wait."""
+        sleep = getattr(self.backend, "sleep", None)
+        if sleep is not None:
+            await sleep()
+
+    async def wake_up(self, tags: list[str] | None = None) -> None:
+        """Bring the engine's ``tags`` back after ``sleep`` (``SleepingBackend.wake_up``: weights first,
+        then new weights, then the KV cache); nothing for a backend that does not sleep."""
+        wake_up = getattr(self.backend, "wake_up", None)
+        if wake_up is not None:
+            await wake_up(tags)
+
     async def version_changed(self) -> None:
         """Wake the generations waiting for a version: the backend's weights changed in place
         (a colocated learner's step), not through ``update_weights``."""

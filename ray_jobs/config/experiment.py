@@ -25,7 +25,7 @@ from ray_jobs.config.loading import load_validated
 from ray_jobs.config.loading import redacted as redacted
 from ray_jobs.config.own_task import check_own_task, own_task_defaults
 from ray_jobs.config.run_paths import DEFAULT_OUTPUT_ROOT, run_directory
-from ray_jobs.config.shared_engine import shared_engine_blocker
+from ray_jobs.config.shared_engine import colocation_blocker, shared_engine_blocker
 from ray_jobs.data.prompts import DataConfig
 from rewards.config import RewardConfig
 from rewards.judge.config import JudgeConfig
@@ -227,19 +227,6 @@ class TrainEvalConfig(BaseModel):
         return self
 
 
-def colocation_blocker(learner: LearnerConfig, rollout: RolloutConfig) -> str | None:
-    """Why generation cannot share the learner's device with these sections (None: it can)."""
-    if learner.world_size != 1:
-        return f"needs learner.world_size 1 (got {learner.world_size}): generation shares one learner's device"
-    if rollout.num_workers != 1:
-        return f"needs rollout.num_workers 1 (got {rollout.num_workers}): one engine shares the learner's device"
-    if rollout.backend == "vllm" and learner.num_gpus < 1:
-        return "with rollout.backend vllm needs a GPU (learner.num_gpus: 1); on CPU use rollout.backend hf"
-    if rollout.backend == "hf" and learner.backend != "torch":
-        return "with rollout.backend hf needs learner.backend torch (generation runs on its policy module)"
-    return None
-
-
 def context_too_long(max_prompt_tokens: int, rollout: RolloutConfig) -> str | None:
     """Why the longest prompt plus completion cannot fit a vLLM engine's context (None: it fits,
     or the backend is not vLLM): vLLM rejects a request longer than ``max_model_len``."""
@@ -382,6 +369,11 @@ class ExperimentConfig(BaseModel):
     def colocated(self) -> bool:
         """True when generation shares the learner's device (``pipeline.placement``, 'auto' resolved)."""
         return self.pipeline.placement == "colocated"
+
+    @property
+    def generates_in_learner(self) -> bool:
+        """Colocated with HF generation: the learner's process generates with the policy's own module."""
+        return self.colocated and self.rollout.backend == "hf"
 
     @property
     def adapter_sync(self) -> bool:

@@ -1,8 +1,10 @@
-"""Checks of a vLLM engine that shares the learner's GPU (``pipeline.placement: colocated``) and of
-its sleep mode (``rollout.vllm.sleep_level``), before anything starts (``ExperimentConfig``)."""
+"""Checks of generation that shares the learner's device (``pipeline.placement: colocated``): the
+layout (``colocation_blocker``), and a vLLM engine on the learner's GPU with its sleep mode
+(``rollout.vllm.sleep_level``, ``shared_engine_blocker``), before anything starts (``ExperimentConfig``)."""
 
 from __future__ import annotations
 
+from actors.learner.config import LearnerConfig
 from actors.rollout.worker import RolloutConfig
 
 
@@ -33,4 +35,17 @@ def shared_engine_blocker(
             "(the learner and the engine share one GPU, and NCCL refuses two ranks on one device): "
             "use weight_sync.transport: object_store"
         )
+    return None
+
+
+def colocation_blocker(learner: LearnerConfig, rollout: RolloutConfig) -> str | None:
+    """Why generation cannot share the learner's device with these sections (None: it can)."""
+    if learner.world_size != 1:
+        return f"needs learner.world_size 1 (got {learner.world_size}): generation shares one learner's device"
+    if rollout.num_workers != 1:
+        return f"needs rollout.num_workers 1 (got {rollout.num_workers}): one engine shares the learner's device"
+    if rollout.backend == "vllm" and learner.num_gpus < 1:
+        return "with rollout.backend vllm needs a GPU (learner.num_gpus: 1); on CPU use rollout.backend hf"
+    if rollout.backend == "hf" and learner.backend != "torch":
+        return "with rollout.backend hf needs learner.backend torch (generation runs on its policy module)"
     return None

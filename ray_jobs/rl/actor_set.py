@@ -24,6 +24,7 @@ from actors.messages import PromptItem, ScoreResult, TrainBatch, TrainResult
 from actors.rollout.worker import RolloutWorker
 from ray_jobs.config.experiment import ExperimentConfig
 from ray_jobs.data.prompts import PromptSource
+from ray_jobs.rl.engine_turns import EngineTurns
 from ray_jobs.rl.pipeline import LeastLoadedRouter, refill_size, shaped_rewards, signal_groups
 from ray_jobs.rl.weight_publish import WeightPublisher
 from ray_jobs.runtime.faults import (
@@ -66,21 +67,11 @@ class ActorSet:
         self._engine_groups: list = []
         lora_rank = lr.lora.r if cfg.adapter_sync else None
         restarts = cfg.pipeline.max_actor_restarts
-        self.learner = LearnerGroup(
-            lr,
-            cfg.model,
-            cfg.algorithm,
-            ro.temperature,
-            seed=cfg.run.seed,
-            max_new_tokens=ro.max_new_tokens,
-            total_steps=cfg.run.steps,
-            start_timeout_s=cfg.run.actor_start_timeout_s,
-            colocated_rollout=ro if cfg.colocated else None,
-        )
+        self.learner = LearnerGroup.for_training(cfg)
         # colocated: the learner's one rank also generates (actors/colocated.py); it is no restartable worker
         self.rollouts = (
             list(self.learner.ranks)
-            if cfg.colocated
+            if cfg.generates_in_learner
             else [self._start_rollout(w, lora_rank) for w in range(ro.num_workers)]
         )
         self.judge = (
@@ -102,7 +93,7 @@ class ActorSet:
             },
             cfg.run.actor_start_timeout_s,
         )
-        workers = {} if cfg.colocated else {f"rollout worker {w}": a for w, a in enumerate(self.rollouts)}
+        workers = {} if cfg.generates_in_learner else {f"rollout worker {w}": a for w, a in enumerate(self.rollouts)}
         self._processes = ActorProcesses(
             {**workers, "judge pool": self.judge},
             restarts,
@@ -116,6 +107,8 @@ class ActorSet:
         self._progress_at = [time.monotonic()] * len(self.rollouts)  # when each worker last finished a call
         self._killed: set[tuple[int, int]] = set()  # (worker, epoch) restarted for a hung call
         self.weights = WeightPublisher(cfg, self.learner, self.rollouts)
+        sleeps = cfg.colocated and ro.backend == "vllm" and ro.vllm.sleep_level > 0
+        self.turns = EngineTurns(self.rollouts, sleeps)  # a colocated engine sleeps through each step
 
     @property
     def version(self) -> int:
@@ -292,7 +285,7 @@ class ActorSet:
                 self.judge.score.remote(call.generated),
                 resends=call.resends + 1,
             )
-        if self.cfg.colocated:  # the learner's process: the run restarts it from the newest checkpoint
+        if self.cfg.generates_in_learner:  # the learner's process: the run restarts it from the newest checkpoint
             raise LearnerDied(
                 f"the colocated learner died during batch {call.batch_index} ({type(gen_error).__name__})"
             )
@@ -338,7 +331,10 @@ class ActorSet:
     def train(self, batch: TrainBatch) -> TrainResult:
         """One learner step; ``LearnerDied`` (naming the rank) if a rank died."""
         try:
-            return self.learner.train(batch)
+            self.turns.before_step()
+            trained = self.learner.train(batch)
+            self.turns.after_step()
+            return trained
         except ray.exceptions.RayActorError as exc:
             raise LearnerDied(
                 f"learner {self._dead_rank()} died during step {batch.step} ({type(exc).__name__})"
@@ -353,8 +349,9 @@ class ActorSet:
         return "a rank"
 
     def publish_weights(self) -> None:
-        """Send the learner's new weights to every rollout worker (``WeightPublisher.publish``)."""
-        self.weights.publish()
+        """Send the learner's new weights to every rollout worker (``WeightPublisher.publish``); a
+        sleeping colocated engine wakes its KV cache once it holds them."""
+        self.turns.after_load(self.weights.publish())
 
     def restore(self, version: int) -> None:
         """After the learner loaded a checkpoint of ``version``, give every rollout worker those weights."""

@@ -51,7 +51,7 @@ def with_stage_threads(cfg: ExperimentConfig) -> ExperimentConfig:
     them, by what computes at the moment where ``follows_overlap`` (``actors/core_share.py``),
     else evenly."""
     ro, lr = cfg.rollout, cfg.learner
-    overlap = cfg.pipeline.max_staleness > 0 and not cfg.colocated  # colocated: one process takes turns
+    overlap = cfg.pipeline.max_staleness > 0 and not cfg.generates_in_learner  # colocated: one process takes turns
     threads: dict[str, int | str | CoreShare] = {
         "rollout": auto_threads(ro.torch_threads, ro.num_workers + (lr.world_size if overlap else 0)),
         "learner": auto_threads(lr.torch_threads, lr.world_size + (ro.num_workers if overlap else 0)),
@@ -84,7 +84,7 @@ def follows_overlap(cfg: ExperimentConfig) -> bool:
     return (
         ro.torch_threads == lr.torch_threads == "auto"
         and cfg.pipeline.max_staleness > 0
-        and not cfg.colocated
+        and not cfg.generates_in_learner
         and not os.environ.get("RAY_ADDRESS")
         and ro.backend == "hf"
         and lr.backend == "torch"

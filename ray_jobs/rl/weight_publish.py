@@ -51,7 +51,7 @@ class WeightPublisher:
         self.last_sync_s = 0.0
         self._syncs: list[_PendingSync] = []
         self._latest_update: ray.ObjectRef | None = None  # what a restarted worker is sent (object store)
-        broadcast = cfg.weight_sync.transport == "broadcast" and not cfg.colocated
+        broadcast = cfg.weight_sync.transport == "broadcast" and not cfg.generates_in_learner
         self._plan = self._join_broadcast() if broadcast else None
 
     def _join_broadcast(self) -> list:
@@ -66,19 +66,20 @@ class WeightPublisher:
         ray.get(joins)
         return self.learner.weight_plan(ws.bucket_mb * 2**20)
 
-    def publish(self) -> None:
+    def publish(self) -> list[ray.ObjectRef]:
         """Send the learner's new weights to every rollout worker.
 
         Object store: export once (full weights or the LoRA adapter), then hand
         every worker the reference, without waiting for the loads. Broadcast:
         the workers are told to receive and the learner sends; this returns
-        when the learner has sent the last bucket.
+        when the learner has sent the last bucket. Returns the workers' loads (to wait on).
         """
         start = time.perf_counter()
         version = self.version + 1
         loads = self._send(version, restore=False)
         self._syncs.append(_PendingSync(version, time.perf_counter() - start, loads))
         self.version = version
+        return loads
 
     def restore(self, version: int) -> None:
         """After the learner loaded a checkpoint of ``version``: give every rollout worker
@@ -91,7 +92,7 @@ class WeightPublisher:
         """The learner's current weights to every worker, as ``version``; returns the workers' loads.
         Object store: the export, once exported, goes to each worker's ``restore_weights`` (a
         restore) or ``update_weights``."""
-        if self.cfg.colocated:  # generation reads the learner's own weights: the version is all that changes
+        if self.cfg.generates_in_learner:  # generation reads the learner's own weights: the version is all that changes
             return []
         if self._plan is not None:
             return self._broadcast(self._plan, version, restore)

@@ -55,7 +55,7 @@ from actors.messages import SequenceBatch, TrainBatch, TrainResult
 from actors.model.loading import ModelConfig
 from actors.rollout.worker import RolloutConfig
 from algorithms.config import AlgorithmConfig
-from ray_jobs.config.experiment import ACTOR_START_TIMEOUT_S
+from ray_jobs.config.experiment import ACTOR_START_TIMEOUT_S, ExperimentConfig
 from ray_jobs.runtime.faults import ActorStartError, check_started
 from ray_jobs.runtime.placement import learner_placement, ray_options
 
@@ -170,6 +170,23 @@ class LearnerGroup:
         except BaseException:
             remove_placement_group(self.placement_group)
             raise
+
+    @classmethod
+    def for_training(cls, cfg: ExperimentConfig) -> LearnerGroup:
+        """The RL run's group: its learner, model and algorithm sections; with ``pipeline.placement:
+        colocated`` (HF generation) its one rank also generates."""
+        ro = cfg.rollout
+        return cls(
+            cfg.learner,
+            cfg.model,
+            cfg.algorithm,
+            ro.temperature,
+            seed=cfg.run.seed,
+            max_new_tokens=ro.max_new_tokens,
+            total_steps=cfg.run.steps,
+            start_timeout_s=cfg.run.actor_start_timeout_s,
+            colocated_rollout=ro if cfg.generates_in_learner else None,
+        )
 
     @staticmethod
     def resources(learner: LearnerConfig) -> tuple[float, float]:
