@@ -34,9 +34,8 @@ asking for more is never scheduled.
 
 from __future__ import annotations
 
-from collections import defaultdict
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from actors.learner.config import LearnerConfig
 from actors.rollout.worker import RolloutConfig
@@ -44,66 +43,18 @@ from actors.rollout.worker import RolloutConfig
 if TYPE_CHECKING:
     from ray_jobs.config.experiment import ExperimentConfig
 
-Strategy = Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]
-Bundle = dict[str, float]
+from ray_jobs.runtime.bundles import ActorSpec as ActorSpec  # re-exported: the layout's data types live there
+from ray_jobs.runtime.bundles import Bundle as Bundle
+from ray_jobs.runtime.bundles import GroupSpec as GroupSpec
+from ray_jobs.runtime.bundles import Placement as Placement
+from ray_jobs.runtime.bundles import PlacementError as PlacementError
+from ray_jobs.runtime.bundles import Strategy as Strategy
+from ray_jobs.runtime.bundles import check_fits as check_fits
+from ray_jobs.runtime.bundles import nonzero
+from ray_jobs.runtime.colocation import shared_gpu_placement
 
 VLLM_GPUS_PER_SHARD = 1.0
 """What each of vLLM's tensor-parallel shard workers asks for (``VLLM_RAY_PER_WORKER_GPUS``)."""
-
-
-class PlacementError(ValueError):
-    """A layout that Ray could not schedule (an actor asks more than its bundle) or nodes cannot hold."""
-
-
-@dataclass(frozen=True)
-class GroupSpec:
-    """One placement group: its name in the plan, its bundles and its strategy."""
-
-    name: str
-    bundles: tuple[Bundle, ...]
-    strategy: Strategy
-
-
-@dataclass(frozen=True)
-class ActorSpec:
-    """One actor and what it asks Ray for. ``group``/``bundle``: the placement group (by name)
-    and bundle it runs in, None for none. ``started_by``: ``relay`` (our Ray edge) or ``vllm``
-    (the engine's Ray executor starts it). ``env``: variables its process is given."""
-
-    name: str
-    num_cpus: float
-    num_gpus: float
-    resources: dict[str, float] = field(default_factory=dict)
-    group: str | None = None
-    bundle: int | None = None
-    started_by: Literal["relay", "vllm"] = "relay"
-    env: dict[str, str] = field(default_factory=dict)
-
-    def demand(self) -> Bundle:
-        """Every resource it asks for, zero entries left out."""
-        asked = {"CPU": self.num_cpus, "GPU": self.num_gpus, **self.resources}
-        return {name: amount for name, amount in asked.items() if amount > 0}
-
-
-@dataclass(frozen=True)
-class Placement:
-    """Placement groups, in creation order, and the actors that run in them or alone."""
-
-    groups: tuple[GroupSpec, ...] = ()
-    actors: tuple[ActorSpec, ...] = ()
-
-    def __add__(self, other: Placement) -> Placement:
-        return Placement(self.groups + other.groups, self.actors + other.actors)
-
-    def group(self, name: str) -> GroupSpec:
-        return next(g for g in self.groups if g.name == name)
-
-    def actor(self, name: str) -> ActorSpec:
-        return next(a for a in self.actors if a.name == name)
-
-
-def _nonzero(bundle: Bundle) -> Bundle:
-    return {name: amount for name, amount in bundle.items() if amount > 0}
 
 
 def engine_shards(rollout: RolloutConfig) -> int:
@@ -121,7 +72,7 @@ def rollout_placement(rollout: RolloutConfig, worker_id: int) -> Placement:
         worker = ActorSpec(name, rollout.num_cpus_per_worker, rollout.num_gpus_per_worker, dict(rollout.resources))
         return Placement(actors=(worker,))
     group = f"rollout engine {worker_id}"
-    own = _nonzero({"CPU": rollout.num_cpus_per_worker, **rollout.resources})
+    own = nonzero({"CPU": rollout.num_cpus_per_worker, **rollout.resources})
     first_gpu = 1 if own else 0
     gpu_bundles = list(range(first_gpu, first_gpu + tp))
     env = {
@@ -142,7 +93,7 @@ def learner_placement(learner: LearnerConfig) -> Placement:
     ``learner``, or one actor and no group when ``world_size == 1``."""
     if learner.world_size == 1:
         return Placement(actors=(ActorSpec("learner rank 0", learner.num_cpus, learner.num_gpus),))
-    bundle = _nonzero({"CPU": learner.num_cpus, "GPU": learner.num_gpus})
+    bundle = nonzero({"CPU": learner.num_cpus, "GPU": learner.num_gpus})
     group = GroupSpec("learner", (bundle,) * learner.world_size, learner.placement_strategy)
     ranks = tuple(
         ActorSpec(f"learner rank {r}", learner.num_cpus, learner.num_gpus, group="learner", bundle=r)
@@ -157,41 +108,23 @@ JUDGE_POOL = ActorSpec("judge pool", 0.0, 0.0)
 
 def run_placement(cfg: ExperimentConfig) -> Placement:
     """A training run's whole layout, in the order ``ActorSet`` starts it: rollout workers
-    (and their engine groups), the judge pool, the learner."""
+    (and their engine groups), the judge pool, the learner. Colocated
+    (``ray_jobs/runtime/colocation.py``): with vLLM the engine's worker and the learner rank share
+    one GPU bundle; with HF the learner's process generates, so no rollout worker actor exists."""
+    judge = Placement(actors=(JUDGE_POOL,))
+    if cfg.colocated and cfg.rollout.backend == "vllm":
+        shared = shared_gpu_placement(cfg.learner, cfg.rollout)
+        return Placement(shared.groups, (shared.actors[0], JUDGE_POOL, shared.actors[1]))
     plan = Placement()
-    for worker in range(cfg.rollout.num_workers):
+    for worker in range(0 if cfg.colocated else cfg.rollout.num_workers):
         plan += rollout_placement(cfg.rollout, worker)
-    return plan + Placement(actors=(JUDGE_POOL,)) + learner_placement(cfg.learner)
+    return plan + judge + learner_placement(cfg.learner)
 
 
 def total_resources(plan: Placement) -> tuple[float, float]:
     """(CPUs, GPUs) that ``plan`` reserves: its groups' bundles and the actors outside groups."""
     reserved = [b for g in plan.groups for b in g.bundles] + [a.demand() for a in plan.actors if a.group is None]
     return sum(b.get("CPU", 0.0) for b in reserved), sum(b.get("GPU", 0.0) for b in reserved)
-
-
-def check_fits(plan: Placement) -> Placement:
-    """``plan``, after checking that every actor names a bundle of its group and the actors
-    of each bundle ask, together, for no more than it holds; else ``PlacementError``."""
-    asked: dict[tuple[str, int], dict[str, float]] = defaultdict(lambda: defaultdict(float))
-    groups = {g.name: g for g in plan.groups}
-    for actor in plan.actors:
-        if actor.group is None:
-            continue
-        group = groups.get(actor.group)
-        if group is None or actor.bundle is None or not 0 <= actor.bundle < len(group.bundles):
-            raise PlacementError(f"{actor.name}: no bundle {actor.bundle} in placement group {actor.group!r}")
-        for name, amount in actor.demand().items():
-            asked[(actor.group, actor.bundle)][name] += amount
-    for (group_name, index), demand in asked.items():
-        bundle = groups[group_name].bundles[index]
-        over = {name: amount for name, amount in demand.items() if amount > bundle.get(name, 0.0) + 1e-9}
-        if over:
-            raise PlacementError(
-                f"{group_name} bundle {index} holds {bundle} but its actors ask for {dict(demand)}: "
-                "Ray would never schedule them"
-            )
-    return plan
 
 
 @dataclass(frozen=True)
@@ -394,3 +327,12 @@ def rollout_worker_options(rollout: RolloutConfig, worker_id: int, group: Any = 
     elif group is None:
         group = reserve_group(plan.groups[0], ENGINE_PLACEMENT_TIMEOUT_S)
     return group, ray_options(plan.actor(f"rollout worker {worker_id}"), group, capture_child_tasks=True)
+
+
+def shared_gpu_options(learner: LearnerConfig, rollout: RolloutConfig) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """A colocated vLLM run's placement group, reserved (``ray_jobs/runtime/colocation.py``), with the
+    ``.options(...)`` of ``rollout worker 0`` and of ``learner rank 0`` in its one bundle; whoever
+    holds the group removes it once both actors are gone (a restarted actor returns to it)."""
+    plan = shared_gpu_placement(learner, rollout)
+    group = reserve_group(plan.groups[0], ENGINE_PLACEMENT_TIMEOUT_S)
+    return group, ray_options(plan.actors[0], group), ray_options(plan.actors[1], group)
