@@ -75,6 +75,10 @@ STEP_SHAPE = [  # relay overrides: the step shape and its sampling (TRL: scripts
     "data.system_prompt=null",
 ]
 OUTPUTS_OFF = ["wandb.mode=disabled", "run.save_final=false", "run.checkpoint_every=0"]  # TRL: no report, no save
+DEMO_TASK = [  # the prompts file is a copy of the demo's rows, so relay needs the demo's field and rubric named
+    "data.prompt_field=description",  # TRL reads 'description' too
+    "judge.rubric=seed000",  # TRL: JudgeConfig()'s rubric
+]
 
 
 def build_model(name: str, root: Path) -> tuple[str, int]:
@@ -180,32 +184,27 @@ def run_trl(model_dir: str, prompts: Path, url: str, steps: int, lora: bool, run
     }
 
 
-def run_relay(
-    model_path: str,
-    prompts: Path,
-    url: str,
-    run: tuple[str, int],
-    steps: int,
-    lora: bool,
-    run_dir: Path,
-    extra: list[str],
-) -> dict:
-    """One relay run at ``run`` = (``pipeline.placement``, ``pipeline.max_staleness``) (module
-    docstring), with the ``extra`` overrides last."""
+def relay_overrides(
+    model_path: str, prompts: Path, url: str, run: tuple[str, int], steps: int, lora: bool, run_dir: Path
+) -> list[str]:
+    """relay's overrides for one run at ``run`` = (``pipeline.placement``, ``pipeline.max_staleness``)."""
     placement, k = run
-    overrides = [f"model.path={model_path}", f"data.path={prompts}", *STEP_SHAPE, *OUTPUTS_OFF]
+    overrides = [f"model.path={model_path}", f"data.path={prompts}", *STEP_SHAPE, *DEMO_TASK, *OUTPUTS_OFF]
     overrides += [f"pipeline.placement={placement}", f"pipeline.max_staleness={k}"]
     overrides += [f"run.steps={steps}", f"run.output_dir={run_dir}"]
     overrides += [f"judge.base_url={url}", f"judge.api_key_env={KEY_ENV}", f"judge.model={JUDGE_MODEL}"]
-    overrides += ["learner.lora.enabled=true"] if lora else []
-    overrides += extra
+    return overrides + (["learner.lora.enabled=true"] if lora else [])
+
+
+def run_relay(overrides: list[str], run: tuple[str, int], run_dir: Path) -> dict:
+    """One relay run (module docstring) with ``overrides`` (``relay_overrides``, then ``--relay-set``'s)."""
     started, load = time.monotonic(), list[float]()
     lines = timed_lines([sys.executable, "-m", "ray_jobs.train", *overrides], run_dir.with_suffix(".log"), load)
     ends = [t for t, line in lines if console_step(line) is not None]
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return {
-        "placement": placement,
-        "k": k,
+        "placement": run[0],
+        "k": run[1],
         "durations": durations_from_ends(ends),
         "step_s": relay_step_s(rows),
         "stages": {key: [r.get(key) for r in rows] for key in STAGE_KEYS},
@@ -233,7 +232,8 @@ def bench_model(
         before = judge_requests(url)
         steps = args.steps + (0 if args.drain else k)  # the window's steps each launch a new batch
         run_dir = root / name / col.replace(" ", "-").replace("=", "")  # relay-k0, colocated-k2
-        relay = run_relay(model_path, prompts, url, (placement, k), steps, args.lora, run_dir, args.relay_set)
+        overrides = relay_overrides(model_path, prompts, url, (placement, k), steps, args.lora, run_dir)
+        relay = run_relay(overrides + args.relay_set, (placement, k), run_dir)
         relay["server_requests"] = judge_requests(url) - before
         result["relay"][col] = relay
         stages = stage_means(relay["stages"], 3, args.last)

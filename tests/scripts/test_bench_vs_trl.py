@@ -214,3 +214,21 @@ def test_trl_reward_asks_what_relays_judge_asks() -> None:
     assert counts["requests"] == 2
     assert ours == pytest.approx(expected)
     assert ours[0] > ours[1] > ours[2]  # a real verdict, not a constant
+
+
+@pytest.mark.parametrize("placement", ["separate", "colocated"])
+def test_relay_overrides_make_a_valid_config_asking_what_trl_asks(placement: str, tmp_path) -> None:
+    """relay's run config on the benchmark's prompts file (a copy of the demo's rows, so 'own data'
+    to relay): the demo's prompt field and rubric named as TRL's side uses them, the placement and k set."""
+    from actors.model.loading import BUILTIN_TINY
+    from ray_jobs.config.experiment import load_config
+    from scripts.bench.vs_trl import relay_overrides, write_prompts
+
+    prompts = write_prompts(tmp_path, 4)
+    run_dir = tmp_path / "relay-k2"
+    overrides = relay_overrides(BUILTIN_TINY, prompts, "http://127.0.0.1:9/v1", (placement, 2), 14, True, run_dir)
+    cfg = load_config(None, overrides)
+    assert (cfg.pipeline.placement, cfg.pipeline.max_staleness, cfg.run.steps) == (placement, 2, 14)
+    assert (cfg.data.prompt_field, cfg.data.system_prompt, cfg.judge.rubric) == ("description", None, "seed000")
+    assert (cfg.pipeline.prompts_per_step, cfg.rollout.group_size, cfg.rollout.max_new_tokens) == (2, 8, 32)
+    assert cfg.learner.lora.enabled
