@@ -4,7 +4,8 @@
 The bundles and the node assignment are ``ray_jobs/runtime/placement.py``'s (what the Ray edge
 starts); nodes are added as needed, so only an actor or a STRICT_PACK group larger than a
 node cannot be placed (``PlanError``, one line). GPU memory adds up per GPU where actors
-share one (fractional GPUs).
+share one (fractional GPUs), unless a sleeping vLLM engine and a learner take turns on it: its peak is
+then the larger of the two phases (``ray_jobs/dry_run/memory.py``'s docstring states the model).
 """
 
 from __future__ import annotations
@@ -45,6 +46,13 @@ class Actor:
     group: str = ""  # its placement group, bundle and strategy (empty: none)
     placed: list[tuple[int, int]] = field(default_factory=list)  # (node, GPU) per GPU it gets
     node: int = 0  # the node it runs on
+    kept: float | None = None  # a learner: bytes it keeps between steps (None: its whole estimate)
+    asleep: float | None = None  # a vLLM engine beside a learner: bytes it keeps asleep (None: never sleeps there)
+    sleeps: bool = False  # that engine does sleep (rollout.vllm.sleep_level > 0)
+
+    @property
+    def total(self) -> float | None:
+        return sum(self.memory.values()) if self.memory is not None else None
 
 
 @dataclass
@@ -129,27 +137,61 @@ def layout(placement: Placement, memory: Memory, node: NodeShape) -> tuple[list[
     return actors, 1 + max((p.node for p in placed), default=0)
 
 
-def gpu_loads(actors: list[Actor]) -> dict[tuple[int, int], list[tuple[str, float | None]]]:
-    """Per (node, GPU): each occupant's estimate in bytes (None where it cannot be estimated)."""
-    loads: dict[tuple[int, int], list[tuple[str, float | None]]] = {}
+def gpu_loads(actors: list[Actor]) -> dict[tuple[int, int], list[Actor]]:
+    """Per (node, GPU): the actors on it."""
+    loads: dict[tuple[int, int], list[Actor]] = {}
     for a in actors:
-        total = sum(a.memory.values()) if a.memory is not None else None
         for slot in a.placed:
-            loads.setdefault(slot, []).append((a.name, total))
+            loads.setdefault(slot, []).append(a)
     return loads
 
 
+Phase = tuple[str, float, str]  # (when, bytes, whose)
+
+
+def turns(occupants: list[Actor], assume_sleep: bool = False) -> list[Phase] | None:
+    """The two phases of a GPU where a vLLM engine sleeps while the learner trains (``assume_sleep``:
+    as if it did), each with its bytes and whose they are; None when nothing there takes turns."""
+    engines = [a for a in occupants if a.asleep is not None]
+    if not engines or not (assume_sleep or all(a.sleeps for a in engines)):
+        return None
+    training = [(a.name + " asleep", a.asleep) if a.asleep is not None else (a.name, a.total or 0.0) for a in occupants]
+    generating = [
+        (a.name + (" between steps" if a.kept is not None else ""), a.kept if a.kept is not None else a.total or 0.0)
+        for a in occupants
+    ]
+    return [
+        (when, sum(b for _, b in parts), " + ".join(f"{n} {b / GIB:.1f}" for n, b in parts))
+        for when, parts in (("while the learner trains", training), ("while the engine generates", generating))
+    ]
+
+
+def gpu_peak(occupants: list[Actor], assume_sleep: bool = False) -> float:
+    """A GPU's estimated peak: the larger phase where its occupants take turns, else the sum of their estimates."""
+    phases = turns(occupants, assume_sleep)
+    if phases is not None:
+        return max(b for _, b, _ in phases)
+    return sum(a.total or 0.0 for a in occupants)
+
+
 def memory_refusals(actors: list[Actor], node: NodeShape) -> list[str]:
-    """One line per GPU whose estimate exceeds its memory."""
+    """One line per GPU whose estimate exceeds its memory; where a vLLM engine that could sleep
+    shares it with the learner, what sleep mode would make of it."""
     out = []
     for (n, g), occupants in sorted(gpu_loads(actors).items()):
-        total = sum(b for _, b in occupants if b is not None)
-        if total > node.gpu_bytes:
-            parts = " + ".join(f"{name} {b / GIB:.1f}" for name, b in occupants if b is not None)
-            out.append(
-                f"cannot fit node {n} GPU {g}: about {total / GIB:.1f} GiB ({parts}) of "
-                f"{node.gpu_memory_gib:g} GiB (--gpu-memory-gib)"
+        peak = gpu_peak(occupants)
+        if peak <= node.gpu_bytes:
+            continue
+        parts = " + ".join(f"{a.name} {a.total / GIB:.1f}" for a in occupants if a.total is not None)
+        line = f"cannot fit node {n} GPU {g}: about {peak / GIB:.1f} GiB ({parts}) of {node.gpu_memory_gib:g} GiB (--gpu-memory-gib)"
+        if turns(occupants) is not None:
+            line += "; at the peak of their turns"
+        elif turns(occupants, assume_sleep=True) is not None:
+            line += (
+                f"; with rollout.vllm.sleep_level 1 (or 2) the engine sleeps while the learner trains "
+                f"and the peak is about {gpu_peak(occupants, assume_sleep=True) / GIB:.1f} GiB"
             )
+        out.append(line)
     return out
 
 
@@ -183,10 +225,11 @@ def render(plan: Plan, node: NodeShape) -> str:
         "(--gpus-per-node, --gpu-memory-gib)"
     )
     for (n, g), occupants in sorted(gpu_loads(plan.actors).items()):
-        known = sum(b for _, b in occupants if b is not None)
-        unknown = " + unknown" if any(b is None for _, b in occupants) else ""
+        unknown = " + unknown" if any(a.total is None for a in occupants) else ""
         out.append(
-            f"  node {n} GPU {g}: {known / GIB:.1f}{unknown} of {node.gpu_memory_gib:g} GiB "
-            f"({', '.join(name for name, _ in occupants)})"
+            f"  node {n} GPU {g}: {gpu_peak(occupants) / GIB:.1f}{unknown} of {node.gpu_memory_gib:g} GiB "
+            f"({', '.join(a.name for a in occupants)})"
         )
+        for when, total, whose in turns(occupants) or []:
+            out.append(f"    {when}: {total / GIB:.1f} ({whose})")
     return "\n".join(out)

@@ -42,6 +42,22 @@ compute dtype, 2 for bf16 and 4 for fp32):
   ``VLLM_RUNTIME_BYTES`` for its activation peak and CUDA graphs, and the rest is KV cache
   at 2 x layers x (kv heads / TP, at least 1) x head_dim x c B per token, which must hold
   at least one ``max_model_len`` sequence (vLLM refuses to start otherwise).
+* HF generation (``hf_generation``): a call's sequences (prompts x samples) hold a KV cache of
+  2 x layers x kv heads x head_dim x c B per token, prompt and completion, and its prefill keeps
+  about one layer's activations (A x sequences x prompt tokens x c); a process of its own adds
+  its weights (P x c) and a ``CUDA_CONTEXT_BYTES``.
+* Sharing one GPU (``pipeline.placement: colocated``). HF generation in the learner's process: one
+  copy of the weights; a call's KV cache and prefill reuse what training frees between steps
+  (gradients, set to None after each step by the torch backend, activations and log-prob
+  buffers; the caching allocator hands the same blocks out again), so only what exceeds that
+  adds to the learner's peak. A vLLM engine beside the learner: without sleep both peaks add up
+  (the engine holds its share all the time). With ``rollout.vllm.sleep_level`` 1 or 2 they take
+  turns, and the GPU's peak is the larger of two phases: the learner's step (its whole peak plus
+  ``VLLM_ASLEEP_BYTES`` the sleeping engine keeps) and generation (the engine's share plus what
+  the learner keeps between steps: weights, optimiser state, reference, ZeRO buffers and its CUDA
+  context). Assumed: the learner's process returns its freed blocks to the device
+  (``torch.cuda.empty_cache()``) before the engine wakes; otherwise its caching allocator keeps
+  its whole peak reserved and the turns save nothing.
 """
 
 from __future__ import annotations
@@ -55,6 +71,9 @@ CUDA_CONTEXT_BYTES = 1 * GIB
 """A learner process's CUDA context, allocator slack and NCCL buffers (a round planning figure)."""
 VLLM_RUNTIME_BYTES = 1 * GIB
 """A vLLM engine's activation peak and CUDA graphs inside its share (a round planning figure)."""
+VLLM_ASLEEP_BYTES = VLLM_RUNTIME_BYTES
+"""What a sleeping vLLM engine keeps on its GPU: sleep releases only its own memory pool (weights and
+KV cache); its CUDA context, CUDA graphs and workspace stay (the same round figure)."""
 ZERO_BUCKET_ELEMENTS = 500_000_000  # DeepSpeed's default reduce bucket (actors/learner/deepspeed_backend.py)
 
 
@@ -159,11 +178,24 @@ class VLLMFit:
         return max(0.0, self.share - self.weights - VLLM_RUNTIME_BYTES)
 
 
+def kv_bytes_per_token(shape: ModelShape, dtype_bytes: int, tp: int = 1) -> int:
+    """KV-cache bytes of one token on each of ``tp`` shards: 2 x layers x (kv heads / tp, at least 1) x head_dim x c."""
+    return 2 * shape.num_layers * max(1, shape.num_kv_heads // tp) * shape.head_dim * dtype_bytes
+
+
+def hf_generation(shape: ModelShape, dtype_bytes: int, sequences: int, prompt_tokens: int, total_tokens: int) -> dict:
+    """One HF ``generate`` call's memory by part: the KV cache of ``sequences`` of ``total_tokens`` and
+    the prefill's activations over their ``prompt_tokens`` (module docstring)."""
+    return {
+        "KV cache": float(kv_bytes_per_token(shape, dtype_bytes) * sequences * total_tokens),
+        "prefill activations": float(layer_activation_elements(shape) * sequences * prompt_tokens * dtype_bytes),
+    }
+
+
 def vllm_engine(shape: ModelShape, dtype_bytes: int, tp: int, utilization: float, gpu_bytes: float) -> VLLMFit:
     """A vLLM engine's share, weights and KV capacity per GPU (see the module docstring)."""
     share = utilization * gpu_bytes
     weights = shape.parameters * dtype_bytes / tp
-    kv_heads = max(1, shape.num_kv_heads // tp)
-    per_token = 2 * shape.num_layers * kv_heads * shape.head_dim * dtype_bytes
+    per_token = kv_bytes_per_token(shape, dtype_bytes, tp)
     free = max(0.0, share - weights - VLLM_RUNTIME_BYTES)
     return VLLMFit(share, weights, float(per_token), int(free // per_token))

@@ -34,11 +34,13 @@ from ray_jobs.config.experiment import ExperimentConfig
 from ray_jobs.data.prompts import DatasetError
 from ray_jobs.data.sequences import SequenceDataConfig
 from ray_jobs.dry_run.checks import check_prompt_rows, check_sequence_rows, describe_model_path
-from ray_jobs.dry_run.layout import Memory, NodeShape, Plan, PlanError, layout, memory_refusals, render
+from ray_jobs.dry_run.layout import Actor, Memory, NodeShape, Plan, PlanError, layout, memory_refusals, render
 from ray_jobs.dry_run.memory import (
     CUDA_CONTEXT_BYTES,
     GIB,
+    VLLM_ASLEEP_BYTES,
     LearnerSetup,
+    hf_generation,
     layer_activation_elements,
     learner_state,
     logprob_buffers,
@@ -112,24 +114,32 @@ def learner_memory(
 
 
 def rollout_memory(
-    rollout: RolloutConfig, model_dtype: str, shape: ModelShape | None, node: NodeShape
+    rollout: RolloutConfig,
+    model_dtype: str,
+    shape: ModelShape | None,
+    node: NodeShape,
+    call: tuple[int, int, int],
+    shares_gpu: bool = False,
 ) -> tuple[Memory, list[str]]:
-    """Each rollout worker's GPU memory (a vLLM engine takes its share on each of its GPUs) and
-    the refusals it shows (a share without room for one ``max_model_len`` sequence)."""
+    """Each rollout worker's GPU memory (a vLLM engine takes its share on each of its GPUs; an HF
+    worker its weights, one call's generation and a CUDA context; ``call``: sequences per call,
+    prompt tokens, prompt + completion tokens) and the refusals it shows (a vLLM share without
+    room for one ``max_model_len`` sequence). ``shares_gpu``: a colocated engine, on the learner's GPU."""
     ro, refusals = rollout, []
     memory: Memory = {}
     c = _dtype_bytes(model_dtype)
     tp = ro.vllm.tensor_parallel_size if ro.backend == "vllm" else 1
-    uses_gpu = tp > 1 or ro.num_gpus_per_worker > 0
+    uses_gpu = tp > 1 or ro.num_gpus_per_worker > 0 or shares_gpu
     for w in range(ro.num_workers):
         name = f"rollout worker {w}"
         if not uses_gpu:
             memory[name] = (None, "on CPU")
         elif ro.backend != "vllm":
-            memory[name] = (
-                {"weights": float(shape.parameters * c)} if shape else None,
-                "HF generate; KV cache not estimated",
-            )
+            parts = None
+            if shape is not None:
+                parts = {"weights": float(shape.parameters * c), **hf_generation(shape, c, *call)}
+                parts["CUDA context"] = float(CUDA_CONTEXT_BYTES)
+            memory[name] = (parts, f"HF generate, {call[0]} sequences of {call[2]} tokens per call")
         else:
             share = ro.vllm.gpu_memory_utilization * node.gpu_bytes
             fit = vllm_engine(shape, c, tp, ro.vllm.gpu_memory_utilization, node.gpu_bytes) if shape else None
@@ -154,7 +164,8 @@ JUDGE_NOTE = ("judge pool", (None, "async calls to the judge endpoint"))
 
 
 def plan_train(cfg: ExperimentConfig, node: NodeShape) -> Plan:
-    """The RL job's plan: rollout workers, the judge pool, learner ranks."""
+    """The RL job's plan: rollout workers, the judge pool, learner ranks; colocated
+    (``ray_jobs/runtime/colocation.py``), generation on the learner's GPU."""
     shape, why = find_shape(cfg.model.path, cfg.model.tiny)
     ro, lr, algo = cfg.rollout, cfg.learner, cfg.algorithm.settings
     checks = [describe_model_path(cfg.model.path, "model.path"), check_prompt_rows(cfg.data)]
@@ -163,13 +174,60 @@ def plan_train(cfg: ExperimentConfig, node: NodeShape) -> Plan:
     seq_len = cfg.data.max_prompt_tokens + ro.max_new_tokens
     per_rank = math.ceil(cfg.pipeline.prompts_per_step * ro.group_size / algo.num_minibatches / lr.world_size)
     sequences = min(lr.micro_batch_size, per_rank)
-    memory, refusals = rollout_memory(ro, cfg.model.dtype, shape, node)
+    call = (cfg.pipeline.call_size(ro.backend) * ro.group_size, cfg.data.max_prompt_tokens, seq_len)
+    in_learner = cfg.colocated and ro.backend == "hf"
+    memory: Memory = {}
+    refusals: list[str] = []
+    if not in_learner:
+        memory, refusals = rollout_memory(ro, cfg.model.dtype, shape, node, call, shares_gpu=cfg.colocated)
     batch = (sequences, seq_len, sequences * ro.max_new_tokens)
     rank, line = learner_memory(lr, cfg.model, shape, why, batch, algo.needs_reference)
-    memory.update({f"learner rank {r}": (rank, "") for r in range(lr.world_size)})
+    rank_note = ""
+    if in_learner:
+        rank, rank_note = generating_learner(rank, shape, _dtype_bytes(cfg.model.dtype), call, lr.backend)
+    memory.update({f"learner rank {r}": (rank, rank_note) for r in range(lr.world_size)})
     memory.update([JUDGE_NOTE])
     actors, nodes = layout(run_placement(cfg), memory, node)
-    return Plan([_model_line(cfg.model, shape, why), _rollout_line(ro), line], checks, actors, nodes, refusals)
+    if cfg.colocated and ro.backend == "vllm":
+        _take_turns(actors, ro.vllm.sleep_level, lr.backend)
+    return Plan(
+        [_model_line(cfg.model, shape, why), _rollout_line(ro, cfg.colocated), line], checks, actors, nodes, refusals
+    )
+
+
+def _transient(backend: str) -> tuple[str, ...]:
+    """The learner's parts freed between steps: gradients (the torch backend sets them to None
+    after each step; DeepSpeed keeps its buffers), activations and log-prob buffers."""
+    return ("activations", "log-prob buffers") + (("gradients",) if backend == "torch" else ())
+
+
+def generating_learner(
+    rank: dict[str, float] | None, shape: ModelShape | None, c: int, call: tuple[int, int, int], backend: str
+) -> tuple[dict[str, float] | None, str]:
+    """The learner rank that also generates (HF, colocated): one copy of the weights; a call's KV cache
+    and prefill reuse what training frees between steps, only the excess adds (memory.py's docstring)."""
+    if rank is None or shape is None:
+        return rank, "generates in this process too (HF, one copy of the weights)"
+    generation = sum(hf_generation(shape, c, *call).values())
+    freed = sum(rank.get(part, 0.0) for part in _transient(backend))
+    if generation > freed:
+        rank = {**rank, "generation beyond training's": generation - freed}
+    return rank, (
+        f"generates in this process too (HF, one copy of the weights): {call[0]} sequences of {call[2]} tokens "
+        f"per call, {_gib(generation)} GiB, in the {_gib(freed)} GiB training frees between steps"
+    )
+
+
+def _take_turns(actors: list[Actor], sleep_level: int, backend: str) -> None:
+    """Mark the colocated vLLM engine and the learner rank on its GPU for the turns of sleep mode
+    (``ray_jobs/dry_run/layout.py``'s ``turns``): what each keeps while the other computes."""
+    for a in actors:
+        if a.name == "rollout worker 0":
+            a.asleep, a.sleeps = float(VLLM_ASLEEP_BYTES), sleep_level > 0
+            if sleep_level:
+                a.note += f"; asleep (level {sleep_level}) while the learner trains"
+        elif a.name == "learner rank 0" and a.memory is not None:
+            a.kept = sum(v for part, v in a.memory.items() if part not in _transient(backend))
 
 
 def plan_offline(
@@ -201,7 +259,10 @@ def plan_evaluate(cfg: EvaluateConfig, node: NodeShape) -> Plan:
     known = [s for s, _ in shapes if s is not None]
     shape = max(known, key=lambda s: s.parameters) if known else None
     why = next((w for s, w in shapes if s is shape), shapes[0][1])
-    memory, refusals = rollout_memory(cfg.rollout, cfg.model.dtype, shape, node)
+    most = max(c.k for c in cfg.conditions.values())
+    prompt_tokens = cfg.data.max_prompt_tokens
+    call = (cfg.run.items_per_call * most, prompt_tokens, prompt_tokens + cfg.rollout.max_new_tokens)
+    memory, refusals = rollout_memory(cfg.rollout, cfg.model.dtype, shape, node, call)
     placement = Placement()
     for w in range(cfg.rollout.num_workers):
         placement += rollout_placement(cfg.rollout, w)
@@ -216,7 +277,7 @@ def plan_evaluate(cfg: EvaluateConfig, node: NodeShape) -> Plan:
     memory.update([JUDGE_NOTE])
     actors, nodes = layout(placement, memory, node)
     model = cfg.model.model_copy(update={"path": "conditions' policies"})
-    return Plan([_model_line(model, shape, why), _rollout_line(cfg.rollout)], checks, actors, nodes, refusals)
+    return Plan([_model_line(model, shape, why), _rollout_line(cfg.rollout, False)], checks, actors, nodes, refusals)
 
 
 def _critic_memory(cfg: EvaluateConfig, shape: ModelShape | None) -> dict[str, float] | None:
@@ -255,10 +316,18 @@ def _model_line(model: ModelConfig, shape: ModelShape | None, why: str) -> str:
     return f"model {model.path}: {size}, {dtype}"
 
 
-def _rollout_line(ro: RolloutConfig) -> str:
+def _rollout_line(ro: RolloutConfig, colocated: bool) -> str:
+    v = ro.vllm
+    if colocated and ro.backend == "hf":
+        return "rollout: HF generation in the learner's process, on its device (colocated: no weight sync)"
+    if colocated:
+        sleep = f"sleep_level {v.sleep_level}" if v.sleep_level else "no sleep (sleep_level 0)"
+        return (
+            f"rollout: 1 vLLM engine on the learner's GPU (colocated), gpu_memory_utilization "
+            f"{v.gpu_memory_utilization:g}, max_model_len {v.max_model_len}, {sleep}"
+        )
     if ro.backend != "vllm":
         return f"rollout: {ro.num_workers} HF worker(s), {ro.num_gpus_per_worker:g} GPU each"
-    v = ro.vllm
     return (
         f"rollout: {ro.num_workers} vLLM engine(s), tensor_parallel_size {v.tensor_parallel_size}, "
         f"gpu_memory_utilization {v.gpu_memory_utilization:g}, max_model_len {v.max_model_len}"
