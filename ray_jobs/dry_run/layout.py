@@ -230,6 +230,7 @@ def render(plan: Plan, node: NodeShape) -> str:
             f"  node {n} GPU {g}: {gpu_peak(occupants) / GIB:.1f}{unknown} of {node.gpu_memory_gib:g} GiB "
             f"({', '.join(a.name for a in occupants)})"
         )
-        for when, total, whose in turns(occupants) or []:
+        known_all = all(a.total is not None for a in occupants)
+        for when, total, whose in (turns(occupants) if known_all else None) or []:
             out.append(f"    {when}: {total / GIB:.1f} ({whose})")
     return "\n".join(out)

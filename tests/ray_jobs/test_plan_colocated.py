@@ -3,11 +3,14 @@ engine's share added to the learner's estimate, and sleep mode's turns; expected
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
 import pytest
 from test_plan import dry_run, gpu_lines, refused
 
+from ray_jobs.config.experiment import load_config
 from ray_jobs.dry_run.layout import Actor, gpu_peak, turns
 from ray_jobs.dry_run.memory import GIB
 from ray_jobs.dry_run.model_shapes import ModelShape
@@ -101,3 +104,43 @@ def test_turns_are_the_larger_phase_and_without_sleep_the_sum() -> None:
     phases = turns(_gpu_pair(sleeps=True))
     assert phases is not None and [b for _, b, _ in phases] == [11 * GIB, 18 * GIB]  # 1 + 10, then 12 + 6
     assert gpu_peak(_gpu_pair(sleeps=True)) == gpu_peak(_gpu_pair(sleeps=False), assume_sleep=True) == 18 * GIB
+
+
+def _adapter_of(base: str, directory: Path) -> str:
+    """A stand-in for an earlier stage's final/: a LoRA adapter's config naming its base."""
+    directory.mkdir()
+    (directory / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": base}))
+    return str(directory)
+
+
+ONE_GPU_RECIPES = [  # (config, job, card GiB, overrides standing in for an earlier stage's output)
+    ("domain_names_gspo/gpu_one_gspo.yaml", "train", 24, {}),
+    ("sft_then_grpo_geo/gpu_one_1_sft.yaml", "sft", 24, {}),
+    ("sft_then_grpo_geo/gpu_one_2_grpo.yaml", "train", 24, {"model.path": "Qwen/Qwen3-1.7B"}),
+    ("simpo_critic_best_of_n/gpu_one_1_critic.yaml", "preference", 15, {}),
+    (
+        "simpo_critic_best_of_n/gpu_one_2_eval.yaml",
+        "evaluate",
+        15,
+        {"conditions.critic_rs.critic.path": "Qwen/Qwen3-1.7B"},
+    ),
+]
+
+
+@pytest.mark.parametrize(("config", "job", "card", "stage"), ONE_GPU_RECIPES, ids=[r[0] for r in ONE_GPU_RECIPES])
+def test_the_one_gpu_recipes_fit_their_card(
+    config: str, job: str, card: int, stage: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    overrides = [f"{key}={_adapter_of(base, tmp_path / 'final')}" for key, base in stage.items()]
+    args = ["--config", f"configs/{config}", *overrides, "--gpus-per-node", "1", "--gpu-memory-gib", str(card)]
+    code, out, err = dry_run(job, args, capsys)
+    assert code == 0, err
+    assert "plan: fits" in out and "cannot be estimated" not in out
+    ((gib, _),) = gpu_lines(out).values()
+    assert gib <= card and f"GPUs: 1 on 1 node(s) of 1 x {card} GiB" in out
+
+
+@pytest.mark.parametrize("config", ["domain_names_gspo/gpu_one_gspo.yaml", "sft_then_grpo_geo/gpu_one_2_grpo.yaml"])
+def test_the_one_gpu_rl_recipes_share_the_card_and_sleep(config: str) -> None:
+    cfg = load_config(f"configs/{config}", ["model.path=Qwen/Qwen3-1.7B"] if "geo" in config else [])
+    assert cfg.colocated and cfg.rollout.backend == "vllm" and cfg.rollout.vllm.sleep_level > 0
