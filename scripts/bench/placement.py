@@ -128,7 +128,12 @@ def main(argv: list[str] | None = None) -> int:
         for placement in args.placements.split(","):
             rows, costs[placement, k] = run_train(placement, k, args.steps, root / f"{placement}-k{k}")
             runs[placement, k] = summarise_run(rows)
-            print(f"{placement} k={k}: {runs[placement, k]}; {costs[placement, k]}", flush=True)
+            s, cost = runs[placement, k], costs[placement, k]
+            print(
+                f"{placement} k={k}: reward {s.first:.3f} -> {s.last:.3f}, t {s.t:.2f} (p {s.p:.2g}), "
+                f"{s.samples_per_s:.1f} samples/s; {cost.wall_s:.0f} s, load {cost.load_text()}",
+                flush=True,
+            )
     print(f"\npython -m ray_jobs.train run.steps={args.steps} (CPU default), per placement and k:\n")
     print(format_table(runs, costs))
     out = Path(args.out) if args.out else root / "results.json"
