@@ -144,3 +144,14 @@ def test_the_one_gpu_recipes_fit_their_card(
 def test_the_one_gpu_rl_recipes_share_the_card_and_sleep(config: str) -> None:
     cfg = load_config(f"configs/{config}", ["model.path=Qwen/Qwen3-1.7B"] if "geo" in config else [])
     assert cfg.colocated and cfg.rollout.backend == "vllm" and cfg.rollout.vllm.sleep_level > 0
+
+
+def test_forward_ahead_keeps_the_whole_learner_beside_the_awake_engine(capsys: pytest.CaptureFixture) -> None:
+    """On-policy, the learner's forward runs while the engine is still awake: no turns for it."""
+    on_policy = ["pipeline.max_staleness=0", "pipeline.prompts_per_step=8", "learner.micro_batch_size=32"]
+    code, out, err = dry_run("train", [*VLLM_ON_A_24GB_CARD, "rollout.vllm.sleep_level=2", *on_policy, *CARD], capsys)
+    assert code == 0, err
+    found = re.search(r"learner rank 0 .*?-> node 0 GPU 0: ([\d.]+) =", out)
+    assert found is not None and "forward_ahead: its forward runs before the engine sleeps" in out
+    (gib, _), *_ = gpu_lines(out).values()
+    assert gib == pytest.approx(12.0 + float(found[1]), abs=0.11)
