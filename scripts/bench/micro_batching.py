@@ -26,7 +26,11 @@ The cases take their steps in turn (case A step 1, case B step 1, ...), so a
 change in the machine's load hits them alike. Per step: ``time/train_s`` and
 ``learner/padding_fraction`` from the ``TrainResult``. Reported: the median
 over the steps after the first (warm-up) of the learner's seconds per step, the
-padding fraction, the micro-batches per step and the speed-up over ``rows``.
+padding fraction, the micro-batches per step, the token positions their
+forwards process (rows x width: the work, padding included), the speed-up over
+``rows`` and the ratio of ``rows``' positions to the case's (what the speed-up
+would be if time were proportional to positions; attention's cost per position
+grows with the width, so it is not quite).
 Models: ``tiny`` (the built-in tiny model) and ``26M`` (its shape from
 ``scripts/bench/vs_trl.py``, random weights, built once under ``--cache-dir``).
 """
@@ -41,7 +45,7 @@ from pathlib import Path
 
 import torch
 
-from actors.learner.data_parallel import micro_batch_plan
+from actors.learner.data_parallel import micro_batch_plan, plan_tokens
 from actors.learner.learner import Learner, LearnerConfig, collate
 from actors.learner.objectives import sequence_lengths
 from actors.messages import TrainBatch
@@ -108,10 +112,14 @@ def learner_config(case: str, samples: int, micro_batch_size: int, threads: int)
     raise ValueError(f"unknown case {case!r}; choose from {CASES}")
 
 
-def micro_batches(config: LearnerConfig, batch: TrainBatch) -> int:
-    """How many micro-batches ``config`` cuts ``batch`` into (one rank)."""
-    budget = config.max_tokens_per_micro_batch
-    return len(micro_batch_plan(slice(0, len(batch)), 0, 1, config.micro_batch_size, budget, sequence_lengths(batch)))
+def micro_batches(config: LearnerConfig, batch: TrainBatch) -> tuple[int, int]:
+    """How many micro-batches ``config`` cuts ``batch`` into (one rank), and the token positions
+    their forwards process (rows x width, summed): the work, padding included."""
+    lengths = sequence_lengths(batch)
+    plan = micro_batch_plan(
+        slice(0, len(batch)), 0, 1, config.micro_batch_size, config.max_tokens_per_micro_batch, lengths
+    )
+    return len(plan), plan_tokens(plan, lengths)[0]
 
 
 def model_config(name: str, cache_dir: str) -> ModelConfig:
@@ -140,10 +148,12 @@ def bench(name: str, args: argparse.Namespace) -> list[dict]:
             batch = synthetic_batch(step, args.samples, vocab, initial)
             for case, learner in learners.items():
                 metrics = learner.train(batch).metrics
+                count, positions = micro_batches(configs[case], batch)
                 record = {
                     "train_s": metrics["time/train_s"],
                     "padding_fraction": metrics["learner/padding_fraction"],
-                    "micro_batches": micro_batches(configs[case], batch),
+                    "micro_batches": count,
+                    "positions": positions,
                     "tokens": sum(sequence_lengths(batch)),
                 }
                 steps[case].append(record)
@@ -171,12 +181,14 @@ def summarise(rows: list[dict], warmup: int = 1) -> list[dict]:
                 "train_s": median([s["train_s"] for s in steps]),
                 "padding_fraction": median([s["padding_fraction"] for s in steps]),
                 "micro_batches": median([float(s["micro_batches"]) for s in steps]),
+                "positions": median([float(s["positions"]) for s in steps]),
                 "others_cpu": r["others_cpu"],
             }
         )
     for s in out:
         base = next(b for b in out if b["model"] == s["model"] and b["case"] == "rows")
         s["speedup"] = base["train_s"] / s["train_s"]
+        s["fewer_positions"] = base["positions"] / s["positions"]
     return out
 
 
@@ -191,14 +203,16 @@ def format_table(summary: list[dict], micro_batch_size: int) -> str:
     """The Markdown table of ``summarise``'s rows."""
     budget = micro_batch_size * (PROMPT_TOKENS[1] + MAX_NEW_TOKENS)
     lines = [
-        "| model | micro-batches | learner s per step | padding fraction | micro-batches per step | speed-up | others' CPU |",
-        "|---|---|---|---|---|---|---|",
+        "| model | micro-batches | learner s per step | padding fraction | micro-batches per step "
+        "| token positions per step | speed-up | positions ratio | others' CPU |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summary:
         name = CASE_NAMES[s["case"]].format(m=micro_batch_size, budget=budget)
         lines.append(
             f"| {s['model']} | {name} | {s['train_s']:.3f} | {100 * s['padding_fraction']:.1f} % "
-            f"| {s['micro_batches']:g} | {s['speedup']:.2f}x | {percent(s['others_cpu'])} |"
+            f"| {s['micro_batches']:g} | {s['positions']:.0f} | {s['speedup']:.2f}x | {s['fewer_positions']:.2f}x "
+            f"| {percent(s['others_cpu'])} |"
         )
     return "\n".join(lines)
 

@@ -38,8 +38,9 @@ def test_batch_and_cases() -> None:
     rows, budget, one = (learner_config(case, 32, 8, 1) for case in ("rows", "budget", "one"))
     # The budget bounds a micro-batch's padded size as 8 rows of the longest possible row do.
     assert budget.max_tokens_per_micro_batch == 8 * (PROMPT_TOKENS[1] + MAX_NEW_TOKENS)
-    assert micro_batches(rows, batch) == 4 and micro_batches(one, batch) == 1
     lengths = sequence_lengths(batch)
+    assert micro_batches(one, batch) == (1, 32 * max(lengths))
+    assert micro_batches(rows, batch) == (4, sum(8 * max(lengths[i : i + 8]) for i in range(0, 32, 8)))
     everything = [slice(0, 32)]
     by_rows = padding_fraction(everything, 1, 8, None, lengths)
     by_budget = padding_fraction(everything, 1, 64, budget.max_tokens_per_micro_batch, lengths)
@@ -50,7 +51,7 @@ def test_batch_and_cases() -> None:
 
 def test_summary_and_table() -> None:
     def case(name: str, seconds: list[float], padding: float) -> dict:
-        steps = [{"train_s": s, "padding_fraction": padding, "micro_batches": 2} for s in seconds]
+        steps = [{"train_s": s, "padding_fraction": padding, "micro_batches": 2, "positions": 100} for s in seconds]
         return {"model": "tiny", "case": name, "others_cpu": None, "steps": steps}
 
     rows = [case("rows", [9.0, 2.0, 4.0, 3.0], 0.4), case("budget", [9.0, 1.0, 2.0, 1.5], 0.1)]
@@ -58,5 +59,5 @@ def test_summary_and_table() -> None:
     assert [s["train_s"] for s in summary] == [3.0, 1.5]
     assert [s["speedup"] for s in summary] == [1.0, 2.0]
     table = format_table(summary, 8).splitlines()
-    assert table[2] == "| tiny | micro_batch_size 8 (today) | 3.000 | 40.0 % | 2 | 1.00x | - |"
+    assert table[2] == "| tiny | micro_batch_size 8 (today) | 3.000 | 40.0 % | 2 | 100 | 1.00x | 1.00x | - |"
     assert table[3].startswith("| tiny | max_tokens_per_micro_batch 2160 (sorted, packed) | 1.500 | 10.0 % |")
