@@ -352,6 +352,12 @@ class Learner(TrainPreparation, SequenceTraining):
             return 0
         return broadcast_buckets(self._broadcast_group, state, plan, self.backend.device)
 
+    def release_cached_memory(self) -> None:
+        """Return the memory the last step freed to the device (CUDA's caching allocator keeps it
+        otherwise), for a colocated engine that wakes next (``ray_jobs/rl/engine_turns.py``)."""
+        if self.backend.device.type == "cuda":
+            torch.cuda.empty_cache()
+
     def save(self, path: str) -> None:
         """Save the final policy in Hugging Face format."""
         self.backend.save_pretrained(path)

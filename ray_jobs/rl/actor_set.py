@@ -19,11 +19,10 @@ import ray
 from pydantic import SecretStr
 from ray.util.placement_group import remove_placement_group
 
-from actors.judge_pool import JudgePool
 from actors.messages import PromptItem, ScoreResult, TrainBatch, TrainResult
-from actors.rollout.worker import RolloutWorker
 from ray_jobs.config.experiment import ExperimentConfig
 from ray_jobs.data.prompts import PromptSource
+from ray_jobs.rl.actor_start import start_actors
 from ray_jobs.rl.engine_turns import EngineTurns
 from ray_jobs.rl.pipeline import LeastLoadedRouter, refill_size, shaped_rewards, signal_groups
 from ray_jobs.rl.weight_publish import WeightPublisher
@@ -34,15 +33,9 @@ from ray_jobs.runtime.faults import (
     RolloutCall,
     RunFaultError,
     StopRequested,
-    check_started,
     failed,
     is_actor_fault,
 )
-from ray_jobs.runtime.learner_group import LearnerGroup
-from ray_jobs.runtime.placement import JUDGE_POOL, ray_options, rollout_worker_options
-
-JUDGE_POOL_NAME = "relay-judge-pool"  # + a per-ActorSet suffix: ray.util.list_named_actors() finds it
-ROLLOUT_WORKER_NAME = "relay-rollout"  # + "-<worker>-" + the same suffix
 
 log = logging.getLogger(__name__)
 
@@ -62,37 +55,12 @@ class ActorSet:
     """
 
     def __init__(self, cfg: ExperimentConfig, api_keys: dict[str, SecretStr]) -> None:
-        ro, lr = cfg.rollout, cfg.learner
+        ro = cfg.rollout
         self.cfg = cfg
-        self._engine_groups: list = []
-        lora_rank = lr.lora.r if cfg.adapter_sync else None
         restarts = cfg.pipeline.max_actor_restarts
-        self.learner = LearnerGroup.for_training(cfg)
-        # colocated: the learner's one rank also generates (actors/colocated.py); it is no restartable worker
-        self.rollouts = (
-            list(self.learner.ranks)
-            if cfg.generates_in_learner
-            else [self._start_rollout(w, lora_rank) for w in range(ro.num_workers)]
-        )
-        self.judge = (
-            ray.remote(JudgePool)
-            .options(
-                **ray_options(JUDGE_POOL),
-                max_concurrency=1000,
-                max_restarts=restarts,
-                max_task_retries=0,
-                name=f"{JUDGE_POOL_NAME}-{id(self):x}",
-            )
-            .remote(cfg.judge, cfg.reward, api_keys)
-        )
-        check_started(
-            {
-                **{f"rollout worker {w}": a for w, a in enumerate(self.rollouts)},
-                "judge pool": self.judge,
-                **{f"learner rank {r}": a for r, a in enumerate(self.learner.ranks)},
-            },
-            cfg.run.actor_start_timeout_s,
-        )
+        started = start_actors(cfg, api_keys, f"{id(self):x}")
+        self.learner, self.rollouts, self.judge = started.learner, started.rollouts, started.judge
+        self._engine_groups = started.engine_groups
         workers = {} if cfg.generates_in_learner else {f"rollout worker {w}": a for w, a in enumerate(self.rollouts)}
         self._processes = ActorProcesses(
             {**workers, "judge pool": self.judge},
@@ -108,33 +76,14 @@ class ActorSet:
         self._killed: set[tuple[int, int]] = set()  # (worker, epoch) restarted for a hung call
         self.weights = WeightPublisher(cfg, self.learner, self.rollouts)
         sleeps = cfg.colocated and ro.backend == "vllm" and ro.vllm.sleep_level > 0
-        self.turns = EngineTurns(self.rollouts, sleeps)  # a colocated engine sleeps through each step
+        self.turns = EngineTurns(
+            self.rollouts, self.learner.ranks, sleeps
+        )  # a colocated engine sleeps through each step
 
     @property
     def version(self) -> int:
         """The newest policy version sent to every rollout worker."""
         return self.weights.version
-
-    def _start_rollout(self, worker_id: int, lora_rank: int | None) -> ray.actor.ActorHandle:
-        """One rollout worker actor, placed as ``ray_jobs/runtime/placement.py``'s ``rollout_placement``
-        says. A vLLM engine with tensor parallelism gets a STRICT_PACK placement group of its
-        own (the worker's CPUs, one GPU bundle per shard: vLLM's Ray executor starts its shard
-        workers in those; the worker itself asks for no GPU), removed by ``close``."""
-        ro = self.cfg.rollout
-        group, options = rollout_worker_options(ro, worker_id)
-        if group is not None:
-            self._engine_groups.append(group)
-        return (
-            ray.remote(RolloutWorker)
-            .options(
-                **options,
-                max_concurrency=1000,
-                max_restarts=self.cfg.pipeline.max_actor_restarts,
-                max_task_retries=0,
-                name=f"{ROLLOUT_WORKER_NAME}-{worker_id}-{id(self):x}",
-            )
-            .remote(ro, self.cfg.model, worker_id=worker_id, seed=self.cfg.run.seed, lora_rank=lora_rank)
-        )
 
     def launch_batch(self, batch_index: int, prompts: list[PromptItem], first_call: int = 0) -> list[RolloutCall]:
         """Send a batch's prompts to the rollout workers in calls of

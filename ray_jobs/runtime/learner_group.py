@@ -144,12 +144,14 @@ class LearnerGroup:
         objective: SequenceObjective | None = None,
         start_timeout_s: float = ACTOR_START_TIMEOUT_S,
         colocated_rollout: RolloutConfig | None = None,
+        rank_options: dict[str, Any] | None = None,
     ) -> None:
         """``total_steps``: the run's learner batches (``run.steps``), the LR schedule's horizon; every rank gets it.
         ``objective``: the offline objective (SFT, SimPO, DPO) of ``train_sequences``, if any.
         ``start_timeout_s``: how long the ranks' constructors may take (``run.actor_start_timeout_s``).
         ``colocated_rollout``: the one rank is a ``ColocatedWorker`` that also generates, with this
-        rollout section (``pipeline.placement: colocated``; one rank only)."""
+        rollout section (``pipeline.placement: colocated``; one rank only). ``rank_options``: the one
+        rank's ``.options`` when another plan places it (a colocated vLLM engine's shared GPU)."""
         self.config = learner
         self.start_timeout_s = start_timeout_s
         self.placement_group: PlacementGroup | None = None
@@ -157,12 +159,13 @@ class LearnerGroup:
         args = (learner, model, algorithm, temperature, seed, max_new_tokens, total_steps, objective)
         actor = ray.remote(Learner)
         self._plan = learner_placement(learner)
+        options = rank_options or (ray_options(self._plan.actors[0]) if learner.world_size == 1 else {})
         if colocated_rollout is not None:  # an async actor: its generations wait for versions while others run
-            colocated = ray.remote(ColocatedWorker).options(**ray_options(self._plan.actors[0]), max_concurrency=1000)
+            colocated = ray.remote(ColocatedWorker).options(**options, max_concurrency=1000)
             self.ranks = [colocated.remote(*args, colocated_rollout)]
             return
         if learner.world_size == 1:
-            self.ranks = [actor.options(**ray_options(self._plan.actors[0])).remote(*args)]
+            self.ranks = [actor.options(**options).remote(*args)]
             return
         self.placement_group = self._reserve(placement_timeout_s)
         try:
@@ -172,7 +175,7 @@ class LearnerGroup:
             raise
 
     @classmethod
-    def for_training(cls, cfg: ExperimentConfig) -> LearnerGroup:
+    def for_training(cls, cfg: ExperimentConfig, rank_options: dict[str, Any] | None = None) -> LearnerGroup:
         """The RL run's group: its learner, model and algorithm sections; with ``pipeline.placement:
         colocated`` (HF generation) its one rank also generates."""
         ro = cfg.rollout
@@ -186,6 +189,7 @@ class LearnerGroup:
             total_steps=cfg.run.steps,
             start_timeout_s=cfg.run.actor_start_timeout_s,
             colocated_rollout=ro if cfg.generates_in_learner else None,
+            rank_options=rank_options,
         )
 
     @staticmethod

@@ -14,7 +14,7 @@ import pytest
 import ray
 from run_procs import kill_rollout_worker, run_with_faults, signal_first
 
-from ray_jobs.rl.actor_set import JUDGE_POOL_NAME
+from ray_jobs.rl.actor_start import JUDGE_POOL_NAME
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("shared_ray")]  # one Ray for the module's runs
 

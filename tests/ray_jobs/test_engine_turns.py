@@ -42,6 +42,9 @@ class _Engine:
     def wake_up(self, tags: list[str] | None = None) -> None:
         ray.get(self.log.add.remote(f"wake_up {tags}"))
 
+    def release_cached_memory(self) -> None:
+        ray.get(self.log.add.remote("learner releases its cache"))
+
     def load(self) -> float:
         ray.get(self.log.add.remote("load"))
         return 0.0
@@ -71,13 +74,15 @@ def test_a_rollout_worker_passes_sleep_and_wake_up_to_its_backend(tiny_model_con
 def test_the_engines_sleep_through_the_step_and_wake_their_cache_after_the_new_weights() -> None:
     log = _Log.remote()
     engines = [_Engine.remote(log), _Engine.remote(log)]
-    turns = EngineTurns(engines, sleeps=True)
+    turns = EngineTurns(engines, [_Engine.remote(log)], sleeps=True)
     turns.before_step()
     ray.get(log.add.remote("learner step"))
     turns.after_step()
     turns.after_load([e.load.remote() for e in engines])
     got = ray.get(log.get.remote())
-    assert got == ["sleep", "sleep", "learner step", "wake_up ['weights']", "wake_up ['weights']"] + [
+    assert got == ["sleep", "sleep", "learner step", "learner releases its cache"] + [
+        "wake_up ['weights']",
+        "wake_up ['weights']",
         "load",
         "load",
         "wake_up ['kv_cache']",
@@ -87,7 +92,7 @@ def test_the_engines_sleep_through_the_step_and_wake_their_cache_after_the_new_w
 
 def test_without_sleep_nothing_reaches_the_engines() -> None:
     log = _Log.remote()
-    turns = EngineTurns([_Engine.remote(log)], sleeps=False)
+    turns = EngineTurns([_Engine.remote(log)], [_Engine.remote(log)], sleeps=False)
     turns.before_step()
     turns.after_step()
     turns.after_load([])

@@ -12,7 +12,7 @@ import ray
 from run_procs import check_complete
 
 from ray_jobs.config.experiment import load_config
-from ray_jobs.rl.actor_set import ROLLOUT_WORKER_NAME
+from ray_jobs.rl.actor_start import ROLLOUT_WORKER_NAME
 from ray_jobs.train import run
 
 pytestmark = pytest.mark.slow

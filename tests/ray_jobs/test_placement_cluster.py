@@ -1,6 +1,6 @@
 """GPU placement on a simulated cluster: two Ray nodes on this machine, each declaring 2 GPUs.
 
-The real edge code starts the actors (``ActorSet._start_rollout``, ``LearnerGroup``) with
+The real edge code starts the actors (``start_rollout_worker``, ``LearnerGroup``) with
 light stand-ins in place of ``RolloutWorker`` and ``Learner``, so the options under test are
 exactly the ones a run uses. vLLM cannot start here: the rollout stand-in does what vLLM
 0.32's Ray executor does in the engine it starts (``v1/executor/ray_executor.py``
@@ -30,7 +30,7 @@ from algorithms.config import AlgorithmConfig
 from ray_jobs.config.evaluation import EvaluateConfig
 from ray_jobs.config.experiment import ExperimentConfig
 from ray_jobs.evaluation import conditions as eval_conditions
-from ray_jobs.rl import actor_set as stages
+from ray_jobs.rl import actor_start
 from ray_jobs.rl.weight_publish import WeightPublisher
 from ray_jobs.runtime import learner_group
 from ray_jobs.runtime.placement import assign_nodes, learner_placement, rollout_placement
@@ -78,11 +78,10 @@ def _config() -> ExperimentConfig:
 
 def test_tp2_engine_and_two_rank_learner_land_where_the_plan_says(gpu_cluster, monkeypatch) -> None:
     cfg = _config()
-    monkeypatch.setattr(stages, "RolloutWorker", RolloutStandIn)
+    monkeypatch.setattr(actor_start, "RolloutWorker", RolloutStandIn)
     monkeypatch.setattr(learner_group, "Learner", LearnerStandIn)
-    edge = stages.ActorSet.__new__(stages.ActorSet)  # only _start_rollout's state: the config and its groups
-    edge.cfg, edge._engine_groups = cfg, []
-    worker = edge._start_rollout(0, None)
+    engine_groups: list = []
+    worker = actor_start.start_rollout_worker(cfg, 0, "placement-test", engine_groups)
     seen = {"rollout worker 0": ray.get(worker.where.remote(), timeout=START_TIMEOUT_S)}
     for s, where in enumerate(ray.get(worker.start_engine.remote(), timeout=START_TIMEOUT_S)):
         seen[f"rollout worker 0 shard {s}"] = where
@@ -111,7 +110,7 @@ def test_tp2_engine_and_two_rank_learner_land_where_the_plan_says(gpu_cluster, m
     assert {seen[f"learner rank {r}"]["env"]["LOCAL_RANK"] for r in range(2)} == {"0"}  # each sees its GPU as cuda:0
 
     group.kill()
-    for engine in edge._engine_groups:
+    for engine in engine_groups:
         ray.util.remove_placement_group(engine)
 
 
