@@ -24,7 +24,10 @@ Cases, each a torch ``Learner`` (GRPO, fp32, one rank) on the same batches:
 
 The cases take their steps in turn (case A step 1, case B step 1, ...), so a
 change in the machine's load hits them alike. Per step: ``time/train_s`` and
-``learner/padding_fraction`` from the ``TrainResult``. Reported: the median
+``learner/padding_fraction`` from the ``TrainResult``, and the process's CPU
+seconds over the ``train`` call (``time.process_time``: with ``--threads 1``
+the compute alone, which other work on a shared machine barely moves, where
+wall time can double). Reported: the median
 over the steps after the first (warm-up) of the learner's seconds per step, the
 padding fraction, the micro-batches per step, the token positions their
 forwards process (rows x width: the work, padding included), the speed-up over
@@ -41,6 +44,7 @@ import argparse
 import os
 import random
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -147,10 +151,13 @@ def bench(name: str, args: argparse.Namespace) -> list[dict]:
         for step in range(args.steps):
             batch = synthetic_batch(step, args.samples, vocab, initial)
             for case, learner in learners.items():
+                cpu = time.process_time()
                 metrics = learner.train(batch).metrics
+                cpu = time.process_time() - cpu
                 count, positions = micro_batches(configs[case], batch)
                 record = {
                     "train_s": metrics["time/train_s"],
+                    "cpu_s": cpu,
                     "padding_fraction": metrics["learner/padding_fraction"],
                     "micro_batches": count,
                     "positions": positions,
@@ -179,6 +186,7 @@ def summarise(rows: list[dict], warmup: int = 1) -> list[dict]:
                 "case": r["case"],
                 "steps": len(steps),
                 "train_s": median([s["train_s"] for s in steps]),
+                "cpu_s": median([s["cpu_s"] for s in steps]),
                 "padding_fraction": median([s["padding_fraction"] for s in steps]),
                 "micro_batches": median([float(s["micro_batches"]) for s in steps]),
                 "positions": median([float(s["positions"]) for s in steps]),
@@ -188,6 +196,7 @@ def summarise(rows: list[dict], warmup: int = 1) -> list[dict]:
     for s in out:
         base = next(b for b in out if b["model"] == s["model"] and b["case"] == "rows")
         s["speedup"] = base["train_s"] / s["train_s"]
+        s["cpu_speedup"] = base["cpu_s"] / s["cpu_s"]
         s["fewer_positions"] = base["positions"] / s["positions"]
     return out
 
@@ -203,15 +212,16 @@ def format_table(summary: list[dict], micro_batch_size: int) -> str:
     """The Markdown table of ``summarise``'s rows."""
     budget = micro_batch_size * (PROMPT_TOKENS[1] + MAX_NEW_TOKENS)
     lines = [
-        "| model | micro-batches | learner s per step | padding fraction | micro-batches per step "
-        "| token positions per step | speed-up | positions ratio | others' CPU |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | micro-batches | learner s per step | learner CPU s per step | padding fraction "
+        "| micro-batches per step | token positions per step | speed-up (s, CPU s) | positions ratio | others' CPU |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summary:
         name = CASE_NAMES[s["case"]].format(m=micro_batch_size, budget=budget)
         lines.append(
-            f"| {s['model']} | {name} | {s['train_s']:.3f} | {100 * s['padding_fraction']:.1f} % "
-            f"| {s['micro_batches']:g} | {s['positions']:.0f} | {s['speedup']:.2f}x | {s['fewer_positions']:.2f}x "
+            f"| {s['model']} | {name} | {s['train_s']:.3f} | {s['cpu_s']:.3f} | {100 * s['padding_fraction']:.1f} % "
+            f"| {s['micro_batches']:g} | {s['positions']:.0f} | {s['speedup']:.2f}x, {s['cpu_speedup']:.2f}x "
+            f"| {s['fewer_positions']:.2f}x "
             f"| {percent(s['others_cpu'])} |"
         )
     return "\n".join(lines)

@@ -51,13 +51,19 @@ def test_batch_and_cases() -> None:
 
 def test_summary_and_table() -> None:
     def case(name: str, seconds: list[float], padding: float) -> dict:
-        steps = [{"train_s": s, "padding_fraction": padding, "micro_batches": 2, "positions": 100} for s in seconds]
+        steps = [
+            {"train_s": s, "cpu_s": 2 * s, "padding_fraction": padding, "micro_batches": 2, "positions": 100}
+            for s in seconds
+        ]
         return {"model": "tiny", "case": name, "others_cpu": None, "steps": steps}
 
     rows = [case("rows", [9.0, 2.0, 4.0, 3.0], 0.4), case("budget", [9.0, 1.0, 2.0, 1.5], 0.1)]
     summary = summarise(rows)  # the first step is the warm-up
     assert [s["train_s"] for s in summary] == [3.0, 1.5]
-    assert [s["speedup"] for s in summary] == [1.0, 2.0]
+    assert [s["speedup"] for s in summary] == [s["cpu_speedup"] for s in summary] == [1.0, 2.0]
     table = format_table(summary, 8).splitlines()
-    assert table[2] == "| tiny | micro_batch_size 8 (today) | 3.000 | 40.0 % | 2 | 100 | 1.00x | 1.00x | - |"
-    assert table[3].startswith("| tiny | max_tokens_per_micro_batch 2160 (sorted, packed) | 1.500 | 10.0 % |")
+    assert (
+        table[2]
+        == "| tiny | micro_batch_size 8 (today) | 3.000 | 6.000 | 40.0 % | 2 | 100 | 1.00x, 1.00x | 1.00x | - |"
+    )
+    assert table[3].startswith("| tiny | max_tokens_per_micro_batch 2160 (sorted, packed) | 1.500 | 3.000 | 10.0 % |")
