@@ -45,7 +45,7 @@ from actors.learner.data_parallel import micro_batch_plan, row_count
 from actors.learner.learner import Learner, LearnerConfig
 from actors.learner.objectives import sequence_lengths
 from actors.learner.sequence_objectives import SequenceObjective
-from actors.messages import SequenceBatch, TrainBatch
+from actors.messages import PromptItem, RolloutResult, Sample, SequenceBatch, TrainBatch
 from actors.model.loading import ModelConfig, load_causal_lm, resolve_model_path
 from algorithms.config import AlgorithmConfig
 
@@ -204,3 +204,36 @@ def test_offline_token_budget_takes_the_same_step(tiny_model_config, name: str) 
     assert _mismatches(got, want) == []
     assert got_scores == pytest.approx(want_scores, rel=RTOL)
     assert got_padding < want_padding
+
+
+def _generated() -> RolloutResult:
+    """Step 0's four samples, of 3 + 3, 3 + 1, 2 + 2 and 2 + 4 tokens."""
+    prompts, groups = [[1, 10, 11], [1, 12]], [[[20, 21, 2], [22]], [[23, 24], [25, 26, 27, 2]]]
+    samples = []
+    for p, (prompt, group) in enumerate(zip(prompts, groups)):
+        item = PromptItem(prompt_id=f"p{p}", row=p, prompt_text="", prompt_token_ids=prompt)
+        for i, completion in enumerate(group):
+            samples.append(Sample(item, f"g{p}", i, "", completion, [-6.9] * len(completion), 0, truncated=False))
+    return RolloutResult(batch_index=0, samples=samples, generate_s=0.0, worker_id=0)
+
+
+@pytest.mark.parametrize(("budget", "held"), [(24, True), (23, False)])
+def test_the_forward_runs_ahead_only_when_the_step_fits_one_micro_batch(
+    tiny_model_config, budget: int, held: bool
+) -> None:
+    """Four samples, the longest of 6 tokens: one micro-batch needs 4 x 6 = 24 tokens."""
+    generated = _generated()
+    samples = generated.samples
+    batch = TrainBatch(
+        step=0,
+        prompt_token_ids=[s.prompt.prompt_token_ids for s in samples],
+        completion_token_ids=[s.completion_token_ids for s in samples],
+        sampling_logprobs=[s.sampling_logprobs for s in samples],
+        advantages=[1.0, -1.0, 0.5, -0.5],
+        policy_versions=[0] * 4,
+    )
+    config = LearnerConfig(lr=LR, max_tokens_per_micro_batch=budget)
+    learner = Learner(config, tiny_model_config, AlgorithmConfig(), temperature=0.7)
+    assert (learner.forward_ahead(0, generated) > 0) == held
+    metrics = learner.train(batch).metrics
+    assert metrics.get("learner/forward_ahead", 0.0) == float(held)
