@@ -10,7 +10,7 @@ both load), the same 64 prompts (the first 64 rows of
 ``configs/data/business_descriptions.jsonl``, no system prompt), the same step
 shape (2 prompts x 8 samples x 32 new tokens, temperature 1) and ONE stand-in
 judge server (``rewards/stand_in/judge_server.py``) answering after ``--judge-latency-s``.
-TRL runs first (``scripts/bench/vs_trl_runner.py``, its own process; time per
+TRL runs first (``scripts/bench/trl/runner.py``, its own process; time per
 step from a callback at each ``on_step_end``), then relay at each k =
 ``pipeline.max_staleness``, once per ``--placements`` entry (``pipeline.placement``;
 columns ``relay k=K`` for separate, ``colocated k=K`` for colocated, each k's side by
@@ -38,7 +38,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from scripts.bench.vs_trl_report import (
+from scripts.bench.trl.report import (
     PLACEMENTS,
     STAGE_KEYS,
     columns,
@@ -67,7 +67,7 @@ SHAPES = {  # model.tiny.* fields
     "tiny": {"hidden_size": 64, "num_layers": 2, "num_heads": 2, "num_kv_heads": 1, "intermediate_size": 128},
     "26M": {"hidden_size": 512, "num_layers": 8, "num_heads": 8, "num_kv_heads": 4, "intermediate_size": 1536},
 }
-STEP_SHAPE = [  # relay overrides: the step shape and its sampling (TRL: scripts/bench/vs_trl_runner.py)
+STEP_SHAPE = [  # relay overrides: the step shape and its sampling (TRL: scripts/bench/trl/runner.py)
     "pipeline.prompts_per_step=2",
     "rollout.group_size=8",
     "rollout.max_new_tokens=32",
@@ -170,7 +170,7 @@ def timed_lines(cmd: list[str], log: Path, load: list[float] | None = None) -> l
 def run_trl(model_dir: str, prompts: Path, url: str, steps: int, lora: bool, run_dir: Path) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     out = run_dir / "trl_times.json"
-    cmd = [sys.executable, "-m", "scripts.bench.vs_trl_runner", "--model", model_dir, "--prompts", str(prompts)]
+    cmd = [sys.executable, "-m", "scripts.bench.trl.runner", "--model", model_dir, "--prompts", str(prompts)]
     cmd += ["--base-url", url, "--api-key-env", KEY_ENV, "--steps", str(steps), "--out", str(out)]
     started, load = time.monotonic(), list[float]()
     timed_lines(cmd + (["--lora"] if lora else []), run_dir / "trl.log", load)

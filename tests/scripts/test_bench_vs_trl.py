@@ -9,7 +9,7 @@ import math
 import pytest
 from pydantic import SecretStr
 
-from scripts.bench.vs_trl_report import (
+from scripts.bench.trl.report import (
     Stats,
     column,
     columns,
@@ -191,7 +191,7 @@ def test_trl_reward_asks_what_relays_judge_asks() -> None:
     from rewards.judge.config import JudgeConfig
     from rewards.judge.llm_judge import JudgeReward
     from rewards.stand_in.judge_server import JudgeServer, ServerSettings
-    from scripts.bench.vs_trl_runner import make_judge_reward
+    from scripts.bench.trl.runner import make_judge_reward
 
     description = "An organic bakery in Portland baking sourdough bread."
     answers = ["portlandbakery.com", "zzqx-9 bread!!", ""]  # the empty one is scored by rule, no request

@@ -1,6 +1,6 @@
 """The TRL side of ``scripts/bench/vs_trl.py``: one TRL ``GRPOTrainer`` run, in its own process.
 
-    python -m scripts.bench.vs_trl_runner --model DIR --prompts FILE --base-url URL --steps N --out FILE [--lora]
+    python -m scripts.bench.trl.runner --model DIR --prompts FILE --base-url URL --steps N --out FILE [--lora]
 
 TRL 1.16 on the CPU, no vLLM: one optimiser step = 2 prompts x 8 samples
 (``per_device_train_batch_size`` 16, ``num_generations`` 8, no gradient
