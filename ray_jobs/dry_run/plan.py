@@ -189,7 +189,7 @@ def plan_train(cfg: ExperimentConfig, node: NodeShape) -> Plan:
     memory.update([JUDGE_NOTE])
     actors, nodes = layout(run_placement(cfg), memory, node)
     if cfg.colocated and ro.backend == "vllm":
-        _take_turns(actors, ro.vllm.sleep_level, lr.backend, cfg.forward_ahead)
+        _take_turns(actors, ro.vllm.sleep_level, lr.backend)
     return Plan(
         [_model_line(cfg.model, shape, why), _rollout_line(ro, cfg.colocated), line], checks, actors, nodes, refusals
     )
@@ -218,11 +218,10 @@ def generating_learner(
     )
 
 
-def _take_turns(actors: list[Actor], sleep_level: int, backend: str, forward_ahead: bool) -> None:
+def _take_turns(actors: list[Actor], sleep_level: int, backend: str) -> None:
     """Mark the colocated vLLM engine and the learner rank on its GPU for the turns of sleep mode
-    (``ray_jobs/dry_run/layout.py``'s ``turns``): what each keeps while the other computes. With
-    ``pipeline.forward_ahead`` the learner's forward starts before the engine sleeps (the driver puts
-    it to sleep at the step), so the learner is counted whole beside the awake engine."""
+    (``ray_jobs/dry_run/layout.py``'s ``turns``): what each keeps while the other computes. (The
+    forward ahead of the judge, which would start before the engine sleeps, is off with sleep.)"""
     for a in actors:
         if a.name == "rollout worker 0":
             a.asleep, a.sleeps = float(VLLM_ASLEEP_BYTES), sleep_level > 0
@@ -230,9 +229,6 @@ def _take_turns(actors: list[Actor], sleep_level: int, backend: str, forward_ahe
                 a.note += f"; asleep (level {sleep_level}) while the learner trains"
         elif a.name == "learner rank 0" and a.memory is not None:
             a.kept = sum(v for part, v in a.memory.items() if part not in _transient(backend))
-            if forward_ahead and sleep_level:
-                a.kept = a.total
-                a.note += "forward_ahead: its forward runs before the engine sleeps"
 
 
 def plan_offline(

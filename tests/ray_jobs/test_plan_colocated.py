@@ -146,12 +146,17 @@ def test_the_one_gpu_rl_recipes_share_the_card_and_sleep(config: str) -> None:
     assert cfg.colocated and cfg.rollout.backend == "vllm" and cfg.rollout.vllm.sleep_level > 0
 
 
-def test_forward_ahead_keeps_the_whole_learner_beside_the_awake_engine(capsys: pytest.CaptureFixture) -> None:
-    """On-policy, the learner's forward runs while the engine is still awake: no turns for it."""
+def test_the_forward_ahead_is_off_while_the_engine_sleeps_so_the_plan_takes_turns(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    """On-policy the learner would run its forward before the driver puts the engine to sleep: with
+    sleep it is off ('auto'), the plan takes turns, and asking for it is a one-line error."""
     on_policy = ["pipeline.max_staleness=0", "pipeline.prompts_per_step=8", "learner.micro_batch_size=32"]
-    code, out, err = dry_run("train", [*VLLM_ON_A_24GB_CARD, "rollout.vllm.sleep_level=2", *on_policy, *CARD], capsys)
+    sleeping = [*VLLM_ON_A_24GB_CARD, "rollout.vllm.sleep_level=2", *on_policy]
+    assert not load_config(None, sleeping).forward_ahead
+    assert load_config(None, [*VLLM_ON_A_24GB_CARD, *on_policy]).forward_ahead  # awake: it runs
+    code, out, err = dry_run("train", [*sleeping, *CARD], capsys)
     assert code == 0, err
-    found = re.search(r"learner rank 0 .*?-> node 0 GPU 0: ([\d.]+) =", out)
-    assert found is not None and "forward_ahead: its forward runs before the engine sleeps" in out
-    (gib, _), *_ = gpu_lines(out).values()
-    assert gib == pytest.approx(12.0 + float(found[1]), abs=0.11)
+    assert "while the learner trains:" in out and "forward_ahead: its forward runs" not in out
+    code, _, err = dry_run("train", [*sleeping, "pipeline.forward_ahead=true", *CARD], capsys)
+    assert code == 2 and "no colocated engine that sleeps (rollout.vllm.sleep_level 0)" in err
