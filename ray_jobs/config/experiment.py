@@ -357,7 +357,7 @@ class ExperimentConfig(BaseModel):
             "algorithm.num_iterations and num_minibatches 1": s.num_iterations == 1 and s.num_minibatches == 1,
             "no dynamic sampling": not s.dynamic_sampling,
             f"learner.micro_batch_size >= {per_step} (a step's samples)": lr.micro_batch_size >= per_step,
-            "no colocated engine that sleeps (rollout.vllm.sleep_level 0)": not self._engine_sleeps,
+            "no colocated engine that sleeps (rollout.vllm.sleep_level 0)": not self.engine_sleeps,
         }
         return next((need for need, ok in checks.items() if not ok), None)
 
@@ -372,7 +372,7 @@ class ExperimentConfig(BaseModel):
         return self.pipeline.placement == "colocated"
 
     @property
-    def _engine_sleeps(self) -> bool:
+    def engine_sleeps(self) -> bool:
         """A colocated vLLM engine gives its memory to the learner's steps: the learner's forward cannot start first."""
         return self.colocated and self.rollout.backend == "vllm" and self.rollout.vllm.sleep_level > 0
 

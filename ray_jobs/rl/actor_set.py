@@ -55,7 +55,6 @@ class ActorSet:
     """
 
     def __init__(self, cfg: ExperimentConfig, api_keys: dict[str, SecretStr]) -> None:
-        ro = cfg.rollout
         self.cfg = cfg
         restarts = cfg.pipeline.max_actor_restarts
         started = start_actors(cfg, api_keys, f"{id(self):x}")
@@ -75,10 +74,7 @@ class ActorSet:
         self._progress_at = [time.monotonic()] * len(self.rollouts)  # when each worker last finished a call
         self._killed: set[tuple[int, int]] = set()  # (worker, epoch) restarted for a hung call
         self.weights = WeightPublisher(cfg, self.learner, self.rollouts)
-        sleeps = cfg.colocated and ro.backend == "vllm" and ro.vllm.sleep_level > 0
-        self.turns = EngineTurns(
-            self.rollouts, self.learner.ranks, sleeps
-        )  # a colocated engine sleeps through each step
+        self.turns = EngineTurns(self.rollouts, self.learner.ranks, cfg.engine_sleeps)  # sleeps through each step
 
     @property
     def version(self) -> int:
