@@ -87,6 +87,7 @@ class JudgePool:
                         s.prompt.fields,
                         s.prompt.messages,
                         s.completion_token_ids,
+                        s.group_id,
                     )
                     for s in result.samples
                 ]

@@ -79,6 +79,16 @@ class EngineConfig(BaseModel):
         description="Token rate limit per endpoint (null: none); a request is charged len(prompt)/4 + max_tokens up front, corrected by the reply's usage.",
     )
     burst_s: float = Field(default=1.0, gt=0, description="The rate buckets hold this many seconds of their rate.")
+    price_per_million_input_tokens: float = Field(
+        default=0.0,
+        ge=0,
+        description="US dollars per million prompt tokens (per endpoint: endpoints[*].price_per_million_input_tokens); counted in judge/cost_usd.",
+    )
+    price_per_million_output_tokens: float = Field(
+        default=0.0,
+        ge=0,
+        description="US dollars per million completion tokens (per endpoint: endpoints[*].price_per_million_output_tokens); counted in judge/cost_usd.",
+    )
     retry: RetryConfig = Field(
         default_factory=RetryConfig,
         description="Retries of failed requests (timeouts, connection errors, HTTP 408/409/429/5xx), per call.",

@@ -58,14 +58,15 @@ class TermContractError(ValueError):
 @dataclass(frozen=True)
 class ScoreInput:
     """One sample to score: the prompt text the judge sees, the completion, the dataset row, the
-    prompt's chat messages when the row was conversational (None otherwise) and the completion's
-    token ids."""
+    prompt's chat messages when the row was conversational (None otherwise), the completion's
+    token ids and its prompt group's id."""
 
     prompt: str
     completion: str
     row: Mapping[str, Any] = field(default_factory=dict)
     prompt_messages: Sequence[Mapping[str, Any]] | None = None
     completion_ids: Sequence[int] = ()
+    group_id: str | None = None  # the prompt group (group-mode judging scores a group in one request)
 
 
 def is_trl_style(fn: object) -> bool:

@@ -42,6 +42,16 @@ class EndpointConfig(BaseModel):
         gt=0,
         description="Token rate limit of this endpoint (default: the judge's or engine's tokens_per_minute).",
     )
+    price_per_million_input_tokens: float | None = Field(
+        default=None,
+        ge=0,
+        description="US dollars per million prompt tokens at this endpoint (default: the judge's or engine's).",
+    )
+    price_per_million_output_tokens: float | None = Field(
+        default=None,
+        ge=0,
+        description="US dollars per million completion tokens at this endpoint (default: the judge's or engine's).",
+    )
 
 
 class RetryConfig(BaseModel):

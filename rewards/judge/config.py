@@ -18,7 +18,7 @@ from rewards.judge.rubric import CriterionConfig, Rubric, resolve_rubric
 AUTO_CONCURRENCY_UNRESOLVED = 64
 """``judge.max_concurrency: auto`` where no driver resolved it (``JudgeConfig.with_inflight``)."""
 
-__all__ = ["AUTO_CONCURRENCY_UNRESOLVED", "JudgeConfig", "LocalJudgeServerConfig"]
+__all__ = ["AUTO_CONCURRENCY_UNRESOLVED", "JudgeConfig", "JudgeMemberConfig", "LocalJudgeServerConfig"]
 
 
 def _default_status_rates() -> dict[int, float]:
@@ -94,6 +94,24 @@ class LocalJudgeServerConfig(BaseModel):
         default=0.0, ge=0, le=1, description="Transient fault: share of requests answered with non-JSON content."
     )
     seed: int = Field(default=0, description="Seed of the transient faults and latency draws.")
+    position_bias: float = Field(
+        default=0.0,
+        ge=-10,
+        le=10,
+        description="Known bias, for measuring the controls: in a group request, the completion shown first gets this many points (0-10 scale) more on every criterion, the last none, linearly in between.",
+    )
+    length_bias: float = Field(
+        default=0.0,
+        ge=-10,
+        le=10,
+        description="Known bias, for measuring the controls: every criterion gets this many points (0-10 scale) times the candidate's length in characters over 100 (capped at 1) more.",
+    )
+    outage_after_requests: int | None = Field(
+        default=None,
+        ge=0,
+        description="Simulated outage: after this many chat requests every request is answered HTTP 503 for outage_s seconds (null: none).",
+    )
+    outage_s: float = Field(default=0.0, ge=0, description="Length of the simulated outage, in seconds.")
 
     @model_validator(mode="after")
     def _check(self) -> LocalJudgeServerConfig:
@@ -108,6 +126,43 @@ class LocalJudgeServerConfig(BaseModel):
         if self.latency_jitter_s > 0 and self.latency_sigma > 0:
             raise ValueError("judge.local_server: set latency_jitter_s or latency_sigma, not both")
         return self
+
+
+class JudgeMemberConfig(BaseModel):
+    """One judge of an ensemble (``judge.ensemble``): its own endpoints, model and limits;
+    every field left unset is the enclosing judge's."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9_.-]+$", description="Short name of this judge in metrics (judge/member/<name>/...)."
+    )
+    weight: float = Field(default=1.0, gt=0, description="Weight of this judge in the ensemble's mean.")
+    base_url: str | None = Field(default=None, description="Base URL of this judge's API (or endpoints).")
+    endpoints: list[EndpointConfig] = Field(default_factory=list, description="This judge's endpoints (or base_url).")
+    model: str | None = Field(default=None, description="Model name of this judge (default: judge.model).")
+    api_key_env: str | None = Field(
+        default=None, description="Variable holding this judge's API key (default: judge.api_key_env)."
+    )
+    max_concurrency: PositiveInt | None = Field(
+        default=None, description="Most requests in flight per endpoint of this judge (default: judge.max_concurrency)."
+    )
+    requests_per_minute: float | None = Field(
+        default=None, gt=0, description="Request rate limit per endpoint (default: judge.requests_per_minute)."
+    )
+    tokens_per_minute: float | None = Field(
+        default=None, gt=0, description="Token rate limit per endpoint (default: judge.tokens_per_minute)."
+    )
+    price_per_million_input_tokens: float | None = Field(
+        default=None, ge=0, description="US dollars per million prompt tokens (default: the judge's)."
+    )
+    price_per_million_output_tokens: float | None = Field(
+        default=None, ge=0, description="US dollars per million completion tokens (default: the judge's)."
+    )
+    local_server: LocalJudgeServerConfig | None = Field(
+        default=None,
+        description="Start a stand-in judge server for this member (development and tests; enabled: true), instead of base_url.",
+    )
 
 
 class JudgeConfig(BaseModel):
@@ -191,6 +246,47 @@ class JudgeConfig(BaseModel):
     cache_path: str | None = Field(
         default=None,
         description="SQLite file that keeps verdicts across runs (null: none), e.g. for evaluation reruns.",
+    )
+    price_per_million_input_tokens: float = Field(
+        default=0.0,
+        ge=0,
+        description="US dollars per million prompt tokens (per endpoint: endpoints[*].price_per_million_input_tokens); the cost is judge/cost_usd.",
+    )
+    price_per_million_output_tokens: float = Field(
+        default=0.0,
+        ge=0,
+        description="US dollars per million completion tokens (per endpoint: endpoints[*].price_per_million_output_tokens); the cost is judge/cost_usd.",
+    )
+    budget_usd: float | None = Field(
+        default=None,
+        gt=0,
+        description="Stop the run (as on SIGTERM: checkpoint, exit code 143, resume line) before the judge's and the engines' spending would pass this many US dollars; never mid-step. null: no budget.",
+    )
+    max_outage_s: float = Field(
+        default=1800.0,
+        gt=0,
+        description="When no judge endpoint answers, the run stops launching work and waits for the judge this many seconds (what is in flight is sent again once it is back); past it the run stops as on SIGTERM.",
+    )
+    mode: Literal["pointwise", "group"] = Field(
+        default="pointwise",
+        description="pointwise: one request per completion; group: one request per prompt group, its completions labelled in a seeded random order and scored relative to each other under the same rubric.",
+    )
+    group_passes: int = Field(
+        default=1,
+        ge=1,
+        le=2,
+        description="Group mode: 2 judges each group again in the reversed order and averages the two scores (cancels a position bias; order agreement is logged).",
+    )
+    max_group_size: PositiveInt = Field(
+        default=16, description="Group mode: larger groups are split into requests of at most this many completions."
+    )
+    ensemble: list[JudgeMemberConfig] = Field(
+        default_factory=list,
+        description="Several judges scoring every sample, aggregated by ensemble_aggregate; each member's unset fields are this judge's. Empty: this judge alone.",
+    )
+    ensemble_aggregate: Literal["mean", "median", "min"] = Field(
+        default="mean",
+        description="How the ensemble members' rewards combine (mean is weighted by the members' weights); a failed member is left out, and only when all fail is the sample unscored.",
     )
     check_endpoint: bool = Field(
         default=True, description="Before training, check that every endpoint answers GET /models; fail early if not."
