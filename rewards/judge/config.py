@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, PrivateAttr, model_validator
 
 from rewards.client.config import CircuitBreakerConfig, EndpointConfig, RetryConfig
+from rewards.judge.alarms_config import AlarmConfig
 from rewards.judge.rubric import CriterionConfig, Rubric, resolve_rubric
 
 AUTO_CONCURRENCY_UNRESOLVED = 64
@@ -288,6 +289,7 @@ class JudgeConfig(BaseModel):
         default="mean",
         description="How the ensemble members' rewards combine (mean is weighted by the members' weights); a failed member is left out, and only when all fail is the sample unscored.",
     )
+    alarms: AlarmConfig = Field(default_factory=AlarmConfig, description="Reward-hacking alarms (judge/alarm metrics).")
     check_endpoint: bool = Field(
         default=True, description="Before training, check that every endpoint answers GET /models; fail early if not."
     )
