@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from scripts.bench.judge import main, rollouts
+from scripts.bench.judge.throughput import main, rollouts
 
 
 def test_rollouts_hold_each_sample_once() -> None:

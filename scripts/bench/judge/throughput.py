@@ -62,7 +62,7 @@ class Outcome:
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m scripts.bench.judge", description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=2000, help="samples to score")
     parser.add_argument("--concurrency", type=int, default=32, help="judge.max_concurrency (C)")
     parser.add_argument("--latency-s", type=float, default=0.2, help="mean judge latency (L)")
