@@ -207,7 +207,7 @@ def _watch(terms: list[str], members: list[str], check: str | None = None) -> Ju
 
 def test_default_check() -> None:
     assert _watch(["judge"], []).check_key is None
-    assert _watch(["judge", "domain_format", "length_penalty"], []).check_key == "domain_format"
+    assert _watch(["judge", "domain_format", "completion_length_penalty"], []).check_key == "domain_format"
     assert _watch(["judge", "domain_format"], ["a", "b"]).check_key == "judge/member/b"
     assert _watch(["judge", "domain_format"], ["a"]).check_key == "domain_format"
     assert _watch(["judge", "domain_format"], ["a", "b"], check="a").check_key == "judge/member/a"
