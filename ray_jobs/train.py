@@ -25,6 +25,7 @@ from ray_jobs.config.experiment import ConfigError, ExperimentConfig, load_confi
 from ray_jobs.config.run_paths import SharedPathError, check_shared_paths
 from ray_jobs.data.prompts import LOCAL_FORMATS, DatasetError, PromptSource, load_prompts
 from ray_jobs.dry_run.plan import add_plan_arguments, dry_run, plan_train
+from ray_jobs.rl.judge_watch import JudgeWatch
 from ray_jobs.rl.pipeline import ThroughputWindow, assemble_batch, may_launch
 from ray_jobs.rl.run_settings import remove_core_board, settings_for_run
 from ray_jobs.rl.train_eval import EvalSet, TrainEval, load_eval_set
@@ -97,6 +98,7 @@ def train_loop(
     k, steps, per_step = cfg.pipeline.max_staleness, cfg.run.steps, cfg.pipeline.prompts_per_step
     launched, last = start + len(inflight), time.perf_counter()
     window = ThroughputWindow(last)  # steady-state throughput/*: over the last 10 steps, not one
+    watch = JudgeWatch.for_config(cfg.judge, cfg.reward)  # judge bias diagnostics, reward-hacking alarms
     evals = evals or TrainEval.disabled()
     evals.after_step(start)  # a resumed run evaluates its checkpoint's policy if that is due and missing
     for step in range(start, steps):
@@ -122,6 +124,7 @@ def train_loop(
             "time/step_s": now - last,
             "time/weight_sync_s": stages.completed_sync_seconds(),
             **window.add(now, batch.metrics["samples/generated"]),
+            **watch.step(step, batch.scored),
         }
         recorder.record_step(step, metrics, batch.scored, batch.advantages)
         evals.after_step(step + 1)  # never waits: finished evaluations are recorded, a due one launched

@@ -271,6 +271,11 @@ class ExperimentConfig(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _alarm_check_known(self) -> ExperimentConfig:
+        self.judge.alarms.check_key([t.name for t in self.reward.terms], [m.name for m in self.judge.ensemble])
+        return self
+
+    @model_validator(mode="after")
     def _rollout_fits_training(self) -> ExperimentConfig:
         """RL sampling needs a group (the baseline) and a temperature the learner can divide logits by;
         the rollout section alone also allows the evaluation settings (1 sample, greedy)."""
