@@ -46,7 +46,8 @@ from rewards.context import JUDGE_ENGINE, TermUsage
 from rewards.errors import RewardError
 from rewards.judge.config import JudgeConfig
 from rewards.judge.endpoints import key_variables, keys_from
-from rewards.judge.llm_judge import JudgeReward, check_endpoints
+from rewards.judge.ensemble import AnyJudge, build_judge, judge_engine_config
+from rewards.judge.llm_judge import check_endpoints
 from rewards.llm import ChatEngine
 from rewards.metrics import JudgeTrace
 from rewards.rules import RULE_TERMS
@@ -134,7 +135,7 @@ class RewardComposer:
             raise ValueError(f"reward.terms names {duplicates} more than once")
         if all(t.weight == 0 for t in reward.terms):
             raise ValueError("reward.terms must give at least one term a non-zero weight")
-        self._judge: JudgeReward | None = None
+        self._judge: AnyJudge | None = None
         self._terms: list[_Term] = [self._build_term(t, judge, api_key) for t in reward.terms]
         self._engines = self._build_engines(reward, judge, api_key, inject)
 
@@ -148,8 +149,8 @@ class RewardComposer:
         return [t.name for t in self._terms]
 
     @property
-    def judge(self) -> JudgeReward | None:
-        """The judge reward, when a ``judge`` term is configured."""
+    def judge(self) -> AnyJudge | None:
+        """The judge reward (an ``EnsembleJudge`` with ``judge.ensemble``), when a ``judge`` term is configured."""
         return self._judge
 
     @property
@@ -165,7 +166,7 @@ class RewardComposer:
         if term.name == JUDGE_TERM:
             if judge is None or api_key is None:
                 raise ValueError("reward term 'judge' needs a judge config and an API key")
-            self._judge = JudgeReward(judge, api_key)
+            self._judge = build_judge(judge, api_key)
             return JudgeTerm(term.name, term.weight, self._judge)
         if term.name in RULE_TERMS:
             return FunctionTerm(term.name, term.weight, RULE_TERMS[term.name], in_thread=False)
@@ -192,10 +193,11 @@ class RewardComposer:
             where = f"reward.engines.{name}"
             engines[name] = ChatEngine(name, config, keys_from(config, given, os.environ, where), where=where, **inject)
         with_ctx = any(isinstance(t, FunctionTerm) and t.with_ctx for t in self._terms)
-        if with_ctx and judge is not None and api_key is not None and judge.is_remote:
+        service = judge_engine_config(judge) if judge is not None else None  # an ensemble's: its first member's
+        if with_ctx and service is not None and api_key is not None and service.is_remote:
             client = self._judge.client if self._judge is not None else None
-            keys = {} if client is not None else keys_from(judge, given, os.environ, "judge")
-            engines[JUDGE_ENGINE] = ChatEngine(JUDGE_ENGINE, judge, keys, where="judge", client=client, **inject)
+            keys = {} if client is not None else keys_from(service, given, os.environ, "judge")
+            engines[JUDGE_ENGINE] = ChatEngine(JUDGE_ENGINE, service, keys, where="judge", client=client, **inject)
         return engines
 
     async def score(self, prompt_text: str, completion_text: str, row: Mapping[str, Any] | None = None) -> ScoredParts:

@@ -11,7 +11,9 @@ step, ``aggregate_judge_metrics`` combines the calls' dicts:
   judge failed, by final cause; ``judge/failures`` itself comes from
   ``ScoreResult.judge_failures``), ``judge/cache_hits`` (verdicts served from
   the cache or shared with an identical request in flight),
-  ``judge/rule_gated`` and ``judge/rule_gated/<reason>``; per reward term
+  ``judge/rule_gated`` and ``judge/rule_gated/<reason>``; per ensemble member
+  (``member_metrics``) ``judge/member/<name>/requests``, ``/failures`` and
+  ``/failures/<cause>`` (samples that member gave no score for); per reward term
   (``term_metrics``) ``term/<name>/failures`` (samples it failed on),
   ``term/<name>/seconds`` (seconds spent in it, summed over samples) and
   ``term/<name>/llm_calls`` (HTTP requests it sent to engines); per engine
@@ -48,6 +50,7 @@ __all__ = [
     "term_metrics",
     "latency_bucket",
     "latency_histogram",
+    "member_metrics",
     "percentile_from_histogram",
 ]
 
@@ -64,7 +67,10 @@ class JudgeTrace:
     """What scoring one sample took. ``requests`` counts HTTP requests sent;
     ``retries`` the requests sent again, by the cause of the failure before;
     ``latencies_s`` one entry per request; ``cache_hit`` and ``gated`` (a
-    ``rewards.judge.gate`` reason) mark samples that sent no request."""
+    ``rewards.judge.gate`` reason) mark samples that sent no request. An
+    ensemble's (``rewards/judge/ensemble.py``) sums its members' and adds
+    ``member_requests`` (requests by member, every member present) and
+    ``member_failures`` ((member, cause) -> 1 for each member that gave no score)."""
 
     requests: int = 0
     retries: Counter[str] = field(default_factory=Counter)
@@ -73,6 +79,8 @@ class JudgeTrace:
     gated: str | None = None
     transport_failures: int = 0
     deadline: float | None = None
+    member_requests: Counter[str] = field(default_factory=Counter)
+    member_failures: Counter[tuple[str, str]] = field(default_factory=Counter)
 
 
 class _Watch:
@@ -157,6 +165,23 @@ def call_metrics(traces: Sequence[JudgeTrace], failure_causes: Iterable[str], pe
     metrics.update({f"judge/rule_gated/{r}": float(n) for r, n in gated.items()})
     metrics.update({f"judge/failures/{c}": float(n) for c, n in Counter(failure_causes).items()})
     metrics.update(latency_histogram(s for t in traces for s in t.latencies_s))
+    metrics.update(member_metrics(traces))
+    return metrics
+
+
+def member_metrics(traces: Sequence[JudgeTrace]) -> dict[str, float]:
+    """An ensemble's per-member part of a call's metrics: ``judge/member/<name>/requests``,
+    ``judge/member/<name>/failures`` (samples the member gave no score for) and
+    ``judge/member/<name>/failures/<cause>``; empty for a single judge."""
+    requests: Counter[str] = Counter()
+    failures: Counter[tuple[str, str]] = Counter()
+    for trace in traces:
+        requests.update(trace.member_requests)
+        failures.update(trace.member_failures)
+    metrics = {f"judge/member/{name}/requests": float(n) for name, n in requests.items()}
+    for name in {*requests, *(n for n, _ in failures)}:
+        metrics[f"judge/member/{name}/failures"] = float(sum(k for (n, _), k in failures.items() if n == name))
+    metrics.update({f"judge/member/{name}/failures/{cause}": float(k) for (name, cause), k in failures.items()})
     return metrics
 
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from rewards.context import RewardContext, TermUsage
 from rewards.errors import JudgeError, RewardError
-from rewards.judge.llm_judge import JudgeReward
+from rewards.judge.ensemble import AnyJudge
 from rewards.llm import ChatEngine
 from rewards.metrics import JudgeTrace
 
@@ -55,9 +55,10 @@ class Outcome:
 
 
 class JudgeTerm:
-    """The LLM-judge term (value in [Rubric.min_reward, Rubric.max_reward])."""
+    """The LLM-judge term (value in [Rubric.min_reward, Rubric.max_reward]); ``judge`` a
+    ``JudgeReward`` or an ``EnsembleJudge``."""
 
-    def __init__(self, name: str, weight: float, judge: JudgeReward) -> None:
+    def __init__(self, name: str, weight: float, judge: AnyJudge) -> None:
         self.name, self.weight, self.judge = name, weight, judge
 
     async def evaluate(

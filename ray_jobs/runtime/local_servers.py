@@ -139,6 +139,22 @@ def local_judge_server(
     )
 
 
+def _member_stand_ins(stack: contextlib.ExitStack, judge: JudgeConfig, run_dir: Path) -> JudgeConfig:
+    """``judge`` with a stand-in judge started (for the ``stack``) for each ensemble member whose
+    ``local_server.enabled`` is true, its URL as the member's ``base_url`` (its key generated as for
+    the judge's stand-in, in the member's ``api_key_env`` unless set); log ``judge_server_<name>.log``."""
+    from rewards.judge.endpoints import member_configs
+
+    members = []
+    for member, config in member_configs(judge):
+        if member.local_server is not None and member.local_server.enabled:
+            path = run_dir / f"judge_server_{member.name}.log"
+            url = stack.enter_context(local_judge_server(config, path))
+            member = member.model_copy(update={"base_url": url, "local_server": None})
+        members.append(member)
+    return judge.model_copy(update={"ensemble": members}) if members else judge
+
+
 def _wait_ready(proc: subprocess.Popen, timeout_s: float, log_path: Path, label: str) -> int:
     import selectors
 
@@ -174,6 +190,7 @@ def rewards_for_run(
         if judge.uses_local_server:
             url = stack.enter_context(local_judge_server(judge, run_dir / "judge_server.log"))
             judge = judge.model_copy(update={"base_url": url})
+        judge = _member_stand_ins(stack, judge, run_dir)
         engines = dict(reward.engines)
         for name, engine in reward.engines.items():
             if engine.uses_local_server:
@@ -191,7 +208,7 @@ def rewards_for_run(
                 engines[name] = engine.model_copy(update={"base_url": url})
         reward = reward.model_copy(update={"engines": engines})
         judge = _unused_judge_dropped(judge, reward)
-        if judge.is_remote:
+        if judge.is_remote or judge.ensemble:
             keys = resolve_api_keys(judge, engines=engines)
         else:  # no judge endpoint (own data without a judge term): only the engines' keys
             keys = {
@@ -207,10 +224,15 @@ def rewards_for_run(
 async def check_all_endpoints(judge: JudgeConfig, reward: RewardConfig, keys: dict[str, SecretStr]) -> None:
     """``GET /models`` on the judge's and every engine's endpoints (``JudgeUnreachableError``)."""
     from rewards.judge.endpoints import resolve_endpoints
-    from rewards.judge.llm_judge import JudgeReward, check_endpoints
+    from rewards.judge.ensemble import build_judge
+    from rewards.judge.llm_judge import check_endpoints
 
-    if judge.is_remote:  # a run without a judge endpoint has no judge term (the config checks it)
-        await JudgeReward(judge, keys).check_endpoint()
+    if judge.is_remote or judge.ensemble:  # a run without a judge endpoint has no judge term (the config checks it)
+        checked = build_judge(judge, keys)
+        try:
+            await checked.check_endpoint()
+        finally:
+            await checked.aclose()
     for name, engine in reward.engines.items():
         endpoints = resolve_endpoints(engine, keys, f"reward.engines.{name}")
         await check_endpoints(endpoints, engine.timeout_s, f"engine {name}")

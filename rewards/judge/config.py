@@ -165,6 +165,18 @@ class JudgeMemberConfig(BaseModel):
         description="Start a stand-in judge server for this member (development and tests; enabled: true), instead of base_url.",
     )
 
+    @model_validator(mode="after")
+    def _check(self) -> JudgeMemberConfig:
+        where = f"judge.ensemble[{self.name}]"
+        stand_in = self.local_server is not None and self.local_server.enabled is True
+        if self.base_url is not None and self.endpoints:
+            raise ValueError(f"{where}: set either base_url or endpoints, not both")
+        if stand_in and (self.base_url is not None or self.endpoints):
+            raise ValueError(f"{where}: set either base_url/endpoints or local_server.enabled: true, not both")
+        if not stand_in and self.base_url is None and not self.endpoints:
+            raise ValueError(f"{where} needs base_url, endpoints or local_server.enabled: true")
+        return self
+
 
 class JudgeConfig(BaseModel):
     """An LLM judge behind one or more OpenAI-compatible chat-completions endpoints."""
@@ -283,7 +295,7 @@ class JudgeConfig(BaseModel):
     )
     ensemble: list[JudgeMemberConfig] = Field(
         default_factory=list,
-        description="Several judges scoring every sample, aggregated by ensemble_aggregate; each member's unset fields are this judge's. Empty: this judge alone.",
+        description="Several judges scoring every sample, asked concurrently and aggregated by ensemble_aggregate (at least 2 members, each with base_url, endpoints or local_server.enabled: true; judge.base_url, judge.endpoints and judge.local_server.enabled then stay unset); each member's unset fields are this judge's. Empty: this judge alone.",
     )
     ensemble_aggregate: Literal["mean", "median", "min"] = Field(
         default="mean",
@@ -311,6 +323,7 @@ class JudgeConfig(BaseModel):
             raise ValueError(
                 "set either a remote judge (judge.base_url / judge.endpoints) or judge.local_server.enabled=true, not both"
             )
+        _check_ensemble(self)
         if self.rubric is not None or self.criteria is not None:
             self.rubric_spec()  # loads the rubric now: a bad rubric fails early
         return self
@@ -324,7 +337,7 @@ class JudgeConfig(BaseModel):
     def has_endpoint(self) -> bool:
         """True when the judge can be called: an endpoint is configured or the stand-in will be started.
         Without one (``local_server.enabled: false`` and no endpoint) a judge term cannot run."""
-        return self.is_remote or self.uses_local_server
+        return self.is_remote or self.uses_local_server or bool(self.ensemble)
 
     @property
     def concurrency(self) -> int:
@@ -341,8 +354,9 @@ class JudgeConfig(BaseModel):
     @property
     def uses_local_server(self) -> bool:
         """True when this run starts the stand-in judge server itself (``local_server.enabled``
-        true, or null without an endpoint; a run on its own data.path has null resolved to false)."""
-        return not self.is_remote and self.local_server.enabled is not False
+        true, or null without an endpoint; a run on its own data.path has null resolved to false).
+        Never with an ensemble: its members' stand-ins (``ensemble[*].local_server``) are started instead."""
+        return not self.is_remote and not self.ensemble and self.local_server.enabled is not False
 
     def rubric_spec(self) -> Rubric:
         """The effective rubric (the rubric file with the ``criteria`` override applied).
@@ -355,3 +369,20 @@ class JudgeConfig(BaseModel):
             cached = (self.rubric, self.criteria, resolve_rubric(self.rubric, self.criteria))
             self._rubric = cached
         return cached[2]
+
+
+def _check_ensemble(judge: JudgeConfig) -> None:
+    """ValueError (one line) for an ensemble of fewer than 2 members, a name used twice, or the
+    judge's own endpoint or stand-in set beside it (each member has its own)."""
+    if not judge.ensemble:
+        return
+    names = [m.name for m in judge.ensemble]
+    if len(names) < 2:
+        raise ValueError("judge.ensemble needs at least 2 members (one judge: set judge.base_url instead)")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"judge.ensemble names {twice} more than once")
+    if judge.is_remote:
+        raise ValueError("judge.ensemble: set base_url/endpoints on each member, not judge.base_url/judge.endpoints")
+    if judge.local_server.enabled:
+        raise ValueError("judge.ensemble: set local_server on each member, not judge.local_server.enabled")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import PurePath
 from typing import Protocol
 
 from pydantic import SecretStr
@@ -23,14 +24,26 @@ from rewards.client.endpoint import Endpoint, display_url
 from rewards.client.limits import Limits
 from rewards.config import EngineConfig
 from rewards.errors import MissingApiKeyError
-from rewards.judge.config import JudgeConfig
+from rewards.judge.config import JudgeConfig, JudgeMemberConfig
+
+_MEMBER_FIELDS = (
+    "model",
+    "api_key_env",
+    "max_concurrency",
+    "requests_per_minute",
+    "tokens_per_minute",
+    "price_per_million_input_tokens",
+    "price_per_million_output_tokens",
+)
+"""The fields of a ``JudgeMemberConfig`` that, when set, replace the judge's."""
 
 __all__ = [
     "ChatService",
     "endpoint_configs",
     "key_variables",
-    "read_api_key",
     "keys_from",
+    "member_configs",
+    "read_api_key",
     "resolve_api_keys",
     "resolve_endpoints",
     "service_api_keys",
@@ -119,10 +132,33 @@ def service_api_keys(service: ChatService, environ: Mapping[str, str], where: st
     return keys_from(service, {}, environ, where)
 
 
+def member_configs(judge: JudgeConfig) -> list[tuple[JudgeMemberConfig, JudgeConfig]]:
+    """Each member of ``judge.ensemble`` with its own ``JudgeConfig``: the judge's, with the member's
+    endpoint (``base_url``/``endpoints``, filled in by the driver for a stand-in) and every field it sets
+    in place of the judge's, no ensemble; a ``cache_path`` gets the member's name (``x.sqlite`` ->
+    ``x.<name>.sqlite``) so that members never read each other's verdicts. Empty without an ensemble."""
+    out = []
+    for member in judge.ensemble:
+        update: dict[str, object] = {f: getattr(member, f) for f in _MEMBER_FIELDS if getattr(member, f) is not None}
+        update.update(base_url=member.base_url, endpoints=list(member.endpoints), ensemble=[])
+        update["local_server"] = member.local_server or judge.local_server
+        if judge.cache_path is not None:
+            path = PurePath(judge.cache_path)
+            update["cache_path"] = str(path.with_name(f"{path.stem}.{member.name}{path.suffix}"))
+        out.append((member, judge.model_copy(update=update)))
+    return out
+
+
 def keys_from(
     service: ChatService, given: Mapping[str, SecretStr], environ: Mapping[str, str], where: str
 ) -> dict[str, SecretStr]:
-    """The keys of one judge or engine: from ``given`` (variable name -> key), else read from ``environ``."""
+    """The keys of one judge or engine: from ``given`` (variable name -> key), else read from ``environ``
+    (an ensemble's: every member's, named ``<where>.ensemble[<name>]`` in messages)."""
+    if isinstance(service, JudgeConfig) and service.ensemble:
+        keys: dict[str, SecretStr] = {}
+        for member, config in member_configs(service):
+            keys.update(keys_from(config, given, environ, f"{where}.ensemble[{member.name}]"))
+        return keys
     return {
         name: given[name]
         if isinstance(given.get(name), SecretStr)
@@ -136,7 +172,10 @@ def _where(service: ChatService, name: str, where: str) -> str:
 
 
 def key_variables(service: ChatService) -> list[str]:
-    """Names of the environment variables holding the endpoints' keys, first one first."""
+    """Names of the environment variables holding the endpoints' keys, first one first
+    (an ensemble's: its members', in member order)."""
+    if isinstance(service, JudgeConfig) and service.ensemble:
+        return list(dict.fromkeys(n for _, config in member_configs(service) for n in key_variables(config)))
     names = [e.api_key_env or service.api_key_env for e in service.endpoints] or [service.api_key_env]
     return list(dict.fromkeys(names))
 
