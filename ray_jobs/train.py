@@ -133,7 +133,7 @@ def train_loop(
         recorder.record_step(step, metrics, batch.scored, batch.advantages)
         evals.after_step(step + 1)  # never waits: finished evaluations are recorded, a due one launched
         last = now
-        if cause := budget.stop_cause(steps - step - 1):
+        if cause := budget.stop_cause(steps - step - 1, len(inflight)):
             control.stop.request(cause)
         if control.due(step + 1) or control.stop():
             control.checkpoint(stages, recorder, step + 1, inflight, source)
@@ -321,9 +321,11 @@ def _restore(
 def _budget_spent(cfg: ExperimentConfig, checkpoint: Checkpoint | None) -> str | None:
     """The stop cause when ``checkpoint``'s saved spending already reached ``judge.budget_usd``
     (``ConfigError`` for a budget without prices), before anything starts."""
-    state = checkpoint.driver_state() if checkpoint is not None else None
-    steps_left = cfg.run.steps - (state.next_step if state else 0)
-    return budget_stop_cause(cfg.judge, cfg.reward.engines, state.counters if state else None, steps_left)
+    if checkpoint is None:
+        return budget_stop_cause(cfg.judge, cfg.reward.engines, None, cfg.run.steps)
+    state = checkpoint.driver_state()
+    left, inflight = cfg.run.steps - state.next_step, len(state.inflight_rows)
+    return budget_stop_cause(cfg.judge, cfg.reward.engines, state.counters, left, inflight)
 
 
 def _already_finished(cfg: ExperimentConfig, run_dir: Path, checkpoint: Checkpoint | None) -> Path:

@@ -10,13 +10,17 @@ pool's last total is kept, and a resumed run starts from its checkpoint's total
 ``BudgetGuard`` decides, by hand-checkable rules, with ``spent`` the run's total
 and ``c`` the most one step has cost so far (a step's ``judge/cost_usd``):
 
-* after a step that leaves steps to train, stop when ``spent + c > budget``
-  (one more step could pass it); never mid-step;
 * launch a batch ahead of the step being trained only when
   ``spent + (in_flight + 1) * c <= budget``, so work in flight cannot pass it;
   before any step's cost is known (``c`` = 0) no batch is launched ahead.
   The batch of the next step to train is always launched: whether to go on at
-  all is the stop rule's decision.
+  all is the stop rule's decision;
+* after a step that leaves steps to train, stop when no batch is in flight and
+  ``spent + c > budget`` (one more step could pass it), or when ``spent`` is
+  past the budget already; batches in flight were paid for within the budget
+  when launched, so they are trained, not thrown away. Never mid-step;
+* a resumed run generates and judges its checkpoint's batches in flight again:
+  it starts only when ``spent + max(1, in_flight) * c <= budget``.
 
 So a run stopped by its budget spent more than ``budget - c``, and no more than
 the budget unless a step costs more than any before it. ``RunBudget`` applies
@@ -97,9 +101,15 @@ class BudgetGuard:
     def record_step(self, cost_usd: float) -> None:
         self.step_cost_usd = max(self.step_cost_usd, cost_usd)
 
-    def reached(self, spent_usd: float) -> bool:
-        """Whether one more step could pass the budget."""
-        return self.budget_usd is not None and spent_usd + self.step_cost_usd > self.budget_usd
+    def reached(self, spent_usd: float, in_flight: int = 0) -> bool:
+        """After a step, with ``in_flight`` batches launched and not trained: whether to stop."""
+        if self.budget_usd is None:
+            return False
+        return spent_usd > self.budget_usd or (in_flight == 0 and spent_usd + self.step_cost_usd > self.budget_usd)
+
+    def may_resume(self, spent_usd: float, in_flight: int) -> bool:
+        """Whether a run may resume with ``in_flight`` batches to generate and judge again (or one step)."""
+        return self.budget_usd is None or spent_usd + max(1, in_flight) * self.step_cost_usd <= self.budget_usd
 
     def may_launch(self, spent_usd: float, in_flight: int) -> bool:
         """Whether a batch may be launched with ``in_flight`` batches launched and not trained."""
@@ -123,11 +133,16 @@ class BudgetGuard:
 
 
 def budget_stop_cause(
-    judge: JudgeConfig, engines: Mapping[str, EngineConfig], counters: Mapping[str, float] | None, steps_left: int
+    judge: JudgeConfig,
+    engines: Mapping[str, EngineConfig],
+    counters: Mapping[str, float] | None,
+    steps_left: int,
+    in_flight: int = 0,
 ) -> str | None:
     """Before a run starts: the stop cause when the spending saved in its checkpoint (``counters``;
-    None for a new run) already reached ``judge.budget_usd``, else None. ``ConfigError``
-    when a budget is set but no token has a price (it could never stop the run)."""
+    None for a new run) leaves no room for its ``in_flight`` batches or one more step under
+    ``judge.budget_usd``, else None. ``ConfigError`` when a budget is set but no token has a
+    price (it could never stop the run)."""
     if judge.budget_usd is None:
         return None
     if not is_priced(judge, engines):
@@ -138,7 +153,7 @@ def budget_stop_cause(
     saved = counters or {}
     guard = BudgetGuard(judge.budget_usd, float(saved.get(STEP_COST, 0.0)))
     spent = float(saved.get(TOTAL, 0.0))
-    return guard.cause(spent, steps_left) if steps_left > 0 and guard.reached(spent) else None
+    return guard.cause(spent, steps_left) if steps_left > 0 and not guard.may_resume(spent, in_flight) else None
 
 
 class RunBudget:
@@ -177,10 +192,11 @@ class RunBudget:
         self.guard.record_step(float(step_metrics.get(STEP_METRIC, 0.0)))
         return {TOTAL: self.tracker.observe(self._pool_spent())}
 
-    def stop_cause(self, steps_left: int) -> str | None:
-        """The cause to stop after this step (None: go on); never when no step is left."""
+    def stop_cause(self, steps_left: int, in_flight: int) -> str | None:
+        """After a step, with ``in_flight`` batches launched and not trained: the cause to stop
+        (None: go on); never when no step is left."""
         spent = self.tracker.total
-        return self.guard.cause(spent, steps_left) if steps_left > 0 and self.guard.reached(spent) else None
+        return self.guard.cause(spent, steps_left) if steps_left > 0 and self.guard.reached(spent, in_flight) else None
 
     def counters(self) -> dict[str, float]:
         """For the checkpoint: the spending now (asked afresh: batches in flight keep spending)."""

@@ -28,7 +28,12 @@ def test_the_stop_rule_by_hand() -> None:
     assert guard.step_cost_usd == 3.0
     assert not guard.reached(7.0)  # 7 + 3 = 10: one more step still fits
     assert guard.reached(7.5)  # 7.5 + 3 > 10
+    assert not guard.reached(7.5, in_flight=1)  # a batch in flight was paid for within the budget: train it
+    assert guard.reached(10.5, in_flight=1)  # past the budget itself: stop all the same
     assert not BudgetGuard(None, 3.0).reached(1e9)  # no budget: never
+    # a resumed run judges its batches in flight again: 4 + 2 x 3 = 10 fits, 4 + 3 x 3 does not
+    assert guard.may_resume(4.0, in_flight=2) and not guard.may_resume(4.0, in_flight=3)
+    assert guard.may_resume(7.0, in_flight=0) and not guard.may_resume(7.5, in_flight=0)  # or one step
 
 
 def test_the_launch_rule_by_hand() -> None:
@@ -52,19 +57,21 @@ def test_the_cause_names_the_budget_and_what_finishing_needs() -> None:
 
 
 def test_pipelined_batches_stop_within_one_step_of_the_budget() -> None:
-    """The training loop's use of the rules, with a judge so fast that a batch is paid for when launched:
-    budget 10, every batch 3. Step 0 launches batch 0 alone (spent 3); step 1 launches batch 1 (6), not
-    batch 2 (6 + 2 x 3 > 10); step 2 launches batch 2 (9), not batch 3; after step 2, 9 + 3 > 10: stop,
-    at 9, within one step (3) of 10 and not past it."""
-    guard, spent, launched, trained = BudgetGuard(10.0), 0.0, 0, 0
+    """The training loop's use of the rules (max_staleness 2), with a judge so fast that a batch is paid
+    for when launched: budget 20, every batch 3. Step 0 launches batch 0 alone (spent 3); step 1 batches
+    1, 2, 3 (6, 9, 12: 9 + 3 x 3 <= 20); step 2 none (12 + 3 x 3 > 20); step 3 batch 4 (15: 12 + 2 x 3
+    <= 20), not 5 (15 + 3 x 3 > 20); step 4 none (15 + 2 x 3 > 20); step 5 batch 5, the step's own
+    (18). After step 5 nothing is in flight and 18 + 3 > 20: stop at 18, within one step (3) of 20,
+    not past it, every batch paid for trained."""
+    guard, spent, launched, trained = BudgetGuard(20.0), 0.0, 0, 0
     for step in range(100):
-        while launched < step + 3 and guard.may_launch(spent, launched - step):  # max_staleness 2
+        while launched < step + 3 and guard.may_launch(spent, launched - step):
             spent, launched = spent + 3.0, launched + 1
         guard.record_step(3.0)
         trained += 1
-        if guard.reached(spent):
+        if guard.reached(spent, in_flight=launched - trained):
             break
-    assert (trained, launched, spent) == (3, 3, 9.0)
+    assert (trained, launched, spent) == (6, 6, 18.0)
 
 
 def test_the_run_total_survives_pool_restarts_and_resumes() -> None:
@@ -83,6 +90,7 @@ def test_a_resumed_run_at_its_budget_stops_before_anything_starts() -> None:
     assert cause is not None and "judge.budget_usd=10" in cause and "judge.budget_usd=15" in cause  # 9 + 3 x 2
     higher = PRICED.model_copy(update={"budget_usd": 11.5})
     assert budget_stop_cause(higher, {}, saved, steps_left=3) is None  # 9 + 2 <= 11.5: resumes
+    assert budget_stop_cause(higher, {}, saved, steps_left=3, in_flight=2) is not None  # 9 + 2 x 2 > 11.5
     assert budget_stop_cause(PRICED, {}, saved, steps_left=0) is None  # nothing left to pay for
     assert budget_stop_cause(PRICED, {}, None, steps_left=3) is None  # a new run
     assert budget_stop_cause(JudgeConfig(), {}, saved, steps_left=3) is None  # no budget
@@ -102,11 +110,12 @@ def test_run_budget_asks_the_pool_after_each_step_and_for_the_checkpoint() -> No
     budget = RunBudget(10.0, True, lambda: next(answers), {TOTAL: 1.0})
     assert budget.may_launch(0) and not budget.may_launch(1)  # step cost not known yet
     assert budget.after_step({"judge/cost_usd": 2.0}) == {TOTAL: 5.0}  # 1 before + 4 now
-    assert budget.stop_cause(steps_left=5) is None  # 5 + 2 <= 10
+    assert budget.stop_cause(steps_left=5, in_flight=0) is None  # 5 + 2 <= 10
     assert budget.may_launch(1) and not budget.may_launch(2)  # 5 + 2 x 2 <= 10 < 5 + 3 x 2
     assert budget.after_step({"judge/cost_usd": 3.5}) == {TOTAL: 7.0}
-    assert budget.stop_cause(steps_left=5) is not None  # 7 + 3.5 > 10
-    assert budget.stop_cause(steps_left=0) is None  # the last step: the run finishes
+    assert budget.stop_cause(steps_left=5, in_flight=1) is None  # its batch in flight is paid for
+    assert budget.stop_cause(steps_left=5, in_flight=0) is not None  # 7 + 3.5 > 10
+    assert budget.stop_cause(steps_left=0, in_flight=0) is None  # the last step: the run finishes
     assert budget.counters() == {TOTAL: 8.0, STEP_COST: 3.5}  # asked afresh: work in flight kept spending
 
 
@@ -116,7 +125,7 @@ def test_an_unpriced_run_reports_no_spending_and_never_asks_the_pool() -> None:
 
     budget = RunBudget(None, False, refuse)
     assert budget.after_step({"judge/cost_usd": 0.0}) == {} and budget.counters() == {}
-    assert budget.stop_cause(steps_left=3) is None and budget.may_launch(7)
+    assert budget.stop_cause(steps_left=3, in_flight=0) is None and budget.may_launch(7)
     assert RunBudget.disabled().counters() == {}
 
 
