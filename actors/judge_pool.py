@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+import uuid
 from collections import Counter
 from collections.abc import Mapping
 
@@ -25,7 +26,7 @@ from rewards.composer import JUDGE_TERM, RewardComposer, ScoredParts, ScoreInput
 from rewards.config import RewardConfig
 from rewards.judge.config import JudgeConfig
 from rewards.llm import EngineUsage
-from rewards.metrics import JudgeTrace, call_metrics, engine_metrics, term_metrics
+from rewards.metrics import JudgeTrace, call_metrics, engine_metrics, spend_metrics, term_metrics
 
 __all__ = ["JudgePool"]
 
@@ -54,6 +55,7 @@ class JudgePool:
         self._judge_weighted = any(t.name == JUDGE_TERM and t.weight != 0 for t in reward.terms)
         self._counts: Counter[str] = Counter()
         self._failures_by_cause: Counter[str] = Counter()
+        self._instance = uuid.uuid4().hex  # tells this pool's spending from a restarted pool's
         judge_reward = self._composer.judge
         if judge_reward is not None:
             logger.info("judge: %r", judge_reward)
@@ -131,6 +133,7 @@ class JudgePool:
                     engines.setdefault(engine, EngineUsage()).add(counts)
         for engine, counts in engines.items():
             metrics.update(engine_metrics(engine, vars(counts), engine_peaks.get(engine, 0)))
+        metrics.update(spend_metrics(traces, engines.values()))
         return metrics
 
     def _is_judge_failure(self, part: ScoredParts) -> bool:
@@ -172,10 +175,16 @@ class JudgePool:
             "judge_cache_hits": self._counts["judge_cache_hits"],
             "judge_rule_gated": self._counts["judge_rule_gated"],
             "failures_by_cause": dict(self._failures_by_cause),
+            **vars(self._composer.spent()),  # input_tokens, output_tokens, cost_usd, usage_estimated
         }
         if self._composer.judge is not None:
             stats["circuit_opened"] = self._composer.judge.stats()["circuit_opened"]
         return stats
+
+    def spent(self) -> tuple[str, float]:
+        """(this pool's instance id, US dollars its judge and engines spent since it started, including
+        requests of calls still being scored); a restarted pool has another id and starts from 0."""
+        return self._instance, self._composer.spent().cost_usd
 
     async def close(self) -> None:
         """Release the judge's HTTP clients and disk cache."""

@@ -25,6 +25,7 @@ from ray_jobs.config.experiment import ConfigError, ExperimentConfig, load_confi
 from ray_jobs.config.run_paths import SharedPathError, check_shared_paths
 from ray_jobs.data.prompts import LOCAL_FORMATS, DatasetError, PromptSource, load_prompts
 from ray_jobs.dry_run.plan import add_plan_arguments, dry_run, plan_train
+from ray_jobs.rl.budget import RunBudget, budget_stop_cause, is_priced
 from ray_jobs.rl.judge_watch import JudgeWatch
 from ray_jobs.rl.pipeline import ThroughputWindow, assemble_batch, may_launch
 from ray_jobs.rl.run_settings import remove_core_board, settings_for_run
@@ -79,6 +80,7 @@ def train_loop(
     start: int,
     inflight: dict[int, list[RolloutCall]],
     evals: TrainEval | None = None,
+    budget: RunBudget | None = None,
 ) -> None:
     """Rollout, judging and learning of different batches overlap.
 
@@ -94,15 +96,19 @@ def train_loop(
     checkpoint of the last completed step. ``evals`` launches held-out
     evaluations beside training and records those that finished, without
     waiting (``ray_jobs/rl/train_eval.py``); their samples never enter a batch.
+    ``budget`` (``ray_jobs/rl/budget.py``) holds back batches that could pass ``judge.budget_usd``
+    and, after a step, asks for the stop when one more step could.
     """
     k, steps, per_step = cfg.pipeline.max_staleness, cfg.run.steps, cfg.pipeline.prompts_per_step
     launched, last = start + len(inflight), time.perf_counter()
     window = ThroughputWindow(last)  # steady-state throughput/*: over the last 10 steps, not one
     watch = JudgeWatch.for_config(cfg.judge, cfg.reward)  # judge bias diagnostics, reward-hacking alarms
-    evals = evals or TrainEval.disabled()
+    evals, budget = evals or TrainEval.disabled(), budget or RunBudget.disabled()
     evals.after_step(start)  # a resumed run evaluates its checkpoint's policy if that is due and missing
     for step in range(start, steps):
         while launched < steps and may_launch(launched, stages.version, k) and not control.stop():
+            if not budget.may_launch(launched - step):  # judge.budget_usd: no batch that could pass it
+                break
             inflight[launched] = stages.launch_batch(launched, source.take(per_step))
             launched += 1
         try:
@@ -125,14 +131,17 @@ def train_loop(
             "time/weight_sync_s": stages.completed_sync_seconds(),
             **window.add(now, batch.metrics["samples/generated"]),
             **watch.step(step, batch.scored),
+            **budget.after_step(batch.metrics),  # judge/cost_usd_total
         }
         recorder.record_step(step, metrics, batch.scored, batch.advantages)
         evals.after_step(step + 1)  # never waits: finished evaluations are recorded, a due one launched
         last = now
+        if cause := budget.stop_cause(steps - step - 1, len(inflight)):
+            control.stop.request(cause)
         if control.due(step + 1) or control.stop():
             control.checkpoint(stages, recorder, step + 1, inflight, source)
         if control.stop():
-            raise StopRequested()
+            raise StopRequested(control.stop.cause)
 
 
 def vllm_installed() -> bool:
@@ -188,6 +197,8 @@ def run(cfg: ExperimentConfig) -> Path:
         plan = plan_resume(run_dir, cfg.run.resume, cfg.run.steps, recorded)
         if plan.action == "finished":
             return _already_finished(cfg, run_dir, plan.checkpoint)
+        if cause := _budget_spent(cfg, plan.checkpoint):
+            raise StopRequested(cause)  # nothing started, nothing lost: the checkpoint stays the newest
         prompts, tokenizer = preflight(cfg)
         evalset = eval_preflight(cfg, tokenizer)
         with contextlib.ExitStack() as stack:
@@ -252,6 +263,8 @@ def _train(
         log.info("algorithm (preset filled in): %s", cfg.algorithm.settings)
         stages = ActorSet(cfg, keys)
         stack.callback(stages.close)
+        priced = is_priced(cfg.judge, cfg.reward.engines)
+        budget = RunBudget(cfg.judge.budget_usd, priced, stages.judge_spent, state.counters if state else None)
         evals = TrainEval(
             cfg.eval,
             evalset,
@@ -262,7 +275,16 @@ def _train(
             cfg.run.seed,
             cfg.rollout.call_timeout_s,
         )
-        control = RunControl(cfg.run, run_dir, recorded, stop, recorder.wandb_id, tokenizer, settle=evals.settle)
+        control = RunControl(
+            cfg.run,
+            run_dir,
+            recorded,
+            stop,
+            recorder.wandb_id,
+            tokenizer,
+            settle=evals.settle,
+            counters=budget.counters,
+        )
         inflight: dict[int, list[RolloutCall]] = {}
         if checkpoint is not None and state is not None:
             inflight = _restore(stages, checkpoint, state, source, prompts)
@@ -274,7 +296,7 @@ def _train(
             )
         else:
             control.checkpoint(stages, recorder, 0, inflight, source)
-        train_loop(stages, cfg, source, recorder, control, start, inflight, evals)
+        train_loop(stages, cfg, source, recorder, control, start, inflight, evals, budget)
         final = control.checkpoint(stages, recorder, cfg.run.steps, inflight, source)
         if cfg.run.save_final:
             publish_final(final, run_dir)
@@ -297,6 +319,16 @@ def _restore(
     stages.faults.load(state.counters)
     source.load_state_dict(state.source)
     return relaunch_inflight(stages, state, prompts)
+
+
+def _budget_spent(cfg: ExperimentConfig, checkpoint: Checkpoint | None) -> str | None:
+    """The stop cause when ``checkpoint``'s saved spending already reached ``judge.budget_usd``
+    (``ConfigError`` for a budget without prices), before anything starts."""
+    if checkpoint is None:
+        return budget_stop_cause(cfg.judge, cfg.reward.engines, None, cfg.run.steps)
+    state = checkpoint.driver_state()
+    left, inflight = cfg.run.steps - state.next_step, len(state.inflight_rows)
+    return budget_stop_cause(cfg.judge, cfg.reward.engines, state.counters, left, inflight)
 
 
 def _already_finished(cfg: ExperimentConfig, run_dir: Path, checkpoint: Checkpoint | None) -> Path:

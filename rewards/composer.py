@@ -46,10 +46,10 @@ from rewards.context import JUDGE_ENGINE, TermUsage
 from rewards.errors import RewardError
 from rewards.judge.config import JudgeConfig
 from rewards.judge.endpoints import key_variables, keys_from
-from rewards.judge.ensemble import AnyJudge, build_judge, judge_engine_config
+from rewards.judge.ensemble import AnyJudge, EnsembleJudge, build_judge, judge_engine_config
 from rewards.judge.llm_judge import check_endpoints
 from rewards.llm import ChatEngine
-from rewards.metrics import JudgeTrace
+from rewards.metrics import JudgeTrace, Spend
 from rewards.rules import RULE_TERMS
 from rewards.terms import FunctionTerm, JudgeTerm, Outcome, TermFn, load_term_function
 from rewards.trl_terms import BatchFunctionTerm, ScoreInput, TermContractError, is_trl_style
@@ -248,6 +248,18 @@ class RewardComposer:
             term_seconds={t.name: o.seconds for t, o in zip(self._terms, outcomes)},
             term_usage={t.name: o.usage for t, o in zip(self._terms, outcomes) if o.usage is not None},
         )
+
+    def spent(self) -> Spend:
+        """Every request's tokens and US dollars so far: the judge's client and each engine's
+        (the ``judge`` engine shares the judge's client, counted once; an ensemble's every member)."""
+        judge = self._judge
+        members = judge.members.values() if isinstance(judge, EnsembleJudge) else [judge] if judge else []
+        clients = [m.client for m in members]  # an ensemble: every member's own client
+        clients += [e.client for e in self._engines.values()]
+        total = Spend()
+        for client in {id(c): c for c in clients}.values():
+            total.add_spend(client.spent)
+        return total
 
     async def check_endpoint(self) -> None:
         """``GET /models`` on the judge's endpoints (with a ``judge`` term) and every engine's;

@@ -35,7 +35,7 @@ import json
 import random
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, TypeVar, cast
 
 from pydantic import BaseModel, SecretStr, ValidationError
@@ -50,7 +50,7 @@ from rewards.judge.cache import SharedCalls, TextCache, reply_key
 from rewards.judge.config import JudgeConfig
 from rewards.judge.endpoints import resolve_endpoints
 from rewards.judge.verdict import extract_first_json_object
-from rewards.metrics import InflightGauge, JudgeTrace
+from rewards.metrics import InflightGauge, JudgeTrace, Spend
 
 __all__ = ["ChatEngine", "EngineUsage", "LLMCallError", "LLMClient", "describe_cause"]
 
@@ -84,11 +84,12 @@ def describe_cause(cause: str) -> str:
 
 
 @dataclass
-class EngineUsage:
+class EngineUsage(Spend):
     """What one term's calls to one engine took. ``calls``: chat/chat_json calls;
     ``requests``: HTTP requests sent (every attempt); ``failures``: calls that
     raised ``LLMCallError``; ``retries``: requests sent again; ``cache_hits``:
-    calls answered from the cache or by an identical call in flight."""
+    calls answered from the cache or by an identical call in flight; the
+    ``Spend`` fields: the tokens and US dollars of its requests."""
 
     calls: int = 0
     requests: int = 0
@@ -97,8 +98,8 @@ class EngineUsage:
     cache_hits: int = 0
 
     def add(self, other: EngineUsage) -> None:
-        for name in ("calls", "requests", "failures", "retries", "cache_hits"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
 
 def _json_object(text: str) -> dict[str, object] | None:
@@ -243,8 +244,10 @@ class ChatEngine:
             retries = sum(trace.retries.values())
             usage.requests += trace.requests
             usage.retries += retries
+            usage.add_spend(trace)
             self.totals.requests += trace.requests
             self.totals.retries += retries
+            self.totals.add_spend(trace)
 
     async def aclose(self) -> None:
         await self.client.aclose()

@@ -22,6 +22,12 @@ step, ``aggregate_judge_metrics`` combines the calls' dicts:
 * mean: ``term/<name>/mean``, the mean of the term's values over the samples
   it scored (carried as hidden ``/_sum`` and ``/_count`` keys, absent when it
   scored none);
+* summed, the spending of the call (``spend_metrics``): ``judge/input_tokens``,
+  ``judge/output_tokens`` and ``judge/cost_usd`` (US dollars), over every HTTP
+  request the judge **and every engine** sent (failed ones whose reply reported
+  usage included), and ``judge/usage_estimated`` (replies without ``usage``,
+  whose tokens were estimated: ``rewards/client/usage.py``); per engine
+  ``engine/<name>/input_tokens``, ``/output_tokens`` and ``/cost_usd``;
 * maximum: ``judge/inflight``, the **peak** number of judge HTTP requests in
   flight (whole pool, all endpoints) while the call was being scored, and
   ``engine/<name>/peak_inflight``, the same for one engine;
@@ -45,8 +51,10 @@ __all__ = [
     "HIST_PREFIX",
     "InflightGauge",
     "JudgeTrace",
+    "Spend",
     "aggregate_judge_metrics",
     "engine_metrics",
+    "spend_metrics",
     "term_metrics",
     "latency_bucket",
     "latency_histogram",
@@ -62,12 +70,40 @@ LATENCY_BASE_S = 1e-4
 LATENCY_BUCKETS_PER_DOUBLING = 16
 
 
+SPEND_FIELDS = ("input_tokens", "output_tokens", "cost_usd", "usage_estimated")
+
+
 @dataclass
-class JudgeTrace:
+class Spend:
+    """Tokens and US dollars of requests: prompt (``input_tokens``) and completion
+    (``output_tokens``) tokens, their ``cost_usd`` at the serving endpoint's prices, and
+    ``usage_estimated``, the replies whose tokens were estimated. Invariant: only grows."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    usage_estimated: int = 0
+
+    def add_request(self, input_tokens: int, output_tokens: int, cost_usd: float, estimated: bool) -> None:
+        """Count one request's usage."""
+        self.input_tokens += input_tokens
+        self.output_tokens += output_tokens
+        self.cost_usd += cost_usd
+        self.usage_estimated += int(estimated)
+
+    def add_spend(self, other: Spend) -> None:
+        """Count ``other``'s requests too."""
+        self.add_request(other.input_tokens, other.output_tokens, other.cost_usd, False)
+        self.usage_estimated += other.usage_estimated
+
+
+@dataclass
+class JudgeTrace(Spend):
     """What scoring one sample took. ``requests`` counts HTTP requests sent;
     ``retries`` the requests sent again, by the cause of the failure before;
     ``latencies_s`` one entry per request; ``cache_hit`` and ``gated`` (a
-    ``rewards.judge.gate`` reason) mark samples that sent no request. An
+    ``rewards.judge.gate`` reason) mark samples that sent no request; the
+    ``Spend`` fields the tokens and dollars of every request with a reply. An
     ensemble's (``rewards/judge/ensemble.py``) sums its members' and adds
     ``member_requests`` (requests by member, every member present) and
     ``member_failures`` ((member, cause) -> 1 for each member that gave no score)."""
@@ -199,14 +235,24 @@ def term_metrics(name: str, values: Sequence[float | None], seconds: float, llm_
     return metrics
 
 
-def engine_metrics(name: str, counts: Mapping[str, int], peak_inflight: int) -> dict[str, float]:
-    """One engine's part of a call's metrics (``counts``: calls, requests, failures, retries, cache_hits)."""
+def engine_metrics(name: str, counts: Mapping[str, float], peak_inflight: int) -> dict[str, float]:
+    """One engine's part of a call's metrics (``counts``: calls, requests, failures, retries,
+    cache_hits, input_tokens, output_tokens, cost_usd)."""
     metrics = {
         f"engine/{name}/{k}": float(counts.get(k, 0))
-        for k in ("calls", "requests", "failures", "retries", "cache_hits")
+        for k in ("calls", "requests", "failures", "retries", "cache_hits", *SPEND_FIELDS[:3])
     }
     metrics[f"engine/{name}{MAX_SUFFIX}"] = float(peak_inflight)
     return metrics
+
+
+def spend_metrics(judge: Iterable[Spend], engines: Iterable[Spend]) -> dict[str, float]:
+    """``judge/input_tokens``, ``/output_tokens``, ``/cost_usd`` and ``/usage_estimated`` of a
+    call: the judge's requests (``judge``: its samples' traces) plus every engine's."""
+    total = Spend()
+    for spend in (*judge, *engines):
+        total.add_spend(spend)
+    return {f"judge/{k}": float(getattr(total, k)) for k in SPEND_FIELDS}
 
 
 def aggregate_judge_metrics(per_call: Iterable[Mapping[str, float]]) -> dict[str, float]:

@@ -36,6 +36,9 @@ SAFE_ON_RESUME = (
     "judge.local_server",
     "judge.cache_size",
     "judge.cache_path",
+    "judge.budget_usd",  # what the run may spend and what tokens cost, not what it trains
+    "judge.price_per_million_input_tokens",
+    "judge.price_per_million_output_tokens",
     "model.cache_dir",
     "rollout.num_workers",
     "rollout.num_cpus_per_worker",
@@ -67,6 +70,8 @@ SAFE_ON_RESUME = (
             "retry",
             "circuit_breaker",
             "cache_size",
+            "price_per_million_input_tokens",
+            "price_per_million_output_tokens",
         )
     ),
 )

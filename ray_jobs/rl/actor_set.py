@@ -326,6 +326,14 @@ class ActorSet:
     def judge_stats(self) -> dict:
         return ray.get(self.judge.stats.remote())
 
+    def judge_spent(self) -> tuple[str, float] | None:
+        """The judge pool's (instance id, US dollars spent so far: ``JudgePool.spent``); None when it
+        does not answer within a minute (e.g. while Ray restarts it)."""
+        try:
+            return ray.get(self.judge.spent.remote(), timeout=60)
+        except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError):
+            return None
+
     def close(self) -> None:
         """Stop this run's actors (a driver that runs several trainings in one Ray session).
 

@@ -35,12 +35,14 @@ class GracefulStop:
     ``KeyboardInterrupt`` at once. Installed only in the main thread (signals
     are delivered there); elsewhere it is inert. ``install`` again after
     ``ray.init``, which puts its own SIGTERM handler in place; ``restore`` puts
-    the handlers from before the first ``install`` back.
+    the handlers from before the first ``install`` back. ``request(cause)`` is the run asking
+    itself to stop (e.g. at its judge budget): the same graceful stop, with a one-line ``cause``.
     """
 
     def __init__(self) -> None:
         self.requested = False
         self.signum: int | None = None
+        self.cause: str | None = None
         self._previous: dict[int, Any] = {}
         self.install()
 
@@ -58,6 +60,12 @@ class GracefulStop:
             "%s: stopping after a checkpoint at the last completed step (send it again to stop at once)",
             signal.Signals(signum).name,
         )
+
+    def request(self, cause: str) -> None:
+        """Stop after a checkpoint of the last completed step, for ``cause`` (printed on exit)."""
+        if not self.requested:
+            self.requested, self.cause = True, cause
+            log.warning("stopping after a checkpoint at the last completed step: %s", cause)
 
     def __call__(self) -> bool:
         return self.requested
@@ -87,6 +95,7 @@ class RunControl:
         wandb_id: str | None,
         tokenizer: Any,
         settle: Callable[[int], None] = lambda steps_done: None,
+        counters: Callable[[], dict[str, float]] = dict,
     ) -> None:
         self.tokenizer = tokenizer  # saved beside the policy, so that a checkpoint serves as it is
         self.run = run
@@ -95,6 +104,7 @@ class RunControl:
         self.stop = stop
         self.wandb_id = wandb_id
         self.settle = settle
+        self.counters = counters  # saved beside the fault counters (e.g. the run's spending)
         self.newest: Checkpoint | None = None
 
     def due(self, steps_done: int) -> bool:
@@ -114,7 +124,7 @@ class RunControl:
             source=source.state_dict(),
             inflight_rows={b: [p.row for c in calls for p in c.prompts] for b, calls in sorted(inflight.items())},
             rollout_rng=stages.rollout_rng_states(),
-            counters=stages.faults.metrics(),
+            counters={**stages.faults.metrics(), **self.counters()},
             wandb_id=self.wandb_id,
         )
 
@@ -161,8 +171,10 @@ def command_exit_code(
     except TermContractError as exc:  # raised in the judge pool: Ray's wrapper keeps the one-line cause
         print(f"error: {getattr(exc, 'cause', exc)}", file=sys.stderr)
         return 1
-    except StopRequested:
+    except StopRequested as exc:
         where = f" ({cfg.run.directory})" if cfg is not None else ""
+        if exc.cause:
+            print(f"stopped: {exc.cause}", flush=True)
         print(f"stopped: checkpoint written; re-run the same command to resume{where}", flush=True)
         return 143
     except KeyboardInterrupt:

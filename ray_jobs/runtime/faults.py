@@ -33,7 +33,12 @@ from ray_jobs.config.experiment import ACTOR_START_TIMEOUT_S
 
 
 class StopRequested(Exception):
-    """SIGINT/SIGTERM asked the run to stop while the driver was waiting on a batch."""
+    """SIGINT/SIGTERM (or the run itself: ``cause``, one line, e.g. its judge budget) asked the run
+    to stop; raised after a checkpoint, or while the driver was waiting on a batch."""
+
+    def __init__(self, cause: str | None = None) -> None:
+        super().__init__(*([cause] if cause else []))
+        self.cause = cause
 
 
 class ActorStartError(RuntimeError):
@@ -79,7 +84,7 @@ class FaultCounters:
         }
 
     def load(self, saved: dict[str, float]) -> None:
-        self.counts = Counter({k.removeprefix("faults/"): int(v) for k, v in saved.items()})
+        self.counts = Counter({k.removeprefix("faults/"): int(v) for k, v in saved.items() if k.startswith("faults/")})
 
 
 def failed(ref: ray.ObjectRef) -> BaseException | None:

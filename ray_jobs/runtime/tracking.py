@@ -265,8 +265,13 @@ def _console_line(step: int, total: int, m: dict[str, float]) -> str:
         f"step {step + 1:>4}/{total} | reward {m['reward/mean']:.3f} ± {m['reward/std']:.3f} "
         f"| loss {m.get('loss', float('nan')):+.4f} | staleness {m['staleness/mean']:.1f}/{m['staleness/max']:.0f} "
         f"| {m['throughput/samples_per_s']:.1f} samples/s (10-step window) | judge {m['judge/requests']:.0f} req "
-        f"{m['judge/failures']:.0f} failed | {m['time/step_s']:.2f} s{_faults(m)}"
+        f"{m['judge/failures']:.0f} failed{_spent(m)} | {m['time/step_s']:.2f} s{_faults(m)}"
     )
+
+
+def _spent(m: dict[str, float]) -> str:
+    """The run's judge spending so far (``judge/cost_usd_total``), when a token has a price."""
+    return f" ${m['judge/cost_usd_total']:.4f}" if "judge/cost_usd_total" in m else ""
 
 
 def _faults(m: dict[str, float]) -> str:

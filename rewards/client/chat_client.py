@@ -26,8 +26,10 @@ One ``JudgeClient`` serves one judge or engine (``label`` names it in logs).
    deadline. The last failure is raised.
 
 Every retry is counted in the sample's ``JudgeTrace`` by cause, and every
-request's latency recorded. ``gauge`` counts requests in flight (all
-endpoints). Logs name endpoints by their key-free ``display``.
+request's latency recorded; every reply's tokens (as reported in ``usage``,
+else estimated: ``rewards/client/usage.py``) and their cost at the serving
+endpoint's prices are added to the trace and to the client's running total
+``spent``. ``gauge`` counts requests in flight (all endpoints). Logs name endpoints by their key-free ``display``.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import random
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 from rewards.client.breaker import CircuitBreaker
 from rewards.client.clock import Clock, SystemClock
@@ -46,7 +49,8 @@ from rewards.client.endpoint import Endpoint
 from rewards.client.limits import EndpointLimiter, LimiterRegistry
 from rewards.client.retry import RetryPolicy, trips_breaker
 from rewards.client.transport import Reply, Transport, TransportError
-from rewards.metrics import InflightGauge, JudgeTrace
+from rewards.client.usage import request_usage
+from rewards.metrics import InflightGauge, JudgeTrace, Spend
 
 __all__ = ["JudgeClient"]
 
@@ -98,6 +102,7 @@ class JudgeClient:
         self.outstanding = {e.key: 0 for e in self.endpoints}
         self._probe_poll_s = max(0.05, min(1.0, breaker.cooldown_s))
         self.gauge = InflightGauge()
+        self.spent = Spend()
         self._state: _LoopState | None = None
 
     def __repr__(self) -> str:
@@ -235,7 +240,16 @@ class JudgeClient:
                 self.gauge.dec()
                 trace.latencies_s.append(self._clock.now() - now)
             permit.correct(reply.total_tokens)
+            self._record_usage(endpoint, body, reply, trace)
             return reply
+
+    def _record_usage(self, endpoint: Endpoint, body: Mapping[str, object], reply: Reply, trace: JudgeTrace) -> None:
+        """Add the reply's tokens and their cost at ``endpoint``'s prices to ``trace`` and ``spent``."""
+        messages = cast(Sequence[dict[str, str]], body.get("messages") or [])
+        usage = request_usage(reply.prompt_tokens, reply.completion_tokens, reply.total_tokens, messages, reply.content)
+        cost = usage.cost(endpoint.prices)
+        for spend in (trace, self.spent):
+            spend.add_request(usage.input_tokens, usage.output_tokens, cost, usage.estimated)
 
     def _record_failure(self, endpoint: Endpoint, err: TransportError) -> None:
         breaker = self.breakers[endpoint.key]

@@ -1,5 +1,5 @@
 """One endpoint of the judge or of a reward engine, as requests are sent to it: URL, model, key
-(a ``SecretStr``, never in ``repr``) and limits; and ``display_url``, the key-free form of a URL
+(a ``SecretStr``, never in ``repr``), limits and prices; and ``display_url``, the key-free form of a URL
 that logs and messages use. ``rewards/judge/endpoints.py`` resolves endpoints from the configs."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import SecretStr
 
 from rewards.client.limits import Limits
+from rewards.client.usage import Prices
 
 __all__ = ["Endpoint", "display_url"]
 
@@ -29,7 +30,8 @@ def display_url(url: str) -> str:
 @dataclass(frozen=True)
 class Endpoint:
     """One endpoint serving the judge or an engine. ``key`` identifies it (limiter and breaker);
-    ``index`` is its position in the config (ties in balancing go to the lowest)."""
+    ``index`` is its position in the config (ties in balancing go to the lowest); ``prices``
+    what its tokens cost (free unless configured)."""
 
     index: int
     base_url: str
@@ -37,6 +39,7 @@ class Endpoint:
     api_key_env: str
     limits: Limits
     api_key: SecretStr = field(repr=False, compare=False)
+    prices: Prices = field(default_factory=Prices)
 
     @property
     def key(self) -> str:

@@ -42,10 +42,13 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Reply:
-    """The content of a chat completion and its ``usage.total_tokens`` (None if not reported)."""
+    """The content of a chat completion and its ``usage`` counts (each None if not reported):
+    ``total_tokens`` (the token limiter's), ``prompt_tokens`` and ``completion_tokens`` (the cost's)."""
 
     content: str
     total_tokens: int | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
 
 
 class TransportError(Exception):
@@ -93,21 +96,33 @@ def transport_error(err: Exception, timeout_s: float, now_wall: float) -> Transp
     return TransportError(f"judge_error:{type(err).__name__}", "unexpected client error")
 
 
+_USAGE_FIELDS = ("total_tokens", "prompt_tokens", "completion_tokens")
+
+
+def _count(value: object) -> int | None:
+    """A token count as reported, or None when it is missing or not a count (never an error)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
 def completion_content(response: object) -> Reply:
-    """``choices[0].message.content`` and ``usage.total_tokens`` of a chat completion
-    (a decoded JSON body, or an SDK ``ChatCompletion`` object)."""
+    """``choices[0].message.content`` and the ``usage`` counts of a chat completion
+    (a decoded JSON body, or an SDK ``ChatCompletion`` object); a missing or odd ``usage``
+    leaves the counts None."""
     try:
         if isinstance(response, Mapping):
             content = response["choices"][0]["message"]["content"]
-            tokens = (response.get("usage") or {}).get("total_tokens")
+            usage = response.get("usage")
+            counts = [usage.get(k) if isinstance(usage, Mapping) else None for k in _USAGE_FIELDS]
         else:
             content = response.choices[0].message.content  # type: ignore[attr-defined]
-            tokens = getattr(getattr(response, "usage", None), "total_tokens", None)
+            usage = getattr(response, "usage", None)
+            counts = [getattr(usage, k, None) for k in _USAGE_FIELDS]
     except (AttributeError, IndexError, KeyError, TypeError):
         raise RewardError("judge_malformed", "the reply is not a chat completion") from None
     if content is not None and not isinstance(content, str):
         raise RewardError("judge_malformed", "the reply content is not text")
-    return Reply(content or "", tokens if isinstance(tokens, int) and not isinstance(tokens, bool) else None)
+    total, prompt, completion = (_count(c) for c in counts)
+    return Reply(content or "", total, prompt, completion)
 
 
 class OpenAITransport:

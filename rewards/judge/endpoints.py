@@ -1,5 +1,6 @@
 """The endpoints of the judge and of the reward engines (``reward.engines``),
-resolved from ``base_url`` or ``endpoints``, with their keys and limits.
+resolved from ``base_url`` or ``endpoints``, with their keys, limits and prices
+(an endpoint's own ``price_per_million_*_tokens``, else the service's).
 
 The judge's config and every ``EngineConfig`` have the same endpoint fields
 (``ChatService``), so one implementation serves both; ``where`` names the
@@ -22,6 +23,7 @@ from pydantic import SecretStr
 from rewards.client.config import EndpointConfig
 from rewards.client.endpoint import Endpoint, display_url
 from rewards.client.limits import Limits
+from rewards.client.usage import Prices
 from rewards.config import EngineConfig
 from rewards.errors import MissingApiKeyError
 from rewards.judge.config import JudgeConfig, JudgeMemberConfig
@@ -43,6 +45,7 @@ __all__ = [
     "key_variables",
     "keys_from",
     "member_configs",
+    "prices_of",
     "read_api_key",
     "resolve_api_keys",
     "resolve_endpoints",
@@ -69,6 +72,10 @@ class ChatService(Protocol):
     def tokens_per_minute(self) -> float | None: ...
     @property
     def burst_s(self) -> float: ...
+    @property
+    def price_per_million_input_tokens(self) -> float | None: ...
+    @property
+    def price_per_million_output_tokens(self) -> float | None: ...
 
 
 def _concurrency(service: ChatService) -> int:
@@ -96,10 +103,25 @@ def endpoint_configs(service: ChatService, where: str = "judge") -> list[Endpoin
                 "max_concurrency": e.max_concurrency or _concurrency(service),
                 "requests_per_minute": e.requests_per_minute or service.requests_per_minute,
                 "tokens_per_minute": e.tokens_per_minute or service.tokens_per_minute,
+                **{name: _price(e, service, name) for name in _PRICES},
             }
         )
         for e in raw
     ]
+
+
+_PRICES = ("price_per_million_input_tokens", "price_per_million_output_tokens")
+
+
+def _price(endpoint: EndpointConfig, service: ChatService, name: str) -> float:
+    """The endpoint's price ``name`` if set (0 is a price: free), else the service's (unset: 0)."""
+    own = getattr(endpoint, name)
+    return float(own if own is not None else getattr(service, name) or 0.0)
+
+
+def prices_of(endpoint: EndpointConfig, service: ChatService) -> Prices:
+    """What ``endpoint``'s tokens cost: its own prices, else ``service``'s."""
+    return Prices(*(_price(endpoint, service, name) for name in _PRICES))
 
 
 def read_api_key(name: str, environ: Mapping[str, str], where: str) -> SecretStr:
@@ -196,5 +218,7 @@ def resolve_endpoints(service: ChatService, keys: Mapping[str, SecretStr], where
             tokens_per_minute=config.tokens_per_minute,
             burst_s=service.burst_s,
         )
-        endpoints.append(Endpoint(i, config.base_url, config.model or service.model, env, limits, key))
+        endpoints.append(
+            Endpoint(i, config.base_url, config.model or service.model, env, limits, key, prices_of(config, service))
+        )
     return endpoints

@@ -9,6 +9,7 @@ import http.client
 import json
 import re
 
+import pytest
 from pydantic import BaseModel, SecretStr
 
 from actors.judge_pool import JudgePool
@@ -77,6 +78,8 @@ def test_faulty_engine_limits_hold_failures_are_unscored_and_counted() -> None:
             retry={"max_attempts": 3, "initial_backoff_s": 0.01, "max_backoff_s": 0.02},
             circuit_breaker={"failure_threshold": 5, "cooldown_s": 0.05},
             malformed_retries=1,
+            price_per_million_input_tokens=1e6,  # $1 per prompt token, $2 per completion token
+            price_per_million_output_tokens=2e6,
         )
         reward = RewardConfig(terms=[RewardTermConfig(name=TERM, options={"scale": 2.0})], engines={"flaky": engine})
         pool = JudgePool(
@@ -112,4 +115,11 @@ def test_faulty_engine_limits_hold_failures_are_unscored_and_counted() -> None:
     assert metrics[f"term/{TERM}/mean"] == 2.0
     assert metrics["engine/flaky/calls"] + metrics["engine/flaky/cache_hits"] >= len(scored)
     assert pool.stats()["unscored"] == len(unscored)
+    # spending: every engine reply at the engine's prices (the stand-in reports words as tokens), the
+    # judge's none (never called); the pool's running total holds every finished call's
+    tokens_in, tokens_out = metrics["engine/flaky/input_tokens"], metrics["engine/flaky/output_tokens"]
+    assert tokens_in > 0 and tokens_out > 0 and metrics["judge/usage_estimated"] == 0
+    assert metrics["engine/flaky/cost_usd"] == pytest.approx(tokens_in * 1.0 + tokens_out * 2.0)
+    assert metrics["judge/cost_usd"] == metrics["engine/flaky/cost_usd"]
+    assert pool.stats()["cost_usd"] == pytest.approx(metrics["judge/cost_usd"]) == pool.spent()[1]
     assert SECRET not in json.dumps(metrics) + json.dumps(pool.stats()) + repr(pool)

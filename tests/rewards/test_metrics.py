@@ -12,10 +12,13 @@ from rewards.metrics import (
     HIST_PREFIX,
     InflightGauge,
     JudgeTrace,
+    Spend,
     aggregate_judge_metrics,
     call_metrics,
+    engine_metrics,
     latency_histogram,
     percentile_from_histogram,
+    spend_metrics,
 )
 
 
@@ -60,6 +63,29 @@ def test_call_metrics_and_their_aggregation() -> None:
     assert step["judge/failures/judge_http_503"] == 2 and step["judge/failures/judge_timeout"] == 1
     assert step["judge/inflight"] == 7  # the peak, not a sum
     assert step["judge/latency_p95_s"] == pytest.approx(5.0, rel=0.03)
+
+
+def test_spending_sums_the_judge_and_every_engine_per_call_and_per_step() -> None:
+    judge_a = JudgeTrace(requests=1)
+    judge_a.add_request(1000, 200, 0.25, estimated=False)
+    judge_b = JudgeTrace(requests=2)
+    judge_b.add_request(300, 50, 0.5, estimated=True)
+    judge_b.add_request(300, 40, 0.5, estimated=False)
+    engine = Spend(input_tokens=10, output_tokens=5, cost_usd=0.125, usage_estimated=1)
+    call1 = spend_metrics([judge_a, judge_b], [engine])
+    # tokens 1000 + 300 + 300 + 10 in, 200 + 50 + 40 + 5 out; $0.25 + 0.5 + 0.5 + 0.125; 2 estimated
+    assert call1 == {
+        "judge/input_tokens": 1610.0,
+        "judge/output_tokens": 295.0,
+        "judge/cost_usd": 1.375,
+        "judge/usage_estimated": 2.0,
+    }
+    call2 = spend_metrics([], [Spend(1, 2, 0.5, 0)])
+    with_engine = {**call1, **engine_metrics("geo", vars(engine), 1)}
+    assert with_engine["engine/geo/cost_usd"] == 0.125 and with_engine["engine/geo/input_tokens"] == 10
+    step = aggregate_judge_metrics([with_engine, call2])
+    assert step["judge/cost_usd"] == 1.875 and step["judge/input_tokens"] == 1611.0  # summed over calls
+    assert step["judge/usage_estimated"] == 2.0 and step["engine/geo/cost_usd"] == 0.125
 
 
 def test_no_requests_no_latency_keys() -> None:
