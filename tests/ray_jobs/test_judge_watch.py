@@ -201,7 +201,7 @@ def test_disabled_alarms_leave_the_diagnostics() -> None:
 
 
 def _watch(terms: list[str], members: list[str], check: str | None = None) -> JudgeWatch:
-    judge = JudgeConfig(ensemble=[JudgeMemberConfig(name=m) for m in members], alarms=AlarmConfig(check=check))
+    judge = JudgeConfig(ensemble=[JudgeMemberConfig(name=m, base_url=f"http://{m}.test/v1") for m in members], alarms=AlarmConfig(check=check))
     return JudgeWatch.for_config(judge, RewardConfig(terms=[RewardTermConfig(name=t, weight=1.0) for t in terms]))
 
 
@@ -209,7 +209,6 @@ def test_default_check() -> None:
     assert _watch(["judge"], []).check_key is None
     assert _watch(["judge", "domain_format", "completion_length_penalty"], []).check_key == "domain_format"
     assert _watch(["judge", "domain_format"], ["a", "b"]).check_key == "judge/member/b"
-    assert _watch(["judge", "domain_format"], ["a"]).check_key == "domain_format"
     assert _watch(["judge", "domain_format"], ["a", "b"], check="a").check_key == "judge/member/a"
     assert _watch(["judge", "domain_format"], ["a", "b"], check="domain_format").check_key == "domain_format"
     # without a check there is no divergence alarm at all
