@@ -28,6 +28,11 @@ sample is unscored: the reward is None and ``error`` holds the cause of the
 first failing term in config order. A failure is never turned into 0. Terms of
 weight 0 are still evaluated and reported in ``terms`` (for monitoring) but
 cannot unscore a sample.
+
+With ``judge.mode: group`` the judge term is evaluated once per prompt group
+(``prompt_groups``: inputs sharing ``ScoreInput.group_id`` and prompt; an input
+without a group id is a group of its own) through ``JudgeReward.score_group``,
+concurrently with the other terms; each sample still gets its own outcome.
 """
 
 from __future__ import annotations
