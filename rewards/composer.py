@@ -28,6 +28,11 @@ sample is unscored: the reward is None and ``error`` holds the cause of the
 first failing term in config order. A failure is never turned into 0. Terms of
 weight 0 are still evaluated and reported in ``terms`` (for monitoring) but
 cannot unscore a sample.
+
+With ``judge.mode: group`` the judge term is evaluated once per prompt group
+(``prompt_groups``: inputs sharing ``ScoreInput.group_id`` and prompt; an input
+without a group id is a group of its own) through ``JudgeReward.score_group``,
+concurrently with the other terms; each sample still gets its own outcome.
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ __all__ = [
     "ScoreInput",
     "ScoredParts",
     "TermContractError",
+    "prompt_groups",
     "TermFn",
     "load_term_function",
 ]
@@ -167,7 +173,7 @@ class RewardComposer:
             if judge is None or api_key is None:
                 raise ValueError("reward term 'judge' needs a judge config and an API key")
             self._judge = build_judge(judge, api_key)
-            return JudgeTerm(term.name, term.weight, self._judge)
+            return JudgeTerm(term.name, term.weight, self._judge, grouped=judge.mode == "group")
         if term.name in RULE_TERMS:
             return FunctionTerm(term.name, term.weight, RULE_TERMS[term.name], in_thread=False)
         if ":" in term.name:
@@ -207,24 +213,39 @@ class RewardComposer:
 
     async def score_batch(self, inputs: Sequence[ScoreInput]) -> list[ScoredParts]:
         """``score`` for each of ``inputs`` (one ``ScoredParts`` each, in order): per-sample terms
-        per input and TRL-style terms once for the batch, all concurrently. A TRL term's
+        per input, TRL-style terms once for the batch and, in group mode (``judge.mode: group``),
+        the judge once per prompt group (``prompt_groups``), all concurrently. A TRL term's
         ``TermContractError`` (wrong number of values) cancels the rest and is raised."""
-        per_sample = [t for t in self._terms if not isinstance(t, BatchFunctionTerm)]
+        grouped = next((t for t in self._terms if isinstance(t, JudgeTerm) and t.grouped), None)
+        per_sample = [t for t in self._terms if not isinstance(t, BatchFunctionTerm) and t is not grouped]
         batch_terms = [t for t in self._terms if isinstance(t, BatchFunctionTerm)]
+        groups = prompt_groups(inputs) if grouped is not None else []
+        group_jobs = [
+            grouped.evaluate_group(inputs[g[0]].prompt, [inputs[n].completion for n in g], key)
+            for key, g in groups
+            if grouped is not None
+        ]
         jobs = [
             *(
                 asyncio.gather(*(t.evaluate(i.prompt, i.completion, i.row, self._engines) for t in per_sample))
                 for i in inputs
             ),
             *(t.evaluate_batch(inputs) for t in batch_terms),
+            *group_jobs,
         ]
         done = await _all_or_cancel(jobs)
-        sample_outcomes, batch_outcomes = done[: len(inputs)], done[len(inputs) :]
+        sample_outcomes = done[: len(inputs)]
+        batch_outcomes = done[len(inputs) : len(inputs) + len(batch_terms)]
+        group_outcomes: dict[int, Outcome] = {}
+        for (_, members), outcomes in zip(groups, done[len(inputs) + len(batch_terms) :]):
+            group_outcomes.update(zip(members, outcomes))
         parts = []
         for n, outcomes in enumerate(sample_outcomes):
             by_term: dict[str, Outcome] = dict(zip((t.name for t in per_sample), outcomes))
             for t, b in zip(batch_terms, batch_outcomes):
                 by_term[t.name] = Outcome(b.values[n], b.errors[n], seconds=b.seconds / len(inputs))
+            if grouped is not None:
+                by_term[grouped.name] = group_outcomes[n]
             parts.append(self._combine([by_term[t.name] for t in self._terms]))
         return parts
 
@@ -277,6 +298,17 @@ class RewardComposer:
             await self._judge.aclose()
         for engine in self._engines.values():
             await engine.aclose()
+
+
+def prompt_groups(inputs: Sequence[ScoreInput]) -> list[tuple[str, list[int]]]:
+    """``(group key, input indices)`` per prompt group, in order of first appearance: inputs
+    with the same ``group_id`` and prompt form one group (key: the group id); an input
+    without a ``group_id`` is a group of its own (key: ``"#<index>"``)."""
+    groups: dict[tuple[str, str] | int, tuple[str, list[int]]] = {}
+    for n, item in enumerate(inputs):
+        key: tuple[str, str] | int = (item.group_id, item.prompt) if item.group_id is not None else n
+        groups.setdefault(key, (item.group_id if item.group_id is not None else f"#{n}", []))[1].append(n)
+    return list(groups.values())
 
 
 async def _all_or_cancel(jobs: list[Awaitable[Any]]) -> list[Any]:

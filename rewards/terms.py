@@ -22,13 +22,14 @@ import inspect
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from rewards.context import RewardContext, TermUsage
 from rewards.errors import JudgeError, RewardError
 from rewards.judge.ensemble import AnyJudge
+from rewards.judge.llm_judge import JudgeScore
 from rewards.llm import ChatEngine
 from rewards.metrics import JudgeTrace
 
@@ -56,31 +57,37 @@ class Outcome:
 
 class JudgeTerm:
     """The LLM-judge term (value in [Rubric.min_reward, Rubric.max_reward]); ``judge`` a
-    ``JudgeReward`` or an ``EnsembleJudge``."""
+    ``JudgeReward`` or an ``EnsembleJudge``. With ``grouped`` (``judge.mode: group``) the
+    composer calls ``evaluate_group`` once per prompt group instead of ``evaluate`` per
+    sample. Only ``judge.score`` and ``judge.score_group`` are called."""
 
-    def __init__(self, name: str, weight: float, judge: AnyJudge) -> None:
-        self.name, self.weight, self.judge = name, weight, judge
+    def __init__(self, name: str, weight: float, judge: AnyJudge, grouped: bool = False) -> None:
+        self.name, self.weight, self.judge, self.grouped = name, weight, judge, grouped
 
     async def evaluate(
         self, prompt: str, completion: str, row: Mapping[str, Any], engines: Mapping[str, ChatEngine]
     ) -> Outcome:
         started = time.perf_counter()
         try:
-            verdict = await self.judge.score(prompt, completion)
+            verdict: JudgeScore | JudgeError = await self.judge.score(prompt, completion)
         except JudgeError as err:
-            trace = err.trace if isinstance(err.trace, JudgeTrace) else None
-            return Outcome(
-                None, err.cause, judge_requests=err.requests, trace=trace, seconds=time.perf_counter() - started
-            )
-        return Outcome(
-            verdict.score,
-            None,
-            verdict.criteria,
-            verdict.requests,
-            verdict.flags,
-            verdict.trace,
-            time.perf_counter() - started,
-        )
+            verdict = err
+        return _judge_outcome(verdict, time.perf_counter() - started)
+
+    async def evaluate_group(self, prompt: str, completions: Sequence[str], group_key: str) -> list[Outcome]:
+        """One outcome per completion of one prompt group (in order); each gets an equal
+        share of the group's time."""
+        started = time.perf_counter()
+        verdicts = await self.judge.score_group(prompt, completions, group_key)
+        seconds = (time.perf_counter() - started) / max(1, len(completions))
+        return [_judge_outcome(v, seconds) for v in verdicts]
+
+
+def _judge_outcome(verdict: JudgeScore | JudgeError, seconds: float) -> Outcome:
+    if isinstance(verdict, JudgeError):
+        trace = verdict.trace if isinstance(verdict.trace, JudgeTrace) else None
+        return Outcome(None, verdict.cause, judge_requests=verdict.requests, trace=trace, seconds=seconds)
+    return Outcome(verdict.score, None, verdict.criteria, verdict.requests, verdict.flags, verdict.trace, seconds)
 
 
 def _is_async_callable(fn: object) -> bool:

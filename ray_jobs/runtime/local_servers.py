@@ -38,7 +38,7 @@ class LocalJudgeError(RuntimeError):
 
 
 def server_arguments(server: LocalJudgeServerConfig) -> list[str]:
-    """The ``rewards.stand_in.judge_server`` options for ``judge.local_server`` (latency and faults)."""
+    """The ``rewards.stand_in.judge_server`` options for ``judge.local_server`` (latency, faults, biases)."""
     args = [
         "--latency-s",
         str(server.latency_s),
@@ -64,6 +64,10 @@ def server_arguments(server: LocalJudgeServerConfig) -> list[str]:
         str(server.flaky_malformed_rate),
         "--seed",
         str(server.seed),
+        "--position-bias",
+        str(server.position_bias),
+        "--length-bias",
+        str(server.length_bias),
     ]
     if server.retry_after_s is not None:
         args += ["--retry-after-s", str(server.retry_after_s)]

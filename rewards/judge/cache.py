@@ -34,11 +34,13 @@ from typing import Generic, TypeVar
 from rewards.judge.rubric import Verdict
 
 __all__ = [
+    "GroupVerdictCache",
     "ReplyCache",
     "SharedCalls",
     "TextCache",
     "VerdictCache",
     "reply_key",
+    "group_verdict_key",
     "verdict_from_json",
     "verdict_key",
     "verdict_to_json",
@@ -48,6 +50,7 @@ logger = logging.getLogger(__name__)
 
 _CACHE_FORMAT = "relay-verdict-cache-v1"
 _REPLY_FORMAT = "relay-reply-cache-v1"
+_GROUP_FORMAT = "relay-group-cache-v1"
 V = TypeVar("V")
 
 
@@ -66,6 +69,17 @@ def verdict_key(models: Sequence[str], rubric_version: str, prompt_version: str,
     """The cache key of one (judge, rubric, prompt format, request, candidate)."""
     payload = json.dumps(
         [_CACHE_FORMAT, sorted(set(models)), rubric_version, prompt_version, request, candidate], ensure_ascii=False
+    )
+    return hashlib.sha256(payload.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def group_verdict_key(
+    models: Sequence[str], rubric_version: str, prompt_version: str, request: str, candidates: Sequence[str]
+) -> str:
+    """The cache key of one group request (``rewards/judge/group.py``): the candidates in the shown order."""
+    payload = json.dumps(
+        [_GROUP_FORMAT, sorted(set(models)), rubric_version, prompt_version, request, list(candidates)],
+        ensure_ascii=False,
     )
     return hashlib.sha256(payload.encode("utf-8", "surrogatepass")).hexdigest()
 
@@ -215,6 +229,23 @@ class VerdictCache(ReplyCache[Verdict]):
 
     def __init__(self, max_entries: int, path: str | Path | None = None) -> None:
         super().__init__(max_entries, path, verdict_to_json, verdict_from_json)
+
+
+def _group_from_json(text: str) -> tuple[Verdict, ...] | None:
+    try:
+        items = json.loads(text)
+    except ValueError:
+        return None
+    verdicts = [verdict_from_json(t) if isinstance(t, str) else None for t in items] if isinstance(items, list) else []
+    return tuple(v for v in verdicts if v is not None) if verdicts and None not in verdicts else None
+
+
+class GroupVerdictCache(ReplyCache[tuple[Verdict, ...]]):
+    """Complete answers of group requests, one verdict per shown candidate (``judge.cache_size``,
+    ``judge.cache_path``; keys from ``group_verdict_key`` never equal a ``verdict_key``)."""
+
+    def __init__(self, max_entries: int, path: str | Path | None = None) -> None:
+        super().__init__(max_entries, path, lambda vs: json.dumps([verdict_to_json(v) for v in vs]), _group_from_json)
 
 
 def _text(value: str) -> str | None:

@@ -225,7 +225,11 @@ class JudgeConfig(BaseModel):
         default_factory=CircuitBreakerConfig, description="Circuit breaker per endpoint."
     )
     temperature: float = Field(default=0.0, ge=0, description="Judge sampling temperature (0 for repeatable verdicts).")
-    max_tokens: int = Field(default=512, ge=1, description="Most tokens the judge may write per verdict.")
+    max_tokens: int = Field(
+        default=512,
+        ge=1,
+        description="Most tokens the judge may write per verdict (a group request: this times its completions).",
+    )
     response_format: Literal["json_schema", "json_object", "none"] = Field(
         default="json_schema",
         description="json_schema: ask for the verdict's exact JSON schema; json_object: JSON mode; none: no response_format (providers without either; replies are then parsed tolerantly).",

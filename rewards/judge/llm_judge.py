@@ -17,6 +17,9 @@
 6. the reward is ``Rubric.reward(verdict)`` (``rewards/judge/rubric.py``): the
    weighted criteria score in [0, 1], or the request check's outcome.
 
+``JudgeReward.score_group(request, completions, group_key)`` judges the completions of one
+prompt group together, in one request (``judge.mode: group``; ``rewards/judge/group.py``).
+
 Failure policy: a judge that does not give a valid verdict gives *no score*.
 ``score`` then raises ``JudgeError`` (a ``RewardError``) with a short cause:
 ``judge_timeout``, ``judge_connection_error``, ``judge_http_<status>``,
@@ -32,7 +35,7 @@ import asyncio
 import os
 import random
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import openai
@@ -48,6 +51,7 @@ from rewards.judge.cache import SharedCalls, VerdictCache, verdict_key
 from rewards.judge.config import JudgeConfig
 from rewards.judge.endpoints import key_variables, read_api_key, resolve_api_keys, resolve_endpoints
 from rewards.judge.gate import gate_reason
+from rewards.judge.group import GroupJudge
 from rewards.judge.prompt import (
     CANDIDATE_CLOSE,
     CANDIDATE_OPEN,
@@ -233,6 +237,7 @@ class JudgeReward:
         self._system = system_message(self._rubric)  # the same for every sample
         self._shared: SharedCalls[Verdict] = SharedCalls(self._cache)
         self.totals: Counter[str] = Counter()
+        self._group = GroupJudge(judge, self._rubric, self._client, self._models, self.totals)
 
     def __repr__(self) -> str:
         return f"JudgeReward(endpoints={[e.display for e in self._endpoints]}, rubric={self._rubric.version!r})"
@@ -271,6 +276,26 @@ class JudgeReward:
             raise JudgeError(err.cause, err.detail, requests=trace.requests, trace=trace) from None
         self._count(trace, failed=False)
         return JudgeScore(self._rubric.reward(verdict), dict(verdict.criteria), trace.requests, verdict.flags(), trace)
+
+    async def score_group(
+        self, request_text: str, completions: Sequence[str], group_key: str
+    ) -> list[JudgeScore | JudgeError]:
+        """Judge one prompt group's completions together (``judge.mode: group``,
+        ``rewards/judge/group.py``): one entry per completion, in input order, a ``JudgeError``
+        where a completion got no valid verdict (never a 0). ``group_key`` seeds the shown order."""
+        results: list[JudgeScore | JudgeError] = []
+        for outcome in await self._group.run(request_text, completions, group_key):
+            trace = outcome.trace
+            if trace.gated is not None:
+                self.totals["rule_gated"] += 1
+            else:
+                self._count(trace, failed=outcome.score is None)
+            if outcome.score is None:
+                cause = outcome.cause or "judge_group_partial"
+                results.append(JudgeError(cause, outcome.detail, requests=trace.requests, trace=trace))
+            else:
+                results.append(JudgeScore(outcome.score, outcome.criteria, trace.requests, outcome.flags, trace))
+        return results
 
     def _count(self, trace: JudgeTrace, failed: bool) -> None:
         self.totals["requests"] += trace.requests
@@ -329,3 +354,4 @@ class JudgeReward:
         """Close the HTTP clients of the current event loop and the disk cache."""
         await self._client.aclose()
         self._cache.close()
+        self._group.close()

@@ -65,6 +65,7 @@ __all__ = [
     "system_message",
     "user_message",
     "verdict_schema",
+    "verdict_shape",
 ]
 
 PROMPT_VERSION = "judge-v2"
@@ -152,7 +153,8 @@ _FENCES_STATEMENT = (
 )
 
 
-def _output_format(rubric: Rubric) -> str:
+def verdict_shape(rubric: Rubric) -> str:
+    """The verdict's JSON shape as shown to the judge: ``{"<criterion>": {"reason": ..., "score": ...}, ...}``."""
     parts = []
     if rubric.request_check is not None:
         parts.append(
@@ -163,9 +165,13 @@ def _output_format(rubric: Rubric) -> str:
         f'{json.dumps(c.name)}: {{"reason": "<one short sentence>", "score": <number from 0 to 10>}}'
         for c in rubric.criteria
     ]
+    return f"{{{', '.join(parts)}}}"
+
+
+def _output_format(rubric: Rubric) -> str:
     return (
         "Reply with a single JSON object and nothing else, with one key per criterion and the "
-        f"short reason before the score:\n{{{', '.join(parts)}}}"
+        f"short reason before the score:\n{verdict_shape(rubric)}"
     )
 
 

@@ -38,6 +38,7 @@ __all__ = [
     "extract_first_json_object",
     "parse_verdict",
     "parse_verdict_object",
+    "reply_object",
 ]
 
 _CODE_FENCE_RE = re.compile(r"^```[A-Za-z0-9_-]*[ \t]*\n(.*)\n```$", re.DOTALL)
@@ -111,6 +112,12 @@ def _tolerant_object(content: str) -> dict[str, object]:
     return value
 
 
+def reply_object(content: str, strict: bool) -> dict[str, object]:
+    """The JSON object of a non-blank reply, parsed strictly or tolerantly (module docstring);
+    ``judge_malformed`` when there is none."""
+    return _strict_object(content) if strict else _tolerant_object(content)
+
+
 def parse_verdict_object(value: dict[str, object], rubric: Rubric | Sequence[CriterionConfig]) -> Verdict:
     """Validate a decoded verdict against ``rubric`` (``judge_invalid_verdict`` on any problem)."""
     rubric = as_rubric(rubric)
@@ -150,5 +157,4 @@ def parse_verdict(content: str | None, rubric: Rubric | Sequence[CriterionConfig
     """
     if not content or not content.strip():
         raise RewardError("judge_empty", "the judge returned empty content")
-    value = _strict_object(content) if strict else _tolerant_object(content)
-    return parse_verdict_object(value, rubric)
+    return parse_verdict_object(reply_object(content, strict), rubric)

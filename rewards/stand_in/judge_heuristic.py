@@ -24,6 +24,13 @@ candidate is stripped; its *name* is the text before a trailing ``.<tld>``
 * any other criterion name: the mean of the three scores above (a documented
   fallback so that any rubric gets an answer).
 
+Known biases (``judge.local_server.position_bias`` / ``length_bias``), to measure the
+controls against: ``length_bias`` adds ``length_bias * min(1, len(candidate) / 100)`` points
+to every criterion (pointwise and group); in a group request, ``position_bias`` adds
+``position_bias * (n - 1 - p) / (n - 1)`` points to every criterion of the candidate shown
+at position p of n (the first gets it all, the last none; a lone candidate none). Scores
+are clipped to [0, 10]; the request check is never biased.
+
 Request check: when the system message asks for ``"request_check"`` (the
 key ``rewards.judge.prompt.REQUEST_CHECK_KEY``, present with the seed000 rubric),
 the verdict also holds ``{"reason", "inappropriate", "blocked"}``:
@@ -43,18 +50,23 @@ from __future__ import annotations
 
 import re
 import string
+from collections.abc import Collection, Sequence
 
 from rewards.judge.prompt import REQUEST_CHECK_KEY
 
 __all__ = [
     "BAD_REQUEST_KEYWORDS",
     "KNOWN_CRITERIA",
+    "group_verdict",
     "heuristic_verdict",
     "is_blocked",
     "is_inappropriate",
+    "length_points",
     "length_score",
     "memorability_score",
+    "position_points",
     "relevance_score",
+    "with_bias",
 ]
 
 KNOWN_CRITERIA = ("relevance", "memorability", "length")
@@ -237,3 +249,52 @@ def heuristic_verdict(
         score, reason = known.get(name.lower(), (fallback, "fallback: mean of the known criteria"))
         verdict[name] = {"reason": reason, "score": round(score, 2)}
     return verdict
+
+
+def length_points(candidate: str, length_bias: float) -> float:
+    """The length bias's points for ``candidate`` (module docstring)."""
+    return length_bias * min(1.0, len(candidate) / 100.0)
+
+
+def position_points(position: int, shown_of: int, position_bias: float) -> float:
+    """The position bias's points for the candidate shown at ``position`` of ``shown_of`` (module docstring)."""
+    if shown_of <= 1:
+        return 0.0
+    return position_bias * (shown_of - 1 - position) / (shown_of - 1)
+
+
+def with_bias(verdict: dict[str, dict[str, object]], points: float) -> dict[str, dict[str, object]]:
+    """``verdict`` with ``points`` added to every criterion's score, clipped to [0, 10] (the request check unchanged)."""
+    if points == 0:
+        return verdict
+    out: dict[str, dict[str, object]] = {}
+    for name, item in verdict.items():
+        score = item.get("score")
+        if name != REQUEST_CHECK_KEY and isinstance(score, (int, float)):
+            item = {**item, "score": round(min(10.0, max(0.0, float(score) + points)), 2)}
+        out[name] = item
+    return out
+
+
+def group_verdict(
+    description: str,
+    candidates: Sequence[tuple[str, str]],
+    criteria: list[str],
+    with_request_check: bool = False,
+    position_bias: float = 0.0,
+    length_bias: float = 0.0,
+    unanswered: Collection[str] = (),
+) -> dict[str, object]:
+    """The answer to a group request: ``{label: verdict}`` for ``(label, text)`` in the shown
+    order, each the heuristic's verdict with the known biases added; a label in
+    ``unanswered`` gets a sentence instead of a verdict object (an injected partial answer)."""
+    n = len(candidates)
+    return {
+        label: "no verdict for this one, sorry"
+        if label in unanswered
+        else with_bias(
+            heuristic_verdict(description, text, criteria, with_request_check),
+            length_points(text, length_bias) + position_points(p, n, position_bias),
+        )
+        for p, (label, text) in enumerate(candidates)
+    }

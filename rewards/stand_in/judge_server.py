@@ -22,7 +22,11 @@ stand-in engines. Endpoints
 
 Verdicts: ``rewards/stand_in/judge_heuristic.py``'s scores (relevance, memorability,
 length; any other criterion their mean) and, when the system message asks for
-one, its request check.
+one, its request check, plus its known biases (``--length-bias``, ``--position-bias``).
+A group request (labelled blocks ``<<<CANDIDATE A`` ... ``CANDIDATE A>>>``,
+``rewards/judge/group.py``) gets ``{"A": <verdict>, ...}``; its transient faults are
+keyed by the whole group, its persistent ones by each candidate (a failing one fails
+the request, a malformed one's label gets a non-object: a partial answer).
 
 Latency (``--latency-s`` L): fixed, or uniform in L +/- ``--latency-jitter-s``
 (clipped at 0), or log-normal with mean L and ``--latency-sigma``; drawn per
@@ -67,6 +71,7 @@ from dataclasses import dataclass, field
 
 from pydantic import SecretStr
 
+from rewards.judge.group import GROUP_BLOCK_RE
 from rewards.judge.prompt import (
     CANDIDATE_CLOSE,
     CANDIDATE_OPEN,
@@ -86,7 +91,7 @@ from rewards.stand_in.http import (  # the HTTP plumbing every stand-in shares
     parse_status_rates,
     pick_fault,
 )
-from rewards.stand_in.judge_heuristic import heuristic_verdict
+from rewards.stand_in.judge_heuristic import group_verdict, heuristic_verdict, length_points, with_bias
 from rewards.stand_in.serve import ServerThread, api_key_from_env, serve, watch_parent
 
 __all__ = [
@@ -161,6 +166,12 @@ class JudgeRequest:
     candidate: str
     criteria: list[str]
     request_check: bool = False
+    group: tuple[tuple[str, str], ...] = ()  # (label, text) in the shown order, for a group request
+
+    @property
+    def texts(self) -> tuple[str, ...]:
+        """The candidates' texts (one for a pointwise request)."""
+        return tuple(text for _, text in self.group) if self.group else (self.candidate,)
 
 
 def _fenced(text: str, opening: str, closing: str) -> str:
@@ -184,12 +195,14 @@ def parse_judge_request(body: object) -> JudgeRequest:
     system_text = "\n".join(message_text(m) for m in messages if m.get("role") == "system")
     criteria = [json.loads(m.group(1)) for m in CRITERION_LINE_RE.finditer(system_text)]
     model = body.get("model")
+    group = tuple((m.group(1), m.group(2)) for m in GROUP_BLOCK_RE.finditer(user_text))
     return JudgeRequest(
         model=model if isinstance(model, str) and model else DEFAULT_MODEL,
         description=_fenced(user_text, REQUEST_OPEN, REQUEST_CLOSE),
-        candidate=_fenced(user_text, CANDIDATE_OPEN, CANDIDATE_CLOSE),
+        candidate="\0".join(t for _, t in group) if group else _fenced(user_text, CANDIDATE_OPEN, CANDIDATE_CLOSE),
         criteria=criteria,
         request_check=json.dumps(REQUEST_CHECK_KEY) in system_text,
+        group=group,
     )
 
 
@@ -217,6 +230,8 @@ class ServerSettings:
     empty_rate: float = 0.0
     flaky_malformed_rate: float = 0.0
     seed: int = 0
+    position_bias: float = 0.0
+    length_bias: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("latency_s", "latency_jitter_s", "latency_sigma"):
@@ -276,7 +291,7 @@ class _Handler(ChatHandler):
                 time.sleep(delay)
         finally:
             self.server.end_completion()
-        if injects_failure(request.candidate, settings.fail_rate):
+        if any(injects_failure(text, settings.fail_rate) for text in request.texts):
             self.send_json(settings.fail_status, error_body("injected failure", "server_error"))
             return
         self.send_json(200, chat_completion(request.model, self._content(request, fault), prompt_words))
@@ -285,10 +300,16 @@ class _Handler(ChatHandler):
         settings: ServerSettings = self.server.settings
         if fault == "empty":
             return ""
-        if fault == "malformed" or injects_malformed(request.candidate, settings.malformed_rate):
+        if fault == "malformed" or (
+            injects_malformed(request.candidate, settings.malformed_rate) and not request.group
+        ):
             return _MALFORMED_CONTENT
+        if request.group:  # a persistent malformed candidate gets a non-object: a partial answer
+            bad = {label for label, text in request.group if injects_malformed(text, settings.malformed_rate)}
+            args = (request.request_check, settings.position_bias, settings.length_bias, bad)
+            return json.dumps(group_verdict(request.description, request.group, request.criteria, *args))
         verdict = heuristic_verdict(request.description, request.candidate, request.criteria, request.request_check)
-        return json.dumps(verdict)
+        return json.dumps(with_bias(verdict, length_points(request.candidate, settings.length_bias)))
 
 
 class JudgeServer(ServerThread):
@@ -328,6 +349,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--empty-rate", type=float, default=0.0, help="transient: empty content")
     parser.add_argument("--flaky-malformed-rate", type=float, default=0.0, help="transient: non-JSON content")
     parser.add_argument("--seed", type=int, default=0, help="seed of transient faults and latency draws")
+    parser.add_argument("--position-bias", type=float, default=0.0, help="group: points for the first shown")
+    parser.add_argument("--length-bias", type=float, default=0.0, help="points times min(1, chars/100)")
     parser.add_argument(
         "--parent-pid",
         type=int,
@@ -356,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
             empty_rate=args.empty_rate,
             flaky_malformed_rate=args.flaky_malformed_rate,
             seed=args.seed,
+            position_bias=args.position_bias,
+            length_bias=args.length_bias,
         )
     except ValueError as err:
         raise SystemExit(f"judge_server: {err}") from None
