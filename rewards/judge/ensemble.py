@@ -95,15 +95,21 @@ def aggregate(values: Sequence[float], weights: Sequence[float], how: Aggregate)
     raise ValueError(f"unknown ensemble aggregate {how!r}; use mean, median or min")
 
 
+REQUEST_CHECK_FLAGS = frozenset({"inappropriate", "blocked"})
+"""The flags that stay 0/1 when aggregated (the others, e.g. group mode's ``position`` or
+``pass/0``, are aggregated like rewards: the same for every member where they describe the
+shown order, which a group key fixes)."""
+
+
 def _aggregate_keys(
-    per_member: Sequence[tuple[Mapping[str, float], float]], how: Aggregate, binary: bool
+    per_member: Sequence[tuple[Mapping[str, float], float]], how: Aggregate, binary: frozenset[str] = frozenset()
 ) -> dict[str, float]:
-    """Each key any member gives, aggregated over the members that give it (``binary``: rounded to 0/1)."""
+    """Each key any member gives, aggregated over the members that give it (keys in ``binary``: rounded to 0/1)."""
     out: dict[str, float] = {}
     for key in dict.fromkeys(k for values, _ in per_member for k in values):
         given = [(values[key], weight) for values, weight in per_member if key in values]
         value = aggregate([v for v, _ in given], [w for _, w in given], how)
-        out[key] = float(value >= 0.5) if binary else value
+        out[key] = float(value >= 0.5) if key in binary else value
     return out
 
 
@@ -146,8 +152,8 @@ def combine(
         return JudgeError(cause, detail, requests=trace.requests, trace=trace)
     names = list(scored)
     score = aggregate([scored[n].score for n in names], [weights[n] for n in names], how)
-    criteria = _aggregate_keys([(scored[n].criteria, weights[n]) for n in names], how, binary=False)
-    flags = _aggregate_keys([(scored[n].flags, weights[n]) for n in names], how, binary=True)
+    criteria = _aggregate_keys([(scored[n].criteria, weights[n]) for n in names], how)
+    flags = _aggregate_keys([(scored[n].flags, weights[n]) for n in names], how, REQUEST_CHECK_FLAGS)
     flags.update({f"{MEMBER_FLAG_PREFIX}{n}": scored[n].score for n in names})
     return JudgeScore(score, criteria, trace.requests, flags, trace)
 

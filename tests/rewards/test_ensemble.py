@@ -335,3 +335,34 @@ def test_a_stand_in_member_without_its_url_is_one_line() -> None:
     judge = JudgeConfig(ensemble=[A, {"name": "b", "local_server": {"enabled": True}}])  # type: ignore[list-item]
     with pytest.raises(ValueError, match=re.escape("judge.ensemble[b] has no base_url yet")):
         EnsembleJudge.from_config(judge, SecretStr("k"))
+
+
+def test_group_mode_ensemble_keeps_the_shown_order_flags() -> None:
+    """In group mode the members share the shown order (one group key): the ensemble's
+    ``position`` and ``shown_of`` are the members' own, and each pass's reward is aggregated
+    like the reward (not rounded to 0/1 as the request check is)."""
+    from rewards.stand_in.judge_server import JudgeServer, ServerSettings
+
+    with JudgeServer() as a, JudgeServer(settings=ServerSettings(position_bias=2.0)) as b:
+        judge = JudgeConfig(
+            mode="group",
+            group_passes=2,
+            check_endpoint=False,
+            ensemble=[{"name": "a", "base_url": a.base_url}, {"name": "b", "base_url": b.base_url}],
+        )
+        names = ["bakeryparis.com", "breadhub.com", "cozybread.com", "parisbakes.com"]
+
+        async def run() -> list[JudgeScore | JudgeError]:
+            ensemble = EnsembleJudge.from_config(judge, SecretStr("unused"))
+            try:
+                return await ensemble.score_group("A cozy bakery in Paris baking bread.", names, "g1")
+            finally:
+                await ensemble.aclose()
+
+        scores = asyncio.run(run())
+    assert all(isinstance(s, JudgeScore) for s in scores)
+    flags = [s.flags for s in scores if isinstance(s, JudgeScore)]
+    assert sorted(f["position"] for f in flags) == [0, 1, 2, 3]
+    assert {f["shown_of"] for f in flags} == {4} and {f["passes"] for f in flags} == {2}
+    for f in flags:
+        assert f["pass/0"] + f["pass/1"] == pytest.approx(f["member/a"] + f["member/b"])
