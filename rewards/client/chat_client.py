@@ -27,7 +27,9 @@ One ``JudgeClient`` serves one judge or engine (``label`` names it in logs).
 
 Every retry is counted in the sample's ``JudgeTrace`` by cause, and every
 request's latency recorded. ``gauge`` counts requests in flight (all
-endpoints). Logs name endpoints by their key-free ``display``.
+endpoints). ``outage`` (``rewards/client/outage.py``) is told every reply and
+transport failure; ``probe`` sends its probes. Logs name endpoints by their
+key-free ``display``.
 """
 
 from __future__ import annotations
@@ -39,13 +41,15 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from rewards.client.breaker import CircuitBreaker
+from rewards.client.breaker import OPEN, CircuitBreaker
 from rewards.client.clock import Clock, SystemClock
 from rewards.client.config import CircuitBreakerConfig, RetryConfig
 from rewards.client.endpoint import Endpoint
 from rewards.client.limits import EndpointLimiter, LimiterRegistry
+from rewards.client.outage import OutageDetector
 from rewards.client.retry import RetryPolicy, trips_breaker
 from rewards.client.transport import Reply, Transport, TransportError
+from rewards.errors import RewardError
 from rewards.metrics import InflightGauge, JudgeTrace
 
 __all__ = ["JudgeClient"]
@@ -99,6 +103,8 @@ class JudgeClient:
         self._probe_poll_s = max(0.05, min(1.0, breaker.cooldown_s))
         self.gauge = InflightGauge()
         self._state: _LoopState | None = None
+        self.outage = OutageDetector(self._clock, breaker.failure_threshold, breaker.cooldown_s, label)
+        self._probes = 0
 
     def __repr__(self) -> str:
         return f"JudgeClient({self.label!r}, {[e.display for e in self.endpoints]})"
@@ -143,6 +149,7 @@ class JudgeClient:
                 self._release(endpoint)
                 raise
             breaker.record_success()
+            self.outage.record_reply()
             self._release(endpoint)
             return reply
 
@@ -243,6 +250,7 @@ class JudgeClient:
             breaker.record_failure(err.cause)
         else:
             breaker.record_neutral()
+        self.outage.record_failure(err.cause, all(b.state == OPEN for b in self.breakers.values()))
 
     def _retry_delay(self, err: TransportError, trace: JudgeTrace) -> float | None:
         """Seconds to wait before retrying, or None to give up."""
@@ -252,6 +260,25 @@ class JudgeClient:
         if trace.deadline is not None and self._clock.now() + delay >= trace.deadline:
             return None
         return delay
+
+    async def probe(self, body: Mapping[str, object]) -> bool:
+        """One request to the next endpoint in turn, outside the limits and retries (the outage
+        waiter's, one at a time): True if the server answered, which ends an outage (an HTTP
+        error other than a retryable one counts: the server is there). Breakers and the outage
+        detector see its outcome."""
+        endpoint = self.endpoints[self._probes % len(self.endpoints)]
+        self._probes += 1
+        try:
+            await self._transport.send(endpoint, body, self._timeout_s)
+        except TransportError as err:
+            if err.retryable:
+                self._record_failure(endpoint, err)
+                return False
+        except RewardError:  # an answer that is not a completion: still an answer
+            pass
+        self.breakers[endpoint.key].record_success()
+        self.outage.record_reply()
+        return True
 
     async def aclose(self) -> None:
         await self._transport.aclose()
