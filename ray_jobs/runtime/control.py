@@ -146,7 +146,7 @@ def command_exit_code(
 ) -> int:
     """Load a job's config and run it, as a command: bad input is ``error: ...`` and exit code 2,
     a fault the run cannot recover from (or a reward function breaking its contract) exit code 1,
-    a graceful stop 143 (checkpoint written),
+    a graceful stop 143 (checkpoint written; its cause first when it was not a signal),
     a second signal 130; each with one line saying how to go on."""
     cfg = None
     try:
@@ -161,9 +161,10 @@ def command_exit_code(
     except TermContractError as exc:  # raised in the judge pool: Ray's wrapper keeps the one-line cause
         print(f"error: {getattr(exc, 'cause', exc)}", file=sys.stderr)
         return 1
-    except StopRequested:
+    except StopRequested as exc:
         where = f" ({cfg.run.directory})" if cfg is not None else ""
-        print(f"stopped: checkpoint written; re-run the same command to resume{where}", flush=True)
+        cause = f"{exc}; " if str(exc) else ""  # why, when it was not a signal (e.g. a judge outage)
+        print(f"stopped: {cause}checkpoint written; re-run the same command to resume{where}", flush=True)
         return 143
     except KeyboardInterrupt:
         where = f" ({cfg.run.directory})" if cfg is not None else ""

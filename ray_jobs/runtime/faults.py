@@ -33,7 +33,8 @@ from ray_jobs.config.experiment import ACTOR_START_TIMEOUT_S
 
 
 class StopRequested(Exception):
-    """SIGINT/SIGTERM asked the run to stop while the driver was waiting on a batch."""
+    """SIGINT/SIGTERM asked the run to stop while the driver was waiting on a batch (or the
+    judge stayed unreachable for judge.max_outage_s: the message is then that one-line cause)."""
 
 
 class ActorStartError(RuntimeError):

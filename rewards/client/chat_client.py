@@ -103,7 +103,8 @@ class JudgeClient:
         self._probe_poll_s = max(0.05, min(1.0, breaker.cooldown_s))
         self.gauge = InflightGauge()
         self._state: _LoopState | None = None
-        self.outage = OutageDetector(self._clock, breaker.failure_threshold, breaker.cooldown_s, label)
+        span = max(breaker.cooldown_s, timeout_s)  # failures in a row for this long: down
+        self.outage = OutageDetector(self._clock, breaker.failure_threshold, span, label)
         self._probes = 0
 
     def __repr__(self) -> str:
@@ -277,7 +278,7 @@ class JudgeClient:
         except RewardError:  # an answer that is not a completion: still an answer
             pass
         self.breakers[endpoint.key].record_success()
-        self.outage.record_reply()
+        self.outage.record_reply(probe=True)
         return True
 
     async def aclose(self) -> None:

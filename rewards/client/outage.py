@@ -10,13 +10,16 @@
   such a failure (a completion, or an HTTP error that says the server is answering).
 
 It keeps the current outage's start, how many outages began and their total seconds
-(``state()``: a ``JudgeOutage``, plain data that crosses Ray).
+(``state()``: a ``JudgeOutage``, plain data that crosses Ray), and how long the judge has
+been *stalled*: down, with no completion of a real request since it first went down (a
+probe's answer ends an outage but not a stall, so a server that answers probes while every
+judge request fails is not taken for back forever: ``max_outage_s`` counts the stall).
 
 ``OutageWaiter.until_up`` lets any number of coroutines wait for the judge with ONE probe
 at a time shared by all of them: after a backoff (``first_s``, doubling up to ``max_s``)
 it calls ``probe()`` (one request, outside the retry rules; its outcome feeds the
-detector), until the judge is back; past ``max_outage_s`` of outage every waiter gets
-``JudgeOutageError``.
+detector), until the judge is back; once the stall has lasted ``max_outage_s`` every
+waiter gets ``JudgeOutageError``.
 """
 
 from __future__ import annotations
@@ -46,13 +49,15 @@ def is_outage_cause(cause: str) -> bool:
 class JudgeOutage:
     """The judge's outage state. ``current_s``: seconds the current outage has lasted (0 while
     up); ``total_s``: seconds of every outage so far, the current one's included; ``count``:
-    outages begun; ``last_s``: length of the last outage that ended."""
+    outages begun; ``last_s``: length of the last outage that ended; ``stalled_s`` (while
+    down): seconds since the judge first went down without completing a request since."""
 
     down: bool = False
     current_s: float = 0.0
     total_s: float = 0.0
     count: int = 0
     last_s: float = 0.0
+    stalled_s: float = 0.0
 
 
 class JudgeOutageError(Exception):
@@ -78,6 +83,7 @@ class OutageDetector:
         self._streak = 0
         self._streak_since = 0.0
         self._down_since: float | None = None
+        self._stalled_since: float | None = None  # first went down; cleared by a completion
         self._ended_s = 0.0  # seconds of the outages that ended
         self._count = 0
         self._last_s = 0.0
@@ -89,9 +95,12 @@ class OutageDetector:
     def down(self) -> bool:
         return self._down_since is not None
 
-    def record_reply(self) -> None:
-        """The server answered: the streak ends, and so does an outage (logged with its length)."""
+    def record_reply(self, probe: bool = False) -> None:
+        """The server answered: the streak ends, and so does an outage (logged with its length);
+        a request's completion (not a ``probe``'s answer) ends the stall too."""
         self._streak = 0
+        if not probe:
+            self._stalled_since = None
         if self._down_since is not None:
             self._last_s = self._clock.now() - self._down_since
             self._ended_s += self._last_s
@@ -110,6 +119,7 @@ class OutageDetector:
         long_streak = self._streak >= self._min_failures and now - self._streak_since >= self._min_span_s
         if self._down_since is None and (all_circuits_open or long_streak):
             self._down_since = now
+            self._stalled_since = now if self._stalled_since is None else self._stalled_since
             self._count += 1
             logger.info(
                 "%s is down (%s; last cause %s)",
@@ -128,8 +138,10 @@ class OutageDetector:
         return was_down or self.down or self._count > count
 
     def state(self) -> JudgeOutage:
-        current = self._clock.now() - self._down_since if self._down_since is not None else 0.0
-        return JudgeOutage(self.down, current, self._ended_s + current, self._count, self._last_s)
+        now = self._clock.now()
+        current = now - self._down_since if self._down_since is not None else 0.0
+        stalled = now - self._stalled_since if self.down and self._stalled_since is not None else 0.0
+        return JudgeOutage(self.down, current, self._ended_s + current, self._count, self._last_s, stalled)
 
 
 class OutageWaiter:
@@ -159,7 +171,7 @@ class OutageWaiter:
 
     async def until_up(self) -> None:
         """Return at once while the judge is up; else wait until it answers again (probing);
-        ``JudgeOutageError`` once the outage has lasted ``max_outage_s``."""
+        ``JudgeOutageError`` once the stall has lasted ``max_outage_s``."""
         while self.detector.down:
             if self._task is None or self._task.done():
                 self._task = asyncio.ensure_future(self._probe_until_up())
@@ -168,11 +180,11 @@ class OutageWaiter:
     async def _probe_until_up(self) -> None:
         delay = self._first_s
         while self.detector.down:
-            lasted = self.detector.state().current_s
+            lasted = self.detector.state().stalled_s
             if lasted >= self._max_outage_s:
                 raise JudgeOutageError(outage_cause(lasted, self._max_outage_s))
             await self._sleep_while_down(min(delay, self._max_outage_s - lasted))
-            if self.detector.down and self.detector.state().current_s < self._max_outage_s:
+            if self.detector.down and self.detector.state().stalled_s < self._max_outage_s:
                 await self._probe()  # its outcome reaches the detector (a reply ends the outage)
                 delay = min(self._max_s, delay * 2)
 

@@ -49,13 +49,32 @@ def test_down_when_every_circuit_is_open_back_at_the_first_reply() -> None:
     clock.advance(1.0)
     detector.record_failure("judge_http_503", all_circuits_open=True)  # down from t=1
     clock.advance(30.0)
-    assert detector.state() == JudgeOutage(down=True, current_s=30.0, total_s=30.0, count=1)
+    assert detector.state() == JudgeOutage(down=True, current_s=30.0, total_s=30.0, count=1, stalled_s=30.0)
     detector.record_reply()  # back at t=31: 30 s of outage
     assert detector.state() == JudgeOutage(down=False, current_s=0.0, total_s=30.0, count=1, last_s=30.0)
     clock.advance(100.0)
     detector.record_failure("judge_timeout", all_circuits_open=True)  # a second outage from t=131
     clock.advance(4.0)
-    assert detector.state() == JudgeOutage(down=True, current_s=4.0, total_s=34.0, count=2, last_s=30.0)
+    assert detector.state() == JudgeOutage(down=True, current_s=4.0, total_s=34.0, count=2, last_s=30.0, stalled_s=4.0)
+
+
+def test_a_probes_answer_ends_an_outage_but_not_the_stall() -> None:
+    """A server that answers probes while every judge request fails: each outage is short, the
+    stall (what judge.max_outage_s limits) runs on until a request completes."""
+    clock = VirtualClock()
+    detector = OutageDetector(clock, min_failures=5, min_span_s=10.0)
+    detector.record_failure("judge_timeout", all_circuits_open=True)  # down at t=0
+    clock.advance(5.0)
+    detector.record_reply(probe=True)  # the probe is answered at t=5: back
+    assert detector.state() == JudgeOutage(down=False, total_s=5.0, count=1, last_s=5.0)
+    clock.advance(1.0)
+    detector.record_failure("judge_timeout", all_circuits_open=True)  # the samples fail again: down at t=6
+    clock.advance(14.0)
+    assert detector.state() == JudgeOutage(down=True, current_s=14.0, total_s=19.0, count=2, last_s=5.0, stalled_s=20.0)
+    detector.record_reply()  # a sample's request completes at t=20: the stall is over
+    detector.record_failure("judge_timeout", all_circuits_open=True)
+    clock.advance(2.0)
+    assert detector.state().stalled_s == 2.0 and detector.state().current_s == 2.0
 
 
 def test_down_after_a_streak_of_failures_long_enough_in_count_and_time() -> None:
@@ -73,7 +92,7 @@ def test_down_after_a_streak_of_failures_long_enough_in_count_and_time() -> None
     detector.record_failure("judge_http_429", all_circuits_open=False)  # 2 failures over 10 s: too few
     assert not detector.down
     detector.record_failure("judge_http_500", all_circuits_open=False)  # 3 over 10 s: down from t=22
-    assert detector.state() == JudgeOutage(down=True, current_s=0.0, total_s=0.0, count=1)
+    assert detector.state() == JudgeOutage(down=True, current_s=0.0, total_s=0.0, count=1, stalled_s=0.0)
 
 
 def test_overlaps_tells_whether_the_judge_was_down_since_a_mark() -> None:
@@ -108,7 +127,7 @@ class _Probe:
         await self.clock.sleep(0.0)
         self.out -= 1
         if len(self.times) > self.failures:
-            self.detector.record_reply()
+            self.detector.record_reply(probe=True)
             return True
         self.detector.record_failure("judge_http_503", all_circuits_open=True)
         return False
