@@ -44,7 +44,7 @@ CHECKPOINT_AFTER_S = 120.0
 
 def judge_outage_cause(exc: BaseException) -> str | None:
     """The cause line of a ``JudgeOutageError`` raised in the judge pool (Ray wraps it), else None."""
-    for err in (exc, getattr(exc, "cause", None)):
+    for err in (getattr(exc, "cause", None), exc):  # Ray's wrapper is a JudgeOutageError too: its cause first
         if isinstance(err, JudgeOutageError):
             return str(err).splitlines()[0] if str(err) else "judge unreachable (judge.max_outage_s)"
     return None

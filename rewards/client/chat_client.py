@@ -126,6 +126,7 @@ class JudgeClient:
         while True:
             endpoint = await self._pick(trace)
             breaker = self.breakers[endpoint.key]
+            picked_at = self._clock.now()
             try:
                 reply = await self._send(endpoint, body, tokens, trace)
             except TransportError as err:
@@ -150,7 +151,7 @@ class JudgeClient:
                 self._release(endpoint)
                 raise
             breaker.record_success()
-            self.outage.record_reply()
+            self.outage.record_reply(sent_at=picked_at)  # one sent before an outage began does not end it
             self._release(endpoint)
             return reply
 

@@ -95,11 +95,14 @@ class OutageDetector:
     def down(self) -> bool:
         return self._down_since is not None
 
-    def record_reply(self, probe: bool = False) -> None:
+    def record_reply(self, probe: bool = False, sent_at: float | None = None) -> None:
         """The server answered: the streak ends, and so does an outage (logged with its length);
-        a request's completion (not a ``probe``'s answer) ends the stall too."""
+        a request's completion (not a ``probe``'s answer) ends the stall too. A reply to a
+        request sent (``sent_at``) before the outage or stall began ends neither."""
         self._streak = 0
-        if not probe:
+        if sent_at is not None and self._down_since is not None and sent_at < self._down_since:
+            return
+        if not probe and (sent_at is None or self._stalled_since is None or sent_at >= self._stalled_since):
             self._stalled_since = None
         if self._down_since is not None:
             self._last_s = self._clock.now() - self._down_since

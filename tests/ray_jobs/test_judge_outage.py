@@ -96,7 +96,7 @@ def test_a_signal_stops_first_and_an_up_judge_never_checkpoints() -> None:
 
 
 def test_the_cause_of_a_judge_outage_error_raised_in_the_pool() -> None:
-    class Wrapped(Exception):  # as Ray wraps an actor task's exception: the original is ``cause``
+    class Wrapped(JudgeOutageError):  # as Ray wraps an actor task's exception: the original is ``cause``
         def __init__(self, cause: BaseException) -> None:
             super().__init__("ray.exceptions.RayTaskError(JudgeOutageError): ...\nTraceback ...")
             self.cause = cause

@@ -95,6 +95,18 @@ def test_down_after_a_streak_of_failures_long_enough_in_count_and_time() -> None
     assert detector.state() == JudgeOutage(down=True, current_s=0.0, total_s=0.0, count=1, stalled_s=0.0)
 
 
+def test_a_reply_to_a_request_sent_before_the_outage_does_not_end_it() -> None:
+    clock = VirtualClock()
+    detector = OutageDetector(clock, min_failures=5, min_span_s=10.0)
+    clock.advance(10.0)
+    detector.record_failure("judge_http_503", all_circuits_open=True)  # down at t=10
+    clock.advance(1.0)
+    detector.record_reply(sent_at=9.5)  # its request left before the circuit opened
+    assert detector.down
+    detector.record_reply(sent_at=10.5)
+    assert detector.state() == JudgeOutage(down=False, total_s=1.0, count=1, last_s=1.0)
+
+
 def test_overlaps_tells_whether_the_judge_was_down_since_a_mark() -> None:
     clock = VirtualClock()
     detector = OutageDetector(clock, min_failures=1, min_span_s=0.0)
