@@ -145,8 +145,8 @@ class ConditionRun:
             try:
                 return ray.get(self.judge.score.remote(result))
             except Exception as exc:  # noqa: BLE001
-                if isinstance(getattr(exc, "cause", None), JudgeOutageError):  # past judge.max_outage_s
-                    raise RunFaultError(f"{self.name}: {exc.cause}; re-run the same command to continue") from None
+                if isinstance(cause := getattr(exc, "cause", None), JudgeOutageError):  # past judge.max_outage_s
+                    raise RunFaultError(f"{self.name}: {cause}; re-run the same command to continue") from None
                 if not is_actor_fault(exc):
                     raise
                 log.warning("%s: the judge pool died (%s); asking again", self.name, type(exc).__name__)

@@ -105,3 +105,25 @@ def test_the_cause_of_a_judge_outage_error_raised_in_the_pool() -> None:
     assert judge_outage_cause(error) == str(error)
     assert judge_outage_cause(Wrapped(error)) == str(error)
     assert judge_outage_cause(RuntimeError("other")) is None
+
+
+def test_a_stop_prints_its_cause_before_the_resume_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from types import SimpleNamespace
+
+    from ray_jobs.runtime.control import command_exit_code
+
+    cfg = SimpleNamespace(run=SimpleNamespace(directory="runs/x"))
+
+    def stop(cause: str):
+        def job(_cfg: object) -> None:
+            raise StopRequested(cause)
+
+        return job
+
+    assert command_exit_code(lambda: cfg, stop("judge unreachable for 1800 s (judge.max_outage_s=1800)"), ()) == 143
+    assert command_exit_code(lambda: cfg, stop(""), ()) == 143  # a signal: no cause
+    assert capsys.readouterr().out.splitlines() == [
+        "stopped: judge unreachable for 1800 s (judge.max_outage_s=1800); checkpoint written; "
+        "re-run the same command to resume (runs/x)",
+        "stopped: checkpoint written; re-run the same command to resume (runs/x)",
+    ]
