@@ -8,20 +8,34 @@ circuit breakers, caches and in-flight gauges apply across all concurrent
 ``score`` calls. Each sample is scored with its prompt's dataset row
 (``PromptItem.fields``), which terms taking ``ctx`` read as ``ctx.row``;
 a TRL-style reward function gets the call's samples as one batch.
+
+Judge outages (``rewards/client/outage.py``): while the judge is down, a call
+sends nothing and waits; a sample whose judge failed with an outage cause
+while the judge was down (or went down during its call) is not returned
+unscored: the call waits until the judge answers again (one shared probe,
+backoff from ``judge.circuit_breaker.cooldown_s`` doubling to 30 s) and scores
+it again through ``RewardComposer.score_batch`` (in group mode, its whole
+group), up to ``MAX_OUTAGE_ROUNDS`` times. Once the judge has been down for
+``judge.max_outage_s`` with no request completed, the call raises
+``JudgeOutageError`` (the driver stops the run as on SIGTERM).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from pydantic import SecretStr
 
 from actors.messages import RolloutResult, Sample, ScoredSample, ScoreResult
+from rewards.client.clock import SystemClock
+from rewards.client.outage import JudgeOutage, OutageWaiter, is_outage_cause
 from rewards.composer import JUDGE_TERM, RewardComposer, ScoredParts, ScoreInput
 from rewards.config import RewardConfig
 from rewards.judge.config import JudgeConfig
@@ -36,6 +50,17 @@ CRITERION_KEY_PREFIX = f"{JUDGE_TERM}/"
 """Per-criterion judge scores (0–10) and the request check's flags (0/1:
 ``judge/inappropriate``, ``judge/blocked``) appear in ``ScoredSample.terms``
 as ``judge/<name>``, next to the term values, for logging."""
+
+PROBE_BODY: dict[str, object] = {
+    "messages": [{"role": "user", "content": "Reply with the word OK."}],
+    "max_tokens": 1,
+    "temperature": 0.0,
+}
+"""The outage probe: the smallest chat completion (any answer but a retryable failure ends the outage)."""
+PROBE_MAX_BACKOFF_S = 30.0
+MAX_OUTAGE_ROUNDS = 5
+"""A call scores again what outages failed at most this many times (a sample whose own requests
+keep tripping the breakers while the probe is answered is not waited on forever)."""
 
 
 class JudgePool:
@@ -57,8 +82,16 @@ class JudgePool:
         self._failures_by_cause: Counter[str] = Counter()
         self._instance = uuid.uuid4().hex  # tells this pool's spending from a restarted pool's
         judge_reward = self._composer.judge
+        self._group_mode = judge.mode == "group"
+        self._waiter: OutageWaiter | None = None
         if judge_reward is not None:
             logger.info("judge: %r", judge_reward)
+            client = judge_reward.client
+            first = min(PROBE_MAX_BACKOFF_S, max(0.1, judge.circuit_breaker.cooldown_s))
+            probe = functools.partial(client.probe, PROBE_BODY)
+            self._waiter = OutageWaiter(
+                client.outage, probe, SystemClock(), first, PROBE_MAX_BACKOFF_S, judge.max_outage_s
+            )
 
     def __repr__(self) -> str:
         return f"JudgePool({self._composer!r})"
@@ -81,7 +114,7 @@ class JudgePool:
         with contextlib.ExitStack() as stack:
             watch = stack.enter_context(gauge.watch()) if gauge is not None else _NoWatch()
             engine_watches = {n: stack.enter_context(e.gauge.watch()) for n, e in self._composer.engines.items()}
-            parts = await self._composer.score_batch(
+            parts, rescored = await self._scored(
                 [
                     ScoreInput(
                         s.prompt.prompt_text,
@@ -100,6 +133,9 @@ class JudgePool:
         requests = sum(p.judge_requests for p in parts)
         self._counts["judge_requests"] += requests
         self._counts["judge_failures"] += len(failures)
+        metrics = self._metrics(parts, failures, watch.peak, {n: w.peak for n, w in engine_watches.items()})
+        if self._waiter is not None:
+            metrics["judge/outage_rescored"] = float(rescored)
         return ScoreResult(
             batch_index=result.batch_index,
             scored=scored,
@@ -107,9 +143,57 @@ class JudgePool:
             judge_s=time.perf_counter() - started,
             judge_requests=requests,
             judge_failures=len(failures),
-            judge_metrics=self._metrics(parts, failures, watch.peak, {n: w.peak for n, w in engine_watches.items()}),
+            judge_metrics=metrics,
             score_lags=score_lags(result.samples, scored_at),
         )
+
+    async def _scored(self, inputs: Sequence[ScoreInput]) -> tuple[list[ScoredParts], int]:
+        """``score_batch`` of ``inputs``, with what an outage failed scored again once the judge
+        answers (module docstring); also returns how many samples were scored again."""
+        if self._waiter is None:
+            return await self._composer.score_batch(inputs), 0
+        await self._waiter.until_up()  # nothing is sent while the judge is down
+        mark = self._waiter.detector.mark()
+        parts = await self._composer.score_batch(inputs)
+        rescored = 0
+        for _ in range(MAX_OUTAGE_ROUNDS):
+            todo = self._outage_failed(inputs, parts, mark)
+            if not todo:
+                break
+            logger.warning("%d samples failed while the judge was down: scored again once it answers", len(todo))
+            await self._waiter.until_up()
+            mark = self._waiter.detector.mark()
+            again = await self._composer.score_batch([inputs[i] for i in todo])
+            for i, part in zip(todo, again):
+                parts[i] = _merged(parts[i], part)
+            rescored += len(todo)
+        else:
+            if todo := self._outage_failed(inputs, parts, mark):
+                logger.warning("%d samples met %d outages in a row: left unscored", len(todo), MAX_OUTAGE_ROUNDS + 1)
+        self._counts["outage_rescored"] += rescored
+        return parts, rescored
+
+    def _outage_failed(
+        self, inputs: Sequence[ScoreInput], parts: list[ScoredParts], mark: tuple[int, bool]
+    ) -> list[int]:
+        """Indices to score again: unscored by an outage cause of the judge while the judge was
+        down since ``mark`` (in group mode, with every sample of their groups)."""
+        assert self._waiter is not None
+        if not self._waiter.detector.overlaps(mark):
+            return []
+        failed = [
+            i
+            for i, p in enumerate(parts)
+            if p.reward is None and p.judge_error is not None and is_outage_cause(p.judge_error)
+        ]
+        if self._group_mode and failed:
+            groups = {inputs[i].group_id for i in failed}
+            return [i for i, x in enumerate(inputs) if x.group_id in groups]
+        return failed
+
+    async def outage(self) -> JudgeOutage:
+        """The judge's outage state (``rewards/client/outage.py``; never down without a judge term)."""
+        return self._waiter.detector.state() if self._waiter is not None else JudgeOutage()
 
     def _metrics(
         self, parts: list[ScoredParts], failures: list[str | None], peak: int, engine_peaks: Mapping[str, int]
@@ -179,6 +263,10 @@ class JudgePool:
         }
         if self._composer.judge is not None:
             stats["circuit_opened"] = self._composer.judge.stats()["circuit_opened"]
+        if self._waiter is not None:
+            outage = self._waiter.detector.state()
+            stats.update(outages=outage.count, outage_s=round(outage.total_s, 1))
+            stats["outage_rescored"] = self._counts["outage_rescored"]
         return stats
 
     def spent(self) -> tuple[str, float]:
@@ -198,6 +286,20 @@ def score_lags(samples: list[Sample], scored_at: float) -> list[float]:
     for s in samples:
         finished[s.group_id] = max(finished.get(s.group_id, 0.0), s.finished_at)
     return [scored_at - t for t in finished.values() if t > 0]
+
+
+def _merged(first: ScoredParts, again: ScoredParts) -> ScoredParts:
+    """``again`` (a sample scored again after an outage) carrying what both tries took: the judge
+    requests, and in the trace every count, counter and list summed (the rest is ``again``'s)."""
+    trace = again.judge_trace
+    if first.judge_trace is not None and trace is not None:
+        values = {}
+        for f in dataclasses.fields(JudgeTrace):
+            a, b = getattr(first.judge_trace, f.name), getattr(trace, f.name)
+            summable = isinstance(b, (int, float, list, Counter)) and not isinstance(b, bool) and type(a) is type(b)
+            values[f.name] = a + b if summable and f.name != "deadline" else b
+        trace = JudgeTrace(**values)
+    return dataclasses.replace(again, judge_requests=first.judge_requests + again.judge_requests, judge_trace=trace)
 
 
 class _NoWatch:

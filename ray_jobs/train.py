@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import logging
 import sys
 import time
@@ -93,7 +94,9 @@ def train_loop(
     the newest weights (staleness 0), so refills never raise staleness.
     A run resumed at ``start`` gets the checkpoint's in-flight batches in
     ``inflight``. A stop request ends it with ``StopRequested`` after a
-    checkpoint of the last completed step. ``evals`` launches held-out
+    checkpoint of the last completed step. While the judge is down
+    (``stages.outage``, ``ray_jobs/rl/judge_outage.py``) no batch is launched
+    ahead; a long outage gets a checkpoint, one past ``judge.max_outage_s`` a stop. ``evals`` launches held-out
     evaluations beside training and records those that finished, without
     waiting (``ray_jobs/rl/train_eval.py``); their samples never enter a batch.
     ``budget`` (``ray_jobs/rl/budget.py``) holds back batches that could pass ``judge.budget_usd``
@@ -109,10 +112,15 @@ def train_loop(
         while launched < steps and may_launch(launched, stages.version, k) and not control.stop():
             if not budget.may_launch(launched - step):  # judge.budget_usd: no batch that could pass it
                 break
+            if launched > step and stages.outage.down():  # judge down: nothing launched ahead of this step
+                break
             inflight[launched] = stages.launch_batch(launched, source.take(per_step))
             launched += 1
+        hold = stages.outage.watch(
+            control.stop, functools.partial(control.checkpoint, stages, recorder, step, inflight, source)
+        )
         try:
-            results, refill = stages.collect(step, inflight[step], source, control.stop)  # refills here
+            results, refill = stages.collect(step, inflight[step], source, hold)  # refills here
         except StopRequested:
             control.checkpoint(stages, recorder, step, inflight, source)
             raise
@@ -126,6 +134,7 @@ def train_loop(
             **refill,
             **trained.metrics,
             **stages.faults.metrics(),
+            **stages.outage.step_metrics(),
             "policy_version": float(trained.policy_version),
             "time/step_s": now - last,
             "time/weight_sync_s": stages.completed_sync_seconds(),

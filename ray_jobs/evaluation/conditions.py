@@ -37,6 +37,7 @@ from ray_jobs.evaluation.report import ItemResult
 from ray_jobs.runtime.actor_settings import auto_threads
 from ray_jobs.runtime.faults import RunFaultError, is_actor_fault
 from ray_jobs.runtime.placement import rollout_worker_options
+from rewards.client.outage import JudgeOutageError
 
 log = logging.getLogger("relay.evaluate")
 
@@ -144,6 +145,8 @@ class ConditionRun:
             try:
                 return ray.get(self.judge.score.remote(result))
             except Exception as exc:  # noqa: BLE001
+                if isinstance(cause := getattr(exc, "cause", None), JudgeOutageError):  # past judge.max_outage_s
+                    raise RunFaultError(f"{self.name}: {cause}; re-run the same command to continue") from None
                 if not is_actor_fault(exc):
                     raise
                 log.warning("%s: the judge pool died (%s); asking again", self.name, type(exc).__name__)

@@ -24,6 +24,7 @@ from ray_jobs.config.experiment import ExperimentConfig
 from ray_jobs.data.prompts import PromptSource
 from ray_jobs.rl.actor_start import start_actors
 from ray_jobs.rl.engine_turns import EngineTurns
+from ray_jobs.rl.judge_outage import OutageGuard, judge_outage_cause
 from ray_jobs.rl.pipeline import LeastLoadedRouter, refill_size, shaped_rewards, signal_groups
 from ray_jobs.rl.weight_publish import WeightPublisher
 from ray_jobs.runtime.faults import (
@@ -75,6 +76,7 @@ class ActorSet:
         self._killed: set[tuple[int, int]] = set()  # (worker, epoch) restarted for a hung call
         self.weights = WeightPublisher(cfg, self.learner, self.rollouts)
         self.turns = EngineTurns(self.rollouts, self.learner.ranks, cfg.engine_sleeps)  # sleeps through each step
+        self.outage = OutageGuard.of_pool(self.judge, cfg.judge.max_outage_s)  # the judge pool's outage state
 
     @property
     def version(self) -> int:
@@ -188,6 +190,8 @@ class ActorSet:
                 try:
                     results[i] = ray.get(ref)
                 except Exception as exc:  # noqa: BLE001 - classified below
+                    if (cause := judge_outage_cause(exc)) is not None:
+                        raise StopRequested(cause) from None  # past judge.max_outage_s: stop as on SIGTERM
                     if not is_actor_fault(exc):
                         raise
                     calls[i] = self._recover(calls[i], exc)

@@ -55,6 +55,7 @@ from actors.messages import PromptItem, ScoreResult
 from algorithms.statistics import refusal_rates, summarize
 from ray_jobs.config.experiment import TrainEvalConfig
 from ray_jobs.data.prompts import DataConfig, load_labelled_prompts
+from ray_jobs.rl.judge_outage import judge_outage_cause
 from ray_jobs.runtime.faults import is_actor_fault
 from ray_jobs.runtime.tracking import RunRecorder
 
@@ -235,8 +236,8 @@ class TrainEval:
                 try:
                     results.append(ray.get(call.scored))
                     continue
-                except Exception as exc:  # an actor fault is counted, anything else raised
-                    if not is_actor_fault(exc):
+                except Exception as exc:  # an actor fault (or a judge outage) is counted, anything else raised
+                    if not is_actor_fault(exc) and judge_outage_cause(exc) is None:
                         raise
                     cause = type(exc).__name__
             lost += len(call.prompts) * self.cfg.samples_per_prompt

@@ -156,7 +156,7 @@ def command_exit_code(
 ) -> int:
     """Load a job's config and run it, as a command: bad input is ``error: ...`` and exit code 2,
     a fault the run cannot recover from (or a reward function breaking its contract) exit code 1,
-    a graceful stop 143 (checkpoint written),
+    a graceful stop 143 (checkpoint written; its cause first when it was not a signal),
     a second signal 130; each with one line saying how to go on."""
     cfg = None
     try:

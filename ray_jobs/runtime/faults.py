@@ -33,8 +33,9 @@ from ray_jobs.config.experiment import ACTOR_START_TIMEOUT_S
 
 
 class StopRequested(Exception):
-    """SIGINT/SIGTERM (or the run itself: ``cause``, one line, e.g. its judge budget) asked the run
-    to stop; raised after a checkpoint, or while the driver was waiting on a batch."""
+    """SIGINT/SIGTERM (or the run itself: ``cause``, one line, e.g. its judge budget, or a judge
+    unreachable for judge.max_outage_s) asked the run to stop; raised after a checkpoint, or
+    while the driver was waiting on a batch."""
 
     def __init__(self, cause: str | None = None) -> None:
         super().__init__(*([cause] if cause else []))

@@ -71,6 +71,8 @@ def server_arguments(server: LocalJudgeServerConfig) -> list[str]:
     ]
     if server.retry_after_s is not None:
         args += ["--retry-after-s", str(server.retry_after_s)]
+    if server.outage_after_requests is not None:
+        args += ["--outage-after-requests", str(server.outage_after_requests), "--outage-s", str(server.outage_s)]
     return args
 
 

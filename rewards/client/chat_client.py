@@ -29,7 +29,9 @@ Every retry is counted in the sample's ``JudgeTrace`` by cause, and every
 request's latency recorded; every reply's tokens (as reported in ``usage``,
 else estimated: ``rewards/client/usage.py``) and their cost at the serving
 endpoint's prices are added to the trace and to the client's running total
-``spent``. ``gauge`` counts requests in flight (all endpoints). Logs name endpoints by their key-free ``display``.
+``spent``. ``gauge`` counts requests in flight (all endpoints). ``outage``
+(``rewards/client/outage.py``) is told every reply and transport failure;
+``probe`` sends its probes. Logs name endpoints by their key-free ``display``.
 """
 
 from __future__ import annotations
@@ -42,14 +44,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
-from rewards.client.breaker import CircuitBreaker
+from rewards.client.breaker import OPEN, CircuitBreaker
 from rewards.client.clock import Clock, SystemClock
 from rewards.client.config import CircuitBreakerConfig, RetryConfig
 from rewards.client.endpoint import Endpoint
 from rewards.client.limits import EndpointLimiter, LimiterRegistry
+from rewards.client.outage import OutageDetector
 from rewards.client.retry import RetryPolicy, trips_breaker
 from rewards.client.transport import Reply, Transport, TransportError
 from rewards.client.usage import request_usage
+from rewards.errors import RewardError
 from rewards.metrics import InflightGauge, JudgeTrace, Spend
 
 __all__ = ["JudgeClient"]
@@ -104,6 +108,9 @@ class JudgeClient:
         self.gauge = InflightGauge()
         self.spent = Spend()
         self._state: _LoopState | None = None
+        span = max(breaker.cooldown_s, timeout_s)  # failures in a row for this long: down
+        self.outage = OutageDetector(self._clock, breaker.failure_threshold, span, label)
+        self._probes = 0
 
     def __repr__(self) -> str:
         return f"JudgeClient({self.label!r}, {[e.display for e in self.endpoints]})"
@@ -124,6 +131,7 @@ class JudgeClient:
         while True:
             endpoint = await self._pick(trace)
             breaker = self.breakers[endpoint.key]
+            picked_at = self._clock.now()
             try:
                 reply = await self._send(endpoint, body, tokens, trace)
             except TransportError as err:
@@ -148,6 +156,7 @@ class JudgeClient:
                 self._release(endpoint)
                 raise
             breaker.record_success()
+            self.outage.record_reply(sent_at=picked_at)  # one sent before an outage began does not end it
             self._release(endpoint)
             return reply
 
@@ -257,6 +266,7 @@ class JudgeClient:
             breaker.record_failure(err.cause)
         else:
             breaker.record_neutral()
+        self.outage.record_failure(err.cause, all(b.state == OPEN for b in self.breakers.values()))
 
     def _retry_delay(self, err: TransportError, trace: JudgeTrace) -> float | None:
         """Seconds to wait before retrying, or None to give up."""
@@ -266,6 +276,25 @@ class JudgeClient:
         if trace.deadline is not None and self._clock.now() + delay >= trace.deadline:
             return None
         return delay
+
+    async def probe(self, body: Mapping[str, object]) -> bool:
+        """One request to the next endpoint in turn, outside the limits and retries (the outage
+        waiter's, one at a time): True if the server answered, which ends an outage (an HTTP
+        error other than a retryable one counts: the server is there). Breakers and the outage
+        detector see its outcome."""
+        endpoint = self.endpoints[self._probes % len(self.endpoints)]
+        self._probes += 1
+        try:
+            await self._transport.send(endpoint, body, self._timeout_s)
+        except TransportError as err:
+            if err.retryable:
+                self._record_failure(endpoint, err)
+                return False
+        except RewardError:  # an answer that is not a completion: still an answer
+            pass
+        self.breakers[endpoint.key].record_success()
+        self.outage.record_reply(probe=True)
+        return True
 
     async def aclose(self) -> None:
         await self._transport.aclose()

@@ -110,7 +110,7 @@ class LocalJudgeServerConfig(BaseModel):
     outage_after_requests: int | None = Field(
         default=None,
         ge=0,
-        description="Simulated outage: after this many chat requests every request is answered HTTP 503 for outage_s seconds (null: none).",
+        description="Simulated outage: after this many chat requests every chat request is answered HTTP 503 for outage_s seconds, then served again; GET /models keeps answering (null: none).",
     )
     outage_s: float = Field(default=0.0, ge=0, description="Length of the simulated outage, in seconds.")
 
@@ -282,7 +282,7 @@ class JudgeConfig(BaseModel):
     max_outage_s: float = Field(
         default=1800.0,
         gt=0,
-        description="When no judge endpoint answers, the run stops launching work and waits for the judge this many seconds (what is in flight is sent again once it is back); past it the run stops as on SIGTERM.",
+        description="When no judge endpoint answers, the run launches no new batches and the judge pool keeps every sample the outage failed, scoring it again once the judge answers; an outage this long gets a checkpoint after min(120 s, half of it) and then stops the run as on SIGTERM (checkpoint, exit code 143, resume line).",
     )
     mode: Literal["pointwise", "group"] = Field(
         default="pointwise",

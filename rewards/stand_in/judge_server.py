@@ -47,6 +47,12 @@ draws again and can succeed: ``--hang-rate`` (the request is held for
 ``""``) and ``--flaky-malformed-rate`` (non-JSON content). One uniform draw
 picks at most one transient fault, in that order (rates must sum to <= 1).
 
+Outage (``--outage-after-requests N --outage-s T``): after N chat requests
+(counted after auth), every chat request is answered HTTP 503 (with
+``--retry-after-s`` when given) for T seconds, then served normally again: one
+outage per server. ``GET /v1/models`` keeps answering through it (the API's
+front door is up, its model is not), so only chat requests tell.
+
 Auth: with ``--api-key-env NAME`` and NAME set (non-empty), every request must
 carry ``Authorization: Bearer <value>``, else 401. The key is never printed.
 
@@ -83,6 +89,7 @@ from rewards.judge.prompt import (
 from rewards.stand_in.http import (  # the HTTP plumbing every stand-in shares
     BadRequest,
     ChatHandler,
+    ChatHTTPServer,
     chat_completion,
     check_fault_settings,
     error_body,
@@ -92,6 +99,7 @@ from rewards.stand_in.http import (  # the HTTP plumbing every stand-in shares
     pick_fault,
 )
 from rewards.stand_in.judge_heuristic import group_verdict, heuristic_verdict, length_points, with_bias
+from rewards.stand_in.outage import Outage
 from rewards.stand_in.serve import ServerThread, api_key_from_env, serve, watch_parent
 
 __all__ = [
@@ -232,6 +240,8 @@ class ServerSettings:
     seed: int = 0
     position_bias: float = 0.0
     length_bias: float = 0.0
+    outage_after_requests: int | None = None
+    outage_s: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("latency_s", "latency_jitter_s", "latency_sigma"):
@@ -249,6 +259,8 @@ class ServerSettings:
             raise ValueError("the transient fault rates add up to more than 1")
         if self.hang_s <= 0:
             raise ValueError("hang_s must be > 0")
+        if (self.outage_after_requests is not None and self.outage_after_requests < 0) or self.outage_s < 0:
+            raise ValueError("outage_after_requests and outage_s must be >= 0")
 
     def transient_plan(self) -> list[tuple[str, float]]:
         """The transient faults and their rates, in draw order."""
@@ -261,10 +273,24 @@ def _request_key(request: JudgeRequest) -> bytes:
     return hashlib.sha256(f"{request.description}\0{request.candidate}".encode("utf-8", "surrogatepass")).digest()
 
 
+class _JudgeHTTPServer(ChatHTTPServer):
+    """The chat server with the simulated outage of its settings."""
+
+    def __init__(self, address: tuple[str, int], handler: type[ChatHandler], settings: ServerSettings) -> None:
+        super().__init__(address, handler, settings)
+        self.outage = Outage(settings.outage_after_requests, settings.outage_s)
+
+
 class _Handler(ChatHandler):
     """Answers chat completions with heuristic verdicts (module docstring)."""
 
+    server: _JudgeHTTPServer
+
     def answer(self, raw: bytes) -> None:
+        if self.server.outage.down():
+            self.server.count_fault("outage")
+            self.send_status(503, self.server.settings.retry_after_s)
+            return
         try:
             request = parse_judge_request(json.loads(raw.decode("utf-8")))
         except (BadRequest, UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -322,7 +348,7 @@ class JudgeServer(ServerThread):
     name = "judge server"
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, settings: ServerSettings | None = None) -> None:
-        super().__init__(host, port, settings or ServerSettings(), _Handler)
+        super().__init__(host, port, settings or ServerSettings(), _Handler, _JudgeHTTPServer)
 
 
 # --------------------------------------------------------------------------
@@ -351,6 +377,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed of transient faults and latency draws")
     parser.add_argument("--position-bias", type=float, default=0.0, help="group: points for the first shown")
     parser.add_argument("--length-bias", type=float, default=0.0, help="points times min(1, chars/100)")
+    parser.add_argument("--outage-after-requests", type=int, default=None, help="outage: 503s after N requests")
+    parser.add_argument("--outage-s", type=float, default=0.0, help="outage: for this many seconds")
     parser.add_argument(
         "--parent-pid",
         type=int,
@@ -381,6 +409,8 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             position_bias=args.position_bias,
             length_bias=args.length_bias,
+            outage_after_requests=args.outage_after_requests,
+            outage_s=args.outage_s,
         )
     except ValueError as err:
         raise SystemExit(f"judge_server: {err}") from None

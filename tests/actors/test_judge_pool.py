@@ -144,8 +144,8 @@ def test_failed_samples_are_unscored_never_zero(caplog: pytest.LogCaptureFixture
 
 
 def test_timeouts_are_unscored_and_counted() -> None:
-    with JudgeServer(settings=ServerSettings(latency_s=2.0)) as srv:
-        judge_pool = pool(srv.base_url, timeout_s=0.2)
+    with JudgeServer(settings=ServerSettings(latency_s=2.0)) as srv:  # breakers never open: not an outage
+        judge_pool = pool(srv.base_url, timeout_s=0.2, circuit_breaker={"failure_threshold": 100})
         result = score_once(judge_pool, rollout(NAMES[:4]))
     assert [s.reward for s in result.scored] == [None] * 4
     assert {s.reward_error for s in result.scored} == {"judge_timeout"}

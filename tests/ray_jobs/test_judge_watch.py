@@ -201,7 +201,10 @@ def test_disabled_alarms_leave_the_diagnostics() -> None:
 
 
 def _watch(terms: list[str], members: list[str], check: str | None = None) -> JudgeWatch:
-    judge = JudgeConfig(ensemble=[JudgeMemberConfig(name=m, base_url=f"http://{m}.test/v1") for m in members], alarms=AlarmConfig(check=check))
+    judge = JudgeConfig(
+        ensemble=[JudgeMemberConfig(name=m, base_url=f"http://{m}.test/v1") for m in members],
+        alarms=AlarmConfig(check=check),
+    )
     return JudgeWatch.for_config(judge, RewardConfig(terms=[RewardTermConfig(name=t, weight=1.0) for t in terms]))
 
 
