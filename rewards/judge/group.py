@@ -25,7 +25,7 @@ label's. The system message is the rubric's template with the same criterion lin
 relative to the others, and the reply shape: one key per label holding exactly a
 pointwise verdict (with a request check, it is asked per candidate, so the rewards table
 applies per completion unchanged); ``group_verdict_schema`` is its strict JSON schema.
-A group request may write ``judge.max_tokens`` tokens per candidate.
+A request may write ``judge.max_tokens`` tokens per candidate.
 
 Parsing: a blank or non-JSON reply fails the request (``judge_empty``, ``judge_malformed``);
 otherwise each label is validated on its own. A request lacking a valid verdict for some
@@ -125,16 +125,10 @@ def shown_order(indices: Sequence[int], group_key: str) -> list[int]:
 
 def split_group(order: Sequence[int], max_size: int) -> list[list[int]]:
     """``order`` cut into the fewest consecutive pieces of at most ``max_size``, sizes differing by at most 1."""
-    if not order:
-        return []
     pieces = -(-len(order) // max_size)
-    size, extra = divmod(len(order), pieces)
-    out, start = [], 0
-    for k in range(pieces):
-        end = start + size + (1 if k < extra else 0)
-        out.append(list(order[start:end]))
-        start = end
-    return out
+    size, extra = divmod(len(order), max(pieces, 1))
+    bounds = [k * size + min(k, extra) for k in range(pieces + 1)]
+    return [list(order[start:end]) for start, end in zip(bounds, bounds[1:])]
 
 
 def _group_statement(labels: Sequence[str]) -> str:
@@ -279,10 +273,6 @@ class GroupJudge:
         self._models = sorted(set(models))
         self._cache = GroupVerdictCache(judge.cache_size, judge.cache_path)
         self._shared: SharedCalls[tuple[Verdict, ...]] = SharedCalls(self._cache)
-
-    @property
-    def cache(self) -> GroupVerdictCache:
-        return self._cache
 
     async def run(self, request_text: str, completions: Sequence[str], group_key: str) -> list[GroupOutcome]:
         """One outcome per completion, in input order (module docstring)."""
