@@ -118,6 +118,15 @@ class JudgeTrace(Spend):
     member_requests: Counter[str] = field(default_factory=Counter)
     member_failures: Counter[tuple[str, str]] = field(default_factory=Counter)
 
+    def add_requests(self, other: JudgeTrace) -> None:
+        """Count ``other``'s requests in this trace too: requests, retries, latencies, transport
+        failures and their tokens and dollars (one request's trace into its sample's)."""
+        self.requests += other.requests
+        self.retries.update(other.retries)
+        self.latencies_s.extend(other.latencies_s)
+        self.transport_failures += other.transport_failures
+        self.add_spend(other)
+
 
 class _Watch:
     def __init__(self, peak: int) -> None:

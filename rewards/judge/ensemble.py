@@ -131,6 +131,7 @@ def merged_trace(outcomes: Mapping[str, JudgeScore | JudgeError]) -> JudgeTrace:
             trace.retries.update(member.retries)
             trace.latencies_s.extend(member.latencies_s)
             trace.transport_failures += member.transport_failures
+            trace.add_spend(member)
     scored = [o for o in outcomes.values() if isinstance(o, JudgeScore)]
     trace.cache_hit = len(scored) == len(outcomes) > 0 and all(t.cache_hit for t in member_traces)
     gated = {o.trace.gated for o in scored}

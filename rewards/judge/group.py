@@ -24,20 +24,18 @@ label's. The system message is the rubric's template with the same criterion lin
 (``CRITERION_LINE_RE``), a fences statement asking to score every labelled candidate
 relative to the others, and the reply shape: one key per label holding exactly a
 pointwise verdict (with a request check, it is asked per candidate, so the rewards table
-applies per completion unchanged); ``group_verdict_schema`` is its strict JSON schema.
-A request may write ``judge.max_tokens`` tokens per candidate.
+applies per completion unchanged); ``group_verdict_schema`` is its strict JSON schema. A
+request may write ``judge.max_tokens`` tokens per candidate.
 
-Parsing: a blank or non-JSON reply fails the request (``judge_empty``, ``judge_malformed``);
-otherwise each label is validated on its own. A request lacking a valid verdict for some
-label is asked again, up to ``judge.malformed_retries`` times; a label keeps the first
-valid verdict it got. One still without is *no score* for that completion only
-(``judge_group_partial`` when other labels were valid, ``judge_invalid_verdict`` when none
-was, else the last failure's cause), never 0.
+Parsing: a blank or non-JSON reply fails the request (``judge_empty``, ``judge_malformed``); else
+each label is validated on its own. A request lacking a valid verdict for some label is asked
+again, up to ``judge.malformed_retries`` times; a label keeps the first valid verdict it got. One
+still without is *no score* for that completion only (``judge_group_partial`` when other labels
+were valid, ``judge_invalid_verdict`` when none was, else the last failure's cause), never 0.
 
-``flags`` per completion: ``position`` (0-based, first pass), ``shown_of`` (completions in
-that request), and with two passes ``pass/0``, ``pass/1`` (each pass's reward, where it
-scored) and ``passes``. A request's HTTP requests, retries and latencies are carried by the
-trace of the completion shown first in it: summed over completions, each counts once.
+``flags`` per completion: ``position`` (0-based, first pass), ``shown_of`` (completions in that
+request), with two passes ``pass/0``, ``pass/1`` (each pass's reward) and ``passes``. A request's
+HTTP requests, retries and latencies are in the trace of the completion shown first in it.
 """
 
 from __future__ import annotations
@@ -246,14 +244,6 @@ class GroupOutcome:
     detail: str = ""
 
 
-def _merge(into: JudgeTrace, trace: JudgeTrace) -> None:
-    """Add one request's counts to a completion's trace."""
-    into.requests += trace.requests
-    into.retries.update(trace.retries)
-    into.latencies_s.extend(trace.latencies_s)
-    into.transport_failures += trace.transport_failures
-
-
 def _mean_flags(flags: list[dict[str, float]]) -> dict[str, float]:
     return {k: statistics.fmean(f[k] for f in flags) for k in flags[0]} if flags else {}
 
@@ -302,7 +292,7 @@ class GroupJudge:
                 hits[i] = hits[i] and trace.cache_hit
                 if pass_no == 0:
                     positions[i] = (pos, len(order))
-            _merge(traces[order[0]], trace)
+            traces[order[0]].add_requests(trace)
         for i in shown:
             traces[i].cache_hit = hits[i]
             outcomes[i] = self._combine(per_pass[i], positions[i], traces[i])
