@@ -39,6 +39,8 @@ SAFE_ON_RESUME = (
     "judge.budget_usd",  # what the run may spend and what tokens cost, not what it trains
     "judge.price_per_million_input_tokens",
     "judge.price_per_million_output_tokens",
+    "judge.max_outage_s",  # how long to wait for the judge, and when to warn: not what is trained
+    "judge.alarms",
     "model.cache_dir",
     "rollout.num_workers",
     "rollout.num_cpus_per_worker",

@@ -28,3 +28,11 @@ def test_an_evaluation_may_change_only_its_statistics_wandb_and_name() -> None:
     saved = {"statistics": {"resamples": 1000}, "run": {"name": "a", "seed": 0}, "conditions": {"base": {"n": 1}}}
     current = {"statistics": {"resamples": 5000}, "run": {"name": "b", "seed": 1}, "conditions": {"base": {"n": 4}}}
     assert changed_keys(saved, current, MAY_CHANGE) == ["conditions.base.n", "run.seed"]
+
+
+def test_the_judges_waiting_spending_and_alarms_may_change_on_resume_but_not_how_it_scores() -> None:
+    saved = {"judge": {"max_outage_s": 1800, "budget_usd": 10, "alarms": {"window_steps": 10}, "mode": "pointwise"}}
+    raised = {"judge": {"max_outage_s": 7200, "budget_usd": 50, "alarms": {"window_steps": 20}, "mode": "pointwise"}}
+    assert changed_keys(saved, raised) == []
+    grouped = {"judge": {**saved["judge"], "mode": "group", "group_passes": 2}}
+    assert changed_keys(saved, grouped) == ["judge.group_passes", "judge.mode"]
