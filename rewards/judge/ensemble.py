@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Mapping, Sequence
-from typing import Literal, Protocol, cast
+from typing import Literal, Protocol
 
 import numpy as np
 from pydantic import SecretStr
@@ -206,9 +206,7 @@ class EnsembleJudge:
                 )
             keys = keys_from(config, given, env, f"judge.ensemble[{member.name}]")
             transport = (transports or {}).get(member.name)
-            # cast: JudgeReward.score_group comes with judge.mode (group scoring); the protocol states the need
-            reward = JudgeReward(config, keys, transport=transport, clock=clock, rng=rng)
-            members[member.name] = cast(JudgeMember, reward)
+            members[member.name] = JudgeReward(config, keys, transport=transport, clock=clock, rng=rng)
         return cls(judge, members)
 
     def __repr__(self) -> str:

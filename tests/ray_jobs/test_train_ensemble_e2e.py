@@ -1,6 +1,6 @@
 """A training run with a judge ensemble of three stand-in judges, one failing 30 % of the candidates
 persistently: no sample is unscored, the member's failures are per-step metrics, every member's
-score is on each sample, every member's requests count."""
+score is on each sample, every member's requests count, the members' agreement is logged."""
 
 from __future__ import annotations
 
@@ -50,6 +50,8 @@ def test_a_failing_member_leaves_no_sample_unscored(tmp_path: Path, tiny_model_c
     for m in metrics:
         assert m["judge/requests"] == sum(m[f"judge/member/{n}/requests"] for n in "abc")
         assert m["judge/member/a/requests"] > 0
+    # agreement is logged: the three stand-ins share one heuristic, so they rank every group alike
+    assert all(m["judge/member_agreement"] == pytest.approx(1.0) for m in metrics)
     for name in "abc":
         assert (tmp_path / f"judge_server_{name}.log").exists()
     out, err = capfd.readouterr()
