@@ -10,34 +10,16 @@ import pytest
 from pydantic import SecretStr
 
 from actors.judge_pool import MAX_OUTAGE_ROUNDS, JudgePool
-from actors.messages import PromptItem, RolloutResult, Sample, ScoreResult
+from actors.messages import RolloutResult, ScoreResult
 from rewards.client.outage import JudgeOutageError
 from rewards.config import RewardConfig, RewardTermConfig
 from rewards.judge.config import JudgeConfig
 from rewards.stand_in.judge_server import JudgeServer, ServerSettings
+from tests.actors.test_judge_pool import rollout  # groups of 4, as GROUP says
 
 DESCRIPTION = "A bakery in Portland that sells sourdough bread and vegan pastries."
 NAMES = [f"portlandbake{i}.com" for i in range(16)]
 GROUP = 4
-
-
-def rollout(completions: list[str]) -> RolloutResult:
-    samples = []
-    for i, text in enumerate(completions):
-        prompt = PromptItem(prompt_id=f"p{i // GROUP}", row=i // GROUP, prompt_text=DESCRIPTION, prompt_token_ids=[1])
-        samples.append(
-            Sample(
-                prompt=prompt,
-                group_id=f"g{i // GROUP}",
-                group_index=i % GROUP,
-                completion_text=text,
-                completion_token_ids=[5, 6],
-                sampling_logprobs=[-0.1, -0.2],
-                policy_version=0,
-                truncated=False,
-            )
-        )
-    return RolloutResult(batch_index=3, samples=samples, generate_s=1.0, worker_id=0)
 
 
 def pool(base_url: str, **judge_overrides: object) -> JudgePool:
