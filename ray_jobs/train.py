@@ -110,10 +110,8 @@ def train_loop(
     evals.after_step(start)  # a resumed run evaluates its checkpoint's policy if that is due and missing
     for step in range(start, steps):
         while launched < steps and may_launch(launched, stages.version, k) and not control.stop():
-            if not budget.may_launch(launched - step):  # judge.budget_usd: no batch that could pass it
-                break
-            if launched > step and stages.outage.down():  # judge down: nothing launched ahead of this step
-                break
+            if not budget.may_launch(launched - step) or (launched > step and stages.outage.down()):
+                break  # no batch that could pass judge.budget_usd, none ahead of this step while the judge is down
             inflight[launched] = stages.launch_batch(launched, source.take(per_step))
             launched += 1
         hold = stages.outage.watch(
