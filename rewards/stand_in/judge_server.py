@@ -260,8 +260,15 @@ class JudgeServer(ServerThread):
 
     name = "judge server"
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, settings: ServerSettings | None = None) -> None:
-        super().__init__(host, port, settings or ServerSettings(), _Handler, _JudgeHTTPServer)
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        settings: ServerSettings | None = None,
+        handler: type[ChatHandler] | None = None,
+    ) -> None:
+        """``handler``: a subclass of this server's handler (e.g. a test's, recording requests)."""
+        super().__init__(host, port, settings or ServerSettings(), handler or _Handler, _JudgeHTTPServer)
 
 
 # --------------------------------------------------------------------------

@@ -16,8 +16,7 @@ from pydantic import SecretStr
 import ray_jobs.train as train
 from actors.model.loading import DOMAIN_TASK_SYSTEM_PROMPT
 from rewards.judge.rubric import load_rubric
-from rewards.stand_in.judge_server import ServerSettings, _Handler
-from rewards.stand_in.serve import ServerThread
+from rewards.stand_in.judge_server import JudgeServer, ServerSettings, _Handler
 from tests.rewards.trl_reward_functions import letter_share
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("shared_ray")]
@@ -89,7 +88,7 @@ def test_own_task_with_a_trl_reward_and_own_rubric(
     real_load = train.load_prompts
     monkeypatch.setattr(train, "load_prompts", lambda data, tok: built.extend(real_load(data, tok)) or list(built))
     settings = ServerSettings(model="my-judge", api_key=SecretStr(KEY))
-    with ServerThread("127.0.0.1", 0, settings, _Recording) as server:
+    with JudgeServer(settings=settings, handler=_Recording) as server:
         path = _files(tmp_path, server.base_url)
         train.run(train.load_config(path, [f"model.cache_dir={tiny_model_config.cache_dir}"]))
     run_dir = tmp_path / "run"
