@@ -43,6 +43,7 @@ LONGEST_FIRST = (
     "tests/actors/test_model_files.py",
     "tests/ray_jobs/test_train_e2e.py",
     "tests/ray_jobs/test_evaluate_e2e.py",
+    "tests/ray_jobs/test_judge_outage_e2e.py",
     "tests/ray_jobs/test_learner_group_checkpoint.py",
 )
 

@@ -10,7 +10,7 @@ import pytest
 from pydantic import SecretStr
 
 from actors.judge_pool import JudgePool
-from rewards.client.config import RetryConfig
+from rewards.client.config import CircuitBreakerConfig, RetryConfig
 from rewards.composer import RewardComposer
 from rewards.config import RewardConfig, RewardTermConfig
 from rewards.judge.config import JudgeConfig
@@ -91,7 +91,9 @@ def test_every_member_failing_leaves_the_sample_unscored() -> None:
         JudgeServer(settings=ServerSettings(fail_rate=1.0)) as a,
         JudgeServer(settings=ServerSettings(fail_rate=1.0, fail_status=503)) as b,
     ):
-        pool = JudgePool(ensemble({"a": a, "b": b}), JUDGE_TERM, SecretStr("k"))
+        # no circuit opens in four samples: they fail at once instead of waiting for a cooldown
+        judge = ensemble({"a": a, "b": b}, circuit_breaker=CircuitBreakerConfig(failure_threshold=100))
+        pool = JudgePool(judge, JUDGE_TERM, SecretStr("k"))
         result = score_once(pool, rollout(NAMES[:4]))
     assert result.judge_failures == 4 and all(s.reward is None for s in result.scored)
     assert {s.reward_error for s in result.scored} == {"judge_ensemble_failed"}
