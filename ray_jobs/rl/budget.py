@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 from ray_jobs.config.loading import ConfigError
 from rewards.config import EngineConfig
-from rewards.judge.config import JudgeConfig
+from rewards.judge.config import JudgeConfig, JudgeMemberConfig
 
 __all__ = ["BudgetGuard", "RunBudget", "SpendTracker", "TOTAL", "budget_stop_cause", "is_priced"]
 
@@ -49,26 +49,12 @@ STEP_METRIC = "judge/cost_usd"
 
 def is_priced(judge: JudgeConfig, engines: Mapping[str, EngineConfig]) -> bool:
     """Whether any token of the judge (or an ensemble member) or of an engine has a price (on the service or an endpoint)."""
-    services: list[JudgeConfig | EngineConfig] = [judge, *engines.values()]
+    services: list[JudgeConfig | JudgeMemberConfig | EngineConfig] = [judge, *judge.ensemble, *engines.values()]
     prices = [
         p
         for s in services
-        for p in (
-            s.price_per_million_input_tokens,
-            s.price_per_million_output_tokens,
-            *(e.price_per_million_input_tokens for e in s.endpoints),
-            *(e.price_per_million_output_tokens for e in s.endpoints),
-        )
-    ]
-    prices += [
-        p
-        for m in judge.ensemble
-        for p in (
-            m.price_per_million_input_tokens,
-            m.price_per_million_output_tokens,
-            *(e.price_per_million_input_tokens for e in m.endpoints),
-            *(e.price_per_million_output_tokens for e in m.endpoints),
-        )
+        for priced in (s, *s.endpoints)
+        for p in (priced.price_per_million_input_tokens, priced.price_per_million_output_tokens)
     ]
     return any(p is not None and p > 0 for p in prices)
 

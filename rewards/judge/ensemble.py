@@ -120,18 +120,15 @@ def merged_trace(outcomes: Mapping[str, JudgeScore | JudgeError]) -> JudgeTrace:
     trace = JudgeTrace()
     member_traces = []
     for name, outcome in outcomes.items():
-        requests = outcome.requests
-        trace.requests += requests
-        trace.member_requests[name] += requests
+        trace.member_requests[name] += outcome.requests
         if isinstance(outcome, JudgeError):
             trace.member_failures[(name, outcome.cause)] += 1
         member = outcome.trace if isinstance(outcome.trace, JudgeTrace) else None
-        if member is not None:
+        if member is not None:  # its requests are the outcome's
             member_traces.append(member)
-            trace.retries.update(member.retries)
-            trace.latencies_s.extend(member.latencies_s)
-            trace.transport_failures += member.transport_failures
-            trace.add_spend(member)
+            trace.add_requests(member)
+        else:
+            trace.requests += outcome.requests
     scored = [o for o in outcomes.values() if isinstance(o, JudgeScore)]
     trace.cache_hit = len(scored) == len(outcomes) > 0 and all(t.cache_hit for t in member_traces)
     gated = {o.trace.gated for o in scored}

@@ -4,18 +4,15 @@ past judge.max_outage_s is a ``JudgeOutageError`` with its one-line cause."""
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 from pydantic import SecretStr
 
 from actors.judge_pool import MAX_OUTAGE_ROUNDS, JudgePool
-from actors.messages import RolloutResult, ScoreResult
 from rewards.client.outage import JudgeOutageError
 from rewards.config import RewardConfig, RewardTermConfig
 from rewards.judge.config import JudgeConfig
 from rewards.stand_in.judge_server import JudgeServer, ServerSettings
-from tests.actors.test_judge_pool import rollout  # groups of 4, as GROUP says
+from tests.actors.test_judge_pool import rollout, score_once  # rollout: groups of 4, as GROUP says
 
 DESCRIPTION = "A bakery in Portland that sells sourdough bread and vegan pastries."
 NAMES = [f"portlandbake{i}.com" for i in range(16)]
@@ -33,16 +30,6 @@ def pool(base_url: str, **judge_overrides: object) -> JudgePool:
         **judge_overrides,
     )
     return JudgePool(judge, RewardConfig(terms=[RewardTermConfig(name="judge", weight=1.0)]), SecretStr("k"))
-
-
-def score_once(judge_pool: JudgePool, result: RolloutResult) -> ScoreResult:
-    async def run() -> ScoreResult:
-        try:
-            return await judge_pool.score(result)
-        finally:
-            await judge_pool.close()
-
-    return asyncio.run(run())
 
 
 def test_samples_an_outage_failed_are_kept_and_scored_once_it_is_over() -> None:
